@@ -1,0 +1,528 @@
+//! Every message allot nodes say to each other.
+//!
+//! Each type is archived with rkyv and validated with bytecheck before use;
+//! a receiver reads the archived form in place (see [`crate::frame`]). Bulk
+//! bytes (a task's input, a result's output) are not fields of these types:
+//! they travel as the frame's *payload*, after the archive, so a distributor
+//! forwards them as a slice of its receive buffer without copying.
+//!
+//! Enums that will grow are `#[non_exhaustive]`; a peer that receives a
+//! discriminant it does not know fails validation and answers with an
+//! [`ErrorCode::Malformed`] error rather than guessing.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+/// Protocol version carried in [`Hello`]. Peers must agree on `major`;
+/// `minor` only adds optional behaviour.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug))]
+pub struct Version {
+    /// Incompatible changes bump this; a mismatch ends the conversation.
+    pub major: u16,
+    /// Compatible additions bump this.
+    pub minor: u16,
+}
+
+/// The role a node plays; certificates carry it too, and a node checks that
+/// the role claimed in `Hello` is the one its certificate was issued for.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum Role {
+    /// First tier: redirects clients to a distributor set.
+    Gateway,
+    /// Second tier: matches tasks against workers.
+    Distributor,
+    /// Fulfillment server: runs tasks.
+    Worker,
+    /// Submits tasks.
+    Client,
+}
+
+impl Role {
+    /// The lower-case name used on the command line and in certificates.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Gateway => "gateway",
+            Role::Distributor => "distributor",
+            Role::Worker => "worker",
+            Role::Client => "client",
+        }
+    }
+
+    /// Parses the name written by [`Role::as_str`].
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "gateway" => Role::Gateway,
+            "distributor" => Role::Distributor,
+            "worker" => Role::Worker,
+            "client" => Role::Client,
+            _ => return None,
+        })
+    }
+}
+
+impl ArchivedRole {
+    /// The owned form of this role.
+    pub fn to_native(&self) -> Role {
+        match self {
+            ArchivedRole::Gateway => Role::Gateway,
+            ArchivedRole::Distributor => Role::Distributor,
+            ArchivedRole::Worker => Role::Worker,
+            ArchivedRole::Client => Role::Client,
+        }
+    }
+}
+
+/// A free attribute value: labels of workers, attributes of clients.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+#[non_exhaustive]
+pub enum AttrValue {
+    /// A number (sizes are bytes, durations milliseconds).
+    Num(f64),
+    /// A string.
+    Str(String),
+    /// A boolean.
+    Bool(bool),
+}
+
+/// A named attribute.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct Attr {
+    /// The name as used in expressions (`region` for `server.region`).
+    pub key: String,
+    /// Its value.
+    pub value: AttrValue,
+}
+
+/// First frame on every connection, in both directions.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct Hello {
+    /// The sender's protocol version.
+    pub version: Version,
+    /// The role the sender claims; checked against its certificate.
+    pub role: Role,
+    /// The sender's node name (`--name`).
+    pub name: String,
+    /// Client attributes (`client.*` in expressions); empty for other roles.
+    pub attrs: Vec<Attr>,
+}
+
+/// A worker's full attribute record: sent on registration, shown by status.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct AttrRecord {
+    /// Load capacity: tasks it runs at once.
+    pub slots: u32,
+    /// Slots not in use.
+    pub slots_free: u32,
+    /// CPU cores.
+    pub cores: u32,
+    /// Computing power (a relative figure, e.g. cores times clock).
+    pub power: f64,
+    /// Computing power not in use.
+    pub idle_power: f64,
+    /// Memory in bytes.
+    pub mem: u64,
+    /// Free memory in bytes.
+    pub mem_free: u64,
+    /// Load average or utilisation.
+    pub load: f64,
+    /// Free labels (`region`, `arch`, `gpu`, ...).
+    pub labels: Vec<Attr>,
+}
+
+/// How a worker reports its attributes (claims 24-29).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum ReportMode {
+    /// Only to the distributor it registered with.
+    Registered,
+    /// To every member of the distributor set.
+    Broadcast,
+}
+
+/// A worker joins a distributor.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct Register {
+    /// The worker's node name; unique in the cluster.
+    pub name: String,
+    /// Changes each time the worker process starts, so a distributor can
+    /// tell a restart (new incarnation, sequence numbers start over) from a
+    /// reconnect.
+    pub incarnation: u64,
+    /// How it reports.
+    pub mode: ReportMode,
+    /// Its full attribute record.
+    pub record: AttrRecord,
+    /// The applications it runs.
+    pub apps: Vec<String>,
+}
+
+/// The distributor's answer to [`Register`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct RegisterAck {
+    /// The id the worker uses in deltas and heartbeats to this distributor.
+    pub worker_id: u64,
+    /// The heartbeat period the distributor asks for; it stretches it when
+    /// it has many workers.
+    pub heartbeat_ms: u32,
+    /// The distributor's node name.
+    pub distributor: String,
+}
+
+/// A worker's state as the distributors see it.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum WorkerState {
+    /// Takes tasks.
+    Up,
+    /// Stopped reporting; takes no tasks.
+    Down,
+    /// Finishes what it has, takes nothing new.
+    Draining,
+}
+
+/// One changed attribute.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+#[non_exhaustive]
+pub enum AttrChange {
+    /// New `slots`.
+    Slots(u32),
+    /// New `slots_free`.
+    SlotsFree(u32),
+    /// New `cores`.
+    Cores(u32),
+    /// New `power`.
+    Power(f64),
+    /// New `idle_power`.
+    IdlePower(f64),
+    /// New `mem`.
+    Mem(u64),
+    /// New `mem_free`.
+    MemFree(u64),
+    /// New `load`.
+    Load(f64),
+    /// A label set or changed.
+    Label(Attr),
+    /// An application now resides on the worker.
+    AppAdded(String),
+    /// An application was removed.
+    AppRemoved(String),
+    /// The worker drains or resumes.
+    State(WorkerState),
+}
+
+/// Why a worker sent a delta (claims 24-29: on change, on event, periodic).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum DeltaCause {
+    /// An attribute moved by more than its threshold.
+    Change,
+    /// A trigger event: task start or end, app added or removed, drain.
+    Event,
+    /// The periodic report.
+    Periodic,
+}
+
+/// Only the attributes that changed since the last report.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct AttrDelta {
+    /// The id from [`RegisterAck`].
+    pub worker_id: u64,
+    /// Increases by one per delta; a distributor drops stale or reordered ones.
+    pub seq: u64,
+    /// Why it was sent.
+    pub cause: DeltaCause,
+    /// The changes, applied in order.
+    pub changes: Vec<AttrChange>,
+}
+
+/// Cheap liveness signal, kept apart from attribute deltas.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct Heartbeat {
+    /// The id from [`RegisterAck`].
+    pub worker_id: u64,
+    /// The sequence number of the worker's latest delta, so a distributor
+    /// that missed one knows to ask for a full record.
+    pub seq: u64,
+}
+
+/// Resources a task needs on the worker for as long as it runs.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct Demands {
+    /// Cores (0 = none requested).
+    pub cores: u32,
+    /// Memory in bytes.
+    pub mem: u64,
+    /// Slots; at least 1 is reserved even when 0 is asked.
+    pub slots: u32,
+}
+
+/// A client submits a task. The input travels as the frame's payload.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct Submit {
+    /// Unique per client connection; results carry it back.
+    pub task_id: u64,
+    /// The same key on a resubmission (after failover) means the same task.
+    pub idempotency_key: u64,
+    /// The application to run.
+    pub app: String,
+    /// What the task needs.
+    pub demands: Demands,
+    /// Hard constraints (empty: none beyond app and demands).
+    pub require: String,
+    /// Score to maximise (empty: the default, `server.idle_power`).
+    pub prefer: String,
+    /// The user the task runs for (empty: the client's certificate name).
+    pub user: String,
+    /// Higher runs first when capacity is short.
+    pub priority: i32,
+    /// Milliseconds from receipt after which the task fails (0 = none).
+    pub deadline_ms: u64,
+}
+
+/// A gateway sends a client to a distributor set.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct Redirect {
+    /// The set's name.
+    pub set_name: String,
+    /// Its members, in the order the client tries them.
+    pub distributors: Vec<String>,
+    /// How long the client may cache this answer.
+    pub ttl_ms: u32,
+}
+
+/// A distributor forwards a task to the worker it chose. The input is the
+/// frame's payload.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct Assign {
+    /// The distributor's id for this placement; the result carries it back.
+    pub task_id: u64,
+    /// The reservation the distributor made; the worker echoes it.
+    pub reservation: u64,
+    /// The application to run.
+    pub app: String,
+    /// What was reserved; the worker's admission check re-checks it.
+    pub demands: Demands,
+    /// Milliseconds the worker may run it (0 = no limit).
+    pub deadline_ms: u64,
+    /// 1 for the first try, more after a refusal or a lost worker.
+    pub attempt: u32,
+}
+
+/// How a task ended.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum TaskStatus {
+    /// Ran and succeeded; the payload is its output.
+    Ok,
+    /// Ran and failed (non-zero exit, handler error); the payload is its output.
+    Failed,
+    /// The worker refused it at admission (stale view); the distributor
+    /// tries the next candidate.
+    Refused,
+    /// No worker satisfies the constraints; `message` says which clause.
+    NoMatch,
+    /// The deadline passed.
+    Timeout,
+    /// Cancelled by the client.
+    Cancelled,
+    /// Gave up after the allowed attempts, or another error; see `message`.
+    Error,
+}
+
+/// Where a task's time went, in microseconds.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct Timings {
+    /// From receipt at the distributor to the start of matching.
+    pub queued_us: u64,
+    /// Matching and reservation.
+    pub matched_us: u64,
+    /// Running on the worker.
+    pub ran_us: u64,
+}
+
+/// The outcome of a task. The output is the frame's payload.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct TaskResult {
+    /// The id from [`Submit`] (to a client) or [`Assign`] (from a worker).
+    pub task_id: u64,
+    /// How it ended.
+    pub status: TaskStatus,
+    /// The worker that ran it (empty if none did).
+    pub worker: String,
+    /// The distributor that placed it.
+    pub distributor: String,
+    /// Placements tried.
+    pub attempts: u32,
+    /// The process exit code for command apps, else 0.
+    pub exit_code: i32,
+    /// A reason for anything but `Ok`.
+    pub message: String,
+    /// Where the time went.
+    pub timings: Timings,
+}
+
+/// Asks for a task to be stopped.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct Cancel {
+    /// The task to cancel.
+    pub task_id: u64,
+}
+
+/// What went wrong, in a form a program can act on.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+#[non_exhaustive]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The peer speaks another major protocol version.
+    VersionMismatch,
+    /// The sender's certificate role may not send this message.
+    Forbidden,
+    /// A frame failed validation.
+    Malformed,
+    /// A frame exceeded the size limit.
+    TooLarge,
+    /// A message arrived that makes no sense in this state.
+    Protocol,
+    /// No worker runs this application.
+    UnknownApp,
+    /// The constraints eliminate every worker.
+    NoMatch,
+    /// A limit was reached (queue, in-flight quota); try later.
+    Overloaded,
+    /// The node is shutting down or not ready.
+    Unavailable,
+    /// Anything else.
+    Internal,
+}
+
+/// An error sent to a peer.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct ErrorMsg {
+    /// What kind of error.
+    pub code: ErrorCode,
+    /// A sentence for a person.
+    pub message: String,
+}
+
+/// Asks a distributor for its view of the workers.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct StatusQuery {
+    /// Include workers marked down.
+    pub include_down: bool,
+}
+
+/// One worker in a [`StatusReply`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct WorkerStatus {
+    /// Its node name.
+    pub name: String,
+    /// Up, down or draining.
+    pub state: WorkerState,
+    /// Its current attributes as the distributor knows them.
+    pub record: AttrRecord,
+    /// Its applications.
+    pub apps: Vec<String>,
+    /// Slots reserved by this distributor's placements.
+    pub reserved_slots: u32,
+    /// Cores reserved by this distributor's placements.
+    pub reserved_cores: u32,
+    /// Memory reserved by this distributor's placements.
+    pub reserved_mem: u64,
+    /// Milliseconds since its last report.
+    pub last_report_ms: u64,
+}
+
+/// A distributor's view of its workers.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct StatusReply {
+    /// The distributor's node name.
+    pub distributor: String,
+    /// One entry per worker.
+    pub workers: Vec<WorkerStatus>,
+}
+
+/// Asks whether a task would be placed, and if not, why.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct ExplainQuery {
+    /// The application.
+    pub app: String,
+    /// What the task needs.
+    pub demands: Demands,
+    /// Hard constraints.
+    pub require: String,
+    /// Score to maximise.
+    pub prefer: String,
+    /// The user (empty: the client's certificate name).
+    pub user: String,
+}
+
+/// How many workers one clause eliminated.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct ClauseCount {
+    /// The clause as a person reads it.
+    pub clause: String,
+    /// Workers it eliminated.
+    pub eliminated: u32,
+}
+
+/// A worker that almost matched.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct NearMiss {
+    /// Its node name.
+    pub worker: String,
+    /// The clauses it failed.
+    pub failed: Vec<String>,
+}
+
+/// The answer to [`ExplainQuery`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct ExplainReply {
+    /// Workers considered.
+    pub total: u32,
+    /// Workers that satisfy every clause.
+    pub matched: u32,
+    /// The worker a submission would go to now (empty if none).
+    pub best: String,
+    /// Per clause, workers eliminated.
+    pub clauses: Vec<ClauseCount>,
+    /// The workers that failed the fewest clauses.
+    pub nearest: Vec<NearMiss>,
+    /// Set when the query itself is wrong (an expression that does not parse).
+    pub error: String,
+}

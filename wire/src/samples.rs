@@ -1,0 +1,213 @@
+//! One plausible message of every kind, for tests, benchmarks, fuzz seed
+//! corpora and the `frames` example.
+
+use bytes::BytesMut;
+
+use crate::frame::FrameEncoder;
+use crate::handshake::PROTOCOL_VERSION;
+use crate::kind::{MessageKind, WireMessage};
+use crate::message::*;
+
+/// A `Submit` as a client sends it for an `echo` task.
+pub fn submit() -> Submit {
+    Submit {
+        task_id: 42,
+        idempotency_key: 0x5eed_0000_0000_002a,
+        app: "echo".into(),
+        demands: Demands {
+            cores: 2,
+            mem: 512 << 20,
+            slots: 1,
+        },
+        require: "server.idle_power >= task.cores && server.region == client.region".into(),
+        prefer: "server.idle_power - 2 * server.load".into(),
+        user: "alice".into(),
+        priority: 5,
+        deadline_ms: 30_000,
+    }
+}
+
+fn record() -> AttrRecord {
+    AttrRecord {
+        slots: 8,
+        slots_free: 6,
+        cores: 16,
+        power: 16.0,
+        idle_power: 12.5,
+        mem: 64 << 30,
+        mem_free: 40 << 30,
+        load: 0.25,
+        labels: vec![
+            Attr {
+                key: "region".into(),
+                value: AttrValue::Str("eu-west".into()),
+            },
+            Attr {
+                key: "gpu".into(),
+                value: AttrValue::Bool(false),
+            },
+        ],
+    }
+}
+
+/// Encodes one sample of every kind; each entry is a whole frame.
+pub fn all_frames() -> Vec<(MessageKind, BytesMut)> {
+    let mut enc = FrameEncoder::default();
+    let mut out = Vec::new();
+    fn frame<M: WireMessage>(
+        enc: &mut FrameEncoder,
+        m: M,
+        payload: &[u8],
+    ) -> (MessageKind, BytesMut) {
+        let mut b = BytesMut::new();
+        enc.encode(&m, payload, &mut b)
+            .expect("samples are far below the frame limit");
+        (M::KIND, b)
+    }
+    macro_rules! push {
+        ($msg:expr, $payload:expr) => {
+            out.push(frame(&mut enc, $msg, $payload))
+        };
+    }
+    push!(
+        Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Client,
+            name: "client-1".into(),
+            attrs: vec![Attr {
+                key: "region".into(),
+                value: AttrValue::Str("eu-west".into()),
+            }],
+        },
+        b""
+    );
+    push!(
+        Register {
+            name: "worker-1".into(),
+            incarnation: 7,
+            mode: ReportMode::Broadcast,
+            record: record(),
+            apps: vec!["echo".into(), "sha256".into()],
+        },
+        b""
+    );
+    push!(
+        RegisterAck {
+            worker_id: 3,
+            heartbeat_ms: 1000,
+            distributor: "dist-a".into(),
+        },
+        b""
+    );
+    push!(
+        AttrDelta {
+            worker_id: 3,
+            seq: 11,
+            cause: DeltaCause::Event,
+            changes: vec![
+                AttrChange::SlotsFree(5),
+                AttrChange::IdlePower(10.0),
+                AttrChange::AppAdded("sleep".into()),
+                AttrChange::State(WorkerState::Draining),
+            ],
+        },
+        b""
+    );
+    push!(
+        Heartbeat {
+            worker_id: 3,
+            seq: 11
+        },
+        b""
+    );
+    push!(submit(), b"hello, allot");
+    push!(
+        Redirect {
+            set_name: "set-a".into(),
+            distributors: vec!["127.0.0.1:7001".into(), "127.0.0.1:7002".into()],
+            ttl_ms: 30_000,
+        },
+        b""
+    );
+    push!(
+        Assign {
+            task_id: 9,
+            reservation: 77,
+            app: "echo".into(),
+            demands: Demands::default(),
+            deadline_ms: 0,
+            attempt: 1,
+        },
+        b"hello, allot"
+    );
+    push!(
+        TaskResult {
+            task_id: 42,
+            status: TaskStatus::Ok,
+            worker: "worker-1".into(),
+            distributor: "dist-a".into(),
+            attempts: 1,
+            exit_code: 0,
+            message: String::new(),
+            timings: Timings {
+                queued_us: 3,
+                matched_us: 1,
+                ran_us: 20,
+            },
+        },
+        b"hello, allot"
+    );
+    push!(Cancel { task_id: 42 }, b"");
+    push!(
+        ErrorMsg {
+            code: ErrorCode::NoMatch,
+            message: "clause `server.region == client.region` eliminated 8 of 8 workers".into(),
+        },
+        b""
+    );
+    push!(StatusQuery { include_down: true }, b"");
+    push!(
+        StatusReply {
+            distributor: "dist-a".into(),
+            workers: vec![WorkerStatus {
+                name: "worker-1".into(),
+                state: WorkerState::Up,
+                record: record(),
+                apps: vec!["echo".into()],
+                reserved_slots: 2,
+                reserved_cores: 4,
+                reserved_mem: 1 << 30,
+                last_report_ms: 120,
+            }],
+        },
+        b""
+    );
+    push!(
+        ExplainQuery {
+            app: "echo".into(),
+            demands: Demands::default(),
+            require: "server.gpu".into(),
+            prefer: String::new(),
+            user: String::new(),
+        },
+        b""
+    );
+    push!(
+        ExplainReply {
+            total: 8,
+            matched: 0,
+            best: String::new(),
+            clauses: vec![ClauseCount {
+                clause: "server.gpu".into(),
+                eliminated: 8,
+            }],
+            nearest: vec![NearMiss {
+                worker: "worker-1".into(),
+                failed: vec!["server.gpu".into()],
+            }],
+            error: String::new(),
+        },
+        b""
+    );
+    out
+}
