@@ -1,0 +1,278 @@
+//! QUIC endpoints with mutual TLS between cluster members.
+//!
+//! Both sides present a certificate from the cluster CA (see [`crate::pki`]);
+//! a server verifies clients against the CA, a client verifies the server
+//! chain against the CA for the fixed name [`SERVER_NAME`]. After the
+//! handshake, [`peer_role`] and [`peer_name`] read the verified certificate,
+//! so a node never has to trust what a peer says about itself.
+//!
+//! Every config is built on an explicit ring [`CryptoProvider`]: nothing here
+//! depends on a process-wide default provider having been installed (or on
+//! which one another crate might install).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use allot_wire::Role;
+use quinn::crypto::rustls::{NoInitialCipherSuite, QuicClientConfig, QuicServerConfig};
+use quinn::{IdleTimeout, VarInt};
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+
+use crate::pki::{self, Pki, PkiError};
+
+pub use crate::pki::SERVER_NAME;
+
+/// The ALPN protocol id; a peer speaking anything else fails the handshake.
+pub const ALPN: &[u8] = b"allot/1";
+
+/// How long [`connect`] waits for a handshake before giving up: long enough
+/// for a loaded LAN peer, short enough that a client walking its ordered list
+/// of gateways or distributors moves on quickly.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Transport failures, each naming the address or part concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// rustls refused our certificate, key or settings.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// The CA could not be turned into a certificate verifier.
+    #[error("cannot build a certificate verifier from the cluster CA: {0}")]
+    Verifier(String),
+    /// The crypto provider lacks the cipher suite QUIC needs for Initial packets.
+    #[error("crypto provider unusable for QUIC: {0}")]
+    NoInitialCipherSuite(#[from] NoInitialCipherSuite),
+    /// The UDP socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// quinn refused to start the connection (bad address, endpoint closed...).
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The peer address.
+        addr: SocketAddr,
+        /// The cause.
+        source: quinn::ConnectError,
+    },
+    /// The handshake failed: the peer is down, refused our certificate, or
+    /// presented one we do not trust.
+    #[error("connection to {addr} failed: {source}")]
+    Handshake {
+        /// The peer address.
+        addr: SocketAddr,
+        /// The cause.
+        source: quinn::ConnectionError,
+    },
+    /// No handshake within the timeout: nothing answering there, or packets lost.
+    #[error("connection to {addr} timed out after {after:?} (is a node listening there?)")]
+    Timeout {
+        /// The peer address.
+        addr: SocketAddr,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// A socket operation failed (e.g. reading the local address).
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The connection carries no verified peer certificate.
+    #[error("peer presented no certificate")]
+    NoPeerCertificate,
+    /// The peer's certificate does not carry a usable role.
+    #[error("peer {0}")]
+    PeerCertificate(#[from] PkiError),
+}
+
+/// The crypto provider every config uses: ring, built explicitly.
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn roots(pki: &Pki) -> Result<Arc<RootCertStore>, TransportError> {
+    let mut roots = RootCertStore::empty();
+    roots.add(pki.ca.clone())?;
+    Ok(Arc::new(roots))
+}
+
+/// Server side: our certificate, and a client certificate from the cluster CA
+/// required of every peer (no anonymous connections). TLS 1.3 only, as QUIC
+/// requires; 0-RTT stays off because replayed task submissions are not
+/// acceptable.
+pub fn server_config(pki: &Pki) -> Result<quinn::ServerConfig, TransportError> {
+    let provider = provider();
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots(pki)?, provider.clone())
+        .build()
+        .map_err(|e| TransportError::Verifier(e.to_string()))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(pki.chain(), pki.key())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    config.transport_config(Arc::new(transport_config()));
+    Ok(config)
+}
+
+/// Client side: present our certificate, and accept only a server whose chain
+/// leads to the cluster CA and that is valid for [`SERVER_NAME`].
+pub fn client_config(pki: &Pki) -> Result<quinn::ClientConfig, TransportError> {
+    let provider = provider();
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(roots(pki)?, provider.clone())
+            .build()
+            .map_err(|e| TransportError::Verifier(e.to_string()))?;
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_webpki_verifier(verifier)
+        .with_client_auth_cert(pki.chain(), pki.key())?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    config.transport_config(Arc::new(transport_config()));
+    Ok(config)
+}
+
+/// Transport parameters for many small frames pipelined on a few long-lived
+/// streams between nodes on loopback or a LAN.
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    // Flow-control windows: quinn's defaults (1.25 MB per stream) are sized
+    // for a 100 ms internet path; pipelined tasks in flight and result
+    // payloads must never stall on credit. 8 MiB per stream, and 16 MiB per
+    // connection so two busy streams (tasks one way, results the other)
+    // do not starve each other.
+    t.stream_receive_window(VarInt::from_u32(8 << 20));
+    t.receive_window(VarInt::from_u32(16 << 20));
+    // What we buffer for sending: match what the peer lets us have in flight,
+    // or our own writes block before its window is used.
+    t.send_window(16 << 20);
+    // Streams: a connection may carry a stream per session/purpose plus
+    // occasional per-request streams (status, explain); 1024 leaves headroom
+    // without letting one peer hold unbounded state.
+    t.max_concurrent_bidi_streams(VarInt::from_u32(1024));
+    // We use no unidirectional streams; allow a few for future use.
+    t.max_concurrent_uni_streams(VarInt::from_u32(16));
+    // Liveness: keep-alives every second keep NAT/conntrack state and, with
+    // a 10 s idle timeout, turn a dead peer into a connection error within
+    // seconds, so tasks on it are retried elsewhere (reliability rules). The
+    // effective timeout is the smaller of both sides' values.
+    t.keep_alive_interval(Some(Duration::from_secs(1)));
+    t.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(10_000))));
+    // Before the first RTT sample quinn assumes 333 ms (an internet guess),
+    // which makes the first loss on a LAN take a second to repair. 50 ms is
+    // still far above any LAN RTT, so it causes no spurious retransmits.
+    t.initial_rtt(Duration::from_millis(50));
+    // Unreliable datagrams are not used; don't reserve a buffer for them.
+    t.datagram_receive_buffer_size(None);
+    t
+}
+
+/// An endpoint bound to `listen` that both accepts (with [`server_config`])
+/// and dials (with [`client_config`] as its default). Use port 0 for a node
+/// that only dials. Must run inside a tokio runtime.
+pub fn endpoint(pki: &Pki, listen: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
+    let server = server_config(pki)?;
+    let client = client_config(pki)?;
+    let mut ep =
+        quinn::Endpoint::server(server, listen).map_err(|source| TransportError::Bind {
+            addr: listen,
+            source,
+        })?;
+    ep.set_default_client_config(client);
+    Ok(ep)
+}
+
+/// Dials `addr` with the endpoint's default client config, verifying the
+/// server as a cluster member; gives up after [`CONNECT_TIMEOUT`].
+pub async fn connect(
+    ep: &quinn::Endpoint,
+    addr: SocketAddr,
+) -> Result<quinn::Connection, TransportError> {
+    let connecting = ep
+        .connect(addr, SERVER_NAME)
+        .map_err(|source| TransportError::Connect { addr, source })?;
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(source)) => Err(TransportError::Handshake { addr, source }),
+        Err(_) => Err(TransportError::Timeout {
+            addr,
+            after: CONNECT_TIMEOUT,
+        }),
+    }
+}
+
+/// The peer's verified end-entity certificate.
+fn peer_cert(conn: &quinn::Connection) -> Option<CertificateDer<'static>> {
+    let identity = conn.peer_identity()?;
+    let chain = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.into_iter().next()
+}
+
+/// The role the peer's certificate was issued for. The handshake already
+/// verified the certificate against the cluster CA, so this is the role the
+/// CA granted, whatever the peer claims later in `Hello`.
+pub fn peer_role(conn: &quinn::Connection) -> Result<Role, TransportError> {
+    let cert = peer_cert(conn).ok_or(TransportError::NoPeerCertificate)?;
+    Ok(pki::role_of(&cert)?)
+}
+
+/// The node name in the peer's certificate, for logs and status.
+pub fn peer_name(conn: &quinn::Connection) -> Option<String> {
+    pki::name_of(&peer_cert(conn)?)
+}
+
+/// QUIC application error codes for closing connections and resetting or
+/// stopping streams, one per [`ErrorCode`](allot_wire::ErrorCode).
+///
+/// The numbers are spelled out rather than taken from the enum's order, so
+/// they stay stable on the wire if variants are added or reordered.
+pub mod codes {
+    use allot_wire::ErrorCode;
+    use quinn::VarInt;
+
+    /// Normal close: the node is done with the connection, nothing went wrong.
+    pub const NORMAL: VarInt = VarInt::from_u32(0);
+
+    /// The QUIC code for `code`.
+    pub fn varint(code: ErrorCode) -> VarInt {
+        VarInt::from_u32(match code {
+            ErrorCode::VersionMismatch => 1,
+            ErrorCode::Forbidden => 2,
+            ErrorCode::Malformed => 3,
+            ErrorCode::TooLarge => 4,
+            ErrorCode::Protocol => 5,
+            ErrorCode::UnknownApp => 6,
+            ErrorCode::NoMatch => 7,
+            ErrorCode::Overloaded => 8,
+            ErrorCode::Unavailable => 9,
+            ErrorCode::Internal => 10,
+            // A variant added to allot-wire after this table: close with
+            // "internal" rather than an unknown number.
+            _ => 10,
+        })
+    }
+
+    /// The [`ErrorCode`] for a QUIC code a peer closed or reset with; `None`
+    /// for [`NORMAL`] or an unknown number.
+    pub fn error_code(code: VarInt) -> Option<ErrorCode> {
+        Some(match code.into_inner() {
+            1 => ErrorCode::VersionMismatch,
+            2 => ErrorCode::Forbidden,
+            3 => ErrorCode::Malformed,
+            4 => ErrorCode::TooLarge,
+            5 => ErrorCode::Protocol,
+            6 => ErrorCode::UnknownApp,
+            7 => ErrorCode::NoMatch,
+            8 => ErrorCode::Overloaded,
+            9 => ErrorCode::Unavailable,
+            10 => ErrorCode::Internal,
+            _ => return None,
+        })
+    }
+}

@@ -1,0 +1,398 @@
+//! Real quinn endpoints on 127.0.0.1 with mutual TLS, plus the PKI files they
+//! are built from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use allot::pki::{self, Pki, PkiError};
+use allot::transport::{self, codes, TransportError};
+use allot_wire::{ErrorCode, Role};
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!(
+            "allot-test-{tag}-{}-{n}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A cluster with one node per role.
+fn cluster(tag: &str) -> TempDir {
+    let dir = TempDir::new(tag);
+    pki::create_cluster(
+        dir.path(),
+        &[
+            ("gw-1", Role::Gateway),
+            ("dist-1", Role::Distributor),
+            ("worker_1", Role::Worker),
+            ("cli.1", Role::Client),
+        ],
+    )
+    .unwrap();
+    dir
+}
+
+async fn stop(ep: &quinn::Endpoint) {
+    ep.close(codes::NORMAL, b"test done");
+    ep.wait_idle().await;
+}
+
+/// Asserts a client's connection attempt was refused: either the handshake
+/// fails, or (TLS 1.3 lets the client finish first) the connection is closed
+/// right after it.
+async fn assert_refused(result: Result<quinn::Connection, TransportError>) {
+    match result {
+        Err(TransportError::Handshake { .. }) => {}
+        Err(other) => panic!("expected a handshake failure, got {other}"),
+        Ok(conn) => {
+            let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed())
+                .await
+                .expect("server should close a connection with a bad certificate");
+            assert!(
+                matches!(
+                    closed,
+                    quinn::ConnectionError::TransportError(_)
+                        | quinn::ConnectionError::ConnectionClosed(_)
+                ),
+                "unexpected close reason: {closed}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn mutual_tls_handshake_reads_roles_and_names() {
+    let dir = cluster("mtls");
+    let dist = Pki::load(dir.path(), "dist-1").unwrap();
+    let worker = Pki::load(dir.path(), "worker_1").unwrap();
+    assert_eq!(dist.role, Role::Distributor);
+    assert_eq!(worker.role, Role::Worker);
+
+    let server = transport::endpoint(&dist, loopback()).unwrap();
+    let client = transport::endpoint(&worker, loopback()).unwrap();
+    let addr = server.local_addr().unwrap();
+
+    let accept = async {
+        let incoming = server.accept().await.expect("endpoint open");
+        incoming.await.expect("server side handshake")
+    };
+    let (server_conn, client_conn) = tokio::join!(accept, transport::connect(&client, addr));
+    let client_conn = client_conn.unwrap();
+
+    assert_eq!(transport::peer_role(&server_conn).unwrap(), Role::Worker);
+    assert_eq!(
+        transport::peer_name(&server_conn).as_deref(),
+        Some("worker_1")
+    );
+    assert_eq!(
+        transport::peer_role(&client_conn).unwrap(),
+        Role::Distributor
+    );
+    assert_eq!(
+        transport::peer_name(&client_conn).as_deref(),
+        Some("dist-1")
+    );
+
+    let alpn = client_conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    assert_eq!(alpn.as_deref(), Some(transport::ALPN));
+
+    client_conn.close(codes::NORMAL, b"bye");
+    stop(&client).await;
+    stop(&server).await;
+}
+
+#[tokio::test]
+async fn certificate_from_another_ca_is_rejected() {
+    let ours = cluster("ours");
+    let theirs = cluster("theirs");
+    let dist = Pki::load(ours.path(), "dist-1").unwrap();
+    let good = Pki::load(ours.path(), "cli.1").unwrap();
+    // The intruder trusts our CA (it may have copied ca.pem) but its own
+    // certificate comes from another CA.
+    let mut intruder = Pki::load(theirs.path(), "cli.1").unwrap();
+    intruder.ca = dist.ca.clone();
+
+    let server = transport::endpoint(&dist, loopback()).unwrap();
+    let addr = server.local_addr().unwrap();
+    let bad_client = transport::endpoint(&intruder, loopback()).unwrap();
+
+    // The intruder's certificate does not chain to our CA: the server refuses.
+    let accept = async {
+        let incoming = server.accept().await.expect("endpoint open");
+        incoming.await
+    };
+    let (server_side, client_side) = tokio::join!(accept, transport::connect(&bad_client, addr));
+    assert!(
+        server_side.is_err(),
+        "server accepted a foreign certificate"
+    );
+    assert_refused(client_side).await;
+
+    // The intruder also rejects our server: its CA is not ours.
+    let their_server = Pki::load(theirs.path(), "dist-1").unwrap();
+    let their_ep = transport::endpoint(&their_server, loopback()).unwrap();
+    let our_client = transport::endpoint(&good, loopback()).unwrap();
+    let their_accept = async {
+        let incoming = their_ep.accept().await.expect("endpoint open");
+        incoming.await
+    };
+    let (_, client_side) = tokio::join!(
+        their_accept,
+        transport::connect(&our_client, their_ep.local_addr().unwrap())
+    );
+    let err = client_side.expect_err("client trusted a server from another CA");
+    assert!(matches!(err, TransportError::Handshake { .. }), "{err}");
+
+    // And our server keeps serving cluster members.
+    let accept = async {
+        let incoming = server.accept().await.expect("endpoint open");
+        incoming.await.expect("good client accepted")
+    };
+    let (server_conn, client_conn) = tokio::join!(accept, transport::connect(&our_client, addr));
+    client_conn.unwrap();
+    assert_eq!(transport::peer_role(&server_conn).unwrap(), Role::Client);
+
+    for ep in [&bad_client, &our_client, &their_ep, &server] {
+        stop(ep).await;
+    }
+}
+
+#[tokio::test]
+async fn client_without_certificate_is_rejected() {
+    let dir = cluster("nocert");
+    let dist = Pki::load(dir.path(), "dist-1").unwrap();
+    let server = transport::endpoint(&dist, loopback()).unwrap();
+    let addr = server.local_addr().unwrap();
+
+    // A client that trusts the CA but presents no certificate of its own.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(dist.ca.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![transport::ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut anonymous = quinn::Endpoint::client(loopback()).unwrap();
+    anonymous.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+
+    let accept = async {
+        let incoming = server.accept().await.expect("endpoint open");
+        incoming.await
+    };
+    let (server_side, client_side) = tokio::join!(accept, transport::connect(&anonymous, addr));
+    assert!(
+        server_side.is_err(),
+        "server accepted a client without a certificate"
+    );
+    assert_refused(client_side).await;
+
+    stop(&anonymous).await;
+    stop(&server).await;
+}
+
+#[tokio::test]
+async fn bidi_stream_echo() {
+    let dir = cluster("echo");
+    let gw = Pki::load(dir.path(), "gw-1").unwrap();
+    let cli = Pki::load(dir.path(), "cli.1").unwrap();
+    let server = transport::endpoint(&gw, loopback()).unwrap();
+    let client = transport::endpoint(&cli, loopback()).unwrap();
+    let addr = server.local_addr().unwrap();
+
+    let echo = async {
+        let conn = server.accept().await.expect("endpoint open").await.unwrap();
+        let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+        let data = recv.read_to_end(1 << 20).await.unwrap();
+        send.write_all(&data).await.unwrap();
+        send.finish().unwrap();
+        // Keep the connection until the client has read everything.
+        conn.closed().await;
+    };
+    let talk = async {
+        let conn = transport::connect(&client, addr).await.unwrap();
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let message: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        send.write_all(&message).await.unwrap();
+        send.finish().unwrap();
+        let back = recv.read_to_end(1 << 20).await.unwrap();
+        assert_eq!(back, message);
+        conn.close(codes::NORMAL, b"done");
+    };
+    tokio::join!(echo, talk);
+
+    stop(&client).await;
+    stop(&server).await;
+}
+
+#[tokio::test]
+async fn connect_times_out_when_nobody_listens() {
+    let dir = cluster("timeout");
+    let cli = Pki::load(dir.path(), "cli.1").unwrap();
+    let client = transport::endpoint(&cli, loopback()).unwrap();
+    // A bound UDP socket that never answers.
+    let silent = std::net::UdpSocket::bind(loopback()).unwrap();
+    let err = transport::connect(&client, silent.local_addr().unwrap())
+        .await
+        .expect_err("nobody answers");
+    assert!(matches!(err, TransportError::Timeout { .. }), "{err}");
+    stop(&client).await;
+}
+
+#[test]
+fn every_role_reads_back_from_its_certificate() {
+    let dir = TempDir::new("roles");
+    pki::create_ca(dir.path()).unwrap();
+    for (name, role) in [
+        ("g", Role::Gateway),
+        ("d", Role::Distributor),
+        ("w", Role::Worker),
+        ("c", Role::Client),
+    ] {
+        pki::issue(dir.path(), name, role).unwrap();
+        let loaded = Pki::load(dir.path(), name).unwrap();
+        assert_eq!(loaded.role, role);
+        assert_eq!(loaded.name, name);
+        assert_eq!(pki::role_of(&loaded.cert).unwrap(), role);
+        assert_eq!(pki::name_of(&loaded.cert).as_deref(), Some(name));
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn keys_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = cluster("modes");
+    for file in ["ca.key", "dist-1.key"] {
+        let mode = std::fs::metadata(dir.path().join(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{file}");
+    }
+}
+
+#[test]
+fn ca_and_node_certificates_are_never_overwritten() {
+    let dir = cluster("overwrite");
+    let err = pki::create_ca(dir.path()).unwrap_err();
+    assert!(matches!(err, PkiError::CaExists { .. }), "{err}");
+    assert!(err.to_string().contains("ca.pem"), "{err}");
+    let err = pki::issue(dir.path(), "dist-1", Role::Worker).unwrap_err();
+    assert!(matches!(err, PkiError::NodeExists { .. }), "{err}");
+    // The node still loads with its original role.
+    assert_eq!(
+        Pki::load(dir.path(), "dist-1").unwrap().role,
+        Role::Distributor
+    );
+}
+
+#[test]
+fn bad_names_are_refused() {
+    let dir = TempDir::new("names");
+    pki::create_ca(dir.path()).unwrap();
+    let long = "a".repeat(65);
+    for name in [
+        "",
+        "a/b",
+        "../x",
+        "a..b",
+        ".hidden",
+        "sp ace",
+        "é",
+        long.as_str(),
+    ] {
+        let err = pki::issue(dir.path(), name, Role::Worker).unwrap_err();
+        assert!(matches!(err, PkiError::BadName { .. }), "{name:?}: {err}");
+    }
+    pki::issue(dir.path(), &"a".repeat(63), Role::Worker).unwrap();
+}
+
+#[test]
+fn missing_files_say_what_to_run() {
+    let dir = TempDir::new("missing");
+    let err = Pki::load(dir.path(), "w1").unwrap_err();
+    assert!(err.to_string().contains("ca.pem"), "{err}");
+
+    pki::create_ca(dir.path()).unwrap();
+    let err = Pki::load(dir.path(), "w1").unwrap_err().to_string();
+    assert!(err.contains("w1.pem"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "allot cert issue --dir {} --name w1 --role",
+            dir.path().display()
+        )),
+        "{err}"
+    );
+
+    let err = pki::issue(&dir.path().join("nowhere"), "w1", Role::Worker).unwrap_err();
+    assert!(matches!(err, PkiError::MissingCa { .. }), "{err}");
+}
+
+#[test]
+fn certificate_from_another_ca_does_not_load() {
+    let ours = cluster("load-ours");
+    let theirs = cluster("load-theirs");
+    std::fs::copy(
+        theirs.path().join("cli.1.pem"),
+        ours.path().join("cli.1.pem"),
+    )
+    .unwrap();
+    let err = Pki::load(ours.path(), "cli.1").unwrap_err().to_string();
+    assert!(err.contains("cli.1.pem"), "{err}");
+}
+
+#[test]
+fn error_codes_round_trip() {
+    for code in [
+        ErrorCode::VersionMismatch,
+        ErrorCode::Forbidden,
+        ErrorCode::Malformed,
+        ErrorCode::TooLarge,
+        ErrorCode::Protocol,
+        ErrorCode::UnknownApp,
+        ErrorCode::NoMatch,
+        ErrorCode::Overloaded,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ] {
+        let v = codes::varint(code);
+        assert_ne!(v, codes::NORMAL);
+        assert_eq!(codes::error_code(v), Some(code));
+    }
+    assert_eq!(codes::error_code(codes::NORMAL), None);
+}
