@@ -1,0 +1,623 @@
+//! Compiling queries, matching them against the table, and reserving the
+//! chosen server's capacity.
+//!
+//! A match scans blocks, AND-ing clause masks and stopping a block as soon as
+//! its mask is empty (the `server is up` and `app` clauses are plain bitmask
+//! loads, so blocks without the app cost two loads). `prefer` is evaluated only
+//! for rows that passed. The best row is then reserved with compare-and-swap
+//! on `slots_free`, `cores_free` and `mem_free`; if another thread got there
+//! first the scan repeats (bounded by [`MAX_ATTEMPTS`]).
+
+use std::cell::Cell;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
+use std::sync::Arc;
+
+use crate::eval::{NumExpr, Pred, View};
+use crate::explain::Explain;
+use crate::expr::parser::{conjuncts, parse};
+use crate::expr::{compile::Lowerer, ExprError, Which, DEFAULT_PREFER};
+use crate::inflight;
+use crate::schema::{format_bytes, Column, Env, ServerId, BLOCK_ROWS};
+use crate::table::{ServerTable, Shard};
+
+/// Scans per match when reservations keep losing races to other threads.
+pub const MAX_ATTEMPTS: usize = 32;
+
+/// How much of the table a match looks at.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum MatchMode {
+    /// The best server of the whole table.
+    Exact,
+    /// The best of the first `k` matching servers found from a random block:
+    /// for very large tables, where the best of a few thousand is as good as
+    /// the best of all and costs a fraction of the scan.
+    Sampled {
+        /// Candidates to collect before choosing (at least 1).
+        k: u32,
+    },
+}
+
+/// Resources a task takes from the server it is placed on.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Default)]
+pub struct Demand {
+    /// Slots.
+    pub slots: u32,
+    /// Cores.
+    pub cores: u32,
+    /// Bytes of memory.
+    pub mem: u64,
+}
+
+/// What a clause is, for the matcher's bookkeeping.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum ClauseKind {
+    Implicit,
+    Require,
+}
+
+pub(crate) struct Clause {
+    pub(crate) name: String,
+    pub(crate) pred: Pred,
+    #[allow(dead_code)]
+    pub(crate) kind: ClauseKind,
+}
+
+pub(crate) struct UserQuota {
+    pub(crate) name: String,
+    pub(crate) max: u32,
+    pub(crate) counter: Arc<AtomicU32>,
+}
+
+/// A compiled `require`/`prefer` pair for one task shape: a program over
+/// server columns. Reusable for every task of the same shape (see
+/// [`crate::QueryCache`]); valid only for the table that compiled it.
+pub struct Query {
+    pub(crate) clauses: Vec<Clause>,
+    pub(crate) prefer: NumExpr,
+    pub(crate) demand: Demand,
+    pub(crate) user: Option<UserQuota>,
+    /// Some clause is constant false: nothing can match.
+    pub(crate) impossible: bool,
+    require_text: String,
+    prefer_text: String,
+}
+
+impl std::fmt::Debug for Query {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Query")
+            .field("require", &self.require_text)
+            .field("prefer", &self.prefer_text)
+            .field("demand", &self.demand)
+            .field("clauses", &self.clause_names())
+            .finish()
+    }
+}
+
+impl Query {
+    /// The clauses a server must pass, in evaluation order, implicit ones
+    /// included, named as `explain` names them.
+    pub fn clause_names(&self) -> Vec<&str> {
+        self.clauses.iter().map(|c| c.name.as_str()).collect()
+    }
+    /// What a match reserves.
+    pub fn demand(&self) -> Demand {
+        self.demand
+    }
+    /// The `require` text that was compiled (after defaults).
+    pub fn require_text(&self) -> &str {
+        &self.require_text
+    }
+    /// The `prefer` text that was compiled (after defaults).
+    pub fn prefer_text(&self) -> &str {
+        &self.prefer_text
+    }
+}
+
+/// Capacity held on a server for one task. Give it back with
+/// [`ServerTable::release`] when the task ends (releasing twice is harmless).
+#[derive(Debug)]
+pub struct Reservation {
+    /// The chosen server.
+    pub server: ServerId,
+    /// Slots reserved.
+    pub slots: u32,
+    /// Cores reserved.
+    pub cores: u32,
+    /// Bytes of memory reserved.
+    pub mem: u64,
+    /// The server's `prefer` score when chosen.
+    pub score: f64,
+    gen: u32,
+    user: Option<Arc<AtomicU32>>,
+    released: AtomicBool,
+}
+
+/// No server can take the task. Carries the explanation, so a placement
+/// error needs no second request.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("no server matches: {explain}")]
+pub struct NoMatch {
+    /// Per-clause counts and nearest misses.
+    pub explain: Explain,
+}
+
+#[derive(Copy, Clone, Debug)]
+struct Candidate {
+    shard: usize,
+    b: usize,
+    i: usize,
+    id: ServerId,
+    score: f64,
+    gen: u32,
+}
+
+/// Orders scores with NaN below everything, so the choice is total.
+#[inline]
+fn key(score: f64) -> f64 {
+    if score.is_nan() {
+        f64::NEG_INFINITY
+    } else {
+        score
+    }
+}
+
+/// Whether (score, id) beats the current best: higher score, then lower id.
+#[inline]
+pub(crate) fn better(score: f64, id: ServerId, best_score: f64, best_id: ServerId) -> bool {
+    let (a, b) = (key(score), key(best_score));
+    a > b || (a == b && id < best_id)
+}
+
+thread_local! {
+    static RNG: Cell<u64> = const { Cell::new(0) };
+}
+
+/// xorshift64*: enough to spread sampled starts; seeded per thread.
+fn next_random(seed: u64) -> u64 {
+    RNG.with(|r| {
+        let mut x = r.get();
+        if x == 0 {
+            x = seed ^ (r as *const Cell<u64> as u64) ^ 0x9E37_79B9_7F4A_7C15;
+            if x == 0 {
+                x = 1;
+            }
+        }
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        r.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
+}
+
+fn cas_take32(c: &AtomicU32, n: u32) -> bool {
+    n == 0
+        || c.fetch_update(AcqRel, Acquire, |v| v.checked_sub(n))
+            .is_ok()
+}
+fn cas_take64(c: &AtomicU64, n: u64) -> bool {
+    n == 0
+        || c.fetch_update(AcqRel, Acquire, |v| v.checked_sub(n))
+            .is_ok()
+}
+/// Gives back `n`, never above `cap` (a delta may have lowered the free
+/// count meanwhile; the worker's next report is authoritative anyway).
+fn give32(c: &AtomicU32, n: u32, cap: u32) {
+    if n > 0 {
+        let _ = c.fetch_update(AcqRel, Acquire, |v| {
+            Some(v.saturating_add(n).min(cap.max(v)))
+        });
+    }
+}
+fn give64(c: &AtomicU64, n: u64, cap: u64) {
+    if n > 0 {
+        let _ = c.fetch_update(AcqRel, Acquire, |v| {
+            Some(v.saturating_add(n).min(cap.max(v)))
+        });
+    }
+}
+
+enum Attempt {
+    Reserved(Reservation),
+    Lost,
+    Quota,
+}
+
+impl ServerTable {
+    /// Compiles `require` and `prefer` against a submission's context.
+    ///
+    /// An empty `require` falls back to the user's `default_require`, then to
+    /// `true`; an empty `prefer` to the user's `default_prefer`, then to
+    /// [`DEFAULT_PREFER`]. Besides the `require` clauses the query checks,
+    /// as clauses of their own: the server is up, has `task.app`, the user may
+    /// run the app, and the server has the task's free slots, cores and
+    /// memory; the user's in-flight quota is checked when matching.
+    pub fn compile(&self, require: &str, prefer: &str, env: &Env) -> Result<Query, ExprError> {
+        let pick = |task: &str, user: &str, default: &str| -> String {
+            if !task.trim().is_empty() {
+                task.to_string()
+            } else if !user.trim().is_empty() {
+                user.to_string()
+            } else {
+                default.to_string()
+            }
+        };
+        let require_text = pick(require, &env.user.default_require, "true");
+        let prefer_text = pick(prefer, &env.user.default_prefer, DEFAULT_PREFER);
+        let req_ast = parse(&require_text, Which::Require)?;
+        let pref_ast = parse(&prefer_text, Which::Prefer)?;
+
+        let mut clauses = Vec::new();
+        let task = &env.task;
+        if !env.user.allowed_apps.is_empty() {
+            clauses.push(Clause {
+                name: format!(
+                    "user {:?} may run app {:?} (user.allowed_apps)",
+                    env.user.name, task.app
+                ),
+                pred: Pred::Const(env.user.may_run(&task.app)),
+                kind: ClauseKind::Implicit,
+            });
+        }
+        clauses.push(Clause {
+            name: "server is up (not down or draining)".into(),
+            pred: Pred::Up,
+            kind: ClauseKind::Implicit,
+        });
+        let prefer;
+        {
+            let mut strings = self.strings();
+            if !task.app.is_empty() {
+                let id = strings
+                    .apps
+                    .intern(&task.app)
+                    .map_err(|e| ExprError::Limit(e.to_string()))?;
+                clauses.push(Clause {
+                    name: format!("app {:?} installed (task.app in server.apps)", task.app),
+                    pred: Pred::HasApp(id),
+                    kind: ClauseKind::Implicit,
+                });
+            }
+            let mut low = Lowerer {
+                src: &require_text,
+                which: Which::Require,
+                env,
+                strings: &mut strings,
+            };
+            for c in conjuncts(&req_ast) {
+                let pred = low.condition(c)?;
+                if pred == Pred::Const(true) {
+                    continue;
+                }
+                clauses.push(Clause {
+                    name: require_text[c.start..c.end].trim().to_string(),
+                    pred,
+                    kind: ClauseKind::Require,
+                });
+            }
+            let mut low = Lowerer {
+                src: &prefer_text,
+                which: Which::Prefer,
+                env,
+                strings: &mut strings,
+            };
+            prefer = low.number(&pref_ast)?;
+        }
+        let demand = Demand {
+            slots: task.slots,
+            cores: task.cores,
+            mem: task.mem,
+        };
+        let range32 = |col, lo| Pred::Range32 {
+            col,
+            lo,
+            hi: u32::MAX,
+            negate: false,
+        };
+        if demand.slots > 0 {
+            clauses.push(Clause {
+                name: format!("slots_free >= {} (task.slots)", demand.slots),
+                pred: range32(Column::SlotsFree, demand.slots),
+                kind: ClauseKind::Implicit,
+            });
+        }
+        if demand.cores > 0 {
+            clauses.push(Clause {
+                name: format!("cores_free >= {} (task.cores)", demand.cores),
+                pred: range32(Column::CoresFree, demand.cores),
+                kind: ClauseKind::Implicit,
+            });
+        }
+        if demand.mem > 0 {
+            clauses.push(Clause {
+                name: format!("mem_free >= {} (task.mem)", format_bytes(demand.mem)),
+                pred: Pred::Range64 {
+                    col: Column::MemFree,
+                    lo: demand.mem,
+                    hi: u64::MAX,
+                    negate: false,
+                },
+                kind: ClauseKind::Implicit,
+            });
+        }
+        let user = if env.user.name.is_empty() {
+            None
+        } else {
+            let counter = self.inflight.counter(&env.user.name).ok_or_else(|| {
+                ExprError::Limit(format!(
+                    "too many users in flight at once (limit {}); retry when tasks finish",
+                    crate::schema::MAX_TRACKED_USERS
+                ))
+            })?;
+            Some(UserQuota {
+                name: env.user.name.clone(),
+                max: env.user.max_in_flight,
+                counter,
+            })
+        };
+        let impossible = clauses.iter().any(|c| c.pred == Pred::Const(false));
+        Ok(Query {
+            clauses,
+            prefer,
+            demand,
+            user,
+            impossible,
+            require_text,
+            prefer_text,
+        })
+    }
+
+    /// The best server for `query` (see [`MatchMode`]), with the task's
+    /// demand reserved on it.
+    pub fn match_and_reserve(
+        &self,
+        query: &Query,
+        mode: MatchMode,
+    ) -> Result<Reservation, NoMatch> {
+        self.match_and_reserve_excluding(query, mode, &[])
+    }
+
+    /// As [`ServerTable::match_and_reserve`], skipping `excluded` servers
+    /// (those that already refused this task).
+    pub fn match_and_reserve_excluding(
+        &self,
+        query: &Query,
+        mode: MatchMode,
+        excluded: &[ServerId],
+    ) -> Result<Reservation, NoMatch> {
+        if !query.impossible && !self.at_quota(query) {
+            for _ in 0..MAX_ATTEMPTS {
+                let Some(c) = self.best(query, mode, excluded) else {
+                    break;
+                };
+                match self.try_reserve(query, c) {
+                    Attempt::Reserved(r) => return Ok(r),
+                    Attempt::Lost => continue,
+                    Attempt::Quota => break,
+                }
+            }
+        }
+        Err(NoMatch {
+            explain: self.explain_excluding(query, excluded),
+        })
+    }
+
+    pub(crate) fn at_quota(&self, q: &Query) -> bool {
+        q.user
+            .as_ref()
+            .is_some_and(|u| u.max > 0 && u.counter.load(Relaxed) >= u.max)
+    }
+
+    /// Gives a reservation's capacity back to its server (unless the server
+    /// was removed or re-registered since) and its unit back to the user's
+    /// quota. Returns false if it was already released.
+    pub fn release(&self, r: &Reservation) -> bool {
+        if r.released.swap(true, AcqRel) {
+            return false;
+        }
+        if let Some(u) = &r.user {
+            inflight::release(u);
+        }
+        if let Some((_, _, block, i)) = self.locate(r.server) {
+            if block.gen[i].load(Acquire) == r.gen {
+                give32(&block.slots_free[i], r.slots, block.slots[i].load(Relaxed));
+                give32(&block.cores_free[i], r.cores, block.cores[i].load(Relaxed));
+                give64(&block.mem_free[i], r.mem, block.mem[i].load(Relaxed));
+                let sub32 = |c: &AtomicU32, n: u32| {
+                    let _ = c.fetch_update(AcqRel, Acquire, |v| Some(v.saturating_sub(n)));
+                };
+                sub32(&block.res_slots[i], r.slots);
+                sub32(&block.res_cores[i], r.cores);
+                let _ = block.res_mem[i]
+                    .fetch_update(AcqRel, Acquire, |v| Some(v.saturating_sub(r.mem)));
+            }
+        }
+        true
+    }
+
+    /// Rows of block `b` passing every clause (live rows only).
+    #[inline]
+    pub(crate) fn block_mask(&self, q: &Query, view: &View<'_>) -> u64 {
+        let mut m = view.block.live.load(Acquire);
+        for c in &q.clauses {
+            if m == 0 {
+                break;
+            }
+            m &= c.pred.eval(view);
+        }
+        m
+    }
+
+    /// Considers one block; returns how many rows passed.
+    #[inline]
+    fn scan_block(
+        &self,
+        q: &Query,
+        s: usize,
+        shard: &Shard,
+        b: usize,
+        excluded: &[ServerId],
+        best: &mut Option<Candidate>,
+    ) -> u32 {
+        let Some(block) = shard.block(b) else {
+            return 0;
+        };
+        let view = View { shard, block, b };
+        let mut m = self.block_mask(q, &view);
+        if m == 0 {
+            return 0;
+        }
+        for &x in excluded {
+            let (xs, xb, xi) = self.split(x);
+            if xs == s && xb == b {
+                m &= !(1u64 << xi);
+            }
+        }
+        let n = m.count_ones();
+        if n == 0 {
+            return 0;
+        }
+        let consider = |i: usize, score: f64, best: &mut Option<Candidate>| {
+            let id = self.id_of(s, b, i);
+            if best.is_none_or(|c| better(score, id, c.score, c.id)) {
+                *best = Some(Candidate {
+                    shard: s,
+                    b,
+                    i,
+                    id,
+                    score,
+                    gen: block.gen[i].load(Acquire),
+                });
+            }
+        };
+        if n <= 4 {
+            while m != 0 {
+                let i = m.trailing_zeros() as usize;
+                m &= m - 1;
+                consider(i, q.prefer.eval_row(&view, i), best);
+            }
+        } else {
+            let scores = q.prefer.eval(&view);
+            while m != 0 {
+                let i = m.trailing_zeros() as usize;
+                m &= m - 1;
+                consider(i, scores[i], best);
+            }
+        }
+        n
+    }
+
+    fn best(&self, q: &Query, mode: MatchMode, excluded: &[ServerId]) -> Option<Candidate> {
+        let mut best = None;
+        match mode {
+            MatchMode::Exact => {
+                for (s, shard) in self.shards.iter().enumerate() {
+                    for b in 0..shard.nblocks() {
+                        self.scan_block(q, s, shard, b, excluded, &mut best);
+                    }
+                }
+            }
+            MatchMode::Sampled { k } => {
+                let k = k.max(1);
+                let n = self.shards.len();
+                let r = next_random(self.seed());
+                let s0 = (r % n as u64) as usize;
+                let nb0 = self.shards[s0].nblocks();
+                let b0 = if nb0 == 0 {
+                    0
+                } else {
+                    ((r >> 32) % nb0 as u64) as usize
+                };
+                let mut found = 0u32;
+                'outer: for off in 0..=n {
+                    let s = (s0 + off) % n;
+                    let shard = &self.shards[s];
+                    let nb = shard.nblocks();
+                    let range = if off == 0 {
+                        b0.min(nb)..nb
+                    } else if off == n {
+                        0..b0.min(nb)
+                    } else {
+                        0..nb
+                    };
+                    for b in range {
+                        found += self.scan_block(q, s, shard, b, excluded, &mut best);
+                        if found >= k {
+                            break 'outer;
+                        }
+                    }
+                }
+            }
+        }
+        best
+    }
+
+    fn try_reserve(&self, q: &Query, c: Candidate) -> Attempt {
+        let shard = &self.shards[c.shard];
+        let Some(block) = shard.block(c.b) else {
+            return Attempt::Lost;
+        };
+        let i = c.i;
+        let view = View {
+            shard,
+            block,
+            b: c.b,
+        };
+        // Re-check the row now: the scan may have read it while a delta or a
+        // re-registration was rewriting it.
+        if self.block_mask(q, &view) & (1u64 << i) == 0 || block.gen[i].load(Acquire) != c.gen {
+            return Attempt::Lost;
+        }
+        let d = q.demand;
+        if !cas_take32(&block.slots_free[i], d.slots) {
+            return Attempt::Lost;
+        }
+        let undo_slots = || give32(&block.slots_free[i], d.slots, u32::MAX);
+        if !cas_take32(&block.cores_free[i], d.cores) {
+            undo_slots();
+            return Attempt::Lost;
+        }
+        let undo_cores = || give32(&block.cores_free[i], d.cores, u32::MAX);
+        if !cas_take64(&block.mem_free[i], d.mem) {
+            undo_cores();
+            undo_slots();
+            return Attempt::Lost;
+        }
+        let undo_all = || {
+            give64(&block.mem_free[i], d.mem, u64::MAX);
+            undo_cores();
+            undo_slots();
+        };
+        if block.gen[i].load(Acquire) != c.gen {
+            undo_all();
+            return Attempt::Lost;
+        }
+        let user = match &q.user {
+            Some(u) => {
+                if !inflight::try_acquire(&u.counter, u.max) {
+                    undo_all();
+                    return Attempt::Quota;
+                }
+                Some(u.counter.clone())
+            }
+            None => None,
+        };
+        block.res_slots[i].fetch_add(d.slots, Relaxed);
+        block.res_cores[i].fetch_add(d.cores, Relaxed);
+        block.res_mem[i].fetch_add(d.mem, Relaxed);
+        Attempt::Reserved(Reservation {
+            server: c.id,
+            slots: d.slots,
+            cores: d.cores,
+            mem: d.mem,
+            score: c.score,
+            gen: c.gen,
+            user,
+            released: AtomicBool::new(false),
+        })
+    }
+}
+
+#[allow(dead_code)]
+const _: () = assert!(BLOCK_ROWS == 64);

@@ -1,0 +1,437 @@
+//! Behaviour of matching, reservation, deltas, states, explain and the query
+//! cache on small hand-built tables.
+
+mod common;
+use allot_engine::*;
+use common::*;
+
+#[test]
+fn picks_the_best_server_satisfying_everything() {
+    let t = table();
+    let a = t.insert(server("a", 2, 5.0, &["echo"], "eu")).unwrap();
+    let b = t.insert(server("b", 2, 9.0, &["echo"], "us")).unwrap();
+    let c = t.insert(server("c", 2, 7.0, &["echo"], "eu")).unwrap();
+    let _d = t.insert(server("d", 2, 99.0, &["other"], "eu")).unwrap();
+    let mut e = env("echo");
+    e.client
+        .push(("region".into(), LabelValue::Str("eu".into())));
+    let q = t.compile("server.region == client.region", "", &e).unwrap();
+    let r = t.match_and_reserve(&q, MatchMode::Exact).unwrap();
+    assert_eq!(r.server, c);
+    assert_eq!((r.slots, r.cores, r.mem, r.score), (1, 0, 0, 7.0));
+    let q2 = t.compile("", "server.power", &e).unwrap();
+    assert_eq!(
+        t.match_and_reserve(&q2, MatchMode::Exact).unwrap().server,
+        b
+    );
+    let q3 = t
+        .compile("server.region == 'eu'", "-server.power", &e)
+        .unwrap();
+    assert_eq!(
+        t.match_and_reserve(&q3, MatchMode::Exact).unwrap().server,
+        a
+    );
+    // Sampled with k large enough sees everything.
+    let r = t
+        .match_and_reserve(&q, MatchMode::Sampled { k: 100 })
+        .unwrap();
+    assert_eq!(r.server, c);
+}
+
+#[test]
+fn reservation_takes_capacity_and_release_gives_it_back() {
+    let t = table();
+    let a = t.insert(server("a", 2, 5.0, &["echo"], "eu")).unwrap();
+    let mut e = env("echo");
+    e.task.cores = 3;
+    e.task.mem = 4 << 30;
+    let q = t.compile("", "", &e).unwrap();
+    let r1 = t.match_and_reserve(&q, MatchMode::Exact).unwrap();
+    let r2 = t.match_and_reserve(&q, MatchMode::Exact).unwrap();
+    assert_eq!((r1.server, r2.server), (a, a));
+    let err = t.match_and_reserve(&q, MatchMode::Exact).unwrap_err();
+    let slots = err
+        .explain
+        .clauses
+        .iter()
+        .find(|c| c.clause.starts_with("slots_free"))
+        .unwrap();
+    assert_eq!(slots.eliminated, 1);
+    assert_eq!(err.explain.matched, 0);
+    let snap = &t.snapshot()[0];
+    assert_eq!(snap.record.slots_free, 0);
+    assert_eq!(snap.cores_free, 2);
+    assert_eq!(snap.record.mem_free, 8 << 30);
+    assert_eq!(
+        (snap.reserved_slots, snap.reserved_cores, snap.reserved_mem),
+        (2, 6, 8 << 30)
+    );
+    assert!(t.release(&r1));
+    assert!(!t.release(&r1), "a second release is a no-op");
+    let snap = &t.snapshot()[0];
+    assert_eq!(
+        (
+            snap.record.slots_free,
+            snap.cores_free,
+            snap.record.mem_free
+        ),
+        (1, 5, 12 << 30)
+    );
+    assert_eq!(snap.reserved_slots, 1);
+    assert!(t.match_and_reserve(&q, MatchMode::Exact).is_ok());
+}
+
+#[test]
+fn states_deltas_and_reregistration() {
+    let t = table();
+    let a = t.insert(server("a", 1, 5.0, &["echo"], "eu")).unwrap();
+    let q = t.compile("server.load < 0.9", "", &env("echo")).unwrap();
+    assert_eq!(t.state(a), Some(ServerState::Up));
+    t.set_state(a, ServerState::Draining).unwrap();
+    assert_eq!(t.state(a), Some(ServerState::Draining));
+    let e = t.match_and_reserve(&q, MatchMode::Exact).unwrap_err();
+    assert_eq!(
+        e.explain.clauses[0].clause,
+        "server is up (not down or draining)"
+    );
+    assert_eq!(e.explain.clauses[0].eliminated, 1);
+    t.set_state(a, ServerState::Down).unwrap();
+    assert_eq!(t.state(a), Some(ServerState::Down));
+    t.set_state(a, ServerState::Up).unwrap();
+
+    assert_eq!(
+        t.apply_delta(a, 2, &[Change::Load(0.95)]).unwrap(),
+        DeltaOutcome::Applied
+    );
+    assert_eq!(
+        t.apply_delta(a, 1, &[Change::Load(0.1)]).unwrap(),
+        DeltaOutcome::Stale
+    );
+    assert_eq!(
+        t.apply_delta(a, 2, &[Change::Load(0.1)]).unwrap(),
+        DeltaOutcome::Stale
+    );
+    assert_eq!((t.deltas_applied(), t.deltas_stale()), (1, 2));
+    assert!(t.match_and_reserve(&q, MatchMode::Exact).is_err());
+    t.apply_delta(
+        a,
+        3,
+        &[Change::Load(0.5), Change::AppRemoved("echo".into())],
+    )
+    .unwrap();
+    assert!(t.match_and_reserve(&q, MatchMode::Exact).is_err());
+    t.apply_delta(
+        a,
+        4,
+        &[
+            Change::AppAdded("echo".into()),
+            Change::Label("gpu".into(), LabelValue::Num(2.0)),
+        ],
+    )
+    .unwrap();
+    let r = t.match_and_reserve(&q, MatchMode::Exact).unwrap();
+    let qg = t.compile("server.gpu >= 2", "", &env("echo")).unwrap();
+    // The only slot is taken.
+    assert!(t.match_and_reserve(&qg, MatchMode::Exact).is_err());
+    t.release(&r);
+    assert!(t.match_and_reserve(&qg, MatchMode::Exact).is_ok());
+
+    // Re-registering replaces the row and resets the delta sequence.
+    let again = t.insert(server("a", 3, 1.0, &["echo"], "us")).unwrap();
+    assert_eq!(again, a);
+    assert_eq!(t.len(), 1);
+    assert_eq!(
+        t.apply_delta(a, 1, &[Change::SlotsFree(3)]).unwrap(),
+        DeltaOutcome::Applied
+    );
+    let snap = &t.snapshot()[0];
+    assert_eq!(snap.record.slots, 3);
+    assert_eq!(snap.reserved_slots, 0);
+    assert!(
+        snap.record.labels.iter().all(|(k, _)| k != "gpu"),
+        "labels start afresh"
+    );
+    assert_eq!(snap.seq, 1);
+    assert_eq!(t.lookup("a"), Some(a));
+    assert_eq!(t.name(a).as_deref(), Some("a"));
+
+    t.remove(a).unwrap();
+    assert_eq!(t.lookup("a"), None);
+    assert_eq!(t.state(a), None);
+    assert_eq!(t.apply_delta(a, 9, &[]), Err(EngineError::UnknownServer(a)));
+    assert_eq!(t.remove(a), Err(EngineError::UnknownServer(a)));
+    assert!(t.is_empty());
+}
+
+#[test]
+fn a_release_after_reregistration_does_not_touch_the_new_row() {
+    let t = table();
+    let a = t.insert(server("a", 2, 5.0, &["echo"], "eu")).unwrap();
+    let q = t.compile("", "", &env("echo")).unwrap();
+    let r = t.match_and_reserve(&q, MatchMode::Exact).unwrap();
+    t.insert(server("a", 2, 5.0, &["echo"], "eu")).unwrap();
+    t.apply_delta(a, 1, &[Change::SlotsFree(1)]).unwrap();
+    t.release(&r);
+    assert_eq!(t.snapshot()[0].record.slots_free, 1);
+}
+
+#[test]
+fn excluding_and_mark_full_move_to_the_next_candidate() {
+    let t = table();
+    let a = t.insert(server("a", 4, 9.0, &["echo"], "eu")).unwrap();
+    let b = t.insert(server("b", 4, 5.0, &["echo"], "eu")).unwrap();
+    let q = t.compile("", "", &env("echo")).unwrap();
+    let r = t.match_and_reserve(&q, MatchMode::Exact).unwrap();
+    assert_eq!(r.server, a);
+    // The worker refused: give the capacity back, mark it full, try the next.
+    t.release(&r);
+    t.mark_full(a).unwrap();
+    let r2 = t
+        .match_and_reserve_excluding(&q, MatchMode::Exact, &[a])
+        .unwrap();
+    assert_eq!(r2.server, b);
+    let e = t
+        .match_and_reserve_excluding(&q, MatchMode::Sampled { k: 4 }, &[a, b])
+        .unwrap_err();
+    let ex = e.explain.clauses.last().unwrap();
+    assert_eq!(
+        (ex.clause.as_str(), ex.eliminated),
+        ("not already tried for this task (excluded)", 2)
+    );
+}
+
+#[test]
+fn user_limits_are_clauses() {
+    let t = table();
+    t.insert(server("a", 8, 9.0, &["echo", "sum"], "eu"))
+        .unwrap();
+    let mut e = env("sum");
+    e.user = UserRecord::new("bob");
+    e.user.allowed_apps = vec!["echo".into()];
+    let q = t.compile("", "", &e).unwrap();
+    let err = t.match_and_reserve(&q, MatchMode::Exact).unwrap_err();
+    assert_eq!(
+        err.explain.clauses[0].clause,
+        "user \"bob\" may run app \"sum\" (user.allowed_apps)"
+    );
+    assert_eq!(err.explain.clauses[0].eliminated, 1);
+
+    e.task.app = "echo".into();
+    e.user.max_in_flight = 2;
+    let q = t.compile("", "", &e).unwrap();
+    let r1 = t.match_and_reserve(&q, MatchMode::Exact).unwrap();
+    let _r2 = t.match_and_reserve(&q, MatchMode::Exact).unwrap();
+    assert_eq!(t.in_flight().count("bob"), 2);
+    let err = t.match_and_reserve(&q, MatchMode::Exact).unwrap_err();
+    let last = err.explain.clauses.last().unwrap();
+    assert_eq!(
+        last.clause,
+        "user \"bob\" below max_in_flight 2 (2 in flight)"
+    );
+    assert_eq!(last.eliminated, 1);
+    assert!(err.to_string().contains("rejects 1"), "{err}");
+    t.release(&r1);
+    assert_eq!(t.in_flight().count("bob"), 1);
+    assert!(t.match_and_reserve(&q, MatchMode::Exact).is_ok());
+}
+
+#[test]
+fn explain_counts_each_clause_and_lists_nearest_misses() {
+    let t = table();
+    t.insert(server("a", 1, 1.0, &["echo"], "eu")).unwrap();
+    t.insert(server("b", 1, 2.0, &["echo"], "us")).unwrap();
+    t.insert(server("c", 1, 3.0, &[], "us")).unwrap();
+    t.insert(server("d", 1, 4.0, &["echo"], "eu")).unwrap();
+    let q = t
+        .compile(
+            "server.region == 'eu' && server.power >= 2",
+            "",
+            &env("echo"),
+        )
+        .unwrap();
+    let ex = t.explain(&q);
+    assert_eq!((ex.total, ex.matched), (4, 1));
+    let got: Vec<(&str, u32)> = ex
+        .clauses
+        .iter()
+        .map(|c| (c.clause.as_str(), c.eliminated))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("server is up (not down or draining)", 0),
+            ("app \"echo\" installed (task.app in server.apps)", 1),
+            ("server.region == 'eu'", 2),
+            ("server.power >= 2", 1),
+            ("slots_free >= 1 (task.slots)", 0),
+        ]
+    );
+    let near: Vec<(&str, Vec<&str>)> = ex
+        .nearest
+        .iter()
+        .map(|n| {
+            (
+                n.server.as_str(),
+                n.failed.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(near.len(), 3);
+    // a and b fail one clause each; c fails two.
+    assert!(
+        near[..2].contains(&("a", vec!["server.power >= 2"])),
+        "{near:?}"
+    );
+    assert!(
+        near[..2].contains(&("b", vec!["server.region == 'eu'"])),
+        "{near:?}"
+    );
+    assert_eq!(near[2].0, "c");
+    assert_eq!(near[2].1.len(), 2);
+}
+
+#[test]
+fn label_semantics_missing_and_mixed_types() {
+    let t = table();
+    let mut s = server("a", 1, 1.0, &[], "eu");
+    s.labels
+        .push(("gpus".into(), LabelValue::Str("many".into())));
+    let a = t.insert(s).unwrap();
+    let mut s = server("b", 1, 2.0, &[], "eu");
+    s.labels.push(("gpus".into(), LabelValue::Num(2.0)));
+    let b = t.insert(s).unwrap();
+    let c = t.insert(server("c", 9, 3.0, &[], "eu")).unwrap();
+    let e = env("");
+    let pick = |req: &str| -> Vec<ServerId> {
+        let q = t.compile(req, "", &e).unwrap();
+        let mut v = Vec::new();
+        let mut ex = Vec::new();
+        while let Ok(r) = t.match_and_reserve_excluding(&q, MatchMode::Exact, &ex) {
+            v.push(r.server);
+            ex.push(r.server);
+            t.release(&r);
+        }
+        v.sort();
+        v
+    };
+    assert_eq!(pick("server.gpus == 2"), vec![b]);
+    assert_eq!(
+        pick("server.gpus != 2"),
+        Vec::<ServerId>::new(),
+        "strings and missing labels are not != 2"
+    );
+    assert_eq!(pick("server.gpus == 'many'"), vec![a]);
+    assert_eq!(pick("server.gpus != 'many'"), Vec::<ServerId>::new());
+    let sorted = |mut v: Vec<ServerId>| {
+        v.sort();
+        v
+    };
+    assert_eq!(pick("!(server.gpus == 2)"), sorted(vec![a, c]));
+    assert_eq!(pick("server.gpus + 1 > 0"), vec![b]);
+    assert_eq!(
+        pick("server.nothing == server.nothing"),
+        Vec::<ServerId>::new()
+    );
+    assert_eq!(
+        pick("server.region == server.region"),
+        sorted(vec![a, b, c])
+    );
+    assert_eq!(pick("server.slots_free != 1"), vec![c]);
+}
+
+#[test]
+fn query_cache_reuses_shapes_and_is_bounded() {
+    let t = table();
+    t.insert(server("a", 1, 1.0, &["echo"], "eu")).unwrap();
+    let mut cache = QueryCache::new(2);
+    let e = env("echo");
+    let q1 = cache.get_or_compile(&t, "server.load < 1", "", &e).unwrap();
+    let q2 = cache.get_or_compile(&t, "server.load < 1", "", &e).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&q1, &q2));
+    assert_eq!((cache.hits(), cache.misses()), (1, 1));
+    let mut e2 = e.clone();
+    e2.task.cores = 4;
+    let q3 = cache
+        .get_or_compile(&t, "server.load < 1", "", &e2)
+        .unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&q1, &q3));
+    cache.get_or_compile(&t, "true", "", &e).unwrap();
+    assert_eq!(cache.len(), 2, "bounded: the oldest shape was evicted");
+    cache.get_or_compile(&t, "server.load < 1", "", &e).unwrap();
+    assert_eq!(cache.misses(), 4);
+    assert!(cache.get_or_compile(&t, "server.load <", "", &e).is_err());
+    assert_eq!(cache.len(), 2);
+    cache.clear();
+    assert!(cache.is_empty());
+}
+
+#[test]
+fn limits_and_bad_input_are_errors() {
+    let t = ServerTable::new(TableConfig {
+        shards: 1,
+        capacity: 64,
+    })
+    .unwrap();
+    for i in 0..64 {
+        t.insert(server(&format!("s{i}"), 1, 1.0, &[], "eu"))
+            .unwrap();
+    }
+    assert_eq!(
+        t.insert(server("one-more", 1, 1.0, &[], "eu")),
+        Err(EngineError::TableFull { capacity: 64 })
+    );
+    assert!(matches!(
+        t.insert(server("", 1, 1.0, &[], "eu")),
+        Err(EngineError::BadName { .. })
+    ));
+    assert!(matches!(
+        t.insert(server(&"x".repeat(256), 1, 1.0, &[], "eu")),
+        Err(EngineError::BadName { .. })
+    ));
+    assert!(ServerTable::new(TableConfig {
+        shards: 0,
+        capacity: 1
+    })
+    .is_err());
+    assert!(ServerTable::new(TableConfig {
+        shards: 1,
+        capacity: 0
+    })
+    .is_err());
+    // Label keys are bounded; reaching the bound is an error that leaves the
+    // row as it was.
+    let id = t.lookup("s0").unwrap();
+    let mut seq = 1;
+    let mut err = None;
+    for k in 0..300 {
+        match t.apply_delta(
+            id,
+            seq,
+            &[Change::Label(format!("k{k}"), LabelValue::Num(1.0))],
+        ) {
+            Ok(_) => seq += 1,
+            Err(e) => {
+                err = Some(e);
+                break;
+            }
+        }
+    }
+    let err = err.expect("the label-key bound is reached");
+    assert!(
+        err.to_string()
+            .starts_with("too many label keys (limit 64)"),
+        "{err}"
+    );
+    let e = env("");
+    let q = t.compile("server.never_seen_key == 1", "", &e);
+    assert!(matches!(q, Err(ExprError::Limit(_))), "{q:?}");
+}
+
+#[test]
+fn table_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<ServerTable>();
+    assert_send_sync::<Query>();
+    assert_send_sync::<Reservation>();
+    assert_send_sync::<Store>();
+}
