@@ -1,1 +1,27 @@
-//! placeholder during bootstrap
+//! allot nodes over QUIC: the gateway, distributor and worker roles, the
+//! client SDK, and what the `allot` binary is made of.
+//!
+//! Every role is a library type an embedding program starts (`spawn`, on a
+//! thread of its own, or `run`, on the caller's current-thread runtime
+//! inside a `LocalSet`) and an `allot` subcommand.
+
+pub mod pki;
+pub mod transport;
+
+pub mod apps;
+pub mod cli;
+pub mod client;
+pub mod conn;
+pub mod demo;
+pub mod distributor;
+pub mod gateway;
+pub mod labels;
+pub mod node_thread;
+pub mod units;
+pub mod users;
+pub mod worker;
+
+pub use client::{Client, ClientConfig, ClientError, Outcome, Task};
+pub use distributor::{DistributorConfig, DistributorHandle};
+pub use gateway::{GatewayConfig, GatewayHandle, RedirectPolicy};
+pub use worker::{WorkerConfig, WorkerHandle};

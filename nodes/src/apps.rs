@@ -1,0 +1,372 @@
+//! What a worker runs: the built-in apps, configured commands, and async
+//! handlers registered by an embedding program.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The largest output a task may return: what fits in one frame.
+pub const MAX_OUTPUT: usize = allot_wire::DEFAULT_MAX_FRAME - 64 * 1024;
+
+/// How an app run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppOutcome {
+    /// Succeeded with this output.
+    Ok(Bytes),
+    /// Failed: exit code, output so far, reason.
+    Failed {
+        /// Exit status of a command, 1 for handlers.
+        exit_code: i32,
+        /// stdout so far.
+        output: Bytes,
+        /// What went wrong (stderr for commands).
+        message: String,
+    },
+    /// Ran past its deadline and was stopped.
+    Timeout,
+}
+
+/// An async handler registered by an embedding program. The handler is
+/// shared across threads (a node may be started on a thread of its own),
+/// its futures are not: they run on the worker's current-thread runtime.
+pub type Handler =
+    Arc<dyn Fn(Bytes) -> Pin<Box<dyn Future<Output = Result<Bytes, String>>>> + Send + Sync>;
+
+/// Wraps an async function as a [`Handler`].
+pub fn handler<F, Fut>(f: F) -> Handler
+where
+    F: Fn(Bytes) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Bytes, String>> + 'static,
+{
+    Arc::new(move |input| Box::pin(f(input)))
+}
+
+/// How one app is run.
+#[derive(Clone)]
+pub enum App {
+    /// Returns its input.
+    Echo,
+    /// Sleeps for the input's number of milliseconds.
+    Sleep,
+    /// Returns the hex SHA-256 of its input.
+    Sha256,
+    /// Runs `sh -c COMMAND` with the input on stdin; stdout is the output.
+    Command(String),
+    /// An embedding program's handler.
+    Handler(Handler),
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            App::Echo => f.write_str("echo"),
+            App::Sleep => f.write_str("sleep"),
+            App::Sha256 => f.write_str("sha256"),
+            App::Command(c) => write!(f, "command {c:?}"),
+            App::Handler(_) => f.write_str("handler"),
+        }
+    }
+}
+
+/// The built-in app of this name, if any.
+pub fn builtin(name: &str) -> Option<App> {
+    Some(match name {
+        "echo" => App::Echo,
+        "sleep" => App::Sleep,
+        "sha256" => App::Sha256,
+        _ => return None,
+    })
+}
+
+/// The apps a worker runs, by name.
+#[derive(Clone, Default)]
+pub struct AppTable {
+    apps: HashMap<String, App>,
+}
+
+impl AppTable {
+    /// Adds (or replaces) an app.
+    pub fn insert(&mut self, name: &str, app: App) {
+        self.apps.insert(name.to_owned(), app);
+    }
+
+    /// The app of this name.
+    pub fn get(&self, name: &str) -> Option<&App> {
+        self.apps.get(name)
+    }
+
+    /// The app names, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.apps.keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Builds the table from `--apps` names and `--app-cmd NAME=COMMAND`
+    /// entries: a name must be a built-in or have a command.
+    pub fn from_config(names: &[String], cmds: &[(String, String)]) -> Result<AppTable, String> {
+        let mut t = AppTable::default();
+        for (n, c) in cmds {
+            t.insert(n, App::Command(c.clone()));
+        }
+        for n in names {
+            if t.get(n).is_some() {
+                continue;
+            }
+            match builtin(n) {
+                Some(a) => t.insert(n, a),
+                None => {
+                    return Err(format!(
+                        "app `{n}` is not built in (echo, sleep, sha256) and has no --app-cmd {n}=COMMAND"
+                    ))
+                }
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// Whether the app finishes without waiting (run inline, no task spawned).
+pub fn is_instant(app: &App) -> bool {
+    matches!(app, App::Echo | App::Sha256)
+}
+
+/// Runs an instant app.
+pub fn run_instant(app: &App, input: &Bytes) -> Option<AppOutcome> {
+    match app {
+        App::Echo => Some(AppOutcome::Ok(input.clone())),
+        App::Sha256 => {
+            let d = Sha256::digest(input);
+            let mut hex = String::with_capacity(64);
+            for b in d {
+                use std::fmt::Write;
+                let _ = write!(hex, "{b:02x}");
+            }
+            Some(AppOutcome::Ok(Bytes::from(hex)))
+        }
+        _ => None,
+    }
+}
+
+/// Runs any app, with an optional deadline.
+pub async fn run(app: &App, input: Bytes, deadline: Option<Duration>) -> AppOutcome {
+    let fut = run_inner(app, input);
+    match deadline {
+        Some(d) => tokio::time::timeout(d, fut)
+            .await
+            .unwrap_or(AppOutcome::Timeout),
+        None => fut.await,
+    }
+}
+
+async fn run_inner(app: &App, input: Bytes) -> AppOutcome {
+    if let Some(o) = run_instant(app, &input) {
+        return o;
+    }
+    match app {
+        App::Sleep => {
+            let text = String::from_utf8_lossy(&input);
+            match text.trim().parse::<u64>() {
+                Ok(ms) if ms <= 24 * 3600 * 1000 => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    AppOutcome::Ok(Bytes::from(format!("slept {ms} ms")))
+                }
+                _ => AppOutcome::Failed {
+                    exit_code: 2,
+                    output: Bytes::new(),
+                    message: format!(
+                        "sleep wants a number of milliseconds (at most a day), got {:?}",
+                        text.trim()
+                    ),
+                },
+            }
+        }
+        App::Command(cmd) => run_command(cmd, input).await,
+        App::Handler(h) => match h(input).await {
+            Ok(out) => AppOutcome::Ok(out),
+            Err(message) => AppOutcome::Failed {
+                exit_code: 1,
+                output: Bytes::new(),
+                message,
+            },
+        },
+        App::Echo | App::Sha256 => unreachable_instant(),
+    }
+}
+
+fn unreachable_instant() -> AppOutcome {
+    AppOutcome::Failed {
+        exit_code: 1,
+        output: Bytes::new(),
+        message: "internal: instant app not run inline".into(),
+    }
+}
+
+/// Runs a command; the child is killed if this future is dropped (deadline
+/// or cancel), so nothing outlives its task.
+async fn run_command(cmd: &str, input: Bytes) -> AppOutcome {
+    let mut child = match tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return AppOutcome::Failed {
+                exit_code: 127,
+                output: Bytes::new(),
+                message: format!("cannot start `{cmd}`: {e}"),
+            }
+        }
+    };
+    let mut stdin = child.stdin.take();
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let write = async {
+        if let Some(mut s) = stdin.take() {
+            // A command that does not read its input closes the pipe: fine.
+            let _ = s.write_all(&input).await;
+        }
+    };
+    let read_out = async {
+        let mut buf = Vec::new();
+        if let Some(s) = stdout.as_mut() {
+            let _ = s.take(MAX_OUTPUT as u64 + 1).read_to_end(&mut buf).await;
+        }
+        buf
+    };
+    let read_err = async {
+        let mut buf = Vec::new();
+        if let Some(s) = stderr.as_mut() {
+            let _ = s.take(64 * 1024).read_to_end(&mut buf).await;
+        }
+        buf
+    };
+    let ((), out, err) = tokio::join!(write, read_out, read_err);
+    let status = match child.wait().await {
+        Ok(s) => s,
+        Err(e) => {
+            return AppOutcome::Failed {
+                exit_code: 1,
+                output: Bytes::new(),
+                message: format!("waiting for `{cmd}` failed: {e}"),
+            }
+        }
+    };
+    if out.len() > MAX_OUTPUT {
+        return AppOutcome::Failed {
+            exit_code: status.code().unwrap_or(1),
+            output: Bytes::new(),
+            message: format!("output of `{cmd}` exceeds {MAX_OUTPUT} bytes"),
+        };
+    }
+    if status.success() {
+        AppOutcome::Ok(Bytes::from(out))
+    } else {
+        let code = status.code().unwrap_or(-1);
+        let stderr = String::from_utf8_lossy(&err).trim().to_owned();
+        AppOutcome::Failed {
+            exit_code: code,
+            output: Bytes::from(out),
+            message: if stderr.is_empty() {
+                format!("`{cmd}` exited with status {code}")
+            } else {
+                format!("`{cmd}` exited with status {code}: {stderr}")
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn builtins() {
+        assert_eq!(
+            run_instant(&App::Echo, &Bytes::from_static(b"hi")),
+            Some(AppOutcome::Ok(Bytes::from_static(b"hi")))
+        );
+        assert_eq!(
+            run_instant(&App::Sha256, &Bytes::from_static(b"abc")),
+            Some(AppOutcome::Ok(Bytes::from_static(
+                b"ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+            )))
+        );
+        let rt = rt();
+        assert_eq!(
+            rt.block_on(run(&App::Sleep, Bytes::from_static(b"5"), None)),
+            AppOutcome::Ok(Bytes::from_static(b"slept 5 ms"))
+        );
+        assert!(matches!(
+            rt.block_on(run(&App::Sleep, Bytes::from_static(b"soon"), None)),
+            AppOutcome::Failed { exit_code: 2, .. }
+        ));
+        assert_eq!(
+            rt.block_on(run(
+                &App::Sleep,
+                Bytes::from_static(b"5000"),
+                Some(Duration::from_millis(20))
+            )),
+            AppOutcome::Timeout
+        );
+    }
+
+    #[test]
+    fn commands_get_stdin_and_report_exit_status() {
+        let rt = rt();
+        let up = App::Command("tr a-z A-Z".into());
+        assert_eq!(
+            rt.block_on(run(&up, Bytes::from_static(b"shout"), None)),
+            AppOutcome::Ok(Bytes::from_static(b"SHOUT"))
+        );
+        let fail = App::Command("echo partial; echo broken >&2; exit 3".into());
+        match rt.block_on(run(&fail, Bytes::new(), None)) {
+            AppOutcome::Failed {
+                exit_code,
+                output,
+                message,
+            } => {
+                assert_eq!(exit_code, 3);
+                assert_eq!(&output[..], b"partial\n");
+                assert!(message.contains("status 3: broken"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let slow = App::Command("sleep 5".into());
+        assert_eq!(
+            rt.block_on(run(&slow, Bytes::new(), Some(Duration::from_millis(50)))),
+            AppOutcome::Timeout
+        );
+    }
+
+    #[test]
+    fn unknown_app_without_command_is_a_config_error() {
+        let err = AppTable::from_config(&["render".into()], &[]).unwrap_err();
+        assert!(err.contains("--app-cmd render=COMMAND"), "{err}");
+        let t = AppTable::from_config(
+            &["render".into(), "echo".into()],
+            &[("render".into(), "cat".into())],
+        )
+        .unwrap();
+        assert_eq!(t.names(), vec!["echo", "render"]);
+    }
+}

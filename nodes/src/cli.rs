@@ -1,0 +1,694 @@
+//! The `allot` command line. The flags are a contract scripts and tests
+//! depend on (see the nodes issue); every node flag can also come from a
+//! TOML file given with `--config` (see [`crate::config`]).
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use allot_wire::{Attr, AttrValue, Demands, ExplainQuery, ReportMode, Role, TaskStatus};
+use anyhow::{bail, Context, Result};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+
+use crate::client::{Client, ClientConfig, Task};
+use crate::labels::{parse_attr, status_name};
+use crate::units::parse_size;
+
+/// allot: allocate computing tasks to servers by matching attributes, over QUIC.
+#[derive(Parser, Debug)]
+#[command(name = "allot", version, about, args_override_self = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create the cluster CA or issue node certificates.
+    Cert {
+        #[command(subcommand)]
+        cmd: CertCmd,
+    },
+    /// Run a gateway (first tier).
+    Gateway(GatewayArgs),
+    /// Run a distributor (second tier).
+    Distributor(DistributorArgs),
+    /// Run a worker (fulfillment server).
+    Worker(WorkerArgs),
+    /// Submit one task and print its output.
+    Submit(SubmitArgs),
+    /// Show a distributor's table of workers.
+    Status(StatusArgs),
+    /// Explain whether a task would be placed, and if not, why.
+    Explain(ExplainArgs),
+    /// Run a whole cluster in this process and a mixed workload through it.
+    Demo(crate::demo::DemoArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum CertCmd {
+    /// Create the cluster CA in DIR.
+    Ca {
+        /// PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue a node certificate signed by the CA in DIR.
+    Issue {
+        /// PKI directory holding the CA.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node name.
+        #[arg(long)]
+        name: String,
+        /// Role the certificate allows.
+        #[arg(long, value_parser = parse_role)]
+        role: Role,
+    },
+}
+
+fn parse_role(s: &str) -> Result<Role, String> {
+    Role::parse(s)
+        .ok_or_else(|| format!("`{s}` is not a role (gateway, distributor, worker, client)"))
+}
+
+fn parse_addrs(s: &str) -> Result<Vec<SocketAddr>, String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            a.parse()
+                .map_err(|e| format!("`{a}` is not an address like 127.0.0.1:7000: {e}"))
+        })
+        .collect()
+}
+
+fn parse_set(s: &str) -> Result<(String, Vec<SocketAddr>), String> {
+    let (name, addrs) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=ADDR,ADDR..."))?;
+    let addrs = parse_addrs(addrs)?;
+    if name.is_empty() || addrs.is_empty() {
+        return Err(format!("`{s}` needs a set name and at least one address"));
+    }
+    Ok((name.to_owned(), addrs))
+}
+
+fn parse_kv_cmd(s: &str) -> Result<(String, String), String> {
+    let (n, c) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=COMMAND"))?;
+    if n.is_empty() || c.trim().is_empty() {
+        return Err(format!("`{s}` needs an app name and a command"));
+    }
+    Ok((n.to_owned(), c.to_owned()))
+}
+
+#[derive(Args, Debug)]
+struct Common {
+    /// A TOML file of flags (keys named like the flags, dashes as underscores).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct GatewayArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Node name.
+    #[arg(long)]
+    name: String,
+    /// Address to listen on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// PKI directory.
+    #[arg(long)]
+    pki: PathBuf,
+    /// A distributor set: NAME=ADDR,ADDR,...
+    #[arg(long = "set", value_parser = parse_set, required = true)]
+    sets: Vec<(String, Vec<SocketAddr>)>,
+    /// How clients are spread over sets.
+    #[arg(long, value_enum, default_value_t = PolicyArg::Rendezvous)]
+    policy: PolicyArg,
+    /// How long clients may cache a redirect, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    ttl_ms: u64,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum PolicyArg {
+    Rendezvous,
+    RoundRobin,
+}
+
+#[derive(Args, Debug)]
+struct DistributorArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Node name.
+    #[arg(long)]
+    name: String,
+    /// Address to listen on.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// PKI directory.
+    #[arg(long)]
+    pki: PathBuf,
+    /// Name of this distributor set.
+    #[arg(long, default_value = "default")]
+    set_name: String,
+    /// Other members of the set.
+    #[arg(long, value_parser = parse_addrs, default_value = "")]
+    peers: Vec<SocketAddr>,
+    /// Directory of the user and task-class DBs.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// TOML file of users to load into the user DB.
+    #[arg(long)]
+    users: Option<PathBuf>,
+    /// Heartbeat period asked of workers, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_ms: u64,
+    /// Heartbeats a worker may miss before it is marked down.
+    #[arg(long, default_value_t = 3)]
+    missed_heartbeats: u32,
+    /// Placements tried per task.
+    #[arg(long, default_value_t = 3)]
+    max_attempts: u32,
+    /// Match the best of all workers (0) or of the first K that fit.
+    #[arg(long, default_value_t = 0)]
+    sample: u32,
+}
+
+#[derive(Args, Debug)]
+struct WorkerArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Node name.
+    #[arg(long)]
+    name: String,
+    /// Local address to bind.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    listen: SocketAddr,
+    /// PKI directory.
+    #[arg(long)]
+    pki: PathBuf,
+    /// Distributors to join, in order.
+    #[arg(long, value_parser = parse_addrs)]
+    join: Vec<SocketAddr>,
+    /// Report to one distributor (registered) or all (broadcast).
+    #[arg(long, value_enum, default_value_t = ReportArg::Registered)]
+    report: ReportArg,
+    /// Applications: built-ins (echo, sleep, sha256) or names given --app-cmd.
+    #[arg(long, value_delimiter = ',', default_value = "echo")]
+    apps: Vec<String>,
+    /// Cores.
+    #[arg(long, default_value_t = 4)]
+    cores: u32,
+    /// Memory (e.g. 16GiB).
+    #[arg(long, value_parser = parse_size, default_value = "8GiB")]
+    mem: u64,
+    /// Computing power.
+    #[arg(long, default_value_t = 4.0)]
+    power: f64,
+    /// Tasks at once.
+    #[arg(long, default_value_t = 4)]
+    slots: u32,
+    /// A label, key=value (repeatable).
+    #[arg(long = "label", value_parser = parse_attr)]
+    labels: Vec<Attr>,
+    /// An app run as a command: NAME=COMMAND (repeatable).
+    #[arg(long = "app-cmd", value_parser = parse_kv_cmd)]
+    app_cmds: Vec<(String, String)>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum ReportArg {
+    Registered,
+    Broadcast,
+}
+
+#[derive(Args, Debug)]
+struct ClientArgs {
+    /// PKI directory.
+    #[arg(long)]
+    pki: PathBuf,
+    /// Certificate name.
+    #[arg(long, default_value = "client")]
+    name: String,
+}
+
+#[derive(Args, Debug)]
+struct SubmitArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Gateways, tried in order.
+    #[arg(long, value_parser = parse_addrs, required = true)]
+    gateway: Vec<SocketAddr>,
+    /// Application.
+    #[arg(long)]
+    app: String,
+    /// Hard constraints.
+    #[arg(long, default_value = "")]
+    require: String,
+    /// Score to maximise.
+    #[arg(long, default_value = "")]
+    prefer: String,
+    /// User.
+    #[arg(long, default_value = "")]
+    user: String,
+    /// A client attribute, key=value (repeatable).
+    #[arg(long = "client-attr", value_parser = parse_attr)]
+    client_attrs: Vec<Attr>,
+    /// Cores needed.
+    #[arg(long, default_value_t = 0)]
+    cores: u32,
+    /// Memory needed (e.g. 512MiB).
+    #[arg(long, value_parser = parse_size, default_value = "0")]
+    mem: u64,
+    /// Input file, or - for stdin.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Deadline in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    deadline_ms: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct StatusArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The distributor to ask.
+    #[arg(long)]
+    distributor: SocketAddr,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct ExplainArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The distributor to ask.
+    #[arg(long)]
+    distributor: SocketAddr,
+    /// Application.
+    #[arg(long)]
+    app: String,
+    /// Hard constraints.
+    #[arg(long, default_value = "")]
+    require: String,
+    /// Cores needed.
+    #[arg(long, default_value_t = 0)]
+    cores: u32,
+    /// Memory needed.
+    #[arg(long, value_parser = parse_size, default_value = "0")]
+    mem: u64,
+    /// User.
+    #[arg(long, default_value = "")]
+    user: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Parses the command line (merging `--config` files) and runs it.
+pub fn main() -> Result<()> {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cmd = Cli::command();
+    // CONFIG let argv = crate::config::merge_config(&cmd, argv)?;
+    let matches = cmd.get_matches_from(argv);
+    let cli = Cli::from_arg_matches(&matches)
+        .map_err(|e| e.exit())
+        .unwrap_or_else(|never| never);
+    run(cli)
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ALLOT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs `f` on a current-thread runtime inside a `LocalSet`.
+pub fn block_on_local<F: Future>(f: F) -> Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let local = tokio::task::LocalSet::new();
+    Ok(local.block_on(&rt, f))
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Cert { cmd } => match cmd {
+            CertCmd::Ca { dir } => {
+                crate::pki::create_ca(&dir)?;
+                println!("created CA in {}", dir.display());
+                Ok(())
+            }
+            CertCmd::Issue { dir, name, role } => {
+                crate::pki::issue(&dir, &name, role)?;
+                println!(
+                    "issued {} certificate `{name}` in {}",
+                    role.as_str(),
+                    dir.display()
+                );
+                Ok(())
+            }
+        },
+        Command::Gateway(a) => {
+            init_logging("info");
+            let cfg = crate::gateway::GatewayConfig {
+                name: a.name,
+                listen: a.listen,
+                pki: a.pki,
+                sets: a.sets,
+                policy: match a.policy {
+                    PolicyArg::Rendezvous => crate::gateway::RedirectPolicy::Rendezvous,
+                    PolicyArg::RoundRobin => crate::gateway::RedirectPolicy::RoundRobin,
+                },
+                ttl: Duration::from_millis(a.ttl_ms),
+            };
+            block_on_local(crate::gateway::run(cfg, shutdown_signal()))??;
+            Ok(())
+        }
+        Command::Distributor(a) => {
+            init_logging("info");
+            let mut cfg =
+                crate::distributor::DistributorConfig::new(&a.name, a.listen, a.pki, a.data_dir);
+            cfg.set_name = a.set_name;
+            cfg.peers = a.peers;
+            cfg.users_file = a.users;
+            cfg.heartbeat = Duration::from_millis(a.heartbeat_ms.max(10));
+            cfg.missed_heartbeats = a.missed_heartbeats.max(1);
+            cfg.max_attempts = a.max_attempts.max(1);
+            cfg.match_mode = if a.sample == 0 {
+                allot_engine::MatchMode::Exact
+            } else {
+                allot_engine::MatchMode::Sampled { k: a.sample }
+            };
+            block_on_local(crate::distributor::run(cfg, shutdown_signal()))??;
+            Ok(())
+        }
+        Command::Worker(a) => {
+            init_logging("info");
+            let mut cfg = crate::worker::WorkerConfig::new(&a.name, a.pki, a.join);
+            cfg.listen = a.listen;
+            cfg.mode = match a.report {
+                ReportArg::Registered => ReportMode::Registered,
+                ReportArg::Broadcast => ReportMode::Broadcast,
+            };
+            cfg.apps = a.apps;
+            cfg.app_cmds = a.app_cmds;
+            cfg.cores = a.cores;
+            cfg.mem = a.mem;
+            cfg.power = a.power;
+            cfg.slots = a.slots;
+            cfg.labels = a.labels;
+            block_on_local(crate::worker::run(cfg, Vec::new(), shutdown_signal()))??;
+            Ok(())
+        }
+        Command::Submit(a) => {
+            init_logging("warn");
+            submit(a)
+        }
+        Command::Status(a) => {
+            init_logging("warn");
+            status(a)
+        }
+        Command::Explain(a) => {
+            init_logging("warn");
+            explain(a)
+        }
+        Command::Demo(a) => {
+            init_logging("error");
+            crate::demo::run(a)
+        }
+    }
+}
+
+fn client_config(c: ClientArgs, gateways: Vec<SocketAddr>, attrs: Vec<Attr>) -> ClientConfig {
+    ClientConfig {
+        name: c.name,
+        pki: c.pki,
+        gateways,
+        attrs,
+    }
+}
+
+fn submit(a: SubmitArgs) -> Result<()> {
+    let payload = match &a.input {
+        None => Vec::new(),
+        Some(p) if p.as_os_str() == "-" => {
+            let mut v = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut v)
+                .context("reading the input from stdin")?;
+            v
+        }
+        Some(p) => {
+            std::fs::read(p).with_context(|| format!("reading the input file {}", p.display()))?
+        }
+    };
+    let cfg = client_config(a.client, a.gateway, a.client_attrs);
+    let task = Task {
+        app: a.app,
+        payload: payload.into(),
+        require: a.require,
+        prefer: a.prefer,
+        user: a.user,
+        demands: Demands {
+            cores: a.cores,
+            mem: a.mem,
+            slots: 1,
+        },
+        priority: 0,
+        deadline_ms: a.deadline_ms,
+    };
+    let outcome = block_on_local(async move {
+        let client = Client::connect(cfg).await?;
+        let r = client.submit(task).await;
+        client.close();
+        r
+    })??;
+    if a.json {
+        let (output, encoding) = match std::str::from_utf8(&outcome.output) {
+            Ok(s) => (s.to_owned(), None),
+            Err(_) => {
+                use base64::Engine;
+                (
+                    base64::engine::general_purpose::STANDARD.encode(&outcome.output),
+                    Some("base64"),
+                )
+            }
+        };
+        let mut j = serde_json::json!({
+            "task_id": outcome.task_id,
+            "status": status_name(outcome.status),
+            "worker": outcome.worker,
+            "distributor": outcome.distributor,
+            "gateway": outcome.gateway,
+            "attempts": outcome.attempts,
+            "latency_us": outcome.latency.as_micros() as u64,
+            "exit_code": outcome.exit_code,
+            "message": outcome.message,
+            "output": output,
+        });
+        if let Some(enc) = encoding {
+            j["output_encoding"] = serde_json::Value::from(enc);
+        }
+        println!("{j}");
+    } else {
+        std::io::stdout()
+            .write_all(&outcome.output)
+            .context("writing the output")?;
+    }
+    if outcome.status != TaskStatus::Ok {
+        bail!("task {}: {}", status_name(outcome.status), outcome.message);
+    }
+    Ok(())
+}
+
+fn attr_json(v: &AttrValue) -> serde_json::Value {
+    match v {
+        AttrValue::Num(n) => serde_json::json!(n),
+        AttrValue::Str(s) => serde_json::json!(s),
+        AttrValue::Bool(b) => serde_json::json!(b),
+        _ => serde_json::Value::Null,
+    }
+}
+
+fn state_name(s: allot_wire::WorkerState) -> &'static str {
+    match s {
+        allot_wire::WorkerState::Up => "up",
+        allot_wire::WorkerState::Down => "down",
+        allot_wire::WorkerState::Draining => "draining",
+        _ => "unknown",
+    }
+}
+
+fn status(a: StatusArgs) -> Result<()> {
+    let addr = a.distributor;
+    let cfg = client_config(a.client, Vec::new(), Vec::new());
+    let reply = block_on_local(async move {
+        let c = Client::connect_distributor(cfg, addr).await?;
+        let r = c.status().await;
+        c.close();
+        r
+    })??;
+    if a.json {
+        let arr: Vec<serde_json::Value> = reply
+            .workers
+            .iter()
+            .map(|w| {
+                let r = &w.record;
+                let mut o = serde_json::json!({
+                    "name": w.name, "state": state_name(w.state),
+                    "slots": r.slots, "slots_free": r.slots_free, "cores": r.cores,
+                    "power": r.power, "idle_power": r.idle_power, "mem": r.mem,
+                    "mem_free": r.mem_free, "load": r.load, "apps": w.apps,
+                    "reserved_slots": w.reserved_slots, "reserved_cores": w.reserved_cores,
+                    "reserved_mem": w.reserved_mem, "last_report_ms": w.last_report_ms,
+                });
+                for l in &r.labels {
+                    o[&l.key] = attr_json(&l.value);
+                }
+                o
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(arr));
+        return Ok(());
+    }
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    t.set_header([
+        "worker",
+        "state",
+        "slots free",
+        "cores",
+        "idle power",
+        "mem free",
+        "load",
+        "reserved",
+        "apps",
+        "labels",
+    ]);
+    for w in &reply.workers {
+        let r = &w.record;
+        let labels: Vec<String> = r
+            .labels
+            .iter()
+            .map(|l| format!("{}={}", l.key, attr_json(&l.value)))
+            .collect();
+        t.add_row(vec![
+            w.name.clone(),
+            state_name(w.state).to_owned(),
+            format!("{}/{}", r.slots_free, r.slots),
+            r.cores.to_string(),
+            format!("{:.1}/{:.1}", r.idle_power, r.power),
+            format!(
+                "{}/{}",
+                allot_engine::schema::format_bytes(r.mem_free),
+                allot_engine::schema::format_bytes(r.mem)
+            ),
+            format!("{:.2}", r.load),
+            format!("{} slots, {} cores", w.reserved_slots, w.reserved_cores),
+            w.apps.join(","),
+            labels.join(" "),
+        ]);
+    }
+    println!(
+        "distributor {}: {} workers",
+        reply.distributor,
+        reply.workers.len()
+    );
+    println!("{t}");
+    Ok(())
+}
+
+fn explain(a: ExplainArgs) -> Result<()> {
+    let addr = a.distributor;
+    let q = ExplainQuery {
+        app: a.app,
+        demands: Demands {
+            cores: a.cores,
+            mem: a.mem,
+            slots: 1,
+        },
+        require: a.require,
+        prefer: String::new(),
+        user: a.user,
+    };
+    let cfg = client_config(a.client, Vec::new(), Vec::new());
+    let r = block_on_local(async move {
+        let c = Client::connect_distributor(cfg, addr).await?;
+        let r = c.explain(q).await;
+        c.close();
+        r
+    })??;
+    if !r.error.is_empty() {
+        bail!("{}", r.error);
+    }
+    if a.json {
+        let j = serde_json::json!({
+            "matches": r.matched > 0,
+            "total": r.total,
+            "matched": r.matched,
+            "best": r.best,
+            "clauses": r.clauses.iter().map(|c| serde_json::json!({"clause": c.clause, "eliminated": c.eliminated})).collect::<Vec<_>>(),
+            "nearest": r.nearest.iter().map(|n| serde_json::json!({"worker": n.worker, "failed": n.failed})).collect::<Vec<_>>(),
+        });
+        println!("{j}");
+        return Ok(());
+    }
+    if r.matched > 0 {
+        println!(
+            "would match: {} of {} workers satisfy every clause; best now: {}",
+            r.matched, r.total, r.best
+        );
+    } else {
+        println!(
+            "would NOT match: no worker of {} satisfies every clause",
+            r.total
+        );
+    }
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    t.set_header(["clause", "workers eliminated"]);
+    for c in &r.clauses {
+        t.add_row(vec![c.clause.clone(), c.eliminated.to_string()]);
+    }
+    println!("{t}");
+    if r.matched == 0 && !r.nearest.is_empty() {
+        println!("nearest misses:");
+        for n in &r.nearest {
+            println!("  {}: fails {}", n.worker, n.failed.join(", "));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! Runs a node on a thread of its own with a current-thread runtime and a
+//! `LocalSet`, the way an embedding program starts several nodes in one
+//! process (and the way `allot demo` does).
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::sync::oneshot;
+
+/// Starts `setup` on a new thread. `setup` gets a future that resolves when
+/// the node should stop, and returns the node's address and its serving
+/// future. Returns once the node is listening (or failed to start).
+pub fn spawn_node<E, S, F, R>(
+    thread_name: String,
+    setup: S,
+) -> Result<(SocketAddr, oneshot::Sender<()>, std::thread::JoinHandle<()>), E>
+where
+    E: Send + 'static + From<std::io::Error>,
+    S: FnOnce(std::pin::Pin<Box<dyn Future<Output = ()>>>) -> F + Send + 'static,
+    F: Future<Output = Result<(SocketAddr, R), E>>,
+    R: Future<Output = ()>,
+{
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, E>>();
+    let thread = std::thread::Builder::new()
+        .name(thread_name)
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.into()));
+                    return;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, async move {
+                let stop = Box::pin(async move {
+                    let _ = stop_rx.await;
+                });
+                match setup(stop).await {
+                    Ok((addr, serve)) => {
+                        let _ = ready_tx.send(Ok(addr));
+                        serve.await;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            });
+        })?;
+    match ready_rx.recv() {
+        Ok(Ok(addr)) => Ok((addr, stop_tx, thread)),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(std::io::Error::other("node thread ended before it was ready").into())
+        }
+    }
+}
