@@ -7,6 +7,7 @@
 
 pub mod pki;
 pub mod transport;
+pub mod config;
 
 pub mod apps;
 pub mod cli;
