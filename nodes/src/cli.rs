@@ -160,7 +160,7 @@ struct DistributorArgs {
     #[arg(long, default_value = "default")]
     set_name: String,
     /// Other members of the set.
-    #[arg(long, value_parser = parse_addrs, default_value = "")]
+    #[arg(long, value_delimiter = ',')]
     peers: Vec<SocketAddr>,
     /// Directory of the user and task-class DBs.
     #[arg(long)]
@@ -196,7 +196,7 @@ struct WorkerArgs {
     #[arg(long)]
     pki: PathBuf,
     /// Distributors to join, in order.
-    #[arg(long, value_parser = parse_addrs)]
+    #[arg(long, value_delimiter = ',', required = true)]
     join: Vec<SocketAddr>,
     /// Report to one distributor (registered) or all (broadcast).
     #[arg(long, value_enum, default_value_t = ReportArg::Registered)]
@@ -245,7 +245,7 @@ struct SubmitArgs {
     #[command(flatten)]
     client: ClientArgs,
     /// Gateways, tried in order.
-    #[arg(long, value_parser = parse_addrs, required = true)]
+    #[arg(long, value_delimiter = ',', required = true)]
     gateway: Vec<SocketAddr>,
     /// Application.
     #[arg(long)]
@@ -322,7 +322,7 @@ struct ExplainArgs {
 pub fn main() -> Result<()> {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let cmd = Cli::command();
-    // CONFIG let argv = crate::config::merge_config(&cmd, argv)?;
+    let argv = crate::config::merge_config(&cmd, argv)?;
     let matches = cmd.get_matches_from(argv);
     let cli = Cli::from_arg_matches(&matches)
         .map_err(|e| e.exit())

@@ -307,7 +307,15 @@ pub async fn accept(
     me: &Hello,
 ) -> Result<Stream, ConnError> {
     let (out, mut reader) = start(send, recv);
-    let first = reader.next().await?.ok_or(ConnError::Closed)?;
+    let first = match reader.next().await {
+        Ok(Some(f)) => f,
+        Ok(None) => return Err(ConnError::Closed),
+        Err(ConnError::Frame(e)) => {
+            refuse(&out, &mut reader, e.code(), e.to_string());
+            return Err(e.into());
+        }
+        Err(e) => return Err(e),
+    };
     let hello = match Handshake::new().on_frame(first) {
         Ok(h) => h,
         Err((e, msg)) => {

@@ -885,6 +885,26 @@ fn compile_for(
     } else {
         require
     };
+    // A demand no worker could meet even when idle is a static clause of
+    // its own, so the task fails at once (and explain names it) instead of
+    // waiting for capacity that can never come.
+    let mut clauses: Vec<String> = Vec::new();
+    if demands.0 > 0 {
+        clauses.push(format!("server.cores >= {}", demands.0));
+    }
+    if demands.1 > 0 {
+        clauses.push(format!("server.mem >= {}", demands.1));
+    }
+    if require.contains("||") {
+        // Keep the user's disjunction together.
+        clauses.push(format!("({require})"));
+    } else if !require.trim().is_empty() {
+        // Every other operator binds tighter than `&&`: joining keeps the
+        // user's clauses as they were written, for explain.
+        clauses.push(require.to_owned());
+    }
+    let full = clauses.join(" && ");
+    let require = full.as_str();
     let prefer = if prefer.is_empty() {
         user_rec.default_prefer.as_str()
     } else {

@@ -5,9 +5,9 @@
 //! thread of its own, or `run`, on the caller's current-thread runtime
 //! inside a `LocalSet`) and an `allot` subcommand.
 
+pub mod config;
 pub mod pki;
 pub mod transport;
-pub mod config;
 
 pub mod apps;
 pub mod cli;

@@ -1,0 +1,713 @@
+//! End-to-end tests with the built `allot` binary: every node is a separate
+//! process on loopback, started and stopped (or killed) by the test.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn allot() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_allot"));
+    c.env("ALLOT_LOG", "warn");
+    c
+}
+
+/// A process that is killed when the test ends, however it ends.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.0.id().to_string())
+            .status()
+            .map(|s| s.success());
+        assert_eq!(ok.ok(), Some(true), "kill -{sig} failed");
+    }
+}
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let p =
+            std::env::temp_dir().join(format!("allot-test-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn port() -> SocketAddr {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn run(args: &[&str]) -> Output {
+    allot()
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run allot")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "allot {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn pki(dir: &Path, nodes: &[(&str, &str)]) -> String {
+    let d = dir.join("pki");
+    let d = d.to_str().unwrap().to_owned();
+    ok(&["cert", "ca", "--dir", &d]);
+    for (name, role) in nodes {
+        ok(&["cert", "issue", "--dir", &d, "--name", name, "--role", role]);
+    }
+    d
+}
+
+fn spawn(args: &[&str]) -> Proc {
+    Proc(
+        allot()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn allot"),
+    )
+}
+
+fn distributor(pki: &str, dir: &Path, name: &str, addr: SocketAddr, extra: &[&str]) -> Proc {
+    let data = dir.join(name);
+    let mut args = vec![
+        "distributor",
+        "--name",
+        name,
+        "--pki",
+        pki,
+        "--set-name",
+        "main",
+    ];
+    let a = addr.to_string();
+    let d = data.to_str().unwrap().to_owned();
+    args.extend(["--listen", &a, "--data-dir", &d]);
+    args.extend(extra);
+    spawn(&args)
+}
+
+fn worker(pki: &str, name: &str, join: &str, extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "worker",
+        "--name",
+        name,
+        "--pki",
+        pki,
+        "--join",
+        join,
+        "--report",
+        "broadcast",
+    ];
+    args.extend(extra);
+    spawn(&args)
+}
+
+fn status(pki: &str, dist: SocketAddr) -> Option<Vec<Value>> {
+    let out = run(&[
+        "status",
+        "--pki",
+        pki,
+        "--distributor",
+        &dist.to_string(),
+        "--json",
+    ]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice::<Value>(&out.stdout)
+        .ok()?
+        .as_array()
+        .cloned()
+}
+
+/// Waits until `dist` lists `want` workers in state `state`.
+fn wait_workers(
+    pki: &str,
+    dist: SocketAddr,
+    want: usize,
+    state: &str,
+    within: Duration,
+) -> Vec<Value> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(ws) = status(pki, dist) {
+            if ws.iter().filter(|w| w["state"] == state).count() >= want {
+                return ws;
+            }
+        }
+        assert!(
+            t0.elapsed() < within,
+            "{dist} did not show {want} workers {state} within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn submit(pki: &str, gateways: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["submit", "--pki", pki, "--gateway", gateways];
+    args.extend(extra);
+    run(&args)
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn cli_contract_end_to_end() {
+    let dir = Dir::new("cli");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("dist-1", "distributor"),
+            ("w-eu", "worker"),
+            ("w-us", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let d = port();
+    let g = port();
+    let _dist = distributor(&pki, &dir.0, "dist-1", d, &[]);
+    let j = d.to_string();
+    let _w1 = worker(
+        &pki,
+        "w-eu",
+        &j,
+        &[
+            "--apps",
+            "echo,sha256",
+            "--cores",
+            "8",
+            "--mem",
+            "16GiB",
+            "--power",
+            "8",
+            "--slots",
+            "4",
+            "--label",
+            "region=eu",
+        ],
+    );
+    let _w2 = worker(
+        &pki,
+        "w-us",
+        &j,
+        &[
+            "--apps",
+            "echo,sleep",
+            "--cores",
+            "2",
+            "--mem",
+            "4GiB",
+            "--power",
+            "2",
+            "--slots",
+            "2",
+            "--label",
+            "region=us",
+        ],
+    );
+    let set = format!("main={d}");
+    let _gw = spawn(&[
+        "gateway",
+        "--name",
+        "gw-1",
+        "--listen",
+        &g.to_string(),
+        "--pki",
+        &pki,
+        "--set",
+        &set,
+    ]);
+    let ws = wait_workers(&pki, d, 2, "up", Duration::from_secs(20));
+    let gws = g.to_string();
+
+    // status --json: one object per worker with every attribute, labels too.
+    let eu = ws
+        .iter()
+        .find(|w| w["name"] == "w-eu")
+        .expect("w-eu listed");
+    assert_eq!(eu["state"], "up");
+    assert_eq!(eu["slots"], 4);
+    assert_eq!(eu["cores"], 8);
+    assert_eq!(eu["mem"], 16u64 << 30);
+    assert_eq!(eu["region"], "eu");
+    for key in ["slots_free", "idle_power", "mem_free", "load", "power"] {
+        assert!(eu.get(key).is_some(), "status lacks {key}");
+    }
+    // The table form lists both workers.
+    let table = ok(&["status", "--pki", &pki, "--distributor", &d.to_string()]);
+    assert!(table.contains("w-eu") && table.contains("w-us"), "{table}");
+
+    // submit: the output on stdout, input from a file.
+    let input = dir.0.join("input.txt");
+    std::fs::write(&input, b"round trip").unwrap();
+    let out = submit(
+        &pki,
+        &gws,
+        &["--app", "echo", "--input", input.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"round trip");
+
+    // submit --json with a requirement only w-eu meets.
+    let out = submit(
+        &pki,
+        &gws,
+        &[
+            "--app",
+            "sha256",
+            "--require",
+            "server.region == 'eu' && server.cores >= 4",
+            "--cores",
+            "2",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = json(&out);
+    assert_eq!(j["status"], "ok");
+    assert_eq!(j["worker"], "w-eu");
+    assert_eq!(j["distributor"], "dist-1");
+    assert_eq!(j["gateway"], gws);
+    assert_eq!(j["attempts"], 1);
+    assert!(j["latency_us"].as_u64().unwrap() > 0);
+    assert!(j["task_id"].as_u64().is_some());
+    // sha256 of empty input
+    assert_eq!(
+        j["output"],
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    );
+
+    // client attributes in expressions; binary output comes base64-encoded.
+    let bin = dir.0.join("bin");
+    std::fs::write(&bin, [0xffu8, 0x00, 0xfe]).unwrap();
+    let out = submit(
+        &pki,
+        &gws,
+        &[
+            "--app",
+            "echo",
+            "--client-attr",
+            "region=us",
+            "--require",
+            "server.region == client.region",
+            "--input",
+            bin.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    let j = json(&out);
+    assert_eq!(j["worker"], "w-us");
+    assert_eq!(j["output_encoding"], "base64");
+    assert_eq!(j["output"], "/wD+");
+
+    // explain: a requirement nobody meets, each clause with its count.
+    let out = run(&[
+        "explain",
+        "--pki",
+        &pki,
+        "--distributor",
+        &d.to_string(),
+        "--app",
+        "echo",
+        "--require",
+        "server.region == 'ap'",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let e = json(&out);
+    assert_eq!(e["matches"], false);
+    let clause = e["clauses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["clause"] == "server.region == 'ap'")
+        .expect("clause listed");
+    assert_eq!(clause["eliminated"], 2);
+    let out = run(&[
+        "explain",
+        "--pki",
+        &pki,
+        "--distributor",
+        &d.to_string(),
+        "--app",
+        "echo",
+        "--json",
+    ]);
+    assert_eq!(json(&out)["matches"], true);
+
+    // Unknown app and impossible constraints: an immediate error naming the
+    // clause, non-zero exit, never a hang.
+    let t0 = Instant::now();
+    let out = submit(&pki, &gws, &["--app", "render"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("app \"render\" installed"), "{err}");
+    let out = submit(
+        &pki,
+        &gws,
+        &["--app", "echo", "--require", "server.gpu == 1"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`server.gpu == 1` rejects 2"), "{err}");
+    let out = submit(&pki, &gws, &["--app", "echo", "--cores", "64"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no_match"));
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "errors took {:?}",
+        t0.elapsed()
+    );
+
+    // A bad expression is a clear error too.
+    let out = submit(
+        &pki,
+        &gws,
+        &["--app", "echo", "--require", "server.cores >="],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad expression"));
+
+    // No gateway reachable: a clear error, non-zero exit.
+    let out = run(&[
+        "submit",
+        "--pki",
+        &pki,
+        "--gateway",
+        "127.0.0.1:1",
+        "--app",
+        "echo",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no gateway answered"));
+}
+
+#[test]
+fn worker_killed_mid_task_is_retried_elsewhere() {
+    let dir = Dir::new("kill");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("dist-1", "distributor"),
+            ("w-1", "worker"),
+            ("w-2", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let d = port();
+    let g = port();
+    let _dist = distributor(&pki, &dir.0, "dist-1", d, &[]);
+    let j = d.to_string();
+    let w1 = worker(&pki, "w-1", &j, &["--apps", "sleep", "--slots", "1"]);
+    let w2 = worker(&pki, "w-2", &j, &["--apps", "sleep", "--slots", "1"]);
+    let set = format!("main={d}");
+    let _gw = spawn(&[
+        "gateway",
+        "--name",
+        "gw-1",
+        "--listen",
+        &g.to_string(),
+        "--pki",
+        &pki,
+        "--set",
+        &set,
+    ]);
+    wait_workers(&pki, d, 2, "up", Duration::from_secs(20));
+
+    let input = dir.0.join("ms");
+    std::fs::write(&input, b"1500").unwrap();
+    let gws = g.to_string();
+    let pki2 = pki.clone();
+    let inp = input.to_str().unwrap().to_owned();
+    let sub = std::thread::spawn(move || {
+        submit(&pki2, &gws, &["--app", "sleep", "--input", &inp, "--json"])
+    });
+    // Find the worker running it (its slot is reserved) and kill it.
+    let t0 = Instant::now();
+    let busy = loop {
+        let ws = status(&pki, d).unwrap_or_default();
+        if let Some(w) = ws.iter().find(|w| w["reserved_slots"] == 1) {
+            break w["name"].as_str().unwrap().to_owned();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "task never placed");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let (victim, other) = if busy == "w-1" {
+        (&w1, "w-2")
+    } else {
+        (&w2, "w-1")
+    };
+    victim.signal("KILL");
+    let out = sub.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = json(&out);
+    assert_eq!(j["status"], "ok");
+    assert_eq!(j["worker"], other, "retried on the other worker");
+    assert_eq!(j["attempts"], 2);
+    assert_eq!(j["output"], "slept 1500 ms");
+}
+
+#[test]
+fn first_gateway_and_first_distributor_down_are_skipped() {
+    let dir = Dir::new("failover");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("dist-1", "distributor"),
+            ("w-1", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let dead_gw = port();
+    let dead_dist = port();
+    let d = port();
+    let g = port();
+    let _dist = distributor(&pki, &dir.0, "dist-1", d, &[]);
+    let _w = worker(&pki, "w-1", &format!("{dead_dist},{d}"), &[]);
+    let set = format!("main={dead_dist},{d}");
+    let _gw = spawn(&[
+        "gateway",
+        "--name",
+        "gw-1",
+        "--listen",
+        &g.to_string(),
+        "--pki",
+        &pki,
+        "--set",
+        &set,
+    ]);
+    wait_workers(&pki, d, 1, "up", Duration::from_secs(20));
+    let out = submit(
+        &pki,
+        &format!("{dead_gw},{g}"),
+        &["--app", "echo", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = json(&out);
+    assert_eq!(j["gateway"], g.to_string());
+    assert_eq!(j["distributor"], "dist-1");
+}
+
+#[test]
+fn silent_worker_is_marked_down_and_comes_back() {
+    let dir = Dir::new("silent");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("dist-1", "distributor"),
+            ("w-1", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let d = port();
+    let _dist = distributor(
+        &pki,
+        &dir.0,
+        "dist-1",
+        d,
+        &["--heartbeat-ms", "500", "--missed-heartbeats", "3"],
+    );
+    let w = worker(&pki, "w-1", &d.to_string(), &[]);
+    wait_workers(&pki, d, 1, "up", Duration::from_secs(20));
+    w.signal("STOP");
+    let t0 = Instant::now();
+    wait_workers(&pki, d, 1, "down", Duration::from_secs(8));
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "marked down after {:?}",
+        t0.elapsed()
+    );
+    w.signal("CONT");
+    wait_workers(&pki, d, 1, "up", Duration::from_secs(10));
+}
+
+#[test]
+fn foreign_certificates_and_wrong_roles_are_rejected() {
+    let dir = Dir::new("certs");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("dist-1", "distributor"),
+            ("w-1", "worker"),
+            ("client", "client"),
+            ("sneaky", "client"),
+        ],
+    );
+    let other = dir.0.join("other");
+    let other = other.to_str().unwrap().to_owned();
+    ok(&["cert", "ca", "--dir", &other]);
+    ok(&[
+        "cert", "issue", "--dir", &other, "--name", "client", "--role", "client",
+    ]);
+    let d = port();
+    let g = port();
+    let _dist = distributor(&pki, &dir.0, "dist-1", d, &[]);
+    let _w = worker(&pki, "w-1", &d.to_string(), &[]);
+    let set = format!("main={d}");
+    let _gw = spawn(&[
+        "gateway",
+        "--name",
+        "gw-1",
+        "--listen",
+        &g.to_string(),
+        "--pki",
+        &pki,
+        "--set",
+        &set,
+    ]);
+    wait_workers(&pki, d, 1, "up", Duration::from_secs(20));
+
+    // A client certificate from another CA gets nowhere.
+    let out = submit(&other, &g.to_string(), &["--app", "echo"]);
+    assert!(!out.status.success());
+    // A client certificate cannot register as a worker.
+    let mut sneaky = worker(&pki, "sneaky", &d.to_string(), &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let ws = status(&pki, d).unwrap();
+    assert!(
+        ws.iter().all(|w| w["name"] != "sneaky"),
+        "a client cert registered as a worker: {ws:?}"
+    );
+    let _ = sneaky.0.kill();
+    // The nodes keep serving.
+    let out = submit(&pki, &g.to_string(), &["--app", "echo", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out)["worker"], "w-1");
+}
+
+#[test]
+fn malformed_frame_resets_only_its_stream() {
+    let dir = Dir::new("malformed");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("dist-1", "distributor"),
+            ("w-1", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let d = port();
+    let _dist = distributor(&pki, &dir.0, "dist-1", d, &[]);
+    let _w = worker(&pki, "w-1", &d.to_string(), &[]);
+    wait_workers(&pki, d, 1, "up", Duration::from_secs(20));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let me = allot::pki::Pki::load(Path::new(&pki), "client").unwrap();
+        let ep = allot::transport::endpoint(&me, "127.0.0.1:0".parse().unwrap()).unwrap();
+        let conn = allot::transport::connect(&ep, d).await.unwrap();
+        // Stream 1: garbage instead of a Hello.
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&[0xde; 64]).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20))
+            .await
+            .expect("answered in time");
+        match answer {
+            // An Error frame saying why, then the end of the stream...
+            Ok(bytes) => {
+                let f = allot_wire::decode_one(&bytes, 1 << 20)
+                    .unwrap()
+                    .expect("an Error frame");
+                let e = f.validate::<allot_wire::ErrorMsg>().unwrap();
+                assert_eq!(
+                    e.get().code,
+                    allot_wire::message::ArchivedErrorCode::Malformed
+                );
+            }
+            // ...or the stream reset with the Malformed code.
+            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
+                assert_eq!(
+                    code,
+                    allot::transport::codes::varint(allot_wire::ErrorCode::Malformed)
+                );
+            }
+            Err(e) => panic!("unexpected: {e}"),
+        }
+        // Stream 2 on the same connection still works.
+        let hello = allot::conn::hello(allot_wire::Role::Client, "client", Vec::new());
+        let mut s = allot::conn::open(&conn, &hello)
+            .await
+            .expect("second stream opens");
+        s.out
+            .send(
+                &allot_wire::StatusQuery { include_down: true },
+                &bytes::Bytes::new(),
+            )
+            .unwrap();
+        let f = s.reader.next().await.unwrap().expect("a reply");
+        let r = f.validate::<allot_wire::StatusReply>().unwrap();
+        assert_eq!(r.get().workers.len(), 1);
+        conn.close(0u32.into(), b"done");
+        ep.wait_idle().await;
+    });
+}
