@@ -86,7 +86,7 @@ pub fn builtin(name: &str) -> Option<App> {
 }
 
 /// The apps a worker runs, by name.
-#[derive(Clone, Default)]
+#[derive(Clone, Default, Debug)]
 pub struct AppTable {
     apps: HashMap<String, App>,
 }

@@ -442,7 +442,7 @@ async fn workload(
         c.close();
     }
     let mut per_worker: Vec<(String, usize)> = per_worker.into_iter().collect();
-    per_worker.sort_by(|a, b| natural(&a.0).cmp(&natural(&b.0)));
+    per_worker.sort_by_key(|(name, _)| natural(name));
     let mut per_distributor: Vec<(String, usize)> = per_dist.into_iter().collect();
     per_distributor.sort();
     Ok(Report {

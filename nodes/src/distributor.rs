@@ -363,14 +363,13 @@ async fn serve_stream(stream: Stream, state: Shared) {
             let Stream {
                 mut reader, out, ..
             } = stream;
-            while let Ok(Some(f)) = reader.next().await {
+            if let Ok(Some(f)) = reader.next().await {
                 conn::refuse(
                     &out,
                     &mut reader,
                     ErrorCode::Forbidden,
                     format!("{:?} not accepted from this role", f.kind()),
                 );
-                break;
             }
         }
     }
@@ -869,16 +868,22 @@ fn shape_of(s: &allot_wire::message::ArchivedSubmit, user: &str) -> Shape {
     }
 }
 
+/// Compiles a task shape for one client stream (whose attributes are
+/// `client`), with the user's defaults filled in.
 fn compile_for(
     st: &mut State,
     client: &[(String, LabelValue)],
-    user: &str,
-    app: &str,
-    require: &str,
-    prefer: &str,
-    demands: (u32, u64, u32),
-    priority: i32,
+    shape: &Shape,
 ) -> Result<Query, allot_engine::ExprError> {
+    let Shape {
+        app,
+        require,
+        prefer,
+        user,
+        demands,
+        priority,
+    } = shape;
+    let (demands, priority) = (*demands, *priority);
     let user_rec = st.user(user);
     let require = if require.is_empty() {
         user_rec.default_require.as_str()
@@ -978,16 +983,7 @@ async fn serve_client(stream: Stream, state: Shared) {
                 let shape = shape_of(s, user);
                 let query = match cache.get(&shape) {
                     Some(q) => q.clone(),
-                    None => match compile_for(
-                        &mut st,
-                        &client_attrs,
-                        user,
-                        s.app.as_str(),
-                        s.require.as_str(),
-                        s.prefer.as_str(),
-                        shape.demands,
-                        shape.priority,
-                    ) {
+                    None => match compile_for(&mut st, &client_attrs, &shape) {
                         Ok(q) => {
                             let q = Rc::new(q);
                             if cache.len() >= QUERY_CACHE {
@@ -1051,16 +1047,15 @@ async fn serve_client(stream: Stream, state: Shared) {
                     q.demands.mem.to_native(),
                     q.demands.slots.to_native(),
                 );
-                let reply = match compile_for(
-                    &mut st,
-                    &client_attrs,
-                    user,
-                    q.app.as_str(),
-                    q.require.as_str(),
-                    q.prefer.as_str(),
+                let shape = Shape {
+                    app: q.app.as_str().to_owned(),
+                    require: q.require.as_str().to_owned(),
+                    prefer: q.prefer.as_str().to_owned(),
+                    user: user.to_owned(),
                     demands,
-                    0,
-                ) {
+                    priority: 0,
+                };
+                let reply = match compile_for(&mut st, &client_attrs, &shape) {
                     Ok(query) => explain_reply(&st.table, &query),
                     Err(e) => ExplainReply {
                         total: st.table.len() as u32,

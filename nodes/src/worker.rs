@@ -482,31 +482,30 @@ async fn serve_link(
     }
 }
 
-fn reply(
-    node: &Node,
-    idx: usize,
-    task_id: u64,
+/// How a task ended on this worker, before it is sent.
+struct Ended {
     status: TaskStatus,
     exit_code: i32,
     message: String,
     ran: Duration,
-    output: &Bytes,
-) {
+}
+
+fn reply(node: &Node, idx: usize, task_id: u64, end: Ended, output: &Bytes) {
     let Some(link) = node.links.get(&idx) else {
         return; // the distributor is gone; it has retried the task elsewhere
     };
     let r = TaskResult {
         task_id,
-        status,
+        status: end.status,
         worker: node.cfg.name.clone(),
         distributor: String::new(),
         attempts: 0,
-        exit_code,
-        message,
+        exit_code: end.exit_code,
+        message: end.message,
         timings: Timings {
             queued_us: 0,
             matched_us: 0,
-            ran_us: ran.as_micros() as u64,
+            ran_us: end.ran.as_micros() as u64,
         },
     };
     if let Err(e) = link.out.send(&r, output) {
@@ -551,16 +550,13 @@ fn on_assign(
         None
     };
     if let Some(why) = refusal {
-        reply(
-            &n,
-            idx,
-            task_id,
-            TaskStatus::Refused,
-            0,
-            why,
-            Duration::ZERO,
-            &Bytes::new(),
-        );
+        let end = Ended {
+            status: TaskStatus::Refused,
+            exit_code: 0,
+            message: why,
+            ran: Duration::ZERO,
+        };
+        reply(&n, idx, task_id, end, &Bytes::new());
         n.dirty = true;
         flush.notify_one();
         return;
@@ -617,33 +613,27 @@ fn on_assign(
 }
 
 fn send_outcome(n: &Node, idx: usize, task_id: u64, outcome: AppOutcome, ran: Duration) {
-    match outcome {
-        AppOutcome::Ok(out) => reply(n, idx, task_id, TaskStatus::Ok, 0, String::new(), ran, &out),
+    let (status, exit_code, message, output) = match outcome {
+        AppOutcome::Ok(out) => (TaskStatus::Ok, 0, String::new(), out),
         AppOutcome::Failed {
             exit_code,
             output,
             message,
-        } => reply(
-            n,
-            idx,
-            task_id,
-            TaskStatus::Failed,
-            exit_code,
-            message,
-            ran,
-            &output,
-        ),
-        AppOutcome::Timeout => reply(
-            n,
-            idx,
-            task_id,
+        } => (TaskStatus::Failed, exit_code, message, output),
+        AppOutcome::Timeout => (
             TaskStatus::Timeout,
             0,
-            "deadline passed on the worker".into(),
-            ran,
-            &Bytes::new(),
+            "deadline passed on the worker".to_owned(),
+            Bytes::new(),
         ),
-    }
+    };
+    let end = Ended {
+        status,
+        exit_code,
+        message,
+        ran,
+    };
+    reply(n, idx, task_id, end, &output);
 }
 
 /// Sends heartbeats, periodic full deltas and coalesced event deltas.
