@@ -711,3 +711,114 @@ fn malformed_frame_resets_only_its_stream() {
         ep.wait_idle().await;
     });
 }
+
+#[test]
+fn distributor_killed_mid_task_client_resubmits_to_the_next() {
+    let dir = Dir::new("distkill");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("dist-1", "distributor"),
+            ("dist-2", "distributor"),
+            ("w-1", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let d1 = port();
+    let d2 = port();
+    let g = port();
+    let dist1 = distributor(&pki, &dir.0, "dist-1", d1, &[]);
+    let _dist2 = distributor(&pki, &dir.0, "dist-2", d2, &[]);
+    let _w = worker(&pki, "w-1", &format!("{d1},{d2}"), &["--apps", "sleep"]);
+    let set = format!("main={d1},{d2}");
+    let _gw = spawn(&[
+        "gateway",
+        "--name",
+        "gw-1",
+        "--listen",
+        &g.to_string(),
+        "--pki",
+        &pki,
+        "--set",
+        &set,
+    ]);
+    wait_workers(&pki, d1, 1, "up", Duration::from_secs(20));
+    wait_workers(&pki, d2, 1, "up", Duration::from_secs(20));
+    let input = dir.0.join("ms");
+    std::fs::write(&input, b"1000").unwrap();
+    let (pki2, gws, inp) = (
+        pki.clone(),
+        g.to_string(),
+        input.to_str().unwrap().to_owned(),
+    );
+    let sub = std::thread::spawn(move || {
+        submit(&pki2, &gws, &["--app", "sleep", "--input", &inp, "--json"])
+    });
+    // Wait until dist-1 (first in the list) has placed it, then kill dist-1.
+    let t0 = Instant::now();
+    while !status(&pki, d1)
+        .unwrap_or_default()
+        .iter()
+        .any(|w| w["reserved_slots"] == 1)
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "task never placed on dist-1"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    dist1.signal("KILL");
+    let out = sub.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = json(&out);
+    assert_eq!(j["status"], "ok");
+    assert_eq!(
+        j["distributor"], "dist-2",
+        "resubmitted to the next distributor"
+    );
+    assert_eq!(j["output"], "slept 1000 ms");
+}
+
+#[test]
+fn config_file_typo_names_file_line_and_key() {
+    let dir = Dir::new("config");
+    let cfg = dir.0.join("worker.toml");
+    std::fs::write(&cfg, "name = \"w-1\"\nslotz = 4\n").unwrap();
+    let out = run(&[
+        "worker",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--pki",
+        "/nonexistent",
+        "--join",
+        "127.0.0.1:1",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("worker.toml:2"), "{err}");
+    assert!(err.contains("slotz"), "{err}");
+    assert!(err.contains("slots"), "suggests the right key: {err}");
+    // A correct file is applied, and flags override it: the worker fails on
+    // the PKI directory named on the command line, not the file's.
+    std::fs::write(&cfg, "name = \"w-1\"\nslots = 4\npki = \"/from-file\"\n").unwrap();
+    let out = run(&[
+        "worker",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--pki",
+        "/from-flag",
+        "--join",
+        "127.0.0.1:1",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/from-flag") && !err.contains("/from-file"),
+        "{err}"
+    );
+}
