@@ -45,6 +45,8 @@ enum Command {
     Explain(ExplainArgs),
     /// Run a whole cluster in this process and a mixed workload through it.
     Demo(crate::demo::DemoArgs),
+    /// Measure throughput and latency of a cluster (or of a local one).
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -444,6 +446,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Explain(a) => {
             init_logging("warn");
             explain(a)
+        }
+        Command::Bench(a) => {
+            init_logging("error");
+            crate::bench::run(a)
         }
         Command::Demo(a) => {
             init_logging("error");

@@ -23,7 +23,7 @@ use allot_wire::{
     StatusReply, Submit, TaskResult, TaskStatus, Timings,
 };
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::{self, ConnError, Outbox};
 use crate::labels::status_from_archived;
@@ -128,8 +128,31 @@ pub enum ClientError {
     Refused(String),
 }
 
+/// Where an outcome goes: the waiting `submit` call, or the channel of a
+/// pipelined submitter.
+enum Reply {
+    Once(oneshot::Sender<Result<Outcome, ClientError>>),
+    Channel(mpsc::UnboundedSender<(u64, Result<Outcome, ClientError>)>),
+}
+
+impl Reply {
+    fn send(self, id: u64, r: Result<Outcome, ClientError>) {
+        match self {
+            Reply::Once(tx) => {
+                let _ = tx.send(r);
+            }
+            Reply::Channel(tx) => {
+                let _ = tx.send((id, r));
+            }
+        }
+    }
+}
+
+/// Outcomes of pipelined submissions, with the id `submit_to` returned.
+pub type Results = mpsc::UnboundedSender<(u64, Result<Outcome, ClientError>)>;
+
 struct PendingTask {
-    tx: oneshot::Sender<Result<Outcome, ClientError>>,
+    tx: Reply,
     submit: Submit,
     payload: Bytes,
     started: Instant,
@@ -223,6 +246,20 @@ impl Client {
     /// Submits a task and waits for its result. Many calls may be in flight
     /// at once on the same client.
     pub async fn submit(&self, task: Task) -> Result<Outcome, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(task, Reply::Once(tx))?;
+        rx.await
+            .unwrap_or_else(|_| Err(ClientError::Lost("client dropped".into())))
+    }
+
+    /// Pipelined submission for load generators: sends the task now and
+    /// delivers its outcome, tagged with the returned id, to `results`. No
+    /// task is spawned per submission.
+    pub fn submit_to(&self, task: Task, results: &Results) -> Result<u64, ClientError> {
+        self.send(task, Reply::Channel(results.clone()))
+    }
+
+    fn send(&self, task: Task, tx: Reply) -> Result<u64, ClientError> {
         let inner = &self.inner;
         if inner.pending.borrow().len() >= MAX_IN_FLIGHT {
             return Err(ClientError::TooMany(MAX_IN_FLIGHT));
@@ -240,7 +277,6 @@ impl Client {
             priority: task.priority,
             deadline_ms: task.deadline_ms,
         };
-        let (tx, rx) = oneshot::channel();
         let sent = {
             let session = inner.session.borrow();
             session.as_ref().map(|s| s.out.send(&submit, &task.payload))
@@ -259,8 +295,7 @@ impl Client {
             // resubmits everything pending) takes care of it.
             Inner::failover(inner.clone(), inner.generation.get());
         }
-        rx.await
-            .unwrap_or_else(|_| Err(ClientError::Lost("client dropped".into())))
+        Ok(id)
     }
 
     /// The distributor's table of workers.
@@ -433,8 +468,8 @@ impl Inner {
                     }
                 }
                 Err(e) => {
-                    for (_, p) in this.pending.borrow_mut().drain() {
-                        let _ = p.tx.send(Err(e.clone()));
+                    for (id, p) in this.pending.borrow_mut().drain() {
+                        p.tx.send(id, Err(e.clone()));
                     }
                     for w in this.waiters.borrow_mut().drain(..) {
                         w.fail(e.clone());
@@ -490,7 +525,7 @@ async fn read_loop(inner: Rc<Inner>, mut reader: conn::FrameReader, generation: 
                     },
                     latency: p.started.elapsed(),
                 };
-                let _ = p.tx.send(Ok(outcome));
+                p.tx.send(outcome.task_id, Ok(outcome));
             }
             MessageKind::StatusReply | MessageKind::ExplainReply | MessageKind::Error => {
                 let Some(w) = inner.waiters.borrow_mut().pop_front() else {

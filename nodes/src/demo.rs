@@ -97,10 +97,11 @@ fn kinds() -> Vec<Kind> {
     ]
 }
 
-struct TempDir(PathBuf);
+/// A temporary directory removed on drop.
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl TempDir {
-    fn new() -> Result<TempDir> {
+    pub(crate) fn new() -> Result<TempDir> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())

@@ -10,6 +10,7 @@ pub mod pki;
 pub mod transport;
 
 pub mod apps;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod conn;

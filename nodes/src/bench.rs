@@ -1,0 +1,752 @@
+//! `allot bench`: drives a cluster with many small tasks and measures it
+//! against the transport's own ceiling in the same run.
+//!
+//! The baseline (`--baseline`) is a bare quinn echo between two endpoints
+//! with the same TLS and transport settings, moving messages of the size of
+//! one `Submit` frame with the same payload, with the same number in
+//! flight, pipelined on one long-lived stream. A task is two round trips
+//! (client to distributor, distributor to worker), so a ratio of 0.5 of the
+//! baseline's messages per second is the ideal.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use allot_wire::{Demands, ReportMode, Role, TaskStatus};
+use anyhow::{bail, Context, Result};
+use bytes::{Bytes, BytesMut};
+use clap::Args;
+use tokio::sync::{mpsc, Notify};
+
+use crate::client::{Client, ClientConfig, Task};
+use crate::distributor::{self, DistributorConfig};
+use crate::gateway::{self, GatewayConfig, RedirectPolicy};
+use crate::worker::{self, WorkerConfig};
+
+/// Options of `allot bench`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Gateways of a running cluster, tried in order.
+    #[arg(long, value_delimiter = ',')]
+    pub gateway: Vec<SocketAddr>,
+    /// PKI directory (with --gateway).
+    #[arg(long)]
+    pub pki: Option<PathBuf>,
+    /// Client certificate name.
+    #[arg(long, default_value = "client")]
+    pub name: String,
+    /// Application to run.
+    #[arg(long, default_value = "echo")]
+    pub app: String,
+    /// Tasks to run (default 100000 unless --duration is given).
+    #[arg(long, conflicts_with = "duration")]
+    pub tasks: Option<u64>,
+    /// Seconds to run.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Tasks in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// Payload bytes per task.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Start a local cluster first.
+    #[arg(long)]
+    pub local: bool,
+    /// Workers of the local cluster.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Run the local cluster's nodes as separate `allot` processes.
+    #[arg(long, requires = "local")]
+    pub processes: bool,
+    /// Also measure a bare quinn echo in the same run and report the ratio.
+    #[arg(long)]
+    pub baseline: bool,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What one measured run produced.
+#[derive(Debug, Default)]
+struct Run {
+    tasks: u64,
+    secs: f64,
+    hist: Option<hdrhistogram::Histogram<u64>>,
+    errors: HashMap<String, u64>,
+    per_worker: HashMap<String, u64>,
+}
+
+impl Run {
+    fn q(&self, q: f64) -> u64 {
+        self.hist
+            .as_ref()
+            .map(|h| h.value_at_quantile(q))
+            .unwrap_or(0)
+    }
+    fn max(&self) -> u64 {
+        self.hist.as_ref().map(|h| h.max()).unwrap_or(0)
+    }
+    fn per_s(&self) -> f64 {
+        self.tasks as f64 / self.secs.max(1e-9)
+    }
+    fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+}
+
+fn histogram() -> Result<hdrhistogram::Histogram<u64>> {
+    hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3)
+        .context("creating the latency histogram")
+}
+
+/// Runs `allot bench`.
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    if args.payload > allot_wire::DEFAULT_MAX_FRAME - 64 * 1024 {
+        bail!(
+            "--payload of {} bytes exceeds the frame limit",
+            args.payload
+        );
+    }
+    let limit = match (args.tasks, args.duration) {
+        (Some(n), _) => Limit::Tasks(n),
+        (None, Some(s)) if s > 0.0 => Limit::Time(Duration::from_secs_f64(s)),
+        (None, Some(_)) => bail!("--duration must be positive"),
+        (None, None) => Limit::Tasks(100_000),
+    };
+    let tmp;
+    let mut cluster = None;
+    let (pki, gateways, dist_pid) = if args.local {
+        tmp = crate::demo::TempDir::new()?;
+        let c = LocalCluster::start(&tmp.0, &args)?;
+        let out = (c.pki.clone(), vec![c.gateway], c.distributor_pid());
+        cluster = Some(c);
+        out
+    } else {
+        let pki = args
+            .pki
+            .clone()
+            .context("--pki is required with --gateway (or use --local)")?;
+        if args.gateway.is_empty() {
+            bail!("give --gateway ADDR,... of a running cluster, or --local");
+        }
+        (pki, args.gateway.clone(), None)
+    };
+    let cfg = ClientConfig {
+        name: args.name.clone(),
+        pki: pki.clone(),
+        gateways,
+        attrs: Vec::new(),
+    };
+    let cpu_before = dist_pid.and_then(process_cpu);
+    let run = crate::cli::block_on_local(drive(cfg, args.clone(), limit))??;
+    let cpu_after = dist_pid.and_then(process_cpu);
+    let baseline = if args.baseline {
+        let frame_len = submit_frame_len(&args)?;
+        let n = run.tasks.clamp(1000, 2_000_000);
+        Some(crate::cli::block_on_local(baseline_echo(
+            frame_len,
+            args.concurrency,
+            n,
+        ))??)
+    } else {
+        None
+    };
+    drop(cluster);
+    let dist_cpu_us = match (cpu_before, cpu_after) {
+        (Some(a), Some(b)) if run.tasks > 0 => Some((b - a).as_secs_f64() * 1e6 / run.tasks as f64),
+        _ => None,
+    };
+    report(&args, &run, baseline.as_ref(), dist_cpu_us);
+    if run.tasks == 0 {
+        bail!("no task completed");
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Limit {
+    Tasks(u64),
+    Time(Duration),
+}
+
+async fn drive(cfg: ClientConfig, args: BenchArgs, limit: Limit) -> Result<Run> {
+    let client = Client::connect(cfg)
+        .await
+        .context("connecting to the cluster")?;
+    let task = Task {
+        app: args.app.clone(),
+        payload: Bytes::from(vec![b'x'; args.payload]),
+        demands: Demands {
+            cores: 0,
+            mem: 0,
+            slots: 1,
+        },
+        ..Task::default()
+    };
+    if args.app == "sleep" {
+        bail!("use --app echo or sha256 (sleep measures the sleep, not allot)");
+    }
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Warm-up: connections, caches and buffers reach steady state.
+    let warm = (args.concurrency * 4).min(20_000) as u64;
+    let mut outstanding = 0usize;
+    for _ in 0..warm.min(args.concurrency as u64) {
+        client.submit_to(task.clone(), &tx)?;
+        outstanding += 1;
+    }
+    let mut warm_done = 0;
+    while warm_done < warm {
+        warm_ok(rx.recv().await)?;
+        warm_done += 1;
+        outstanding -= 1;
+        if warm_done + (outstanding as u64) < warm {
+            client.submit_to(task.clone(), &tx)?;
+            outstanding += 1;
+        }
+    }
+    while outstanding > 0 {
+        warm_ok(rx.recv().await)?;
+        outstanding -= 1;
+    }
+
+    let total = match limit {
+        Limit::Tasks(n) => Some(n),
+        Limit::Time(_) => None,
+    };
+    let bar = if args.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        match total {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::new_spinner(),
+        }
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {bar:40} {pos}/{len} tasks {per_sec} {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut run = Run {
+        hist: Some(histogram()?),
+        ..Run::default()
+    };
+    let started = Instant::now();
+    let deadline = match limit {
+        Limit::Time(d) => Some(started + d),
+        Limit::Tasks(_) => None,
+    };
+    let more = |sent: u64| match (total, deadline) {
+        (Some(n), _) => sent < n,
+        (None, Some(d)) => Instant::now() < d,
+        (None, None) => false,
+    };
+    let mut sent = 0u64;
+    while outstanding < args.concurrency && more(sent) {
+        client.submit_to(task.clone(), &tx)?;
+        sent += 1;
+        outstanding += 1;
+    }
+    let mut since_bar = 0u64;
+    while outstanding > 0 {
+        let Some((_, r)) = rx.recv().await else { break };
+        outstanding -= 1;
+        match r {
+            Ok(o) if o.status == TaskStatus::Ok => {
+                if let Some(h) = run.hist.as_mut() {
+                    let _ = h.record(o.latency.as_micros().max(1) as u64);
+                }
+                match run.per_worker.get_mut(&o.worker) {
+                    Some(n) => *n += 1,
+                    None => {
+                        run.per_worker.insert(o.worker, 1);
+                    }
+                }
+                run.tasks += 1;
+            }
+            Ok(o) => {
+                *run.errors
+                    .entry(crate::labels::status_name(o.status).to_owned())
+                    .or_default() += 1
+            }
+            Err(e) => *run.errors.entry(format!("client: {e}")).or_default() += 1,
+        }
+        since_bar += 1;
+        if since_bar >= 4096 {
+            bar.inc(since_bar);
+            since_bar = 0;
+        }
+        if more(sent) {
+            client.submit_to(task.clone(), &tx)?;
+            sent += 1;
+            outstanding += 1;
+        }
+    }
+    run.secs = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    client.close();
+    Ok(run)
+}
+
+/// A warm-up task must succeed: otherwise the bench would measure errors.
+fn warm_ok(r: Option<(u64, Result<crate::Outcome, crate::ClientError>)>) -> Result<()> {
+    let (_, r) = r.context("results channel closed")?;
+    let o = r.context("warm-up task failed")?;
+    if o.status != TaskStatus::Ok {
+        bail!(
+            "warm-up task {}: {}",
+            crate::labels::status_name(o.status),
+            o.message
+        );
+    }
+    Ok(())
+}
+
+/// The size of the `Submit` frame the bench sends: the baseline moves
+/// messages of exactly this size.
+fn submit_frame_len(args: &BenchArgs) -> Result<usize> {
+    let s = allot_wire::Submit {
+        task_id: 1,
+        idempotency_key: 1,
+        app: args.app.clone(),
+        demands: Demands {
+            cores: 0,
+            mem: 0,
+            slots: 1,
+        },
+        require: String::new(),
+        prefer: String::new(),
+        user: String::new(),
+        priority: 0,
+        deadline_ms: 0,
+    };
+    let mut out = BytesMut::new();
+    allot_wire::FrameEncoder::default().encode(&s, &vec![0; args.payload], &mut out)?;
+    Ok(out.len())
+}
+
+/// The baseline's result.
+struct Baseline {
+    msgs_per_s: f64,
+    p50_us: u64,
+}
+
+/// Bare quinn echo: an echo server on a thread of its own, a client
+/// keeping `in_flight` messages of `len` bytes in flight on one stream.
+async fn baseline_echo(len: usize, in_flight: usize, n: u64) -> Result<Baseline> {
+    // Its own throwaway PKI: the same TLS as the nodes, no certificates
+    // needed from the cluster under test.
+    let tmp = crate::demo::TempDir::new()?;
+    let pki = tmp.0.join("pki");
+    crate::pki::create_cluster(
+        &pki,
+        &[
+            ("bench-echo", Role::Distributor),
+            ("bench-echo-client", Role::Client),
+        ],
+    )?;
+    let server_pki = crate::pki::Pki::load(&pki, "bench-echo")?;
+    let client_pki = crate::pki::Pki::load(&pki, "bench-echo-client")?;
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let ep =
+                crate::transport::endpoint(&server_pki, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            addr_tx.send(ep.local_addr()?).ok();
+            let conn = ep.accept().await.context("no baseline client")?.await?;
+            let (mut send, mut recv) = conn.accept_bi().await?;
+            while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
+                send.write_chunk(chunk.bytes).await?;
+            }
+            let _ = send.finish();
+            conn.closed().await;
+            Ok(())
+        })
+    });
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(10))
+        .context("baseline server did not start")?;
+    let ep = crate::transport::endpoint(&client_pki, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let conn = crate::transport::connect(&ep, addr).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let block = Bytes::from(vec![0x5au8; len * in_flight]);
+    let sent_at: Rc<RefCell<VecDeque<Instant>>> =
+        Rc::new(RefCell::new(VecDeque::with_capacity(in_flight)));
+    let done = Rc::new(Cell::new(0u64));
+    let wake = Rc::new(Notify::new());
+    let mut hist = histogram()?;
+    let started = Instant::now();
+    let writer = {
+        let (sent_at, done, wake) = (sent_at.clone(), done.clone(), wake.clone());
+        tokio::task::spawn_local(async move {
+            let mut sent = 0u64;
+            while sent < n {
+                let window = (in_flight as u64)
+                    .saturating_sub(sent - done.get())
+                    .min(n - sent) as usize;
+                if window == 0 {
+                    wake.notified().await;
+                    continue;
+                }
+                {
+                    let now = Instant::now();
+                    let mut q = sent_at.borrow_mut();
+                    for _ in 0..window {
+                        q.push_back(now);
+                    }
+                }
+                if send.write_chunk(block.slice(..window * len)).await.is_err() {
+                    break;
+                }
+                sent += window as u64;
+            }
+            let _ = send.finish();
+        })
+    };
+    let mut received = 0usize;
+    while done.get() < n {
+        let Some(chunk) = recv.read_chunk(usize::MAX, true).await? else {
+            break;
+        };
+        received += chunk.bytes.len();
+        let now = Instant::now();
+        let mut finished = 0;
+        while received >= len {
+            received -= len;
+            finished += 1;
+            if let Some(t) = sent_at.borrow_mut().pop_front() {
+                let _ = hist.record(now.duration_since(t).as_micros().max(1) as u64);
+            }
+        }
+        done.set(done.get() + finished);
+        wake.notify_one();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    writer.abort();
+    conn.close(0u32.into(), b"done");
+    ep.wait_idle().await;
+    let _ = server.join();
+    Ok(Baseline {
+        msgs_per_s: done.get() as f64 / secs.max(1e-9),
+        p50_us: hist.value_at_quantile(0.5),
+    })
+}
+
+fn report(args: &BenchArgs, run: &Run, base: Option<&Baseline>, dist_cpu_us: Option<f64>) {
+    let ratio = base.map(|b| run.per_s() / b.msgs_per_s.max(1e-9));
+    if args.json {
+        let mut j = serde_json::json!({
+            "app": args.app,
+            "payload": args.payload,
+            "concurrency": args.concurrency,
+            "tasks": run.tasks,
+            "errors": run.error_count(),
+            "errors_by_kind": run.errors,
+            "seconds": run.secs,
+            "tasks_per_s": run.per_s(),
+            "p50_us": run.q(0.5),
+            "p90_us": run.q(0.9),
+            "p99_us": run.q(0.99),
+            "p999_us": run.q(0.999),
+            "max_us": run.max(),
+            "per_worker": run.per_worker,
+        });
+        if let Some(b) = base {
+            j["baseline_msgs_per_s"] = serde_json::json!(b.msgs_per_s);
+            j["baseline_p50_us"] = serde_json::json!(b.p50_us);
+            j["ratio"] = serde_json::json!(ratio);
+        }
+        if let Some(c) = dist_cpu_us {
+            j["distributor_cpu_us_per_task"] = serde_json::json!(c);
+        }
+        println!("{j}");
+        return;
+    }
+    println!(
+        "{} tasks of `{}` ({} B payload, {} in flight) in {:.2} s: {:.0} tasks/s",
+        run.tasks,
+        args.app,
+        args.payload,
+        args.concurrency,
+        run.secs,
+        run.per_s()
+    );
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    t.set_header(["p50", "p90", "p99", "p99.9", "max", "errors"]);
+    t.add_row(vec![
+        format!("{} us", run.q(0.5)),
+        format!("{} us", run.q(0.9)),
+        format!("{} us", run.q(0.99)),
+        format!("{} us", run.q(0.999)),
+        format!("{} us", run.max()),
+        run.error_count().to_string(),
+    ]);
+    println!("{t}");
+    if !run.errors.is_empty() {
+        let mut t = comfy_table::Table::new();
+        t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+        t.set_header(["error", "count"]);
+        for (k, n) in &run.errors {
+            t.add_row(vec![k.clone(), n.to_string()]);
+        }
+        println!("{t}");
+    }
+    let mut workers: Vec<(&String, &u64)> = run.per_worker.iter().collect();
+    workers.sort();
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    t.set_header(["worker", "tasks"]);
+    for (w, n) in workers {
+        t.add_row(vec![w.clone(), n.to_string()]);
+    }
+    println!("{t}");
+    if let (Some(b), Some(r)) = (base, ratio) {
+        println!(
+            "baseline (bare quinn echo, same frame size and in flight): {:.0} msgs/s, p50 {} us; allot/baseline = {:.3} (ideal 0.5: a task is two round trips); p50 ratio {:.2}",
+            b.msgs_per_s,
+            b.p50_us,
+            r,
+            run.q(0.5) as f64 / b.p50_us.max(1) as f64
+        );
+    }
+    if let Some(c) = dist_cpu_us {
+        println!("distributor CPU per task: {c:.2} us");
+    }
+}
+
+/// CPU time (user + system) a process has used, from /proc.
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
+}
+
+fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// A cluster started by `bench --local`: one gateway, one distributor and
+/// N workers, in this process or as child processes (killed on drop).
+struct LocalCluster {
+    pki: PathBuf,
+    gateway: SocketAddr,
+    children: Vec<Child>,
+    dist_pid: Option<u32>,
+    _threads: Vec<Box<dyn std::any::Any>>,
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_addr() -> Result<SocketAddr> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+impl LocalCluster {
+    fn distributor_pid(&self) -> Option<u32> {
+        self.dist_pid
+    }
+
+    fn start(dir: &Path, args: &BenchArgs) -> Result<LocalCluster> {
+        let pki = dir.join("pki");
+        let mut nodes: Vec<(String, Role)> = vec![
+            ("gw-1".into(), Role::Gateway),
+            ("dist-1".into(), Role::Distributor),
+            (args.name.clone(), Role::Client),
+        ];
+        for i in 0..args.workers.max(1) {
+            nodes.push((format!("worker-{}", i + 1), Role::Worker));
+        }
+        let refs: Vec<(&str, Role)> = nodes.iter().map(|(n, r)| (n.as_str(), *r)).collect();
+        crate::pki::create_cluster(&pki, &refs)?;
+        // Capacity never limits the bench: it measures allot, not queueing.
+        let slots = (args.concurrency as u32).max(64) * 2;
+        let workers = args.workers.max(1);
+        if args.processes {
+            Self::start_processes(dir, pki, &args.name, workers, slots)
+        } else {
+            Self::start_threads(dir, pki, &args.name, workers, slots)
+        }
+    }
+
+    fn start_threads(
+        dir: &Path,
+        pki: PathBuf,
+        client: &str,
+        workers: usize,
+        slots: u32,
+    ) -> Result<LocalCluster> {
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let d = distributor::spawn(DistributorConfig::new(
+            "dist-1",
+            loopback,
+            pki.clone(),
+            dir.join("dist-1"),
+        ))?;
+        let mut threads: Vec<Box<dyn std::any::Any>> = Vec::new();
+        for i in 0..workers {
+            let mut cfg =
+                WorkerConfig::new(&format!("worker-{}", i + 1), pki.clone(), vec![d.addr]);
+            cfg.apps = vec!["echo".into(), "sha256".into()];
+            cfg.slots = slots;
+            cfg.mode = ReportMode::Registered;
+            threads.push(Box::new(worker::spawn(cfg, Vec::new())?));
+        }
+        let g = gateway::spawn(GatewayConfig {
+            name: "gw-1".into(),
+            listen: loopback,
+            pki: pki.clone(),
+            sets: vec![("main".into(), vec![d.addr])],
+            policy: RedirectPolicy::Rendezvous,
+            ttl: Duration::from_secs(60),
+        })?;
+        let gateway = g.addr;
+        let dist = d.addr;
+        // Dropped in reverse: gateway, workers, distributor.
+        threads.insert(0, Box::new(d));
+        threads.push(Box::new(g));
+        wait_ready(&pki, client, dist, workers)?;
+        Ok(LocalCluster {
+            pki,
+            gateway,
+            children: Vec::new(),
+            dist_pid: None,
+            _threads: threads,
+        })
+    }
+
+    fn start_processes(
+        dir: &Path,
+        pki: PathBuf,
+        client: &str,
+        workers: usize,
+        slots: u32,
+    ) -> Result<LocalCluster> {
+        let exe = std::env::current_exe().context("finding the allot binary")?;
+        let pki_s = pki.to_string_lossy().to_string();
+        let dist = free_addr()?;
+        let gw = free_addr()?;
+        let spawn = |args: &[String]| -> Result<Child> {
+            Command::new(&exe)
+                .args(args)
+                .env("ALLOT_LOG", "error")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .with_context(|| format!("starting allot {}", args.join(" ")))
+        };
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let mut cluster = LocalCluster {
+            pki: pki.clone(),
+            gateway: gw,
+            children: Vec::new(),
+            dist_pid: None,
+            _threads: Vec::new(),
+        };
+        let data = dir.join("dist-1").to_string_lossy().to_string();
+        let d = spawn(&s(&[
+            "distributor",
+            "--name",
+            "dist-1",
+            "--listen",
+            &dist.to_string(),
+            "--pki",
+            &pki_s,
+            "--data-dir",
+            &data,
+        ]))?;
+        cluster.dist_pid = Some(d.id());
+        cluster.children.push(d);
+        for i in 0..workers {
+            let name = format!("worker-{}", i + 1);
+            let slots = slots.to_string();
+            cluster.children.push(spawn(&s(&[
+                "worker",
+                "--name",
+                &name,
+                "--pki",
+                &pki_s,
+                "--join",
+                &dist.to_string(),
+                "--apps",
+                "echo,sha256",
+                "--slots",
+                &slots,
+            ]))?);
+        }
+        let set = format!("main={dist}");
+        cluster.children.push(spawn(&s(&[
+            "gateway",
+            "--name",
+            "gw-1",
+            "--listen",
+            &gw.to_string(),
+            "--pki",
+            &pki_s,
+            "--set",
+            &set,
+        ]))?);
+        wait_ready(&pki, client, dist, workers)?;
+        Ok(cluster)
+    }
+}
+
+fn wait_ready(pki: &Path, client: &str, dist: SocketAddr, workers: usize) -> Result<()> {
+    crate::cli::block_on_local(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let cfg = ClientConfig {
+                name: client.to_owned(),
+                pki: pki.to_path_buf(),
+                gateways: Vec::new(),
+                attrs: Vec::new(),
+            };
+            if let Ok(c) = Client::connect_distributor(cfg, dist).await {
+                if let Ok(s) = c.status().await {
+                    if s.workers
+                        .iter()
+                        .filter(|w| w.state == allot_wire::WorkerState::Up)
+                        .count()
+                        >= workers
+                    {
+                        c.close();
+                        return Ok(());
+                    }
+                }
+                c.close();
+            }
+            if Instant::now() > deadline {
+                bail!("the local cluster did not come up within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })?
+}
