@@ -3,11 +3,12 @@
 //!
 //! Every column that a delta may change while matchers read it is an atomic,
 //! because readers never lock: a relaxed atomic load is a plain `mov` on x86
-//! and ARM, but the compiler will not vectorise it. So a filter first copies
-//! the 64 values of a column into a local array (64 scalar loads) and then
-//! runs its comparison over the local array, a loop the compiler does
-//! vectorise, and packs the 64 booleans into a `u64` eight at a time with a
-//! multiply. See `BENCHMARKS.md` for the inner loop as compiled.
+//! and ARM, but the compiler will not combine atomic loads into vector loads.
+//! So a filter is a branch-free loop of 64 loads and compares writing one
+//! byte per row, and the 64 bytes are packed into a `u64` eight at a time
+//! with a multiply (`pack`); loops over local arrays (the `prefer`
+//! arithmetic, comparisons of computed numbers) are vectorised by the
+//! compiler. See `BENCHMARKS.md` for the inner loops as compiled.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
@@ -104,18 +105,6 @@ impl Block {
             ColumnKind::U64 => self.col64(c)[i].load(Relaxed) as f64,
         }
     }
-}
-
-/// Copies a `u32` column out of its atomics.
-#[inline(always)]
-pub(crate) fn load_u32(col: &[AtomicU32; BLOCK_ROWS]) -> [u32; BLOCK_ROWS] {
-    std::array::from_fn(|i| col[i].load(Relaxed))
-}
-
-/// Copies an `f32` column out of its atomics.
-#[inline(always)]
-pub(crate) fn load_f32(col: &[AtomicU32; BLOCK_ROWS]) -> [f32; BLOCK_ROWS] {
-    std::array::from_fn(|i| f32::from_bits(col[i].load(Relaxed)))
 }
 
 /// Copies a `u64` column out of its atomics.

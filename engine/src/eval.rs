@@ -9,7 +9,7 @@
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
-use crate::block::{label, load_f32, load_u32, load_u64, mask_of, mask_of2, Block, LabelBlock};
+use crate::block::{label, load_u64, mask_of, mask_of2, Block, LabelBlock};
 use crate::schema::{Column, ColumnKind, BLOCK_ROWS};
 use crate::table::Shard;
 
@@ -191,9 +191,7 @@ impl Pred {
                 hi,
                 negate,
             } => {
-                let x = load_u32(v.block.col32(*col));
-                let (lo, span) = (*lo, hi.wrapping_sub(*lo));
-                let m = mask_of(&x, |x| x.wrapping_sub(lo) <= span);
+                let m = kernel::range_u32(v.block.col32(*col), *lo, hi.wrapping_sub(*lo));
                 if *negate {
                     !m
                 } else {
@@ -206,63 +204,130 @@ impl Pred {
                 hi,
                 negate,
             } => {
-                let x = load_u64(v.block.col64(*col));
-                let (lo, span) = (*lo, hi.wrapping_sub(*lo));
-                let m = mask_of(&x, |x| x.wrapping_sub(lo) <= span);
+                let m = kernel::range_u64(v.block.col64(*col), *lo, hi.wrapping_sub(*lo));
                 if *negate {
                     !m
                 } else {
                     m
                 }
             }
-            Pred::F32 { col, op, c } => {
-                let x = load_f32(v.block.col32(*col));
-                let c = *c;
-                match op {
-                    CmpOp::Eq => mask_of(&x, |x| x == c),
-                    // `x == x` drops NaN rows; with a NaN `c` this is "not NaN".
-                    #[allow(clippy::eq_op)]
-                    CmpOp::Ne => mask_of(&x, |x| x != c && x == x),
-                    CmpOp::Lt => mask_of(&x, |x| x < c),
-                    CmpOp::Le => mask_of(&x, |x| x <= c),
-                    CmpOp::Gt => mask_of(&x, |x| x > c),
-                    CmpOp::Ge => mask_of(&x, |x| x >= c),
-                }
-            }
+            Pred::F32 { col, op, c } => kernel::cmp_f32(v.block.col32(*col), *op, *c),
             Pred::LabelStr { key, id, eq } => {
                 let Some(col) = v.label(*key) else {
                     return 0;
                 };
-                let x = load_u64(col);
-                let want = label::str(*id);
-                if *eq {
-                    mask_of(&x, |x| x == want)
-                } else {
-                    mask_of(&x, |x| label::is_str(x) && x != want)
-                }
+                kernel::label_str(col, label::str(*id), *eq)
             }
             Pred::LabelNum { key, op, c } => {
                 let Some(col) = v.label(*key) else {
                     return 0;
                 };
-                let x = load_u64(col);
-                let (op, c) = (*op, *c);
-                mask_of(&x, |x| cmp_f64(op, label::as_f64(x), c))
+                let x = load_u64(col).map(label::as_f64);
+                mask_cmp_const(*op, &x, *c)
             }
             Pred::LabelLabel { a, b, op } => {
                 let (Some(ca), Some(cb)) = (v.label(*a), v.label(*b)) else {
                     return 0;
                 };
                 let (x, y) = (load_u64(ca), load_u64(cb));
-                let op = *op;
-                mask_of2(&x, &y, |x, y| label_cmp(op, x, y))
+                match op {
+                    CmpOp::Eq => mask_of2(&x, &y, |x, y| label_cmp(CmpOp::Eq, x, y)),
+                    CmpOp::Ne => mask_of2(&x, &y, |x, y| label_cmp(CmpOp::Ne, x, y)),
+                    CmpOp::Lt => mask_of2(&x, &y, |x, y| label_cmp(CmpOp::Lt, x, y)),
+                    CmpOp::Le => mask_of2(&x, &y, |x, y| label_cmp(CmpOp::Le, x, y)),
+                    CmpOp::Gt => mask_of2(&x, &y, |x, y| label_cmp(CmpOp::Gt, x, y)),
+                    CmpOp::Ge => mask_of2(&x, &y, |x, y| label_cmp(CmpOp::Ge, x, y)),
+                }
             }
             Pred::Num { l, op, r } => {
-                let (x, y) = (l.eval(v), r.eval(v));
-                let op = *op;
-                mask_of2(&x, &y, |a, b| cmp_f64(op, a, b))
+                let mut x = [0.0; BLOCK_ROWS];
+                l.eval_into(v, &mut x);
+                if let NumExpr::Const(c) = r {
+                    return mask_cmp_const(*op, &x, *c);
+                }
+                let mut y = [0.0; BLOCK_ROWS];
+                r.eval_into(v, &mut y);
+                match op {
+                    CmpOp::Eq => mask_of2(&x, &y, |a, b| a == b),
+                    CmpOp::Ne => mask_of2(&x, &y, |a, b| a != b && !a.is_nan() && !b.is_nan()),
+                    CmpOp::Lt => mask_of2(&x, &y, |a, b| a < b),
+                    CmpOp::Le => mask_of2(&x, &y, |a, b| a <= b),
+                    CmpOp::Gt => mask_of2(&x, &y, |a, b| a > b),
+                    CmpOp::Ge => mask_of2(&x, &y, |a, b| a >= b),
+                }
             }
         }
+    }
+}
+
+impl Pred {
+    /// Whether row `i` of the block satisfies this predicate: the scalar twin
+    /// of [`Pred::eval`], used to re-check one chosen row before reserving
+    /// it (cheaper than a whole block).
+    pub(crate) fn eval_row(&self, v: &View<'_>, i: usize) -> bool {
+        let bit = 1u64 << i;
+        let label = |key: u32| v.label(key).map_or(label::MISSING, |c| c[i].load(Relaxed));
+        match self {
+            Pred::Const(b) => *b,
+            Pred::Up => v.block.up.load(Acquire) & bit != 0,
+            Pred::HasApp(a) => v.shard.app_mask(*a, v.b) & bit != 0,
+            Pred::Not(p) => !p.eval_row(v, i),
+            Pred::And(ps) => ps.iter().all(|p| p.eval_row(v, i)),
+            Pred::Or(ps) => ps.iter().any(|p| p.eval_row(v, i)),
+            Pred::Range32 {
+                col,
+                lo,
+                hi,
+                negate,
+            } => {
+                let x = v.block.col32(*col)[i].load(Relaxed);
+                (*lo <= x && x <= *hi) != *negate
+            }
+            Pred::Range64 {
+                col,
+                lo,
+                hi,
+                negate,
+            } => {
+                let x = v.block.col64(*col)[i].load(Relaxed);
+                (*lo <= x && x <= *hi) != *negate
+            }
+            Pred::F32 { col, op, c } => {
+                let x = f32::from_bits(v.block.col32(*col)[i].load(Relaxed));
+                match op {
+                    CmpOp::Eq => x == *c,
+                    CmpOp::Ne => x != *c && !x.is_nan(),
+                    CmpOp::Lt => x < *c,
+                    CmpOp::Le => x <= *c,
+                    CmpOp::Gt => x > *c,
+                    CmpOp::Ge => x >= *c,
+                }
+            }
+            Pred::LabelStr { key, id, eq } => {
+                let x = label(*key);
+                if *eq {
+                    x == label::str(*id)
+                } else {
+                    label::is_str(x) && x != label::str(*id)
+                }
+            }
+            Pred::LabelNum { key, op, c } => cmp_f64(*op, label::as_f64(label(*key)), *c),
+            Pred::LabelLabel { a, b, op } => label_cmp(*op, label(*a), label(*b)),
+            Pred::Num { l, op, r } => cmp_f64(*op, l.eval_row(v, i), r.eval_row(v, i)),
+        }
+    }
+}
+
+/// `x op c` for 64 lanes, the operator dispatched once.
+#[inline(always)]
+fn mask_cmp_const(op: CmpOp, x: &[f64; BLOCK_ROWS], c: f64) -> u64 {
+    match op {
+        CmpOp::Eq => mask_of(x, |a| a == c),
+        CmpOp::Ne => mask_of(x, |a| a != c && !a.is_nan() && !c.is_nan()),
+        CmpOp::Lt => mask_of(x, |a| a < c),
+        CmpOp::Le => mask_of(x, |a| a <= c),
+        CmpOp::Gt => mask_of(x, |a| a > c),
+        CmpOp::Ge => mask_of(x, |a| a >= c),
     }
 }
 
@@ -284,26 +349,80 @@ pub(crate) fn label_cmp(op: CmpOp, x: u64, y: u64) -> bool {
 impl NumExpr {
     /// The value of this expression for each row of the block.
     pub(crate) fn eval(&self, v: &View<'_>) -> [f64; BLOCK_ROWS] {
+        let mut out = [0.0; BLOCK_ROWS];
+        self.eval_into(v, &mut out);
+        out
+    }
+
+    /// Writes the value for each row of the block into `out`. Operators are
+    /// dispatched once per block, never per row, so each loop is a plain
+    /// vectorisable loop.
+    pub(crate) fn eval_into(&self, v: &View<'_>, out: &mut [f64; BLOCK_ROWS]) {
         match self {
-            NumExpr::Const(c) => [*c; BLOCK_ROWS],
+            NumExpr::Const(c) => *out = [*c; BLOCK_ROWS],
             NumExpr::Col(c) => match c.kind() {
-                ColumnKind::U32 => load_u32(v.block.col32(*c)).map(f64::from),
-                ColumnKind::F32 => load_f32(v.block.col32(*c)).map(f64::from),
-                ColumnKind::U64 => load_u64(v.block.col64(*c)).map(|x| x as f64),
+                ColumnKind::U32 => {
+                    for (o, x) in out.iter_mut().zip(v.block.col32(*c).iter()) {
+                        *o = f64::from(x.load(Relaxed));
+                    }
+                }
+                ColumnKind::F32 => {
+                    for (o, x) in out.iter_mut().zip(v.block.col32(*c).iter()) {
+                        *o = f64::from(f32::from_bits(x.load(Relaxed)));
+                    }
+                }
+                ColumnKind::U64 => {
+                    for (o, x) in out.iter_mut().zip(v.block.col64(*c).iter()) {
+                        *o = x.load(Relaxed) as f64;
+                    }
+                }
             },
             NumExpr::Label(key) => match v.label(*key) {
-                Some(col) => load_u64(col).map(label::as_f64),
-                None => [f64::NAN; BLOCK_ROWS],
-            },
-            NumExpr::Neg(e) => e.eval(v).map(|x| -x),
-            NumExpr::Bin(op, a, b) => {
-                let mut x = a.eval(v);
-                let y = b.eval(v);
-                let op = *op;
-                for (x, y) in x.iter_mut().zip(y.iter()) {
-                    *x = op.apply(*x, *y);
+                Some(col) => {
+                    let x = load_u64(col);
+                    for (o, x) in out.iter_mut().zip(x.iter()) {
+                        *o = label::as_f64(*x);
+                    }
                 }
-                x
+                None => *out = [f64::NAN; BLOCK_ROWS],
+            },
+            NumExpr::Neg(e) => {
+                e.eval_into(v, out);
+                for o in out.iter_mut() {
+                    *o = -*o;
+                }
+            }
+            NumExpr::Bin(op, a, b) => {
+                // `const op expr`: evaluate the right side in place.
+                if let NumExpr::Const(c) = **a {
+                    b.eval_into(v, out);
+                    match op {
+                        ArOp::Add => out.iter_mut().for_each(|o| *o += c),
+                        ArOp::Sub => out.iter_mut().for_each(|o| *o = c - *o),
+                        ArOp::Mul => out.iter_mut().for_each(|o| *o *= c),
+                        ArOp::Div => out.iter_mut().for_each(|o| *o = c / *o),
+                    }
+                    return;
+                }
+                a.eval_into(v, out);
+                if let NumExpr::Const(c) = **b {
+                    match op {
+                        ArOp::Add => out.iter_mut().for_each(|o| *o += c),
+                        ArOp::Sub => out.iter_mut().for_each(|o| *o -= c),
+                        ArOp::Mul => out.iter_mut().for_each(|o| *o *= c),
+                        ArOp::Div => out.iter_mut().for_each(|o| *o /= c),
+                    }
+                    return;
+                }
+                let mut y = [0.0; BLOCK_ROWS];
+                b.eval_into(v, &mut y);
+                let pairs = out.iter_mut().zip(y.iter());
+                match op {
+                    ArOp::Add => pairs.for_each(|(o, y)| *o += *y),
+                    ArOp::Sub => pairs.for_each(|(o, y)| *o -= *y),
+                    ArOp::Mul => pairs.for_each(|(o, y)| *o *= *y),
+                    ArOp::Div => pairs.for_each(|(o, y)| *o /= *y),
+                }
             }
         }
     }
@@ -318,6 +437,78 @@ impl NumExpr {
                 .map_or(f64::NAN, |col| label::as_f64(col[i].load(Relaxed))),
             NumExpr::Neg(e) => -e.eval_row(v, i),
             NumExpr::Bin(op, a, b) => op.apply(a.eval_row(v, i), b.eval_row(v, i)),
+        }
+    }
+}
+
+/// The leaf filters, one small function each: a column copied out of its
+/// atomics, then one branch-free loop producing a mask. Kept out of line so
+/// each loop is compiled (and vectorised) on its own, with no register
+/// pressure from the rest of `Pred::eval`. These are the loops shown in
+/// `BENCHMARKS.md`.
+pub(crate) mod kernel {
+    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+
+    use super::CmpOp;
+    use crate::block::{label, pack};
+    use crate::schema::BLOCK_ROWS;
+
+    /// One byte (0 or 1) per row from a test on each cell, then [`pack`].
+    /// The test is fused with the relaxed atomic load: copying the column to
+    /// a local array first (so the compare could use SIMD) costs more than
+    /// it saves, because the compiler assembles vectors from scalar atomic
+    /// loads one lane at a time.
+    #[inline(always)]
+    fn bytes32(col: &[AtomicU32; BLOCK_ROWS], f: impl Fn(u32) -> bool) -> u64 {
+        let mut b = [0u8; BLOCK_ROWS];
+        for (o, c) in b.iter_mut().zip(col.iter()) {
+            *o = f(c.load(Relaxed)) as u8;
+        }
+        pack(&b)
+    }
+
+    #[inline(always)]
+    fn bytes64(col: &[AtomicU64; BLOCK_ROWS], f: impl Fn(u64) -> bool) -> u64 {
+        let mut b = [0u8; BLOCK_ROWS];
+        for (o, c) in b.iter_mut().zip(col.iter()) {
+            *o = f(c.load(Relaxed)) as u8;
+        }
+        pack(&b)
+    }
+
+    /// Rows with `x - lo <= span` (unsigned): `lo <= x <= lo + span`.
+    #[inline(never)]
+    pub(crate) fn range_u32(col: &[AtomicU32; BLOCK_ROWS], lo: u32, span: u32) -> u64 {
+        bytes32(col, |x| x.wrapping_sub(lo) <= span)
+    }
+
+    /// As [`range_u32`] for `u64` columns.
+    #[inline(never)]
+    pub(crate) fn range_u64(col: &[AtomicU64; BLOCK_ROWS], lo: u64, span: u64) -> u64 {
+        bytes64(col, |x| x.wrapping_sub(lo) <= span)
+    }
+
+    /// `x op c` on an `f32` column.
+    #[inline(never)]
+    pub(crate) fn cmp_f32(col: &[AtomicU32; BLOCK_ROWS], op: CmpOp, c: f32) -> u64 {
+        let f = f32::from_bits;
+        match op {
+            CmpOp::Eq => bytes32(col, |x| f(x) == c),
+            CmpOp::Ne => bytes32(col, |x| f(x) != c && !f(x).is_nan()),
+            CmpOp::Lt => bytes32(col, |x| f(x) < c),
+            CmpOp::Le => bytes32(col, |x| f(x) <= c),
+            CmpOp::Gt => bytes32(col, |x| f(x) > c),
+            CmpOp::Ge => bytes32(col, |x| f(x) >= c),
+        }
+    }
+
+    /// `label == want` (or `!=`, among string cells).
+    #[inline(never)]
+    pub(crate) fn label_str(col: &[AtomicU64; BLOCK_ROWS], want: u64, eq: bool) -> u64 {
+        if eq {
+            bytes64(col, |x| x == want)
+        } else {
+            bytes64(col, |x| label::is_str(x) && x != want)
         }
     }
 }

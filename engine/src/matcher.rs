@@ -169,6 +169,37 @@ pub(crate) fn better(score: f64, id: ServerId, best_score: f64, best_id: ServerI
     a > b || (a == b && id < best_id)
 }
 
+/// The first row of `m` with the highest score (NaN lowest): the block's
+/// candidate. A branch-free max over lanes, then one pass to find its row,
+/// instead of a data-dependent branch per row.
+fn best_in_block(scores: &[f64; BLOCK_ROWS], m: u64) -> usize {
+    let mut keys = [f64::NEG_INFINITY; BLOCK_ROWS];
+    let mut bits = m;
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        keys[i] = key(scores[i]);
+    }
+    let mut acc = [f64::NEG_INFINITY; 4];
+    for c in keys.chunks_exact(4) {
+        for j in 0..4 {
+            acc[j] = if c[j] > acc[j] { c[j] } else { acc[j] };
+        }
+    }
+    let top = acc
+        .iter()
+        .fold(f64::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    let mut bits = m;
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        if keys[i] == top {
+            return i;
+        }
+        bits &= bits - 1;
+    }
+    m.trailing_zeros() as usize
+}
+
 thread_local! {
     static RNG: Cell<u64> = const { Cell::new(0) };
 }
@@ -491,7 +522,8 @@ impl ServerTable {
                 });
             }
         };
-        if n <= 4 {
+        // Few rows: score them one by one; many: score the block's 64 lanes.
+        if n <= 16 {
             while m != 0 {
                 let i = m.trailing_zeros() as usize;
                 m &= m - 1;
@@ -499,11 +531,8 @@ impl ServerTable {
             }
         } else {
             let scores = q.prefer.eval(&view);
-            while m != 0 {
-                let i = m.trailing_zeros() as usize;
-                m &= m - 1;
-                consider(i, scores[i], best);
-            }
+            let i = best_in_block(&scores, m);
+            consider(i, scores[i], best);
         }
         n
     }
@@ -566,7 +595,11 @@ impl ServerTable {
         };
         // Re-check the row now: the scan may have read it while a delta or a
         // re-registration was rewriting it.
-        if self.block_mask(q, &view) & (1u64 << i) == 0 || block.gen[i].load(Acquire) != c.gen {
+        let live = block.live.load(Acquire) & (1u64 << i) != 0;
+        if !live
+            || !q.clauses.iter().all(|cl| cl.pred.eval_row(&view, i))
+            || block.gen[i].load(Acquire) != c.gen
+        {
             return Attempt::Lost;
         }
         let d = q.demand;

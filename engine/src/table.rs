@@ -155,14 +155,14 @@ impl Shard {
     }
 
     /// Clears a row's apps and labels.
-    fn clear_row_extras(&self, b: usize, i: usize) {
+    fn clear_row_extras(&self, b: usize, i: usize, apps: usize, keys: usize) {
         let bit = 1u64 << i;
-        for cell in self.apps.iter() {
+        for cell in self.apps.iter().take(apps) {
             if let Some(masks) = cell.get() {
                 masks[b].fetch_and(!bit, Release);
             }
         }
-        for cell in self.labels.iter() {
+        for cell in self.labels.iter().take(keys) {
             if let Some(blocks) = cell.get().and_then(|d| d.get(b)) {
                 blocks[i].store(label::MISSING, Relaxed);
             }
@@ -325,6 +325,13 @@ impl ServerTable {
         self.names.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How many apps and label keys are interned: only their columns can
+    /// hold anything (ids are dense and never reused).
+    fn interned(&self) -> (usize, usize) {
+        let st = self.strings();
+        (st.apps.len(), st.keys.len())
+    }
+
     pub(crate) fn strings(&self) -> MutexGuard<'_, Strings> {
         self.strings.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -425,7 +432,8 @@ impl ServerTable {
         block.res_slots[i].store(0, Relaxed);
         block.res_cores[i].store(0, Relaxed);
         block.res_mem[i].store(0, Relaxed);
-        shard.clear_row_extras(b, i);
+        let (napps, nkeys) = self.interned();
+        shard.clear_row_extras(b, i, napps, nkeys);
         for &a in apps {
             shard.set_app(a, b, bit, true);
         }
@@ -456,7 +464,8 @@ impl ServerTable {
         block.draining.fetch_and(!bit, Release);
         block.live.fetch_and(!bit, Release);
         block.gen[i].fetch_add(1, AcqRel);
-        shard.clear_row_extras(b, i);
+        let (napps, nkeys) = self.interned();
+        shard.clear_row_extras(b, i, napps, nkeys);
         w.free.push((b * BLOCK_ROWS + i) as u32);
         names.remove(id.0);
         self.live.fetch_sub(1, Relaxed);

@@ -1,0 +1,334 @@
+//! allot-engine benchmarks, each beside the naive reference matcher
+//! (`allot_engine::reference`) in the same run:
+//!
+//! * match-and-reserve (then release) with 3 `require` clauses plus `prefer`,
+//!   at 10k and 1M servers, exact and sampled;
+//! * the exact scan in server rows per second;
+//! * delta apply;
+//! * memory per server at 1M servers (counted by a global allocator);
+//! * two threads matching at once against one.
+//!
+//! Run: `cargo bench -p allot-benches --bench engine -- --warm-up-time 1 --measurement-time 3`
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::atomic::{AtomicIsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use allot_engine::reference::NaiveTable;
+use allot_engine::*;
+use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+
+/// Counts live heap bytes, so the memory figure is what the table really
+/// allocates.
+struct Counting;
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: delegates every call to the system allocator unchanged and only
+// keeps a counter beside it; exercised by every allocation of this benchmark.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc_zeroed(l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        LIVE.fetch_add(n as isize - l.size() as isize, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static A: Counting = Counting;
+
+const REGIONS: [&str; 4] = ["eu", "us", "asia", "sa"];
+/// Three clauses plus the implicit ones (up, app, free slots).
+const REQUIRE: &str =
+    "server.region == client.region && server.load < 0.8 && server.mem_free >= 8GiB";
+const PREFER: &str = "server.idle_power - 2 * server.load";
+
+fn rng(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn record(i: usize, r: &mut u64) -> ServerRecord {
+    let mut apps = Vec::new();
+    if rng(r) % 2 == 0 {
+        apps.push("echo".to_string());
+    }
+    if rng(r) % 4 == 0 {
+        apps.push("sum".to_string());
+    }
+    let mem = (16 + rng(r) % 240) << 30;
+    ServerRecord {
+        name: format!("w{i:07}"),
+        slots: 8,
+        slots_free: 8,
+        cores: 16,
+        power: (rng(r) % 1000) as f64 / 10.0,
+        idle_power: (rng(r) % 1000) as f64 / 10.0,
+        mem,
+        mem_free: mem / 2 + (rng(r) % (mem / 2)),
+        load: (rng(r) % 100) as f64 / 100.0,
+        apps,
+        labels: vec![(
+            "region".to_string(),
+            LabelValue::Str(REGIONS[(rng(r) % 4) as usize].to_string()),
+        )],
+    }
+}
+
+struct Fixture {
+    table: Arc<ServerTable>,
+    naive: NaiveTable,
+    ids: Vec<ServerId>,
+    env: Env,
+    query: Arc<Query>,
+    bytes_per_server: f64,
+}
+
+fn fixture(n: usize, with_naive: bool) -> Fixture {
+    let before = LIVE.load(Ordering::Relaxed);
+    let table = ServerTable::new(TableConfig {
+        shards: 4,
+        capacity: n,
+    })
+    .expect("table");
+    let mut r = 0x9E37_79B9_7F4A_7C15u64;
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        ids.push(table.insert(record(i, &mut r)).expect("insert"));
+    }
+    let after = LIVE.load(Ordering::Relaxed);
+    let ids_bytes = (ids.capacity() * std::mem::size_of::<ServerId>()) as isize;
+    let bytes_per_server = (after - before - ids_bytes) as f64 / n as f64;
+    // The same records again (same seed) for the reference.
+    let mut naive = NaiveTable::new();
+    if with_naive {
+        let mut r = 0x9E37_79B9_7F4A_7C15u64;
+        for (i, id) in ids.iter().enumerate() {
+            naive.insert(*id, &record(i, &mut r));
+        }
+    }
+    let mut env = Env::default();
+    env.task.app = "echo".into();
+    env.task.slots = 1;
+    env.client
+        .push(("region".into(), LabelValue::Str("eu".into())));
+    let query = Arc::new(table.compile(REQUIRE, PREFER, &env).expect("compile"));
+    Fixture {
+        table: Arc::new(table),
+        naive,
+        ids,
+        env,
+        query,
+        bytes_per_server,
+    }
+}
+
+const SAMPLED_K: u32 = 64;
+
+fn bench_size(c: &mut Criterion, n: usize, label: &str) {
+    let mut f = fixture(n, true);
+    if n >= 1_000_000 {
+        println!(
+            "memory: {:.1} bytes per server at {n} servers (allocator count); table.heap_bytes() = {:.1} per server",
+            f.bytes_per_server,
+            f.table.heap_bytes() as f64 / n as f64
+        );
+    }
+    let mut g = c.benchmark_group(format!("match_reserve_{label}"));
+    g.throughput(Throughput::Elements(1));
+    if n >= 1_000_000 {
+        g.sample_size(10);
+    }
+    g.bench_function("engine_exact", |b| {
+        b.iter(|| {
+            let r = f
+                .table
+                .match_and_reserve(&f.query, MatchMode::Exact)
+                .expect("match");
+            f.table.release(&r);
+        })
+    });
+    g.bench_function(BenchmarkId::new("engine_sampled", SAMPLED_K), |b| {
+        b.iter(|| {
+            let r = f
+                .table
+                .match_and_reserve(&f.query, MatchMode::Sampled { k: SAMPLED_K })
+                .expect("match");
+            f.table.release(&r);
+        })
+    });
+    g.bench_function("naive_exact", |b| {
+        b.iter(|| {
+            let (id, _) = f
+                .naive
+                .match_and_reserve(REQUIRE, PREFER, &f.env, &[])
+                .expect("match");
+            f.naive.release(id, 1, 0, 0);
+        })
+    });
+    g.finish();
+
+    // The exact scan in rows per second (same work as engine_exact).
+    let mut g = c.benchmark_group(format!("exact_scan_rows_{label}"));
+    g.throughput(Throughput::Elements(n as u64));
+    if n >= 1_000_000 {
+        g.sample_size(10);
+    }
+    g.bench_function("engine", |b| {
+        b.iter(|| {
+            let r = f
+                .table
+                .match_and_reserve(&f.query, MatchMode::Exact)
+                .expect("match");
+            f.table.release(&r);
+        })
+    });
+    // Every row has the app and passes the first clause: the worst case for
+    // block skipping.
+    let mut all = f.env.clone();
+    all.task.app.clear();
+    let q_all = f
+        .table
+        .compile(
+            "server.load < 2 && server.mem_free >= 1GiB && server.cores >= 1",
+            PREFER,
+            &all,
+        )
+        .expect("compile");
+    g.bench_function("engine_no_skipping", |b| {
+        b.iter(|| {
+            let r = f
+                .table
+                .match_and_reserve(&q_all, MatchMode::Exact)
+                .expect("match");
+            f.table.release(&r);
+        })
+    });
+    g.bench_function("naive", |b| {
+        b.iter(|| {
+            let (id, _) = f
+                .naive
+                .match_and_reserve(REQUIRE, PREFER, &f.env, &[])
+                .expect("match");
+            f.naive.release(id, 1, 0, 0);
+        })
+    });
+    g.finish();
+
+    if n >= 1_000_000 {
+        bench_deltas(c, &mut f);
+        bench_scaling(c, &f);
+    }
+}
+
+fn bench_deltas(c: &mut Criterion, f: &mut Fixture) {
+    const BATCH: usize = 1000;
+    let mut g = c.benchmark_group("delta_apply_1m");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    let n = f.ids.len();
+    let mut seq = 1u64;
+    let mut at = 0usize;
+    g.bench_function("engine", |b| {
+        b.iter(|| {
+            for _ in 0..BATCH {
+                let id = f.ids[at];
+                let changes = [
+                    Change::Load((seq % 100) as f64 / 100.0),
+                    Change::MemFree((seq % 64 + 8) << 30),
+                ];
+                black_box(f.table.apply_delta(id, seq, &changes).expect("delta"));
+                at += 1;
+                if at == n {
+                    at = 0;
+                    seq += 1;
+                }
+            }
+        })
+    });
+    let mut seq = 1u64;
+    let mut at = 0usize;
+    g.bench_function("naive", |b| {
+        b.iter(|| {
+            for _ in 0..BATCH {
+                let id = f.ids[at];
+                let changes = [
+                    Change::Load((seq % 100) as f64 / 100.0),
+                    Change::MemFree((seq % 64 + 8) << 30),
+                ];
+                black_box(f.naive.apply_delta(id, seq, &changes));
+                at += 1;
+                if at == n {
+                    at = 0;
+                    seq += 1;
+                }
+            }
+        })
+    });
+    g.finish();
+}
+
+/// One thread matching versus two at once (sampled mode, 1M servers); each
+/// criterion iteration is one match per thread.
+fn bench_scaling(c: &mut Criterion, f: &Fixture) {
+    let mut g = c.benchmark_group("scaling_sampled_1m");
+    for threads in [1usize, 2] {
+        g.throughput(Throughput::Elements(threads as u64));
+        g.bench_function(BenchmarkId::new("threads", threads), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for _ in 0..threads {
+                        let (t, q) = (f.table.clone(), f.query.clone());
+                        s.spawn(move || {
+                            for _ in 0..iters {
+                                let r = t
+                                    .match_and_reserve(&q, MatchMode::Sampled { k: SAMPLED_K })
+                                    .expect("match");
+                                t.release(&r);
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
+fn engine_benches(c: &mut Criterion) {
+    bench_size(c, 10_000, "10k");
+    // `ALLOT_BENCH_SMALL=1` stops after 10k servers, for quick iterations.
+    if std::env::var_os("ALLOT_BENCH_SMALL").is_none() {
+        bench_size(c, 1_000_000, "1m");
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3));
+    targets = engine_benches
+}
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -1,0 +1,72 @@
+//! A fixed workload for instruction-count profiling of the hot path
+//! (`valgrind --tool=callgrind target/release/examples/scan_profile`), which
+//! is stable on a shared machine where wall-clock figures are not:
+//! 10k servers, 200 exact matches and 2000 sampled ones (k = 8), each
+//! reserved and released.
+use allot_engine::*;
+
+fn main() {
+    let n = 10_000;
+    let t = ServerTable::new(TableConfig {
+        shards: 4,
+        capacity: n,
+    })
+    .expect("table");
+    let mut r = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = || {
+        r ^= r << 13;
+        r ^= r >> 7;
+        r ^= r << 17;
+        r
+    };
+    for i in 0..n {
+        let mem = (16 + next() % 240) << 30;
+        let mut apps = Vec::new();
+        if next() % 2 == 0 {
+            apps.push("echo".to_string());
+        }
+        t.insert(ServerRecord {
+            name: format!("w{i}"),
+            slots: 8,
+            slots_free: 8,
+            cores: 16,
+            power: (next() % 1000) as f64 / 10.0,
+            idle_power: (next() % 1000) as f64 / 10.0,
+            mem,
+            mem_free: mem / 2 + next() % (mem / 2),
+            load: (next() % 100) as f64 / 100.0,
+            apps,
+            labels: vec![(
+                "region".into(),
+                LabelValue::Str(["eu", "us", "asia", "sa"][(next() % 4) as usize].into()),
+            )],
+        })
+        .expect("insert");
+    }
+    let mut env = Env::default();
+    env.task.app = "echo".into();
+    env.task.slots = 1;
+    env.client
+        .push(("region".into(), LabelValue::Str("eu".into())));
+    let q = t
+        .compile(
+            "server.region == client.region && server.load < 0.8 && server.mem_free >= 8GiB",
+            "server.idle_power - 2 * server.load",
+            &env,
+        )
+        .expect("compile");
+    let mut sum = 0.0;
+    for _ in 0..200 {
+        let r = t.match_and_reserve(&q, MatchMode::Exact).expect("match");
+        sum += r.score;
+        t.release(&r);
+    }
+    for _ in 0..2000 {
+        let r = t
+            .match_and_reserve(&q, MatchMode::Sampled { k: 8 })
+            .expect("match");
+        sum += r.score;
+        t.release(&r);
+    }
+    println!("{sum}");
+}
