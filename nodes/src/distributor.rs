@@ -15,6 +15,7 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -36,6 +37,10 @@ use crate::conn::{self, ConnError, Outbox, Stream};
 use crate::labels::{attr_from_label, label_from_archived};
 use crate::pki::Pki;
 use crate::transport;
+
+/// Maps keyed by small ids on the hot path: Fx hashing instead of SipHash
+/// (the keys are ours, not an attacker's choice of strings).
+type FxMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
 
 /// Compiled query shapes cached per client stream.
 pub const QUERY_CACHE: usize = 1024;
@@ -160,14 +165,15 @@ struct Pending {
     attempts: u32,
     tried: Vec<ServerId>,
     query: Rc<Query>,
-    app: String,
+    app: Rc<str>,
     demands: allot_wire::Demands,
     deadline: Option<Instant>,
     deadline_ms: u64,
     payload: Bytes,
     received: Instant,
     match_us: u64,
-    key: (String, u64),
+    /// (hash of the user name, idempotency key): identifies a resubmission.
+    key: (u64, u64),
     queued_at: Option<Instant>,
 }
 
@@ -176,13 +182,13 @@ struct State {
     table: ServerTable,
     store: Store,
     users: HashMap<String, Rc<UserRecord>>,
-    completions: Vec<(String, Duration, bool)>,
-    links: HashMap<ServerId, WorkerLink>,
-    pending: HashMap<u64, Pending>,
+    completions: Vec<(Rc<str>, Duration, bool)>,
+    links: FxMap<ServerId, WorkerLink>,
+    pending: FxMap<u64, Pending>,
     /// Tasks waiting for capacity, oldest first. Together with `pending`
     /// bounded by `max_pending`.
     waiting: VecDeque<(u64, Pending)>,
-    by_key: HashMap<(String, u64), u64>,
+    by_key: FxMap<(u64, u64), u64>,
     next_task: u64,
     next_link: u64,
     started: Instant,
@@ -289,10 +295,10 @@ fn setup(cfg: DistributorConfig) -> Result<(quinn::Endpoint, Shared), Distributo
         store,
         users: HashMap::new(),
         completions: Vec::new(),
-        links: HashMap::new(),
-        pending: HashMap::new(),
+        links: FxMap::default(),
+        pending: FxMap::default(),
         waiting: VecDeque::new(),
-        by_key: HashMap::new(),
+        by_key: FxMap::default(),
         next_task: 1,
         next_link: 1,
         started: Instant::now(),
@@ -623,7 +629,7 @@ impl State {
                 let assign = allot_wire::Assign {
                     task_id: task,
                     reservation: task,
-                    app: p.app.clone(),
+                    app: p.app.to_string(),
                     demands: p.demands,
                     deadline_ms: p.deadline_ms,
                     attempt: p.attempts,
@@ -853,6 +859,44 @@ fn client_env(hello: &allot_wire::message::ArchivedHello) -> Vec<(String, LabelV
         .collect()
 }
 
+fn str_hash(s: &str) -> u64 {
+    let mut h = rustc_hash::FxHasher::default();
+    s.hash(&mut h);
+    h.finish()
+}
+
+/// Hashes what identifies a query shape straight from the archived
+/// submit, so a cache hit allocates nothing.
+fn shape_hash(s: &allot_wire::message::ArchivedSubmit, user: &str) -> u64 {
+    let mut h = rustc_hash::FxHasher::default();
+    s.app.as_str().hash(&mut h);
+    s.require.as_str().hash(&mut h);
+    s.prefer.as_str().hash(&mut h);
+    user.hash(&mut h);
+    s.demands.cores.to_native().hash(&mut h);
+    s.demands.mem.to_native().hash(&mut h);
+    s.demands.slots.to_native().hash(&mut h);
+    s.priority.to_native().hash(&mut h);
+    h.finish()
+}
+
+impl Shape {
+    /// Whether this shape is the one of `s` (a hash hit is verified).
+    fn is(&self, s: &allot_wire::message::ArchivedSubmit, user: &str) -> bool {
+        self.app == s.app.as_str()
+            && self.require == s.require.as_str()
+            && self.prefer == s.prefer.as_str()
+            && self.user == user
+            && self.demands
+                == (
+                    s.demands.cores.to_native(),
+                    s.demands.mem.to_native(),
+                    s.demands.slots.to_native(),
+                )
+            && self.priority == s.priority.to_native()
+    }
+}
+
 fn shape_of(s: &allot_wire::message::ArchivedSubmit, user: &str) -> Shape {
     Shape {
         app: s.app.as_str().to_owned(),
@@ -934,7 +978,7 @@ fn compile_for(
 async fn serve_client(stream: Stream, state: Shared) {
     let client_attrs = client_env(stream.hello.get());
     let cert_user = stream.peer_name.clone();
-    let mut cache: HashMap<Shape, Rc<Query>> = HashMap::new();
+    let mut cache: FxMap<u64, (Shape, Rc<Query>, Rc<str>)> = FxMap::default();
     read_loop(stream, &state, |state, out, frame| {
         let mut st = state.borrow_mut();
         match frame.kind() {
@@ -962,7 +1006,8 @@ async fn serve_client(stream: Stream, state: Shared) {
                     };
                     out.send(&r, &Bytes::new())
                 };
-                let key = (user.to_owned(), s.idempotency_key.to_native());
+                let shape_hash = shape_hash(s, user);
+                let key = (str_hash(user), s.idempotency_key.to_native());
                 if let Some(existing) = st.by_key.get(&key).copied() {
                     // A resubmission (after a client failover) of a task we
                     // still run: answer the new stream when it ends.
@@ -980,17 +1025,22 @@ async fn serve_client(stream: Stream, state: Shared) {
                         format!("distributor overloaded: {n} tasks in flight (limit)"),
                     );
                 }
-                let shape = shape_of(s, user);
-                let query = match cache.get(&shape) {
-                    Some(q) => q.clone(),
-                    None => match compile_for(&mut st, &client_attrs, &shape) {
+                let cached = cache
+                    .get(&shape_hash)
+                    .filter(|(shape, _, _)| shape.is(s, user))
+                    .map(|(_, q, app)| (q.clone(), app.clone()));
+                let (query, app) = match cached {
+                    Some(hit) => hit,
+                    None => match compile_for(&mut st, &client_attrs, &shape_of(s, user)) {
                         Ok(q) => {
                             let q = Rc::new(q);
+                            let app: Rc<str> = Rc::from(s.app.as_str());
                             if cache.len() >= QUERY_CACHE {
                                 cache.clear();
                             }
-                            cache.insert(shape, q.clone());
-                            q
+                            // A hash collision replaces the older shape.
+                            cache.insert(shape_hash, (shape_of(s, user), q.clone(), app.clone()));
+                            (q, app)
                         }
                         Err(e) => {
                             return reply_err(
@@ -1012,7 +1062,7 @@ async fn serve_client(stream: Stream, state: Shared) {
                     attempts: 0,
                     tried: Vec::new(),
                     query,
-                    app: s.app.as_str().to_owned(),
+                    app,
                     demands: allot_wire::Demands {
                         cores: s.demands.cores.to_native(),
                         mem: s.demands.mem.to_native(),
@@ -1024,7 +1074,7 @@ async fn serve_client(stream: Stream, state: Shared) {
                     payload: v.payload(),
                     received,
                     match_us: 0,
-                    key: key.clone(),
+                    key,
                     queued_at: None,
                 };
                 st.by_key.insert(key, task);
@@ -1180,10 +1230,8 @@ async fn sweep_loop(state: Shared) {
         {
             st.last_flush = now;
             let batch = std::mem::take(&mut st.completions);
-            let items: Vec<(&str, Duration, bool)> = batch
-                .iter()
-                .map(|(a, d, ok)| (a.as_str(), *d, *ok))
-                .collect();
+            let items: Vec<(&str, Duration, bool)> =
+                batch.iter().map(|(a, d, ok)| (&**a, *d, *ok)).collect();
             if let Err(e) = st.store.task_classes().record_completions(&items) {
                 tracing::error!("task-class DB update failed: {e}");
             }
