@@ -827,15 +827,46 @@ fn config_file_typo_names_file_line_and_key() {
 fn bench_local_reports_the_json_contract() {
     // Figures are not checked (targets live in BENCHMARKS.md), only that the
     // run completes with no errors and reports every field.
-    let out = run(&["bench", "--local", "--workers", "2", "--tasks", "2000", "--concurrency", "32", "--payload", "64", "--baseline", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(&[
+        "bench",
+        "--local",
+        "--workers",
+        "2",
+        "--tasks",
+        "2000",
+        "--concurrency",
+        "32",
+        "--payload",
+        "64",
+        "--baseline",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let j = json(&out);
     assert_eq!(j["tasks"], 2000);
     assert_eq!(j["errors"], 0);
-    for key in ["tasks_per_s", "p50_us", "p99_us", "baseline_msgs_per_s", "ratio"] {
-        assert!(j[key].as_f64().is_some_and(|v| v > 0.0), "{key} missing or zero: {j}");
+    for key in [
+        "tasks_per_s",
+        "p50_us",
+        "p99_us",
+        "baseline_msgs_per_s",
+        "ratio",
+    ] {
+        assert!(
+            j[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key} missing or zero: {j}"
+        );
     }
-    let per_worker: u64 = j["per_worker"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    let per_worker: u64 = j["per_worker"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
     assert_eq!(per_worker, 2000);
     // Bad input: a clear error, non-zero exit.
     let out = run(&["bench", "--tasks", "10"]);
