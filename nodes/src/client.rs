@@ -182,6 +182,8 @@ struct Inner {
     generation: Cell<u64>,
     distributors: RefCell<Vec<SocketAddr>>,
     gateway: RefCell<String>,
+    /// When the cached redirect stops being valid (its time to live).
+    redirect_expires: Cell<Option<Instant>>,
     failing_over: Cell<bool>,
 }
 
@@ -233,6 +235,7 @@ impl Client {
                 generation: Cell::new(0),
                 distributors: RefCell::new(Vec::new()),
                 gateway: RefCell::new(String::new()),
+                redirect_expires: Cell::new(None),
                 failing_over: Cell::new(false),
             }),
         })
@@ -355,6 +358,9 @@ impl Inner {
                     }
                     *self.distributors.borrow_mut() = list;
                     *self.gateway.borrow_mut() = gw.to_string();
+                    self.redirect_expires.set(Some(
+                        Instant::now() + Duration::from_millis(u64::from(r.ttl_ms)),
+                    ));
                     return Ok(());
                 }
                 Err(e) => errors.push(format!("{gw}: {e}")),
@@ -449,6 +455,16 @@ impl Inner {
                 })
                 .map(|i| i + 1)
                 .unwrap_or(0);
+            // A redirect past its time to live is asked for again first.
+            let expired = this
+                .redirect_expires
+                .get()
+                .is_some_and(|t| Instant::now() >= t);
+            let start = if expired && this.redirect().await.is_ok() {
+                0
+            } else {
+                start
+            };
             let mut result = Inner::connect_any(&this, start).await;
             if result.is_err() && !this.cfg.gateways.is_empty() {
                 result = match this.redirect().await {

@@ -447,6 +447,8 @@ async fn serve_worker(stream: Stream, state: Shared) {
                 let id = registered
                     .ok_or_else(|| ConnError::Forbidden("delta before Register".into()))?;
                 st.apply_delta(id, d.get());
+                // A report may have freed capacity for waiting tasks.
+                st.drain_queue(16);
             }
             MessageKind::Heartbeat => {
                 let _ = frame.validate::<Heartbeat>()?;
@@ -704,7 +706,16 @@ impl State {
             // stale. Correct it now and try the next candidate.
             self.stats.refused += 1;
             let _ = self.table.mark_full(p.worker);
-            p.tried.push(p.worker);
+            let reason = r.message.as_str();
+            if reason.starts_with("does not run app") || reason.starts_with("draining") {
+                // It will not take this task at all: try the others.
+                p.tried.push(p.worker);
+            } else {
+                // Out of capacity for now: the placement did not run, so it
+                // is not an attempt; the task waits for capacity (the worker
+                // stays a candidate once its next report frees it).
+                p.attempts = p.attempts.saturating_sub(1);
+            }
             let why = format!("refused by {}: {}", r.worker, r.message);
             self.place(task, p, &why);
             return;

@@ -74,7 +74,9 @@ struct State {
 impl State {
     fn choose(&self, client: &str) -> Option<Redirect> {
         let live = self.live.borrow();
-        let is_live = |a: &SocketAddr| live.get(a).copied().unwrap_or(false);
+        // A member not probed yet (the gateway just started) counts as live:
+        // the client tries the list in order and reports if none answers.
+        let is_live = |a: &SocketAddr| live.get(a).copied().unwrap_or(true);
         let candidates: Vec<&(String, Vec<SocketAddr>)> = self
             .cfg
             .sets
