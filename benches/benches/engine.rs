@@ -314,11 +314,51 @@ fn bench_scaling(c: &mut Criterion, f: &Fixture) {
     g.finish();
 }
 
+/// The exact scan when servers arrive in pools (racks) of 256 that share apps
+/// and region, as real clusters register: the per-app bitmap then skips
+/// whole blocks. Same query as above.
+fn bench_pooled(c: &mut Criterion) {
+    let n = 1_000_000;
+    let table = ServerTable::new(TableConfig {
+        shards: 4,
+        capacity: n,
+    })
+    .expect("table");
+    let mut r = 0x1234_5678_9ABC_DEF1u64;
+    let mut pool = record(0, &mut r);
+    for i in 0..n {
+        let mut rec = record(i, &mut r);
+        if i % 256 == 0 {
+            pool = rec.clone();
+        }
+        rec.apps = pool.apps.clone();
+        rec.labels = pool.labels.clone();
+        table.insert(rec).expect("insert");
+    }
+    let mut env = Env::default();
+    env.task.app = "echo".into();
+    env.task.slots = 1;
+    env.client
+        .push(("region".into(), LabelValue::Str("eu".into())));
+    let q = table.compile(REQUIRE, PREFER, &env).expect("compile");
+    let mut g = c.benchmark_group("exact_scan_rows_1m_pooled");
+    g.throughput(Throughput::Elements(n as u64));
+    g.sample_size(10);
+    g.bench_function("engine", |b| {
+        b.iter(|| {
+            let r = table.match_and_reserve(&q, MatchMode::Exact).expect("match");
+            table.release(&r);
+        })
+    });
+    g.finish();
+}
+
 fn engine_benches(c: &mut Criterion) {
     bench_size(c, 10_000, "10k");
     // `ALLOT_BENCH_SMALL=1` stops after 10k servers, for quick iterations.
     if std::env::var_os("ALLOT_BENCH_SMALL").is_none() {
         bench_size(c, 1_000_000, "1m");
+        bench_pooled(c);
     }
 }
 

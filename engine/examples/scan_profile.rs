@@ -1,8 +1,9 @@
 //! A fixed workload for instruction-count profiling of the hot path
 //! (`valgrind --tool=callgrind target/release/examples/scan_profile`), which
 //! is stable on a shared machine where wall-clock figures are not:
-//! 10k servers, 200 exact matches and 2000 sampled ones (k = 8), each
-//! reserved and released.
+//! 10k servers, then `N` exact matches and `M` sampled ones (k = 8), each
+//! reserved and released: `scan_profile N M` (default 200 2000). Run it with
+//! `0 0` to measure the setup alone and subtract.
 use allot_engine::*;
 
 fn main() {
@@ -55,13 +56,18 @@ fn main() {
             &env,
         )
         .expect("compile");
+    let mut args = std::env::args()
+        .skip(1)
+        .map(|a| a.parse::<usize>().unwrap_or(0));
+    let exact = args.next().unwrap_or(200);
+    let sampled = args.next().unwrap_or(2000);
     let mut sum = 0.0;
-    for _ in 0..200 {
+    for _ in 0..exact {
         let r = t.match_and_reserve(&q, MatchMode::Exact).expect("match");
         sum += r.score;
         t.release(&r);
     }
-    for _ in 0..2000 {
+    for _ in 0..sampled {
         let r = t
             .match_and_reserve(&q, MatchMode::Sampled { k: 8 })
             .expect("match");

@@ -457,7 +457,8 @@ pub(crate) mod kernel {
     /// The test is fused with the relaxed atomic load: copying the column to
     /// a local array first (so the compare could use SIMD) costs more than
     /// it saves, because the compiler assembles vectors from scalar atomic
-    /// loads one lane at a time.
+    /// loads one lane at a time; and shifting each result straight into the
+    /// mask measured 7% more instructions than bytes plus `pack`.
     #[inline(always)]
     fn bytes32(col: &[AtomicU32; BLOCK_ROWS], f: impl Fn(u32) -> bool) -> u64 {
         let mut b = [0u8; BLOCK_ROWS];

@@ -522,7 +522,10 @@ impl ServerTable {
                 });
             }
         };
-        // Few rows: score them one by one; many: score the block's 64 lanes.
+        // Up to 16 rows: score them one by one; more: score the block's 64
+        // lanes. (Measured with callgrind on the benchmark query, where ~6
+        // rows per block pass: per-row scoring takes 2% fewer instructions
+        // per match than lanes.)
         if n <= 16 {
             while m != 0 {
                 let i = m.trailing_zeros() as usize;
