@@ -182,6 +182,25 @@ impl Frame {
             .slice(start..start + self.header.payload_len as usize)
     }
 
+    /// Validates the body as `M` and reads it in place, borrowing the frame:
+    /// for code that checks a frame and keeps it (no handle is consumed or
+    /// cloned, so no reference count is touched).
+    pub fn access<M: WireMessage>(&self) -> Result<&M::Archived, FrameError> {
+        if self.header.kind != M::KIND {
+            return Err(FrameError::UnexpectedKind {
+                expected: M::KIND,
+                got: self.header.kind,
+            });
+        }
+        M::validate(self.body())
+    }
+
+    /// The payload, borrowed (no reference count touched).
+    pub fn payload_slice(&self) -> &[u8] {
+        let start = HEADER_LEN + pad8(self.header.body_len as usize);
+        &self.bytes[start..start + self.header.payload_len as usize]
+    }
+
     /// Validates the body as `M` and returns a handle that reads it in place
     /// from then on without validating again.
     pub fn validate<M: WireMessage>(self) -> Result<Validated<M>, FrameError> {

@@ -387,3 +387,25 @@ proptest! {
         prop_assert_eq!(&v.payload()[..], &payload[..]);
     }
 }
+
+#[test]
+fn borrowed_access_validates_and_checks_the_kind() {
+    let bytes = encode(&allot_wire::samples::submit(), b"in place");
+    let frame = decode_one(&bytes, DEFAULT_MAX_FRAME).unwrap().unwrap();
+    let a = frame.access::<Submit>().unwrap();
+    assert_eq!(a.task_id, 42);
+    assert_eq!(frame.payload_slice(), b"in place");
+    assert!(matches!(
+        frame.access::<Cancel>(),
+        Err(FrameError::UnexpectedKind { .. })
+    ));
+    let mut bad = bytes.clone();
+    for b in &mut bad[HEADER_LEN..HEADER_LEN + 64] {
+        *b = 0xfe;
+    }
+    let frame = decode_one(&bad, DEFAULT_MAX_FRAME).unwrap().unwrap();
+    assert!(matches!(
+        frame.access::<Submit>(),
+        Err(FrameError::Invalid { .. })
+    ));
+}
