@@ -49,18 +49,9 @@ pub struct Demand {
     pub mem: u64,
 }
 
-/// What a clause is, for the matcher's bookkeeping.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub(crate) enum ClauseKind {
-    Implicit,
-    Require,
-}
-
 pub(crate) struct Clause {
     pub(crate) name: String,
     pub(crate) pred: Pred,
-    #[allow(dead_code)]
-    pub(crate) kind: ClauseKind,
 }
 
 pub(crate) struct UserQuota {
@@ -288,13 +279,11 @@ impl ServerTable {
                     env.user.name, task.app
                 ),
                 pred: Pred::Const(env.user.may_run(&task.app)),
-                kind: ClauseKind::Implicit,
             });
         }
         clauses.push(Clause {
             name: "server is up (not down or draining)".into(),
             pred: Pred::Up,
-            kind: ClauseKind::Implicit,
         });
         let prefer;
         {
@@ -307,7 +296,6 @@ impl ServerTable {
                 clauses.push(Clause {
                     name: format!("app {:?} installed (task.app in server.apps)", task.app),
                     pred: Pred::HasApp(id),
-                    kind: ClauseKind::Implicit,
                 });
             }
             let mut low = Lowerer {
@@ -324,7 +312,6 @@ impl ServerTable {
                 clauses.push(Clause {
                     name: require_text[c.start..c.end].trim().to_string(),
                     pred,
-                    kind: ClauseKind::Require,
                 });
             }
             let mut low = Lowerer {
@@ -350,14 +337,12 @@ impl ServerTable {
             clauses.push(Clause {
                 name: format!("slots_free >= {} (task.slots)", demand.slots),
                 pred: range32(Column::SlotsFree, demand.slots),
-                kind: ClauseKind::Implicit,
             });
         }
         if demand.cores > 0 {
             clauses.push(Clause {
                 name: format!("cores_free >= {} (task.cores)", demand.cores),
                 pred: range32(Column::CoresFree, demand.cores),
-                kind: ClauseKind::Implicit,
             });
         }
         if demand.mem > 0 {
@@ -369,7 +354,6 @@ impl ServerTable {
                     hi: u64::MAX,
                     negate: false,
                 },
-                kind: ClauseKind::Implicit,
             });
         }
         let user = if env.user.name.is_empty() {
@@ -655,5 +639,5 @@ impl ServerTable {
     }
 }
 
-#[allow(dead_code)]
+// Masks are `u64`: one bit per row of a block.
 const _: () = assert!(BLOCK_ROWS == 64);
