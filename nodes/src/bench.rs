@@ -66,6 +66,11 @@ pub struct BenchArgs {
     /// Also measure a bare quinn echo in the same run and report the ratio.
     #[arg(long)]
     pub baseline: bool,
+    /// Scale run: after a first measurement, register this many simulated
+    /// workers (multiplexed over a few connections, each sending a delta
+    /// every second) and measure again while their deltas stream in.
+    #[arg(long, requires = "processes")]
+    pub sim_workers: Option<usize>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -146,8 +151,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         attrs: Vec::new(),
     };
     let cpu_before = dist_pid.and_then(process_cpu);
-    let run = crate::cli::block_on_local(drive(cfg, args.clone(), limit))??;
+    let run = crate::cli::block_on_local(drive(cfg.clone(), args.clone(), limit))??;
     let cpu_after = dist_pid.and_then(process_cpu);
+    let scale = match (args.sim_workers, &cluster) {
+        (Some(n), Some(c)) => Some(scale_phase(c, &cfg, &args, limit, n)?),
+        _ => None,
+    };
     let baseline = if args.baseline {
         let frame_len = submit_frame_len(&args)?;
         let n = run.tasks.clamp(1000, 2_000_000);
@@ -165,6 +174,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         _ => None,
     };
     report(&args, &run, baseline.as_ref(), dist_cpu_us);
+    if let Some(sc) = &scale {
+        sc.report(&run, args.json);
+    }
     if run.tasks == 0 {
         bail!("no task completed");
     }
@@ -546,6 +558,238 @@ fn clock_ticks() -> u64 {
         .unwrap_or(100)
 }
 
+/// The second phase of a scale run.
+struct Scale {
+    workers: usize,
+    run: Run,
+    deltas_per_s: f64,
+    fresh: usize,
+    registered_in: Duration,
+    rss_per_worker: Option<f64>,
+}
+
+impl Scale {
+    fn report(&self, first: &Run, json: bool) {
+        if json {
+            let j = serde_json::json!({
+                "scale": {
+                    "simulated_workers": self.workers,
+                    "registered_in_s": self.registered_in.as_secs_f64(),
+                    "tasks_per_s_before": first.per_s(),
+                    "tasks_per_s": self.run.per_s(),
+                    "p50_us": self.run.q(0.5),
+                    "p99_us": self.run.q(0.99),
+                    "errors": self.run.error_count(),
+                    "deltas_per_s": self.deltas_per_s,
+                    "workers_reported_within_2s": self.fresh,
+                    "distributor_rss_bytes_per_worker": self.rss_per_worker,
+                }
+            });
+            println!("{j}");
+            return;
+        }
+        println!(
+            "scale: {} simulated workers registered in {:.2} s; {:.0} deltas/s streaming; tasks/s {:.0} before, {:.0} with them (p50 {} us, p99 {} us, {} errors); {} workers had reported within 2 s at the end",
+            self.workers,
+            self.registered_in.as_secs_f64(),
+            self.deltas_per_s,
+            first.per_s(),
+            self.run.per_s(),
+            self.run.q(0.5),
+            self.run.q(0.99),
+            self.run.error_count(),
+            self.fresh
+        );
+        if let Some(m) = self.rss_per_worker {
+            println!(
+                "distributor memory per registered worker: {m:.0} bytes (RSS growth / workers)"
+            );
+        }
+    }
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn scale_phase(
+    c: &LocalCluster,
+    cfg: &ClientConfig,
+    args: &BenchArgs,
+    limit: Limit,
+    n: usize,
+) -> Result<Scale> {
+    let dist = c.dist_addr.context("scale runs need --processes")?;
+    let rss0 = c.dist_pid.and_then(rss_bytes);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let sim = {
+        let (pki, stop, sent) = (c.pki.clone(), stop.clone(), sent.clone());
+        std::thread::spawn(move || -> Result<()> {
+            crate::cli::block_on_local(simulate(pki, dist, n, stop, sent, ready_tx))?
+        })
+    };
+    let t0 = Instant::now();
+    match ready_rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => bail!("simulated workers failed to register: {e}"),
+        Err(_) => bail!("simulated workers did not register within 120 s"),
+    }
+    let registered_in = t0.elapsed();
+    let rss1 = c.dist_pid.and_then(rss_bytes);
+    let sent0 = sent.load(std::sync::atomic::Ordering::Relaxed);
+    let t1 = Instant::now();
+    let run = crate::cli::block_on_local(drive(cfg.clone(), args.clone(), limit))??;
+    let deltas_per_s = (sent.load(std::sync::atomic::Ordering::Relaxed) - sent0) as f64
+        / t1.elapsed().as_secs_f64();
+    // Every simulated worker's reports reached the distributor: count the
+    // ones it heard from in the last 2 s.
+    let fresh = crate::cli::block_on_local(async {
+        let c = Client::connect_distributor(cfg.clone(), dist).await?;
+        let s = c.status().await;
+        c.close();
+        s.map(|s| {
+            s.workers
+                .iter()
+                .filter(|w| w.name.starts_with("sim/") && w.last_report_ms < 2000)
+                .count()
+        })
+    })??;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = sim.join();
+    Ok(Scale {
+        workers: n,
+        run,
+        deltas_per_s,
+        fresh,
+        registered_in,
+        rss_per_worker: match (rss0, rss1) {
+            (Some(a), Some(b)) if n > 0 => Some(b.saturating_sub(a) as f64 / n as f64),
+            _ => None,
+        },
+    })
+}
+
+/// Registers `n` workers named `sim/I` over a few connections (up to 1000
+/// streams each), then sends each one's delta once a second, spread evenly
+/// over the second, until `stop`. Their app (`sim`) is one no task asks
+/// for, so they fill the table without taking the bench's tasks.
+async fn simulate(
+    pki: PathBuf,
+    dist: SocketAddr,
+    n: usize,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ready: std::sync::mpsc::Sender<Result<(), String>>,
+) -> Result<()> {
+    use allot_wire::{AttrChange, AttrDelta, AttrRecord, DeltaCause, Register, RegisterAck};
+    let me = crate::pki::Pki::load(&pki, "sim")?;
+    let ep = crate::transport::endpoint(&me, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let per_conn = 1000;
+    let mut links = Vec::with_capacity(n);
+    let mut conns = Vec::new();
+    let hello = crate::conn::hello(Role::Worker, "sim", Vec::new());
+    let mut i = 0;
+    while i < n {
+        let conn = match crate::transport::connect(&ep, dist).await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = ready.send(Err(e.to_string()));
+                return Ok(());
+            }
+        };
+        let batch = per_conn.min(n - i);
+        // Register the batch concurrently.
+        let mut pending = Vec::with_capacity(batch);
+        for k in 0..batch {
+            let (conn, hello) = (conn.clone(), hello.clone());
+            let id = i + k;
+            pending.push(tokio::task::spawn_local(async move {
+                let mut s = crate::conn::open(&conn, &hello).await?;
+                let reg = Register {
+                    name: format!("sim/{id}"),
+                    incarnation: 1,
+                    mode: ReportMode::Registered,
+                    record: AttrRecord {
+                        slots: 8,
+                        slots_free: 8,
+                        cores: 8,
+                        power: 8.0,
+                        idle_power: 8.0,
+                        mem: 16 << 30,
+                        mem_free: 16 << 30,
+                        load: 0.0,
+                        labels: vec![allot_wire::Attr {
+                            key: "rack".into(),
+                            value: allot_wire::AttrValue::Num((id % 64) as f64),
+                        }],
+                    },
+                    apps: vec!["sim".into()],
+                };
+                s.out.send(&reg, &Bytes::new())?;
+                let f = s
+                    .reader
+                    .next()
+                    .await?
+                    .ok_or(crate::conn::ConnError::Closed)?;
+                let worker_id = f.validate::<RegisterAck>()?.get().worker_id.to_native();
+                Ok::<_, crate::conn::ConnError>((s, worker_id))
+            }));
+        }
+        for p in pending {
+            match p.await {
+                Ok(Ok(l)) => links.push(l),
+                Ok(Err(e)) => {
+                    let _ = ready.send(Err(e.to_string()));
+                    return Ok(());
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e.to_string()));
+                    return Ok(());
+                }
+            }
+        }
+        conns.push(conn);
+        i += batch;
+    }
+    let _ = ready.send(Ok(()));
+    // Deltas: each worker once a second, in 100 slices of 10 ms.
+    let mut seq = vec![0u64; links.len()];
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let mut slice = 0usize;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        tick.tick().await;
+        let lo = links.len() * slice / 100;
+        let hi = links.len() * (slice + 1) / 100;
+        for (j, (s, worker_id)) in links.iter().enumerate().take(hi).skip(lo) {
+            seq[j] += 1;
+            let load = ((seq[j] + j as u64) % 10) as f64 / 10.0;
+            let d = AttrDelta {
+                worker_id: *worker_id,
+                seq: seq[j],
+                cause: DeltaCause::Periodic,
+                changes: vec![
+                    AttrChange::Load(load),
+                    AttrChange::IdlePower(8.0 * (1.0 - load)),
+                ],
+            };
+            if s.out.send(&d, &Bytes::new()).is_ok() {
+                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        slice = (slice + 1) % 100;
+    }
+    for c in conns {
+        c.close(0u32.into(), b"simulation over");
+    }
+    ep.wait_idle().await;
+    Ok(())
+}
+
 /// A cluster started by `bench --local`: one gateway, one distributor and
 /// N workers, in this process or as child processes (killed on drop).
 struct LocalCluster {
@@ -553,6 +797,7 @@ struct LocalCluster {
     gateway: SocketAddr,
     children: Vec<Child>,
     dist_pid: Option<u32>,
+    dist_addr: Option<SocketAddr>,
     _threads: Vec<Box<dyn std::any::Any>>,
 }
 
@@ -580,6 +825,7 @@ impl LocalCluster {
             ("gw-1".into(), Role::Gateway),
             ("dist-1".into(), Role::Distributor),
             (args.name.clone(), Role::Client),
+            ("sim".into(), Role::Worker),
         ];
         for i in 0..args.workers.max(1) {
             nodes.push((format!("worker-{}", i + 1), Role::Worker));
@@ -638,6 +884,7 @@ impl LocalCluster {
             gateway,
             children: Vec::new(),
             dist_pid: None,
+            dist_addr: Some(dist),
             _threads: threads,
         })
     }
@@ -669,6 +916,7 @@ impl LocalCluster {
             gateway: gw,
             children: Vec::new(),
             dist_pid: None,
+            dist_addr: Some(dist),
             _threads: Vec::new(),
         };
         let data = dir.join("dist-1").to_string_lossy().to_string();

@@ -97,7 +97,9 @@ impl Outbox {
     fn new() -> Rc<Outbox> {
         Rc::new(Outbox {
             state: RefCell::new(OutState {
-                buf: BytesMut::with_capacity(64 * 1024),
+                // Small at first: a node may hold thousands of mostly idle
+                // streams (one per worker); busy ones grow as they batch.
+                buf: BytesMut::with_capacity(4 * 1024),
                 chunks: Vec::new(),
                 queued: 0,
                 enc: FrameEncoder::new(DEFAULT_MAX_FRAME),

@@ -427,7 +427,14 @@ async fn serve_worker(stream: Stream, state: Shared) {
             MessageKind::Register => {
                 let reg = frame.validate::<Register>()?;
                 let r = reg.get();
-                if r.name.as_str() != peer {
+                // A worker certificate named N registers N, or N/... for
+                // workers an agent multiplexes over its connection.
+                let name = r.name.as_str();
+                let owned = name == peer
+                    || name
+                        .strip_prefix(peer.as_str())
+                        .is_some_and(|rest| rest.len() > 1 && rest.starts_with('/'));
+                if !owned {
                     return Err(ConnError::Forbidden(format!(
                         "worker certificate `{peer}` registers as `{}`",
                         r.name

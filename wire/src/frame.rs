@@ -43,9 +43,13 @@ pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
 /// The two magic bytes, as a little-endian `u16`.
 pub const MAGIC: u16 = u16::from_le_bytes(*b"aL");
 
-/// How much buffer the decoder asks the transport to fill when it does not
-/// yet know the next frame's size.
-const READ_CHUNK: usize = 64 * 1024;
+/// How much buffer the decoder first asks the transport to fill when it
+/// does not yet know the next frame's size. It doubles, up to
+/// [`MAX_READ_CHUNK`], whenever a read fills it: an idle stream (a worker
+/// that only sends deltas) stays small, a busy one reads in large chunks.
+const MIN_READ_CHUNK: usize = 4 * 1024;
+/// The largest read chunk.
+const MAX_READ_CHUNK: usize = 64 * 1024;
 
 static ZEROS: [u8; BODY_ALIGN] = [0; BODY_ALIGN];
 
@@ -383,6 +387,7 @@ pub struct FrameDecoder {
     max_frame: usize,
     pending: Option<Header>,
     poisoned: bool,
+    read_chunk: usize,
     stats: DecoderStats,
 }
 
@@ -400,6 +405,7 @@ impl FrameDecoder {
             max_frame: max_frame.max(HEADER_LEN),
             pending: None,
             poisoned: false,
+            read_chunk: MIN_READ_CHUNK,
             stats: DecoderStats::default(),
         }
     }
@@ -418,12 +424,16 @@ impl FrameDecoder {
     /// room reserved for the rest of the frame being received, or for one
     /// read chunk. Never reserves more than the frame limit.
     pub fn read_buf(&mut self) -> &mut BytesMut {
+        if self.buf.capacity() > 0 && self.buf.len() == self.buf.capacity() {
+            // The last read filled everything it was given: read more at once.
+            self.read_chunk = (self.read_chunk * 2).min(MAX_READ_CHUNK);
+        }
         let want = match self.pending {
             // The header was checked against the limit already.
             Some(h) => (h.frame_len() as usize)
                 .saturating_sub(self.buf.len())
                 .max(1),
-            None => READ_CHUNK.min(self.max_frame),
+            None => self.read_chunk.min(self.max_frame),
         };
         if self.buf.capacity() - self.buf.len() < want {
             self.buf.reserve(want);
