@@ -419,7 +419,10 @@ impl TaskClassDb {
     }
 
     /// Records many completions in one transaction (what a distributor
-    /// should do: one commit per batch, not per task). Learned statistics
+    /// should do: one commit per batch, not per task). Bound: one class per
+    /// app; record only completions of tasks that ran, whose app is known to
+    /// the server table (at most [`crate::schema::MAX_APPS`]), never app
+    /// names taken straight from client input. Learned statistics
     /// are committed with eventual durability: a crash may lose the last
     /// batch, which only makes the estimates slightly older.
     pub fn record_completions(
