@@ -693,7 +693,44 @@ fn malformed_frame_resets_only_its_stream() {
             }
             Err(e) => panic!("unexpected: {e}"),
         }
-        // Stream 2 on the same connection still works.
+        // Stream 2: a header announcing a frame over the 16 MiB limit.
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let mut h = Vec::new();
+        h.extend_from_slice(b"aL");
+        h.push(allot_wire::MessageKind::Hello as u8);
+        h.push(0);
+        h.extend_from_slice(&64u32.to_le_bytes());
+        h.extend_from_slice(&(1u32 << 30).to_le_bytes());
+        h.extend_from_slice(&[0; 4]);
+        send.write_all(&h).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20))
+            .await
+            .expect("answered in time");
+        match answer {
+            Ok(bytes) => {
+                let f = allot_wire::decode_one(&bytes, 1 << 20)
+                    .unwrap()
+                    .expect("an Error frame");
+                let e = f.validate::<allot_wire::ErrorMsg>().unwrap();
+                assert_eq!(
+                    e.get().code,
+                    allot_wire::message::ArchivedErrorCode::TooLarge
+                );
+                assert!(
+                    e.get().message.contains("exceeds the limit"),
+                    "{}",
+                    e.get().message
+                );
+            }
+            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
+                assert_eq!(
+                    code,
+                    allot::transport::codes::varint(allot_wire::ErrorCode::TooLarge)
+                );
+            }
+            Err(e) => panic!("unexpected: {e}"),
+        }
+        // Stream 3 on the same connection still works.
         let hello = allot::conn::hello(allot_wire::Role::Client, "client", Vec::new());
         let mut s = allot::conn::open(&conn, &hello)
             .await
