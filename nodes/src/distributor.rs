@@ -214,34 +214,7 @@ pub struct Stats {
 type Shared = Rc<RefCell<State>>;
 
 /// A running distributor (on its own thread and runtime).
-pub struct DistributorHandle {
-    /// The address it listens on.
-    pub addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl DistributorHandle {
-    /// Stops the distributor and waits for its thread.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for DistributorHandle {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
+pub type DistributorHandle = crate::node_thread::NodeHandle;
 
 /// Starts a distributor on a thread of its own with a current-thread
 /// runtime; returns once it listens.
@@ -250,11 +223,6 @@ pub fn spawn(cfg: DistributorConfig) -> Result<DistributorHandle, DistributorErr
         let (ep, state) = setup(cfg)?;
         let addr = ep.local_addr()?;
         Ok((addr, serve(ep, state, stop)))
-    })
-    .map(|(addr, stop, thread)| DistributorHandle {
-        addr,
-        stop: Some(stop),
-        thread: Some(thread),
     })
 }
 

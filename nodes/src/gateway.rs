@@ -118,34 +118,7 @@ impl State {
 }
 
 /// A running gateway (on its own thread and runtime).
-pub struct GatewayHandle {
-    /// The address it listens on.
-    pub addr: SocketAddr,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl GatewayHandle {
-    /// Stops the gateway and waits for its thread.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for GatewayHandle {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
+pub type GatewayHandle = crate::node_thread::NodeHandle;
 
 /// Starts a gateway on a thread of its own.
 pub fn spawn(cfg: GatewayConfig) -> Result<GatewayHandle, GatewayError> {
@@ -153,11 +126,6 @@ pub fn spawn(cfg: GatewayConfig) -> Result<GatewayHandle, GatewayError> {
         let (ep, state) = setup(cfg)?;
         let addr = ep.local_addr()?;
         Ok::<_, GatewayError>((addr, serve(ep, state, stop)))
-    })
-    .map(|(addr, stop, thread)| GatewayHandle {
-        addr,
-        stop: Some(stop),
-        thread: Some(thread),
     })
 }
 

@@ -7,13 +7,41 @@ use std::net::SocketAddr;
 
 use tokio::sync::oneshot;
 
+/// A node running on a thread of its own. Stopping it (or dropping the
+/// handle) tells it to shut down and waits for its thread.
+pub struct NodeHandle {
+    /// The address it listens on (for a worker: its local address).
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    /// Stops the node and waits for its thread.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
 /// Starts `setup` on a new thread. `setup` gets a future that resolves when
 /// the node should stop, and returns the node's address and its serving
 /// future. Returns once the node is listening (or failed to start).
-pub fn spawn_node<E, S, F, R>(
-    thread_name: String,
-    setup: S,
-) -> Result<(SocketAddr, oneshot::Sender<()>, std::thread::JoinHandle<()>), E>
+pub fn spawn_node<E, S, F, R>(thread_name: String, setup: S) -> Result<NodeHandle, E>
 where
     E: Send + 'static + From<std::io::Error>,
     S: FnOnce(std::pin::Pin<Box<dyn Future<Output = ()>>>) -> F + Send + 'static,
@@ -52,7 +80,11 @@ where
             });
         })?;
     match ready_rx.recv() {
-        Ok(Ok(addr)) => Ok((addr, stop_tx, thread)),
+        Ok(Ok(addr)) => Ok(NodeHandle {
+            addr,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }),
         Ok(Err(e)) => {
             let _ = thread.join();
             Err(e)

@@ -216,32 +216,7 @@ impl Node {
 }
 
 /// A running worker (on its own thread and runtime).
-pub struct WorkerHandle {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl WorkerHandle {
-    /// Stops the worker and waits for its thread.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for WorkerHandle {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
+pub type WorkerHandle = crate::node_thread::NodeHandle;
 
 /// Starts a worker on a thread of its own. `handlers` are extra apps
 /// provided by the embedding program.
@@ -253,10 +228,6 @@ pub fn spawn(
         let (ep, node) = setup(cfg, handlers)?;
         let addr = ep.local_addr()?;
         Ok::<_, WorkerError>((addr, serve(ep, node, stop)))
-    })
-    .map(|(_, stop, thread)| WorkerHandle {
-        stop: Some(stop),
-        thread: Some(thread),
     })
 }
 

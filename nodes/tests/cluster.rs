@@ -669,30 +669,7 @@ fn malformed_frame_resets_only_its_stream() {
         // Stream 1: garbage instead of a Hello.
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         send.write_all(&[0xde; 64]).await.unwrap();
-        let answer = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20))
-            .await
-            .expect("answered in time");
-        match answer {
-            // An Error frame saying why, then the end of the stream...
-            Ok(bytes) => {
-                let f = allot_wire::decode_one(&bytes, 1 << 20)
-                    .unwrap()
-                    .expect("an Error frame");
-                let e = f.validate::<allot_wire::ErrorMsg>().unwrap();
-                assert_eq!(
-                    e.get().code,
-                    allot_wire::message::ArchivedErrorCode::Malformed
-                );
-            }
-            // ...or the stream reset with the Malformed code.
-            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
-                assert_eq!(
-                    code,
-                    allot::transport::codes::varint(allot_wire::ErrorCode::Malformed)
-                );
-            }
-            Err(e) => panic!("unexpected: {e}"),
-        }
+        expect_refusal(&mut recv, allot_wire::ErrorCode::Malformed).await;
         // Stream 2: a header announcing a frame over the 16 MiB limit.
         let (mut send, mut recv) = conn.open_bi().await.unwrap();
         let mut h = Vec::new();
@@ -703,32 +680,8 @@ fn malformed_frame_resets_only_its_stream() {
         h.extend_from_slice(&(1u32 << 30).to_le_bytes());
         h.extend_from_slice(&[0; 4]);
         send.write_all(&h).await.unwrap();
-        let answer = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20))
-            .await
-            .expect("answered in time");
-        match answer {
-            Ok(bytes) => {
-                let f = allot_wire::decode_one(&bytes, 1 << 20)
-                    .unwrap()
-                    .expect("an Error frame");
-                let e = f.validate::<allot_wire::ErrorMsg>().unwrap();
-                assert_eq!(
-                    e.get().code,
-                    allot_wire::message::ArchivedErrorCode::TooLarge
-                );
-                assert!(
-                    e.get().message.contains("exceeds the limit"),
-                    "{}",
-                    e.get().message
-                );
-            }
-            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => {
-                assert_eq!(
-                    code,
-                    allot::transport::codes::varint(allot_wire::ErrorCode::TooLarge)
-                );
-            }
-            Err(e) => panic!("unexpected: {e}"),
+        if let Some(m) = expect_refusal(&mut recv, allot_wire::ErrorCode::TooLarge).await {
+            assert!(m.contains("exceeds the limit"), "{m}");
         }
         // Stream 3 on the same connection still works.
         let hello = allot::conn::hello(allot_wire::Role::Client, "client", Vec::new());
@@ -909,4 +862,36 @@ fn bench_local_reports_the_json_contract() {
     let out = run(&["bench", "--tasks", "10"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--pki is required"));
+}
+
+/// The node answered a bad stream with an `Error` frame of `code` (then the
+/// end of the stream), or reset the stream with that code. Returns the
+/// frame's message when there was one.
+async fn expect_refusal(
+    recv: &mut quinn::RecvStream,
+    code: allot_wire::ErrorCode,
+) -> Option<String> {
+    let answer = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20))
+        .await
+        .expect("answered in time");
+    match answer {
+        Ok(bytes) => {
+            let f = allot_wire::decode_one(&bytes, 1 << 20)
+                .unwrap()
+                .expect("an Error frame");
+            let e = f.validate::<allot_wire::ErrorMsg>().unwrap();
+            assert_eq!(
+                allot::conn::decode_code(&e.get().code),
+                code,
+                "{}",
+                e.get().message
+            );
+            Some(e.get().message.as_str().to_owned())
+        }
+        Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(c))) => {
+            assert_eq!(c, allot::transport::codes::varint(code));
+            None
+        }
+        Err(e) => panic!("unexpected: {e}"),
+    }
 }
