@@ -137,6 +137,23 @@ fn worker(pki: &str, name: &str, join: &str, extra: &[&str]) -> Proc {
     spawn(&args)
 }
 
+/// Starts gateway `gw-1` on `addr` for the distributor set `members`
+/// (`ADDR,ADDR...`).
+fn gateway(pki: &str, addr: SocketAddr, members: &str) -> Proc {
+    let set = format!("main={members}");
+    spawn(&[
+        "gateway",
+        "--name",
+        "gw-1",
+        "--listen",
+        &addr.to_string(),
+        "--pki",
+        pki,
+        "--set",
+        &set,
+    ])
+}
+
 fn status(pki: &str, dist: SocketAddr) -> Option<Vec<Value>> {
     let out = run(&[
         "status",
@@ -244,18 +261,7 @@ fn cli_contract_end_to_end() {
             "region=us",
         ],
     );
-    let set = format!("main={d}");
-    let _gw = spawn(&[
-        "gateway",
-        "--name",
-        "gw-1",
-        "--listen",
-        &g.to_string(),
-        "--pki",
-        &pki,
-        "--set",
-        &set,
-    ]);
+    let _gw = gateway(&pki, g, &format!("{d}"));
     let ws = wait_workers(&pki, d, 2, "up", Duration::from_secs(20));
     let gws = g.to_string();
 
@@ -452,18 +458,7 @@ fn worker_killed_mid_task_is_retried_elsewhere() {
     let j = d.to_string();
     let w1 = worker(&pki, "w-1", &j, &["--apps", "sleep", "--slots", "1"]);
     let w2 = worker(&pki, "w-2", &j, &["--apps", "sleep", "--slots", "1"]);
-    let set = format!("main={d}");
-    let _gw = spawn(&[
-        "gateway",
-        "--name",
-        "gw-1",
-        "--listen",
-        &g.to_string(),
-        "--pki",
-        &pki,
-        "--set",
-        &set,
-    ]);
+    let _gw = gateway(&pki, g, &format!("{d}"));
     wait_workers(&pki, d, 2, "up", Duration::from_secs(20));
 
     let input = dir.0.join("ms");
@@ -521,18 +516,7 @@ fn first_gateway_and_first_distributor_down_are_skipped() {
     let g = port();
     let _dist = distributor(&pki, &dir.0, "dist-1", d, &[]);
     let _w = worker(&pki, "w-1", &format!("{dead_dist},{d}"), &[]);
-    let set = format!("main={dead_dist},{d}");
-    let _gw = spawn(&[
-        "gateway",
-        "--name",
-        "gw-1",
-        "--listen",
-        &g.to_string(),
-        "--pki",
-        &pki,
-        "--set",
-        &set,
-    ]);
+    let _gw = gateway(&pki, g, &format!("{dead_dist},{d}"));
     wait_workers(&pki, d, 1, "up", Duration::from_secs(20));
     let out = submit(
         &pki,
@@ -605,18 +589,7 @@ fn foreign_certificates_and_wrong_roles_are_rejected() {
     let g = port();
     let _dist = distributor(&pki, &dir.0, "dist-1", d, &[]);
     let _w = worker(&pki, "w-1", &d.to_string(), &[]);
-    let set = format!("main={d}");
-    let _gw = spawn(&[
-        "gateway",
-        "--name",
-        "gw-1",
-        "--listen",
-        &g.to_string(),
-        "--pki",
-        &pki,
-        "--set",
-        &set,
-    ]);
+    let _gw = gateway(&pki, g, &format!("{d}"));
     wait_workers(&pki, d, 1, "up", Duration::from_secs(20));
 
     // A client certificate from another CA gets nowhere.
@@ -721,18 +694,7 @@ fn distributor_killed_mid_task_client_resubmits_to_the_next() {
     let dist1 = distributor(&pki, &dir.0, "dist-1", d1, &[]);
     let _dist2 = distributor(&pki, &dir.0, "dist-2", d2, &[]);
     let _w = worker(&pki, "w-1", &format!("{d1},{d2}"), &["--apps", "sleep"]);
-    let set = format!("main={d1},{d2}");
-    let _gw = spawn(&[
-        "gateway",
-        "--name",
-        "gw-1",
-        "--listen",
-        &g.to_string(),
-        "--pki",
-        &pki,
-        "--set",
-        &set,
-    ]);
+    let _gw = gateway(&pki, g, &format!("{d1},{d2}"));
     wait_workers(&pki, d1, 1, "up", Duration::from_secs(20));
     wait_workers(&pki, d2, 1, "up", Duration::from_secs(20));
     let input = dir.0.join("ms");
