@@ -88,7 +88,8 @@ pub fn builtin(name: &str) -> Option<App> {
 /// The apps a worker runs, by name.
 #[derive(Clone, Default, Debug)]
 pub struct AppTable {
-    apps: HashMap<String, App>,
+    /// Looked up once per task: Fx hashing, the names are the worker's own.
+    apps: HashMap<String, App, rustc_hash::FxBuildHasher>,
 }
 
 impl AppTable {

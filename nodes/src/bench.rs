@@ -150,9 +150,19 @@ pub fn run(args: BenchArgs) -> Result<()> {
         gateways,
         attrs: Vec::new(),
     };
-    let cpu_before = dist_pid.and_then(process_cpu);
+    // CPU time of every process of the run, by role: where the time goes.
+    let mut roles: Vec<(&'static str, u32)> = match &cluster {
+        Some(_) if args.processes => vec![("client", std::process::id())],
+        _ => vec![("all nodes (one process)", std::process::id())],
+    };
+    if let Some(c) = &cluster {
+        roles.extend(c.roles.iter().copied());
+    }
+    let cpu_before: Vec<Option<Duration>> = roles.iter().map(|(_, p)| process_cpu(*p)).collect();
+    let cpu_before_dist = dist_pid.and_then(process_cpu);
     let run = crate::cli::block_on_local(drive(cfg.clone(), args.clone(), limit))??;
     let cpu_after = dist_pid.and_then(process_cpu);
+    let cpu = cpu_by_role(&roles, &cpu_before, run.tasks);
     let scale = match (args.sim_workers, &cluster) {
         (Some(n), Some(c)) => Some(scale_phase(c, &cfg, &args, limit, n)?),
         _ => None,
@@ -169,11 +179,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
         None
     };
     drop(cluster);
-    let dist_cpu_us = match (cpu_before, cpu_after) {
+    let dist_cpu_us = match (cpu_before_dist, cpu_after) {
         (Some(a), Some(b)) if run.tasks > 0 => Some((b - a).as_secs_f64() * 1e6 / run.tasks as f64),
         _ => None,
     };
-    report(&args, &run, baseline.as_ref(), dist_cpu_us);
+    report(&args, &run, baseline.as_ref(), dist_cpu_us, &cpu);
     if let Some(sc) = &scale {
         sc.report(&run, args.json);
     }
@@ -193,7 +203,8 @@ async fn drive(cfg: ClientConfig, args: BenchArgs, limit: Limit) -> Result<Run> 
     let client = Client::connect(cfg)
         .await
         .context("connecting to the cluster")?;
-    let task = Task {
+    // One shared task: submitting it clones a reference, not the task.
+    let task = std::rc::Rc::new(Task {
         app: args.app.clone(),
         payload: Bytes::from(vec![b'x'; args.payload]),
         demands: Demands {
@@ -202,7 +213,7 @@ async fn drive(cfg: ClientConfig, args: BenchArgs, limit: Limit) -> Result<Run> 
             slots: 1,
         },
         ..Task::default()
-    };
+    });
     if args.app == "sleep" {
         bail!("use --app echo or sha256 (sleep measures the sleep, not allot)");
     }
@@ -276,10 +287,10 @@ async fn drive(cfg: ClientConfig, args: BenchArgs, limit: Limit) -> Result<Run> 
                 if let Some(h) = run.hist.as_mut() {
                     let _ = h.record(o.latency.as_micros().max(1) as u64);
                 }
-                match run.per_worker.get_mut(&o.worker) {
+                match run.per_worker.get_mut(&*o.worker) {
                     Some(n) => *n += 1,
                     None => {
-                        run.per_worker.insert(o.worker, 1);
+                        run.per_worker.insert(o.worker.to_string(), 1);
                     }
                 }
                 run.tasks += 1;
@@ -455,7 +466,37 @@ async fn baseline_echo(len: usize, in_flight: usize, n: u64) -> Result<Baseline>
     })
 }
 
-fn report(args: &BenchArgs, run: &Run, base: Option<&Baseline>, dist_cpu_us: Option<f64>) {
+/// Microseconds of CPU per completed task, summed per role, in the order
+/// roles were listed.
+fn cpu_by_role(
+    roles: &[(&'static str, u32)],
+    before: &[Option<Duration>],
+    tasks: u64,
+) -> Vec<(&'static str, f64)> {
+    let mut out: Vec<(&'static str, f64)> = Vec::new();
+    if tasks == 0 {
+        return out;
+    }
+    for ((role, pid), b) in roles.iter().zip(before) {
+        let (Some(b), Some(a)) = (b, process_cpu(*pid)) else {
+            continue;
+        };
+        let us = a.saturating_sub(*b).as_secs_f64() * 1e6 / tasks as f64;
+        match out.iter_mut().find(|(r, _)| r == role) {
+            Some((_, t)) => *t += us,
+            None => out.push((role, us)),
+        }
+    }
+    out
+}
+
+fn report(
+    args: &BenchArgs,
+    run: &Run,
+    base: Option<&Baseline>,
+    dist_cpu_us: Option<f64>,
+    cpu: &[(&'static str, f64)],
+) {
     let ratio = base.map(|b| run.per_s() / b.msgs_per_s.max(1e-9));
     if args.json {
         let mut j = serde_json::json!({
@@ -481,6 +522,13 @@ fn report(args: &BenchArgs, run: &Run, base: Option<&Baseline>, dist_cpu_us: Opt
         }
         if let Some(c) = dist_cpu_us {
             j["distributor_cpu_us_per_task"] = serde_json::json!(c);
+        }
+        if !cpu.is_empty() {
+            let by_role: serde_json::Map<String, serde_json::Value> = cpu
+                .iter()
+                .map(|(r, us)| (r.to_string(), serde_json::json!(us)))
+                .collect();
+            j["cpu_us_per_task"] = serde_json::Value::Object(by_role);
         }
         println!("{j}");
         return;
@@ -535,6 +583,20 @@ fn report(args: &BenchArgs, run: &Run, base: Option<&Baseline>, dist_cpu_us: Opt
     }
     if let Some(c) = dist_cpu_us {
         println!("distributor CPU per task: {c:.2} us");
+    }
+    if !cpu.is_empty() {
+        let mut t = comfy_table::Table::new();
+        t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+        t.set_header(["process", "CPU per task"]);
+        let mut total = 0.0;
+        for (r, us) in cpu {
+            total += us;
+            t.add_row(vec![r.to_string(), format!("{us:.2} us")]);
+        }
+        if cpu.len() > 1 {
+            t.add_row(vec!["total".to_string(), format!("{total:.2} us")]);
+        }
+        println!("{t}");
     }
 }
 
@@ -797,6 +859,9 @@ struct LocalCluster {
     gateway: SocketAddr,
     children: Vec<Child>,
     dist_pid: Option<u32>,
+    /// Role and process id of every child process (none when the nodes
+    /// run as threads of this process).
+    roles: Vec<(&'static str, u32)>,
     dist_addr: Option<SocketAddr>,
     _threads: Vec<Box<dyn std::any::Any>>,
 }
@@ -884,6 +949,7 @@ impl LocalCluster {
             gateway,
             children: Vec::new(),
             dist_pid: None,
+            roles: Vec::new(),
             dist_addr: Some(dist),
             _threads: threads,
         })
@@ -916,6 +982,7 @@ impl LocalCluster {
             gateway: gw,
             children: Vec::new(),
             dist_pid: None,
+            roles: Vec::new(),
             dist_addr: Some(dist),
             _threads: Vec::new(),
         };
@@ -932,11 +999,12 @@ impl LocalCluster {
             &data,
         ]))?;
         cluster.dist_pid = Some(d.id());
+        cluster.roles.push(("distributor", d.id()));
         cluster.children.push(d);
         for i in 0..workers {
             let name = format!("worker-{}", i + 1);
             let slots = slots.to_string();
-            cluster.children.push(spawn(&s(&[
+            let w = spawn(&s(&[
                 "worker",
                 "--name",
                 &name,
@@ -948,10 +1016,12 @@ impl LocalCluster {
                 "echo,sha256",
                 "--slots",
                 &slots,
-            ]))?);
+            ]))?;
+            cluster.roles.push(("workers", w.id()));
+            cluster.children.push(w);
         }
         let set = format!("main={dist}");
-        cluster.children.push(spawn(&s(&[
+        let g = spawn(&s(&[
             "gateway",
             "--name",
             "gw-1",
@@ -961,7 +1031,9 @@ impl LocalCluster {
             &pki_s,
             "--set",
             &set,
-        ]))?);
+        ]))?;
+        cluster.roles.push(("gateway", g.id()));
+        cluster.children.push(g);
         wait_ready(&pki, client, dist, workers)?;
         Ok(cluster)
     }

@@ -516,9 +516,9 @@ fn submit(a: SubmitArgs) -> Result<()> {
         let mut j = serde_json::json!({
             "task_id": outcome.task_id,
             "status": status_name(outcome.status),
-            "worker": outcome.worker,
-            "distributor": outcome.distributor,
-            "gateway": outcome.gateway,
+            "worker": &*outcome.worker,
+            "distributor": &*outcome.distributor,
+            "gateway": &*outcome.gateway,
             "attempts": outcome.attempts,
             "latency_us": outcome.latency.as_micros() as u64,
             "exit_code": outcome.exit_code,

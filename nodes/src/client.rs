@@ -16,6 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use allot_wire::{
@@ -85,12 +86,14 @@ pub struct Outcome {
     pub task_id: u64,
     /// Status.
     pub status: TaskStatus,
-    /// The worker that ran it.
-    pub worker: String,
+    /// The worker that ran it. Names are shared (`Arc<str>`): a client
+    /// sees the same few names over and over, and an outcome costs no
+    /// allocation for them.
+    pub worker: Arc<str>,
     /// The distributor that placed it.
-    pub distributor: String,
+    pub distributor: Arc<str>,
     /// The gateway that redirected this client.
-    pub gateway: String,
+    pub gateway: Arc<str>,
     /// Placements tried.
     pub attempts: u32,
     /// Exit code of a command app.
@@ -153,9 +156,36 @@ pub type Results = mpsc::UnboundedSender<(u64, Result<Outcome, ClientError>)>;
 
 struct PendingTask {
     tx: Reply,
-    submit: Submit,
-    payload: Bytes,
+    /// Kept for resubmission after a failover (shared, not copied, when
+    /// the caller submits the same `Rc<Task>` many times).
+    task: Rc<Task>,
+    /// Its idempotency key, the same on every resubmission.
+    key: u64,
     started: Instant,
+}
+
+/// Peer names as shared strings, so that an outcome does not allocate its
+/// worker and distributor names. Bounded: past [`NAMES_CACHED`] names the
+/// cache starts over.
+#[derive(Default)]
+struct Names(HashMap<Box<str>, Arc<str>, rustc_hash::FxBuildHasher>);
+
+/// Distinct peer names a client keeps shared (a cluster's workers and
+/// distributors; more only churns the cache).
+const NAMES_CACHED: usize = 65_536;
+
+impl Names {
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(name) {
+            return a.clone();
+        }
+        if self.0.len() >= NAMES_CACHED {
+            self.0.clear();
+        }
+        let a: Arc<str> = Arc::from(name);
+        self.0.insert(Box::from(name), a.clone());
+        a
+    }
 }
 
 enum Waiter {
@@ -175,13 +205,16 @@ struct Inner {
     cfg: ClientConfig,
     ep: quinn::Endpoint,
     session: RefCell<Option<Session>>,
-    pending: RefCell<HashMap<u64, PendingTask>>,
+    pending: RefCell<HashMap<u64, PendingTask, rustc_hash::FxBuildHasher>>,
+    /// Reused for every `Submit` sent, so its strings keep their buffers.
+    submit: RefCell<Submit>,
+    names: RefCell<Names>,
     waiters: RefCell<VecDeque<Waiter>>,
     next_id: Cell<u64>,
     key_base: u64,
     generation: Cell<u64>,
     distributors: RefCell<Vec<SocketAddr>>,
-    gateway: RefCell<String>,
+    gateway: RefCell<Arc<str>>,
     /// When the cached redirect stops being valid (its time to live).
     redirect_expires: Cell<Option<Instant>>,
     failing_over: Cell<bool>,
@@ -228,13 +261,25 @@ impl Client {
                 cfg,
                 ep,
                 session: RefCell::new(None),
-                pending: RefCell::new(HashMap::new()),
+                pending: RefCell::new(HashMap::default()),
+                submit: RefCell::new(Submit {
+                    task_id: 0,
+                    idempotency_key: 0,
+                    app: String::new(),
+                    demands: Demands::default(),
+                    require: String::new(),
+                    prefer: String::new(),
+                    user: String::new(),
+                    priority: 0,
+                    deadline_ms: 0,
+                }),
+                names: RefCell::new(Names::default()),
                 waiters: RefCell::new(VecDeque::new()),
                 next_id: Cell::new(1),
                 key_base,
                 generation: Cell::new(0),
                 distributors: RefCell::new(Vec::new()),
-                gateway: RefCell::new(String::new()),
+                gateway: RefCell::new(Arc::from("")),
                 redirect_expires: Cell::new(None),
                 failing_over: Cell::new(false),
             }),
@@ -250,7 +295,7 @@ impl Client {
     /// at once on the same client.
     pub async fn submit(&self, task: Task) -> Result<Outcome, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.send(task, Reply::Once(tx))?;
+        self.send(Rc::new(task), Reply::Once(tx))?;
         rx.await
             .unwrap_or_else(|_| Err(ClientError::Lost("client dropped".into())))
     }
@@ -258,38 +303,37 @@ impl Client {
     /// Pipelined submission for load generators: sends the task now and
     /// delivers its outcome, tagged with the returned id, to `results`. No
     /// task is spawned per submission.
-    pub fn submit_to(&self, task: Task, results: &Results) -> Result<u64, ClientError> {
-        self.send(task, Reply::Channel(results.clone()))
+    ///
+    /// A load generator submitting the same task many times passes an
+    /// `Rc<Task>` and clones it: nothing is copied or allocated per task.
+    pub fn submit_to(
+        &self,
+        task: impl Into<Rc<Task>>,
+        results: &Results,
+    ) -> Result<u64, ClientError> {
+        self.send(task.into(), Reply::Channel(results.clone()))
     }
 
-    fn send(&self, task: Task, tx: Reply) -> Result<u64, ClientError> {
+    fn send(&self, task: Rc<Task>, tx: Reply) -> Result<u64, ClientError> {
         let inner = &self.inner;
         if inner.pending.borrow().len() >= MAX_IN_FLIGHT {
             return Err(ClientError::TooMany(MAX_IN_FLIGHT));
         }
         let id = inner.next_id.get();
         inner.next_id.set(id + 1);
-        let submit = Submit {
-            task_id: id,
-            idempotency_key: inner.key_base ^ id,
-            app: task.app,
-            demands: task.demands,
-            require: task.require,
-            prefer: task.prefer,
-            user: task.user,
-            priority: task.priority,
-            deadline_ms: task.deadline_ms,
-        };
+        let key = inner.key_base ^ id;
         let sent = {
             let session = inner.session.borrow();
-            session.as_ref().map(|s| s.out.send(&submit, &task.payload))
+            session
+                .as_ref()
+                .map(|s| inner.send_submit(&s.out, id, key, &task))
         };
         inner.pending.borrow_mut().insert(
             id,
             PendingTask {
                 tx,
-                submit,
-                payload: task.payload,
+                task,
+                key,
                 started: Instant::now(),
             },
         );
@@ -341,6 +385,27 @@ impl Client {
 }
 
 impl Inner {
+    /// Encodes `task` as a `Submit` through the reused message.
+    fn send_submit(&self, out: &Outbox, id: u64, key: u64, task: &Task) -> Result<(), ConnError> {
+        let mut guard = self.submit.borrow_mut();
+        let s = &mut *guard;
+        s.task_id = id;
+        s.idempotency_key = key;
+        for (to, from) in [
+            (&mut s.app, &task.app),
+            (&mut s.require, &task.require),
+            (&mut s.prefer, &task.prefer),
+            (&mut s.user, &task.user),
+        ] {
+            to.clear();
+            to.push_str(from);
+        }
+        s.demands = task.demands;
+        s.priority = task.priority;
+        s.deadline_ms = task.deadline_ms;
+        out.send(&*s, &task.payload)
+    }
+
     /// Asks the gateways, in order, for a distributor list.
     async fn redirect(&self) -> Result<(), ClientError> {
         let mut errors = Vec::new();
@@ -357,7 +422,7 @@ impl Inner {
                         continue;
                     }
                     *self.distributors.borrow_mut() = list;
-                    *self.gateway.borrow_mut() = gw.to_string();
+                    *self.gateway.borrow_mut() = Arc::from(gw.to_string());
                     self.redirect_expires.set(Some(
                         Instant::now() + Duration::from_millis(u64::from(r.ttl_ms)),
                     ));
@@ -478,8 +543,8 @@ impl Inner {
                     let session = this.session.borrow();
                     if let Some(s) = session.as_ref() {
                         tracing::info!(distributor = %s.distributor, "failed over; resubmitting {} tasks", this.pending.borrow().len());
-                        for p in this.pending.borrow().values() {
-                            let _ = s.out.send(&p.submit, &p.payload);
+                        for (id, p) in this.pending.borrow().iter() {
+                            let _ = this.send_submit(&s.out, *id, p.key, &p.task);
                         }
                     }
                 }
@@ -524,11 +589,18 @@ async fn read_loop(inner: Rc<Inner>, mut reader: conn::FrameReader, generation: 
                 let Some(p) = inner.pending.borrow_mut().remove(&r.task_id.to_native()) else {
                     continue;
                 };
+                let (worker, distributor) = {
+                    let mut names = inner.names.borrow_mut();
+                    (
+                        names.get(r.worker.as_str()),
+                        names.get(r.distributor.as_str()),
+                    )
+                };
                 let outcome = Outcome {
                     task_id: r.task_id.to_native(),
                     status: status_from_archived(&r.status),
-                    worker: r.worker.as_str().to_owned(),
-                    distributor: r.distributor.as_str().to_owned(),
+                    worker,
+                    distributor,
                     gateway: inner.gateway.borrow().clone(),
                     attempts: r.attempts.to_native(),
                     exit_code: r.exit_code.to_native(),

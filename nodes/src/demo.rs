@@ -398,7 +398,7 @@ async fn workload(
             Ok(o) if o.status == TaskStatus::Ok => {
                 let _ = hist.record(o.latency.as_micros().max(1) as u64);
                 let k = &kinds[i % kinds.len()];
-                let ok = specs.get(&o.worker).is_some_and(|s| (k.check)(s, region));
+                let ok = specs.get(&*o.worker).is_some_and(|s| (k.check)(s, region));
                 if !ok {
                     violations += 1;
                     eprintln!(
@@ -406,8 +406,8 @@ async fn workload(
                         k.app, o.worker
                     );
                 }
-                *per_worker.entry(o.worker).or_default() += 1;
-                *per_dist.entry(o.distributor).or_default() += 1;
+                *per_worker.entry(o.worker.to_string()).or_default() += 1;
+                *per_dist.entry(o.distributor.to_string()).or_default() += 1;
             }
             Ok(o) => {
                 failed += 1;

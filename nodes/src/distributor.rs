@@ -194,6 +194,15 @@ struct State {
     started: Instant,
     last_flush: Instant,
     stats: Stats,
+    /// When the frames being handled arrived: read once per network read
+    /// (see [`read_loop`]), not once per frame, since a burst of frames
+    /// arrives together and a clock read costs as much as a hash lookup.
+    now: Instant,
+    /// Reused for every `Assign` and `TaskResult` this distributor sends,
+    /// so that the strings in them (app, worker and distributor names)
+    /// keep their buffers: no allocation per task in steady state.
+    assign: allot_wire::Assign,
+    result: TaskResult,
 }
 
 /// Counters a distributor keeps.
@@ -257,6 +266,7 @@ fn setup(cfg: DistributorConfig) -> Result<(quinn::Endpoint, Shared), Distributo
         capacity: cfg.table_capacity,
         ..TableConfig::default()
     })?;
+    let name = cfg.name.clone();
     let state = Rc::new(RefCell::new(State {
         cfg,
         table,
@@ -272,6 +282,25 @@ fn setup(cfg: DistributorConfig) -> Result<(quinn::Endpoint, Shared), Distributo
         started: Instant::now(),
         last_flush: Instant::now(),
         stats: Stats::default(),
+        now: Instant::now(),
+        assign: allot_wire::Assign {
+            task_id: 0,
+            reservation: 0,
+            app: String::new(),
+            demands: allot_wire::Demands::default(),
+            deadline_ms: 0,
+            attempt: 0,
+        },
+        result: TaskResult {
+            task_id: 0,
+            status: TaskStatus::Ok,
+            worker: String::new(),
+            distributor: name,
+            attempts: 0,
+            exit_code: 0,
+            message: String::new(),
+            timings: Timings::default(),
+        },
     }));
     Ok((ep, state))
 }
@@ -357,7 +386,18 @@ async fn read_loop(
     mut handle: impl FnMut(&Shared, &Rc<Outbox>, Frame) -> Result<(), ConnError>,
 ) {
     loop {
-        let frame = match stream.reader.next().await {
+        // Frames already buffered are handled with the clock of the read
+        // that brought them; a read that had to wait refreshes it.
+        let next = match stream.reader.try_next() {
+            Ok(Some(f)) => Ok(Some(f)),
+            Ok(None) => {
+                let r = stream.reader.next().await;
+                state.borrow_mut().now = Instant::now();
+                r
+            }
+            Err(e) => Err(e),
+        };
+        let frame = match next {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(ConnError::Frame(e)) => {
@@ -502,7 +542,7 @@ impl State {
 
     fn seen(&mut self, id: ServerId) {
         if let Some(l) = self.links.get_mut(&id) {
-            l.last_seen = Instant::now();
+            l.last_seen = self.now;
             if self.table.state(id) == Some(ServerState::Down) {
                 let _ = self.table.set_state(id, ServerState::Up);
                 tracing::info!(worker = %l.name, "worker up again");
@@ -603,15 +643,15 @@ impl State {
                     self.place(task, p, "worker not connected");
                     return;
                 };
-                let assign = allot_wire::Assign {
-                    task_id: task,
-                    reservation: task,
-                    app: p.app.to_string(),
-                    demands: p.demands,
-                    deadline_ms: p.deadline_ms,
-                    attempt: p.attempts,
-                };
-                match link.out.send(&assign, &p.payload) {
+                let assign = &mut self.assign;
+                assign.task_id = task;
+                assign.reservation = task;
+                assign.app.clear();
+                assign.app.push_str(&p.app);
+                assign.demands = p.demands;
+                assign.deadline_ms = p.deadline_ms;
+                assign.attempt = p.attempts;
+                match link.out.send(&*assign, &p.payload) {
                     Ok(()) => {
                         p.reservation = Some(reservation);
                         self.pending.insert(task, p);
@@ -696,11 +736,6 @@ impl State {
             return;
         }
         self.by_key.remove(&p.key);
-        let worker_name = self
-            .links
-            .get(&p.worker)
-            .map(|l| l.name.clone())
-            .unwrap_or_else(|| r.worker.as_str().to_owned());
         let status = crate::labels::status_from_archived(&r.status);
         if self.completions.len() < MAX_COMPLETIONS_BUFFERED {
             self.completions.push((
@@ -709,22 +744,25 @@ impl State {
                 status == TaskStatus::Ok,
             ));
         }
-        let result = TaskResult {
-            task_id: p.client_task,
-            status,
-            worker: worker_name,
-            distributor: self.cfg.name.clone(),
-            attempts: p.attempts,
-            exit_code: r.exit_code.to_native(),
-            message: r.message.as_str().to_owned(),
-            timings: Timings {
-                queued_us: p.received.elapsed().as_micros() as u64,
-                matched_us: p.match_us,
-                ran_us: r.timings.ran_us.to_native(),
-            },
+        let result = &mut self.result;
+        result.task_id = p.client_task;
+        result.status = status;
+        result.worker.clear();
+        match self.links.get(&p.worker) {
+            Some(l) => result.worker.push_str(&l.name),
+            None => result.worker.push_str(r.worker.as_str()),
+        }
+        result.attempts = p.attempts;
+        result.exit_code = r.exit_code.to_native();
+        result.message.clear();
+        result.message.push_str(r.message.as_str());
+        result.timings = Timings {
+            queued_us: self.now.duration_since(p.received).as_micros() as u64,
+            matched_us: p.match_us,
+            ran_us: r.timings.ran_us.to_native(),
         };
         self.stats.completed += 1;
-        let _ = p.client.send(&result, &output);
+        let _ = p.client.send(&*result, &output);
         self.drain_queue(16);
     }
 
@@ -972,7 +1010,7 @@ async fn serve_client(stream: Stream, state: Shared) {
                 let v = frame.validate::<Submit>()?;
                 let s = v.get();
                 st.stats.submitted += 1;
-                let received = Instant::now();
+                let received = st.now;
                 let user = if s.user.is_empty() {
                     cert_user.as_str()
                 } else {

@@ -820,6 +820,12 @@ fn bench_local_reports_the_json_contract() {
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(per_worker, 2000);
+    // Where the CPU went, per process (here all nodes share one process).
+    let cpu = j["cpu_us_per_task"].as_object().expect("cpu_us_per_task");
+    assert!(
+        cpu.values().all(|v| v.as_f64().is_some_and(|us| us >= 0.0)) && !cpu.is_empty(),
+        "{j}"
+    );
     // Bad input: a clear error, non-zero exit.
     let out = run(&["bench", "--tasks", "10"]);
     assert!(!out.status.success());

@@ -81,7 +81,7 @@ fn embedded_nodes_run_a_registered_handler() {
         }
         let o = out.expect("the handler ran");
         assert_eq!(&o.output[..], b"SHOUT");
-        assert_eq!(o.worker, "w");
+        assert_eq!(&*o.worker, "w");
         // Many in flight on one client, all answered.
         let tasks: Vec<_> = (0..200)
             .map(|i| {
