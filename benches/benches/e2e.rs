@@ -85,7 +85,8 @@ fn e2e(c: &mut Criterion) {
         }
         client
     });
-    let task = Task::new("echo", vec![b'x'; 64]);
+    // Shared: a submission clones a reference, not the task.
+    let task = std::rc::Rc::new(Task::new("echo", vec![b'x'; 64]));
 
     let mut g = c.benchmark_group("e2e");
     g.throughput(Throughput::Elements(PER_ITER));
