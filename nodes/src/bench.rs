@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// Also measure a bare quinn echo in the same run and report the ratio.
     #[arg(long)]
     pub baseline: bool,
+    /// Measure this many rounds (each an allot run then, with --baseline,
+    /// the baseline) and report medians: steadier on a shared machine.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=50))]
+    pub rounds: u16,
     /// Scale run: after a first measurement, register this many simulated
     /// workers (multiplexed over a few connections, each sending a delta
     /// every second) and measure again while their deltas stream in.
@@ -87,6 +91,24 @@ struct Run {
 }
 
 impl Run {
+    /// Adds another round's figures to these.
+    fn merge(&mut self, other: Run) -> Result<()> {
+        self.tasks += other.tasks;
+        self.secs += other.secs;
+        match (&mut self.hist, other.hist) {
+            (Some(h), Some(o)) => h.add(&o).context("merging latency histograms")?,
+            (None, o) => self.hist = o,
+            (Some(_), None) => {}
+        }
+        for (k, n) in other.errors {
+            *self.errors.entry(k).or_default() += n;
+        }
+        for (k, n) in other.per_worker {
+            *self.per_worker.entry(k).or_default() += n;
+        }
+        Ok(())
+    }
+
     fn q(&self, q: f64) -> u64 {
         self.hist
             .as_ref()
@@ -128,10 +150,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let tmp;
     let mut cluster = None;
-    let (pki, gateways, dist_pid) = if args.local {
+    let (pki, gateways) = if args.local {
         tmp = crate::demo::TempDir::new()?;
         let c = LocalCluster::start(&tmp.0, &args)?;
-        let out = (c.pki.clone(), vec![c.gateway], c.distributor_pid());
+        let out = (c.pki.clone(), vec![c.gateway]);
         cluster = Some(c);
         out
     } else {
@@ -142,7 +164,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         if args.gateway.is_empty() {
             bail!("give --gateway ADDR,... of a running cluster, or --local");
         }
-        (pki, args.gateway.clone(), None)
+        (pki, args.gateway.clone())
     };
     let cfg = ClientConfig {
         name: args.name.clone(),
@@ -158,32 +180,47 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Some(c) = &cluster {
         roles.extend(c.roles.iter().copied());
     }
-    let cpu_before: Vec<Option<Duration>> = roles.iter().map(|(_, p)| process_cpu(*p)).collect();
-    let cpu_before_dist = dist_pid.and_then(process_cpu);
-    let run = crate::cli::block_on_local(drive(cfg.clone(), args.clone(), limit))??;
-    let cpu_after = dist_pid.and_then(process_cpu);
-    let cpu = cpu_by_role(&roles, &cpu_before, run.tasks);
+    let frame_len = submit_frame_len(&args)?;
+    // Rounds alternate allot and the baseline, so that both see the same
+    // machine: on a shared machine one pair of runs can be minutes apart in
+    // what the other tenants do; the median of several pairs is steadier.
+    let mut run = Run::default();
+    let mut rounds: Vec<Round> = Vec::with_capacity(usize::from(args.rounds));
+    let mut cpu_us: Vec<f64> = vec![0.0; roles.len()];
+    let mut cpu_seen = vec![true; roles.len()];
+    for _ in 0..args.rounds {
+        let before: Vec<Option<Duration>> = roles.iter().map(|(_, p)| process_cpu(*p)).collect();
+        let r = crate::cli::block_on_local(drive(cfg.clone(), args.clone(), limit))??;
+        for (i, (_, pid)) in roles.iter().enumerate() {
+            match (before[i], process_cpu(*pid)) {
+                (Some(b), Some(a)) => cpu_us[i] += a.saturating_sub(b).as_secs_f64() * 1e6,
+                _ => cpu_seen[i] = false,
+            }
+        }
+        let base = if args.baseline {
+            let n = r.tasks.clamp(1000, 2_000_000);
+            Some(crate::cli::block_on_local(baseline_echo(
+                frame_len,
+                args.concurrency,
+                n,
+            ))??)
+        } else {
+            None
+        };
+        rounds.push(Round {
+            tasks_per_s: r.per_s(),
+            p50_us: r.q(0.5),
+            baseline: base,
+        });
+        run.merge(r)?;
+    }
     let scale = match (args.sim_workers, &cluster) {
         (Some(n), Some(c)) => Some(scale_phase(c, &cfg, &args, limit, n)?),
         _ => None,
     };
-    let baseline = if args.baseline {
-        let frame_len = submit_frame_len(&args)?;
-        let n = run.tasks.clamp(1000, 2_000_000);
-        Some(crate::cli::block_on_local(baseline_echo(
-            frame_len,
-            args.concurrency,
-            n,
-        ))??)
-    } else {
-        None
-    };
     drop(cluster);
-    let dist_cpu_us = match (cpu_before_dist, cpu_after) {
-        (Some(a), Some(b)) if run.tasks > 0 => Some((b - a).as_secs_f64() * 1e6 / run.tasks as f64),
-        _ => None,
-    };
-    report(&args, &run, baseline.as_ref(), dist_cpu_us, &cpu);
+    let cpu = cpu_by_role(&roles, &cpu_us, &cpu_seen, run.tasks);
+    report(&args, &run, &rounds, &cpu);
     if let Some(sc) = &scale {
         sc.report(&run, args.json);
     }
@@ -467,37 +504,82 @@ async fn baseline_echo(len: usize, in_flight: usize, n: u64) -> Result<Baseline>
 }
 
 /// Microseconds of CPU per completed task, summed per role, in the order
-/// roles were listed.
+/// roles were listed (a role whose process could not be read is left out).
 fn cpu_by_role(
     roles: &[(&'static str, u32)],
-    before: &[Option<Duration>],
+    cpu_us: &[f64],
+    seen: &[bool],
     tasks: u64,
 ) -> Vec<(&'static str, f64)> {
     let mut out: Vec<(&'static str, f64)> = Vec::new();
     if tasks == 0 {
         return out;
     }
-    for ((role, pid), b) in roles.iter().zip(before) {
-        let (Some(b), Some(a)) = (b, process_cpu(*pid)) else {
+    for (((role, _), us), ok) in roles.iter().zip(cpu_us).zip(seen) {
+        if !ok {
             continue;
-        };
-        let us = a.saturating_sub(*b).as_secs_f64() * 1e6 / tasks as f64;
+        }
+        let per_task = us / tasks as f64;
         match out.iter_mut().find(|(r, _)| r == role) {
-            Some((_, t)) => *t += us,
-            None => out.push((role, us)),
+            Some((_, t)) => *t += per_task,
+            None => out.push((role, per_task)),
         }
     }
     out
 }
 
-fn report(
-    args: &BenchArgs,
-    run: &Run,
-    base: Option<&Baseline>,
-    dist_cpu_us: Option<f64>,
-    cpu: &[(&'static str, f64)],
-) {
-    let ratio = base.map(|b| run.per_s() / b.msgs_per_s.max(1e-9));
+/// One round: an allot run and, with `--baseline`, the bare quinn echo
+/// right after it.
+struct Round {
+    tasks_per_s: f64,
+    p50_us: u64,
+    baseline: Option<Baseline>,
+}
+
+impl Round {
+    fn ratio(&self) -> Option<f64> {
+        self.baseline
+            .as_ref()
+            .map(|b| self.tasks_per_s / b.msgs_per_s.max(1e-9))
+    }
+    fn p50_ratio(&self) -> Option<f64> {
+        self.baseline
+            .as_ref()
+            .map(|b| self.p50_us as f64 / b.p50_us.max(1) as f64)
+    }
+}
+
+/// The median of some figures (the upper one of an even count); `None`
+/// when there are none.
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
+}
+
+fn report(args: &BenchArgs, run: &Run, rounds: &[Round], cpu: &[(&'static str, f64)]) {
+    // With one round these are that round's figures; with more, medians.
+    let tasks_per_s = median(rounds.iter().map(|r| r.tasks_per_s).collect()).unwrap_or(0.0);
+    let base_msgs = median(
+        rounds
+            .iter()
+            .filter_map(|r| r.baseline.as_ref().map(|b| b.msgs_per_s))
+            .collect(),
+    );
+    let base_p50 = median(
+        rounds
+            .iter()
+            .filter_map(|r| r.baseline.as_ref().map(|b| b.p50_us as f64))
+            .collect(),
+    );
+    let ratio = median(rounds.iter().filter_map(Round::ratio).collect());
+    let p50_ratio = median(rounds.iter().filter_map(Round::p50_ratio).collect());
+    let dist_cpu_us = cpu
+        .iter()
+        .find(|(r, _)| *r == "distributor")
+        .map(|(_, us)| *us);
     if args.json {
         let mut j = serde_json::json!({
             "app": args.app,
@@ -507,7 +589,7 @@ fn report(
             "errors": run.error_count(),
             "errors_by_kind": run.errors,
             "seconds": run.secs,
-            "tasks_per_s": run.per_s(),
+            "tasks_per_s": tasks_per_s,
             "p50_us": run.q(0.5),
             "p90_us": run.q(0.9),
             "p99_us": run.q(0.99),
@@ -515,10 +597,25 @@ fn report(
             "max_us": run.max(),
             "per_worker": run.per_worker,
         });
-        if let Some(b) = base {
-            j["baseline_msgs_per_s"] = serde_json::json!(b.msgs_per_s);
-            j["baseline_p50_us"] = serde_json::json!(b.p50_us);
+        if let (Some(m), Some(p)) = (base_msgs, base_p50) {
+            j["baseline_msgs_per_s"] = serde_json::json!(m);
+            j["baseline_p50_us"] = serde_json::json!(p);
             j["ratio"] = serde_json::json!(ratio);
+            j["p50_ratio"] = serde_json::json!(p50_ratio);
+        }
+        if rounds.len() > 1 {
+            j["rounds"] = rounds
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "tasks_per_s": r.tasks_per_s,
+                        "p50_us": r.p50_us,
+                        "baseline_msgs_per_s": r.baseline.as_ref().map(|b| b.msgs_per_s),
+                        "baseline_p50_us": r.baseline.as_ref().map(|b| b.p50_us),
+                        "ratio": r.ratio(),
+                    })
+                })
+                .collect();
         }
         if let Some(c) = dist_cpu_us {
             j["distributor_cpu_us_per_task"] = serde_json::json!(c);
@@ -534,14 +631,37 @@ fn report(
         return;
     }
     println!(
-        "{} tasks of `{}` ({} B payload, {} in flight) in {:.2} s: {:.0} tasks/s",
+        "{} tasks of `{}` ({} B payload, {} in flight) in {:.2} s: {:.0} tasks/s{}",
         run.tasks,
         args.app,
         args.payload,
         args.concurrency,
         run.secs,
-        run.per_s()
+        tasks_per_s,
+        if rounds.len() > 1 {
+            " (median of the rounds)"
+        } else {
+            ""
+        }
     );
+    if rounds.len() > 1 {
+        let mut t = comfy_table::Table::new();
+        t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+        t.set_header(["round", "tasks/s", "p50", "baseline msgs/s", "ratio"]);
+        for (i, r) in rounds.iter().enumerate() {
+            t.add_row(vec![
+                (i + 1).to_string(),
+                format!("{:.0}", r.tasks_per_s),
+                format!("{} us", r.p50_us),
+                r.baseline
+                    .as_ref()
+                    .map(|b| format!("{:.0}", b.msgs_per_s))
+                    .unwrap_or_default(),
+                r.ratio().map(|x| format!("{x:.3}")).unwrap_or_default(),
+            ]);
+        }
+        println!("{t}");
+    }
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
     t.set_header(["p50", "p90", "p99", "p99.9", "max", "errors"]);
@@ -572,13 +692,9 @@ fn report(
         t.add_row(vec![w.clone(), n.to_string()]);
     }
     println!("{t}");
-    if let (Some(b), Some(r)) = (base, ratio) {
+    if let (Some(m), Some(p), Some(r), Some(pr)) = (base_msgs, base_p50, ratio, p50_ratio) {
         println!(
-            "baseline (bare quinn echo, same frame size and in flight): {:.0} msgs/s, p50 {} us; allot/baseline = {:.3} (ideal 0.5: a task is two round trips); p50 ratio {:.2}",
-            b.msgs_per_s,
-            b.p50_us,
-            r,
-            run.q(0.5) as f64 / b.p50_us.max(1) as f64
+            "baseline (bare quinn echo, same frame size and in flight): {m:.0} msgs/s, p50 {p:.0} us; allot/baseline = {r:.3} (ideal 0.5: a task is two round trips); p50 ratio {pr:.2}",
         );
     }
     if let Some(c) = dist_cpu_us {
@@ -880,10 +996,6 @@ fn free_addr() -> Result<SocketAddr> {
 }
 
 impl LocalCluster {
-    fn distributor_pid(&self) -> Option<u32> {
-        self.dist_pid
-    }
-
     fn start(dir: &Path, args: &BenchArgs) -> Result<LocalCluster> {
         let pki = dir.join("pki");
         let mut nodes: Vec<(String, Role)> = vec![

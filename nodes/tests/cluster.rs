@@ -791,6 +791,8 @@ fn bench_local_reports_the_json_contract() {
         "--payload",
         "64",
         "--baseline",
+        "--rounds",
+        "2",
         "--json",
     ]);
     assert!(
@@ -799,7 +801,13 @@ fn bench_local_reports_the_json_contract() {
         String::from_utf8_lossy(&out.stderr)
     );
     let j = json(&out);
-    assert_eq!(j["tasks"], 2000);
+    // Two rounds of 2000 tasks, each followed by its own baseline.
+    assert_eq!(j["tasks"], 4000);
+    let rounds = j["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 2, "{j}");
+    for r in rounds {
+        assert!(r["ratio"].as_f64().is_some_and(|x| x > 0.0), "{j}");
+    }
     assert_eq!(j["errors"], 0);
     for key in [
         "tasks_per_s",
@@ -819,7 +827,7 @@ fn bench_local_reports_the_json_contract() {
         .values()
         .map(|v| v.as_u64().unwrap())
         .sum();
-    assert_eq!(per_worker, 2000);
+    assert_eq!(per_worker, 4000);
     // Where the CPU went, per process (here all nodes share one process).
     let cpu = j["cpu_us_per_task"].as_object().expect("cpu_us_per_task");
     assert!(
