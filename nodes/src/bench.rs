@@ -203,6 +203,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 frame_len,
                 args.concurrency,
                 n,
+                args.processes,
             ))??)
         } else {
             None
@@ -399,9 +400,126 @@ struct Baseline {
     p50_us: u64,
 }
 
-/// Bare quinn echo: an echo server on a thread of its own, a client
-/// keeping `in_flight` messages of `len` bytes in flight on one stream.
-async fn baseline_echo(len: usize, in_flight: usize, n: u64) -> Result<Baseline> {
+/// Options of the hidden `allot baseline-echo` subcommand.
+#[derive(Args, Debug, Clone)]
+pub struct BaselineEchoArgs {
+    /// PKI directory holding the `bench-echo` certificate.
+    #[arg(long)]
+    pub pki: PathBuf,
+}
+
+/// The echo server of the baseline in a process of its own: prints its
+/// address on stdout, echoes one connection's stream, and exits.
+pub fn baseline_echo_server(a: BaselineEchoArgs) -> Result<()> {
+    let pki = crate::pki::Pki::load(&a.pki, "bench-echo")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let ep = crate::transport::endpoint(&pki, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        println!("{}", ep.local_addr()?);
+        echo_one_connection(&ep).await
+    })
+}
+
+/// Accepts one connection and echoes its first stream, chunk by chunk
+/// (zero-copy: the received `Bytes` are sent back as they are).
+async fn echo_one_connection(ep: &quinn::Endpoint) -> Result<()> {
+    let conn = ep.accept().await.context("no baseline client")?.await?;
+    let (mut send, mut recv) = conn.accept_bi().await?;
+    while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
+        send.write_chunk(chunk.bytes).await?;
+    }
+    let _ = send.finish();
+    conn.closed().await;
+    Ok(())
+}
+
+/// Where the baseline's echo server runs.
+enum EchoServer {
+    /// A thread of this process (the nodes are threads too).
+    Thread(std::thread::JoinHandle<Result<()>>),
+    /// A process of its own (the nodes are processes: `--processes`).
+    Process(Child),
+}
+
+impl EchoServer {
+    fn finish(self) {
+        match self {
+            EchoServer::Thread(t) => {
+                let _ = t.join();
+            }
+            EchoServer::Process(mut c) => {
+                // It exits once the connection closes; do not wait long.
+                for _ in 0..50 {
+                    if matches!(c.try_wait(), Ok(Some(_))) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+/// Starts the echo server (see [`EchoServer`]) and returns its address.
+fn start_echo_server(pki: &Path, own_process: bool) -> Result<(SocketAddr, EchoServer)> {
+    if own_process {
+        let exe = std::env::current_exe().context("finding the allot binary")?;
+        let mut child = Command::new(exe)
+            .args(["baseline-echo", "--pki"])
+            .arg(pki)
+            .env("ALLOT_LOG", "error")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting the baseline echo process")?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            use std::io::BufRead;
+            std::io::BufReader::new(out).read_line(&mut line)?;
+        }
+        let addr: SocketAddr = match line.trim().parse() {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("the baseline echo process did not report its address");
+            }
+        };
+        return Ok((addr, EchoServer::Process(child)));
+    }
+    let server_pki = crate::pki::Pki::load(pki, "bench-echo")?;
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let ep =
+                crate::transport::endpoint(&server_pki, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            addr_tx.send(ep.local_addr()?).ok();
+            echo_one_connection(&ep).await
+        })
+    });
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(10))
+        .context("baseline server did not start")?;
+    Ok((addr, EchoServer::Thread(server)))
+}
+
+/// Bare quinn echo: an echo server (a thread, or with `own_process` a
+/// process of its own), a client keeping `in_flight` messages of `len`
+/// bytes in flight on one stream.
+async fn baseline_echo(
+    len: usize,
+    in_flight: usize,
+    n: u64,
+    own_process: bool,
+) -> Result<Baseline> {
     // Its own throwaway PKI: the same TLS as the nodes, no certificates
     // needed from the cluster under test.
     let tmp = crate::demo::TempDir::new()?;
@@ -413,30 +531,8 @@ async fn baseline_echo(len: usize, in_flight: usize, n: u64) -> Result<Baseline>
             ("bench-echo-client", Role::Client),
         ],
     )?;
-    let server_pki = crate::pki::Pki::load(&pki, "bench-echo")?;
     let client_pki = crate::pki::Pki::load(&pki, "bench-echo-client")?;
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let server = std::thread::spawn(move || -> Result<()> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        rt.block_on(async move {
-            let ep =
-                crate::transport::endpoint(&server_pki, SocketAddr::from(([127, 0, 0, 1], 0)))?;
-            addr_tx.send(ep.local_addr()?).ok();
-            let conn = ep.accept().await.context("no baseline client")?.await?;
-            let (mut send, mut recv) = conn.accept_bi().await?;
-            while let Some(chunk) = recv.read_chunk(usize::MAX, true).await? {
-                send.write_chunk(chunk.bytes).await?;
-            }
-            let _ = send.finish();
-            conn.closed().await;
-            Ok(())
-        })
-    });
-    let addr = addr_rx
-        .recv_timeout(Duration::from_secs(10))
-        .context("baseline server did not start")?;
+    let (addr, server) = start_echo_server(&pki, own_process)?;
     let ep = crate::transport::endpoint(&client_pki, SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let conn = crate::transport::connect(&ep, addr).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
@@ -496,7 +592,7 @@ async fn baseline_echo(len: usize, in_flight: usize, n: u64) -> Result<Baseline>
     writer.abort();
     conn.close(0u32.into(), b"done");
     ep.wait_idle().await;
-    let _ = server.join();
+    server.finish();
     Ok(Baseline {
         msgs_per_s: done.get() as f64 / secs.max(1e-9),
         p50_us: hist.value_at_quantile(0.5),

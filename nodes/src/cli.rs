@@ -47,6 +47,10 @@ enum Command {
     Demo(crate::demo::DemoArgs),
     /// Measure throughput and latency of a cluster (or of a local one).
     Bench(crate::bench::BenchArgs),
+    /// The bare quinn echo server of `bench --baseline --processes` (started
+    /// by the bench, so that its baseline crosses processes as the nodes do).
+    #[command(hide = true)]
+    BaselineEcho(crate::bench::BaselineEchoArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -454,6 +458,10 @@ fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => {
             init_logging("error");
             crate::demo::run(a)
+        }
+        Command::BaselineEcho(a) => {
+            init_logging("error");
+            crate::bench::baseline_echo_server(a)
         }
     }
 }
