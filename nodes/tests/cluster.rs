@@ -834,6 +834,30 @@ fn bench_local_reports_the_json_contract() {
         cpu.values().all(|v| v.as_f64().is_some_and(|us| us >= 0.0)) && !cpu.is_empty(),
         "{j}"
     );
+    // Nodes as processes: the baseline's echo server is a process too, and
+    // the CPU table names every role.
+    let out = run(&[
+        "bench",
+        "--local",
+        "--processes",
+        "--tasks",
+        "500",
+        "--concurrency",
+        "8",
+        "--baseline",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = json(&out);
+    assert_eq!(j["tasks"], 500);
+    assert!(j["ratio"].as_f64().is_some_and(|x| x > 0.0), "{j}");
+    for role in ["client", "distributor", "workers", "gateway"] {
+        assert!(j["cpu_us_per_task"][role].is_number(), "{role}: {j}");
+    }
     // Bad input: a clear error, non-zero exit.
     let out = run(&["bench", "--tasks", "10"]);
     assert!(!out.status.success());
@@ -870,4 +894,78 @@ async fn expect_refusal(
         }
         Err(e) => panic!("unexpected: {e}"),
     }
+}
+
+/// Process ids whose parent is `pid` (from /proc).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // The fields after the command name (which may hold spaces): state, ppid.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_killed_bench_leaves_no_nodes_behind() {
+    let mut bench = allot()
+        .args([
+            "bench",
+            "--local",
+            "--processes",
+            "--tasks",
+            "100000000",
+            "--concurrency",
+            "8",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start bench");
+    // Gateway, distributor and two workers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut kids = children_of(bench.id());
+    while kids.len() < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        kids = children_of(bench.id());
+    }
+    assert!(kids.len() >= 4, "nodes not started: {kids:?}");
+    // SIGKILL: no destructor of the bench runs.
+    bench.kill().expect("kill bench");
+    bench.wait().expect("reap bench");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let alive = |p: &u32| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p);
+    while kids.iter().any(alive) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<u32> = kids.iter().copied().filter(alive).collect();
+    for p in &left {
+        let _ = Command::new("kill").arg("-9").arg(p.to_string()).status();
+    }
+    assert!(left.is_empty(), "nodes left running: {left:?}");
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(|st| st == "Z"))
+        })
+        .unwrap_or(false)
 }
