@@ -46,6 +46,11 @@ pub(crate) struct Reserved {
 #[repr(C, align(64))]
 #[derive(Clone)]
 pub(crate) struct Dynamic {
+    /// Smallest and largest non-NaN cell of each column (vacant rows
+    /// included), kept by [`Dynamic::refresh`]: bounds for pruning. First,
+    /// so a pruned block costs one line of the group.
+    pub load_range: (f32, f32),
+    pub idle_power_range: (f32, f32),
     pub load: [f32; BLOCK_ROWS],
     pub idle_power: [f32; BLOCK_ROWS],
 }
@@ -55,14 +60,41 @@ impl Default for Dynamic {
         Dynamic {
             load: [0.0; BLOCK_ROWS],
             idle_power: [0.0; BLOCK_ROWS],
+            load_range: (0.0, 0.0),
+            idle_power_range: (0.0, 0.0),
         }
     }
+}
+
+impl Dynamic {
+    /// Recomputes the column ranges; writers call it before publishing.
+    pub(crate) fn refresh(&mut self) {
+        self.load_range = range_f32(&self.load);
+        self.idle_power_range = range_f32(&self.idle_power);
+    }
+}
+
+/// The smallest and largest non-NaN value (`(inf, -inf)` if none).
+fn range_f32(x: &[f32; BLOCK_ROWS]) -> (f32, f32) {
+    x.iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+fn range_int<T: Copy + Ord + Into<f64>>(x: &[T; BLOCK_ROWS]) -> (f64, f64) {
+    let lo = x.iter().copied().min().map_or(0.0, Into::into);
+    let hi = x.iter().copied().max().map_or(0.0, Into::into);
+    (lo, hi)
 }
 
 /// The columns that change on registration and seldom otherwise.
 #[repr(C, align(64))]
 #[derive(Clone)]
 pub(crate) struct Fixed {
+    /// As in [`Dynamic`]: `power`, then `slots`, `cores`, `mem` widened.
+    pub power_range: (f32, f32),
+    pub int_ranges: [(f64, f64); 3],
     pub power: [f32; BLOCK_ROWS],
     pub slots: [u32; BLOCK_ROWS],
     pub cores: [u32; BLOCK_ROWS],
@@ -76,7 +108,23 @@ impl Default for Fixed {
             slots: [0; BLOCK_ROWS],
             cores: [0; BLOCK_ROWS],
             mem: [0; BLOCK_ROWS],
+            power_range: (0.0, 0.0),
+            int_ranges: [(0.0, 0.0); 3],
         }
+    }
+}
+
+impl Fixed {
+    /// Recomputes the column ranges; writers call it before publishing.
+    pub(crate) fn refresh(&mut self) {
+        self.power_range = range_f32(&self.power);
+        self.int_ranges[0] = range_int(&self.slots);
+        self.int_ranges[1] = range_int(&self.cores);
+        let lo = self.mem.iter().copied().min().unwrap_or(0);
+        let hi = self.mem.iter().copied().max().unwrap_or(0);
+        // `as f64` rounds to nearest, and every cell converts the same way
+        // when scored, so the rounded extremes bound the rounded cells.
+        self.int_ranges[2] = (lo as f64, hi as f64);
     }
 }
 
@@ -85,12 +133,16 @@ impl Default for Fixed {
 static NO_DYNAMIC: Dynamic = Dynamic {
     load: [0.0; BLOCK_ROWS],
     idle_power: [0.0; BLOCK_ROWS],
+    load_range: (0.0, 0.0),
+    idle_power_range: (0.0, 0.0),
 };
 static NO_FIXED: Fixed = Fixed {
     power: [0.0; BLOCK_ROWS],
     slots: [0; BLOCK_ROWS],
     cores: [0; BLOCK_ROWS],
     mem: [0; BLOCK_ROWS],
+    power_range: (0.0, 0.0),
+    int_ranges: [(0.0, 0.0); 3],
 };
 
 /// One block of 64 rows: about 37 bytes per row here, plus 28 in the two
@@ -175,6 +227,23 @@ impl<'g> Cols<'g> {
             Column::IdlePower => Some(&self.dynamic.idle_power),
             Column::Load => Some(&self.dynamic.load),
             _ => None,
+        }
+    }
+
+    /// Bounds on the values of column `c` in this block as `f64` (every
+    /// cell, as expressions widen it, lies within them; NaN cells excepted),
+    /// or `None` for the reservation columns, which change without a copy.
+    #[inline(always)]
+    pub(crate) fn range(&self, c: Column) -> Option<(f64, f64)> {
+        let f = |(lo, hi): (f32, f32)| Some((lo as f64, hi as f64));
+        match c {
+            Column::Load => f(self.dynamic.load_range),
+            Column::IdlePower => f(self.dynamic.idle_power_range),
+            Column::Power => f(self.fixed.power_range),
+            Column::Slots => Some(self.fixed.int_ranges[0]),
+            Column::Cores => Some(self.fixed.int_ranges[1]),
+            Column::Mem => Some(self.fixed.int_ranges[2]),
+            Column::SlotsFree | Column::CoresFree | Column::MemFree => None,
         }
     }
 

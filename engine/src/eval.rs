@@ -173,7 +173,7 @@ impl<'a> View<'a> {
     }
 
     #[inline(always)]
-    fn label(&self, key: u32) -> Option<&'a LabelCells> {
+    pub(crate) fn label(&self, key: u32) -> Option<&'a LabelCells> {
         self.shard.label_cells(key, self.b, self.guard)
     }
 

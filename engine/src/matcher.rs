@@ -20,13 +20,24 @@ use std::sync::Arc;
 
 use crossbeam_epoch::{self as epoch, Guard};
 
-use crate::eval::{NumExpr, Pred, View};
+use crate::block::Cols;
+use crate::eval::{Pred, View};
 use crate::explain::Explain;
 use crate::expr::parser::{conjuncts, parse};
 use crate::expr::{compile::Lowerer, ExprError, Which, DEFAULT_PREFER};
 use crate::inflight;
+use crate::lookahead::{self, Footprint, Starts, AHEAD};
 use crate::schema::{format_bytes, Column, Env, ServerId, BLOCK_ROWS};
+use crate::score::{best_of_sum, upper_bound, Score};
 use crate::table::{ServerTable, Shard};
+
+/// How many blocks ahead of itself the exact scan warms a block's columns
+/// (and twice that, its header).
+const SCAN_AHEAD: usize = 4;
+
+/// Blocks warmed from each sampled start (a match at k = 8 usually reads
+/// two).
+const SAMPLED_WARM_BLOCKS: usize = 2;
 
 /// Scans per match when reservations keep losing races to other threads.
 pub const MAX_ATTEMPTS: usize = 32;
@@ -78,7 +89,9 @@ pub struct Query {
     /// Indices of the clauses that read reservation columns, evaluated per
     /// remaining row after the plain ones.
     pub(crate) sparse: Vec<usize>,
-    pub(crate) prefer: NumExpr,
+    /// What the query reads of a block, for prefetching.
+    pub(crate) footprint: Footprint,
+    pub(crate) prefer: Score,
     pub(crate) demand: Demand,
     pub(crate) user: Option<UserQuota>,
     /// Some clause is constant false: nothing can match.
@@ -385,10 +398,13 @@ impl ServerTable {
         let impossible = clauses.iter().any(|c| c.pred == Pred::Const(false));
         let (sparse, plain): (Vec<usize>, Vec<usize>) =
             (0..clauses.len()).partition(|&c| clauses[c].pred.reads_capacity());
+        let footprint = Footprint::of(clauses.iter().map(|c| &c.pred), &prefer);
+        let prefer = Score::new(prefer);
         Ok(Query {
             clauses,
             plain,
             sparse,
+            footprint,
             prefer,
             demand,
             user,
@@ -526,12 +542,18 @@ impl ServerTable {
         if m == 0 {
             return 0;
         }
-        let mut rows = [0u8; BLOCK_ROWS];
-        let n = select(m, &mut rows);
-        let mut scores = [0.0f64; BLOCK_ROWS];
-        q.prefer.eval_sel(&view, &rows[..n], &mut scores[..n]);
-        let j = best_of(&scores[..n]);
-        let (i, score) = (rows[j] as usize % BLOCK_ROWS, scores[j]);
+        let n = m.count_ones();
+        let (i, score) = match &q.prefer {
+            Score::Sum(terms) => best_of_sum(terms, &view, m),
+            Score::General(e) => {
+                let mut rows = [0u8; BLOCK_ROWS];
+                let n = select(m, &mut rows);
+                let mut scores = [0.0f64; BLOCK_ROWS];
+                e.eval_sel(&view, &rows[..n], &mut scores[..n]);
+                let j = best_of(&scores[..n]);
+                (rows[j] as usize % BLOCK_ROWS, scores[j])
+            }
+        };
         let id = self.id_of(s, b, i);
         if best.is_none_or(|c| better(score, id, c.score, c.id)) {
             *best = Some(Candidate {
@@ -543,7 +565,7 @@ impl ServerTable {
                 gen: block.gen[i].load(Acquire),
             });
         }
-        n as u32
+        n
     }
 
     fn best(
@@ -553,11 +575,36 @@ impl ServerTable {
         excluded: &[ServerId],
         guard: &Guard,
     ) -> Option<Candidate> {
-        let mut best = None;
+        let mut best: Option<Candidate> = None;
+        let fp = &q.footprint;
         match mode {
             MatchMode::Exact => {
+                // Branch and bound: ids grow in scan order, so a block whose
+                // best possible score does not beat the best so far cannot
+                // hold the answer (ties go to the earlier row).
+                let sum = match &q.prefer {
+                    Score::Sum(terms) => Some(terms.as_slice()),
+                    Score::General(_) => None,
+                };
                 for (s, shard) in self.shards.iter().enumerate() {
-                    for b in 0..shard.nblocks() {
+                    let nb = shard.nblocks();
+                    for b in 0..nb {
+                        // Warm the header 2 * SCAN_AHEAD blocks ahead and the
+                        // columns SCAN_AHEAD ahead (their pointers are in the
+                        // header warmed SCAN_AHEAD blocks ago). With bounds,
+                        // only the groups' first lines: most blocks end there.
+                        if b + 2 * SCAN_AHEAD < nb {
+                            lookahead::warm_header(shard, b + 2 * SCAN_AHEAD, fp, guard);
+                        }
+                        if b + SCAN_AHEAD < nb {
+                            let ahead = b + SCAN_AHEAD;
+                            lookahead::warm_columns(shard, ahead, fp, sum.is_some(), guard);
+                        }
+                        if let (Some(terms), Some(c), Some(block)) = (sum, &best, shard.block(b)) {
+                            if upper_bound(terms, &Cols::of(block, guard)) <= key(c.score) {
+                                continue;
+                            }
+                        }
                         self.scan_block(q, s, shard, b, excluded, &mut best, guard);
                     }
                 }
@@ -565,14 +612,18 @@ impl ServerTable {
             MatchMode::Sampled { k } => {
                 let k = k.max(1);
                 let n = self.shards.len();
-                let r = next_random(self.seed());
-                let s0 = (r % n as u64) as usize;
-                let nb0 = self.shards[s0].nblocks();
-                let b0 = if nb0 == 0 {
-                    0
-                } else {
-                    ((r >> 32) % nb0 as u64) as usize
-                };
+                let (r, ring) = Starts::take(|| next_random(self.seed()));
+                // The starts of the next matches, one stage each: by the time
+                // a start is used, its blocks' lines have arrived.
+                for b in 0..SAMPLED_WARM_BLOCKS {
+                    let (s1, b1) = self.start_of(ring[AHEAD - 1]);
+                    lookahead::warm_slots(&self.shards[s1], b1 + b, fp);
+                    let (s2, b2) = self.start_of(ring[AHEAD - 2]);
+                    lookahead::warm_header(&self.shards[s2], b2 + b, fp, guard);
+                    let (s3, b3) = self.start_of(ring[0]);
+                    lookahead::warm_columns(&self.shards[s3], b3 + b, fp, false, guard);
+                }
+                let (s0, b0) = self.start_of(r);
                 let mut found = 0u32;
                 'outer: for off in 0..=n {
                     let s = (s0 + off) % n;
@@ -586,6 +637,11 @@ impl ServerTable {
                         0..nb
                     };
                     for b in range {
+                        if b + SAMPLED_WARM_BLOCKS < nb {
+                            lookahead::warm_header(shard, b + SAMPLED_WARM_BLOCKS, fp, guard);
+                            let ahead = b + SAMPLED_WARM_BLOCKS;
+                            lookahead::warm_columns(shard, ahead, fp, false, guard);
+                        }
                         found += self.scan_block(q, s, shard, b, excluded, &mut best, guard);
                         if found >= k {
                             break 'outer;
@@ -595,6 +651,20 @@ impl ServerTable {
             }
         }
         best
+    }
+
+    /// The shard and block a sampled match starting from draw `r` begins
+    /// at.
+    #[inline]
+    fn start_of(&self, r: u64) -> (usize, usize) {
+        let s = (r % self.shards.len() as u64) as usize;
+        let nb = self.shards[s].nblocks();
+        let b = if nb == 0 {
+            0
+        } else {
+            ((r >> 32) % nb as u64) as usize
+        };
+        (s, b)
     }
 
     fn try_reserve(&self, q: &Query, c: Candidate, guard: &Guard) -> Attempt {

@@ -78,6 +78,10 @@ struct ShardWriter {
     seq: Vec<u64>,
 }
 
+/// One label key's cells in one shard: a slot per block, empty where no row
+/// of the block has the key.
+type LabelDir = Box<[Rcu<LabelCells>]>;
+
 /// One shard: a range of rows with its own blocks and writer lock.
 pub(crate) struct Shard {
     blocks: LazyBlocks<Block>,
@@ -88,7 +92,7 @@ pub(crate) struct Shard {
     apps: Box<[OnceLock<Box<[AtomicU64]>>]>,
     /// Per label key: the key's cells, per block (empty where no row of the
     /// block has the key). The directory is allocated on the key's first use.
-    labels: Box<[OnceLock<Box<[Rcu<LabelCells>]>>]>,
+    labels: Box<[OnceLock<LabelDir>]>,
     writer: Mutex<ShardWriter>,
     max_blocks: usize,
 }
@@ -126,6 +130,22 @@ impl Shard {
         match self.apps.get(app as usize).and_then(|c| c.get()) {
             Some(masks) => masks[b].load(Acquire),
             None => 0,
+        }
+    }
+
+    /// The address of the directory slot of block `b` (for prefetching).
+    #[inline]
+    pub(crate) fn block_slot_addr(&self, b: usize) -> *const u8 {
+        self.blocks.slot_addr(b)
+    }
+
+    /// The address of app `app`'s mask word for block `b`, null if no server
+    /// of the shard ever had the app (for prefetching).
+    #[inline]
+    pub(crate) fn app_mask_addr(&self, app: u32, b: usize) -> *const u8 {
+        match self.apps.get(app as usize).and_then(|c| c.get()) {
+            Some(masks) => masks.as_ptr().wrapping_add(b).cast(),
+            None => std::ptr::null(),
         }
     }
 
@@ -470,12 +490,14 @@ impl ServerTable {
         block.dynamic.update(guard, |d| {
             d.load[i] = rec.load as f32;
             d.idle_power[i] = rec.idle_power as f32;
+            d.refresh();
         });
         block.fixed.update(guard, |f| {
             f.slots[i] = rec.slots;
             f.cores[i] = rec.cores;
             f.power[i] = rec.power as f32;
             f.mem[i] = rec.mem;
+            f.refresh();
         });
         let cap = &block.cap[i];
         cap.slots_free.store(rec.slots_free, Relaxed);
@@ -612,10 +634,12 @@ impl ServerTable {
                 },
             }
         }
-        if let Some(d) = new_dynamic {
+        if let Some(mut d) = new_dynamic {
+            d.refresh();
             block.dynamic.store(Some(d), guard);
         }
-        if let Some(f) = new_fixed {
+        if let Some(mut f) = new_fixed {
+            f.refresh();
             block.fixed.store(Some(f), guard);
         }
         w.seq[row] = seq;
