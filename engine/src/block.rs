@@ -42,8 +42,10 @@ pub(crate) struct Reserved {
     pub mem: AtomicU64,
 }
 
-/// The columns that change with load: replaced on most deltas.
-#[repr(C, align(64))]
+/// The columns that change with load: replaced on most deltas. (Plain
+/// alignment: an over-aligned value would take the allocator's slow
+/// `memalign` path on every delta.)
+#[repr(C)]
 #[derive(Clone)]
 pub(crate) struct Dynamic {
     /// Smallest and largest non-NaN cell of each column (vacant rows
@@ -72,6 +74,30 @@ impl Dynamic {
         self.load_range = range_f32(&self.load);
         self.idle_power_range = range_f32(&self.idle_power);
     }
+
+    /// Sets `load` of row `i`, keeping its range.
+    pub(crate) fn set_load(&mut self, i: usize, v: f32) {
+        let old = std::mem::replace(&mut self.load[i], v);
+        self.load_range = updated_range(self.load_range, old, v, &self.load);
+    }
+
+    /// Sets `idle_power` of row `i`, keeping its range.
+    pub(crate) fn set_idle_power(&mut self, i: usize, v: f32) {
+        let old = std::mem::replace(&mut self.idle_power[i], v);
+        self.idle_power_range = updated_range(self.idle_power_range, old, v, &self.idle_power);
+    }
+}
+
+/// The range after one cell changed from `old` to `new`: widened to take
+/// `new` (cheap, and a wider range is still a bound), or recomputed when
+/// `old` was an end of it, so that ranges do not only ever grow.
+#[inline]
+fn updated_range((lo, hi): (f32, f32), old: f32, new: f32, col: &[f32; BLOCK_ROWS]) -> (f32, f32) {
+    if old == lo || old == hi {
+        range_f32(col)
+    } else {
+        (lo.min(new), hi.max(new))
+    }
 }
 
 /// The smallest and largest non-NaN value (`(inf, -inf)` if none).
@@ -89,7 +115,7 @@ fn range_int<T: Copy + Ord + Into<f64>>(x: &[T; BLOCK_ROWS]) -> (f64, f64) {
 }
 
 /// The columns that change on registration and seldom otherwise.
-#[repr(C, align(64))]
+#[repr(C)]
 #[derive(Clone)]
 pub(crate) struct Fixed {
     /// As in [`Dynamic`]: `power`, then `slots`, `cores`, `mem` widened.

@@ -616,9 +616,11 @@ impl ServerTable {
                 Change::Power(v) => cow(&mut new_fixed, block.fixed(guard)).power[i] = *v as f32,
                 Change::Mem(v) => cow(&mut new_fixed, block.fixed(guard)).mem[i] = *v,
                 Change::IdlePower(v) => {
-                    cow(&mut new_dynamic, block.dynamic(guard)).idle_power[i] = *v as f32
+                    cow(&mut new_dynamic, block.dynamic(guard)).set_idle_power(i, *v as f32)
                 }
-                Change::Load(v) => cow(&mut new_dynamic, block.dynamic(guard)).load[i] = *v as f32,
+                Change::Load(v) => {
+                    cow(&mut new_dynamic, block.dynamic(guard)).set_load(i, *v as f32)
+                }
                 Change::SlotsFree(v) => cap.slots_free.store(*v, Relaxed),
                 Change::CoresFree(v) => cap.cores_free.store(*v, Relaxed),
                 Change::MemFree(v) => cap.mem_free.store(*v, Relaxed),
@@ -634,8 +636,7 @@ impl ServerTable {
                 },
             }
         }
-        if let Some(mut d) = new_dynamic {
-            d.refresh();
+        if let Some(d) = new_dynamic {
             block.dynamic.store(Some(d), guard);
         }
         if let Some(mut f) = new_fixed {
