@@ -2,8 +2,9 @@
 //! benchmark's table (`scan_rate N`, default 1,000,000 servers; same records
 //! and query as `benches/engine.rs`), then times exact matches (rows scanned
 //! per second) and sampled ones (k = 8, matches per second), each match
-//! reserved and released. For iterating on the scan; the figures that count
-//! are the criterion bench's.
+//! reserved and released; before them, deltas as the bench applies them
+//! (`scan_rate N DELTAS ROUNDS`). For iterating on the hot path; the figures
+//! that count are the criterion bench's.
 use std::time::Instant;
 
 use allot_engine::*;
@@ -64,7 +65,33 @@ fn main() {
             &env,
         )
         .expect("compile");
-    for round in 0..3 {
+    let ids: Vec<ServerId> = (0..n)
+        .filter_map(|i| t.lookup(&format!("w{i:07}")))
+        .collect();
+    let deltas = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(2_000_000usize);
+    let start = Instant::now();
+    for k in 0..deltas {
+        let seq = (k / n + 1) as u64;
+        let changes = [
+            Change::Load((seq % 100) as f64 / 100.0),
+            Change::MemFree((seq % 64 + 8) << 30),
+        ];
+        t.apply_delta(ids[k % n], seq, &changes).expect("delta");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "deltas (2 changes each): {:.0} ns each = {:.2}M/s",
+        secs / deltas as f64 * 1e9,
+        deltas as f64 / secs / 1e6
+    );
+    let rounds = std::env::args()
+        .nth(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(3);
+    for round in 0..rounds {
         let iters = (200_000_000 / n).max(5);
         let start = Instant::now();
         for _ in 0..iters {

@@ -100,12 +100,25 @@ fn updated_range((lo, hi): (f32, f32), old: f32, new: f32, col: &[f32; BLOCK_ROW
     }
 }
 
-/// The smallest and largest non-NaN value (`(inf, -inf)` if none).
+/// The smallest and largest non-NaN value (`(inf, -inf)` if none). Four
+/// running lanes of compare-and-select (a NaN compares false, so it is
+/// skipped) compile to `minps`/`maxps`: deltas recompute a range often.
 fn range_f32(x: &[f32; BLOCK_ROWS]) -> (f32, f32) {
-    x.iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
-            (lo.min(v), hi.max(v))
-        })
+    let mut lo = [f32::INFINITY; 4];
+    let mut hi = [f32::NEG_INFINITY; 4];
+    for c in x.chunks_exact(4) {
+        for j in 0..4 {
+            lo[j] = if c[j] < lo[j] { c[j] } else { lo[j] };
+            hi[j] = if c[j] > hi[j] { c[j] } else { hi[j] };
+        }
+    }
+    let lo = lo
+        .iter()
+        .fold(f32::INFINITY, |a, &b| if b < a { b } else { a });
+    let hi = hi
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    (lo, hi)
 }
 
 fn range_int<T: Copy + Ord + Into<f64>>(x: &[T; BLOCK_ROWS]) -> (f64, f64) {
@@ -486,6 +499,23 @@ mod tests {
             }
         }
         assert_eq!(mask_of2(&x, &y, |a, b| a < b), want2);
+    }
+
+    #[test]
+    fn ranges_skip_nan_and_cover_every_number() {
+        let mut x = [f32::NAN; BLOCK_ROWS];
+        assert_eq!(range_f32(&x), (f32::INFINITY, f32::NEG_INFINITY));
+        x[5] = -2.0;
+        x[63] = 7.5;
+        x[0] = -0.0;
+        assert_eq!(range_f32(&x), (-2.0, 7.5));
+        let mut d = Dynamic::default();
+        d.set_load(3, 0.5);
+        assert_eq!(d.load_range, (0.0, 0.5));
+        d.set_load(3, 0.25);
+        assert_eq!(d.load_range, (0.0, 0.25));
+        d.set_load(3, f32::NAN);
+        assert_eq!(d.load_range, (0.0, 0.0));
     }
 
     #[test]
