@@ -10,9 +10,7 @@
 //!
 //! Run: `cargo bench -p allot-benches --bench engine -- --warm-up-time 1 --measurement-time 3`
 
-use std::alloc::{GlobalAlloc, Layout};
-
-use mimalloc::MiMalloc;
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
@@ -23,34 +21,32 @@ use allot_engine::*;
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 
 /// Counts live heap bytes, so the memory figure is what the table really
-/// allocates. Allocates with mimalloc, as the `allot` binary does (deltas
-/// allocate a column group and free a replaced one each, so the allocator
-/// is part of the delta figure; glibc's malloc measured about 25% slower).
+/// allocates.
 struct Counting;
 static LIVE: AtomicIsize = AtomicIsize::new(0);
 
-// SAFETY: delegates every call to mimalloc unchanged and only
+// SAFETY: delegates every call to the system allocator unchanged and only
 // keeps a counter beside it; exercised by every allocation of this benchmark.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
-        unsafe { MiMalloc.alloc(l) }
+        unsafe { System.alloc(l) }
     }
     unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
         LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
-        unsafe { MiMalloc.dealloc(p, l) }
+        unsafe { System.dealloc(p, l) }
     }
     unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
         LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
-        unsafe { MiMalloc.alloc_zeroed(l) }
+        unsafe { System.alloc_zeroed(l) }
     }
     unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
         LIVE.fetch_add(n as isize - l.size() as isize, Ordering::Relaxed);
         // SAFETY: same contract as the caller's.
-        unsafe { MiMalloc.realloc(p, l, n) }
+        unsafe { System.realloc(p, l, n) }
     }
 }
 
