@@ -321,7 +321,8 @@ mod tests {
             r
         };
         let g = crossbeam_epoch::pin();
-        for _ in 0..300 {
+        let rounds = if cfg!(miri) { 3 } else { 300 };
+        for _ in 0..rounds {
             let block = Block::new();
             let mut d = crate::block::Dynamic::default();
             for i in 0..BLOCK_ROWS {
