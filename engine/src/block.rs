@@ -1,20 +1,193 @@
 //! Structure-of-arrays blocks of 64 server rows, and the helpers that turn a
 //! column into a `u64` predicate mask.
 //!
-//! Every column that a delta may change while matchers read it is an atomic,
-//! because readers never lock: a relaxed atomic load is a plain `mov` on x86
-//! and ARM, but the compiler will not combine atomic loads into vector loads.
-//! So a filter is a branch-free loop of 64 loads and compares writing one
-//! byte per row, and the 64 bytes are packed into a `u64` eight at a time
-//! with a multiply (`pack`); loops over local arrays (the `prefer`
-//! arithmetic, comparisons of computed numbers) are vectorised by the
-//! compiler. See `BENCHMARKS.md` for the inner loops as compiled.
+//! A block keeps two kinds of storage, because readers never lock:
+//! * Columns only registrations and deltas write (`slots`, `cores`, `power`,
+//!   `idle_power`, `load`, `mem`, label cells) are immutable plain arrays
+//!   behind copy-on-write pointers ([`Rcu`]): a writer (serialised by its
+//!   shard's mutex) copies the group, changes it and swaps it in. Readers pin
+//!   once per scan and read `[u32; 64]`/`[f32; 64]` arrays, which the filter
+//!   kernels compare four lanes at a time ([`crate::simd`]). Columns that
+//!   change with load (`load`, `idle_power`) are a small group of their own
+//!   ([`Dynamic`]), so a typical delta copies 512 bytes.
+//! * Columns that reservations take from with compare-and-swap
+//!   (`slots_free`, `cores_free`, `mem_free`) stay atomics: they are the
+//!   truth that keeps concurrent matchers from over-reserving. One row's three
+//!   are adjacent ([`Cap`]), so checking a candidate touches one cache line.
+//!   Matchers test them only for rows that passed the vectorised clauses.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
+use crossbeam_epoch::Guard;
+
+use crate::rcu::Rcu;
 use crate::schema::{Column, BLOCK_ROWS};
 
-/// One block of 64 rows. About 48 bytes per row.
+/// The capacity reservations take from, for one row.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct Cap {
+    pub slots_free: AtomicU32,
+    pub cores_free: AtomicU32,
+    pub mem_free: AtomicU64,
+}
+
+/// Capacity reserved through this table and not yet released, for one row
+/// (for `allot status`; never read while matching).
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct Reserved {
+    pub slots: AtomicU32,
+    pub cores: AtomicU32,
+    pub mem: AtomicU64,
+}
+
+/// The columns that change with load: replaced on most deltas. (Plain
+/// alignment: an over-aligned value would take the allocator's slow
+/// `memalign` path on every delta.)
+#[repr(C)]
+#[derive(Clone)]
+pub(crate) struct Dynamic {
+    /// Smallest and largest non-NaN cell of each column (vacant rows
+    /// included), kept by [`Dynamic::refresh`]: bounds for pruning. First,
+    /// so a pruned block costs one line of the group.
+    pub load_range: (f32, f32),
+    pub idle_power_range: (f32, f32),
+    pub load: [f32; BLOCK_ROWS],
+    pub idle_power: [f32; BLOCK_ROWS],
+}
+
+impl Default for Dynamic {
+    fn default() -> Dynamic {
+        Dynamic {
+            load: [0.0; BLOCK_ROWS],
+            idle_power: [0.0; BLOCK_ROWS],
+            load_range: (0.0, 0.0),
+            idle_power_range: (0.0, 0.0),
+        }
+    }
+}
+
+impl Dynamic {
+    /// Recomputes the column ranges; writers call it before publishing.
+    pub(crate) fn refresh(&mut self) {
+        self.load_range = range_f32(&self.load);
+        self.idle_power_range = range_f32(&self.idle_power);
+    }
+
+    /// Sets `load` of row `i`, keeping its range.
+    pub(crate) fn set_load(&mut self, i: usize, v: f32) {
+        let old = std::mem::replace(&mut self.load[i], v);
+        self.load_range = updated_range(self.load_range, old, v, &self.load);
+    }
+
+    /// Sets `idle_power` of row `i`, keeping its range.
+    pub(crate) fn set_idle_power(&mut self, i: usize, v: f32) {
+        let old = std::mem::replace(&mut self.idle_power[i], v);
+        self.idle_power_range = updated_range(self.idle_power_range, old, v, &self.idle_power);
+    }
+}
+
+/// The range after one cell changed from `old` to `new`: widened to take
+/// `new` (cheap, and a wider range is still a bound), or recomputed when
+/// `old` was an end of it, so that ranges do not only ever grow.
+#[inline]
+fn updated_range((lo, hi): (f32, f32), old: f32, new: f32, col: &[f32; BLOCK_ROWS]) -> (f32, f32) {
+    if old == lo || old == hi {
+        range_f32(col)
+    } else {
+        (lo.min(new), hi.max(new))
+    }
+}
+
+/// The smallest and largest non-NaN value (`(inf, -inf)` if none). Four
+/// running lanes of compare-and-select (a NaN compares false, so it is
+/// skipped) compile to `minps`/`maxps`: deltas recompute a range often.
+fn range_f32(x: &[f32; BLOCK_ROWS]) -> (f32, f32) {
+    let mut lo = [f32::INFINITY; 4];
+    let mut hi = [f32::NEG_INFINITY; 4];
+    for c in x.chunks_exact(4) {
+        for j in 0..4 {
+            lo[j] = if c[j] < lo[j] { c[j] } else { lo[j] };
+            hi[j] = if c[j] > hi[j] { c[j] } else { hi[j] };
+        }
+    }
+    let lo = lo
+        .iter()
+        .fold(f32::INFINITY, |a, &b| if b < a { b } else { a });
+    let hi = hi
+        .iter()
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    (lo, hi)
+}
+
+fn range_int<T: Copy + Ord + Into<f64>>(x: &[T; BLOCK_ROWS]) -> (f64, f64) {
+    let lo = x.iter().copied().min().map_or(0.0, Into::into);
+    let hi = x.iter().copied().max().map_or(0.0, Into::into);
+    (lo, hi)
+}
+
+/// The columns that change on registration and seldom otherwise.
+#[repr(C)]
+#[derive(Clone)]
+pub(crate) struct Fixed {
+    /// As in [`Dynamic`]: `power`, then `slots`, `cores`, `mem` widened.
+    pub power_range: (f32, f32),
+    pub int_ranges: [(f64, f64); 3],
+    pub power: [f32; BLOCK_ROWS],
+    pub slots: [u32; BLOCK_ROWS],
+    pub cores: [u32; BLOCK_ROWS],
+    pub mem: [u64; BLOCK_ROWS],
+}
+
+impl Default for Fixed {
+    fn default() -> Fixed {
+        Fixed {
+            power: [0.0; BLOCK_ROWS],
+            slots: [0; BLOCK_ROWS],
+            cores: [0; BLOCK_ROWS],
+            mem: [0; BLOCK_ROWS],
+            power_range: (0.0, 0.0),
+            int_ranges: [(0.0, 0.0); 3],
+        }
+    }
+}
+
+impl Fixed {
+    /// Recomputes the column ranges; writers call it before publishing.
+    pub(crate) fn refresh(&mut self) {
+        self.power_range = range_f32(&self.power);
+        self.int_ranges[0] = range_int(&self.slots);
+        self.int_ranges[1] = range_int(&self.cores);
+        let lo = self.mem.iter().copied().min().unwrap_or(0);
+        let hi = self.mem.iter().copied().max().unwrap_or(0);
+        // `as f64` rounds to nearest, and every cell converts the same way
+        // when scored, so the rounded extremes bound the rounded cells.
+        self.int_ranges[2] = (lo as f64, hi as f64);
+    }
+}
+
+/// What a reader sees of a block whose group was never written (cannot
+/// happen for a live row; it keeps the accessors total without a panic).
+static NO_DYNAMIC: Dynamic = Dynamic {
+    load: [0.0; BLOCK_ROWS],
+    idle_power: [0.0; BLOCK_ROWS],
+    load_range: (0.0, 0.0),
+    idle_power_range: (0.0, 0.0),
+};
+static NO_FIXED: Fixed = Fixed {
+    power: [0.0; BLOCK_ROWS],
+    slots: [0; BLOCK_ROWS],
+    cores: [0; BLOCK_ROWS],
+    mem: [0; BLOCK_ROWS],
+    power_range: (0.0, 0.0),
+    int_ranges: [(0.0, 0.0); 3],
+};
+
+/// One block of 64 rows: about 37 bytes per row here, plus 28 in the two
+/// column groups. The first cache line holds everything a scan reads before
+/// it knows which rows pass.
+#[repr(C, align(64))]
 pub(crate) struct Block {
     /// Rows that hold a server.
     pub live: AtomicU64,
@@ -22,32 +195,13 @@ pub(crate) struct Block {
     pub up: AtomicU64,
     /// Live rows in state `Draining`.
     pub draining: AtomicU64,
-    pub slots: [AtomicU32; BLOCK_ROWS],
-    pub slots_free: [AtomicU32; BLOCK_ROWS],
-    pub cores: [AtomicU32; BLOCK_ROWS],
-    pub cores_free: [AtomicU32; BLOCK_ROWS],
-    /// `f32` bits.
-    pub power: [AtomicU32; BLOCK_ROWS],
-    /// `f32` bits.
-    pub idle_power: [AtomicU32; BLOCK_ROWS],
-    /// `f32` bits.
-    pub load: [AtomicU32; BLOCK_ROWS],
-    pub mem: [AtomicU64; BLOCK_ROWS],
-    pub mem_free: [AtomicU64; BLOCK_ROWS],
+    pub dynamic: Rcu<Dynamic>,
+    pub fixed: Rcu<Fixed>,
+    pub cap: [Cap; BLOCK_ROWS],
     /// Bumped when a row is (re)occupied or vacated; a reservation remembers
     /// it so that a late release cannot touch the next occupant.
     pub gen: [AtomicU32; BLOCK_ROWS],
-    /// Capacity currently reserved through this table (for `allot status`).
-    pub res_slots: [AtomicU32; BLOCK_ROWS],
-    pub res_cores: [AtomicU32; BLOCK_ROWS],
-    pub res_mem: [AtomicU64; BLOCK_ROWS],
-}
-
-fn a32() -> [AtomicU32; BLOCK_ROWS] {
-    std::array::from_fn(|_| AtomicU32::new(0))
-}
-fn a64() -> [AtomicU64; BLOCK_ROWS] {
-    std::array::from_fn(|_| AtomicU64::new(0))
+    pub reserved: [Reserved; BLOCK_ROWS],
 }
 
 impl Block {
@@ -56,61 +210,106 @@ impl Block {
             live: AtomicU64::new(0),
             up: AtomicU64::new(0),
             draining: AtomicU64::new(0),
-            slots: a32(),
-            slots_free: a32(),
-            cores: a32(),
-            cores_free: a32(),
-            power: a32(),
-            idle_power: a32(),
-            load: a32(),
-            mem: a64(),
-            mem_free: a64(),
-            gen: a32(),
-            res_slots: a32(),
-            res_cores: a32(),
-            res_mem: a64(),
+            dynamic: Rcu::new(Dynamic::default()),
+            fixed: Rcu::new(Fixed::default()),
+            cap: std::array::from_fn(|_| Cap::default()),
+            gen: std::array::from_fn(|_| AtomicU32::new(0)),
+            reserved: std::array::from_fn(|_| Reserved::default()),
         }
     }
 
-    /// The storage of a `u32` or `f32` column.
-    pub(crate) fn col32(&self, c: Column) -> &[AtomicU32; BLOCK_ROWS] {
-        match c {
-            Column::Slots => &self.slots,
-            Column::SlotsFree => &self.slots_free,
-            Column::Cores => &self.cores,
-            Column::CoresFree => &self.cores_free,
-            Column::Power => &self.power,
-            Column::IdlePower => &self.idle_power,
-            Column::Load => &self.load,
-            // Callers dispatch on `Column::kind`; u64 columns never get here,
-            // but answering with a column keeps this total.
-            Column::Mem | Column::MemFree => &self.slots,
+    #[inline(always)]
+    pub(crate) fn dynamic<'g>(&'g self, g: &'g Guard) -> &'g Dynamic {
+        self.dynamic.get(g).unwrap_or(&NO_DYNAMIC)
+    }
+
+    #[inline(always)]
+    pub(crate) fn fixed<'g>(&'g self, g: &'g Guard) -> &'g Fixed {
+        self.fixed.get(g).unwrap_or(&NO_FIXED)
+    }
+}
+
+/// One block's columns as a reader sees them: the column groups as of the
+/// moment the view was taken (coherent per group), and the live atomics.
+#[derive(Copy, Clone)]
+pub(crate) struct Cols<'g> {
+    pub block: &'g Block,
+    pub dynamic: &'g Dynamic,
+    pub fixed: &'g Fixed,
+}
+
+impl<'g> Cols<'g> {
+    #[inline(always)]
+    pub(crate) fn of(block: &'g Block, g: &'g Guard) -> Cols<'g> {
+        Cols {
+            block,
+            dynamic: block.dynamic(g),
+            fixed: block.fixed(g),
         }
     }
 
-    /// The storage of a `u64` column.
-    pub(crate) fn col64(&self, c: Column) -> &[AtomicU64; BLOCK_ROWS] {
+    /// A plain `u32` column.
+    #[inline(always)]
+    pub(crate) fn u32s(&self, c: Column) -> Option<&'g [u32; BLOCK_ROWS]> {
         match c {
-            Column::MemFree => &self.mem_free,
-            _ => &self.mem,
+            Column::Slots => Some(&self.fixed.slots),
+            Column::Cores => Some(&self.fixed.cores),
+            _ => None,
+        }
+    }
+
+    /// A plain `f32` column.
+    #[inline(always)]
+    pub(crate) fn f32s(&self, c: Column) -> Option<&'g [f32; BLOCK_ROWS]> {
+        match c {
+            Column::Power => Some(&self.fixed.power),
+            Column::IdlePower => Some(&self.dynamic.idle_power),
+            Column::Load => Some(&self.dynamic.load),
+            _ => None,
+        }
+    }
+
+    /// Bounds on the values of column `c` in this block as `f64` (every
+    /// cell, as expressions widen it, lies within them; NaN cells excepted),
+    /// or `None` for the reservation columns, which change without a copy.
+    #[inline(always)]
+    pub(crate) fn range(&self, c: Column) -> Option<(f64, f64)> {
+        let f = |(lo, hi): (f32, f32)| Some((lo as f64, hi as f64));
+        match c {
+            Column::Load => f(self.dynamic.load_range),
+            Column::IdlePower => f(self.dynamic.idle_power_range),
+            Column::Power => f(self.fixed.power_range),
+            Column::Slots => Some(self.fixed.int_ranges[0]),
+            Column::Cores => Some(self.fixed.int_ranges[1]),
+            Column::Mem => Some(self.fixed.int_ranges[2]),
+            Column::SlotsFree | Column::CoresFree | Column::MemFree => None,
+        }
+    }
+
+    /// An integer cell (`u32` and `u64` columns), widened.
+    #[inline(always)]
+    pub(crate) fn int(&self, c: Column, i: usize) -> u64 {
+        match c {
+            Column::Slots => self.fixed.slots[i] as u64,
+            Column::Cores => self.fixed.cores[i] as u64,
+            Column::Mem => self.fixed.mem[i],
+            Column::SlotsFree => self.block.cap[i].slots_free.load(Relaxed) as u64,
+            Column::CoresFree => self.block.cap[i].cores_free.load(Relaxed) as u64,
+            Column::MemFree => self.block.cap[i].mem_free.load(Relaxed),
+            Column::Power | Column::IdlePower | Column::Load => 0,
         }
     }
 
     /// The value of one cell widened to `f64`, as expressions see it.
+    #[inline(always)]
     pub(crate) fn value(&self, c: Column, i: usize) -> f64 {
-        use crate::schema::ColumnKind;
-        match c.kind() {
-            ColumnKind::U32 => self.col32(c)[i].load(Relaxed) as f64,
-            ColumnKind::F32 => f32::from_bits(self.col32(c)[i].load(Relaxed)) as f64,
-            ColumnKind::U64 => self.col64(c)[i].load(Relaxed) as f64,
+        match c {
+            Column::Power => self.fixed.power[i] as f64,
+            Column::IdlePower => self.dynamic.idle_power[i] as f64,
+            Column::Load => self.dynamic.load[i] as f64,
+            _ => self.int(c, i) as f64,
         }
     }
-}
-
-/// Copies a `u64` column out of its atomics.
-#[inline(always)]
-pub(crate) fn load_u64(col: &[AtomicU64; BLOCK_ROWS]) -> [u64; BLOCK_ROWS] {
-    std::array::from_fn(|i| col[i].load(Relaxed))
 }
 
 /// Packs 64 booleans (bytes of 0 or 1) into a mask, bit `i` for byte `i`.
@@ -154,12 +353,20 @@ pub(crate) fn mask_of2<T: Copy>(
     pack(&b)
 }
 
-/// Label cells are `u64`s: a number is its `f64` bits (NaN canonicalised), a
-/// string is a tagged NaN carrying the interned id, a missing label is another
-/// NaN. One word per cell keeps a label column as dense as a numeric one.
+/// The canonical encoding of one label cell as a `u64` (how values are
+/// resolved before they are stored, and how they are compared across
+/// labels): a number is its `f64` bits (NaN canonicalised), a string is a
+/// tagged NaN carrying the interned id, a missing label is another NaN.
 pub(crate) mod label {
     /// No value.
     pub(crate) const MISSING: u64 = u64::MAX;
+    /// No value, in a [`super::LabelCells`] id.
+    pub(crate) const MISSING32: u32 = u32::MAX;
+    /// A number (in the block's number plane), in a [`super::LabelCells`] id.
+    pub(crate) const NUM32: u32 = u32::MAX - 1;
+    /// The largest string id a cell can hold (ids are below
+    /// [`crate::schema::MAX_LABEL_STRINGS`]).
+    pub(crate) const MAX_STR32: u32 = u32::MAX - 2;
     const STR_TAG: u64 = 0xFFFE_0000_0000_0000;
     const TAG_MASK: u64 = 0xFFFF_0000_0000_0000;
 
@@ -196,11 +403,65 @@ pub(crate) mod label {
     }
 }
 
-/// The 64 cells of one label key in one block.
-pub(crate) type LabelBlock = [AtomicU64; BLOCK_ROWS];
+/// The cells of one label key in one block, immutable once published: a
+/// `u32` per row (string id, [`label::NUM32`] or [`label::MISSING32`]), and
+/// only in blocks that have numeric values for the key, their `f64`s. String
+/// labels (`region`, `arch`) thus cost 4 bytes per row and compare four rows
+/// per instruction; numbers keep full precision.
+#[derive(Clone)]
+pub(crate) struct LabelCells {
+    pub ids: [u32; BLOCK_ROWS],
+    pub nums: Option<Box<[f64; BLOCK_ROWS]>>,
+}
 
-pub(crate) fn new_label_block() -> LabelBlock {
-    std::array::from_fn(|_| AtomicU64::new(label::MISSING))
+impl Default for LabelCells {
+    fn default() -> LabelCells {
+        LabelCells {
+            ids: [label::MISSING32; BLOCK_ROWS],
+            nums: None,
+        }
+    }
+}
+
+impl LabelCells {
+    /// Row `i` in the canonical `u64` encoding of [`label`].
+    #[inline(always)]
+    pub(crate) fn cell(&self, i: usize) -> u64 {
+        match self.ids[i] {
+            label::MISSING32 => label::MISSING,
+            label::NUM32 => match &self.nums {
+                Some(n) => label::num(n[i]),
+                None => label::MISSING,
+            },
+            id => label::str(id),
+        }
+    }
+
+    /// Row `i` as a number: NaN unless it holds one.
+    #[inline(always)]
+    pub(crate) fn num(&self, i: usize) -> f64 {
+        match (&self.nums, self.ids[i]) {
+            (Some(n), label::NUM32) => n[i],
+            _ => f64::NAN,
+        }
+    }
+
+    /// Sets row `i` from a canonical cell. The number plane is dropped when
+    /// no number is left, so string-only blocks stay compact.
+    pub(crate) fn set(&mut self, i: usize, cell: u64) {
+        if let Some(id) = label::str_id(cell) {
+            self.ids[i] = id;
+        } else if cell == label::MISSING {
+            self.ids[i] = label::MISSING32;
+        } else {
+            self.ids[i] = label::NUM32;
+            self.nums
+                .get_or_insert_with(|| Box::new([f64::NAN; BLOCK_ROWS]))[i] = f64::from_bits(cell);
+        }
+        if self.nums.is_some() && !self.ids.contains(&label::NUM32) {
+            self.nums = None;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -238,6 +499,23 @@ mod tests {
             }
         }
         assert_eq!(mask_of2(&x, &y, |a, b| a < b), want2);
+    }
+
+    #[test]
+    fn ranges_skip_nan_and_cover_every_number() {
+        let mut x = [f32::NAN; BLOCK_ROWS];
+        assert_eq!(range_f32(&x), (f32::INFINITY, f32::NEG_INFINITY));
+        x[5] = -2.0;
+        x[63] = 7.5;
+        x[0] = -0.0;
+        assert_eq!(range_f32(&x), (-2.0, 7.5));
+        let mut d = Dynamic::default();
+        d.set_load(3, 0.5);
+        assert_eq!(d.load_range, (0.0, 0.5));
+        d.set_load(3, 0.25);
+        assert_eq!(d.load_range, (0.0, 0.25));
+        d.set_load(3, f32::NAN);
+        assert_eq!(d.load_range, (0.0, 0.0));
     }
 
     #[test]

@@ -2,15 +2,20 @@
 //! a time.
 //!
 //! A [`Pred`] yields a `u64` mask per block; a [`NumExpr`] yields 64 `f64`
-//! lanes. Leaves copy a column out of its atomics into a local array and run a
-//! branch-free loop over it (see [`crate::block`]); comparisons of a column
-//! with a constant are specialised by the column's storage type so that no
-//! conversion to `f64` happens on the hot path.
+//! lanes, or one value per selected row ([`NumExpr::eval_sel`]). Comparisons
+//! of a plain column with a constant are specialised by the column's storage
+//! type and run as SIMD kernels ([`crate::simd`]), so no conversion to `f64`
+//! happens on the hot path. Predicates that read a reservation column
+//! ([`Pred::reads_capacity`]) are evaluated after the others, only for the
+//! rows still standing ([`Pred::filter`]).
 
 use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
-use crate::block::{label, load_u64, mask_of, mask_of2, Block, LabelBlock};
-use crate::schema::{Column, ColumnKind, BLOCK_ROWS};
+use crossbeam_epoch::Guard;
+
+use crate::block::{label, mask_of, mask_of2, Block, Cols, LabelCells};
+use crate::schema::{Column, BLOCK_ROWS};
+use crate::simd;
 use crate::table::Shard;
 
 /// Comparison operators, after parsing.
@@ -142,16 +147,40 @@ pub(crate) enum Pred {
     },
 }
 
-/// One block of one shard, as seen by an evaluation.
+/// One block of one shard, as seen by an evaluation: the column groups as of
+/// when the view was taken, valid while `guard` is pinned.
 pub(crate) struct View<'a> {
     pub(crate) shard: &'a Shard,
-    pub(crate) block: &'a Block,
+    pub(crate) cols: Cols<'a>,
     pub(crate) b: usize,
+    pub(crate) guard: &'a Guard,
 }
 
-impl View<'_> {
-    fn label(&self, key: u32) -> Option<&LabelBlock> {
-        self.shard.label_block(key, self.b)
+impl<'a> View<'a> {
+    #[inline(always)]
+    pub(crate) fn new(shard: &'a Shard, block: &'a Block, b: usize, guard: &'a Guard) -> View<'a> {
+        View {
+            shard,
+            cols: Cols::of(block, guard),
+            b,
+            guard,
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn block(&self) -> &'a Block {
+        self.cols.block
+    }
+
+    #[inline(always)]
+    pub(crate) fn label(&self, key: u32) -> Option<&'a LabelCells> {
+        self.shard.label_cells(key, self.b, self.guard)
+    }
+
+    /// The canonical cell of label `key` at row `i`.
+    #[inline(always)]
+    fn label_cell(&self, key: u32, i: usize) -> u64 {
+        self.label(key).map_or(label::MISSING, |c| c.cell(i))
     }
 }
 
@@ -162,7 +191,7 @@ impl Pred {
         match self {
             Pred::Const(true) => u64::MAX,
             Pred::Const(false) => 0,
-            Pred::Up => v.block.up.load(Acquire),
+            Pred::Up => v.block().up.load(Acquire),
             Pred::HasApp(a) => v.shard.app_mask(*a, v.b),
             Pred::Not(p) => !p.eval(v),
             Pred::And(ps) => {
@@ -191,7 +220,11 @@ impl Pred {
                 hi,
                 negate,
             } => {
-                let m = kernel::range_u32(v.block.col32(*col), *lo, hi.wrapping_sub(*lo));
+                let span = hi.wrapping_sub(*lo);
+                let m = match v.cols.u32s(*col) {
+                    Some(x) => simd::range_u32(x, *lo, span),
+                    None => kernel::range_atomic(&v.block().cap, *col, *lo as u64, span as u64),
+                };
                 if *negate {
                     !m
                 } else {
@@ -204,32 +237,45 @@ impl Pred {
                 hi,
                 negate,
             } => {
-                let m = kernel::range_u64(v.block.col64(*col), *lo, hi.wrapping_sub(*lo));
+                let span = hi.wrapping_sub(*lo);
+                let m = if *col == Column::Mem {
+                    mask_of(&v.cols.fixed.mem, |x| x.wrapping_sub(*lo) <= span)
+                } else {
+                    kernel::range_atomic(&v.block().cap, *col, *lo, span)
+                };
                 if *negate {
                     !m
                 } else {
                     m
                 }
             }
-            Pred::F32 { col, op, c } => kernel::cmp_f32(v.block.col32(*col), *op, *c),
+            Pred::F32 { col, op, c } => match v.cols.f32s(*col) {
+                Some(x) => simd::cmp_f32(x, *op, *c),
+                None => 0,
+            },
             Pred::LabelStr { key, id, eq } => {
-                let Some(col) = v.label(*key) else {
+                let Some(cells) = v.label(*key) else {
                     return 0;
                 };
-                kernel::label_str(col, label::str(*id), *eq)
+                if *eq {
+                    simd::eq_u32(&cells.ids, *id)
+                } else {
+                    simd::le_and_ne_u32(&cells.ids, label::MAX_STR32, *id)
+                }
             }
             Pred::LabelNum { key, op, c } => {
-                let Some(col) = v.label(*key) else {
+                let Some(cells) = v.label(*key).filter(|c| c.nums.is_some()) else {
                     return 0;
                 };
-                let x = load_u64(col).map(label::as_f64);
+                let x: [f64; BLOCK_ROWS] = std::array::from_fn(|i| cells.num(i));
                 mask_cmp_const(*op, &x, *c)
             }
             Pred::LabelLabel { a, b, op } => {
                 let (Some(ca), Some(cb)) = (v.label(*a), v.label(*b)) else {
                     return 0;
                 };
-                let (x, y) = (load_u64(ca), load_u64(cb));
+                let x: [u64; BLOCK_ROWS] = std::array::from_fn(|i| ca.cell(i));
+                let y: [u64; BLOCK_ROWS] = std::array::from_fn(|i| cb.cell(i));
                 match op {
                     CmpOp::Eq => mask_of2(&x, &y, |x, y| label_cmp(CmpOp::Eq, x, y)),
                     CmpOp::Ne => mask_of2(&x, &y, |x, y| label_cmp(CmpOp::Ne, x, y)),
@@ -258,6 +304,77 @@ impl Pred {
             }
         }
     }
+
+    /// The rows of `m` satisfying this predicate, testing only those rows:
+    /// for predicates over reservation columns, which are atomics and are
+    /// best read only for the few rows the vectorised clauses left.
+    #[inline]
+    pub(crate) fn filter(&self, v: &View<'_>, m: u64) -> u64 {
+        match self {
+            Pred::Range32 {
+                col,
+                lo,
+                hi,
+                negate,
+            } if v.cols.u32s(*col).is_none() => {
+                let cap = &v.block().cap;
+                let (lo, span) = (*lo, hi.wrapping_sub(*lo));
+                keep_rows(m, |i| {
+                    let x = match col {
+                        Column::CoresFree => cap[i].cores_free.load(Relaxed),
+                        _ => cap[i].slots_free.load(Relaxed),
+                    };
+                    (x.wrapping_sub(lo) <= span) != *negate
+                })
+            }
+            Pred::Range64 {
+                col: Column::MemFree,
+                lo,
+                hi,
+                negate,
+            } => {
+                let cap = &v.block().cap;
+                let (lo, span) = (*lo, hi.wrapping_sub(*lo));
+                keep_rows(m, |i| {
+                    (cap[i].mem_free.load(Relaxed).wrapping_sub(lo) <= span) != *negate
+                })
+            }
+            _ => keep_rows(m, |i| self.eval_row(v, i)),
+        }
+    }
+
+    /// Whether this predicate reads a reservation column (`slots_free`,
+    /// `cores_free`, `mem_free`).
+    pub(crate) fn reads_capacity(&self) -> bool {
+        match self {
+            Pred::Const(_)
+            | Pred::Up
+            | Pred::HasApp(_)
+            | Pred::F32 { .. }
+            | Pred::LabelStr { .. }
+            | Pred::LabelNum { .. }
+            | Pred::LabelLabel { .. } => false,
+            Pred::Not(p) => p.reads_capacity(),
+            Pred::And(ps) | Pred::Or(ps) => ps.iter().any(Pred::reads_capacity),
+            Pred::Range32 { col, .. } | Pred::Range64 { col, .. } => col.is_capacity(),
+            Pred::Num { l, r, .. } => l.reads_capacity() || r.reads_capacity(),
+        }
+    }
+}
+
+/// The rows of `m` for which `keep` holds.
+#[inline(always)]
+fn keep_rows(m: u64, keep: impl Fn(usize) -> bool) -> u64 {
+    let mut out = m;
+    let mut bits = m;
+    while bits != 0 {
+        let i = bits.trailing_zeros() as usize;
+        bits &= bits - 1;
+        if !keep(i) {
+            out &= !(1u64 << i);
+        }
+    }
+    out
 }
 
 impl Pred {
@@ -266,10 +383,9 @@ impl Pred {
     /// it (cheaper than a whole block).
     pub(crate) fn eval_row(&self, v: &View<'_>, i: usize) -> bool {
         let bit = 1u64 << i;
-        let label = |key: u32| v.label(key).map_or(label::MISSING, |c| c[i].load(Relaxed));
         match self {
             Pred::Const(b) => *b,
-            Pred::Up => v.block.up.load(Acquire) & bit != 0,
+            Pred::Up => v.block().up.load(Acquire) & bit != 0,
             Pred::HasApp(a) => v.shard.app_mask(*a, v.b) & bit != 0,
             Pred::Not(p) => !p.eval_row(v, i),
             Pred::And(ps) => ps.iter().all(|p| p.eval_row(v, i)),
@@ -280,7 +396,7 @@ impl Pred {
                 hi,
                 negate,
             } => {
-                let x = v.block.col32(*col)[i].load(Relaxed);
+                let x = v.cols.int(*col, i) as u32;
                 (*lo <= x && x <= *hi) != *negate
             }
             Pred::Range64 {
@@ -289,11 +405,11 @@ impl Pred {
                 hi,
                 negate,
             } => {
-                let x = v.block.col64(*col)[i].load(Relaxed);
+                let x = v.cols.int(*col, i);
                 (*lo <= x && x <= *hi) != *negate
             }
             Pred::F32 { col, op, c } => {
-                let x = f32::from_bits(v.block.col32(*col)[i].load(Relaxed));
+                let x = v.cols.f32s(*col).map_or(f32::NAN, |x| x[i]);
                 match op {
                     CmpOp::Eq => x == *c,
                     CmpOp::Ne => x != *c && !x.is_nan(),
@@ -304,15 +420,17 @@ impl Pred {
                 }
             }
             Pred::LabelStr { key, id, eq } => {
-                let x = label(*key);
+                let x = v.label_cell(*key, i);
                 if *eq {
                     x == label::str(*id)
                 } else {
                     label::is_str(x) && x != label::str(*id)
                 }
             }
-            Pred::LabelNum { key, op, c } => cmp_f64(*op, label::as_f64(label(*key)), *c),
-            Pred::LabelLabel { a, b, op } => label_cmp(*op, label(*a), label(*b)),
+            Pred::LabelNum { key, op, c } => cmp_f64(*op, label::as_f64(v.label_cell(*key, i)), *c),
+            Pred::LabelLabel { a, b, op } => {
+                label_cmp(*op, v.label_cell(*a, i), v.label_cell(*b, i))
+            }
             Pred::Num { l, op, r } => cmp_f64(*op, l.eval_row(v, i), r.eval_row(v, i)),
         }
     }
@@ -346,42 +464,58 @@ pub(crate) fn label_cmp(op: CmpOp, x: u64, y: u64) -> bool {
     }
 }
 
-impl NumExpr {
-    /// The value of this expression for each row of the block.
-    pub(crate) fn eval(&self, v: &View<'_>) -> [f64; BLOCK_ROWS] {
-        let mut out = [0.0; BLOCK_ROWS];
-        self.eval_into(v, &mut out);
-        out
+/// Applies `op` element-wise: `out[j] = out[j] op y[j]`, the operator
+/// dispatched once so that each loop vectorises.
+#[inline(always)]
+fn apply_pairs(op: ArOp, out: &mut [f64], y: &[f64]) {
+    let pairs = out.iter_mut().zip(y.iter());
+    match op {
+        ArOp::Add => pairs.for_each(|(o, y)| *o += *y),
+        ArOp::Sub => pairs.for_each(|(o, y)| *o -= *y),
+        ArOp::Mul => pairs.for_each(|(o, y)| *o *= *y),
+        ArOp::Div => pairs.for_each(|(o, y)| *o /= *y),
     }
+}
 
+/// `out[j] = out[j] op c` (or `c op out[j]` if `const_left`).
+#[inline(always)]
+fn apply_const(op: ArOp, out: &mut [f64], c: f64, const_left: bool) {
+    match (op, const_left) {
+        (ArOp::Add, _) => out.iter_mut().for_each(|o| *o += c),
+        (ArOp::Mul, _) => out.iter_mut().for_each(|o| *o *= c),
+        (ArOp::Sub, false) => out.iter_mut().for_each(|o| *o -= c),
+        (ArOp::Sub, true) => out.iter_mut().for_each(|o| *o = c - *o),
+        (ArOp::Div, false) => out.iter_mut().for_each(|o| *o /= c),
+        (ArOp::Div, true) => out.iter_mut().for_each(|o| *o = c / *o),
+    }
+}
+
+impl NumExpr {
     /// Writes the value for each row of the block into `out`. Operators are
     /// dispatched once per block, never per row, so each loop is a plain
     /// vectorisable loop.
     pub(crate) fn eval_into(&self, v: &View<'_>, out: &mut [f64; BLOCK_ROWS]) {
         match self {
             NumExpr::Const(c) => *out = [*c; BLOCK_ROWS],
-            NumExpr::Col(c) => match c.kind() {
-                ColumnKind::U32 => {
-                    for (o, x) in out.iter_mut().zip(v.block.col32(*c).iter()) {
-                        *o = f64::from(x.load(Relaxed));
-                    }
-                }
-                ColumnKind::F32 => {
-                    for (o, x) in out.iter_mut().zip(v.block.col32(*c).iter()) {
-                        *o = f64::from(f32::from_bits(x.load(Relaxed)));
-                    }
-                }
-                ColumnKind::U64 => {
-                    for (o, x) in out.iter_mut().zip(v.block.col64(*c).iter()) {
-                        *o = x.load(Relaxed) as f64;
-                    }
-                }
-            },
-            NumExpr::Label(key) => match v.label(*key) {
-                Some(col) => {
-                    let x = load_u64(col);
+            NumExpr::Col(c) => {
+                if let Some(x) = v.cols.f32s(*c) {
                     for (o, x) in out.iter_mut().zip(x.iter()) {
-                        *o = label::as_f64(*x);
+                        *o = f64::from(*x);
+                    }
+                } else if let Some(x) = v.cols.u32s(*c) {
+                    for (o, x) in out.iter_mut().zip(x.iter()) {
+                        *o = f64::from(*x);
+                    }
+                } else {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = v.cols.int(*c, i) as f64;
+                    }
+                }
+            }
+            NumExpr::Label(key) => match v.label(*key) {
+                Some(cells) => {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        *o = cells.num(i);
                     }
                 }
                 None => *out = [f64::NAN; BLOCK_ROWS],
@@ -396,33 +530,69 @@ impl NumExpr {
                 // `const op expr`: evaluate the right side in place.
                 if let NumExpr::Const(c) = **a {
                     b.eval_into(v, out);
-                    match op {
-                        ArOp::Add => out.iter_mut().for_each(|o| *o += c),
-                        ArOp::Sub => out.iter_mut().for_each(|o| *o = c - *o),
-                        ArOp::Mul => out.iter_mut().for_each(|o| *o *= c),
-                        ArOp::Div => out.iter_mut().for_each(|o| *o = c / *o),
-                    }
+                    apply_const(*op, out, c, true);
                     return;
                 }
                 a.eval_into(v, out);
                 if let NumExpr::Const(c) = **b {
-                    match op {
-                        ArOp::Add => out.iter_mut().for_each(|o| *o += c),
-                        ArOp::Sub => out.iter_mut().for_each(|o| *o -= c),
-                        ArOp::Mul => out.iter_mut().for_each(|o| *o *= c),
-                        ArOp::Div => out.iter_mut().for_each(|o| *o /= c),
-                    }
+                    apply_const(*op, out, c, false);
                     return;
                 }
                 let mut y = [0.0; BLOCK_ROWS];
                 b.eval_into(v, &mut y);
-                let pairs = out.iter_mut().zip(y.iter());
-                match op {
-                    ArOp::Add => pairs.for_each(|(o, y)| *o += *y),
-                    ArOp::Sub => pairs.for_each(|(o, y)| *o -= *y),
-                    ArOp::Mul => pairs.for_each(|(o, y)| *o *= *y),
-                    ArOp::Div => pairs.for_each(|(o, y)| *o /= *y),
+                apply_pairs(*op, out, &y);
+            }
+        }
+    }
+
+    /// The value for the rows `rows` of the block (a selection vector, as in
+    /// columnar databases): `out[j]` for row `rows[j]`. The `prefer` score of
+    /// the few rows that pass costs a pass over them per operator, not a pass
+    /// over the 64 lanes nor a tree walk per row.
+    pub(crate) fn eval_sel(&self, v: &View<'_>, rows: &[u8], out: &mut [f64]) {
+        let n = rows.len().min(out.len());
+        let (rows, out) = (&rows[..n], &mut out[..n]);
+        match self {
+            NumExpr::Const(c) => out.fill(*c),
+            NumExpr::Col(c) => {
+                if let Some(x) = v.cols.f32s(*c) {
+                    for (o, &i) in out.iter_mut().zip(rows) {
+                        *o = f64::from(x[i as usize % BLOCK_ROWS]);
+                    }
+                } else {
+                    for (o, &i) in out.iter_mut().zip(rows) {
+                        *o = v.cols.int(*c, i as usize % BLOCK_ROWS) as f64;
+                    }
                 }
+            }
+            NumExpr::Label(key) => match v.label(*key) {
+                Some(cells) => {
+                    for (o, &i) in out.iter_mut().zip(rows) {
+                        *o = cells.num(i as usize % BLOCK_ROWS);
+                    }
+                }
+                None => out.fill(f64::NAN),
+            },
+            NumExpr::Neg(e) => {
+                e.eval_sel(v, rows, out);
+                for o in out.iter_mut() {
+                    *o = -*o;
+                }
+            }
+            NumExpr::Bin(op, a, b) => {
+                if let NumExpr::Const(c) = **a {
+                    b.eval_sel(v, rows, out);
+                    apply_const(*op, out, c, true);
+                    return;
+                }
+                a.eval_sel(v, rows, out);
+                if let NumExpr::Const(c) = **b {
+                    apply_const(*op, out, c, false);
+                    return;
+                }
+                let mut y = [0.0; BLOCK_ROWS];
+                b.eval_sel(v, rows, &mut y[..n]);
+                apply_pairs(*op, out, &y[..n]);
             }
         }
     }
@@ -431,85 +601,50 @@ impl NumExpr {
     pub(crate) fn eval_row(&self, v: &View<'_>, i: usize) -> f64 {
         match self {
             NumExpr::Const(c) => *c,
-            NumExpr::Col(c) => v.block.value(*c, i),
-            NumExpr::Label(key) => v
-                .label(*key)
-                .map_or(f64::NAN, |col| label::as_f64(col[i].load(Relaxed))),
+            NumExpr::Col(c) => v.cols.value(*c, i),
+            NumExpr::Label(key) => v.label(*key).map_or(f64::NAN, |c| c.num(i)),
             NumExpr::Neg(e) => -e.eval_row(v, i),
             NumExpr::Bin(op, a, b) => op.apply(a.eval_row(v, i), b.eval_row(v, i)),
         }
     }
+
+    /// Whether this expression reads a reservation column.
+    pub(crate) fn reads_capacity(&self) -> bool {
+        match self {
+            NumExpr::Const(_) | NumExpr::Label(_) => false,
+            NumExpr::Col(c) => c.is_capacity(),
+            NumExpr::Neg(e) => e.reads_capacity(),
+            NumExpr::Bin(_, a, b) => a.reads_capacity() || b.reads_capacity(),
+        }
+    }
 }
 
-/// The leaf filters, one small function each: a column copied out of its
-/// atomics, then one branch-free loop producing a mask. Kept out of line so
-/// each loop is compiled (and vectorised) on its own, with no register
-/// pressure from the rest of `Pred::eval`. These are the loops shown in
-/// `BENCHMARKS.md`.
+/// Full-block filters over the reservation atomics (used by `explain` and by
+/// predicates that mix them with other columns).
 pub(crate) mod kernel {
-    use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
+    use std::sync::atomic::Ordering::Relaxed;
 
-    use super::CmpOp;
-    use crate::block::{label, pack};
-    use crate::schema::BLOCK_ROWS;
+    use crate::block::{pack, Cap};
+    use crate::schema::{Column, BLOCK_ROWS};
 
-    /// One byte (0 or 1) per row from a test on each cell, then [`pack`].
-    /// The test is fused with the relaxed atomic load: copying the column to
-    /// a local array first (so the compare could use SIMD) costs more than
-    /// it saves, because the compiler assembles vectors from scalar atomic
-    /// loads one lane at a time; and shifting each result straight into the
-    /// mask measured 7% more instructions than bytes plus `pack`.
-    #[inline(always)]
-    fn bytes32(col: &[AtomicU32; BLOCK_ROWS], f: impl Fn(u32) -> bool) -> u64 {
+    /// Rows with `x - lo <= span` (unsigned) for a reservation column.
+    #[inline(never)]
+    pub(crate) fn range_atomic(cap: &[Cap; BLOCK_ROWS], col: Column, lo: u64, span: u64) -> u64 {
         let mut b = [0u8; BLOCK_ROWS];
-        for (o, c) in b.iter_mut().zip(col.iter()) {
-            *o = f(c.load(Relaxed)) as u8;
+        for (o, c) in b.iter_mut().zip(cap.iter()) {
+            let x = match col {
+                Column::SlotsFree => c.slots_free.load(Relaxed) as u64,
+                Column::CoresFree => c.cores_free.load(Relaxed) as u64,
+                _ => c.mem_free.load(Relaxed),
+            };
+            // 32-bit columns compare in 32 bits, as their ranges were built.
+            let d = if col == Column::MemFree {
+                x.wrapping_sub(lo)
+            } else {
+                (x as u32).wrapping_sub(lo as u32) as u64
+            };
+            *o = (d <= span) as u8;
         }
         pack(&b)
-    }
-
-    #[inline(always)]
-    fn bytes64(col: &[AtomicU64; BLOCK_ROWS], f: impl Fn(u64) -> bool) -> u64 {
-        let mut b = [0u8; BLOCK_ROWS];
-        for (o, c) in b.iter_mut().zip(col.iter()) {
-            *o = f(c.load(Relaxed)) as u8;
-        }
-        pack(&b)
-    }
-
-    /// Rows with `x - lo <= span` (unsigned): `lo <= x <= lo + span`.
-    #[inline(never)]
-    pub(crate) fn range_u32(col: &[AtomicU32; BLOCK_ROWS], lo: u32, span: u32) -> u64 {
-        bytes32(col, |x| x.wrapping_sub(lo) <= span)
-    }
-
-    /// As [`range_u32`] for `u64` columns.
-    #[inline(never)]
-    pub(crate) fn range_u64(col: &[AtomicU64; BLOCK_ROWS], lo: u64, span: u64) -> u64 {
-        bytes64(col, |x| x.wrapping_sub(lo) <= span)
-    }
-
-    /// `x op c` on an `f32` column.
-    #[inline(never)]
-    pub(crate) fn cmp_f32(col: &[AtomicU32; BLOCK_ROWS], op: CmpOp, c: f32) -> u64 {
-        let f = f32::from_bits;
-        match op {
-            CmpOp::Eq => bytes32(col, |x| f(x) == c),
-            CmpOp::Ne => bytes32(col, |x| f(x) != c && !f(x).is_nan()),
-            CmpOp::Lt => bytes32(col, |x| f(x) < c),
-            CmpOp::Le => bytes32(col, |x| f(x) <= c),
-            CmpOp::Gt => bytes32(col, |x| f(x) > c),
-            CmpOp::Ge => bytes32(col, |x| f(x) >= c),
-        }
-    }
-
-    /// `label == want` (or `!=`, among string cells).
-    #[inline(never)]
-    pub(crate) fn label_str(col: &[AtomicU64; BLOCK_ROWS], want: u64, eq: bool) -> u64 {
-        if eq {
-            bytes64(col, |x| x == want)
-        } else {
-            bytes64(col, |x| label::is_str(x) && x != want)
-        }
     }
 }

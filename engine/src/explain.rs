@@ -89,6 +89,7 @@ impl ServerTable {
             names.push("not already tried for this task (excluded)".into());
         }
         let mut elim = vec![0u32; names.len()];
+        let guard = &crossbeam_epoch::pin();
         let (mut total, mut matched) = (0u32, 0u32);
         // (failures, id) of the best near misses so far, sorted.
         let mut nearest: Vec<(u32, ServerId)> = Vec::new();
@@ -122,7 +123,7 @@ impl ServerTable {
                 if live == 0 {
                     continue;
                 }
-                let view = View { shard, block, b };
+                let view = View::new(shard, block, b, guard);
                 let fails = fails_at(s, b, &view, live);
                 let mut counts = [0u8; BLOCK_ROWS];
                 let mut any = 0u64;
@@ -157,7 +158,7 @@ impl ServerTable {
                 let (s, b, i) = self.split(id);
                 let shard = &self.shards[s];
                 let block = shard.block(b)?;
-                let view = View { shard, block, b };
+                let view = View::new(shard, block, b, guard);
                 let live = block.live.load(Acquire);
                 let fails = fails_at(s, b, &view, live);
                 let failed = fails

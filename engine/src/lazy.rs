@@ -25,6 +25,13 @@ impl<T> LazyBlocks<T> {
         self.cells.get(i).and_then(|c| c.get()).map(|b| &**b)
     }
 
+    /// The address of slot `i`, for prefetching (never dereferenced; past
+    /// the end for `i` out of range).
+    #[inline]
+    pub(crate) fn slot_addr(&self, i: usize) -> *const u8 {
+        self.cells.as_ptr().wrapping_add(i).cast()
+    }
+
     /// The block, allocating it with `init` if needed. `None` if `i` is past
     /// the directory.
     pub(crate) fn get_or_init(&self, i: usize, init: impl FnOnce() -> T) -> Option<&T> {

@@ -1,25 +1,43 @@
 //! Compiling queries, matching them against the table, and reserving the
 //! chosen server's capacity.
 //!
-//! A match scans blocks, AND-ing clause masks and stopping a block as soon as
-//! its mask is empty (the `server is up` and `app` clauses are plain bitmask
-//! loads, so blocks without the app cost two loads). `prefer` is evaluated only
-//! for rows that passed. The best row is then reserved with compare-and-swap
-//! on `slots_free`, `cores_free` and `mem_free`; if another thread got there
-//! first the scan repeats (bounded by [`MAX_ATTEMPTS`]).
+//! A match pins an epoch once and scans blocks, AND-ing clause masks and
+//! stopping a block as soon as its mask is empty (the `server is up` and
+//! `app` clauses are plain bitmask loads, so blocks without the app cost two
+//! loads). Clauses over plain columns run first, as SIMD kernels over whole
+//! blocks; clauses over the reservation atomics (`slots_free`, `cores_free`,
+//! `mem_free`) then test only the rows still standing. `prefer` is evaluated
+//! only for rows that passed. The best row is then reserved with
+//! compare-and-swap on `slots_free`, `cores_free` and `mem_free`: what the
+//! scan read may be stale by then, the compare-and-swap is authoritative, and
+//! if another thread got there first the scan repeats (bounded by
+//! [`MAX_ATTEMPTS`]).
 
 use std::cell::Cell;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64};
 use std::sync::Arc;
 
-use crate::eval::{NumExpr, Pred, View};
+use crossbeam_epoch::{self as epoch, Guard};
+
+use crate::block::Cols;
+use crate::eval::{Pred, View};
 use crate::explain::Explain;
 use crate::expr::parser::{conjuncts, parse};
 use crate::expr::{compile::Lowerer, ExprError, Which, DEFAULT_PREFER};
 use crate::inflight;
+use crate::lookahead::{self, Footprint, Starts, AHEAD};
 use crate::schema::{format_bytes, Column, Env, ServerId, BLOCK_ROWS};
+use crate::score::{best_of_sum, upper_bound, Score};
 use crate::table::{ServerTable, Shard};
+
+/// How many blocks ahead of itself the exact scan warms a block's columns
+/// (and twice that, its header).
+const SCAN_AHEAD: usize = 4;
+
+/// Blocks warmed from each sampled start (a match at k = 8 usually reads
+/// two).
+const SAMPLED_WARM_BLOCKS: usize = 2;
 
 /// Scans per match when reservations keep losing races to other threads.
 pub const MAX_ATTEMPTS: usize = 32;
@@ -65,7 +83,15 @@ pub(crate) struct UserQuota {
 /// [`crate::QueryCache`]); valid only for the table that compiled it.
 pub struct Query {
     pub(crate) clauses: Vec<Clause>,
-    pub(crate) prefer: NumExpr,
+    /// Indices of the clauses over plain columns and masks, evaluated per
+    /// block, in clause order.
+    pub(crate) plain: Vec<usize>,
+    /// Indices of the clauses that read reservation columns, evaluated per
+    /// remaining row after the plain ones.
+    pub(crate) sparse: Vec<usize>,
+    /// What the query reads of a block, for prefetching.
+    pub(crate) footprint: Footprint,
+    pub(crate) prefer: Score,
     pub(crate) demand: Demand,
     pub(crate) user: Option<UserQuota>,
     /// Some clause is constant false: nothing can match.
@@ -160,35 +186,33 @@ pub(crate) fn better(score: f64, id: ServerId, best_score: f64, best_id: ServerI
     a > b || (a == b && id < best_id)
 }
 
-/// The first row of `m` with the highest score (NaN lowest): the block's
-/// candidate. A branch-free max over lanes, then one pass to find its row,
-/// instead of a data-dependent branch per row.
-fn best_in_block(scores: &[f64; BLOCK_ROWS], m: u64) -> usize {
-    let mut keys = [f64::NEG_INFINITY; BLOCK_ROWS];
-    let mut bits = m;
-    while bits != 0 {
-        let i = bits.trailing_zeros() as usize;
-        bits &= bits - 1;
-        keys[i] = key(scores[i]);
-    }
-    let mut acc = [f64::NEG_INFINITY; 4];
-    for c in keys.chunks_exact(4) {
-        for j in 0..4 {
-            acc[j] = if c[j] > acc[j] { c[j] } else { acc[j] };
+/// The position of the first highest score (NaN lowest) among `scores`:
+/// with rows in ascending order, the block's candidate (lowest id on ties).
+#[inline]
+fn best_of(scores: &[f64]) -> usize {
+    let mut best = 0;
+    let mut top = f64::NEG_INFINITY;
+    for (j, &s) in scores.iter().enumerate() {
+        let k = key(s);
+        if k > top {
+            top = k;
+            best = j;
         }
     }
-    let top = acc
-        .iter()
-        .fold(f64::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    best
+}
+
+/// The rows of `m`, in ascending order, into `rows`; returns how many.
+#[inline]
+fn select(m: u64, rows: &mut [u8; BLOCK_ROWS]) -> usize {
+    let mut n = 0;
     let mut bits = m;
     while bits != 0 {
-        let i = bits.trailing_zeros() as usize;
-        if keys[i] == top {
-            return i;
-        }
+        rows[n % BLOCK_ROWS] = bits.trailing_zeros() as u8;
         bits &= bits - 1;
+        n += 1;
     }
-    m.trailing_zeros() as usize
+    n.min(BLOCK_ROWS)
 }
 
 thread_local! {
@@ -372,8 +396,15 @@ impl ServerTable {
             })
         };
         let impossible = clauses.iter().any(|c| c.pred == Pred::Const(false));
+        let (sparse, plain): (Vec<usize>, Vec<usize>) =
+            (0..clauses.len()).partition(|&c| clauses[c].pred.reads_capacity());
+        let footprint = Footprint::of(clauses.iter().map(|c| &c.pred), &prefer);
+        let prefer = Score::new(prefer);
         Ok(Query {
             clauses,
+            plain,
+            sparse,
+            footprint,
             prefer,
             demand,
             user,
@@ -402,11 +433,12 @@ impl ServerTable {
         excluded: &[ServerId],
     ) -> Result<Reservation, NoMatch> {
         if !query.impossible && !self.at_quota(query) {
+            let guard = &epoch::pin();
             for _ in 0..MAX_ATTEMPTS {
-                let Some(c) = self.best(query, mode, excluded) else {
+                let Some(c) = self.best(query, mode, excluded, guard) else {
                     break;
                 };
-                match self.try_reserve(query, c) {
+                match self.try_reserve(query, c, guard) {
                     Attempt::Reserved(r) => return Ok(r),
                     Attempt::Lost => continue,
                     Attempt::Quota => break,
@@ -436,36 +468,53 @@ impl ServerTable {
         }
         if let Some((_, _, block, i)) = self.locate(r.server) {
             if block.gen[i].load(Acquire) == r.gen {
-                give32(&block.slots_free[i], r.slots, block.slots[i].load(Relaxed));
-                give32(&block.cores_free[i], r.cores, block.cores[i].load(Relaxed));
-                give64(&block.mem_free[i], r.mem, block.mem[i].load(Relaxed));
+                let guard = &epoch::pin();
+                let fixed = block.fixed(guard);
+                let (cap, res) = (&block.cap[i], &block.reserved[i]);
+                give32(&cap.slots_free, r.slots, fixed.slots[i]);
+                give32(&cap.cores_free, r.cores, fixed.cores[i]);
+                give64(&cap.mem_free, r.mem, fixed.mem[i]);
                 let sub32 = |c: &AtomicU32, n: u32| {
-                    let _ = c.fetch_update(AcqRel, Acquire, |v| Some(v.saturating_sub(n)));
+                    if n > 0 {
+                        let _ = c.fetch_update(AcqRel, Acquire, |v| Some(v.saturating_sub(n)));
+                    }
                 };
-                sub32(&block.res_slots[i], r.slots);
-                sub32(&block.res_cores[i], r.cores);
-                let _ = block.res_mem[i]
-                    .fetch_update(AcqRel, Acquire, |v| Some(v.saturating_sub(r.mem)));
+                sub32(&res.slots, r.slots);
+                sub32(&res.cores, r.cores);
+                if r.mem > 0 {
+                    let _ = res
+                        .mem
+                        .fetch_update(AcqRel, Acquire, |v| Some(v.saturating_sub(r.mem)));
+                }
             }
         }
         true
     }
 
-    /// Rows of block `b` passing every clause (live rows only).
+    /// Rows of the block passing every clause (live rows only): the plain
+    /// clauses over the whole block, then the capacity clauses over the rows
+    /// left.
     #[inline]
     pub(crate) fn block_mask(&self, q: &Query, view: &View<'_>) -> u64 {
-        let mut m = view.block.live.load(Acquire);
-        for c in &q.clauses {
+        let mut m = view.block().live.load(Acquire);
+        for &c in &q.plain {
             if m == 0 {
-                break;
+                return 0;
             }
-            m &= c.pred.eval(view);
+            m &= q.clauses[c].pred.eval(view);
+        }
+        for &c in &q.sparse {
+            if m == 0 {
+                return 0;
+            }
+            m = q.clauses[c].pred.filter(view, m);
         }
         m
     }
 
     /// Considers one block; returns how many rows passed.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn scan_block(
         &self,
         q: &Query,
@@ -474,11 +523,12 @@ impl ServerTable {
         b: usize,
         excluded: &[ServerId],
         best: &mut Option<Candidate>,
+        guard: &Guard,
     ) -> u32 {
         let Some(block) = shard.block(b) else {
             return 0;
         };
-        let view = View { shard, block, b };
+        let view = View::new(shard, block, b, guard);
         let mut m = self.block_mask(q, &view);
         if m == 0 {
             return 0;
@@ -489,62 +539,91 @@ impl ServerTable {
                 m &= !(1u64 << xi);
             }
         }
-        let n = m.count_ones();
-        if n == 0 {
+        if m == 0 {
             return 0;
         }
-        let consider = |i: usize, score: f64, best: &mut Option<Candidate>| {
-            let id = self.id_of(s, b, i);
-            if best.is_none_or(|c| better(score, id, c.score, c.id)) {
-                *best = Some(Candidate {
-                    shard: s,
-                    b,
-                    i,
-                    id,
-                    score,
-                    gen: block.gen[i].load(Acquire),
-                });
+        let n = m.count_ones();
+        let (i, score) = match &q.prefer {
+            Score::Sum(terms) => best_of_sum(terms, &view, m),
+            Score::General(e) => {
+                let mut rows = [0u8; BLOCK_ROWS];
+                let n = select(m, &mut rows);
+                let mut scores = [0.0f64; BLOCK_ROWS];
+                e.eval_sel(&view, &rows[..n], &mut scores[..n]);
+                let j = best_of(&scores[..n]);
+                (rows[j] as usize % BLOCK_ROWS, scores[j])
             }
         };
-        // Up to 16 rows: score them one by one; more: score the block's 64
-        // lanes. (Measured with callgrind on the benchmark query, where ~6
-        // rows per block pass: per-row scoring takes 2% fewer instructions
-        // per match than lanes.)
-        if n <= 16 {
-            while m != 0 {
-                let i = m.trailing_zeros() as usize;
-                m &= m - 1;
-                consider(i, q.prefer.eval_row(&view, i), best);
-            }
-        } else {
-            let scores = q.prefer.eval(&view);
-            let i = best_in_block(&scores, m);
-            consider(i, scores[i], best);
+        let id = self.id_of(s, b, i);
+        if best.is_none_or(|c| better(score, id, c.score, c.id)) {
+            *best = Some(Candidate {
+                shard: s,
+                b,
+                i,
+                id,
+                score,
+                gen: block.gen[i].load(Acquire),
+            });
         }
         n
     }
 
-    fn best(&self, q: &Query, mode: MatchMode, excluded: &[ServerId]) -> Option<Candidate> {
-        let mut best = None;
+    fn best(
+        &self,
+        q: &Query,
+        mode: MatchMode,
+        excluded: &[ServerId],
+        guard: &Guard,
+    ) -> Option<Candidate> {
+        let mut best: Option<Candidate> = None;
+        let fp = &q.footprint;
         match mode {
             MatchMode::Exact => {
+                // Branch and bound: ids grow in scan order, so a block whose
+                // best possible score does not beat the best so far cannot
+                // hold the answer (ties go to the earlier row).
+                let sum = match &q.prefer {
+                    Score::Sum(terms) => Some(terms.as_slice()),
+                    Score::General(_) => None,
+                };
                 for (s, shard) in self.shards.iter().enumerate() {
-                    for b in 0..shard.nblocks() {
-                        self.scan_block(q, s, shard, b, excluded, &mut best);
+                    let nb = shard.nblocks();
+                    for b in 0..nb {
+                        // Warm the header 2 * SCAN_AHEAD blocks ahead and the
+                        // columns SCAN_AHEAD ahead (their pointers are in the
+                        // header warmed SCAN_AHEAD blocks ago). With bounds,
+                        // only the groups' first lines: most blocks end there.
+                        if b + 2 * SCAN_AHEAD < nb {
+                            lookahead::warm_header(shard, b + 2 * SCAN_AHEAD, fp, guard);
+                        }
+                        if b + SCAN_AHEAD < nb {
+                            let ahead = b + SCAN_AHEAD;
+                            lookahead::warm_columns(shard, ahead, fp, sum.is_some(), guard);
+                        }
+                        if let (Some(terms), Some(c), Some(block)) = (sum, &best, shard.block(b)) {
+                            if upper_bound(terms, &Cols::of(block, guard)) <= key(c.score) {
+                                continue;
+                            }
+                        }
+                        self.scan_block(q, s, shard, b, excluded, &mut best, guard);
                     }
                 }
             }
             MatchMode::Sampled { k } => {
                 let k = k.max(1);
                 let n = self.shards.len();
-                let r = next_random(self.seed());
-                let s0 = (r % n as u64) as usize;
-                let nb0 = self.shards[s0].nblocks();
-                let b0 = if nb0 == 0 {
-                    0
-                } else {
-                    ((r >> 32) % nb0 as u64) as usize
-                };
+                let (r, ring) = Starts::take(|| next_random(self.seed()));
+                // The starts of the next matches, one stage each: by the time
+                // a start is used, its blocks' lines have arrived.
+                for b in 0..SAMPLED_WARM_BLOCKS {
+                    let (s1, b1) = self.start_of(ring[AHEAD - 1]);
+                    lookahead::warm_slots(&self.shards[s1], b1 + b, fp);
+                    let (s2, b2) = self.start_of(ring[AHEAD - 2]);
+                    lookahead::warm_header(&self.shards[s2], b2 + b, fp, guard);
+                    let (s3, b3) = self.start_of(ring[0]);
+                    lookahead::warm_columns(&self.shards[s3], b3 + b, fp, false, guard);
+                }
+                let (s0, b0) = self.start_of(r);
                 let mut found = 0u32;
                 'outer: for off in 0..=n {
                     let s = (s0 + off) % n;
@@ -558,7 +637,12 @@ impl ServerTable {
                         0..nb
                     };
                     for b in range {
-                        found += self.scan_block(q, s, shard, b, excluded, &mut best);
+                        if b + SAMPLED_WARM_BLOCKS < nb {
+                            lookahead::warm_header(shard, b + SAMPLED_WARM_BLOCKS, fp, guard);
+                            let ahead = b + SAMPLED_WARM_BLOCKS;
+                            lookahead::warm_columns(shard, ahead, fp, false, guard);
+                        }
+                        found += self.scan_block(q, s, shard, b, excluded, &mut best, guard);
                         if found >= k {
                             break 'outer;
                         }
@@ -569,19 +653,30 @@ impl ServerTable {
         best
     }
 
-    fn try_reserve(&self, q: &Query, c: Candidate) -> Attempt {
+    /// The shard and block a sampled match starting from draw `r` begins
+    /// at.
+    #[inline]
+    fn start_of(&self, r: u64) -> (usize, usize) {
+        let s = (r % self.shards.len() as u64) as usize;
+        let nb = self.shards[s].nblocks();
+        let b = if nb == 0 {
+            0
+        } else {
+            ((r >> 32) % nb as u64) as usize
+        };
+        (s, b)
+    }
+
+    fn try_reserve(&self, q: &Query, c: Candidate, guard: &Guard) -> Attempt {
         let shard = &self.shards[c.shard];
         let Some(block) = shard.block(c.b) else {
             return Attempt::Lost;
         };
         let i = c.i;
-        let view = View {
-            shard,
-            block,
-            b: c.b,
-        };
-        // Re-check the row now: the scan may have read it while a delta or a
-        // re-registration was rewriting it.
+        // A fresh view: the columns as of now, not as the scan saw them.
+        let view = View::new(shard, block, c.b, guard);
+        // Re-check the row now: a delta or a re-registration may have changed
+        // it since the scan read it.
         let live = block.live.load(Acquire) & (1u64 << i) != 0;
         if !live
             || !q.clauses.iter().all(|cl| cl.pred.eval_row(&view, i))
@@ -590,22 +685,23 @@ impl ServerTable {
             return Attempt::Lost;
         }
         let d = q.demand;
-        if !cas_take32(&block.slots_free[i], d.slots) {
+        let cap = &block.cap[i];
+        if !cas_take32(&cap.slots_free, d.slots) {
             return Attempt::Lost;
         }
-        let undo_slots = || give32(&block.slots_free[i], d.slots, u32::MAX);
-        if !cas_take32(&block.cores_free[i], d.cores) {
+        let undo_slots = || give32(&cap.slots_free, d.slots, u32::MAX);
+        if !cas_take32(&cap.cores_free, d.cores) {
             undo_slots();
             return Attempt::Lost;
         }
-        let undo_cores = || give32(&block.cores_free[i], d.cores, u32::MAX);
-        if !cas_take64(&block.mem_free[i], d.mem) {
+        let undo_cores = || give32(&cap.cores_free, d.cores, u32::MAX);
+        if !cas_take64(&cap.mem_free, d.mem) {
             undo_cores();
             undo_slots();
             return Attempt::Lost;
         }
         let undo_all = || {
-            give64(&block.mem_free[i], d.mem, u64::MAX);
+            give64(&cap.mem_free, d.mem, u64::MAX);
             undo_cores();
             undo_slots();
         };
@@ -623,9 +719,16 @@ impl ServerTable {
             }
             None => None,
         };
-        block.res_slots[i].fetch_add(d.slots, Relaxed);
-        block.res_cores[i].fetch_add(d.cores, Relaxed);
-        block.res_mem[i].fetch_add(d.mem, Relaxed);
+        let res = &block.reserved[i];
+        if d.slots > 0 {
+            res.slots.fetch_add(d.slots, Relaxed);
+        }
+        if d.cores > 0 {
+            res.cores.fetch_add(d.cores, Relaxed);
+        }
+        if d.mem > 0 {
+            res.mem.fetch_add(d.mem, Relaxed);
+        }
         Attempt::Reserved(Reservation {
             server: c.id,
             slots: d.slots,

@@ -22,8 +22,9 @@ pub const MAX_NAME_LEN: usize = 255;
 /// compiling); each app costs one bit per server row, allocated on first use.
 pub const MAX_APPS: usize = 1024;
 
-/// Distinct label keys (`region`, `arch`, ...). Each costs 8 bytes per server
-/// row in blocks where it is used. Reaching it gives `LimitReached`.
+/// Distinct label keys (`region`, `arch`, ...). Each costs 4 bytes per server
+/// row in blocks where it is used (12 where some values are numbers), plus 8
+/// bytes of directory per block. Reaching it gives `LimitReached`.
 pub const MAX_LABEL_KEYS: usize = 64;
 
 /// Distinct string label values (and string constants compared with labels).
@@ -233,6 +234,16 @@ impl Column {
     /// Looks a built-in column up by name.
     pub fn from_name(name: &str) -> Option<Column> {
         Column::ALL.iter().copied().find(|c| c.name() == name)
+    }
+
+    /// Whether reservations take from this column (`slots_free`,
+    /// `cores_free`, `mem_free`): such columns are atomics, changed by
+    /// compare-and-swap, not plain copy-on-write arrays.
+    pub(crate) fn is_capacity(self) -> bool {
+        matches!(
+            self,
+            Column::SlotsFree | Column::CoresFree | Column::MemFree
+        )
     }
 
     pub(crate) fn kind(self) -> ColumnKind {

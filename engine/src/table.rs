@@ -3,12 +3,15 @@
 //! them in place.
 //!
 //! Concurrency design:
-//! * Readers (matching, reservation, release, `state`) never lock. They load
-//!   a block's `live`/`up` masks with `Acquire` and its columns with `Relaxed`
-//!   atomic loads.
+//! * Readers (matching, reservation, release, `state`) never lock. They pin
+//!   an epoch once per operation, load a block's `live`/`up` masks with
+//!   `Acquire`, read its column groups and label cells as immutable plain
+//!   arrays ([`crate::rcu`]), and its reservation columns with atomic loads.
 //! * Writers serialise per shard on a mutex (the name index and the string
 //!   interners have their own mutexes; lock order is names, shard, strings).
-//!   A writer fills a row's columns before it publishes the row with a
+//!   A writer copies a column group, changes the copy and swaps it in (one
+//!   copy per group per delta); the old copy is freed when no reader can see
+//!   it. A row's columns are written before the row is published with a
 //!   `Release` store of the `live`/`up` bits.
 //! * Growth never moves anything: each shard has a directory of block cells
 //!   sized for its capacity, a block is allocated on first use and freed only
@@ -22,13 +25,16 @@ use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use crate::block::{label, new_label_block, Block, LabelBlock};
+use crossbeam_epoch::{self as epoch, Guard};
+
+use crate::block::{label, Block, Cols, LabelCells};
 use crate::error::{truncated, EngineError};
 use crate::expr::compile::label_value;
 use crate::inflight::InFlight;
 use crate::intern::Interner;
 use crate::lazy::LazyBlocks;
 use crate::names::Names;
+use crate::rcu::Rcu;
 use crate::schema::{
     Change, DeltaOutcome, LabelValue, ServerId, ServerRecord, ServerState, BLOCK_ROWS, MAX_APPS,
     MAX_CAPACITY, MAX_LABEL_KEYS, MAX_LABEL_STRINGS, MAX_NAME_LEN, MAX_SHARDS,
@@ -72,6 +78,10 @@ struct ShardWriter {
     seq: Vec<u64>,
 }
 
+/// One label key's cells in one shard: a slot per block, empty where no row
+/// of the block has the key.
+type LabelDir = Box<[Rcu<LabelCells>]>;
+
 /// One shard: a range of rows with its own blocks and writer lock.
 pub(crate) struct Shard {
     blocks: LazyBlocks<Block>,
@@ -80,8 +90,9 @@ pub(crate) struct Shard {
     /// Per app: one mask per block of the rows that have the app. Allocated
     /// the first time a server in this shard has the app.
     apps: Box<[OnceLock<Box<[AtomicU64]>>]>,
-    /// Per label key: the key's cells, per block, allocated on first use.
-    labels: Box<[OnceLock<LazyBlocks<LabelBlock>>]>,
+    /// Per label key: the key's cells, per block (empty where no row of the
+    /// block has the key). The directory is allocated on the key's first use.
+    labels: Box<[OnceLock<LabelDir>]>,
     writer: Mutex<ShardWriter>,
     max_blocks: usize,
 }
@@ -122,8 +133,37 @@ impl Shard {
         }
     }
 
+    /// The address of the directory slot of block `b` (for prefetching).
     #[inline]
-    pub(crate) fn label_block(&self, key: u32, b: usize) -> Option<&LabelBlock> {
+    pub(crate) fn block_slot_addr(&self, b: usize) -> *const u8 {
+        self.blocks.slot_addr(b)
+    }
+
+    /// The address of app `app`'s mask word for block `b`, null if no server
+    /// of the shard ever had the app (for prefetching).
+    #[inline]
+    pub(crate) fn app_mask_addr(&self, app: u32, b: usize) -> *const u8 {
+        match self.apps.get(app as usize).and_then(|c| c.get()) {
+            Some(masks) => masks.as_ptr().wrapping_add(b).cast(),
+            None => std::ptr::null(),
+        }
+    }
+
+    /// The cells of label `key` in block `b`, as of now.
+    #[inline]
+    pub(crate) fn label_cells<'g>(
+        &'g self,
+        key: u32,
+        b: usize,
+        guard: &'g Guard,
+    ) -> Option<&'g LabelCells> {
+        self.labels.get(key as usize)?.get()?.get(b)?.get(guard)
+    }
+
+    /// The directory slot of label `key` in block `b`, if the key has cells
+    /// in this shard (for prefetching).
+    #[inline]
+    pub(crate) fn label_slot(&self, key: u32, b: usize) -> Option<&Rcu<LabelCells>> {
         self.labels.get(key as usize)?.get()?.get(b)
     }
 
@@ -132,11 +172,28 @@ impl Shard {
             .get_or_init(|| (0..self.max_blocks).map(|_| AtomicU64::new(0)).collect())
     }
 
-    fn label_cells(&self, key: u32, b: usize) -> &LabelBlock {
-        let dir = self.labels[key as usize].get_or_init(|| LazyBlocks::new(self.max_blocks));
-        // `b < max_blocks` for every row of the shard.
-        dir.get_or_init(b, new_label_block)
-            .expect("block index within the shard")
+    /// Sets row `i` of label `key` in block `b` to `cell` (canonical
+    /// encoding), copying the block's cells for the key; nothing is copied
+    /// if the row already holds the value. Writers hold the shard lock.
+    fn set_label(&self, key: u32, b: usize, i: usize, cell: u64, guard: &Guard) {
+        let Some(dir_cell) = self.labels.get(key as usize) else {
+            return;
+        };
+        let current = self
+            .label_cells(key, b, guard)
+            .map_or(label::MISSING, |c| c.cell(i));
+        if current == cell {
+            return;
+        }
+        let dir = dir_cell.get_or_init(|| (0..self.max_blocks).map(|_| Rcu::null()).collect());
+        let Some(slot) = dir.get(b) else {
+            return;
+        };
+        let mut cells = slot.get(guard).cloned().unwrap_or_default();
+        cells.set(i, cell);
+        // A block left with no value for the key frees its cells.
+        let empty = cells.ids.iter().all(|&x| x == label::MISSING32);
+        slot.store((!empty).then_some(cells), guard);
     }
 
     fn lock(&self) -> MutexGuard<'_, ShardWriter> {
@@ -154,18 +211,31 @@ impl Shard {
         }
     }
 
-    /// Clears a row's apps and labels.
-    fn clear_row_extras(&self, b: usize, i: usize, apps: usize, keys: usize) {
+    /// Clears a row's apps, and sets each of its labels to the value in
+    /// `labels` (missing if absent).
+    fn reset_row_extras(
+        &self,
+        b: usize,
+        i: usize,
+        apps: usize,
+        keys: usize,
+        labels: &[(u32, u64)],
+        guard: &Guard,
+    ) {
         let bit = 1u64 << i;
         for cell in self.apps.iter().take(apps) {
             if let Some(masks) = cell.get() {
                 masks[b].fetch_and(!bit, Release);
             }
         }
-        for cell in self.labels.iter().take(keys) {
-            if let Some(blocks) = cell.get().and_then(|d| d.get(b)) {
-                blocks[i].store(label::MISSING, Relaxed);
-            }
+        for k in 0..keys as u32 {
+            // The last value given for a key wins, as when applied in order.
+            let want = labels
+                .iter()
+                .rev()
+                .find(|(key, _)| *key == k)
+                .map_or(label::MISSING, |&(_, v)| v);
+            self.set_label(k, b, i, want, guard);
         }
     }
 }
@@ -215,10 +285,6 @@ pub struct ServerSnapshot {
     pub reserved_mem: u64,
     /// Last applied delta sequence number.
     pub seq: u64,
-}
-
-fn f32_bits(x: f64) -> u32 {
-    (x as f32).to_bits()
 }
 
 impl ServerTable {
@@ -420,25 +486,31 @@ impl ServerTable {
         block.up.fetch_and(!bit, Release);
         block.draining.fetch_and(!bit, Release);
         block.gen[i].fetch_add(1, AcqRel);
-        block.slots[i].store(rec.slots, Relaxed);
-        block.slots_free[i].store(rec.slots_free, Relaxed);
-        block.cores[i].store(rec.cores, Relaxed);
-        block.cores_free[i].store(rec.cores, Relaxed);
-        block.power[i].store(f32_bits(rec.power), Relaxed);
-        block.idle_power[i].store(f32_bits(rec.idle_power), Relaxed);
-        block.load[i].store(f32_bits(rec.load), Relaxed);
-        block.mem[i].store(rec.mem, Relaxed);
-        block.mem_free[i].store(rec.mem_free, Relaxed);
-        block.res_slots[i].store(0, Relaxed);
-        block.res_cores[i].store(0, Relaxed);
-        block.res_mem[i].store(0, Relaxed);
+        let guard = &epoch::pin();
+        block.dynamic.update(guard, |d| {
+            d.load[i] = rec.load as f32;
+            d.idle_power[i] = rec.idle_power as f32;
+            d.refresh();
+        });
+        block.fixed.update(guard, |f| {
+            f.slots[i] = rec.slots;
+            f.cores[i] = rec.cores;
+            f.power[i] = rec.power as f32;
+            f.mem[i] = rec.mem;
+            f.refresh();
+        });
+        let cap = &block.cap[i];
+        cap.slots_free.store(rec.slots_free, Relaxed);
+        cap.cores_free.store(rec.cores, Relaxed);
+        cap.mem_free.store(rec.mem_free, Relaxed);
+        let res = &block.reserved[i];
+        res.slots.store(0, Relaxed);
+        res.cores.store(0, Relaxed);
+        res.mem.store(0, Relaxed);
         let (napps, nkeys) = self.interned();
-        shard.clear_row_extras(b, i, napps, nkeys);
+        shard.reset_row_extras(b, i, napps, nkeys, labels, guard);
         for &a in apps {
             shard.set_app(a, b, bit, true);
-        }
-        for &(k, v) in labels {
-            shard.label_cells(k, b)[i].store(v, Relaxed);
         }
         let row = b * BLOCK_ROWS + i;
         if w.seq.len() <= row {
@@ -465,7 +537,7 @@ impl ServerTable {
         block.live.fetch_and(!bit, Release);
         block.gen[i].fetch_add(1, AcqRel);
         let (napps, nkeys) = self.interned();
-        shard.clear_row_extras(b, i, napps, nkeys);
+        shard.reset_row_extras(b, i, napps, nkeys, &[], &epoch::pin());
         w.free.push((b * BLOCK_ROWS + i) as u32);
         names.remove(id.0);
         self.live.fetch_sub(1, Relaxed);
@@ -532,23 +604,30 @@ impl ServerTable {
         }
         let mut resolved = resolved.into_iter();
         let bit = 1u64 << i;
+        let guard = &epoch::pin();
+        // Each column group is copied at most once per delta, and only if
+        // the delta changes it.
+        let (mut new_dynamic, mut new_fixed) = (None, None);
+        let cap = &block.cap[i];
         for c in changes {
             match c {
-                Change::Slots(v) => block.slots[i].store(*v, Relaxed),
-                Change::SlotsFree(v) => block.slots_free[i].store(*v, Relaxed),
-                Change::Cores(v) => block.cores[i].store(*v, Relaxed),
-                Change::CoresFree(v) => block.cores_free[i].store(*v, Relaxed),
-                Change::Power(v) => block.power[i].store(f32_bits(*v), Relaxed),
-                Change::IdlePower(v) => block.idle_power[i].store(f32_bits(*v), Relaxed),
-                Change::Mem(v) => block.mem[i].store(*v, Relaxed),
-                Change::MemFree(v) => block.mem_free[i].store(*v, Relaxed),
-                Change::Load(v) => block.load[i].store(f32_bits(*v), Relaxed),
+                Change::Slots(v) => cow(&mut new_fixed, block.fixed(guard)).slots[i] = *v,
+                Change::Cores(v) => cow(&mut new_fixed, block.fixed(guard)).cores[i] = *v,
+                Change::Power(v) => cow(&mut new_fixed, block.fixed(guard)).power[i] = *v as f32,
+                Change::Mem(v) => cow(&mut new_fixed, block.fixed(guard)).mem[i] = *v,
+                Change::IdlePower(v) => {
+                    cow(&mut new_dynamic, block.dynamic(guard)).set_idle_power(i, *v as f32)
+                }
+                Change::Load(v) => {
+                    cow(&mut new_dynamic, block.dynamic(guard)).set_load(i, *v as f32)
+                }
+                Change::SlotsFree(v) => cap.slots_free.store(*v, Relaxed),
+                Change::CoresFree(v) => cap.cores_free.store(*v, Relaxed),
+                Change::MemFree(v) => cap.mem_free.store(*v, Relaxed),
                 _ => match resolved.next() {
-                    Some(Resolved::Label(k, v)) => shard.label_cells(k, b)[i].store(v, Relaxed),
+                    Some(Resolved::Label(k, v)) => shard.set_label(k, b, i, v, guard),
                     Some(Resolved::LabelRemoved(Some(k))) => {
-                        if let Some(cells) = shard.label_block(k, b) {
-                            cells[i].store(label::MISSING, Relaxed);
-                        }
+                        shard.set_label(k, b, i, label::MISSING, guard)
                     }
                     Some(Resolved::App(a, on)) => shard.set_app(a, b, bit, on),
                     Some(Resolved::LabelRemoved(None))
@@ -556,6 +635,13 @@ impl ServerTable {
                     | None => {}
                 },
             }
+        }
+        if let Some(d) = new_dynamic {
+            block.dynamic.store(Some(d), guard);
+        }
+        if let Some(mut f) = new_fixed {
+            f.refresh();
+            block.fixed.store(Some(f), guard);
         }
         w.seq[row] = seq;
         self.applied.fetch_add(1, Relaxed);
@@ -604,7 +690,7 @@ impl ServerTable {
     /// slots to 0 until its next delta says otherwise. Lock-free.
     pub fn mark_full(&self, id: ServerId) -> Result<(), EngineError> {
         let (_, _, block, i) = self.locate(id).ok_or(EngineError::UnknownServer(id))?;
-        block.slots_free[i].store(0, Release);
+        block.cap[i].slots_free.store(0, Release);
         Ok(())
     }
 
@@ -617,10 +703,12 @@ impl ServerTable {
         for (s, shard) in self.shards.iter().enumerate() {
             let w = shard.lock();
             let st = self.strings();
+            let guard = &epoch::pin();
             for b in 0..shard.nblocks() {
                 let Some(block) = shard.block(b) else {
                     continue;
                 };
+                let cols = Cols::of(block, guard);
                 let mut live = block.live.load(Acquire);
                 while live != 0 {
                     let i = live.trailing_zeros() as usize;
@@ -640,33 +728,32 @@ impl ServerTable {
                         .collect();
                     let labels = (0..st.keys.len() as u32)
                         .filter_map(|k| {
-                            let cell = shard.label_block(k, b)?[i].load(Relaxed);
+                            let cell = shard.label_cells(k, b, guard)?.cell(i);
                             Some((st.keys.name(k).to_string(), label_value(&st, cell)?))
                         })
                         .collect();
-                    let f =
-                        |c: &std::sync::atomic::AtomicU32| f32::from_bits(c.load(Relaxed)) as f64;
+                    let (cap, res) = (&block.cap[i], &block.reserved[i]);
                     out.push(ServerSnapshot {
                         id,
                         name: names.name(id.0).unwrap_or("?").to_string(),
                         state,
                         record: ServerRecord {
                             name: names.name(id.0).unwrap_or("?").to_string(),
-                            slots: block.slots[i].load(Relaxed),
-                            slots_free: block.slots_free[i].load(Relaxed),
-                            cores: block.cores[i].load(Relaxed),
-                            power: f(&block.power[i]),
-                            idle_power: f(&block.idle_power[i]),
-                            mem: block.mem[i].load(Relaxed),
-                            mem_free: block.mem_free[i].load(Relaxed),
-                            load: f(&block.load[i]),
+                            slots: cols.fixed.slots[i],
+                            slots_free: cap.slots_free.load(Relaxed),
+                            cores: cols.fixed.cores[i],
+                            power: cols.fixed.power[i] as f64,
+                            idle_power: cols.dynamic.idle_power[i] as f64,
+                            mem: cols.fixed.mem[i],
+                            mem_free: cap.mem_free.load(Relaxed),
+                            load: cols.dynamic.load[i] as f64,
                             apps,
                             labels,
                         },
-                        cores_free: block.cores_free[i].load(Relaxed),
-                        reserved_slots: block.res_slots[i].load(Relaxed),
-                        reserved_cores: block.res_cores[i].load(Relaxed),
-                        reserved_mem: block.res_mem[i].load(Relaxed),
+                        cores_free: cap.cores_free.load(Relaxed),
+                        reserved_slots: res.slots.load(Relaxed),
+                        reserved_cores: res.cores.load(Relaxed),
+                        reserved_mem: res.mem.load(Relaxed),
                         seq: w.seq.get(b * BLOCK_ROWS + i).copied().unwrap_or(0),
                     });
                 }
@@ -675,19 +762,28 @@ impl ServerTable {
         out
     }
 
-    /// Approximate heap bytes held by the table (blocks, directories, app
-    /// masks, label cells, names, sequence numbers).
+    /// Approximate heap bytes held by the table (blocks, column groups,
+    /// directories, app masks, label cells, names, sequence numbers; not
+    /// replaced copies still waiting for readers to unpin).
     pub fn heap_bytes(&self) -> usize {
+        use crate::block::{Dynamic, Fixed};
+        use std::mem::size_of;
         let mut n = self.names().heap_bytes();
+        let guard = &epoch::pin();
         for shard in self.shards.iter() {
             let nb = shard.nblocks();
             n += shard.max_blocks * 16 + (MAX_APPS + MAX_LABEL_KEYS) * 16;
-            n += nb * std::mem::size_of::<Block>();
+            n += nb * (size_of::<Block>() + size_of::<Dynamic>() + size_of::<Fixed>());
             n += shard.apps.iter().filter(|c| c.get().is_some()).count() * shard.max_blocks * 8;
-            for cell in shard.labels.iter() {
-                if let Some(dir) = cell.get() {
-                    n += shard.max_blocks * 16;
-                    n += (0..nb).filter(|&b| dir.get(b).is_some()).count() * BLOCK_ROWS * 8;
+            for (k, cell) in shard.labels.iter().enumerate() {
+                if cell.get().is_some() {
+                    n += shard.max_blocks * size_of::<Rcu<LabelCells>>();
+                    for b in 0..nb {
+                        if let Some(c) = shard.label_cells(k as u32, b, guard) {
+                            n += size_of::<LabelCells>();
+                            n += c.nums.as_ref().map_or(0, |_| BLOCK_ROWS * 8);
+                        }
+                    }
                 }
             }
             let w = shard.lock();
@@ -702,6 +798,11 @@ fn encode_label(st: &mut Strings, v: &LabelValue) -> Result<u64, EngineError> {
         LabelValue::Num(x) => label::num(*x),
         LabelValue::Str(s) => label::str(st.values.intern(s)?),
     })
+}
+
+/// The pending copy of a column group, made from `current` on first use.
+fn cow<'a, T: Clone>(pending: &'a mut Option<T>, current: &T) -> &'a mut T {
+    pending.get_or_insert_with(|| current.clone())
 }
 
 /// Spreads new servers over shards deterministically.

@@ -1,0 +1,119 @@
+//! Quick wall-clock figures for the hot path without criterion: builds the
+//! benchmark's table (`scan_rate N`, default 1,000,000 servers; same records
+//! and query as `benches/engine.rs`), then times exact matches (rows scanned
+//! per second) and sampled ones (k = 8, matches per second), each match
+//! reserved and released; before them, deltas as the bench applies them
+//! (`scan_rate N DELTAS ROUNDS`). For iterating on the hot path; the figures
+//! that count are the criterion bench's.
+use std::time::Instant;
+
+use allot_engine::*;
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    let t = ServerTable::new(TableConfig {
+        shards: 4,
+        capacity: n,
+    })
+    .expect("table");
+    let mut r = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rng = || {
+        r ^= r << 13;
+        r ^= r >> 7;
+        r ^= r << 17;
+        r
+    };
+    for i in 0..n {
+        let mut apps = Vec::new();
+        if rng() % 2 == 0 {
+            apps.push("echo".to_string());
+        }
+        if rng() % 4 == 0 {
+            apps.push("sum".to_string());
+        }
+        let mem = (16 + rng() % 240) << 30;
+        t.insert(ServerRecord {
+            name: format!("w{i:07}"),
+            slots: 8,
+            slots_free: 8,
+            cores: 16,
+            power: (rng() % 1000) as f64 / 10.0,
+            idle_power: (rng() % 1000) as f64 / 10.0,
+            mem,
+            mem_free: mem / 2 + (rng() % (mem / 2)),
+            load: (rng() % 100) as f64 / 100.0,
+            apps,
+            labels: vec![(
+                "region".to_string(),
+                LabelValue::Str(["eu", "us", "asia", "sa"][(rng() % 4) as usize].to_string()),
+            )],
+        })
+        .expect("insert");
+    }
+    let mut env = Env::default();
+    env.task.app = "echo".into();
+    env.task.slots = 1;
+    env.client
+        .push(("region".into(), LabelValue::Str("eu".into())));
+    let q = t
+        .compile(
+            "server.region == client.region && server.load < 0.8 && server.mem_free >= 8GiB",
+            "server.idle_power - 2 * server.load",
+            &env,
+        )
+        .expect("compile");
+    let ids: Vec<ServerId> = (0..n)
+        .filter_map(|i| t.lookup(&format!("w{i:07}")))
+        .collect();
+    let deltas = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(2_000_000usize);
+    let start = Instant::now();
+    for k in 0..deltas {
+        let seq = (k / n + 1) as u64;
+        let changes = [
+            Change::Load((seq % 100) as f64 / 100.0),
+            Change::MemFree((seq % 64 + 8) << 30),
+        ];
+        t.apply_delta(ids[k % n], seq, &changes).expect("delta");
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!(
+        "deltas (2 changes each): {:.0} ns each = {:.2}M/s",
+        secs / deltas as f64 * 1e9,
+        deltas as f64 / secs / 1e6
+    );
+    let rounds = std::env::args()
+        .nth(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(3);
+    for round in 0..rounds {
+        let iters = (200_000_000 / n).max(5);
+        let start = Instant::now();
+        for _ in 0..iters {
+            let r = t.match_and_reserve(&q, MatchMode::Exact).expect("match");
+            t.release(&r);
+        }
+        let secs = start.elapsed().as_secs_f64();
+        let sampled = 2_000_000;
+        let s2 = Instant::now();
+        for _ in 0..sampled {
+            let r = t
+                .match_and_reserve(&q, MatchMode::Sampled { k: 8 })
+                .expect("match");
+            t.release(&r);
+        }
+        let secs2 = s2.elapsed().as_secs_f64();
+        println!(
+            "round {round}: exact {:.1} us/match = {:.0}M rows/s; sampled k=8 {:.0} ns/match = {:.2}M matches/s",
+            secs / iters as f64 * 1e6,
+            (iters * n) as f64 / secs / 1e6,
+            secs2 / sampled as f64 * 1e9,
+            sampled as f64 / secs2 / 1e6
+        );
+    }
+}

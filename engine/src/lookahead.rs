@@ -1,0 +1,229 @@
+//! What a query reads of a block, and warming those lines before the scan
+//! gets there.
+//!
+//! A block's data is spread over a few allocations (the block with its masks
+//! and reservation cells, two column groups, one cell array per label key),
+//! each reached through a pointer. Warming a block therefore goes in stages,
+//! each only reading lines an earlier stage asked for: the directory slots
+//! ([`warm_slots`]), then the block header and label cells ([`warm_header`]),
+//! then the columns the query reads ([`warm_columns`]). The exact scan runs
+//! the stages a few blocks ahead of itself; sampled matching keeps a small
+//! per-thread ring of start blocks drawn ahead of time ([`Starts`]), so each
+//! match begins on blocks warmed during the matches before it.
+
+use std::cell::Cell;
+use std::mem::{offset_of, size_of};
+
+use crossbeam_epoch::Guard;
+
+use crate::block::{Block, Cap, Dynamic, Fixed, LabelCells};
+use crate::eval::{NumExpr, Pred};
+use crate::prefetch;
+use crate::schema::{Column, BLOCK_ROWS};
+use crate::table::Shard;
+
+/// The parts of a block a query reads.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Footprint {
+    /// Byte ranges of the [`Dynamic`] group.
+    dynamic: Vec<(usize, usize)>,
+    /// Byte ranges of the [`Fixed`] group.
+    fixed: Vec<(usize, usize)>,
+    /// Label keys.
+    labels: Vec<u32>,
+    /// Apps whose masks are tested.
+    apps: Vec<u32>,
+    /// Whether the reservation cells are read.
+    cap: bool,
+}
+
+impl Footprint {
+    /// What `preds` and `prefer` read.
+    pub(crate) fn of<'a>(preds: impl Iterator<Item = &'a Pred>, prefer: &NumExpr) -> Footprint {
+        let mut fp = Footprint::default();
+        for p in preds {
+            fp.add_pred(p);
+        }
+        fp.add_num(prefer);
+        for v in [&mut fp.dynamic, &mut fp.fixed] {
+            v.sort_unstable();
+            v.dedup();
+        }
+        fp.labels.sort_unstable();
+        fp.labels.dedup();
+        fp.apps.sort_unstable();
+        fp.apps.dedup();
+        fp
+    }
+
+    fn add_col(&mut self, c: Column) {
+        let f32s = size_of::<[f32; BLOCK_ROWS]>();
+        match c {
+            Column::Load => self.dynamic.push((offset_of!(Dynamic, load), f32s)),
+            Column::IdlePower => self.dynamic.push((offset_of!(Dynamic, idle_power), f32s)),
+            Column::Power => self.fixed.push((offset_of!(Fixed, power), f32s)),
+            Column::Slots => self.fixed.push((offset_of!(Fixed, slots), f32s)),
+            Column::Cores => self.fixed.push((offset_of!(Fixed, cores), f32s)),
+            Column::Mem => self
+                .fixed
+                .push((offset_of!(Fixed, mem), size_of::<[u64; BLOCK_ROWS]>())),
+            Column::SlotsFree | Column::CoresFree | Column::MemFree => self.cap = true,
+        }
+    }
+
+    fn add_pred(&mut self, p: &Pred) {
+        match p {
+            Pred::Const(_) | Pred::Up => {}
+            Pred::HasApp(a) => self.apps.push(*a),
+            Pred::Not(p) => self.add_pred(p),
+            Pred::And(ps) | Pred::Or(ps) => ps.iter().for_each(|p| self.add_pred(p)),
+            Pred::Range32 { col, .. } | Pred::Range64 { col, .. } | Pred::F32 { col, .. } => {
+                self.add_col(*col)
+            }
+            Pred::LabelStr { key, .. } | Pred::LabelNum { key, .. } => self.labels.push(*key),
+            Pred::LabelLabel { a, b, .. } => self.labels.extend([*a, *b]),
+            Pred::Num { l, r, .. } => {
+                self.add_num(l);
+                self.add_num(r);
+            }
+        }
+    }
+
+    fn add_num(&mut self, e: &NumExpr) {
+        match e {
+            NumExpr::Const(_) => {}
+            NumExpr::Col(c) => self.add_col(*c),
+            NumExpr::Label(k) => self.labels.push(*k),
+            NumExpr::Neg(e) => self.add_num(e),
+            NumExpr::Bin(_, a, b) => {
+                self.add_num(a);
+                self.add_num(b);
+            }
+        }
+    }
+}
+
+/// Stage 1: the directory slots that lead to block `b` and its label cells,
+/// and the app mask words (addresses known without reading anything).
+#[inline]
+pub(crate) fn warm_slots(shard: &Shard, b: usize, fp: &Footprint) {
+    prefetch::line(shard.block_slot_addr(b));
+    for &k in &fp.labels {
+        if let Some(slot) = shard.label_slot(k, b) {
+            prefetch::value(slot);
+        }
+    }
+    for &a in &fp.apps {
+        prefetch::line(shard.app_mask_addr(a, b));
+    }
+}
+
+/// Stage 2: the block header (masks and column group pointers) and the
+/// label cells. Reads the slots of stage 1.
+#[inline]
+pub(crate) fn warm_header(shard: &Shard, b: usize, fp: &Footprint, guard: &Guard) {
+    if let Some(block) = shard.block(b) {
+        prefetch::line(block as *const Block);
+    }
+    for &k in &fp.labels {
+        if let Some(slot) = shard.label_slot(k, b) {
+            // The ids; the number plane, if any, is read only for numbers.
+            prefetch::lines(
+                slot.addr(guard),
+                offset_of!(LabelCells, ids) + size_of::<[u32; BLOCK_ROWS]>(),
+            );
+        }
+    }
+}
+
+/// Stage 3: the columns the query reads (with `bounds_only`, just the first
+/// line of each group, where the column ranges are). Reads the header of
+/// stage 2.
+#[inline]
+pub(crate) fn warm_columns(
+    shard: &Shard,
+    b: usize,
+    fp: &Footprint,
+    bounds_only: bool,
+    guard: &Guard,
+) {
+    let Some(block) = shard.block(b) else {
+        return;
+    };
+    let warm = |base: *const u8, spans: &[(usize, usize)]| {
+        if spans.is_empty() || base.is_null() {
+            return;
+        }
+        if bounds_only {
+            prefetch::line(base);
+            return;
+        }
+        for &(off, len) in spans {
+            prefetch::lines(base.wrapping_add(off), len);
+        }
+    };
+    warm(block.dynamic.addr(guard).cast(), &fp.dynamic);
+    warm(block.fixed.addr(guard).cast(), &fp.fixed);
+    if bounds_only {
+        return;
+    }
+    if fp.cap {
+        prefetch::lines(block.cap.as_ptr(), size_of::<[Cap; BLOCK_ROWS]>());
+    }
+}
+
+/// How many sampled matches ahead a start block is drawn.
+pub(crate) const AHEAD: usize = 3;
+
+thread_local! {
+    /// Random draws for the next sampled matches of this thread, oldest
+    /// first; 0 means not drawn yet.
+    static STARTS: Cell<[u64; AHEAD]> = const { Cell::new([0; AHEAD]) };
+}
+
+/// The per-thread ring of pre-drawn sampled starts.
+pub(crate) struct Starts;
+
+impl Starts {
+    /// The draw for this match, and the ring after drawing `fresh` for the
+    /// match `AHEAD` from now: `ring[0]` is next, `ring[AHEAD - 1]` the
+    /// fresh one.
+    pub(crate) fn take(fresh: impl Fn() -> u64) -> (u64, [u64; AHEAD]) {
+        STARTS.with(|c| {
+            let mut ring = c.get();
+            let now = if ring[0] == 0 { fresh() } else { ring[0] };
+            ring.rotate_left(1);
+            ring[AHEAD - 1] = fresh();
+            for r in ring.iter_mut() {
+                if *r == 0 {
+                    *r = fresh();
+                }
+            }
+            c.set(ring);
+            (now, ring)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_are_used_in_the_order_drawn() {
+        let n = Cell::new(0u64);
+        let fresh = || {
+            n.set(n.get() + 1);
+            n.get()
+        };
+        let (first, ring) = Starts::take(fresh);
+        assert_eq!(first, 1);
+        assert_eq!(ring.len(), AHEAD);
+        let mut expect = ring[0];
+        for _ in 0..10 {
+            let (now, ring) = Starts::take(fresh);
+            assert_eq!(now, expect);
+            expect = ring[0];
+        }
+    }
+}
