@@ -96,6 +96,10 @@ pub struct Query {
     pub(crate) user: Option<UserQuota>,
     /// Some clause is constant false: nothing can match.
     pub(crate) impossible: bool,
+    /// The app every match must have: the exact scan skips a block whose
+    /// app mask is empty with one load, before any bound or prefetch (a
+    /// table of many servers running other apps costs a load per block).
+    pub(crate) app_gate: Option<u32>,
     require_text: String,
     prefer_text: String,
 }
@@ -396,6 +400,10 @@ impl ServerTable {
             })
         };
         let impossible = clauses.iter().any(|c| c.pred == Pred::Const(false));
+        let app_gate = clauses.iter().find_map(|c| match c.pred {
+            Pred::HasApp(a) => Some(a),
+            _ => None,
+        });
         let (sparse, plain): (Vec<usize>, Vec<usize>) =
             (0..clauses.len()).partition(|&c| clauses[c].pred.reads_capacity());
         let footprint = Footprint::of(clauses.iter().map(|c| &c.pred), &prefer);
@@ -409,6 +417,7 @@ impl ServerTable {
             demand,
             user,
             impossible,
+            app_gate,
             require_text,
             prefer_text,
         })
@@ -589,6 +598,9 @@ impl ServerTable {
                 for (s, shard) in self.shards.iter().enumerate() {
                     let nb = shard.nblocks();
                     for b in 0..nb {
+                        if q.app_gate.is_some_and(|a| shard.app_mask(a, b) == 0) {
+                            continue;
+                        }
                         // Warm the header 2 * SCAN_AHEAD blocks ahead and the
                         // columns SCAN_AHEAD ahead (their pointers are in the
                         // header warmed SCAN_AHEAD blocks ago). With bounds,
