@@ -851,14 +851,19 @@ fn process_cpu(pid: u32) -> Option<Duration> {
     Some(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
 }
 
+/// Clock ticks per second of `/proc/PID/stat`, asked of `getconf` once
+/// (it is read for every process before and after every round).
 fn clock_ticks() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100)
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100)
+    })
 }
 
 /// The second phase of a scale run.
@@ -926,7 +931,7 @@ fn scale_phase(
     n: usize,
 ) -> Result<Scale> {
     let dist = c.dist_addr.context("scale runs need --processes")?;
-    let rss0 = c.dist_pid.and_then(rss_bytes);
+    let rss0 = c.distributor_pid().and_then(rss_bytes);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -943,7 +948,7 @@ fn scale_phase(
         Err(_) => bail!("simulated workers did not register within 120 s"),
     }
     let registered_in = t0.elapsed();
-    let rss1 = c.dist_pid.and_then(rss_bytes);
+    let rss1 = c.distributor_pid().and_then(rss_bytes);
     let sent0 = sent.load(std::sync::atomic::Ordering::Relaxed);
     let t1 = Instant::now();
     let run = crate::cli::block_on_local(drive(cfg.clone(), args.clone(), limit))??;
@@ -1099,7 +1104,6 @@ struct LocalCluster {
     pki: PathBuf,
     gateway: SocketAddr,
     children: Vec<Child>,
-    dist_pid: Option<u32>,
     /// Role and process id of every child process (none when the nodes
     /// run as threads of this process).
     roles: Vec<(&'static str, u32)>,
@@ -1121,6 +1125,14 @@ fn free_addr() -> Result<SocketAddr> {
 }
 
 impl LocalCluster {
+    /// The distributor's process (none when the nodes are threads).
+    fn distributor_pid(&self) -> Option<u32> {
+        self.roles
+            .iter()
+            .find(|(r, _)| *r == "distributor")
+            .map(|(_, p)| *p)
+    }
+
     fn start(dir: &Path, args: &BenchArgs) -> Result<LocalCluster> {
         let pki = dir.join("pki");
         let mut nodes: Vec<(String, Role)> = vec![
@@ -1185,7 +1197,6 @@ impl LocalCluster {
             pki,
             gateway,
             children: Vec::new(),
-            dist_pid: None,
             roles: Vec::new(),
             dist_addr: Some(dist),
             _threads: threads,
@@ -1217,7 +1228,6 @@ impl LocalCluster {
             pki: pki.clone(),
             gateway: gw,
             children: Vec::new(),
-            dist_pid: None,
             roles: Vec::new(),
             dist_addr: Some(dist),
             _threads: Vec::new(),
@@ -1234,7 +1244,6 @@ impl LocalCluster {
             "--data-dir",
             &data,
         ]))?;
-        cluster.dist_pid = Some(d.id());
         cluster.roles.push(("distributor", d.id()));
         cluster.children.push(d);
         for i in 0..workers {

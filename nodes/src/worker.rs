@@ -599,32 +599,33 @@ fn on_assign(
 }
 
 fn send_outcome(n: &Node, idx: usize, task_id: u64, outcome: AppOutcome, ran: Duration) {
-    let (status, exit_code, message, output) = match &outcome {
-        AppOutcome::Ok(out) => (TaskStatus::Ok, 0, "", out.clone()),
-        AppOutcome::Failed {
-            exit_code,
-            output,
-            message,
-        } => (
-            TaskStatus::Failed,
-            *exit_code,
-            message.as_str(),
-            output.clone(),
-        ),
-        AppOutcome::Timeout => (
-            TaskStatus::Timeout,
-            0,
-            "deadline passed on the worker",
-            Bytes::new(),
-        ),
-    };
-    let end = Ended {
+    let end = |status, exit_code, message| Ended {
         status,
         exit_code,
         message,
         ran,
     };
-    reply(n, idx, task_id, end, &output);
+    match outcome {
+        AppOutcome::Ok(out) => reply(n, idx, task_id, end(TaskStatus::Ok, 0, ""), &out),
+        AppOutcome::Failed {
+            exit_code,
+            output,
+            message,
+        } => reply(
+            n,
+            idx,
+            task_id,
+            end(TaskStatus::Failed, exit_code, &message),
+            &output,
+        ),
+        AppOutcome::Timeout => reply(
+            n,
+            idx,
+            task_id,
+            end(TaskStatus::Timeout, 0, "deadline passed on the worker"),
+            &Bytes::new(),
+        ),
+    }
 }
 
 /// Sends heartbeats, periodic full deltas and coalesced event deltas.

@@ -862,6 +862,21 @@ fn bench_local_reports_the_json_contract() {
     let out = run(&["bench", "--tasks", "10"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--pki is required"));
+    let out = run(&["bench", "--local", "--rounds", "0"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--rounds"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The hidden baseline server with no certificates: an error naming them.
+    let out = run(&["baseline-echo", "--pki", "/nonexistent/allot-pki"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("/nonexistent/allot-pki"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The node answered a bad stream with an `Error` frame of `code` (then the
