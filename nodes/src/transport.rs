@@ -138,9 +138,18 @@ pub fn client_config(pki: &Pki) -> Result<quinn::ClientConfig, TransportError> {
     Ok(config)
 }
 
-/// The largest UDP payload of a 9000-byte (jumbo) link under IPv6, the
-/// ceiling of MTU discovery.
-pub const JUMBO_UDP_PAYLOAD: u16 = 9000 - 40 - 8;
+/// The ceiling of MTU discovery, and the largest datagram an endpoint
+/// accepts: as much of a 9000-byte (jumbo) link as quinn can use.
+///
+/// quinn 0.11 hands the kernel up to 10 datagrams in one GSO send
+/// (`MAX_TRANSMIT_SEGMENTS`) without capping the batch at the 64 KiB a UDP
+/// send may carry. With 8,952-byte datagrams a batch of eight or more
+/// fails with `EMSGSIZE`, which quinn-udp drops silently: whole bursts are
+/// lost, QUIC shrinks its window, and its black-hole detection falls back
+/// to 1,200-byte packets for the rest of the connection (measured: 4096
+/// tasks in flight ended at a 1,200-byte MTU). 6,550 bytes is the largest
+/// payload for which ten fit in one send (65,507 / 10, IPv4).
+pub const JUMBO_UDP_PAYLOAD: u16 = 6_550;
 
 /// Transport parameters for many small frames pipelined on a few long-lived
 /// streams between nodes on loopback or a LAN.
@@ -172,12 +181,13 @@ pub fn transport_config() -> quinn::TransportConfig {
     // which makes the first loss on a LAN take a second to repair. 50 ms is
     // still far above any LAN RTT, so it causes no spurious retransmits.
     t.initial_rtt(Duration::from_millis(50));
-    // Packet size: MTU discovery may go up to jumbo frames (9000-byte
-    // links, common in HPC clusters; loopback allows more). Discovery
-    // probes and backs off, so on a 1500-byte network packets settle at
-    // about 1450 bytes as before; where jumbo frames exist, every packet
-    // (one encryption, one header, one slot of a send batch) carries six
-    // times as many frames.
+    // Packet size: MTU discovery may go up to JUMBO_UDP_PAYLOAD (most of
+    // a 9000-byte jumbo link, common in HPC clusters; loopback allows it).
+    // Discovery probes and backs off, so on a 1500-byte network packets
+    // settle at about 1450 bytes; where larger packets pass, each one (one
+    // encryption, one header, one slot of a send batch) carries four times
+    // as many frames. The endpoint must accept such datagrams too
+    // (`endpoint_config`), or the peer's limit caps discovery at 1,472.
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(JUMBO_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));
@@ -186,17 +196,77 @@ pub fn transport_config() -> quinn::TransportConfig {
     t
 }
 
+/// The socket buffers each endpoint asks the kernel for. A node receives
+/// bursts (thousands of frames in flight from many peers); a datagram that
+/// arrives while the receive buffer is full is dropped, and QUIC reads the
+/// drop as congestion: it retransmits and shrinks its window, so the node
+/// idles while work is queued. Linux's default (208 KiB) dropped about one
+/// datagram in thirty at 4096 tasks in flight on loopback. The kernel caps
+/// the request at `net.core.rmem_max` / `wmem_max`; see [`endpoint`].
+pub const SOCKET_BUFFER: usize = 8 << 20;
+
+/// Below this effective receive buffer [`endpoint`] warns: bursts will be
+/// dropped and throughput will fall under load.
+pub const SOCKET_BUFFER_WARN: usize = 1 << 20;
+
+/// Endpoint-wide settings. quinn's default accepts datagrams of at most
+/// 1,472 bytes and announces that to peers, which caps MTU discovery there
+/// whatever [`transport_config`] allows: we accept up to
+/// [`JUMBO_UDP_PAYLOAD`], so that discovery can use jumbo frames where the
+/// path has them (and loopback).
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut c = quinn::EndpointConfig::default();
+    // 8,952 is within quinn's 1,200..=65,527, so this cannot fail; keep
+    // quinn's default if it ever did.
+    let _ = c.max_udp_payload_size(JUMBO_UDP_PAYLOAD);
+    c
+}
+
+/// Binds a UDP socket and sizes its buffers (see [`SOCKET_BUFFER`]).
+/// Returns the socket and its effective receive buffer in bytes.
+fn bind_udp(listen: SocketAddr) -> Result<(std::net::UdpSocket, usize), TransportError> {
+    let bind_err = |source| TransportError::Bind {
+        addr: listen,
+        source,
+    };
+    let socket = std::net::UdpSocket::bind(listen).map_err(bind_err)?;
+    let state = quinn::udp::UdpSocketState::new((&socket).into()).map_err(bind_err)?;
+    // Failures leave the kernel's default: the node still works, and the
+    // check below reports the size it got.
+    let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER);
+    let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
+    let recv = state.recv_buffer_size((&socket).into()).unwrap_or(0);
+    Ok((socket, recv))
+}
+
 /// An endpoint bound to `listen` that both accepts (with [`server_config`])
 /// and dials (with [`client_config`] as its default). Use port 0 for a node
 /// that only dials. Must run inside a tokio runtime.
+///
+/// Its socket asks for [`SOCKET_BUFFER`] bytes of buffer each way; if the
+/// kernel grants less than [`SOCKET_BUFFER_WARN`] to receive, a warning
+/// names the sysctl to raise.
 pub fn endpoint(pki: &Pki, listen: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
     let server = server_config(pki)?;
     let client = client_config(pki)?;
-    let mut ep =
-        quinn::Endpoint::server(server, listen).map_err(|source| TransportError::Bind {
+    let (socket, recv_buffer) = bind_udp(listen)?;
+    if recv_buffer < SOCKET_BUFFER_WARN {
+        tracing::warn!(
+            "UDP receive buffer is {recv_buffer} bytes (asked for {SOCKET_BUFFER}): bursts of \
+             traffic will be dropped and retransmitted; raise net.core.rmem_max \
+             (sysctl -w net.core.rmem_max={SOCKET_BUFFER})"
+        );
+    }
+    let runtime = quinn::default_runtime().ok_or_else(|| TransportError::Bind {
+        addr: listen,
+        source: std::io::Error::other("no async runtime (call inside tokio)"),
+    })?;
+    let mut ep = quinn::Endpoint::new(endpoint_config(), Some(server), socket, runtime).map_err(
+        |source| TransportError::Bind {
             addr: listen,
             source,
-        })?;
+        },
+    )?;
     ep.set_default_client_config(client);
     Ok(ep)
 }

@@ -396,3 +396,61 @@ fn error_codes_round_trip() {
     }
     assert_eq!(codes::error_code(codes::NORMAL), None);
 }
+
+/// A burst of pipelined frames, as thousands of tasks in flight send, goes
+/// through without a lost packet and at the large packet size MTU discovery
+/// reaches on loopback. Before the endpoint accepted large datagrams and
+/// capped them so that a GSO batch fits one UDP send, such a burst either
+/// stayed at 1,472-byte packets or lost whole batches, and QUIC's
+/// black-hole detection then fell back to 1,200 bytes.
+#[tokio::test]
+async fn a_burst_uses_large_packets_and_loses_none() {
+    let dir = cluster("burst");
+    let dist = Pki::load(dir.path(), "dist-1").unwrap();
+    let worker = Pki::load(dir.path(), "worker_1").unwrap();
+    let server = transport::endpoint(&dist, loopback()).unwrap();
+    let client = transport::endpoint(&worker, loopback()).unwrap();
+    let addr = server.local_addr().unwrap();
+
+    let sink = tokio::spawn({
+        let server = server.clone();
+        async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            let mut recv = conn.accept_uni().await.unwrap();
+            let mut total = 0usize;
+            while let Some(chunk) = recv.read_chunk(usize::MAX, true).await.unwrap() {
+                total += chunk.bytes.len();
+            }
+            total
+        }
+    });
+    let conn = transport::connect(&client, addr).await.unwrap();
+    let mut send = conn.open_uni().await.unwrap();
+    // 64 MiB in 16 KiB writes: bursts far larger than one GSO batch, for
+    // long enough that MTU discovery has finished.
+    let block = bytes::Bytes::from(vec![0xa5u8; 16 * 1024]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut sent = 0usize;
+    while sent < 64 << 20 && std::time::Instant::now() < deadline {
+        send.write_chunk(block.clone()).await.unwrap();
+        sent += block.len();
+    }
+    send.finish().unwrap();
+    let received = tokio::time::timeout(Duration::from_secs(20), sink)
+        .await
+        .expect("the receiver should finish")
+        .unwrap();
+    assert_eq!(received, sent);
+
+    let path = conn.stats().path;
+    assert_eq!(path.black_holes_detected, 0, "{path:?}");
+    assert_eq!(path.lost_packets, 0, "{path:?}");
+    assert_eq!(
+        path.current_mtu,
+        transport::JUMBO_UDP_PAYLOAD,
+        "loopback allows the largest packets: {path:?}"
+    );
+    conn.close(codes::NORMAL, b"done");
+    stop(&client).await;
+    stop(&server).await;
+}
