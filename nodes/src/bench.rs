@@ -317,6 +317,10 @@ async fn drive(cfg: ClientConfig, args: BenchArgs, limit: Limit) -> Result<Run> 
         outstanding += 1;
     }
     let mut since_bar = 0u64;
+    // Counted by the shared name the client hands out (Fx-hashed), turned
+    // into the report's map once at the end.
+    let mut per_worker: HashMap<std::sync::Arc<str>, u64, rustc_hash::FxBuildHasher> =
+        HashMap::default();
     while outstanding > 0 {
         let Some((_, r)) = rx.recv().await else { break };
         outstanding -= 1;
@@ -325,12 +329,7 @@ async fn drive(cfg: ClientConfig, args: BenchArgs, limit: Limit) -> Result<Run> 
                 if let Some(h) = run.hist.as_mut() {
                     let _ = h.record(o.latency.as_micros().max(1) as u64);
                 }
-                match run.per_worker.get_mut(&*o.worker) {
-                    Some(n) => *n += 1,
-                    None => {
-                        run.per_worker.insert(o.worker.to_string(), 1);
-                    }
-                }
+                *per_worker.entry(o.worker).or_default() += 1;
                 run.tasks += 1;
             }
             Ok(o) => {
@@ -352,6 +351,9 @@ async fn drive(cfg: ClientConfig, args: BenchArgs, limit: Limit) -> Result<Run> 
         }
     }
     run.secs = started.elapsed().as_secs_f64();
+    for (w, n) in per_worker {
+        *run.per_worker.entry(w.to_string()).or_default() += n;
+    }
     bar.finish_and_clear();
     client.close();
     Ok(run)

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::conn::{self, ConnError, Outbox};
+use crate::inflight::InFlight;
 use crate::labels::status_from_archived;
 use crate::pki::Pki;
 use crate::transport;
@@ -167,23 +168,42 @@ struct PendingTask {
 /// Peer names as shared strings, so that an outcome does not allocate its
 /// worker and distributor names. Bounded: past [`NAMES_CACHED`] names the
 /// cache starts over.
+///
+/// The last few names handed out are compared first: a client mostly
+/// hears from one distributor and a handful of workers, and comparing a
+/// short name costs less than hashing it.
 #[derive(Default)]
-struct Names(HashMap<Box<str>, Arc<str>, rustc_hash::FxBuildHasher>);
+struct Names {
+    all: HashMap<Box<str>, Arc<str>, rustc_hash::FxBuildHasher>,
+    recent: [Option<Arc<str>>; RECENT_NAMES],
+    next: usize,
+}
 
 /// Distinct peer names a client keeps shared (a cluster's workers and
 /// distributors; more only churns the cache).
 const NAMES_CACHED: usize = 65_536;
 
+/// Names compared before the map is asked.
+const RECENT_NAMES: usize = 4;
+
 impl Names {
     fn get(&mut self, name: &str) -> Arc<str> {
-        if let Some(a) = self.0.get(name) {
+        if let Some(a) = self.recent.iter().flatten().find(|a| ***a == *name) {
             return a.clone();
         }
-        if self.0.len() >= NAMES_CACHED {
-            self.0.clear();
-        }
-        let a: Arc<str> = Arc::from(name);
-        self.0.insert(Box::from(name), a.clone());
+        let a = match self.all.get(name) {
+            Some(a) => a.clone(),
+            None => {
+                if self.all.len() >= NAMES_CACHED {
+                    self.all.clear();
+                }
+                let a: Arc<str> = Arc::from(name);
+                self.all.insert(Box::from(name), a.clone());
+                a
+            }
+        };
+        self.recent[self.next] = Some(a.clone());
+        self.next = (self.next + 1) % RECENT_NAMES;
         a
     }
 }
@@ -205,7 +225,8 @@ struct Inner {
     cfg: ClientConfig,
     ep: quinn::Endpoint,
     session: RefCell<Option<Session>>,
-    pending: RefCell<HashMap<u64, PendingTask, rustc_hash::FxBuildHasher>>,
+    /// Submissions in flight by id (sequential: see [`InFlight`]).
+    pending: RefCell<InFlight<PendingTask>>,
     /// Reused for every `Submit` sent, so its strings keep their buffers.
     submit: RefCell<Submit>,
     names: RefCell<Names>,
@@ -261,7 +282,7 @@ impl Client {
                 cfg,
                 ep,
                 session: RefCell::new(None),
-                pending: RefCell::new(HashMap::default()),
+                pending: RefCell::new(InFlight::new(1024, MAX_IN_FLIGHT * 2)),
                 submit: RefCell::new(Submit {
                     task_id: 0,
                     idempotency_key: 0,
@@ -544,7 +565,7 @@ impl Inner {
                     if let Some(s) = session.as_ref() {
                         tracing::info!(distributor = %s.distributor, "failed over; resubmitting {} tasks", this.pending.borrow().len());
                         for (id, p) in this.pending.borrow().iter() {
-                            let _ = this.send_submit(&s.out, *id, p.key, &p.task);
+                            let _ = this.send_submit(&s.out, id, p.key, &p.task);
                         }
                     }
                 }
@@ -586,7 +607,7 @@ async fn read_loop(inner: Rc<Inner>, mut reader: conn::FrameReader, generation: 
                     break;
                 };
                 let r = v.get();
-                let Some(p) = inner.pending.borrow_mut().remove(&r.task_id.to_native()) else {
+                let Some(p) = inner.pending.borrow_mut().remove(r.task_id.to_native()) else {
                     continue;
                 };
                 let (worker, distributor) = {

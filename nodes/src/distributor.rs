@@ -34,8 +34,10 @@ use allot_wire::{
 use bytes::Bytes;
 
 use crate::conn::{self, ConnError, Outbox, Stream};
+use crate::inflight::InFlight;
 use crate::labels::{attr_from_label, label_from_archived};
 use crate::pki::Pki;
+use crate::resubmit::{self, ResubmitIndex};
 use crate::transport;
 
 /// Maps keyed by small ids on the hot path: Fx hashing instead of SipHash
@@ -173,7 +175,7 @@ struct Pending {
     received: Instant,
     match_us: u64,
     /// (hash of the user name, idempotency key): identifies a resubmission.
-    key: (u64, u64),
+    key: resubmit::Key,
     queued_at: Option<Instant>,
 }
 
@@ -184,11 +186,14 @@ struct State {
     users: HashMap<String, Rc<UserRecord>>,
     completions: Vec<(Rc<str>, Duration, bool)>,
     links: FxMap<ServerId, WorkerLink>,
-    pending: FxMap<u64, Pending>,
+    /// Placed tasks by id (ids are sequential: see [`InFlight`]).
+    pending: InFlight<Pending>,
     /// Tasks waiting for capacity, oldest first. Together with `pending`
     /// bounded by `max_pending`.
     waiting: VecDeque<(u64, Pending)>,
-    by_key: FxMap<(u64, u64), u64>,
+    /// Finds a task again when its client resubmits it; kept only while a
+    /// client that reconnected may resubmit (see [`ResubmitIndex`]).
+    by_key: ResubmitIndex,
     next_task: u64,
     next_link: u64,
     started: Instant,
@@ -267,6 +272,7 @@ fn setup(cfg: DistributorConfig) -> Result<(quinn::Endpoint, Shared), Distributo
         ..TableConfig::default()
     })?;
     let name = cfg.name.clone();
+    let max_pending = cfg.max_pending;
     let state = Rc::new(RefCell::new(State {
         cfg,
         table,
@@ -274,9 +280,9 @@ fn setup(cfg: DistributorConfig) -> Result<(quinn::Endpoint, Shared), Distributo
         users: HashMap::new(),
         completions: Vec::new(),
         links: FxMap::default(),
-        pending: FxMap::default(),
+        pending: InFlight::new(1024, max_pending.saturating_mul(2)),
         waiting: VecDeque::new(),
-        by_key: FxMap::default(),
+        by_key: ResubmitIndex::new(),
         next_task: 1,
         next_link: 1,
         started: Instant::now(),
@@ -600,14 +606,9 @@ impl State {
     }
 
     fn retry_tasks_on(&mut self, id: ServerId, why: &str) {
-        let lost: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.worker == id)
-            .map(|(k, _)| *k)
-            .collect();
+        let lost = self.pending.ids_where(|p| p.worker == id);
         for task in lost {
-            if let Some(mut p) = self.pending.remove(&task) {
+            if let Some(mut p) = self.pending.remove(task) {
                 release(&self.table, &mut p.reservation);
                 p.tried.push(id);
                 self.stats.retried += 1;
@@ -691,7 +692,7 @@ impl State {
     }
 
     fn finish_error(&mut self, p: Pending, status: TaskStatus, message: String) {
-        self.by_key.remove(&p.key);
+        self.by_key.remove(p.key);
         let result = TaskResult {
             task_id: p.client_task,
             status,
@@ -712,7 +713,7 @@ impl State {
 
     fn on_result(&mut self, r: &allot_wire::message::ArchivedTaskResult, output: Bytes) {
         let task = r.task_id.to_native();
-        let Some(mut p) = self.pending.remove(&task) else {
+        let Some(mut p) = self.pending.remove(task) else {
             return; // cancelled, timed out or retried already
         };
         release(&self.table, &mut p.reservation);
@@ -735,7 +736,7 @@ impl State {
             self.place(task, p, &why);
             return;
         }
-        self.by_key.remove(&p.key);
+        self.by_key.remove(p.key);
         let status = crate::labels::status_from_archived(&r.status);
         if self.completions.len() < MAX_COMPLETIONS_BUFFERED {
             self.completions.push((
@@ -883,12 +884,6 @@ fn client_env(hello: &allot_wire::message::ArchivedHello) -> Vec<(String, LabelV
         .collect()
 }
 
-fn str_hash(s: &str) -> u64 {
-    let mut h = rustc_hash::FxHasher::default();
-    s.hash(&mut h);
-    h.finish()
-}
-
 /// Hashes what identifies a query shape straight from the archived
 /// submit, so a cache hit allocates nothing.
 fn shape_hash(s: &allot_wire::message::ArchivedSubmit, user: &str) -> u64 {
@@ -1002,7 +997,25 @@ fn compile_for(
 async fn serve_client(stream: Stream, state: Shared) {
     let client_attrs = client_env(stream.hello.get());
     let cert_user = stream.peer_name.clone();
+    let cert_user_hash = resubmit::name_hash(&cert_user);
+    {
+        let mut guard = state.borrow_mut();
+        let st = &mut *guard;
+        if st.by_key.stream_opened(&cert_user, Instant::now()) {
+            // This client had a stream before: it may resubmit what still
+            // runs here. Index every task in flight or waiting.
+            let keys: Vec<(resubmit::Key, u64)> = st
+                .pending
+                .iter()
+                .map(|(id, p)| (p.key, id))
+                .chain(st.waiting.iter().map(|(id, p)| (p.key, *id)))
+                .collect();
+            st.by_key.build(keys.into_iter());
+        }
+    }
     let mut cache: FxMap<u64, (Shape, Rc<Query>, Rc<str>)> = FxMap::default();
+    // The hash of the shape of this stream's last submit.
+    let mut last_shape: Option<u64> = None;
     read_loop(stream, &state, |state, out, frame| {
         let mut st = state.borrow_mut();
         match frame.kind() {
@@ -1030,12 +1043,16 @@ async fn serve_client(stream: Stream, state: Shared) {
                     };
                     out.send(&r, &Bytes::new())
                 };
-                let shape_hash = shape_hash(s, user);
-                let key = (str_hash(user), s.idempotency_key.to_native());
-                if let Some(existing) = st.by_key.get(&key).copied() {
+                let user_hash = if s.user.is_empty() {
+                    cert_user_hash
+                } else {
+                    resubmit::name_hash(user)
+                };
+                let key = (user_hash, s.idempotency_key.to_native());
+                if let Some(existing) = st.by_key.find(key) {
                     // A resubmission (after a client failover) of a task we
                     // still run: answer the new stream when it ends.
-                    if let Some(p) = st.pending.get_mut(&existing) {
+                    if let Some(p) = st.pending.get_mut(existing) {
                         p.client = out.clone();
                         p.client_task = client_task;
                         return Ok(());
@@ -1049,10 +1066,23 @@ async fn serve_client(stream: Stream, state: Shared) {
                         format!("distributor overloaded: {n} tasks in flight (limit)"),
                     );
                 }
-                let cached = cache
-                    .get(&shape_hash)
-                    .filter(|(shape, _, _)| shape.is(s, user))
+                // A stream mostly sends one shape: try the last one before
+                // hashing the submit's strings.
+                let same_as_last = last_shape
+                    .and_then(|h| cache.get(&h))
+                    .filter(|(shape, _, _)| shape.is(s, user));
+                let shape_hash = match same_as_last {
+                    Some(_) => last_shape.unwrap_or_default(),
+                    None => shape_hash(s, user),
+                };
+                let cached = same_as_last
+                    .or_else(|| {
+                        cache
+                            .get(&shape_hash)
+                            .filter(|(shape, _, _)| shape.is(s, user))
+                    })
                     .map(|(_, q, app)| (q.clone(), app.clone()));
+                last_shape = Some(shape_hash);
                 let (query, app) = match cached {
                     Some(hit) => hit,
                     None => match compile_for(&mut st, &client_attrs, &shape_of(s, user)) {
@@ -1159,9 +1189,9 @@ async fn serve_client(stream: Stream, state: Shared) {
                     .pending
                     .iter()
                     .find(|(_, p)| p.client_task == id && Rc::ptr_eq(&p.client, out))
-                    .map(|(k, _)| *k);
+                    .map(|(k, _)| k);
                 if let Some(task) = found {
-                    if let Some(mut p) = st.pending.remove(&task) {
+                    if let Some(mut p) = st.pending.remove(task) {
                         release(&st.table, &mut p.reservation);
                         if let Some(l) = st.links.get(&p.worker) {
                             let _ = l
@@ -1278,14 +1308,12 @@ async fn sweep_loop(state: Shared) {
                 i += 1;
             }
         }
-        let expired: Vec<u64> = st
+        st.by_key.expire(now);
+        let expired = st
             .pending
-            .iter()
-            .filter(|(_, p)| p.deadline.is_some_and(|d| d <= now))
-            .map(|(k, _)| *k)
-            .collect();
+            .ids_where(|p| p.deadline.is_some_and(|d| d <= now));
         for task in expired {
-            if let Some(mut p) = st.pending.remove(&task) {
+            if let Some(mut p) = st.pending.remove(task) {
                 release(&st.table, &mut p.reservation);
                 if let Some(l) = st.links.get(&p.worker) {
                     let _ = l
