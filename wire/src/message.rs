@@ -359,7 +359,8 @@ pub enum TaskStatus {
 pub struct Timings {
     /// From receipt at the distributor to the start of matching.
     pub queued_us: u64,
-    /// Matching and reservation.
+    /// Matching and reservation (0 when the table has at most 64 servers:
+    /// such a match takes well under a microsecond and is not timed).
     pub matched_us: u64,
     /// Running on the worker.
     pub ran_us: u64,
