@@ -88,6 +88,8 @@ struct Run {
     hist: Option<hdrhistogram::Histogram<u64>>,
     errors: HashMap<String, u64>,
     per_worker: HashMap<String, u64>,
+    /// The client's connection to its distributor (summed over rounds).
+    link: Option<crate::client::LinkStats>,
 }
 
 impl Run {
@@ -105,6 +107,11 @@ impl Run {
         }
         for (k, n) in other.per_worker {
             *self.per_worker.entry(k).or_default() += n;
+        }
+        match (&mut self.link, other.link) {
+            (Some(l), Some(o)) => l.merge(o),
+            (None, o) => self.link = o,
+            (Some(_), None) => {}
         }
         Ok(())
     }
@@ -355,6 +362,7 @@ async fn drive(cfg: ClientConfig, args: BenchArgs, limit: Limit) -> Result<Run> 
         *run.per_worker.entry(w.to_string()).or_default() += n;
     }
     bar.finish_and_clear();
+    run.link = client.link_stats();
     client.close();
     Ok(run)
 }
@@ -724,6 +732,15 @@ fn report(args: &BenchArgs, run: &Run, rounds: &[Round], cpu: &[(&'static str, f
             "max_us": run.max(),
             "per_worker": run.per_worker,
         });
+        if let Some(l) = run.link {
+            j["link"] = serde_json::json!({
+                "mtu": l.mtu,
+                "sent_packets": l.sent_packets,
+                "lost_packets": l.lost_packets,
+                "congestion_events": l.congestion_events,
+                "black_holes": l.black_holes,
+            });
+        }
         if let (Some(m), Some(p)) = (base_msgs, base_p50) {
             j["baseline_msgs_per_s"] = serde_json::json!(m);
             j["baseline_p50_us"] = serde_json::json!(p);
@@ -826,6 +843,20 @@ fn report(args: &BenchArgs, run: &Run, rounds: &[Round], cpu: &[(&'static str, f
     }
     if let Some(c) = dist_cpu_us {
         println!("distributor CPU per task: {c:.2} us");
+    }
+    if let Some(l) = run.link {
+        println!(
+            "client-distributor link: {} B packets, {} sent, {} lost, {} congestion events{}",
+            l.mtu,
+            l.sent_packets,
+            l.lost_packets,
+            l.congestion_events,
+            if l.lost_packets > 0 {
+                " (losses on loopback or a LAN mean full UDP buffers: see net.core.rmem_max)"
+            } else {
+                ""
+            }
+        );
     }
     if !cpu.is_empty() {
         let mut t = comfy_table::Table::new();

@@ -110,6 +110,39 @@ pub struct Outcome {
     pub latency: Duration,
 }
 
+/// The state of a client's connection to its distributor, as QUIC sees
+/// it: what to look at when throughput is lower than it should be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// The packet size the path settled on (MTU discovery).
+    pub mtu: u16,
+    /// Packets sent.
+    pub sent_packets: u64,
+    /// Packets declared lost (and resent). On loopback or a LAN this
+    /// should be 0: losses there mean full socket buffers.
+    pub lost_packets: u64,
+    /// Times the congestion controller cut its window.
+    pub congestion_events: u64,
+    /// Times QUIC decided large packets do not get through and fell back
+    /// to 1,200 bytes.
+    pub black_holes: u64,
+}
+
+impl LinkStats {
+    /// Adds another connection's counts (the smaller MTU is kept).
+    pub fn merge(&mut self, o: LinkStats) {
+        self.mtu = if self.mtu == 0 {
+            o.mtu
+        } else {
+            self.mtu.min(o.mtu)
+        };
+        self.sent_packets += o.sent_packets;
+        self.lost_packets += o.lost_packets;
+        self.congestion_events += o.congestion_events;
+        self.black_holes += o.black_holes;
+    }
+}
+
 /// Client errors.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
@@ -219,7 +252,7 @@ struct Session {
     generation: u64,
     distributor: SocketAddr,
     /// Keeps the connection open.
-    _conn: quinn::Connection,
+    conn: quinn::Connection,
 }
 
 struct Inner {
@@ -395,6 +428,19 @@ impl Client {
         Ok(())
     }
 
+    /// The current connection's transport counters, if connected.
+    pub fn link_stats(&self) -> Option<LinkStats> {
+        let session = self.inner.session.borrow();
+        let path = session.as_ref()?.conn.stats().path;
+        Some(LinkStats {
+            mtu: path.current_mtu,
+            sent_packets: path.sent_packets,
+            lost_packets: path.lost_packets,
+            congestion_events: path.congestion_events,
+            black_holes: path.black_holes_detected,
+        })
+    }
+
     /// Closes the connection.
     pub fn close(&self) {
         // Marked as failing over so the reader's end does not reconnect.
@@ -517,7 +563,7 @@ impl Inner {
                 out: s.out,
                 generation,
                 distributor: addr,
-                _conn: conn,
+                conn,
             },
             s.reader,
         ))
