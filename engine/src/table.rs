@@ -27,14 +27,14 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use crossbeam_epoch::{self as epoch, Guard};
 
-use crate::block::{label, Block, Cols, LabelCells};
+use crate::block::{label, Block, Cols, Dynamic, Fixed, LabelCells};
 use crate::error::{truncated, EngineError};
 use crate::expr::compile::label_value;
 use crate::inflight::InFlight;
 use crate::intern::Interner;
 use crate::lazy::LazyBlocks;
 use crate::names::Names;
-use crate::rcu::Rcu;
+use crate::rcu::{Rcu, Recycler};
 use crate::schema::{
     Change, DeltaOutcome, LabelValue, ServerId, ServerRecord, ServerState, BLOCK_ROWS, MAX_APPS,
     MAX_CAPACITY, MAX_LABEL_KEYS, MAX_LABEL_STRINGS, MAX_NAME_LEN, MAX_SHARDS,
@@ -76,6 +76,10 @@ struct ShardWriter {
     next_row: u32,
     /// Last applied delta sequence number per row (bounded by the rows used).
     seq: Vec<u64>,
+    /// Allocations of replaced column groups, reused for the next copies
+    /// (bounded: see [`Recycler`]).
+    dynamic: Recycler<Dynamic>,
+    fixed: Recycler<Fixed>,
 }
 
 /// One label key's cells in one shard: a slot per block, empty where no row
@@ -108,6 +112,8 @@ impl Shard {
                 free: Vec::new(),
                 next_row: 0,
                 seq: Vec::new(),
+                dynamic: Recycler::new(),
+                fixed: Recycler::new(),
             }),
             max_blocks,
         }
@@ -487,18 +493,18 @@ impl ServerTable {
         block.draining.fetch_and(!bit, Release);
         block.gen[i].fetch_add(1, AcqRel);
         let guard = &epoch::pin();
-        block.dynamic.update(guard, |d| {
-            d.load[i] = rec.load as f32;
-            d.idle_power[i] = rec.idle_power as f32;
-            d.refresh();
-        });
-        block.fixed.update(guard, |f| {
-            f.slots[i] = rec.slots;
-            f.cores[i] = rec.cores;
-            f.power[i] = rec.power as f32;
-            f.mem[i] = rec.mem;
-            f.refresh();
-        });
+        let mut d = w.dynamic.copy(block.dynamic(guard));
+        d.load[i] = rec.load as f32;
+        d.idle_power[i] = rec.idle_power as f32;
+        d.refresh();
+        block.dynamic.replace(d, &mut w.dynamic, guard);
+        let mut f = w.fixed.copy(block.fixed(guard));
+        f.slots[i] = rec.slots;
+        f.cores[i] = rec.cores;
+        f.power[i] = rec.power as f32;
+        f.mem[i] = rec.mem;
+        f.refresh();
+        block.fixed.replace(f, &mut w.fixed, guard);
         let cap = &block.cap[i];
         cap.slots_free.store(rec.slots_free, Relaxed);
         cap.cores_free.store(rec.cores, Relaxed);
@@ -609,17 +615,21 @@ impl ServerTable {
         // the delta changes it.
         let (mut new_dynamic, mut new_fixed) = (None, None);
         let cap = &block.cap[i];
+        let w = &mut *w;
+        let (rd, rf) = (&mut w.dynamic, &mut w.fixed);
         for c in changes {
             match c {
-                Change::Slots(v) => cow(&mut new_fixed, block.fixed(guard)).slots[i] = *v,
-                Change::Cores(v) => cow(&mut new_fixed, block.fixed(guard)).cores[i] = *v,
-                Change::Power(v) => cow(&mut new_fixed, block.fixed(guard)).power[i] = *v as f32,
-                Change::Mem(v) => cow(&mut new_fixed, block.fixed(guard)).mem[i] = *v,
+                Change::Slots(v) => cow(&mut new_fixed, rf, block.fixed(guard)).slots[i] = *v,
+                Change::Cores(v) => cow(&mut new_fixed, rf, block.fixed(guard)).cores[i] = *v,
+                Change::Power(v) => {
+                    cow(&mut new_fixed, rf, block.fixed(guard)).power[i] = *v as f32
+                }
+                Change::Mem(v) => cow(&mut new_fixed, rf, block.fixed(guard)).mem[i] = *v,
                 Change::IdlePower(v) => {
-                    cow(&mut new_dynamic, block.dynamic(guard)).set_idle_power(i, *v as f32)
+                    cow(&mut new_dynamic, rd, block.dynamic(guard)).set_idle_power(i, *v as f32)
                 }
                 Change::Load(v) => {
-                    cow(&mut new_dynamic, block.dynamic(guard)).set_load(i, *v as f32)
+                    cow(&mut new_dynamic, rd, block.dynamic(guard)).set_load(i, *v as f32)
                 }
                 Change::SlotsFree(v) => cap.slots_free.store(*v, Relaxed),
                 Change::CoresFree(v) => cap.cores_free.store(*v, Relaxed),
@@ -637,11 +647,11 @@ impl ServerTable {
             }
         }
         if let Some(d) = new_dynamic {
-            block.dynamic.store(Some(d), guard);
+            block.dynamic.replace(d, rd, guard);
         }
         if let Some(mut f) = new_fixed {
             f.refresh();
-            block.fixed.store(Some(f), guard);
+            block.fixed.replace(f, rf, guard);
         }
         w.seq[row] = seq;
         self.applied.fetch_add(1, Relaxed);
@@ -763,10 +773,10 @@ impl ServerTable {
     }
 
     /// Approximate heap bytes held by the table (blocks, column groups,
-    /// directories, app masks, label cells, names, sequence numbers; not
-    /// replaced copies still waiting for readers to unpin).
+    /// directories, app masks, label cells, names, sequence numbers, the
+    /// recyclers' retired and spare groups; not copies already handed to the
+    /// epoch collector).
     pub fn heap_bytes(&self) -> usize {
-        use crate::block::{Dynamic, Fixed};
         use std::mem::size_of;
         let mut n = self.names().heap_bytes();
         let guard = &epoch::pin();
@@ -788,6 +798,9 @@ impl ServerTable {
             }
             let w = shard.lock();
             n += w.seq.capacity() * 8 + w.free.capacity() * 4;
+            let (dr, ds) = w.dynamic.counts();
+            let (fr, fs) = w.fixed.counts();
+            n += (dr + ds) * size_of::<Dynamic>() + (fr + fs) * size_of::<Fixed>();
         }
         n
     }
@@ -800,9 +813,14 @@ fn encode_label(st: &mut Strings, v: &LabelValue) -> Result<u64, EngineError> {
     })
 }
 
-/// The pending copy of a column group, made from `current` on first use.
-fn cow<'a, T: Clone>(pending: &'a mut Option<T>, current: &T) -> &'a mut T {
-    pending.get_or_insert_with(|| current.clone())
+/// The pending copy of a column group, made from `current` (in a recycled
+/// allocation) on first use.
+fn cow<'a, T: Clone + Send + Sync>(
+    pending: &'a mut Option<Box<T>>,
+    rec: &mut Recycler<T>,
+    current: &T,
+) -> &'a mut T {
+    pending.get_or_insert_with(|| rec.copy(current))
 }
 
 /// Spreads new servers over shards deterministically.
