@@ -98,7 +98,28 @@ pub(crate) struct Shard {
     /// block has the key). The directory is allocated on the key's first use.
     labels: Box<[OnceLock<LabelDir>]>,
     writer: Mutex<ShardWriter>,
+    /// Deltas applied and dropped as stale in this shard.
+    applied: WriterCount,
+    stale: WriterCount,
     max_blocks: usize,
+}
+
+/// A counter that only the holder of its shard's writer lock increments
+/// (a plain load and store, no locked read-modify-write on every delta) and
+/// anyone may read.
+#[derive(Default)]
+struct WriterCount(AtomicU64);
+
+impl WriterCount {
+    /// Adds one; callers hold the shard's writer lock.
+    #[inline]
+    fn bump(&self) {
+        self.0.store(self.0.load(Relaxed) + 1, Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
 }
 
 impl Shard {
@@ -115,6 +136,8 @@ impl Shard {
                 dynamic: Recycler::new(),
                 fixed: Recycler::new(),
             }),
+            applied: WriterCount::default(),
+            stale: WriterCount::default(),
             max_blocks,
         }
     }
@@ -264,8 +287,6 @@ pub struct ServerTable {
     names: Mutex<Names>,
     pub(crate) strings: Mutex<Strings>,
     pub(crate) inflight: InFlight,
-    applied: AtomicU64,
-    stale: AtomicU64,
     live: AtomicUsize,
     seed: u64,
 }
@@ -334,8 +355,6 @@ impl ServerTable {
                 ),
             }),
             inflight: InFlight::new(),
-            applied: AtomicU64::new(0),
-            stale: AtomicU64::new(0),
             live: AtomicUsize::new(0),
             seed: RandomState::new().hash_one(0x5eed_u64),
         })
@@ -358,12 +377,12 @@ impl ServerTable {
 
     /// Deltas applied so far.
     pub fn deltas_applied(&self) -> u64 {
-        self.applied.load(Relaxed)
+        self.shards.iter().map(|s| s.applied.get()).sum()
     }
 
     /// Deltas dropped as stale or reordered so far.
     pub fn deltas_stale(&self) -> u64 {
-        self.stale.load(Relaxed)
+        self.shards.iter().map(|s| s.stale.get()).sum()
     }
 
     /// The in-flight tracker (per-user task counts for quotas).
@@ -579,7 +598,7 @@ impl ServerTable {
             .ok_or(EngineError::UnknownServer(id))?;
         let row = b * BLOCK_ROWS + i;
         if seq <= w.seq[row] {
-            self.stale.fetch_add(1, Relaxed);
+            shard.stale.bump();
             return Ok(DeltaOutcome::Stale);
         }
         let mut resolved = Vec::new();
@@ -654,7 +673,7 @@ impl ServerTable {
             block.fixed.replace(f, rf, guard);
         }
         w.seq[row] = seq;
-        self.applied.fetch_add(1, Relaxed);
+        shard.applied.bump();
         Ok(DeltaOutcome::Applied)
     }
 
