@@ -5,7 +5,8 @@
 //! an immutable value behind an atomic pointer: readers pin an epoch once per
 //! scan ([`crossbeam_epoch::pin`]) and borrow the current value for as long as
 //! the guard lives; a writer builds a modified copy, swaps it in, and hands the
-//! old value to the epoch collector, which frees it once every reader that
+//! old value to the epoch collector, which frees it (or, through a
+//! [`Recycler`], returns it for reuse as a later copy) once every reader that
 //! could have seen it has unpinned. Readers never see a value being written,
 //! so there is no data race and no torn row.
 //!
@@ -48,14 +49,16 @@ impl<T: Send + Sync + 'static> Rcu<T> {
     #[inline(always)]
     pub(crate) fn get<'g>(&'g self, guard: &'g Guard) -> Option<&'g T> {
         let p = self.ptr.load(Acquire, guard);
-        // SAFETY: the pointer is null or came from `Owned::new` in `new` or
-        // `store`, and the value was fully written before the `Release` half
-        // of the swap that published it (paired with this `Acquire` load).
-        // It is freed only through `defer_destroy` after it was unlinked
-        // (swapped out), which waits until every guard pinned before the
-        // unlinking is dropped; `guard` is such a guard for as long as the
-        // returned reference lives ('g), and `&'g self` keeps `Drop` from
-        // freeing it meanwhile. Values are never mutated after publication.
+        // SAFETY: the pointer is null or came from `Owned::new`/`Owned::from`
+        // in `new`, `store` or `replace`, and the value was fully written
+        // before the `Release` half of the swap that published it (paired
+        // with this `Acquire` load). It is freed or reused (written) only
+        // after it was unlinked (swapped out), through `defer_destroy` or a
+        // `Recycler`'s deferred batch, both of which wait until every guard
+        // pinned before the unlinking is dropped; `guard` is such a guard for
+        // as long as the returned reference lives ('g), and `&'g self` keeps
+        // `Drop` from freeing it meanwhile. Values are never mutated while
+        // published.
         unsafe { p.as_ref() }
     }
 

@@ -10,8 +10,8 @@
 //! * Writers serialise per shard on a mutex (the name index and the string
 //!   interners have their own mutexes; lock order is names, shard, strings).
 //!   A writer copies a column group, changes the copy and swaps it in (one
-//!   copy per group per delta); the old copy is freed when no reader can see
-//!   it. A row's columns are written before the row is published with a
+//!   copy per group per delta, into a recycled allocation); the old copy is
+//!   reused ([`crate::rcu::Recycler`]) once no reader can see it. A row's columns are written before the row is published with a
 //!   `Release` store of the `live`/`up` bits.
 //! * Growth never moves anything: each shard has a directory of block cells
 //!   sized for its capacity, a block is allocated on first use and freed only
