@@ -3,7 +3,8 @@
 //! and query as `benches/engine.rs`), then times exact matches (rows scanned
 //! per second) and sampled ones (k = 8, matches per second), each match
 //! reserved and released; before them, deltas as the bench applies them
-//! (`scan_rate N DELTAS ROUNDS`). For iterating on the hot path; the figures
+//! (`scan_rate N DELTAS ROUNDS`; a fourth argument `shuffled` sends them to
+//! the servers in a random order instead of registration order). For iterating on the hot path; the figures
 //! that count are the criterion bench's.
 use std::time::Instant;
 
@@ -65,9 +66,15 @@ fn main() {
             &env,
         )
         .expect("compile");
-    let ids: Vec<ServerId> = (0..n)
+    let mut ids: Vec<ServerId> = (0..n)
         .filter_map(|i| t.lookup(&format!("w{i:07}")))
         .collect();
+    if std::env::args().nth(4).as_deref() == Some("shuffled") {
+        for i in (1..ids.len()).rev() {
+            let j = (rng() % (i as u64 + 1)) as usize;
+            ids.swap(i, j);
+        }
+    }
     let deltas = std::env::args()
         .nth(2)
         .and_then(|a| a.parse().ok())

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use crossbeam_epoch::Guard;
 
+use crate::minmax::range_f32;
 use crate::rcu::Rcu;
 use crate::schema::{Column, BLOCK_ROWS};
 
@@ -98,27 +99,6 @@ fn updated_range((lo, hi): (f32, f32), old: f32, new: f32, col: &[f32; BLOCK_ROW
     } else {
         (lo.min(new), hi.max(new))
     }
-}
-
-/// The smallest and largest non-NaN value (`(inf, -inf)` if none). Four
-/// running lanes of compare-and-select (a NaN compares false, so it is
-/// skipped) compile to `minps`/`maxps`: deltas recompute a range often.
-fn range_f32(x: &[f32; BLOCK_ROWS]) -> (f32, f32) {
-    let mut lo = [f32::INFINITY; 4];
-    let mut hi = [f32::NEG_INFINITY; 4];
-    for c in x.chunks_exact(4) {
-        for j in 0..4 {
-            lo[j] = if c[j] < lo[j] { c[j] } else { lo[j] };
-            hi[j] = if c[j] > hi[j] { c[j] } else { hi[j] };
-        }
-    }
-    let lo = lo
-        .iter()
-        .fold(f32::INFINITY, |a, &b| if b < a { b } else { a });
-    let hi = hi
-        .iter()
-        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-    (lo, hi)
 }
 
 fn range_int<T: Copy + Ord + Into<f64>>(x: &[T; BLOCK_ROWS]) -> (f64, f64) {

@@ -31,8 +31,8 @@
 //! table.release(&r);
 //! ```
 
-// `unsafe` is confined to `rcu` (epoch reclamation), `simd` (SSE2 kernels)
-// and `prefetch`, each with a SAFETY comment per block and tests run under
+// `unsafe` is confined to `rcu` (epoch reclamation and recycling), `simd`
+// and `minmax` (SSE2 kernels) and `prefetch`, each with a SAFETY comment per block and tests run under
 // Miri.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
@@ -48,6 +48,7 @@ mod intern;
 mod lazy;
 mod lookahead;
 mod matcher;
+mod minmax;
 mod names;
 mod prefetch;
 mod rcu;

@@ -10,8 +10,8 @@
 //! * Writers serialise per shard on a mutex (the name index and the string
 //!   interners have their own mutexes; lock order is names, shard, strings).
 //!   A writer copies a column group, changes the copy and swaps it in (one
-//!   copy per group per delta); the old copy is freed when no reader can see
-//!   it. A row's columns are written before the row is published with a
+//!   copy per group per delta, into a recycled allocation); the old copy is
+//!   reused ([`crate::rcu::Recycler`]) once no reader can see it. A row's columns are written before the row is published with a
 //!   `Release` store of the `live`/`up` bits.
 //! * Growth never moves anything: each shard has a directory of block cells
 //!   sized for its capacity, a block is allocated on first use and freed only
@@ -27,14 +27,14 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use crossbeam_epoch::{self as epoch, Guard};
 
-use crate::block::{label, Block, Cols, LabelCells};
+use crate::block::{label, Block, Cols, Dynamic, Fixed, LabelCells};
 use crate::error::{truncated, EngineError};
 use crate::expr::compile::label_value;
 use crate::inflight::InFlight;
 use crate::intern::Interner;
 use crate::lazy::LazyBlocks;
 use crate::names::Names;
-use crate::rcu::Rcu;
+use crate::rcu::{Rcu, Recycler};
 use crate::schema::{
     Change, DeltaOutcome, LabelValue, ServerId, ServerRecord, ServerState, BLOCK_ROWS, MAX_APPS,
     MAX_CAPACITY, MAX_LABEL_KEYS, MAX_LABEL_STRINGS, MAX_NAME_LEN, MAX_SHARDS,
@@ -76,6 +76,10 @@ struct ShardWriter {
     next_row: u32,
     /// Last applied delta sequence number per row (bounded by the rows used).
     seq: Vec<u64>,
+    /// Allocations of replaced column groups, reused for the next copies
+    /// (bounded: see [`Recycler`]).
+    dynamic: Recycler<Dynamic>,
+    fixed: Recycler<Fixed>,
 }
 
 /// One label key's cells in one shard: a slot per block, empty where no row
@@ -94,7 +98,28 @@ pub(crate) struct Shard {
     /// block has the key). The directory is allocated on the key's first use.
     labels: Box<[OnceLock<LabelDir>]>,
     writer: Mutex<ShardWriter>,
+    /// Deltas applied and dropped as stale in this shard.
+    applied: WriterCount,
+    stale: WriterCount,
     max_blocks: usize,
+}
+
+/// A counter that only the holder of its shard's writer lock increments
+/// (a plain load and store, no locked read-modify-write on every delta) and
+/// anyone may read.
+#[derive(Default)]
+struct WriterCount(AtomicU64);
+
+impl WriterCount {
+    /// Adds one; callers hold the shard's writer lock.
+    #[inline]
+    fn bump(&self) {
+        self.0.store(self.0.load(Relaxed) + 1, Relaxed);
+    }
+
+    fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
 }
 
 impl Shard {
@@ -108,7 +133,11 @@ impl Shard {
                 free: Vec::new(),
                 next_row: 0,
                 seq: Vec::new(),
+                dynamic: Recycler::new(),
+                fixed: Recycler::new(),
             }),
+            applied: WriterCount::default(),
+            stale: WriterCount::default(),
             max_blocks,
         }
     }
@@ -258,8 +287,6 @@ pub struct ServerTable {
     names: Mutex<Names>,
     pub(crate) strings: Mutex<Strings>,
     pub(crate) inflight: InFlight,
-    applied: AtomicU64,
-    stale: AtomicU64,
     live: AtomicUsize,
     seed: u64,
 }
@@ -328,8 +355,6 @@ impl ServerTable {
                 ),
             }),
             inflight: InFlight::new(),
-            applied: AtomicU64::new(0),
-            stale: AtomicU64::new(0),
             live: AtomicUsize::new(0),
             seed: RandomState::new().hash_one(0x5eed_u64),
         })
@@ -352,12 +377,12 @@ impl ServerTable {
 
     /// Deltas applied so far.
     pub fn deltas_applied(&self) -> u64 {
-        self.applied.load(Relaxed)
+        self.shards.iter().map(|s| s.applied.get()).sum()
     }
 
     /// Deltas dropped as stale or reordered so far.
     pub fn deltas_stale(&self) -> u64 {
-        self.stale.load(Relaxed)
+        self.shards.iter().map(|s| s.stale.get()).sum()
     }
 
     /// The in-flight tracker (per-user task counts for quotas).
@@ -487,18 +512,18 @@ impl ServerTable {
         block.draining.fetch_and(!bit, Release);
         block.gen[i].fetch_add(1, AcqRel);
         let guard = &epoch::pin();
-        block.dynamic.update(guard, |d| {
-            d.load[i] = rec.load as f32;
-            d.idle_power[i] = rec.idle_power as f32;
-            d.refresh();
-        });
-        block.fixed.update(guard, |f| {
-            f.slots[i] = rec.slots;
-            f.cores[i] = rec.cores;
-            f.power[i] = rec.power as f32;
-            f.mem[i] = rec.mem;
-            f.refresh();
-        });
+        let mut d = w.dynamic.copy(block.dynamic(guard));
+        d.load[i] = rec.load as f32;
+        d.idle_power[i] = rec.idle_power as f32;
+        d.refresh();
+        block.dynamic.replace(d, &mut w.dynamic, guard);
+        let mut f = w.fixed.copy(block.fixed(guard));
+        f.slots[i] = rec.slots;
+        f.cores[i] = rec.cores;
+        f.power[i] = rec.power as f32;
+        f.mem[i] = rec.mem;
+        f.refresh();
+        block.fixed.replace(f, &mut w.fixed, guard);
         let cap = &block.cap[i];
         cap.slots_free.store(rec.slots_free, Relaxed);
         cap.cores_free.store(rec.cores, Relaxed);
@@ -573,7 +598,7 @@ impl ServerTable {
             .ok_or(EngineError::UnknownServer(id))?;
         let row = b * BLOCK_ROWS + i;
         if seq <= w.seq[row] {
-            self.stale.fetch_add(1, Relaxed);
+            shard.stale.bump();
             return Ok(DeltaOutcome::Stale);
         }
         let mut resolved = Vec::new();
@@ -609,17 +634,21 @@ impl ServerTable {
         // the delta changes it.
         let (mut new_dynamic, mut new_fixed) = (None, None);
         let cap = &block.cap[i];
+        let w = &mut *w;
+        let (rd, rf) = (&mut w.dynamic, &mut w.fixed);
         for c in changes {
             match c {
-                Change::Slots(v) => cow(&mut new_fixed, block.fixed(guard)).slots[i] = *v,
-                Change::Cores(v) => cow(&mut new_fixed, block.fixed(guard)).cores[i] = *v,
-                Change::Power(v) => cow(&mut new_fixed, block.fixed(guard)).power[i] = *v as f32,
-                Change::Mem(v) => cow(&mut new_fixed, block.fixed(guard)).mem[i] = *v,
+                Change::Slots(v) => cow(&mut new_fixed, rf, block.fixed(guard)).slots[i] = *v,
+                Change::Cores(v) => cow(&mut new_fixed, rf, block.fixed(guard)).cores[i] = *v,
+                Change::Power(v) => {
+                    cow(&mut new_fixed, rf, block.fixed(guard)).power[i] = *v as f32
+                }
+                Change::Mem(v) => cow(&mut new_fixed, rf, block.fixed(guard)).mem[i] = *v,
                 Change::IdlePower(v) => {
-                    cow(&mut new_dynamic, block.dynamic(guard)).set_idle_power(i, *v as f32)
+                    cow(&mut new_dynamic, rd, block.dynamic(guard)).set_idle_power(i, *v as f32)
                 }
                 Change::Load(v) => {
-                    cow(&mut new_dynamic, block.dynamic(guard)).set_load(i, *v as f32)
+                    cow(&mut new_dynamic, rd, block.dynamic(guard)).set_load(i, *v as f32)
                 }
                 Change::SlotsFree(v) => cap.slots_free.store(*v, Relaxed),
                 Change::CoresFree(v) => cap.cores_free.store(*v, Relaxed),
@@ -637,14 +666,14 @@ impl ServerTable {
             }
         }
         if let Some(d) = new_dynamic {
-            block.dynamic.store(Some(d), guard);
+            block.dynamic.replace(d, rd, guard);
         }
         if let Some(mut f) = new_fixed {
             f.refresh();
-            block.fixed.store(Some(f), guard);
+            block.fixed.replace(f, rf, guard);
         }
         w.seq[row] = seq;
-        self.applied.fetch_add(1, Relaxed);
+        shard.applied.bump();
         Ok(DeltaOutcome::Applied)
     }
 
@@ -763,10 +792,10 @@ impl ServerTable {
     }
 
     /// Approximate heap bytes held by the table (blocks, column groups,
-    /// directories, app masks, label cells, names, sequence numbers; not
-    /// replaced copies still waiting for readers to unpin).
+    /// directories, app masks, label cells, names, sequence numbers, the
+    /// recyclers' retired and spare groups; not copies already handed to the
+    /// epoch collector).
     pub fn heap_bytes(&self) -> usize {
-        use crate::block::{Dynamic, Fixed};
         use std::mem::size_of;
         let mut n = self.names().heap_bytes();
         let guard = &epoch::pin();
@@ -788,6 +817,9 @@ impl ServerTable {
             }
             let w = shard.lock();
             n += w.seq.capacity() * 8 + w.free.capacity() * 4;
+            let (dr, ds) = w.dynamic.counts();
+            let (fr, fs) = w.fixed.counts();
+            n += (dr + ds) * size_of::<Dynamic>() + (fr + fs) * size_of::<Fixed>();
         }
         n
     }
@@ -800,9 +832,14 @@ fn encode_label(st: &mut Strings, v: &LabelValue) -> Result<u64, EngineError> {
     })
 }
 
-/// The pending copy of a column group, made from `current` on first use.
-fn cow<'a, T: Clone>(pending: &'a mut Option<T>, current: &T) -> &'a mut T {
-    pending.get_or_insert_with(|| current.clone())
+/// The pending copy of a column group, made from `current` (in a recycled
+/// allocation) on first use.
+fn cow<'a, T: Clone + Send + Sync>(
+    pending: &'a mut Option<Box<T>>,
+    rec: &mut Recycler<T>,
+    current: &T,
+) -> &'a mut T {
+    pending.get_or_insert_with(|| rec.copy(current))
 }
 
 /// Spreads new servers over shards deterministically.
