@@ -828,6 +828,13 @@ fn bench_local_reports_the_json_contract() {
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert_eq!(per_worker, 4000);
+    // The client's link as QUIC saw it, summed over both rounds.
+    let link = &j["link"];
+    assert!(link["mtu"].as_u64().is_some_and(|m| m >= 1200), "{j}");
+    assert!(link["sent_packets"].as_u64().is_some_and(|n| n > 0), "{j}");
+    for key in ["lost_packets", "congestion_events", "black_holes"] {
+        assert!(link[key].is_u64(), "{key}: {j}");
+    }
     // Where the CPU went, per process (here all nodes share one process).
     let cpu = j["cpu_us_per_task"].as_object().expect("cpu_us_per_task");
     assert!(
