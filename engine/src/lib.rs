@@ -50,6 +50,7 @@ mod lookahead;
 mod matcher;
 mod minmax;
 mod names;
+mod plan;
 mod prefetch;
 mod rcu;
 pub mod reference;

@@ -18,6 +18,7 @@ use crossbeam_epoch::Guard;
 
 use crate::block::{Block, Cap, Dynamic, Fixed, LabelCells};
 use crate::eval::{NumExpr, Pred};
+use crate::plan::ShardPlan;
 use crate::prefetch;
 use crate::schema::{Column, BLOCK_ROWS};
 use crate::table::Shard;
@@ -136,15 +137,31 @@ pub(crate) fn warm_header(shard: &Shard, b: usize, fp: &Footprint, guard: &Guard
     }
 }
 
+/// Stage 2 with the label directories resolved ([`ShardPlan`]): what the
+/// exact scan runs per block.
+#[inline]
+pub(crate) fn warm_header_resolved(sp: &ShardPlan<'_>, b: usize, guard: &Guard) {
+    if let Some(block) = sp.shard.block(b) {
+        prefetch::line(block as *const Block);
+    }
+    for slot in sp.label_slots(b) {
+        prefetch::lines(
+            slot.addr(guard),
+            offset_of!(LabelCells, ids) + size_of::<[u32; BLOCK_ROWS]>(),
+        );
+    }
+}
+
 /// Stage 3: the columns the query reads (with `bounds_only`, just the first
-/// line of each group, where the column ranges are). Reads the header of
-/// stage 2.
+/// line of each group, where the column ranges are), and with `cap` the
+/// reservation cells if the query reads them. Reads the header of stage 2.
 #[inline]
 pub(crate) fn warm_columns(
     shard: &Shard,
     b: usize,
     fp: &Footprint,
     bounds_only: bool,
+    cap: bool,
     guard: &Guard,
 ) {
     let Some(block) = shard.block(b) else {
@@ -167,13 +184,31 @@ pub(crate) fn warm_columns(
     if bounds_only {
         return;
     }
-    if fp.cap {
+    if cap && fp.cap {
         prefetch::lines(block.cap.as_ptr(), size_of::<[Cap; BLOCK_ROWS]>());
     }
 }
 
+/// The cells of row `i` that reserving and releasing it read besides what
+/// the scan read: its generation, reserved counters and capacity columns.
+#[inline]
+pub(crate) fn warm_row(block: &Block, i: usize, guard: &Guard) {
+    let i = i % BLOCK_ROWS;
+    prefetch::line(&block.gen[i]);
+    prefetch::line(&block.reserved[i]);
+    prefetch::line(&block.cap[i]);
+    let fixed = block.fixed.addr(guard);
+    if !fixed.is_null() {
+        let f = fixed.cast::<u8>();
+        let at = |off: usize, size: usize| f.wrapping_add(off + i * size);
+        prefetch::line(at(offset_of!(Fixed, slots), 4));
+        prefetch::line(at(offset_of!(Fixed, cores), 4));
+        prefetch::line(at(offset_of!(Fixed, mem), 8));
+    }
+}
+
 /// How many sampled matches ahead a start block is drawn.
-pub(crate) const AHEAD: usize = 3;
+pub(crate) const AHEAD: usize = 6;
 
 thread_local! {
     /// Random draws for the next sampled matches of this thread, oldest

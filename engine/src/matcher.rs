@@ -20,16 +20,16 @@ use std::sync::Arc;
 
 use crossbeam_epoch::{self as epoch, Guard};
 
-use crate::block::Cols;
-use crate::eval::{Pred, View};
+use crate::eval::Pred;
 use crate::explain::Explain;
 use crate::expr::parser::{conjuncts, parse};
 use crate::expr::{compile::Lowerer, ExprError, Which, DEFAULT_PREFER};
 use crate::inflight;
 use crate::lookahead::{self, Footprint, Starts, AHEAD};
+use crate::plan::{BlockPlan, Plan, Scratch, ShardPlan};
 use crate::schema::{format_bytes, Column, Env, ServerId, BLOCK_ROWS};
-use crate::score::{best_of_sum, upper_bound, Score};
-use crate::table::{ServerTable, Shard};
+use crate::score::{upper_bound, Score};
+use crate::table::ServerTable;
 
 /// How many blocks ahead of itself the exact scan warms a block's columns
 /// (and twice that, its header).
@@ -83,12 +83,8 @@ pub(crate) struct UserQuota {
 /// [`crate::QueryCache`]); valid only for the table that compiled it.
 pub struct Query {
     pub(crate) clauses: Vec<Clause>,
-    /// Indices of the clauses over plain columns and masks, evaluated per
-    /// block, in clause order.
-    pub(crate) plain: Vec<usize>,
-    /// Indices of the clauses that read reservation columns, evaluated per
-    /// remaining row after the plain ones.
-    pub(crate) sparse: Vec<usize>,
+    /// The clauses and `prefer` as the scan runs them.
+    pub(crate) plan: Plan,
     /// What the query reads of a block, for prefetching.
     pub(crate) footprint: Footprint,
     pub(crate) prefer: Score,
@@ -96,10 +92,6 @@ pub struct Query {
     pub(crate) user: Option<UserQuota>,
     /// Some clause is constant false: nothing can match.
     pub(crate) impossible: bool,
-    /// The app every match must have: the exact scan skips a block whose
-    /// app mask is empty with one load, before any bound or prefetch (a
-    /// table of many servers running other apps costs a load per block).
-    pub(crate) app_gate: Option<u32>,
     require_text: String,
     prefer_text: String,
 }
@@ -188,35 +180,6 @@ fn key(score: f64) -> f64 {
 pub(crate) fn better(score: f64, id: ServerId, best_score: f64, best_id: ServerId) -> bool {
     let (a, b) = (key(score), key(best_score));
     a > b || (a == b && id < best_id)
-}
-
-/// The position of the first highest score (NaN lowest) among `scores`:
-/// with rows in ascending order, the block's candidate (lowest id on ties).
-#[inline]
-fn best_of(scores: &[f64]) -> usize {
-    let mut best = 0;
-    let mut top = f64::NEG_INFINITY;
-    for (j, &s) in scores.iter().enumerate() {
-        let k = key(s);
-        if k > top {
-            top = k;
-            best = j;
-        }
-    }
-    best
-}
-
-/// The rows of `m`, in ascending order, into `rows`; returns how many.
-#[inline]
-fn select(m: u64, rows: &mut [u8; BLOCK_ROWS]) -> usize {
-    let mut n = 0;
-    let mut bits = m;
-    while bits != 0 {
-        rows[n % BLOCK_ROWS] = bits.trailing_zeros() as u8;
-        bits &= bits - 1;
-        n += 1;
-    }
-    n.min(BLOCK_ROWS)
 }
 
 thread_local! {
@@ -400,24 +363,17 @@ impl ServerTable {
             })
         };
         let impossible = clauses.iter().any(|c| c.pred == Pred::Const(false));
-        let app_gate = clauses.iter().find_map(|c| match c.pred {
-            Pred::HasApp(a) => Some(a),
-            _ => None,
-        });
-        let (sparse, plain): (Vec<usize>, Vec<usize>) =
-            (0..clauses.len()).partition(|&c| clauses[c].pred.reads_capacity());
         let footprint = Footprint::of(clauses.iter().map(|c| &c.pred), &prefer);
         let prefer = Score::new(prefer);
+        let plan = Plan::new(&clauses, &prefer);
         Ok(Query {
             clauses,
-            plain,
-            sparse,
+            plan,
             footprint,
             prefer,
             demand,
             user,
             impossible,
-            app_gate,
             require_text,
             prefer_text,
         })
@@ -500,81 +456,17 @@ impl ServerTable {
         true
     }
 
-    /// Rows of the block passing every clause (live rows only): the plain
-    /// clauses over the whole block, then the capacity clauses over the rows
-    /// left.
+    /// The rows of `m` left after dropping the `excluded` servers of block
+    /// `b` of shard `s`.
     #[inline]
-    pub(crate) fn block_mask(&self, q: &Query, view: &View<'_>) -> u64 {
-        let mut m = view.block().live.load(Acquire);
-        for &c in &q.plain {
-            if m == 0 {
-                return 0;
-            }
-            m &= q.clauses[c].pred.eval(view);
-        }
-        for &c in &q.sparse {
-            if m == 0 {
-                return 0;
-            }
-            m = q.clauses[c].pred.filter(view, m);
-        }
-        m
-    }
-
-    /// Considers one block; returns how many rows passed.
-    #[inline]
-    #[allow(clippy::too_many_arguments)]
-    fn scan_block(
-        &self,
-        q: &Query,
-        s: usize,
-        shard: &Shard,
-        b: usize,
-        excluded: &[ServerId],
-        best: &mut Option<Candidate>,
-        guard: &Guard,
-    ) -> u32 {
-        let Some(block) = shard.block(b) else {
-            return 0;
-        };
-        let view = View::new(shard, block, b, guard);
-        let mut m = self.block_mask(q, &view);
-        if m == 0 {
-            return 0;
-        }
+    fn exclude(&self, s: usize, b: usize, mut m: u64, excluded: &[ServerId]) -> u64 {
         for &x in excluded {
             let (xs, xb, xi) = self.split(x);
             if xs == s && xb == b {
                 m &= !(1u64 << xi);
             }
         }
-        if m == 0 {
-            return 0;
-        }
-        let n = m.count_ones();
-        let (i, score) = match &q.prefer {
-            Score::Sum(terms) => best_of_sum(terms, &view, m),
-            Score::General(e) => {
-                let mut rows = [0u8; BLOCK_ROWS];
-                let n = select(m, &mut rows);
-                let mut scores = [0.0f64; BLOCK_ROWS];
-                e.eval_sel(&view, &rows[..n], &mut scores[..n]);
-                let j = best_of(&scores[..n]);
-                (rows[j] as usize % BLOCK_ROWS, scores[j])
-            }
-        };
-        let id = self.id_of(s, b, i);
-        if best.is_none_or(|c| better(score, id, c.score, c.id)) {
-            *best = Some(Candidate {
-                shard: s,
-                b,
-                i,
-                id,
-                score,
-                gen: block.gen[i].load(Acquire),
-            });
-        }
-        n
+        m
     }
 
     fn best(
@@ -584,81 +476,232 @@ impl ServerTable {
         excluded: &[ServerId],
         guard: &Guard,
     ) -> Option<Candidate> {
+        let mut best = Scratch::with(|sc| match mode {
+            MatchMode::Exact => self.best_exact(q, excluded, guard, sc),
+            MatchMode::Sampled { k } => self.best_sampled(q, k.max(1), excluded, guard, sc),
+        })?;
+        if let MatchMode::Sampled { .. } = mode {
+            // Read when the match ends, not per candidate: by then the line
+            // asked for when the row became the candidate (`warm_row`,
+            // with the other cells reserving and releasing it touch) has
+            // had the rest of the scan to arrive.
+            let block = self.shards.get(best.shard)?.block(best.b)?;
+            best.gen = block.gen[best.i].load(Acquire);
+        }
+        Some(best)
+    }
+
+    /// The best row of the whole table. Per block: the app word (one load;
+    /// a block without the app costs nothing more), the bound, the plain
+    /// clauses, then the scores of the rows left; the capacity clauses are
+    /// tested only for a row that would become the best (most blocks have
+    /// none, so the reservation cells are hardly read at all), the next
+    /// best row of the block if it fails.
+    fn best_exact(
+        &self,
+        q: &Query,
+        excluded: &[ServerId],
+        guard: &Guard,
+        sc: &mut Scratch,
+    ) -> Option<Candidate> {
+        let (plan, fp) = (&q.plan, &q.footprint);
         let mut best: Option<Candidate> = None;
-        let fp = &q.footprint;
-        match mode {
-            MatchMode::Exact => {
-                // Branch and bound: ids grow in scan order, so a block whose
-                // best possible score does not beat the best so far cannot
-                // hold the answer (ties go to the earlier row).
-                let sum = match &q.prefer {
-                    Score::Sum(terms) => Some(terms.as_slice()),
-                    Score::General(_) => None,
+        // Branch and bound: ids grow in scan order, so a block whose best
+        // possible score does not beat the best so far cannot hold the
+        // answer (ties go to the earlier row).
+        let sum = match &q.prefer {
+            Score::Sum(terms) => Some(terms.as_slice()),
+            Score::General(..) => None,
+        };
+        for (s, shard) in self.shards.iter().enumerate() {
+            let Some(sp) = plan.shard(shard) else {
+                continue;
+            };
+            let nb = shard.nblocks();
+            for b in 0..nb {
+                if sp.app_word(b) == 0 {
+                    continue;
+                }
+                // Warm the header 2 * SCAN_AHEAD blocks ahead and the
+                // columns SCAN_AHEAD ahead (their pointers are in the header
+                // warmed SCAN_AHEAD blocks ago). With bounds, only the
+                // groups' first lines: most blocks end there. Never the
+                // reservation cells: they are read for one row at most.
+                if b + 2 * SCAN_AHEAD < nb {
+                    lookahead::warm_header_resolved(&sp, b + 2 * SCAN_AHEAD, guard);
+                }
+                if b + SCAN_AHEAD < nb {
+                    let ahead = b + SCAN_AHEAD;
+                    lookahead::warm_columns(shard, ahead, fp, sum.is_some(), false, guard);
+                }
+                let Some(block) = shard.block(b) else {
+                    continue;
                 };
-                for (s, shard) in self.shards.iter().enumerate() {
-                    let nb = shard.nblocks();
-                    for b in 0..nb {
-                        if q.app_gate.is_some_and(|a| shard.app_mask(a, b) == 0) {
-                            continue;
-                        }
-                        // Warm the header 2 * SCAN_AHEAD blocks ahead and the
-                        // columns SCAN_AHEAD ahead (their pointers are in the
-                        // header warmed SCAN_AHEAD blocks ago). With bounds,
-                        // only the groups' first lines: most blocks end there.
-                        if b + 2 * SCAN_AHEAD < nb {
-                            lookahead::warm_header(shard, b + 2 * SCAN_AHEAD, fp, guard);
-                        }
-                        if b + SCAN_AHEAD < nb {
-                            let ahead = b + SCAN_AHEAD;
-                            lookahead::warm_columns(shard, ahead, fp, sum.is_some(), guard);
-                        }
-                        if let (Some(terms), Some(c), Some(block)) = (sum, &best, shard.block(b)) {
-                            if upper_bound(terms, &Cols::of(block, guard)) <= key(c.score) {
-                                continue;
-                            }
-                        }
-                        self.scan_block(q, s, shard, b, excluded, &mut best, guard);
+                let bp = BlockPlan::new(&sp, block, b, guard);
+                if let (Some(terms), Some(c)) = (sum, &best) {
+                    if upper_bound(terms, &bp.cols) <= key(c.score) {
+                        continue;
                     }
+                }
+                let m = bp.start(plan);
+                if m == 0 {
+                    continue;
+                }
+                let m = bp.plain(plan, &q.clauses, m);
+                if m == 0 {
+                    continue;
+                }
+                let m = self.exclude(s, b, m, excluded);
+                if m == 0 {
+                    continue;
+                }
+                let n = sc.select(m);
+                bp.score(&q.prefer, &plan.keys, n, sc);
+                // The first highest score (NaN lowest); if its row fails
+                // the capacity clauses, the next, and so on.
+                let mut failed = 0u64;
+                loop {
+                    let (mut j, mut top) = (usize::MAX, f64::NEG_INFINITY);
+                    for (t, &x) in sc.scores(n).iter().enumerate() {
+                        let k = key(x);
+                        if (k > top || j == usize::MAX) && failed & (1u64 << t) == 0 {
+                            (j, top) = (t, k);
+                        }
+                    }
+                    if j == usize::MAX {
+                        break;
+                    }
+                    let (i, score) = (sc.row(j), sc.score(j));
+                    let id = self.id_of(s, b, i);
+                    if best.is_some_and(|c| !better(score, id, c.score, c.id)) {
+                        break;
+                    }
+                    if bp.cap_row(plan, &q.clauses, i) {
+                        best = Some(Candidate {
+                            shard: s,
+                            b,
+                            i,
+                            id,
+                            score,
+                            gen: block.gen[i].load(Acquire),
+                        });
+                        break;
+                    }
+                    failed |= 1u64 << j;
                 }
             }
-            MatchMode::Sampled { k } => {
-                let k = k.max(1);
-                let n = self.shards.len();
-                let (r, ring) = Starts::take(|| next_random(self.seed()));
-                // The starts of the next matches, one stage each: by the time
-                // a start is used, its blocks' lines have arrived.
-                for b in 0..SAMPLED_WARM_BLOCKS {
-                    let (s1, b1) = self.start_of(ring[AHEAD - 1]);
-                    lookahead::warm_slots(&self.shards[s1], b1 + b, fp);
-                    let (s2, b2) = self.start_of(ring[AHEAD - 2]);
-                    lookahead::warm_header(&self.shards[s2], b2 + b, fp, guard);
-                    let (s3, b3) = self.start_of(ring[0]);
-                    lookahead::warm_columns(&self.shards[s3], b3 + b, fp, false, guard);
-                }
-                let (s0, b0) = self.start_of(r);
-                let mut found = 0u32;
-                'outer: for off in 0..=n {
-                    let s = (s0 + off) % n;
-                    let shard = &self.shards[s];
-                    let nb = shard.nblocks();
-                    let range = if off == 0 {
-                        b0.min(nb)..nb
-                    } else if off == n {
-                        0..b0.min(nb)
-                    } else {
-                        0..nb
-                    };
-                    for b in range {
-                        if b + SAMPLED_WARM_BLOCKS < nb {
-                            lookahead::warm_header(shard, b + SAMPLED_WARM_BLOCKS, fp, guard);
-                            let ahead = b + SAMPLED_WARM_BLOCKS;
-                            lookahead::warm_columns(shard, ahead, fp, false, guard);
-                        }
-                        found += self.scan_block(q, s, shard, b, excluded, &mut best, guard);
-                        if found >= k {
-                            break 'outer;
-                        }
-                    }
+        }
+        best
+    }
+
+    /// Considers one block of a sampled match; returns how many rows passed
+    /// every clause.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn sample_block(
+        &self,
+        q: &Query,
+        s: usize,
+        sp: &ShardPlan<'_>,
+        b: usize,
+        excluded: &[ServerId],
+        best: &mut Option<Candidate>,
+        guard: &Guard,
+        sc: &mut Scratch,
+    ) -> u32 {
+        let plan = &q.plan;
+        let Some(block) = sp.shard.block(b) else {
+            return 0;
+        };
+        let bp = BlockPlan::new(sp, block, b, guard);
+        let mut m = bp.start(plan);
+        if m != 0 {
+            m = bp.plain(plan, &q.clauses, m);
+        }
+        if m != 0 {
+            m = self.exclude(s, b, m, excluded);
+        }
+        if m != 0 {
+            m = bp.cap(plan, &q.clauses, m);
+        }
+        if m == 0 {
+            return 0;
+        }
+        let n = sc.select(m);
+        bp.score(&q.prefer, &plan.keys, n, sc);
+        let (mut j, mut top) = (0, f64::NEG_INFINITY);
+        for (t, &x) in sc.scores(n).iter().enumerate() {
+            let k = key(x);
+            if k > top {
+                (j, top) = (t, k);
+            }
+        }
+        let (i, score) = (sc.row(j), sc.score(j));
+        let id = self.id_of(s, b, i);
+        if best.is_none_or(|c| better(score, id, c.score, c.id)) {
+            // The row's cells for reserving it, while the scan goes on.
+            lookahead::warm_row(block, i, guard);
+            *best = Some(Candidate {
+                shard: s,
+                b,
+                i,
+                id,
+                score,
+                // Read with the row's other cells when the match ends.
+                gen: 0,
+            });
+        }
+        n as u32
+    }
+
+    /// The best of the rows passing in the blocks from a random start, up
+    /// to the block where `k` have passed.
+    fn best_sampled(
+        &self,
+        q: &Query,
+        k: u32,
+        excluded: &[ServerId],
+        guard: &Guard,
+        sc: &mut Scratch,
+    ) -> Option<Candidate> {
+        let fp = &q.footprint;
+        let mut best: Option<Candidate> = None;
+        let n = self.shards.len();
+        let (r, ring) = Starts::take(|| next_random(self.seed()));
+        // The starts of the next matches, one stage each: by the time a
+        // start is used, its blocks' lines have arrived.
+        for b in 0..SAMPLED_WARM_BLOCKS {
+            let (s1, b1) = self.start_of(ring[AHEAD - 1]);
+            lookahead::warm_slots(&self.shards[s1], b1 + b, fp);
+            let (s2, b2) = self.start_of(ring[AHEAD / 2]);
+            lookahead::warm_header(&self.shards[s2], b2 + b, fp, guard);
+            let (s3, b3) = self.start_of(ring[0]);
+            lookahead::warm_columns(&self.shards[s3], b3 + b, fp, false, true, guard);
+        }
+        let (s0, b0) = self.start_of(r);
+        let mut found = 0u32;
+        'outer: for off in 0..=n {
+            let s = (s0 + off) % n;
+            let shard = &self.shards[s];
+            let Some(sp) = q.plan.shard(shard) else {
+                continue;
+            };
+            let nb = shard.nblocks();
+            let range = if off == 0 {
+                b0.min(nb)..nb
+            } else if off == n {
+                0..b0.min(nb)
+            } else {
+                0..nb
+            };
+            for b in range {
+                // Blocks past those the ring warmed are read cold: warming
+                // them ahead (whether or not the match would get there)
+                // costs a miss on their header every match, and most
+                // matches end within the warmed blocks.
+                found += self.sample_block(q, s, &sp, b, excluded, &mut best, guard, sc);
+                if found >= k {
+                    break 'outer;
                 }
             }
         }
@@ -685,15 +728,13 @@ impl ServerTable {
             return Attempt::Lost;
         };
         let i = c.i;
-        // A fresh view: the columns as of now, not as the scan saw them.
-        let view = View::new(shard, block, c.b, guard);
-        // Re-check the row now: a delta or a re-registration may have changed
-        // it since the scan read it.
-        let live = block.live.load(Acquire) & (1u64 << i) != 0;
-        if !live
-            || !q.clauses.iter().all(|cl| cl.pred.eval_row(&view, i))
-            || block.gen[i].load(Acquire) != c.gen
-        {
+        // Re-check the row now, on the columns as of now: a delta or a
+        // re-registration may have changed it since the scan read it.
+        let Some(sp) = q.plan.shard(shard) else {
+            return Attempt::Lost;
+        };
+        let bp = BlockPlan::new(&sp, block, c.b, guard);
+        if !bp.row(&q.plan, &q.clauses, i) || block.gen[i].load(Acquire) != c.gen {
             return Attempt::Lost;
         }
         let d = q.demand;

@@ -12,15 +12,15 @@
 //! a [`Score::General`] expression.
 
 use crate::block::Cols;
-use crate::eval::{ArOp, NumExpr, View};
+use crate::eval::{ArOp, NumExpr};
 use crate::schema::{Column, BLOCK_ROWS};
 
 /// Most terms a [`Score::Sum`] has (longer sums stay general).
 const MAX_TERMS: usize = 6;
 
-/// What a term reads.
+/// What a term (or a program's load) reads.
 #[derive(Copy, Clone, Debug, PartialEq)]
-enum Leaf {
+pub(crate) enum Leaf {
     Const(f64),
     Col(Column),
     Label(u32),
@@ -44,7 +44,7 @@ pub(crate) struct Term {
     /// Subtracted from the running sum (added otherwise; ignored for the
     /// first term, which starts the sum).
     sub: bool,
-    leaf: Leaf,
+    pub(crate) leaf: Leaf,
     scale: Scale,
 }
 
@@ -52,7 +52,9 @@ pub(crate) struct Term {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Score {
     Sum(Vec<Term>),
-    General(NumExpr),
+    /// Any other expression: as a register program over selection vectors
+    /// when it needs at most [`MAX_REGS`] registers, else the tree.
+    General(NumExpr, Option<Program>),
 }
 
 impl Score {
@@ -61,9 +63,149 @@ impl Score {
         if chain(&e, &mut terms) && terms.len() <= MAX_TERMS {
             Score::Sum(terms)
         } else {
-            Score::General(e)
+            let prog = Program::of(&e);
+            Score::General(e, prog)
         }
     }
+}
+
+/// Registers a [`Program`] may use (each a column of up to 64 values in the
+/// scan's scratch).
+pub(crate) const MAX_REGS: usize = 4;
+
+/// One step of a [`Program`]; `r` is a register.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub(crate) enum Ins {
+    /// `r = leaf`
+    Load(u8, Leaf),
+    /// `r = -r`
+    Neg(u8),
+    /// `r = r op (r + 1)`
+    Bin(ArOp, u8),
+    /// `r = r op c`, or `c op r` if the flag is set.
+    BinK(ArOp, u8, f64, bool),
+}
+
+/// A `prefer` expression flattened into register steps: the tree walk of
+/// [`NumExpr::eval_sel`] done once at compile time, with the same
+/// operations in the same order on the same operands (so the scores are
+/// bit-identical), and no per-block allocation or zeroing of temporaries.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Program {
+    pub(crate) ins: Vec<Ins>,
+}
+
+impl Program {
+    /// The program of `e`, or `None` if it needs more than [`MAX_REGS`]
+    /// registers.
+    pub(crate) fn of(e: &NumExpr) -> Option<Program> {
+        let mut ins = Vec::new();
+        emit(e, 0, &mut ins).then_some(Program { ins })
+    }
+
+    /// Runs the program for `n` selected rows (a multiple of [`LANES`]);
+    /// the result is `regs[0][..n]`. `load` writes a leaf's values for the
+    /// rows, a chunk of [`LANES`] at a time.
+    #[inline(always)]
+    pub(crate) fn run(
+        &self,
+        n: usize,
+        regs: &mut [Reg; MAX_REGS],
+        mut load: impl FnMut(Leaf, &mut [[f64; LANES]]),
+    ) {
+        let n = (n / LANES).min(CHUNKS);
+        for ins in &self.ins {
+            match *ins {
+                Ins::Load(r, leaf) => load(leaf, &mut regs[r as usize % MAX_REGS][..n]),
+                Ins::Neg(r) => chunks(&mut regs[r as usize % MAX_REGS], n, |o| *o = -*o),
+                Ins::Bin(op, r) => {
+                    let r = r as usize % (MAX_REGS - 1);
+                    let (lo, hi) = regs.split_at_mut(r + 1);
+                    let (out, ys) = (&mut lo[r][..n], &hi[0][..n]);
+                    for (o, y) in out.iter_mut().zip(ys) {
+                        let pairs = o.iter_mut().zip(y.iter());
+                        match op {
+                            ArOp::Add => pairs.for_each(|(o, y)| *o += *y),
+                            ArOp::Sub => pairs.for_each(|(o, y)| *o -= *y),
+                            ArOp::Mul => pairs.for_each(|(o, y)| *o *= *y),
+                            ArOp::Div => pairs.for_each(|(o, y)| *o /= *y),
+                        }
+                    }
+                }
+                Ins::BinK(op, r, c, left) => {
+                    let out = &mut regs[r as usize % MAX_REGS];
+                    match (op, left) {
+                        (ArOp::Add, _) => chunks(out, n, |o| *o += c),
+                        (ArOp::Mul, _) => chunks(out, n, |o| *o *= c),
+                        (ArOp::Sub, false) => chunks(out, n, |o| *o -= c),
+                        (ArOp::Sub, true) => chunks(out, n, |o| *o = c - *o),
+                        (ArOp::Div, false) => chunks(out, n, |o| *o /= c),
+                        (ArOp::Div, true) => chunks(out, n, |o| *o = c / *o),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Rows scored together: selections are padded to a multiple of this, so
+/// every loop over them has a fixed trip count (no vector prologue or
+/// remainder per block for the handful of rows that pass).
+pub(crate) const LANES: usize = 8;
+
+/// Chunks of [`LANES`] in a block.
+pub(crate) const CHUNKS: usize = BLOCK_ROWS / LANES;
+
+/// A score register: up to 64 values, in chunks of [`LANES`].
+pub(crate) type Reg = [[f64; LANES]; CHUNKS];
+
+/// Applies `f` to the first `n` chunks of `x`.
+#[inline(always)]
+fn chunks(x: &mut Reg, n: usize, f: impl Fn(&mut f64)) {
+    for c in &mut x[..n.min(CHUNKS)] {
+        c.iter_mut().for_each(&f);
+    }
+}
+
+/// Emits `e` into register `r` (and above); false if registers run out.
+/// Mirrors [`NumExpr::eval_sel`] case by case.
+fn emit(e: &NumExpr, r: usize, ins: &mut Vec<Ins>) -> bool {
+    if r >= MAX_REGS {
+        return false;
+    }
+    let reg = r as u8;
+    match e {
+        NumExpr::Const(c) => ins.push(Ins::Load(reg, Leaf::Const(*c))),
+        NumExpr::Col(c) => ins.push(Ins::Load(reg, Leaf::Col(*c))),
+        NumExpr::Label(k) => ins.push(Ins::Load(reg, Leaf::Label(*k))),
+        NumExpr::Neg(a) => {
+            if !emit(a, r, ins) {
+                return false;
+            }
+            ins.push(Ins::Neg(reg));
+        }
+        NumExpr::Bin(op, a, b) => {
+            if let NumExpr::Const(c) = **a {
+                if !emit(b, r, ins) {
+                    return false;
+                }
+                ins.push(Ins::BinK(*op, reg, c, true));
+                return true;
+            }
+            if !emit(a, r, ins) {
+                return false;
+            }
+            if let NumExpr::Const(c) = **b {
+                ins.push(Ins::BinK(*op, reg, c, false));
+                return true;
+            }
+            if r + 1 >= MAX_REGS || !emit(b, r + 1, ins) {
+                return false;
+            }
+            ins.push(Ins::Bin(*op, reg));
+        }
+    }
+    true
 }
 
 /// Appends the terms of the left-deep chain `e`; false if `e` is not one.
@@ -124,54 +266,45 @@ fn term(e: &NumExpr) -> Option<Term> {
     }
 }
 
-/// The best of the rows `m` of one block by a [`Score::Sum`]: the row and
-/// its score (the first highest, NaN lowest). Column at a time over the
-/// selected rows: per term, gather the leaf's values (the column resolved
-/// once), then one loop combines them into the running sums. `a - c * x` is
-/// computed as `a + x * (-c)`, and `a - x / c` as `a + x / (-c)`: negation is
-/// exact and commutes with rounding, so the sums are the tree's, bit for bit.
-#[inline]
-pub(crate) fn best_of_sum(terms: &[Term], view: &View<'_>, m: u64) -> (usize, f64) {
-    let mut rows = [0u8; BLOCK_ROWS];
-    let mut n = 0;
-    let mut bits = m;
-    while bits != 0 {
-        rows[n % BLOCK_ROWS] = bits.trailing_zeros() as u8;
-        bits &= bits - 1;
-        n += 1;
-    }
-    let n = n.min(BLOCK_ROWS);
-    let rows = &rows[..n];
-    let mut acc = [0.0f64; BLOCK_ROWS];
-    let mut x = [0.0f64; BLOCK_ROWS];
-    let (acc, x) = (&mut acc[..n], &mut x[..n]);
+/// The scores of `n` selected rows (a multiple of [`LANES`]) by a
+/// [`Score::Sum`], into `acc[..n]` (`x` is scratch). Column at a time: per
+/// term, `load` gathers the leaf's values a chunk at a time, then one loop
+/// combines them into the running sums. `a - c * x` is computed as
+/// `a + x * (-c)`, and `a - x / c` as `a + x / (-c)`: negation is exact and
+/// commutes with rounding, so the sums are the tree's, bit for bit.
+#[inline(always)]
+pub(crate) fn sum_sel(
+    terms: &[Term],
+    n: usize,
+    acc: &mut Reg,
+    x: &mut Reg,
+    mut load: impl FnMut(Leaf, &mut [[f64; LANES]]),
+) {
+    let n = (n / LANES).min(CHUNKS);
     for (k, t) in terms.iter().enumerate() {
-        gather(t.leaf, view, rows, x);
         let (w, div) = match t.scale {
             Scale::One => (1.0, false),
             Scale::MulLeft(c) | Scale::MulRight(c) => (c, false),
             Scale::Div(c) => (c, true),
         };
         let w = if t.sub && k > 0 { -w } else { w };
+        let dst = if k == 0 { &mut *acc } else { &mut *x };
+        load(t.leaf, &mut dst[..n]);
         match (k == 0, div) {
-            (true, false) => acc.iter_mut().zip(x.iter()).for_each(|(a, x)| *a = x * w),
-            (true, true) => acc.iter_mut().zip(x.iter()).for_each(|(a, x)| *a = x / w),
-            (false, false) => acc.iter_mut().zip(x.iter()).for_each(|(a, x)| *a += x * w),
-            (false, true) => acc.iter_mut().zip(x.iter()).for_each(|(a, x)| *a += x / w),
+            (true, false) => chunks(acc, n, |a| *a *= w),
+            (true, true) => chunks(acc, n, |a| *a /= w),
+            (false, div) => {
+                for (a, x) in acc[..n].iter_mut().zip(&x[..n]) {
+                    let pairs = a.iter_mut().zip(x.iter());
+                    if div {
+                        pairs.for_each(|(a, x)| *a += x / w);
+                    } else {
+                        pairs.for_each(|(a, x)| *a += x * w);
+                    }
+                }
+            }
         }
     }
-    let mut j = 0;
-    let mut top = f64::NEG_INFINITY;
-    for (r, &s) in acc.iter().enumerate() {
-        let k = if s.is_nan() { f64::NEG_INFINITY } else { s };
-        if k > top {
-            (j, top) = (r, k);
-        }
-    }
-    (
-        rows.get(j).map_or(0, |&r| r as usize % BLOCK_ROWS),
-        acc.get(j).copied().unwrap_or(f64::NAN),
-    )
 }
 
 /// An upper bound on the score of every row of a block whose score is not
@@ -218,37 +351,6 @@ pub(crate) fn upper_bound(terms: &[Term], cols: &Cols<'_>) -> f64 {
         }
     }
     acc
-}
-
-/// `x[j]` = the value of `leaf` at row `rows[j]`.
-#[inline]
-fn gather(leaf: Leaf, view: &View<'_>, rows: &[u8], x: &mut [f64]) {
-    match leaf {
-        Leaf::Const(c) => x.fill(c),
-        Leaf::Label(k) => match view.label(k) {
-            Some(cells) => {
-                for (o, &r) in x.iter_mut().zip(rows) {
-                    *o = cells.num(r as usize % BLOCK_ROWS);
-                }
-            }
-            None => x.fill(f64::NAN),
-        },
-        Leaf::Col(c) => {
-            if let Some(col) = view.cols.f32s(c) {
-                for (o, &r) in x.iter_mut().zip(rows) {
-                    *o = f64::from(col[r as usize % BLOCK_ROWS]);
-                }
-            } else if let Some(col) = view.cols.u32s(c) {
-                for (o, &r) in x.iter_mut().zip(rows) {
-                    *o = f64::from(col[r as usize % BLOCK_ROWS]);
-                }
-            } else {
-                for (o, &r) in x.iter_mut().zip(rows) {
-                    *o = view.cols.value(c, r as usize % BLOCK_ROWS);
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]
@@ -376,18 +478,89 @@ mod tests {
             col(Column::Power),
             Box::new(NumExpr::Bin(ArOp::Add, col(Column::Load), col(Column::Mem))),
         );
-        assert!(matches!(Score::new(e), Score::General(_)));
+        assert!(matches!(Score::new(e), Score::General(..)));
         // 3 * (a + b)
         let e = NumExpr::Bin(
             ArOp::Mul,
             k(3.0),
             Box::new(NumExpr::Bin(ArOp::Add, col(Column::Load), col(Column::Mem))),
         );
-        assert!(matches!(Score::new(e), Score::General(_)));
+        assert!(matches!(Score::new(e), Score::General(..)));
         // a * b
         let e = NumExpr::Bin(ArOp::Mul, col(Column::Load), col(Column::Mem));
-        assert!(matches!(Score::new(e), Score::General(_)));
+        assert!(matches!(Score::new(e), Score::General(..)));
         let e = NumExpr::Neg(col(Column::Load));
-        assert!(matches!(Score::new(e), Score::General(_)));
+        assert!(matches!(Score::new(e), Score::General(..)));
+    }
+
+    /// A program computes what the tree computes, bit for bit, on values
+    /// with NaN, infinities and signed zeros; deep trees are refused.
+    #[test]
+    fn programs_agree_with_the_tree() {
+        fn tree(e: &NumExpr, v: &dyn Fn(Column) -> f64) -> f64 {
+            match e {
+                NumExpr::Const(c) => *c,
+                NumExpr::Col(c) => v(*c),
+                NumExpr::Label(_) => f64::NAN,
+                NumExpr::Neg(a) => -tree(a, v),
+                NumExpr::Bin(op, a, b) => op.apply(tree(a, v), tree(b, v)),
+            }
+        }
+        let cols = [Column::Load, Column::IdlePower, Column::Power];
+        let pool = [0.0, -0.0, 1.5, -2.25, 1e300, f64::INFINITY, f64::NAN, 3.0];
+        let mut r = 0x51_7cc1_b727_220au64;
+        let mut next = move || {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            r
+        };
+        fn gen(next: &mut dyn FnMut() -> u64, depth: u32, cols: &[Column]) -> NumExpr {
+            let pick = next() % if depth == 0 { 3 } else { 7 };
+            match pick {
+                0 => NumExpr::Const([2.0, -0.5, 0.0, 1e-300][(next() % 4) as usize]),
+                1 | 2 => NumExpr::Col(cols[(next() % cols.len() as u64) as usize]),
+                3 => NumExpr::Neg(Box::new(gen(next, depth - 1, cols))),
+                _ => NumExpr::Bin(
+                    [ArOp::Add, ArOp::Sub, ArOp::Mul, ArOp::Div][(next() % 4) as usize],
+                    Box::new(gen(next, depth - 1, cols)),
+                    Box::new(gen(next, depth - 1, cols)),
+                ),
+            }
+        }
+        let (mut ran, mut refused) = (0, 0);
+        for _ in 0..if cfg!(miri) { 20 } else { 2000 } {
+            let e = gen(&mut next, 4, &cols);
+            let Some(prog) = Program::of(&e) else {
+                refused += 1;
+                continue;
+            };
+            ran += 1;
+            // 16 rows (two chunks): row j has column c = pool[(j + 3c) % 8].
+            let val = |c: Column, j: usize| {
+                let k = cols.iter().position(|&x| x == c).unwrap_or(0);
+                pool[(j + 3 * k) % pool.len()]
+            };
+            let mut regs = [[[0.0; LANES]; CHUNKS]; MAX_REGS];
+            prog.run(16, &mut regs, |leaf, out| {
+                for (ci, chunk) in out.iter_mut().enumerate() {
+                    for (l, o) in chunk.iter_mut().enumerate() {
+                        *o = match leaf {
+                            Leaf::Const(c) => c,
+                            Leaf::Col(c) => val(c, ci * LANES + l),
+                            Leaf::Label(_) => f64::NAN,
+                        };
+                    }
+                }
+            });
+            for (j, got) in regs[0].iter().flatten().take(16).enumerate() {
+                let want = tree(&e, &|c| val(c, j));
+                assert!(
+                    got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+                    "{e:?} row {j}: {got} vs {want}"
+                );
+            }
+        }
+        assert!(ran > 100, "{ran} programs ran, {refused} refused");
     }
 }

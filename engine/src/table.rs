@@ -196,6 +196,20 @@ impl Shard {
         self.labels.get(key as usize)?.get()?.get(b)
     }
 
+    /// App `app`'s mask words, one per block, if any server of this shard
+    /// ever had the app (the scan resolves this once per shard).
+    #[inline]
+    pub(crate) fn app_words(&self, app: u32) -> Option<&[AtomicU64]> {
+        self.apps.get(app as usize)?.get().map(|m| &m[..])
+    }
+
+    /// Label `key`'s directory, one slot per block, if the key ever had a
+    /// value in this shard (the scan resolves this once per shard).
+    #[inline]
+    pub(crate) fn label_dir(&self, key: u32) -> Option<&[Rcu<LabelCells>]> {
+        self.labels.get(key as usize)?.get().map(|d| &d[..])
+    }
+
     fn app_masks(&self, app: u32) -> &[AtomicU64] {
         self.apps[app as usize]
             .get_or_init(|| (0..self.max_blocks).map(|_| AtomicU64::new(0)).collect())
