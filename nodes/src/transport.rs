@@ -151,6 +151,19 @@ pub fn client_config(pki: &Pki) -> Result<quinn::ClientConfig, TransportError> {
 /// payload for which ten fit in one send (65,507 / 10, IPv4).
 pub const JUMBO_UDP_PAYLOAD: u16 = 6_550;
 
+/// The congestion window a connection starts with: 128 KiB, 20 packets of
+/// [`JUMBO_UDP_PAYLOAD`] bytes.
+///
+/// quinn's default (14,720 bytes, RFC 9002's ten 1,472-byte packets) holds
+/// only two packets once MTU discovery has raised them to 6,550 bytes, and
+/// a connection with a few hundred tasks in flight rarely fills its window
+/// (it is application-limited), so the window never grows: measured with
+/// 256 in flight, the bare quinn echo fell from 862k to 258k messages/s
+/// and allot from 334k to 158k tasks/s. Nodes of a cluster share a LAN or
+/// a host; a window sized for their bandwidth-delay product, not the
+/// internet's, is the right start. Loss still shrinks it as usual.
+pub const INITIAL_WINDOW: u64 = 128 * 1024;
+
 /// Transport parameters for many small frames pipelined on a few long-lived
 /// streams between nodes on loopback or a LAN.
 pub fn transport_config() -> quinn::TransportConfig {
@@ -191,6 +204,11 @@ pub fn transport_config() -> quinn::TransportConfig {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     mtu.upper_bound(JUMBO_UDP_PAYLOAD);
     t.mtu_discovery_config(Some(mtu));
+    // Congestion control: Cubic, as quinn's default, starting from a window
+    // for a cluster's links (see INITIAL_WINDOW).
+    let mut cc = quinn::congestion::CubicConfig::default();
+    cc.initial_window(INITIAL_WINDOW);
+    t.congestion_controller_factory(Arc::new(cc));
     // Unreliable datagrams are not used; don't reserve a buffer for them.
     t.datagram_receive_buffer_size(None);
     t

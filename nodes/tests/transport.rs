@@ -425,6 +425,13 @@ async fn a_burst_uses_large_packets_and_loses_none() {
         }
     });
     let conn = transport::connect(&client, addr).await.unwrap();
+    // Starts with a window for a cluster's links, not quinn's 14,720 bytes
+    // (two large packets).
+    assert!(
+        conn.stats().path.cwnd >= transport::INITIAL_WINDOW,
+        "{:?}",
+        conn.stats().path
+    );
     let mut send = conn.open_uni().await.unwrap();
     // 64 MiB in 16 KiB writes: bursts far larger than one GSO batch, for
     // long enough that MTU discovery has finished.
