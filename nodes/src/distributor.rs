@@ -198,7 +198,7 @@ struct State {
     waiting: VecDeque<(u64, Pending)>,
     /// Finds a task again when its client resubmits it; kept only while a
     /// client that reconnected may resubmit (see [`ResubmitIndex`]).
-    by_key: ResubmitIndex,
+    by_key: ResubmitIndex<Outbox>,
     next_task: u64,
     next_link: u64,
     started: Instant,
@@ -1011,9 +1011,13 @@ async fn serve_client(stream: Stream, state: Shared) {
     {
         let mut guard = state.borrow_mut();
         let st = &mut *guard;
-        if st.by_key.stream_opened(&cert_user, Instant::now()) {
-            // This client had a stream before: it may resubmit what still
-            // runs here. Index every task in flight or waiting.
+        if st
+            .by_key
+            .stream_opened(&cert_user, &stream.out, Instant::now())
+        {
+            // An earlier stream of this client is still open or has tasks
+            // in flight: it may resubmit them. Index every task in flight
+            // or waiting.
             let keys: Vec<(resubmit::Key, u64)> = st
                 .pending
                 .iter()

@@ -10,30 +10,40 @@
 //! That needs an index from key to task. Keeping one for every task costs
 //! two hash-map cache misses per task (insert, remove) on the hot path, and
 //! in steady state it is never read. So the index exists only while a
-//! resubmission can arrive: a resubmission comes on a stream from a client
-//! name this distributor has seen a stream from before. Such a stream arms
-//! the index (built once from the tasks in flight) for [`LINGER`]; the
-//! sweep drops it when that has passed without another repeat stream.
+//! resubmission can arrive: on a new stream from a client name that has an
+//! earlier stream here still alive, either open (a failover can start
+//! before the old connection times out) or held by tasks still in flight.
+//! Each stream is remembered by a weak reference, which the stream and its
+//! tasks keep alive. Such a stream arms the index (built once from the
+//! tasks in flight) for [`LINGER`]; the sweep drops it when that has passed
+//! without another. A client that comes back after all its tasks ended
+//! (a CLI run again, a bench round) has nothing to resubmit and costs
+//! nothing.
 //!
-//! Bounds: at most [`CLIENTS_REMEMBERED`] client names are remembered (as
-//! hashes); past that every client stream counts as a repeat, which keeps
-//! the index on (correct, only slower). The index holds one entry per task
-//! in flight or waiting, which the distributor's `max_pending` bounds.
+//! Bounds: at most [`CLIENTS_REMEMBERED`] client names (dead entries are
+//! swept when the bound is reached) and [`STREAMS_PER_CLIENT`] streams per
+//! name (the oldest is forgotten); past the name bound a new stream counts
+//! as one that may resubmit, which keeps the index on (correct, only
+//! slower). The index holds one entry per task in flight or waiting, which
+//! the distributor's `max_pending` bounds.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 type FxMap<K, V> = HashMap<K, V, rustc_hash::FxBuildHasher>;
-type FxSet<K> = HashSet<K, rustc_hash::FxBuildHasher>;
 
 /// How long the index stays after the last repeat stream. A client
 /// resubmits right after it reconnects; a minute leaves room for a slow
 /// client with many tasks to resend.
 pub const LINGER: Duration = Duration::from_secs(60);
 
-/// Client names remembered (as 64-bit hashes, 8 bytes each).
+/// Client names remembered (as 64-bit hashes).
 pub const CLIENTS_REMEMBERED: usize = 100_000;
+
+/// Streams remembered per client name.
+pub const STREAMS_PER_CLIENT: usize = 64;
 
 /// Identifies a task across resubmissions: (hash of the user name, the
 /// client's idempotency key).
@@ -46,18 +56,22 @@ pub fn name_hash(s: &str) -> u64 {
     h.finish()
 }
 
-/// See the module docs.
-#[derive(Default)]
-pub struct ResubmitIndex {
+/// See the module docs. `S` is what identifies a client stream (the
+/// distributor's outbox of it).
+pub struct ResubmitIndex<S> {
     map: Option<FxMap<Key, u64>>,
-    clients_seen: FxSet<u64>,
+    streams: FxMap<u64, Vec<Weak<S>>>,
     armed_until: Option<Instant>,
 }
 
-impl ResubmitIndex {
+impl<S> ResubmitIndex<S> {
     /// An index that is off: no client seen yet.
-    pub fn new() -> ResubmitIndex {
-        ResubmitIndex::default()
+    pub fn new() -> ResubmitIndex<S> {
+        ResubmitIndex {
+            map: None,
+            streams: FxMap::default(),
+            armed_until: None,
+        }
     }
 
     /// Whether the index is kept now.
@@ -66,19 +80,28 @@ impl ResubmitIndex {
         self.map.is_some()
     }
 
-    /// A stream from `client` (its certificate name) opened. If it is a
-    /// repeat stream and the index is off, returns true: the caller then
-    /// calls [`ResubmitIndex::build`] with every task in flight or waiting
-    /// before handling the stream's frames.
-    pub fn stream_opened(&mut self, client: &str, now: Instant) -> bool {
+    /// `stream` from `client` (its certificate name) opened. If an earlier
+    /// stream of that name is still alive and the index is off, returns
+    /// true: the caller then calls [`ResubmitIndex::build`] with every task
+    /// in flight or waiting before handling the stream's frames.
+    pub fn stream_opened(&mut self, client: &str, stream: &Rc<S>, now: Instant) -> bool {
         let h = name_hash(client);
-        // Past the bound every stream counts as a repeat.
-        let repeat =
-            self.clients_seen.contains(&h) || self.clients_seen.len() >= CLIENTS_REMEMBERED;
-        if !repeat {
-            self.clients_seen.insert(h);
+        if !self.streams.contains_key(&h) && self.streams.len() >= CLIENTS_REMEMBERED {
+            self.streams
+                .retain(|_, v| v.iter().any(|w| w.strong_count() > 0));
         }
-        if !repeat {
+        let at_bound = !self.streams.contains_key(&h) && self.streams.len() >= CLIENTS_REMEMBERED;
+        let mut may_resubmit = at_bound;
+        if !at_bound {
+            let mine = self.streams.entry(h).or_default();
+            mine.retain(|w| w.strong_count() > 0);
+            may_resubmit = !mine.is_empty();
+            if mine.len() >= STREAMS_PER_CLIENT {
+                mine.remove(0);
+            }
+            mine.push(Rc::downgrade(stream));
+        }
+        if !may_resubmit {
             return false;
         }
         self.armed_until = Some(now + LINGER);
@@ -124,19 +147,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn off_until_a_client_comes_back() {
+    fn off_until_a_client_comes_back_while_its_tasks_run() {
         let mut ix = ResubmitIndex::new();
         let t0 = Instant::now();
-        assert!(!ix.stream_opened("cli-1", t0));
-        assert!(!ix.stream_opened("cli-2", t0));
+        let first = Rc::new(());
+        assert!(!ix.stream_opened("cli-1", &first, t0));
+        assert!(!ix.stream_opened("cli-2", &Rc::new(()), t0));
         ix.insert((1, 7), 100);
         assert_eq!(ix.find((1, 7)), None, "off: nothing is kept");
-        // cli-1 reconnects: build from what runs.
-        assert!(ix.stream_opened("cli-1", t0));
+        // cli-1 reconnects while its first stream (or a task holding it)
+        // lives: build from what runs.
+        let second = Rc::new(());
+        assert!(ix.stream_opened("cli-1", &second, t0));
         ix.build([((1, 7), 100)].into_iter());
         assert_eq!(ix.find((1, 7)), Some(100));
-        // Already on: a second repeat needs no rebuild.
-        assert!(!ix.stream_opened("cli-2", t0));
+        // Already on: another such stream needs no rebuild.
+        assert!(!ix.stream_opened("cli-1", &Rc::new(()), t0));
         ix.insert((1, 8), 101);
         ix.remove((1, 7));
         assert_eq!(ix.find((1, 7)), None);
@@ -146,16 +172,42 @@ mod tests {
         ix.expire(t0 + LINGER);
         assert!(!ix.is_active());
         assert_eq!(ix.find((1, 8)), None);
+        drop((first, second));
     }
 
     #[test]
-    fn past_the_bound_every_stream_is_a_repeat() {
-        let mut ix = ResubmitIndex::new();
+    fn a_client_back_after_its_tasks_ended_costs_nothing() {
+        let mut ix: ResubmitIndex<()> = ResubmitIndex::new();
         let now = Instant::now();
-        for i in 0..CLIENTS_REMEMBERED {
-            assert!(!ix.stream_opened(&format!("c{i}"), now));
+        for _ in 0..10 {
+            // Each stream is gone (closed, no task holds it) before the next.
+            let s = Rc::new(());
+            assert!(!ix.stream_opened("bench", &s, now));
         }
-        assert!(ix.stream_opened("a new name", now));
-        assert_eq!(ix.clients_seen.len(), CLIENTS_REMEMBERED);
+        assert!(!ix.is_active());
+    }
+
+    #[test]
+    fn past_the_bounds() {
+        let now = Instant::now();
+        // Too many names alive: a new name counts as one that may resubmit.
+        let mut ix = ResubmitIndex::new();
+        let held: Vec<Rc<()>> = (0..CLIENTS_REMEMBERED).map(|_| Rc::new(())).collect();
+        for (i, s) in held.iter().enumerate() {
+            assert!(!ix.stream_opened(&format!("c{i}"), s, now));
+        }
+        assert!(ix.stream_opened("a new name", &Rc::new(()), now));
+        assert_eq!(ix.streams.len(), CLIENTS_REMEMBERED);
+        // Once their streams are gone, the names are swept for new ones.
+        drop(held);
+        ix.map = None;
+        assert!(!ix.stream_opened("another name", &Rc::new(()), now));
+        assert_eq!(ix.streams.len(), 1);
+        // Streams per name: the oldest is forgotten.
+        let alive: Vec<Rc<()>> = (0..STREAMS_PER_CLIENT + 5).map(|_| Rc::new(())).collect();
+        for s in &alive {
+            ix.stream_opened("busy", s, now);
+        }
+        assert_eq!(ix.streams[&name_hash("busy")].len(), STREAMS_PER_CLIENT);
     }
 }
