@@ -15,7 +15,10 @@
 //!   `Release` store of the `live`/`up` bits.
 //! * Growth never moves anything: each shard has a directory of block cells
 //!   sized for its capacity, a block is allocated on first use and freed only
-//!   when the table drops ([`crate::lazy::LazyBlocks`]).
+//!   when the table drops ([`crate::lazy::LazyBlocks`]). Blocks, column
+//!   groups and label cells live in one arena of 2 MiB-aligned,
+//!   `MADV_HUGEPAGE` chunks ([`crate::arena`]), so a scan at a million
+//!   servers does not pay a TLB miss per block.
 //! * Capacity (slots, cores, memory) is reserved with compare-and-swap, so
 //!   concurrent matchers never take more than a server has.
 
@@ -50,7 +53,8 @@ pub struct TableConfig {
     /// Most servers the table holds (rounded up to a multiple of
     /// `64 * shards`). Beyond it `insert` fails with
     /// [`EngineError::TableFull`]. Memory is allocated per 64-row block as
-    /// rows are used, plus 16 bytes of directory per possible block.
+    /// rows are used (from the table's huge-page arena, in
+    /// chunks of up to 2 MiB), plus 16 bytes of directory per possible block.
     pub capacity: usize,
 }
 
