@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use crossbeam_epoch::Guard;
 
+use crate::arena::Pool;
 use crate::minmax::range_f32;
 use crate::rcu::Rcu;
 use crate::schema::{Column, BLOCK_ROWS};
@@ -185,13 +186,15 @@ pub(crate) struct Block {
 }
 
 impl Block {
-    pub(crate) fn new() -> Block {
+    /// A block with no rows, its column groups in `dynamic` and `fixed`
+    /// (the pools of the recyclers that will replace them).
+    pub(crate) fn new(dynamic: &Pool<Dynamic>, fixed: &Pool<Fixed>) -> Block {
         Block {
             live: AtomicU64::new(0),
             up: AtomicU64::new(0),
             draining: AtomicU64::new(0),
-            dynamic: Rcu::new(Dynamic::default()),
-            fixed: Rcu::new(Fixed::default()),
+            dynamic: Rcu::new_in(Dynamic::default(), dynamic),
+            fixed: Rcu::new_in(Fixed::default(), fixed),
             cap: std::array::from_fn(|_| Cap::default()),
             gen: std::array::from_fn(|_| AtomicU32::new(0)),
             reserved: std::array::from_fn(|_| Reserved::default()),

@@ -424,15 +424,20 @@ mod tests {
         };
         let g = crossbeam_epoch::pin();
         let rounds = if cfg!(miri) { 3 } else { 300 };
+        let arena = crate::arena::Arena::new(0);
+        let (dp, fp) = (
+            crate::arena::Pool::new(&arena),
+            crate::arena::Pool::new(&arena),
+        );
         for _ in 0..rounds {
-            let block = Block::new();
+            let block = Block::new(&dp, &fp);
             let mut d = crate::block::Dynamic::default();
             for i in 0..BLOCK_ROWS {
                 d.load[i] = pool[(next() % pool.len() as u64) as usize];
                 d.idle_power[i] = pool[(next() % 4) as usize];
             }
             d.refresh();
-            block.dynamic.store(Some(d), &g);
+            block.dynamic.store(Some(d), &dp, &g);
             let cols = Cols::of(&block, &g);
             let (c1, c2) = (
                 scales[(next() % scales.len() as u64) as usize],

@@ -15,7 +15,10 @@
 //!   `Release` store of the `live`/`up` bits.
 //! * Growth never moves anything: each shard has a directory of block cells
 //!   sized for its capacity, a block is allocated on first use and freed only
-//!   when the table drops ([`crate::lazy::LazyBlocks`]).
+//!   when the table drops ([`crate::lazy::LazyBlocks`]). Blocks, column
+//!   groups and label cells live in one arena of 2 MiB-aligned,
+//!   `MADV_HUGEPAGE` chunks ([`crate::arena`]), so a scan at a million
+//!   servers does not pay a TLB miss per block.
 //! * Capacity (slots, cores, memory) is reserved with compare-and-swap, so
 //!   concurrent matchers never take more than a server has.
 
@@ -23,10 +26,11 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crossbeam_epoch::{self as epoch, Guard};
 
+use crate::arena::{Arena, Pool, Pools};
 use crate::block::{label, Block, Cols, Dynamic, Fixed, LabelCells};
 use crate::error::{truncated, EngineError};
 use crate::expr::compile::label_value;
@@ -34,7 +38,7 @@ use crate::inflight::InFlight;
 use crate::intern::Interner;
 use crate::lazy::LazyBlocks;
 use crate::names::Names;
-use crate::rcu::{Rcu, Recycler};
+use crate::rcu::{Fresh, Rcu, Recycler};
 use crate::schema::{
     Change, DeltaOutcome, LabelValue, ServerId, ServerRecord, ServerState, BLOCK_ROWS, MAX_APPS,
     MAX_CAPACITY, MAX_LABEL_KEYS, MAX_LABEL_STRINGS, MAX_NAME_LEN, MAX_SHARDS,
@@ -49,7 +53,8 @@ pub struct TableConfig {
     /// Most servers the table holds (rounded up to a multiple of
     /// `64 * shards`). Beyond it `insert` fails with
     /// [`EngineError::TableFull`]. Memory is allocated per 64-row block as
-    /// rows are used, plus 16 bytes of directory per possible block.
+    /// rows are used (from the table's huge-page arena, in
+    /// chunks of up to 2 MiB), plus 16 bytes of directory per possible block.
     pub capacity: usize,
 }
 
@@ -97,6 +102,8 @@ pub(crate) struct Shard {
     /// Per label key: the key's cells, per block (empty where no row of the
     /// block has the key). The directory is allocated on the key's first use.
     labels: Box<[OnceLock<LabelDir>]>,
+    /// Where the label cells live (shared by the table's shards).
+    label_pool: Arc<Pool<LabelCells>>,
     writer: Mutex<ShardWriter>,
     /// Deltas applied and dropped as stale in this shard.
     applied: WriterCount,
@@ -123,18 +130,19 @@ impl WriterCount {
 }
 
 impl Shard {
-    fn new(max_blocks: usize) -> Shard {
+    fn new(max_blocks: usize, pools: &TablePools) -> Shard {
         Shard {
-            blocks: LazyBlocks::new(max_blocks),
+            blocks: LazyBlocks::new(max_blocks, &pools.blocks),
             nblocks: AtomicUsize::new(0),
             apps: (0..MAX_APPS).map(|_| OnceLock::new()).collect(),
             labels: (0..MAX_LABEL_KEYS).map(|_| OnceLock::new()).collect(),
+            label_pool: pools.labels.clone(),
             writer: Mutex::new(ShardWriter {
                 free: Vec::new(),
                 next_row: 0,
                 seq: Vec::new(),
-                dynamic: Recycler::new(),
-                fixed: Recycler::new(),
+                dynamic: Recycler::new(&pools.dynamic),
+                fixed: Recycler::new(&pools.fixed),
             }),
             applied: WriterCount::default(),
             stale: WriterCount::default(),
@@ -236,7 +244,7 @@ impl Shard {
         cells.set(i, cell);
         // A block left with no value for the key frees its cells.
         let empty = cells.ids.iter().all(|&x| x == label::MISSING32);
-        slot.store((!empty).then_some(cells), guard);
+        slot.store((!empty).then_some(cells), &self.label_pool, guard);
     }
 
     fn lock(&self) -> MutexGuard<'_, ShardWriter> {
@@ -303,7 +311,16 @@ pub struct ServerTable {
     pub(crate) inflight: InFlight,
     live: AtomicUsize,
     seed: u64,
+    /// Blocks, column groups and label cells (huge-page backed).
+    arena: Arc<Arena>,
 }
+
+/// The pools of a table's arena.
+type TablePools = Pools<Block, Dynamic, Fixed, LabelCells>;
+
+/// Arena bytes a table expects per 64-row block (block, both column groups,
+/// one label's cells), to size its chunks.
+const ARENA_PER_BLOCK: usize = 4608;
 
 /// One server in a [`ServerTable::snapshot`], for `allot status`.
 #[derive(Clone, Debug, PartialEq)]
@@ -346,8 +363,12 @@ impl ServerTable {
         let per_shard = config.capacity.div_ceil(config.shards);
         let max_blocks = per_shard.div_ceil(BLOCK_ROWS);
         let rows_per_shard = max_blocks * BLOCK_ROWS;
+        let pools = TablePools::new(max_blocks * config.shards * ARENA_PER_BLOCK);
         Ok(ServerTable {
-            shards: (0..config.shards).map(|_| Shard::new(max_blocks)).collect(),
+            shards: (0..config.shards)
+                .map(|_| Shard::new(max_blocks, &pools))
+                .collect(),
+            arena: pools.arena.clone(),
             rows_per_shard: rows_per_shard as u32,
             capacity: rows_per_shard * config.shards,
             names: Mutex::new(Names::new()),
@@ -490,7 +511,8 @@ impl ServerTable {
                 continue;
             };
             let (b, i) = (row as usize / BLOCK_ROWS, row as usize % BLOCK_ROWS);
-            if shard.blocks.get_or_init(b, Block::new).is_none() {
+            let new_block = || Block::new(w.dynamic.pool(), w.fixed.pool());
+            if shard.blocks.get_or_init(b, new_block).is_none() {
                 continue;
             }
             if shard.nblocks.load(Relaxed) <= b {
@@ -805,25 +827,22 @@ impl ServerTable {
         out
     }
 
-    /// Approximate heap bytes held by the table (blocks, column groups,
-    /// directories, app masks, label cells, names, sequence numbers, the
-    /// recyclers' retired and spare groups; not copies already handed to the
-    /// epoch collector).
+    /// Approximate heap bytes held by the table: the arena's reserved
+    /// chunks (blocks, column groups and label cells, live, spare and
+    /// retired; [`crate::arena`]), directories, app masks, numeric label
+    /// planes, names and sequence numbers.
     pub fn heap_bytes(&self) -> usize {
-        use std::mem::size_of;
-        let mut n = self.names().heap_bytes();
+        let mut n = self.names().heap_bytes() + self.arena.reserved_bytes();
         let guard = &epoch::pin();
         for shard in self.shards.iter() {
             let nb = shard.nblocks();
             n += shard.max_blocks * 16 + (MAX_APPS + MAX_LABEL_KEYS) * 16;
-            n += nb * (size_of::<Block>() + size_of::<Dynamic>() + size_of::<Fixed>());
             n += shard.apps.iter().filter(|c| c.get().is_some()).count() * shard.max_blocks * 8;
             for (k, cell) in shard.labels.iter().enumerate() {
                 if cell.get().is_some() {
-                    n += shard.max_blocks * size_of::<Rcu<LabelCells>>();
+                    n += shard.max_blocks * std::mem::size_of::<Rcu<LabelCells>>();
                     for b in 0..nb {
                         if let Some(c) = shard.label_cells(k as u32, b, guard) {
-                            n += size_of::<LabelCells>();
                             n += c.nums.as_ref().map_or(0, |_| BLOCK_ROWS * 8);
                         }
                     }
@@ -831,9 +850,6 @@ impl ServerTable {
             }
             let w = shard.lock();
             n += w.seq.capacity() * 8 + w.free.capacity() * 4;
-            let (dr, ds) = w.dynamic.counts();
-            let (fr, fs) = w.fixed.counts();
-            n += (dr + ds) * size_of::<Dynamic>() + (fr + fs) * size_of::<Fixed>();
         }
         n
     }
@@ -849,7 +865,7 @@ fn encode_label(st: &mut Strings, v: &LabelValue) -> Result<u64, EngineError> {
 /// The pending copy of a column group, made from `current` (in a recycled
 /// allocation) on first use.
 fn cow<'a, T: Clone + Send + Sync>(
-    pending: &'a mut Option<Box<T>>,
+    pending: &'a mut Option<Fresh<T>>,
     rec: &mut Recycler<T>,
     current: &T,
 ) -> &'a mut T {
