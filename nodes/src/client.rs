@@ -648,16 +648,7 @@ async fn read_loop(inner: Rc<Inner>, mut reader: conn::FrameReader, generation: 
     // clock read was the largest single cost of handling one).
     let mut arrived = Instant::now();
     loop {
-        let next = match reader.try_next() {
-            Ok(Some(f)) => Ok(Some(f)),
-            Ok(None) => {
-                let r = reader.next().await;
-                arrived = Instant::now();
-                r
-            }
-            Err(e) => Err(e),
-        };
-        let frame = match next {
+        let frame = match reader.next_stamped(&mut arrived).await {
             Ok(Some(f)) => f,
             Ok(None) | Err(_) => break,
         };

@@ -231,10 +231,20 @@ impl FrameReader {
         }
     }
 
-    /// Takes the next frame only if one is already buffered (to handle a
-    /// burst without yielding to the runtime between frames).
-    pub fn try_next(&mut self) -> Result<Option<Frame>, ConnError> {
-        Ok(self.dec.next_frame()?)
+    /// The next frame, like [`FrameReader::next`], and when it arrived:
+    /// `arrived` is set to now only when a network read was needed. Frames
+    /// of one burst share the clock of the read that brought them, so a
+    /// burst costs one clock read, not one per frame.
+    pub async fn next_stamped(
+        &mut self,
+        arrived: &mut std::time::Instant,
+    ) -> Result<Option<Frame>, ConnError> {
+        if let Some(f) = self.dec.next_frame()? {
+            return Ok(Some(f));
+        }
+        let r = self.next().await;
+        *arrived = std::time::Instant::now();
+        r
     }
 
     /// Tells the peer to stop sending on this stream, with an error code.

@@ -396,18 +396,12 @@ async fn read_loop(
     state: &Shared,
     mut handle: impl FnMut(&Shared, &Rc<Outbox>, Frame) -> Result<(), ConnError>,
 ) {
+    let mut arrived = Instant::now();
     loop {
         // Frames already buffered are handled with the clock of the read
         // that brought them; a read that had to wait refreshes it.
-        let next = match stream.reader.try_next() {
-            Ok(Some(f)) => Ok(Some(f)),
-            Ok(None) => {
-                let r = stream.reader.next().await;
-                state.borrow_mut().now = Instant::now();
-                r
-            }
-            Err(e) => Err(e),
-        };
+        let next = stream.reader.next_stamped(&mut arrived).await;
+        state.borrow_mut().now = arrived;
         let frame = match next {
             Ok(Some(f)) => f,
             Ok(None) => break,
