@@ -1059,8 +1059,22 @@ async fn serve_client(stream: Stream, state: Shared) {
                 let key = (user_hash, s.idempotency_key.to_native());
                 if let Some(existing) = st.by_key.find(key) {
                     // A resubmission (after a client failover) of a task we
-                    // still run: answer the new stream when it ends.
-                    if let Some(p) = st.pending.get_mut(existing) {
+                    // still run or that still waits for capacity: answer
+                    // the new stream when it ends. Looking through the
+                    // waiting queue is linear, but bounded by `max_pending`
+                    // and done only for a key the index knows and the
+                    // running tasks do not hold.
+                    let State {
+                        pending, waiting, ..
+                    } = &mut *st;
+                    let held = match pending.get_mut(existing) {
+                        Some(p) => Some(p),
+                        None => waiting
+                            .iter_mut()
+                            .find(|(id, _)| *id == existing)
+                            .map(|(_, p)| p),
+                    };
+                    if let Some(p) = held {
                         p.client = out.clone();
                         p.client_task = client_task;
                         return Ok(());

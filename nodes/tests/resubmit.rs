@@ -42,100 +42,200 @@ async fn result(stream: &mut conn::Stream) -> (u64, TaskStatus, String) {
     (r.task_id, r.status, r.worker)
 }
 
-#[test]
-fn a_resubmitted_task_runs_once_and_answers_the_new_stream() {
-    let dir = std::env::temp_dir().join(format!("allot-resubmit-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let pki = dir.join("pki");
-    allot::pki::create_cluster(
-        &pki,
-        &[
-            ("dist", Role::Distributor),
-            ("w", Role::Worker),
-            ("app", Role::Client),
-        ],
-    )
-    .unwrap();
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let dist = allot::distributor::spawn(DistributorConfig::new(
-        "dist",
-        any,
-        pki.clone(),
-        dir.join("data"),
-    ))
-    .unwrap();
-    let runs = Arc::new(AtomicU32::new(0));
-    let slow = {
-        let runs = runs.clone();
-        apps::handler(move |input: Bytes| {
-            let runs = runs.clone();
-            async move {
-                runs.fetch_add(1, Ordering::SeqCst);
-                tokio::time::sleep(Duration::from_millis(400)).await;
-                Ok(input)
-            }
-        })
-    };
-    let mut wc = WorkerConfig::new("w", pki.clone(), vec![dist.addr]);
-    wc.mode = ReportMode::Registered;
-    wc.apps = vec!["echo".into()];
-    let worker = allot::worker::spawn(wc, vec![("slow".into(), slow)]).unwrap();
+/// A distributor and one worker with `slots` slots, whose app `slow`
+/// counts its runs in `runs` and takes 400 ms.
+struct Cluster {
+    dir: std::path::PathBuf,
+    pki: std::path::PathBuf,
+    dist: allot::distributor::DistributorHandle,
+    worker: allot::worker::WorkerHandle,
+    runs: Arc<AtomicU32>,
+}
 
+impl Cluster {
+    fn start(name: &str, slots: u32) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("allot-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pki = dir.join("pki");
+        allot::pki::create_cluster(
+            &pki,
+            &[
+                ("dist", Role::Distributor),
+                ("w", Role::Worker),
+                ("app", Role::Client),
+            ],
+        )
+        .unwrap();
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let dist = allot::distributor::spawn(DistributorConfig::new(
+            "dist",
+            any,
+            pki.clone(),
+            dir.join("data"),
+        ))
+        .unwrap();
+        let runs = Arc::new(AtomicU32::new(0));
+        let slow = {
+            let runs = runs.clone();
+            apps::handler(move |input: Bytes| {
+                let runs = runs.clone();
+                async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(400)).await;
+                    Ok(input)
+                }
+            })
+        };
+        let mut wc = WorkerConfig::new("w", pki.clone(), vec![dist.addr]);
+        wc.mode = ReportMode::Registered;
+        wc.apps = vec!["echo".into()];
+        wc.slots = slots;
+        let worker = allot::worker::spawn(wc, vec![("slow".into(), slow)]).unwrap();
+        Cluster {
+            dir,
+            pki,
+            dist,
+            worker,
+            runs,
+        }
+    }
+
+    fn runs(&self) -> u32 {
+        self.runs.load(Ordering::SeqCst)
+    }
+
+    /// Waits (up to 5 s) until `n` runs have started.
+    async fn until_runs(&self, n: u32) {
+        for _ in 0..500 {
+            if self.runs() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{n} runs did not start within 5 s ({} did)", self.runs());
+    }
+
+    /// A client stream on a new connection (endpoint, connection, stream).
+    async fn connect(&self) -> (quinn::Endpoint, quinn::Connection, conn::Stream) {
+        let me = allot::pki::Pki::load(&self.pki, "app").unwrap();
+        let hello = conn::hello(Role::Client, "app", Vec::new());
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let ep = transport::endpoint(&me, any).unwrap();
+        let c = transport::connect(&ep, self.dist.addr).await.unwrap();
+        let s = conn::open(&c, &hello).await.unwrap();
+        (ep, c, s)
+    }
+
+    fn stop(self) {
+        self.worker.stop();
+        self.dist.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Waits until the worker takes tasks (echo probes until one succeeds).
+async fn until_ready(s: &mut conn::Stream) {
+    for probe in 0..100 {
+        s.out
+            .send(&submit(1000 + probe, 1000 + probe, "echo"), &Bytes::new())
+            .unwrap();
+        if result(s).await.1 == TaskStatus::Ok {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the worker did not register");
+}
+
+fn local_runtime() -> (tokio::runtime::Runtime, tokio::task::LocalSet) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async {
-        let me = allot::pki::Pki::load(&pki, "app").unwrap();
-        let hello = conn::hello(Role::Client, "app", Vec::new());
+    (rt, tokio::task::LocalSet::new())
+}
 
+#[test]
+fn a_resubmitted_task_runs_once_and_answers_the_new_stream() {
+    let cluster = Cluster::start("resubmit", 4);
+    let (rt, local) = local_runtime();
+    local.block_on(&rt, async {
         // First connection: wait until the worker takes tasks, then start
         // the slow one and lose the connection while it runs.
-        let ep1 = transport::endpoint(&me, any).unwrap();
-        let c1 = transport::connect(&ep1, dist.addr).await.unwrap();
-        let mut s1 = conn::open(&c1, &hello).await.unwrap();
-        let mut ready = false;
-        for probe in 0..100 {
-            s1.out
-                .send(&submit(1000 + probe, 1000 + probe, "echo"), &Bytes::new())
-                .unwrap();
-            if result(&mut s1).await.1 == TaskStatus::Ok {
-                ready = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        assert!(ready, "the worker registered");
+        let (ep1, c1, mut s1) = cluster.connect().await;
+        until_ready(&mut s1).await;
         s1.out
             .send(&submit(1, 42, "slow"), &Bytes::from_static(b"once"))
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(runs.load(Ordering::SeqCst), 1, "the task started");
+        cluster.until_runs(1).await;
         c1.close(transport::codes::NORMAL, b"lost");
         ep1.wait_idle().await;
 
         // Second connection, same client: resubmit with the same key.
-        let ep2 = transport::endpoint(&me, any).unwrap();
-        let c2 = transport::connect(&ep2, dist.addr).await.unwrap();
-        let mut s2 = conn::open(&c2, &hello).await.unwrap();
+        let (ep2, c2, mut s2) = cluster.connect().await;
         s2.out
             .send(&submit(7, 42, "slow"), &Bytes::from_static(b"once"))
             .unwrap();
         let (id, status, worker) = result(&mut s2).await;
         assert_eq!((id, status, worker.as_str()), (7, TaskStatus::Ok, "w"));
-        assert_eq!(runs.load(Ordering::SeqCst), 1, "ran once, not twice");
+        assert_eq!(cluster.runs(), 1, "ran once, not twice");
 
         // A new key on the same stream is a new task.
         s2.out
             .send(&submit(8, 43, "slow"), &Bytes::from_static(b"twice"))
             .unwrap();
         assert_eq!(result(&mut s2).await.0, 8);
-        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        assert_eq!(cluster.runs(), 2);
         c2.close(transport::codes::NORMAL, b"done");
         ep2.wait_idle().await;
     });
-    worker.stop();
-    dist.stop();
-    let _ = std::fs::remove_dir_all(&dir);
+    cluster.stop();
+}
+
+/// A task still waiting for capacity when its client reconnects is found
+/// as well: it runs once, when the slot frees, and answers the new stream.
+#[test]
+fn a_resubmitted_task_waiting_for_capacity_runs_once() {
+    let cluster = Cluster::start("resubmit-waiting", 1);
+    let (rt, local) = local_runtime();
+    local.block_on(&rt, async {
+        let (ep1, c1, mut s1) = cluster.connect().await;
+        until_ready(&mut s1).await;
+        // The one slot runs the first task; the second waits for it.
+        s1.out
+            .send(&submit(1, 50, "slow"), &Bytes::from_static(b"first"))
+            .unwrap();
+        s1.out
+            .send(&submit(2, 51, "slow"), &Bytes::from_static(b"second"))
+            .unwrap();
+        cluster.until_runs(1).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(cluster.runs(), 1, "one runs, one waits");
+        c1.close(transport::codes::NORMAL, b"lost");
+        ep1.wait_idle().await;
+
+        // Resubmit both, the waiting one first, under new task ids.
+        let (ep2, c2, mut s2) = cluster.connect().await;
+        s2.out
+            .send(&submit(9, 51, "slow"), &Bytes::from_static(b"second"))
+            .unwrap();
+        s2.out
+            .send(&submit(8, 50, "slow"), &Bytes::from_static(b"first"))
+            .unwrap();
+        let mut answered = vec![result(&mut s2).await, result(&mut s2).await];
+        answered.sort_by_key(|a| a.0);
+        assert_eq!(
+            answered,
+            vec![
+                (8, TaskStatus::Ok, "w".to_string()),
+                (9, TaskStatus::Ok, "w".to_string())
+            ]
+        );
+        // Give a duplicate the time to have started, had there been one.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(cluster.runs(), 2, "each task ran once");
+        c2.close(transport::codes::NORMAL, b"done");
+        ep2.wait_idle().await;
+    });
+    cluster.stop();
 }
