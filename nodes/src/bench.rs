@@ -155,6 +155,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         (None, Some(_)) => bail!("--duration must be positive"),
         (None, None) => Limit::Tasks(100_000),
     };
+    // Ctrl-C ends the run with an error, so that a local cluster's nodes
+    // and child processes stop and its temporary directory (the cluster's
+    // private keys) is removed.
+    crate::interrupt::catch().context("catching Ctrl-C")?;
     let tmp;
     let mut cluster = None;
     let (pki, gateways) = if args.local {
@@ -197,7 +201,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut cpu_seen = vec![true; roles.len()];
     for _ in 0..args.rounds {
         let before: Vec<Option<Duration>> = roles.iter().map(|(_, p)| process_cpu(*p)).collect();
-        let r = crate::cli::block_on_local(drive(cfg.clone(), args.clone(), limit))??;
+        let r = crate::interrupt::block_on(drive(cfg.clone(), args.clone(), limit))??;
         for (i, (_, pid)) in roles.iter().enumerate() {
             match (before[i], process_cpu(*pid)) {
                 (Some(b), Some(a)) => cpu_us[i] += a.saturating_sub(b).as_secs_f64() * 1e6,
@@ -206,7 +210,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         let base = if args.baseline {
             let n = r.tasks.clamp(1000, 2_000_000);
-            Some(crate::cli::block_on_local(baseline_echo(
+            Some(crate::interrupt::block_on(baseline_echo(
                 frame_len,
                 args.concurrency,
                 n,
@@ -971,7 +975,7 @@ fn scale_phase(
     let sim = {
         let (pki, stop, sent) = (c.pki.clone(), stop.clone(), sent.clone());
         std::thread::spawn(move || -> Result<()> {
-            crate::cli::block_on_local(simulate(pki, dist, n, stop, sent, ready_tx))?
+            crate::interrupt::block_on(simulate(pki, dist, n, stop, sent, ready_tx))?
         })
     };
     let t0 = Instant::now();
@@ -984,12 +988,12 @@ fn scale_phase(
     let rss1 = c.distributor_pid().and_then(rss_bytes);
     let sent0 = sent.load(std::sync::atomic::Ordering::Relaxed);
     let t1 = Instant::now();
-    let run = crate::cli::block_on_local(drive(cfg.clone(), args.clone(), limit))??;
+    let run = crate::interrupt::block_on(drive(cfg.clone(), args.clone(), limit))??;
     let deltas_per_s = (sent.load(std::sync::atomic::Ordering::Relaxed) - sent0) as f64
         / t1.elapsed().as_secs_f64();
     // Every simulated worker's reports reached the distributor: count the
     // ones it heard from in the last 2 s.
-    let fresh = crate::cli::block_on_local(async {
+    let fresh = crate::interrupt::block_on(async {
         let c = Client::connect_distributor(cfg.clone(), dist).await?;
         let s = c.status().await;
         c.close();
@@ -1318,7 +1322,7 @@ impl LocalCluster {
 }
 
 fn wait_ready(pki: &Path, client: &str, dist: SocketAddr, workers: usize) -> Result<()> {
-    crate::cli::block_on_local(async {
+    crate::interrupt::block_on(async {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let cfg = ClientConfig {

@@ -127,6 +127,9 @@ pub fn run(args: DemoArgs) -> Result<()> {
     if args.workers == 0 {
         bail!("--workers must be at least 1");
     }
+    // Ctrl-C ends the run with an error, so that the nodes stop and the
+    // temporary directory (the cluster's private keys) is removed.
+    crate::interrupt::catch().context("catching Ctrl-C")?;
     let tmp = TempDir::new()?;
     let pki = tmp.0.join("pki");
     let mut names: Vec<(String, Role)> = vec![
@@ -194,7 +197,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         );
     }
 
-    let report = crate::cli::block_on_local(workload(
+    let report = crate::interrupt::block_on(workload(
         args.clone(),
         pki.clone(),
         gateways,

@@ -18,6 +18,7 @@ pub mod demo;
 pub mod distributor;
 pub mod gateway;
 mod inflight;
+pub mod interrupt;
 pub mod labels;
 pub mod node_thread;
 mod resubmit;

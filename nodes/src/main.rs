@@ -8,7 +8,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("allot: {e:#}");
-            std::process::ExitCode::FAILURE
+            if e.downcast_ref::<allot::interrupt::Interrupted>().is_some() {
+                std::process::ExitCode::from(allot::interrupt::EXIT_CODE)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

@@ -982,6 +982,78 @@ fn a_killed_bench_leaves_no_nodes_behind() {
     assert!(left.is_empty(), "nodes left running: {left:?}");
 }
 
+/// Ctrl-C (here SIGINT from `kill`, as a terminal sends it) during a local
+/// bench: the bench says it was interrupted, exits with 130, stops its node
+/// processes and removes its temporary directory, which holds the local
+/// cluster's private keys.
+#[test]
+fn an_interrupted_bench_cleans_up_and_says_so() {
+    let tmp = Dir::new("interrupt");
+    let logs = Dir::new("interrupt-log");
+    let log = logs.0.join("stderr");
+    let bench = allot()
+        .args([
+            "bench",
+            "--local",
+            "--processes",
+            "--tasks",
+            "100000000",
+            "--concurrency",
+            "8",
+        ])
+        .env("TMPDIR", &tmp.0)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start bench");
+    let bench = Proc(bench);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut kids = children_of(bench.0.id());
+    while kids.len() < 4 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        kids = children_of(bench.0.id());
+    }
+    assert!(kids.len() >= 4, "nodes not started: {kids:?}");
+    let scratch = |d: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(d)
+            .map(|r| r.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(scratch(&tmp.0).len(), 1, "the bench's temporary directory");
+    // Let tasks flow, then interrupt.
+    std::thread::sleep(Duration::from_millis(500));
+    bench.signal("INT");
+    let mut bench = bench;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = bench.0.try_wait().expect("wait") {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the bench did not stop within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.code(), Some(130), "stderr: {err}");
+    assert!(
+        err.contains("interrupted (Ctrl-C or SIGTERM)"),
+        "stderr: {err}"
+    );
+    assert!(
+        scratch(&tmp.0).is_empty(),
+        "left behind: {:?}",
+        scratch(&tmp.0)
+    );
+    let alive = |p: &u32| Path::new(&format!("/proc/{p}")).exists() && !is_zombie(*p);
+    let left: Vec<u32> = kids.iter().copied().filter(alive).collect();
+    for p in &left {
+        let _ = Command::new("kill").arg("-9").arg(p.to_string()).status();
+    }
+    assert!(left.is_empty(), "nodes left running: {left:?}");
+}
+
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()

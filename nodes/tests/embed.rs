@@ -2,39 +2,27 @@
 //! process, registers an async handler as an app, and submits through the
 //! client SDK.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use allot::{
-    apps, Client, ClientConfig, DistributorConfig, GatewayConfig, RedirectPolicy, Task,
-    WorkerConfig,
-};
+use allot::{apps, Client, ClientConfig, RedirectPolicy, Task, WorkerConfig};
 use allot_wire::{ReportMode, Role, TaskStatus};
 use bytes::Bytes;
 
+mod support;
+
 #[test]
 fn embedded_nodes_run_a_registered_handler() {
-    let dir = std::env::temp_dir().join(format!("allot-embed-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let pki = dir.join("pki");
-    allot::pki::create_cluster(
-        &pki,
+    let scratch = support::Scratch::new(
+        "embed",
         &[
             ("gw", Role::Gateway),
             ("dist", Role::Distributor),
             ("w", Role::Worker),
             ("app", Role::Client),
         ],
-    )
-    .unwrap();
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let dist = allot::distributor::spawn(DistributorConfig::new(
-        "dist",
-        any,
-        pki.clone(),
-        dir.join("data"),
-    ))
-    .unwrap();
+    );
+    let pki = scratch.pki.clone();
+    let dist = scratch.distributor("dist");
     let mut wc = WorkerConfig::new("w", pki.clone(), vec![dist.addr]);
     wc.mode = ReportMode::Registered;
     wc.apps = vec!["echo".into()];
@@ -46,21 +34,14 @@ fn embedded_nodes_run_a_registered_handler() {
         Ok(Bytes::from(input.to_ascii_uppercase()))
     });
     let worker = allot::worker::spawn(wc, vec![("upper".into(), upper)]).unwrap();
-    let gw = allot::gateway::spawn(GatewayConfig {
-        name: "gw".into(),
-        listen: any,
-        pki: pki.clone(),
-        sets: vec![("main".into(), vec![dist.addr])],
-        policy: RedirectPolicy::RoundRobin,
-        ttl: Duration::from_secs(5),
-    })
-    .unwrap();
+    let gw = scratch.gateway(
+        "gw",
+        vec![dist.addr],
+        RedirectPolicy::RoundRobin,
+        Duration::from_secs(5),
+    );
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
+    let (rt, local) = support::local_runtime();
     local.block_on(&rt, async {
         let cfg = ClientConfig {
             name: "app".into(),
@@ -106,7 +87,6 @@ fn embedded_nodes_run_a_registered_handler() {
     gw.stop();
     worker.stop();
     dist.stop();
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Awaits all futures on the current LocalSet, in order.

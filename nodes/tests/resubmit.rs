@@ -3,14 +3,15 @@
 //! (The distributor keeps its key index only once a client comes back: see
 //! `nodes/src/resubmit.rs`.)
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use allot::{apps, conn, transport, DistributorConfig, WorkerConfig};
+use allot::{apps, conn, transport, WorkerConfig};
 use allot_wire::{Demands, ReportMode, Role, Submit, TaskResult, TaskStatus};
 use bytes::Bytes;
+
+mod support;
 
 fn submit(task_id: u64, key: u64, app: &str) -> Submit {
     Submit {
@@ -45,35 +46,23 @@ async fn result(stream: &mut conn::Stream) -> (u64, TaskStatus, String) {
 /// A distributor and one worker with `slots` slots, whose app `slow`
 /// counts its runs in `runs` and takes 400 ms.
 struct Cluster {
-    dir: std::path::PathBuf,
-    pki: std::path::PathBuf,
-    dist: allot::distributor::DistributorHandle,
-    worker: allot::worker::WorkerHandle,
+    dist: allot::DistributorHandle,
+    worker: allot::WorkerHandle,
     runs: Arc<AtomicU32>,
+    scratch: support::Scratch,
 }
 
 impl Cluster {
-    fn start(name: &str, slots: u32) -> Cluster {
-        let dir = std::env::temp_dir().join(format!("allot-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let pki = dir.join("pki");
-        allot::pki::create_cluster(
-            &pki,
+    fn start(test: &str, slots: u32) -> Cluster {
+        let scratch = support::Scratch::new(
+            test,
             &[
                 ("dist", Role::Distributor),
                 ("w", Role::Worker),
                 ("app", Role::Client),
             ],
-        )
-        .unwrap();
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let dist = allot::distributor::spawn(DistributorConfig::new(
-            "dist",
-            any,
-            pki.clone(),
-            dir.join("data"),
-        ))
-        .unwrap();
+        );
+        let dist = scratch.distributor("dist");
         let runs = Arc::new(AtomicU32::new(0));
         let slow = {
             let runs = runs.clone();
@@ -86,17 +75,16 @@ impl Cluster {
                 }
             })
         };
-        let mut wc = WorkerConfig::new("w", pki.clone(), vec![dist.addr]);
+        let mut wc = WorkerConfig::new("w", scratch.pki.clone(), vec![dist.addr]);
         wc.mode = ReportMode::Registered;
         wc.apps = vec!["echo".into()];
         wc.slots = slots;
         let worker = allot::worker::spawn(wc, vec![("slow".into(), slow)]).unwrap();
         Cluster {
-            dir,
-            pki,
             dist,
             worker,
             runs,
+            scratch,
         }
     }
 
@@ -117,19 +105,18 @@ impl Cluster {
 
     /// A client stream on a new connection (endpoint, connection, stream).
     async fn connect(&self) -> (quinn::Endpoint, quinn::Connection, conn::Stream) {
-        let me = allot::pki::Pki::load(&self.pki, "app").unwrap();
+        let me = allot::pki::Pki::load(&self.scratch.pki, "app").unwrap();
         let hello = conn::hello(Role::Client, "app", Vec::new());
-        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let ep = transport::endpoint(&me, any).unwrap();
+        let ep = transport::endpoint(&me, support::loopback()).unwrap();
         let c = transport::connect(&ep, self.dist.addr).await.unwrap();
         let s = conn::open(&c, &hello).await.unwrap();
         (ep, c, s)
     }
 
+    /// Stops the nodes, then removes the scratch directory.
     fn stop(self) {
         self.worker.stop();
         self.dist.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -147,18 +134,10 @@ async fn until_ready(s: &mut conn::Stream) {
     panic!("the worker did not register");
 }
 
-fn local_runtime() -> (tokio::runtime::Runtime, tokio::task::LocalSet) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    (rt, tokio::task::LocalSet::new())
-}
-
 #[test]
 fn a_resubmitted_task_runs_once_and_answers_the_new_stream() {
     let cluster = Cluster::start("resubmit", 4);
-    let (rt, local) = local_runtime();
+    let (rt, local) = support::local_runtime();
     local.block_on(&rt, async {
         // First connection: wait until the worker takes tasks, then start
         // the slow one and lose the connection while it runs.
@@ -197,7 +176,7 @@ fn a_resubmitted_task_runs_once_and_answers_the_new_stream() {
 #[test]
 fn a_resubmitted_task_waiting_for_capacity_runs_once() {
     let cluster = Cluster::start("resubmit-waiting", 1);
-    let (rt, local) = local_runtime();
+    let (rt, local) = support::local_runtime();
     local.block_on(&rt, async {
         let (ep1, c1, mut s1) = cluster.connect().await;
         until_ready(&mut s1).await;

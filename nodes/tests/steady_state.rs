@@ -10,14 +10,11 @@
 //! be at least one per task.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use allot::{
-    Client, ClientConfig, DistributorConfig, GatewayConfig, RedirectPolicy, Task, WorkerConfig,
-};
+use allot::{Client, ClientConfig, RedirectPolicy, Task, WorkerConfig};
 use allot_wire::{Role, TaskStatus};
 
 /// Counts allocations of the whole process (every node thread included).
@@ -46,6 +43,8 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+mod support;
+
 const IN_FLIGHT: u64 = 256;
 
 /// Runs `n` tasks with [`IN_FLIGHT`] in flight; panics on any failure.
@@ -68,11 +67,8 @@ async fn run(client: &Client, task: &Rc<Task>, n: u64) {
 
 #[test]
 fn a_task_costs_less_than_one_allocation_in_steady_state() {
-    let dir = std::env::temp_dir().join(format!("allot-steady-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let pki = dir.join("pki");
-    allot::pki::create_cluster(
-        &pki,
+    let scratch = support::Scratch::new(
+        "steady",
         &[
             ("gw", Role::Gateway),
             ("dist", Role::Distributor),
@@ -80,16 +76,9 @@ fn a_task_costs_less_than_one_allocation_in_steady_state() {
             ("w2", Role::Worker),
             ("c", Role::Client),
         ],
-    )
-    .expect("pki");
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let dist = allot::distributor::spawn(DistributorConfig::new(
-        "dist",
-        any,
-        pki.clone(),
-        dir.join("data"),
-    ))
-    .expect("distributor");
+    );
+    let pki = scratch.pki.clone();
+    let dist = scratch.distributor("dist");
     let workers: Vec<_> = ["w1", "w2"]
         .iter()
         .map(|n| {
@@ -98,21 +87,14 @@ fn a_task_costs_less_than_one_allocation_in_steady_state() {
             allot::worker::spawn(cfg, Vec::new()).expect("worker")
         })
         .collect();
-    let gw = allot::gateway::spawn(GatewayConfig {
-        name: "gw".into(),
-        listen: any,
-        pki: pki.clone(),
-        sets: vec![("main".into(), vec![dist.addr])],
-        policy: RedirectPolicy::Rendezvous,
-        ttl: Duration::from_secs(60),
-    })
-    .expect("gateway");
+    let gw = scratch.gateway(
+        "gw",
+        vec![dist.addr],
+        RedirectPolicy::Rendezvous,
+        Duration::from_secs(60),
+    );
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let local = tokio::task::LocalSet::new();
+    let (rt, local) = support::local_runtime();
     let per_task = local.block_on(&rt, async {
         let client = Client::connect(ClientConfig {
             name: "c".into(),
@@ -145,7 +127,6 @@ fn a_task_costs_less_than_one_allocation_in_steady_state() {
     drop(workers);
     gw.stop();
     dist.stop();
-    let _ = std::fs::remove_dir_all(&dir);
     println!("allocations per task in steady state: {per_task:.3}");
     assert!(
         per_task < 1.0,
