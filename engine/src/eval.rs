@@ -345,6 +345,31 @@ impl Pred {
 
     /// Whether this predicate reads a reservation column (`slots_free`,
     /// `cores_free`, `mem_free`).
+    /// Whether a server failing this clause may pass it later without the
+    /// task or the server's registration changing: the clause is the up
+    /// state, or reads nothing but the free capacity that reservations and
+    /// deltas move (and constants). A task whose only obstacles are such
+    /// clauses can wait for capacity instead of failing.
+    pub(crate) fn frees_up(&self) -> bool {
+        match self {
+            Pred::Up => true,
+            Pred::Const(_)
+            | Pred::HasApp(_)
+            | Pred::F32 { .. }
+            | Pred::LabelStr { .. }
+            | Pred::LabelNum { .. }
+            | Pred::LabelLabel { .. } => false,
+            Pred::Not(p) => p.frees_up(),
+            Pred::And(ps) | Pred::Or(ps) => !ps.is_empty() && ps.iter().all(Pred::frees_up),
+            Pred::Range32 { col, .. } | Pred::Range64 { col, .. } => col.is_capacity(),
+            Pred::Num { l, r, .. } => {
+                l.capacity_or_const()
+                    && r.capacity_or_const()
+                    && (l.reads_capacity() || r.reads_capacity())
+            }
+        }
+    }
+
     pub(crate) fn reads_capacity(&self) -> bool {
         match self {
             Pred::Const(_)
@@ -605,6 +630,18 @@ impl NumExpr {
             NumExpr::Label(key) => v.label(*key).map_or(f64::NAN, |c| c.num(i)),
             NumExpr::Neg(e) => -e.eval_row(v, i),
             NumExpr::Bin(op, a, b) => op.apply(a.eval_row(v, i), b.eval_row(v, i)),
+        }
+    }
+
+    /// Whether this expression reads nothing but reservation columns and
+    /// constants.
+    pub(crate) fn capacity_or_const(&self) -> bool {
+        match self {
+            NumExpr::Const(_) => true,
+            NumExpr::Label(_) => false,
+            NumExpr::Col(c) => c.is_capacity(),
+            NumExpr::Neg(e) => e.capacity_or_const(),
+            NumExpr::Bin(_, a, b) => a.capacity_or_const() && b.capacity_or_const(),
         }
     }
 

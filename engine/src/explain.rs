@@ -43,6 +43,12 @@ pub struct Explain {
     /// Up to [`MAX_NEAREST`] servers failing the fewest clauses (at least
     /// one), fewest first, then by id.
     pub nearest: Vec<NearMiss>,
+    /// Servers that fail only clauses they may pass later by themselves:
+    /// free slots, cores or memory, the up state, the user's in-flight
+    /// quota. When a task matches nowhere but this is above zero, it can
+    /// wait for capacity; when it is zero, waiting cannot help. Counted over
+    /// the whole table, not only the `nearest` shown.
+    pub waitable: u32,
 }
 
 impl fmt::Display for Explain {
@@ -89,6 +95,16 @@ impl ServerTable {
             names.push("not already tried for this task (excluded)".into());
         }
         let mut elim = vec![0u32; names.len()];
+        // Per clause of `names`: whether failing it is waitable (the
+        // quota is; being excluded for this task is not).
+        let mut frees_up: Vec<bool> = query.clauses.iter().map(|c| c.pred.frees_up()).collect();
+        if quota.is_some() {
+            frees_up.push(true);
+        }
+        if !excluded.is_empty() {
+            frees_up.push(false);
+        }
+        let mut waitable = 0u32;
         let guard = &crossbeam_epoch::pin();
         let (mut total, mut matched) = (0u32, 0u32);
         // (failures, id) of the best near misses so far, sorted.
@@ -126,10 +142,13 @@ impl ServerTable {
                 let view = View::new(shard, block, b, guard);
                 let fails = fails_at(s, b, &view, live);
                 let mut counts = [0u8; BLOCK_ROWS];
-                let mut any = 0u64;
+                let (mut any, mut lasting) = (0u64, 0u64);
                 for (c, &f) in fails.iter().enumerate() {
                     elim[c] += f.count_ones();
                     any |= f;
+                    if !frees_up[c] {
+                        lasting |= f;
+                    }
                     let mut m = f;
                     while m != 0 {
                         let i = m.trailing_zeros() as usize;
@@ -139,6 +158,7 @@ impl ServerTable {
                 }
                 total += live.count_ones();
                 matched += (live & !any).count_ones();
+                waitable += (any & !lasting).count_ones();
                 let mut m = any;
                 while m != 0 {
                     let i = m.trailing_zeros() as usize;
@@ -182,6 +202,7 @@ impl ServerTable {
                 .map(|(clause, eliminated)| ClauseStat { clause, eliminated })
                 .collect(),
             nearest,
+            waitable,
         }
     }
 }

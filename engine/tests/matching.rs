@@ -435,3 +435,49 @@ fn table_is_send_and_sync() {
     assert_send_sync::<Reservation>();
     assert_send_sync::<Store>();
 }
+
+/// `waitable` counts the servers that fail only on what frees up by itself
+/// (free capacity, the up state), over the whole table: here the one busy
+/// server ranks behind ten that can never run the task (each fails one
+/// clause, and ties go to the lower id), so the nearest misses alone (at
+/// most five) do not show it.
+#[test]
+fn explain_counts_the_servers_worth_waiting_for() {
+    let t = table();
+    for i in 0..10 {
+        t.insert(server(&format!("lacks-app-{i}"), 1, 1.0, &["other"], "eu"))
+            .unwrap();
+    }
+    let busy = t.insert(server("busy", 1, 1.0, &["echo"], "eu")).unwrap();
+    let q = t.compile("", "", &env("echo")).unwrap();
+    let held = t.match_and_reserve(&q, MatchMode::Exact).unwrap();
+    assert_eq!(held.server, busy);
+    let err = t.match_and_reserve(&q, MatchMode::Exact).unwrap_err();
+    assert_eq!(err.explain.matched, 0);
+    assert!(
+        err.explain.nearest.iter().all(|n| n.server != "busy"),
+        "{:?}",
+        err.explain.nearest
+    );
+    assert_eq!(
+        err.explain.waitable, 1,
+        "the busy server is worth waiting for"
+    );
+    // Down is worth waiting for too; a clause on what the server is, not.
+    t.release(&held);
+    t.set_state(busy, ServerState::Down).unwrap();
+    assert_eq!(t.explain(&q).waitable, 1);
+    t.set_state(busy, ServerState::Up).unwrap();
+    let q = t.compile("server.power >= 2", "", &env("echo")).unwrap();
+    assert_eq!(t.explain(&q).waitable, 0, "waiting cannot help");
+    // A clause over free capacity alone is worth waiting for; one that
+    // also reads a fixed column is not.
+    let q = t
+        .compile("server.slots_free >= 2", "", &env("echo"))
+        .unwrap();
+    assert_eq!(t.explain(&q).waitable, 1);
+    let q = t
+        .compile("server.slots_free + server.cores >= 100", "", &env("echo"))
+        .unwrap();
+    assert_eq!(t.explain(&q).waitable, 0);
+}

@@ -853,17 +853,13 @@ impl State {
 /// Whether a failed match may succeed later without any change to the
 /// task: some nearest miss fails only on capacity (slots, cores, memory
 /// taken by running tasks), the user's in-flight quota, or being down.
+/// Whether a task that matched nowhere should wait for capacity: some
+/// server fails it only on free capacity, the up state or the user's quota,
+/// counted over the whole table (`Explain::waitable`; judging by the few
+/// nearest misses shown, a busy server ranked behind servers that can never
+/// run the task made the task fail at once instead of waiting).
 fn is_transient(e: &allot_engine::Explain) -> bool {
-    let transient = |c: &String| {
-        c.ends_with("(task.slots)")
-            || c.ends_with("(task.cores)")
-            || c.ends_with("(task.mem)")
-            || c.contains("quota")
-            || c.starts_with("server is up")
-    };
-    e.nearest
-        .iter()
-        .any(|n| !n.failed.is_empty() && n.failed.iter().all(transient))
+    e.waitable > 0
 }
 
 // ---------------------------------------------------------------- clients
