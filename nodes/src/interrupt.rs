@@ -26,7 +26,7 @@ const POLL: Duration = Duration::from_millis(50);
 /// The command was interrupted by Ctrl-C (SIGINT) or SIGTERM.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "interrupted (Ctrl-C or SIGTERM): stopped the local cluster and removed its temporary files"
+    "interrupted (Ctrl-C or SIGTERM): what this run started is stopped and its temporary files removed"
 )]
 pub struct Interrupted;
 
