@@ -943,23 +943,24 @@ fn children_of(pid: u32) -> Vec<u32> {
     out
 }
 
-#[test]
-fn a_killed_bench_leaves_no_nodes_behind() {
-    let mut bench = allot()
-        .args([
-            "bench",
-            "--local",
-            "--processes",
-            "--tasks",
-            "100000000",
-            "--concurrency",
-            "8",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start bench");
-    // Gateway, distributor and two workers.
+/// Starts `allot bench --local --processes` for more tasks than a test
+/// waits for, after `configure` had its say, and waits until its gateway,
+/// distributor and two workers run: the bench and their process ids.
+fn endless_bench(configure: impl FnOnce(&mut Command)) -> (Child, Vec<u32>) {
+    let mut cmd = allot();
+    cmd.args([
+        "bench",
+        "--local",
+        "--processes",
+        "--tasks",
+        "100000000",
+        "--concurrency",
+        "8",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    configure(&mut cmd);
+    let bench = cmd.spawn().expect("start bench");
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut kids = children_of(bench.id());
     while kids.len() < 4 && Instant::now() < deadline {
@@ -967,6 +968,12 @@ fn a_killed_bench_leaves_no_nodes_behind() {
         kids = children_of(bench.id());
     }
     assert!(kids.len() >= 4, "nodes not started: {kids:?}");
+    (bench, kids)
+}
+
+#[test]
+fn a_killed_bench_leaves_no_nodes_behind() {
+    let (mut bench, kids) = endless_bench(|_| {});
     // SIGKILL: no destructor of the bench runs.
     bench.kill().expect("kill bench");
     bench.wait().expect("reap bench");
@@ -991,29 +998,11 @@ fn an_interrupted_bench_cleans_up_and_says_so() {
     let tmp = Dir::new("interrupt");
     let logs = Dir::new("interrupt-log");
     let log = logs.0.join("stderr");
-    let bench = allot()
-        .args([
-            "bench",
-            "--local",
-            "--processes",
-            "--tasks",
-            "100000000",
-            "--concurrency",
-            "8",
-        ])
-        .env("TMPDIR", &tmp.0)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("start bench");
+    let log_file = std::fs::File::create(&log).expect("log file");
+    let (bench, kids) = endless_bench(|c| {
+        c.env("TMPDIR", &tmp.0).stderr(log_file);
+    });
     let bench = Proc(bench);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut kids = children_of(bench.0.id());
-    while kids.len() < 4 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        kids = children_of(bench.0.id());
-    }
-    assert!(kids.len() >= 4, "nodes not started: {kids:?}");
     let scratch = |d: &Path| -> Vec<PathBuf> {
         std::fs::read_dir(d)
             .map(|r| r.flatten().map(|e| e.path()).collect())
