@@ -850,9 +850,6 @@ impl State {
     }
 }
 
-/// Whether a failed match may succeed later without any change to the
-/// task: some nearest miss fails only on capacity (slots, cores, memory
-/// taken by running tasks), the user's in-flight quota, or being down.
 /// Whether a task that matched nowhere should wait for capacity: some
 /// server fails it only on free capacity, the up state or the user's quota,
 /// counted over the whole table (`Explain::waitable`; judging by the few
