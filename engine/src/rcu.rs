@@ -378,6 +378,25 @@ mod tests {
         assert!(c.get(&g).expect("value").iter().all(|&x| x == 8));
     }
 
+    /// A thread that reads `c` until `stop`, checking that every value it
+    /// sees is whole (all elements equal) and never older than the last.
+    fn whole_value_reader(
+        c: &Arc<Rcu<[u32; 64]>>,
+        stop: &Arc<AtomicBool>,
+    ) -> std::thread::JoinHandle<()> {
+        let (c, stop) = (c.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = 0u32;
+            while !stop.load(Relaxed) {
+                let g = crossbeam_epoch::pin();
+                let v = c.get(&g).expect("value");
+                assert!(v.iter().all(|&x| x == v[0]), "torn value");
+                assert!(v[0] >= seen, "went back in time");
+                seen = v[0];
+            }
+        })
+    }
+
     /// Readers on one thread see whole values while another thread replaces
     /// them: every element of a value equals its first.
     #[test]
@@ -386,19 +405,7 @@ mod tests {
         let c = Arc::new(Rcu::new_in([0u32; 64], &p));
         let stop = Arc::new(AtomicBool::new(false));
         let rounds = if cfg!(miri) { 20 } else { 20_000 };
-        let reader = {
-            let (c, stop) = (c.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut seen = 0u32;
-                while !stop.load(Relaxed) {
-                    let g = crossbeam_epoch::pin();
-                    let v = c.get(&g).expect("value");
-                    assert!(v.iter().all(|&x| x == v[0]), "torn value");
-                    assert!(v[0] >= seen, "went back in time");
-                    seen = v[0];
-                }
-            })
-        };
+        let reader = whole_value_reader(&c, &stop);
         for r in 1..=rounds {
             let g = crossbeam_epoch::pin();
             c.store(Some([r; 64]), &p, &g);
@@ -470,19 +477,7 @@ mod tests {
         } else {
             50_000
         };
-        let reader = {
-            let (c, stop) = (c.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut seen = 0u32;
-                while !stop.load(Relaxed) {
-                    let g = crossbeam_epoch::pin();
-                    let v = c.get(&g).expect("value");
-                    assert!(v.iter().all(|&x| x == v[0]), "torn value");
-                    assert!(v[0] >= seen, "went back in time");
-                    seen = v[0];
-                }
-            })
-        };
+        let reader = whole_value_reader(&c, &stop);
         let mut rec = Recycler::new(&p);
         for r in 1..=rounds {
             let g = crossbeam_epoch::pin();

@@ -388,21 +388,7 @@ fn warm_ok(r: Option<(u64, Result<crate::Outcome, crate::ClientError>)>) -> Resu
 /// The size of the `Submit` frame the bench sends: the baseline moves
 /// messages of exactly this size.
 fn submit_frame_len(args: &BenchArgs) -> Result<usize> {
-    let s = allot_wire::Submit {
-        task_id: 1,
-        idempotency_key: 1,
-        app: args.app.clone(),
-        demands: Demands {
-            cores: 0,
-            mem: 0,
-            slots: 1,
-        },
-        require: String::new(),
-        prefer: String::new(),
-        user: String::new(),
-        priority: 0,
-        deadline_ms: 0,
-    };
+    let s = allot_wire::Submit::new(1, 1, args.app.clone());
     let mut out = BytesMut::new();
     allot_wire::FrameEncoder::default().encode(&s, &vec![0; args.payload], &mut out)?;
     Ok(out.len())

@@ -8,28 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allot::{apps, conn, transport, WorkerConfig};
-use allot_wire::{Demands, ReportMode, Role, Submit, TaskResult, TaskStatus};
+use allot_wire::{ReportMode, Role, Submit, TaskResult, TaskStatus};
 use bytes::Bytes;
 
 mod support;
-
-fn submit(task_id: u64, key: u64, app: &str) -> Submit {
-    Submit {
-        task_id,
-        idempotency_key: key,
-        app: app.into(),
-        demands: Demands {
-            cores: 0,
-            mem: 0,
-            slots: 1,
-        },
-        require: String::new(),
-        prefer: String::new(),
-        user: String::new(),
-        priority: 0,
-        deadline_ms: 0,
-    }
-}
 
 /// The next `TaskResult` on `stream`: (task id, status, worker).
 async fn result(stream: &mut conn::Stream) -> (u64, TaskStatus, String) {
@@ -124,7 +106,10 @@ impl Cluster {
 async fn until_ready(s: &mut conn::Stream) {
     for probe in 0..100 {
         s.out
-            .send(&submit(1000 + probe, 1000 + probe, "echo"), &Bytes::new())
+            .send(
+                &Submit::new(1000 + probe, 1000 + probe, "echo"),
+                &Bytes::new(),
+            )
             .unwrap();
         if result(s).await.1 == TaskStatus::Ok {
             return;
@@ -144,7 +129,7 @@ fn a_resubmitted_task_runs_once_and_answers_the_new_stream() {
         let (ep1, c1, mut s1) = cluster.connect().await;
         until_ready(&mut s1).await;
         s1.out
-            .send(&submit(1, 42, "slow"), &Bytes::from_static(b"once"))
+            .send(&Submit::new(1, 42, "slow"), &Bytes::from_static(b"once"))
             .unwrap();
         cluster.until_runs(1).await;
         c1.close(transport::codes::NORMAL, b"lost");
@@ -153,7 +138,7 @@ fn a_resubmitted_task_runs_once_and_answers_the_new_stream() {
         // Second connection, same client: resubmit with the same key.
         let (ep2, c2, mut s2) = cluster.connect().await;
         s2.out
-            .send(&submit(7, 42, "slow"), &Bytes::from_static(b"once"))
+            .send(&Submit::new(7, 42, "slow"), &Bytes::from_static(b"once"))
             .unwrap();
         let (id, status, worker) = result(&mut s2).await;
         assert_eq!((id, status, worker.as_str()), (7, TaskStatus::Ok, "w"));
@@ -161,7 +146,7 @@ fn a_resubmitted_task_runs_once_and_answers_the_new_stream() {
 
         // A new key on the same stream is a new task.
         s2.out
-            .send(&submit(8, 43, "slow"), &Bytes::from_static(b"twice"))
+            .send(&Submit::new(8, 43, "slow"), &Bytes::from_static(b"twice"))
             .unwrap();
         assert_eq!(result(&mut s2).await.0, 8);
         assert_eq!(cluster.runs(), 2);
@@ -182,10 +167,10 @@ fn a_resubmitted_task_waiting_for_capacity_runs_once() {
         until_ready(&mut s1).await;
         // The one slot runs the first task; the second waits for it.
         s1.out
-            .send(&submit(1, 50, "slow"), &Bytes::from_static(b"first"))
+            .send(&Submit::new(1, 50, "slow"), &Bytes::from_static(b"first"))
             .unwrap();
         s1.out
-            .send(&submit(2, 51, "slow"), &Bytes::from_static(b"second"))
+            .send(&Submit::new(2, 51, "slow"), &Bytes::from_static(b"second"))
             .unwrap();
         cluster.until_runs(1).await;
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -196,10 +181,10 @@ fn a_resubmitted_task_waiting_for_capacity_runs_once() {
         // Resubmit both, the waiting one first, under new task ids.
         let (ep2, c2, mut s2) = cluster.connect().await;
         s2.out
-            .send(&submit(9, 51, "slow"), &Bytes::from_static(b"second"))
+            .send(&Submit::new(9, 51, "slow"), &Bytes::from_static(b"second"))
             .unwrap();
         s2.out
-            .send(&submit(8, 50, "slow"), &Bytes::from_static(b"first"))
+            .send(&Submit::new(8, 50, "slow"), &Bytes::from_static(b"first"))
             .unwrap();
         let mut answered = vec![result(&mut s2).await, result(&mut s2).await];
         answered.sort_by_key(|a| a.0);

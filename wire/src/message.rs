@@ -299,6 +299,29 @@ pub struct Submit {
     pub deadline_ms: u64,
 }
 
+impl Submit {
+    /// A task for `app` that needs one slot and nothing else: no
+    /// constraints, the default `prefer`, the certificate's user, no
+    /// priority or deadline.
+    pub fn new(task_id: u64, idempotency_key: u64, app: impl Into<String>) -> Submit {
+        Submit {
+            task_id,
+            idempotency_key,
+            app: app.into(),
+            demands: Demands {
+                cores: 0,
+                mem: 0,
+                slots: 1,
+            },
+            require: String::new(),
+            prefer: String::new(),
+            user: String::new(),
+            priority: 0,
+            deadline_ms: 0,
+        }
+    }
+}
+
 /// A gateway sends a client to a distributor set.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[rkyv(derive(Debug))]
