@@ -4,12 +4,17 @@
 //! 10k servers, then `N` exact matches and `M` sampled ones (k = 8), each
 //! reserved and released, then `U` exact matches with a `prefer` of the same
 //! value that the engine cannot bound per block (every block filtered and
-//! scored: the raw scan): `scan_profile N M U` (default 200 2000 0). Run it
+//! scored: the raw scan): `scan_profile N M U [SERVERS]` (default 200 2000 0,
+//! 10,000 servers; `valgrind --tool=cachegrind --cache-sim=yes` at 1,000,000
+//! counts the lines a match reads). Run it
 //! with `0 0 0` to measure the setup alone and subtract.
 use allot_engine::*;
 
 fn main() {
-    let n = 10_000;
+    let n = std::env::args()
+        .nth(4)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10_000);
     let t = ServerTable::new(TableConfig {
         shards: 4,
         capacity: n,

@@ -186,6 +186,13 @@ thread_local! {
     static RNG: Cell<u64> = const { Cell::new(0) };
 }
 
+/// `x` scaled from `0..2^32` to `0..n` (Lemire's multiply-shift reduction):
+/// uniform to within `n / 2^32`, and 0 for `n == 0`.
+#[inline(always)]
+fn scale(x: u32, n: usize) -> usize {
+    ((x as u64 * n as u64) >> 32) as usize
+}
+
 /// xorshift64*: enough to spread sampled starts; seeded per thread.
 fn next_random(seed: u64) -> u64 {
     RNG.with(|r| {
@@ -712,13 +719,11 @@ impl ServerTable {
     /// at.
     #[inline]
     fn start_of(&self, r: u64) -> (usize, usize) {
-        let s = (r % self.shards.len() as u64) as usize;
-        let nb = self.shards[s].nblocks();
-        let b = if nb == 0 {
-            0
-        } else {
-            ((r >> 32) % nb as u64) as usize
-        };
+        // Each half of the draw scaled to its range by a multiply and a
+        // shift, not `%`: a 64-bit division takes tens of cycles, and a
+        // match draws four starts (its own and the ring's).
+        let s = scale(r as u32, self.shards.len()).min(self.shards.len().saturating_sub(1));
+        let b = scale((r >> 32) as u32, self.shards[s].nblocks());
         (s, b)
     }
 
@@ -797,3 +802,22 @@ impl ServerTable {
 
 // Masks are `u64`: one bit per row of a block.
 const _: () = assert!(BLOCK_ROWS == 64);
+
+#[cfg(test)]
+mod tests {
+    use super::scale;
+
+    #[test]
+    fn scale_maps_draws_onto_the_whole_range_and_no_further() {
+        assert_eq!(scale(0, 7), 0);
+        assert_eq!(scale(u32::MAX, 7), 6);
+        assert_eq!(scale(u32::MAX, 0), 0);
+        assert_eq!(scale(1 << 31, 4), 2);
+        // Every value of a small range is hit, about equally often.
+        let mut hits = [0u32; 5];
+        for i in 0..5000u32 {
+            hits[scale(i.wrapping_mul(0x9E37_79B9), 5)] += 1;
+        }
+        assert!(hits.iter().all(|&h| (900..1100).contains(&h)), "{hits:?}");
+    }
+}
