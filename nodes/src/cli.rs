@@ -8,7 +8,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use allot_wire::{Attr, AttrValue, Demands, ExplainQuery, ReportMode, Role, TaskStatus};
+use allot_wire::{
+    Attr, AttrValue, Demands, ExplainQuery, ExplainReply, ReportMode, Role, TaskStatus,
+};
 use anyhow::{bail, Context, Result};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
@@ -645,6 +647,30 @@ fn status(a: StatusArgs) -> Result<()> {
     Ok(())
 }
 
+/// The first line of `allot explain`: whether a task submitted now would
+/// run, wait for capacity, or fail.
+fn explain_verdict(r: &ExplainReply) -> String {
+    if r.matched > 0 {
+        format!(
+            "would match: {} of {} workers satisfy every clause; best now: {}",
+            r.matched, r.total, r.best
+        )
+    } else if r.waitable > 0 {
+        format!(
+            "would wait: no worker of {} satisfies every clause now; {} would once \
+             capacity frees, a worker is up again or the user's quota allows, and a \
+             task submitted now waits for that",
+            r.total, r.waitable
+        )
+    } else {
+        format!(
+            "would NOT match: no worker of {} satisfies every clause, and none would \
+             by waiting: a task submitted now fails",
+            r.total
+        )
+    }
+}
+
 fn explain(a: ExplainArgs) -> Result<()> {
     let addr = a.distributor;
     let q = ExplainQuery {
@@ -676,21 +702,13 @@ fn explain(a: ExplainArgs) -> Result<()> {
             "best": r.best,
             "clauses": r.clauses.iter().map(|c| serde_json::json!({"clause": c.clause, "eliminated": c.eliminated})).collect::<Vec<_>>(),
             "nearest": r.nearest.iter().map(|n| serde_json::json!({"worker": n.worker, "failed": n.failed})).collect::<Vec<_>>(),
+            "waitable": r.waitable,
+            "would_wait": r.matched == 0 && r.waitable > 0,
         });
         println!("{j}");
         return Ok(());
     }
-    if r.matched > 0 {
-        println!(
-            "would match: {} of {} workers satisfy every clause; best now: {}",
-            r.matched, r.total, r.best
-        );
-    } else {
-        println!(
-            "would NOT match: no worker of {} satisfies every clause",
-            r.total
-        );
-    }
+    println!("{}", explain_verdict(&r));
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
     t.set_header(["clause", "workers eliminated"]);
@@ -705,4 +723,39 @@ fn explain(a: ExplainArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explain_says_whether_a_task_would_run_wait_or_fail() {
+        let mut r = ExplainReply {
+            total: 9,
+            matched: 2,
+            best: "w-1".into(),
+            clauses: Vec::new(),
+            nearest: Vec::new(),
+            waitable: 1,
+            error: String::new(),
+        };
+        let v = explain_verdict(&r);
+        assert!(
+            v.starts_with("would match: 2 of 9") && v.ends_with("best now: w-1"),
+            "{v}"
+        );
+        r.matched = 0;
+        let v = explain_verdict(&r);
+        assert!(
+            v.starts_with("would wait: no worker of 9") && v.contains("; 1 would once"),
+            "{v}"
+        );
+        r.waitable = 0;
+        let v = explain_verdict(&r);
+        assert!(
+            v.starts_with("would NOT match") && v.ends_with("a task submitted now fails"),
+            "{v}"
+        );
+    }
 }

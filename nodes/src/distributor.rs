@@ -1182,6 +1182,7 @@ async fn serve_client(stream: Stream, state: Shared) {
                         best: String::new(),
                         clauses: Vec::new(),
                         nearest: Vec::new(),
+                        waitable: 0,
                         error: e.to_string(),
                     },
                 };
@@ -1259,6 +1260,7 @@ fn explain_reply(table: &ServerTable, query: &Query) -> ExplainReply {
                 failed: n.failed.clone(),
             })
             .collect(),
+        waitable: e.waitable,
         error: String::new(),
     }
 }

@@ -373,6 +373,11 @@ fn cli_contract_end_to_end() {
     );
     let e = json(&out);
     assert_eq!(e["matches"], false);
+    // No worker would take it by waiting either: a submission fails.
+    assert_eq!(
+        (e["waitable"].as_u64(), e["would_wait"].as_bool()),
+        (Some(0), Some(false))
+    );
     let clause = e["clauses"]
         .as_array()
         .unwrap()

@@ -1,11 +1,12 @@
 //! A task that no server can take right now, but one could once a running
 //! task ends, waits for capacity instead of failing, however many servers
-//! that can never take it rank ahead of the busy one in the explanation.
+//! that can never take it rank ahead of the busy one in the explanation;
+//! `explain` says so (`waitable`) while the server is busy.
 
 use std::time::Duration;
 
 use allot::{apps, Client, ClientConfig, Task, WorkerConfig};
-use allot_wire::{Demands, ReportMode, Role, TaskStatus};
+use allot_wire::{Demands, ExplainQuery, ReportMode, Role, TaskStatus};
 use bytes::Bytes;
 
 mod support;
@@ -73,6 +74,41 @@ fn a_task_waits_for_the_busy_server_behind_many_that_cannot_run_it() {
             };
             t
         };
+        // While one task runs, `explain` says a task would wait for the
+        // busy server rather than fail (the same test the distributor makes).
+        let busy_now = async {
+            for _ in 0..300 {
+                let q = ExplainQuery {
+                    app: "slow".into(),
+                    demands: task(0).demands,
+                    require: String::new(),
+                    prefer: String::new(),
+                    user: String::new(),
+                };
+                let r = client.explain(q).await.unwrap();
+                if r.matched == 0 {
+                    return Some(r);
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            None
+        };
+        let (first, during) = tokio::join!(client.submit(task(0)), busy_now);
+        assert_eq!(first.unwrap().status, TaskStatus::Ok);
+        let during = during.expect("explain saw the busy server busy");
+        assert_eq!((during.matched, during.waitable), (0, 1), "{during:?}");
+        assert_eq!(during.total as usize, LACKING + 1);
+        // With it idle again, it matches.
+        let q = ExplainQuery {
+            app: "slow".into(),
+            demands: task(0).demands,
+            require: String::new(),
+            prefer: String::new(),
+            user: String::new(),
+        };
+        let idle = client.explain(q).await.unwrap();
+        assert_eq!((idle.matched, &*idle.best), (1, "busy"));
+
         let (a, b) = tokio::join!(client.submit(task(1)), client.submit(task(2)));
         for (o, want) in [(a.unwrap(), 1u8), (b.unwrap(), 2)] {
             assert_eq!(o.status, TaskStatus::Ok, "{}", o.message);

@@ -547,6 +547,10 @@ pub struct ExplainReply {
     pub clauses: Vec<ClauseCount>,
     /// The workers that failed the fewest clauses.
     pub nearest: Vec<NearMiss>,
+    /// Workers that fail only on free capacity, their state (down,
+    /// draining) or the user's in-flight quota: with none matching, a task
+    /// submitted now waits for one of these rather than failing.
+    pub waitable: u32,
     /// Set when the query itself is wrong (an expression that does not parse).
     pub error: String,
 }

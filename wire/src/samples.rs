@@ -205,6 +205,7 @@ pub fn all_frames() -> Vec<(MessageKind, BytesMut)> {
                 worker: "worker-1".into(),
                 failed: vec!["server.gpu".into()],
             }],
+            waitable: 0,
             error: String::new(),
         },
         b""

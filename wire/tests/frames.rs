@@ -296,25 +296,32 @@ fn wrong_major_version_gets_an_error_and_nothing_more_is_read() {
     assert_eq!(
         err,
         FrameError::VersionMismatch {
-            peer_major: 2,
+            peer_major: PROTOCOL_VERSION.major + 1,
             peer_minor: 3,
-            ours_major: 1
+            ours_major: PROTOCOL_VERSION.major
         }
     );
     assert_eq!(msg.code, ErrorCode::VersionMismatch);
     assert_eq!(
         msg.message,
-        "peer speaks protocol 2.3, this node speaks 1.x"
+        format!(
+            "peer speaks protocol {}.3, this node speaks {}.x",
+            PROTOCOL_VERSION.major + 1,
+            PROTOCOL_VERSION.major
+        )
     );
     assert_eq!(hs.state(), &HandshakeState::Rejected);
     // Even a correct Hello is not read any more.
-    assert_eq!(hs.on_frame(hello(1)).unwrap_err().0, FrameError::Poisoned);
+    assert_eq!(
+        hs.on_frame(hello(PROTOCOL_VERSION.major)).unwrap_err().0,
+        FrameError::Poisoned
+    );
 }
 
 #[test]
 fn matching_version_establishes_and_a_second_hello_is_a_protocol_error() {
     let mut hs = Handshake::new();
-    let h = hs.on_frame(hello(1)).unwrap();
+    let h = hs.on_frame(hello(PROTOCOL_VERSION.major)).unwrap();
     assert_eq!(h.get().name.as_str(), "w1");
     assert_eq!(
         hs.state(),
@@ -323,7 +330,7 @@ fn matching_version_establishes_and_a_second_hello_is_a_protocol_error() {
             name: "w1".into()
         }
     );
-    let (err, msg) = hs.on_frame(hello(1)).unwrap_err();
+    let (err, msg) = hs.on_frame(hello(PROTOCOL_VERSION.major)).unwrap_err();
     assert!(matches!(err, FrameError::UnexpectedKind { .. }));
     assert_eq!(msg.code, ErrorCode::Protocol);
 }
@@ -408,4 +415,19 @@ fn borrowed_access_validates_and_checks_the_kind() {
         frame.access::<Submit>(),
         Err(FrameError::Invalid { .. })
     ));
+}
+
+#[test]
+fn a_1x_peer_is_refused_naming_both_versions() {
+    // 2.0 changed `ExplainReply`; a 1.x node could not read it.
+    let mut hs = Handshake::new();
+    let (err, msg) = hs.on_frame(hello(1)).unwrap_err();
+    assert!(matches!(
+        err,
+        FrameError::VersionMismatch { peer_major: 1, .. }
+    ));
+    assert_eq!(
+        msg.message,
+        "peer speaks protocol 1.3, this node speaks 2.x"
+    );
 }
