@@ -722,7 +722,7 @@ impl ServerTable {
         // Each half of the draw scaled to its range by a multiply and a
         // shift, not `%`: a 64-bit division takes tens of cycles, and a
         // match draws four starts (its own and the ring's).
-        let s = scale(r as u32, self.shards.len()).min(self.shards.len().saturating_sub(1));
+        let s = scale(r as u32, self.shards.len());
         let b = scale((r >> 32) as u32, self.shards[s].nblocks());
         (s, b)
     }

@@ -74,18 +74,18 @@ fn a_task_waits_for_the_busy_server_behind_many_that_cannot_run_it() {
             };
             t
         };
+        let explain_slow = || ExplainQuery {
+            app: "slow".into(),
+            demands: task(0).demands,
+            require: String::new(),
+            prefer: String::new(),
+            user: String::new(),
+        };
         // While one task runs, `explain` says a task would wait for the
         // busy server rather than fail (the same test the distributor makes).
         let busy_now = async {
             for _ in 0..300 {
-                let q = ExplainQuery {
-                    app: "slow".into(),
-                    demands: task(0).demands,
-                    require: String::new(),
-                    prefer: String::new(),
-                    user: String::new(),
-                };
-                let r = client.explain(q).await.unwrap();
+                let r = client.explain(explain_slow()).await.unwrap();
                 if r.matched == 0 {
                     return Some(r);
                 }
@@ -99,14 +99,7 @@ fn a_task_waits_for_the_busy_server_behind_many_that_cannot_run_it() {
         assert_eq!((during.matched, during.waitable), (0, 1), "{during:?}");
         assert_eq!(during.total as usize, LACKING + 1);
         // With it idle again, it matches.
-        let q = ExplainQuery {
-            app: "slow".into(),
-            demands: task(0).demands,
-            require: String::new(),
-            prefer: String::new(),
-            user: String::new(),
-        };
-        let idle = client.explain(q).await.unwrap();
+        let idle = client.explain(explain_slow()).await.unwrap();
         assert_eq!((idle.matched, &*idle.best), (1, "busy"));
 
         let (a, b) = tokio::join!(client.submit(task(1)), client.submit(task(2)));
