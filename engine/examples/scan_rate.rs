@@ -5,7 +5,8 @@
 //! reserved and released; before them, deltas as the bench applies them
 //! (`scan_rate N DELTAS ROUNDS`; a fourth argument `shuffled` sends them to
 //! the servers in a random order instead of registration order). For iterating on the hot path; the figures
-//! that count are the criterion bench's.
+//! that count are the criterion bench's. The environment variable `REQ`
+//! replaces the query's `require`.
 use std::time::Instant;
 
 use allot_engine::*;
@@ -74,7 +75,10 @@ fn main() {
         .push(("region".into(), LabelValue::Str("eu".into())));
     let q = t
         .compile(
-            "server.region == client.region && server.load < 0.8 && server.mem_free >= 8GiB",
+            &std::env::var("REQ").unwrap_or(
+                "server.region == client.region && server.load < 0.8 && server.mem_free >= 8GiB"
+                    .into(),
+            ),
             "server.idle_power - 2 * server.load",
             &env,
         )

@@ -36,6 +36,10 @@ pub(crate) struct Footprint {
     apps: Vec<u32>,
     /// Whether the reservation cells are read.
     cap: bool,
+    /// Whether `prefer` reads them (then scoring reads them for every row
+    /// that passes, and a lazy sampled match warms them as the eager one
+    /// does).
+    pub(crate) prefer_cap: bool,
 }
 
 impl Footprint {
@@ -46,6 +50,9 @@ impl Footprint {
             fp.add_pred(p);
         }
         fp.add_num(prefer);
+        let mut p = Footprint::default();
+        p.add_num(prefer);
+        fp.prefer_cap = p.cap;
         for v in [&mut fp.dynamic, &mut fp.fixed] {
             v.sort_unstable();
             v.dedup();

@@ -50,6 +50,14 @@ pub enum MatchMode {
     /// The best of the first `k` matching servers found from a random block:
     /// for very large tables, where the best of a few thousand is as good as
     /// the best of all and costs a fraction of the scan.
+    ///
+    /// Free capacity (`slots_free`, `cores_free`, `mem_free`, the task's
+    /// demand among them) is checked last: `k` counts the servers that pass
+    /// every other clause, and the answer is the best of the servers scanned
+    /// that also has the capacity. It is never a full server; when none of
+    /// the scanned servers has room, the match goes on until `k` that do
+    /// are found. In a cluster where most servers are full, the choice is
+    /// therefore among fewer than `k`; raise `k` there.
     Sampled {
         /// Candidates to collect before choosing (at least 1).
         k: u32,
@@ -180,6 +188,116 @@ fn key(score: f64) -> f64 {
 pub(crate) fn better(score: f64, id: ServerId, best_score: f64, best_id: ServerId) -> bool {
     let (a, b) = (key(score), key(best_score));
     a > b || (a == b && id < best_id)
+}
+
+/// The selection entry of the first highest score of `n` (NaN lowest;
+/// entry 0 if every score is NaN).
+#[inline(always)]
+fn top_of(sc: &Scratch, n: usize) -> usize {
+    let (mut j, mut top) = (0, f64::NEG_INFINITY);
+    for (t, &x) in sc.scores(n).iter().enumerate() {
+        let k = key(x);
+        if k > top {
+            (j, top) = (t, k);
+        }
+    }
+    j
+}
+
+/// Block tops a lazy sampled match keeps ([`Tops`]). A match at k = 8
+/// scans two blocks or so; a match with a large `k` keeps the best eight
+/// blocks' tops, enough unless eight of them in a row fall short of
+/// capacity.
+const LAZY_TOPS: usize = 8;
+
+/// The best row by `prefer` of one block a lazy sampled match scanned,
+/// among the rows that pass every clause but the capacity ones.
+#[derive(Copy, Clone, Debug)]
+struct Top {
+    shard: usize,
+    b: usize,
+    i: usize,
+    id: ServerId,
+    score: f64,
+    /// Rows of the block already found short of capacity.
+    failed: u64,
+}
+
+/// The block tops of a lazy sampled match. Bounded by [`LAZY_TOPS`]: when
+/// full, the worst top is dropped, and the best dropped one is remembered,
+/// since no top ranking below it can be trusted to be the answer.
+struct Tops {
+    items: [Option<Top>; LAZY_TOPS],
+    len: usize,
+    dropped: Option<(f64, ServerId)>,
+}
+
+impl Tops {
+    fn new() -> Tops {
+        Tops {
+            items: [None; LAZY_TOPS],
+            len: 0,
+            dropped: None,
+        }
+    }
+
+    /// The index of the best top (or of the worst, with `worst`).
+    #[inline]
+    fn extreme(&self, worst: bool) -> Option<usize> {
+        let mut at: Option<(usize, Top)> = None;
+        for (x, t) in self.items[..self.len].iter().enumerate() {
+            let Some(t) = *t else { continue };
+            let replace = at.is_none_or(|(_, a)| better(t.score, t.id, a.score, a.id) != worst);
+            if replace {
+                at = Some((x, t));
+            }
+        }
+        at.map(|(x, _)| x)
+    }
+
+    /// Whether a row of (`score`, `id`) would be the best top.
+    #[inline]
+    fn leads(&self, score: f64, id: ServerId) -> bool {
+        self.extreme(false)
+            .and_then(|x| self.items[x])
+            .is_none_or(|a| better(score, id, a.score, a.id))
+    }
+
+    fn push(&mut self, t: Top) {
+        if self.len < LAZY_TOPS {
+            self.items[self.len] = Some(t);
+            self.len += 1;
+            return;
+        }
+        let Some(w) = self.extreme(true) else { return };
+        let mut out = t;
+        if let Some(worst) = self.items[w] {
+            if better(t.score, t.id, worst.score, worst.id) {
+                self.items[w] = Some(t);
+                out = worst;
+            }
+        }
+        if self
+            .dropped
+            .is_none_or(|(s, id)| better(out.score, out.id, s, id))
+        {
+            self.dropped = Some((out.score, out.id));
+        }
+    }
+
+    fn pop_best(&mut self) -> Option<Top> {
+        let x = self.extreme(false)?;
+        let t = self.items[x].take();
+        self.len -= 1;
+        self.items.swap(x, self.len);
+        t
+    }
+
+    /// Whether `t` ranks above every top dropped so far.
+    fn trusted(&self, t: &Top) -> bool {
+        self.dropped
+            .is_none_or(|(s, id)| better(t.score, t.id, s, id))
+    }
 }
 
 thread_local! {
@@ -636,13 +754,7 @@ impl ServerTable {
         }
         let n = sc.select(m);
         bp.score(&q.prefer, &plan.keys, n, sc);
-        let (mut j, mut top) = (0, f64::NEG_INFINITY);
-        for (t, &x) in sc.scores(n).iter().enumerate() {
-            let k = key(x);
-            if k > top {
-                (j, top) = (t, k);
-            }
-        }
+        let j = top_of(sc, n);
         let (i, score) = (sc.row(j), sc.score(j));
         let id = self.id_of(s, b, i);
         if best.is_none_or(|c| better(score, id, c.score, c.id)) {
@@ -663,6 +775,18 @@ impl ServerTable {
 
     /// The best of the rows passing in the blocks from a random start, up
     /// to the block where `k` have passed.
+    ///
+    /// When the query has capacity clauses (free slots, cores or memory)
+    /// and `prefer` does not read those cells, the match is *lazy*: `k`
+    /// counts the rows that pass every other clause, and capacity is
+    /// checked only for the rows that would be the answer, best first
+    /// ([`ServerTable::verify_lazy`]). The reservation cells are a quarter
+    /// of a block's lines and a sampled match at a million servers is bound
+    /// by the lines it reads (BENCHMARKS.md, "Checking capacity last"); the
+    /// answer is still the best row of the scanned blocks that passes every
+    /// clause. When none of them has the capacity, the match scans again
+    /// from the same start counting only rows that have it, as an eager
+    /// match does.
     fn best_sampled(
         &self,
         q: &Query,
@@ -672,22 +796,49 @@ impl ServerTable {
         sc: &mut Scratch,
     ) -> Option<Candidate> {
         let fp = &q.footprint;
-        let mut best: Option<Candidate> = None;
-        let n = self.shards.len();
+        let lazy = q.plan.has_capacity_clauses() && !fp.prefer_cap;
         let (r, ring) = Starts::take(|| next_random(self.seed()));
         // The starts of the next matches, one stage each: by the time a
-        // start is used, its blocks' lines have arrived.
+        // start is used, its blocks' lines have arrived. A lazy match does
+        // not read the reservation cells of the blocks it scans.
         for b in 0..SAMPLED_WARM_BLOCKS {
             let (s1, b1) = self.start_of(ring[AHEAD - 1]);
             lookahead::warm_slots(&self.shards[s1], b1 + b, fp);
             let (s2, b2) = self.start_of(ring[AHEAD / 2]);
             lookahead::warm_header(&self.shards[s2], b2 + b, fp, guard);
             let (s3, b3) = self.start_of(ring[0]);
-            lookahead::warm_columns(&self.shards[s3], b3 + b, fp, false, true, guard);
+            lookahead::warm_columns(&self.shards[s3], b3 + b, fp, false, !lazy, guard);
         }
-        let (s0, b0) = self.start_of(r);
+        let start = self.start_of(r);
+        if lazy {
+            let mut tops = Tops::new();
+            self.scan_from(q, start, k, |s, sp, b| {
+                self.lazy_block(q, s, sp, b, 0, excluded, &mut tops, guard, sc)
+            });
+            if let Some(c) = self.verify_lazy(q, excluded, &mut tops, guard, sc) {
+                return Some(c);
+            }
+        }
+        let mut best = None;
+        self.scan_from(q, start, k, |s, sp, b| {
+            self.sample_block(q, s, sp, b, excluded, &mut best, guard, sc)
+        });
+        best
+    }
+
+    /// Calls `f` on each block from `start` on (wrapping around the table
+    /// once) until the counts it returns add up to `k`.
+    #[inline(always)]
+    fn scan_from(
+        &self,
+        q: &Query,
+        (s0, b0): (usize, usize),
+        k: u32,
+        mut f: impl FnMut(usize, &ShardPlan<'_>, usize) -> u32,
+    ) {
+        let n = self.shards.len();
         let mut found = 0u32;
-        'outer: for off in 0..=n {
+        for off in 0..=n {
             let s = (s0 + off) % n;
             let shard = &self.shards[s];
             let Some(sp) = q.plan.shard(shard) else {
@@ -706,13 +857,103 @@ impl ServerTable {
                 // them ahead (whether or not the match would get there)
                 // costs a miss on their header every match, and most
                 // matches end within the warmed blocks.
-                found += self.sample_block(q, s, &sp, b, excluded, &mut best, guard, sc);
+                found = found.saturating_add(f(s, &sp, b));
                 if found >= k {
-                    break 'outer;
+                    return;
                 }
             }
         }
-        best
+    }
+
+    /// Considers one block of a lazy sampled match: keeps the best row by
+    /// `prefer` of those passing every clause but the capacity ones (and
+    /// not in `failed`) in `tops`; returns how many rows passed.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn lazy_block(
+        &self,
+        q: &Query,
+        s: usize,
+        sp: &ShardPlan<'_>,
+        b: usize,
+        failed: u64,
+        excluded: &[ServerId],
+        tops: &mut Tops,
+        guard: &Guard,
+        sc: &mut Scratch,
+    ) -> u32 {
+        let plan = &q.plan;
+        let Some(block) = sp.shard.block(b) else {
+            return 0;
+        };
+        let bp = BlockPlan::new(sp, block, b, guard);
+        let mut m = bp.start(plan) & !failed;
+        if m != 0 {
+            m = bp.plain(plan, &q.clauses, m);
+        }
+        if m != 0 {
+            m = self.exclude(s, b, m, excluded);
+        }
+        if m == 0 {
+            return 0;
+        }
+        let n = sc.select(m);
+        bp.score(&q.prefer, &plan.keys, n, sc);
+        let j = top_of(sc, n);
+        let (i, score) = (sc.row(j), sc.score(j));
+        let id = self.id_of(s, b, i);
+        if tops.leads(score, id) {
+            // Its capacity is checked first when the scan ends, and its
+            // other cells are read to reserve it: ask for them now.
+            lookahead::warm_row(block, i, guard);
+        }
+        tops.push(Top {
+            shard: s,
+            b,
+            i,
+            id,
+            score,
+            failed,
+        });
+        n as u32
+    }
+
+    /// The best row of a lazy match's blocks that passes the capacity
+    /// clauses too: the best block top is checked; if it falls short, the
+    /// next best row of its block takes its place, and so on. `None` if no
+    /// row of the scanned blocks has the capacity, or if the best one left
+    /// ranks below a top that [`Tops`] had to drop (it might not be the
+    /// best): the caller then matches eagerly.
+    fn verify_lazy(
+        &self,
+        q: &Query,
+        excluded: &[ServerId],
+        tops: &mut Tops,
+        guard: &Guard,
+        sc: &mut Scratch,
+    ) -> Option<Candidate> {
+        while let Some(t) = tops.pop_best() {
+            if !tops.trusted(&t) {
+                return None;
+            }
+            let shard = self.shards.get(t.shard)?;
+            let block = shard.block(t.b)?;
+            let sp = q.plan.shard(shard)?;
+            let bp = BlockPlan::new(&sp, block, t.b, guard);
+            if bp.cap_row(&q.plan, &q.clauses, t.i) {
+                return Some(Candidate {
+                    shard: t.shard,
+                    b: t.b,
+                    i: t.i,
+                    id: t.id,
+                    score: t.score,
+                    gen: 0,
+                });
+            }
+            let failed = t.failed | 1u64 << (t.i % BLOCK_ROWS);
+            self.lazy_block(q, t.shard, &sp, t.b, failed, excluded, tops, guard, sc);
+        }
+        None
     }
 
     /// The shard and block a sampled match starting from draw `r` begins

@@ -98,6 +98,13 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// Whether some clause reads the reservation cells (free slots, cores
+    /// or memory).
+    #[inline]
+    pub(crate) fn has_capacity_clauses(&self) -> bool {
+        !self.cap.is_trivial() || !self.sparse.is_empty()
+    }
+
     pub(crate) fn new(clauses: &[Clause], prefer: &Score) -> Plan {
         let mut p = Plan::default();
         let key = |keys: &mut Vec<u32>, k: u32| -> Option<usize> {

@@ -481,3 +481,104 @@ fn explain_counts_the_servers_worth_waiting_for() {
         .unwrap();
     assert_eq!(t.explain(&q).waitable, 0);
 }
+
+/// A sampled match checks free capacity only for the rows that would be
+/// the answer (the lazy path): it must still never pick a full server,
+/// must find the one server left with room however far from its start, and
+/// with `k` covering the table must agree with an exact match, also when
+/// the best rows of many blocks are full.
+#[test]
+fn sampled_matches_check_capacity_last_and_never_pick_a_full_server() {
+    let t = ServerTable::new(TableConfig {
+        shards: 2,
+        capacity: 4096,
+    })
+    .unwrap();
+    let n = 2000;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let mut rec = server(&format!("s{i}"), 1, i as f64, &["echo"], "eu");
+        // Every odd server is full, and so is every server of the top
+        // thousand: a block's best row is full, its runner-up is not.
+        if i % 2 == 1 || i >= 1000 {
+            rec.slots_free = 0;
+        }
+        ids.push(t.insert(rec).unwrap());
+    }
+    let e = env("echo");
+    let fused = t.compile("server.mem_free >= 8GiB", "", &e).unwrap();
+    // A capacity clause of another shape (evaluated per row, not fused).
+    let general = t.compile("server.slots_free * 2 >= 2", "", &e).unwrap();
+    for q in [&fused, &general] {
+        let exact = t.match_and_reserve(q, MatchMode::Exact).unwrap();
+        assert_eq!(exact.server, ids[998], "{q:?}");
+        t.release(&exact);
+        let all = t
+            .match_and_reserve(q, MatchMode::Sampled { k: 100_000 })
+            .unwrap();
+        assert_eq!(all.server, ids[998], "{q:?}");
+        t.release(&all);
+        for _ in 0..200 {
+            let r = t.match_and_reserve(q, MatchMode::Sampled { k: 8 }).unwrap();
+            let i = ids.iter().position(|&x| x == r.server).unwrap();
+            assert!(i % 2 == 0 && i < 1000, "picked full server s{i}");
+            t.release(&r);
+        }
+    }
+    // Only s4 has room left: every sampled match finds it, from any start.
+    for (i, &id) in ids.iter().enumerate() {
+        if i != 4 && i % 2 == 0 && i < 1000 {
+            t.apply_delta(id, 1, &[Change::SlotsFree(0)]).unwrap();
+        }
+    }
+    for _ in 0..100 {
+        let r = t
+            .match_and_reserve(&fused, MatchMode::Sampled { k: 8 })
+            .unwrap();
+        assert_eq!(r.server, ids[4]);
+        t.release(&r);
+    }
+    // And with none left, the match fails with the capacity clause named.
+    t.apply_delta(ids[4], 1, &[Change::SlotsFree(0)]).unwrap();
+    let err = t
+        .match_and_reserve(&fused, MatchMode::Sampled { k: 8 })
+        .unwrap_err();
+    assert_eq!(err.explain.matched, 0);
+    assert!(err
+        .explain
+        .clauses
+        .iter()
+        .any(|c| c.clause.starts_with("slots_free") && c.eliminated == n));
+}
+
+/// The lazy sampled path keeps a bounded number of block tops. Here ten
+/// blocks' best rows are full and rank above the one free row worth having
+/// (s640, the top of block 10), so that row's block top is dropped; the
+/// match must not settle for a runner-up ranked below it.
+#[test]
+fn sampled_matches_do_not_settle_below_a_dropped_block_top() {
+    let t = ServerTable::new(TableConfig {
+        shards: 1,
+        capacity: 1024,
+    })
+    .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..11 * 64 {
+        let (b, row) = (i / 64, i % 64);
+        let (power, free) = match (b, row) {
+            (10, 0) => (500.0, true),
+            (_, 0) => (1000.0 + b as f64, false),
+            (_, 1) => (1.0 + b as f64 / 100.0, true),
+            _ => (0.0, false),
+        };
+        let mut rec = server(&format!("s{i}"), 1, power, &["echo"], "eu");
+        rec.slots_free = free as u32;
+        ids.push(t.insert(rec).unwrap());
+    }
+    let q = t.compile("", "server.power", &env("echo")).unwrap();
+    for mode in [MatchMode::Exact, MatchMode::Sampled { k: 100_000 }] {
+        let r = t.match_and_reserve(&q, mode).unwrap();
+        assert_eq!(r.server, ids[640], "{mode:?}");
+        t.release(&r);
+    }
+}
