@@ -258,7 +258,39 @@ fn bench_size(c: &mut Criterion, n: usize, label: &str) {
     if n >= 1_000_000 {
         bench_deltas(c, &mut f);
         bench_scaling(c, &f);
+        bench_half_full(c, &f);
     }
+}
+
+/// A busy cluster: half the servers (every other one registered, so spread
+/// over every block) have no free slot. Sampled matching checks capacity
+/// last (only for the rows that would be the answer), so a full server
+/// costs it nothing but the rank it would have had; compare with
+/// `match_reserve_1m/engine_sampled/8` above, same table with every server
+/// free. Runs last: it leaves the table busy.
+fn bench_half_full(c: &mut Criterion, f: &Fixture) {
+    // Above any sequence number the delta bench reached.
+    let seq = u64::MAX / 2;
+    for id in f.ids.iter().step_by(2) {
+        f.table
+            .apply_delta(*id, seq, &[Change::SlotsFree(0)])
+            .expect("delta");
+    }
+    let mut g = c.benchmark_group("match_reserve_1m_half_full");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(10);
+    for k in [8, SAMPLED_K] {
+        g.bench_function(BenchmarkId::new("engine_sampled", k), |b| {
+            b.iter(|| {
+                let r = f
+                    .table
+                    .match_and_reserve(&f.query, MatchMode::Sampled { k })
+                    .expect("match");
+                f.table.release(&r);
+            })
+        });
+    }
+    g.finish();
 }
 
 fn bench_deltas(c: &mut Criterion, f: &mut Fixture) {

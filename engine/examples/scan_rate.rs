@@ -6,7 +6,8 @@
 //! (`scan_rate N DELTAS ROUNDS`; a fourth argument `shuffled` sends them to
 //! the servers in a random order instead of registration order). For iterating on the hot path; the figures
 //! that count are the criterion bench's. The environment variable `REQ`
-//! replaces the query's `require`.
+//! replaces the query's `require`; `FULL=F` registers a fraction `F` of the
+//! servers with no free slot (a busy cluster).
 use std::time::Instant;
 
 use allot_engine::*;
@@ -41,7 +42,12 @@ fn main() {
         r ^= r << 17;
         r
     };
+    let full: f64 = std::env::var("FULL")
+        .ok()
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0.0);
     for i in 0..n {
+        let busy = full > 0.0 && (rng() % 1000) as f64 / 1000.0 < full;
         let mut apps = Vec::new();
         if rng() % 2 == 0 {
             apps.push("echo".to_string());
@@ -53,7 +59,7 @@ fn main() {
         t.insert(ServerRecord {
             name: format!("w{i:07}"),
             slots: 8,
-            slots_free: 8,
+            slots_free: if busy { 0 } else { 8 },
             cores: 16,
             power: (rng() % 1000) as f64 / 10.0,
             idle_power: (rng() % 1000) as f64 / 10.0,

@@ -227,56 +227,75 @@ struct Top {
 /// full, the worst top is dropped, and the best dropped one is remembered,
 /// since no top ranking below it can be trusted to be the answer.
 struct Tops {
-    items: [Option<Top>; LAZY_TOPS],
+    items: [Top; LAZY_TOPS],
     len: usize,
+    /// The index of the best of `items[..len]`.
+    lead: usize,
     dropped: Option<(f64, ServerId)>,
 }
 
 impl Tops {
     fn new() -> Tops {
+        const NONE: Top = Top {
+            shard: 0,
+            b: 0,
+            i: 0,
+            id: ServerId(0),
+            score: f64::NEG_INFINITY,
+            failed: 0,
+        };
         Tops {
-            items: [None; LAZY_TOPS],
+            items: [NONE; LAZY_TOPS],
             len: 0,
+            lead: 0,
             dropped: None,
         }
     }
 
-    /// The index of the best top (or of the worst, with `worst`).
+    /// The index of the best top (or of the worst, with `worst`); 0 when
+    /// there is none.
     #[inline]
-    fn extreme(&self, worst: bool) -> Option<usize> {
-        let mut at: Option<(usize, Top)> = None;
-        for (x, t) in self.items[..self.len].iter().enumerate() {
-            let Some(t) = *t else { continue };
-            let replace = at.is_none_or(|(_, a)| better(t.score, t.id, a.score, a.id) != worst);
-            if replace {
-                at = Some((x, t));
+    fn extreme(&self, worst: bool) -> usize {
+        let mut at = 0;
+        for x in 1..self.len.min(LAZY_TOPS) {
+            let (t, a) = (&self.items[x], &self.items[at]);
+            if better(t.score, t.id, a.score, a.id) != worst {
+                at = x;
             }
         }
-        at.map(|(x, _)| x)
+        at
     }
 
     /// Whether a row of (`score`, `id`) would be the best top.
-    #[inline]
+    #[inline(always)]
     fn leads(&self, score: f64, id: ServerId) -> bool {
-        self.extreme(false)
-            .and_then(|x| self.items[x])
-            .is_none_or(|a| better(score, id, a.score, a.id))
+        let a = &self.items[self.lead % LAZY_TOPS];
+        self.len == 0 || better(score, id, a.score, a.id)
     }
 
+    #[inline]
     fn push(&mut self, t: Top) {
-        if self.len < LAZY_TOPS {
-            self.items[self.len] = Some(t);
+        let leads = self.leads(t.score, t.id);
+        let out = if self.len < LAZY_TOPS {
+            self.items[self.len] = t;
             self.len += 1;
-            return;
-        }
-        let Some(w) = self.extreme(true) else { return };
-        let mut out = t;
-        if let Some(worst) = self.items[w] {
-            if better(t.score, t.id, worst.score, worst.id) {
-                self.items[w] = Some(t);
-                out = worst;
+            if leads {
+                self.lead = self.len - 1;
             }
-        }
+            return;
+        } else {
+            let w = self.extreme(true);
+            let worst = self.items[w];
+            if better(t.score, t.id, worst.score, worst.id) {
+                self.items[w] = t;
+                if leads {
+                    self.lead = w;
+                }
+                worst
+            } else {
+                t
+            }
+        };
         if self
             .dropped
             .is_none_or(|(s, id)| better(out.score, out.id, s, id))
@@ -286,11 +305,15 @@ impl Tops {
     }
 
     fn pop_best(&mut self) -> Option<Top> {
-        let x = self.extreme(false)?;
-        let t = self.items[x].take();
+        if self.len == 0 {
+            return None;
+        }
+        let x = self.lead % LAZY_TOPS;
+        let t = self.items[x];
         self.len -= 1;
         self.items.swap(x, self.len);
-        t
+        self.lead = self.extreme(false);
+        Some(t)
     }
 
     /// Whether `t` ranks above every top dropped so far.

@@ -185,7 +185,9 @@ struct DistributorArgs {
     /// Placements tried per task.
     #[arg(long, default_value_t = 3)]
     max_attempts: u32,
-    /// Match the best of all workers (0) or of the first K that fit.
+    /// Match the best of all workers (0), or of the first K from a random
+    /// start that pass every clause but free capacity, among those with room
+    /// (for very large clusters; free capacity is checked last).
     #[arg(long, default_value_t = 0)]
     sample: u32,
 }
