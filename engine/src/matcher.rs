@@ -276,25 +276,25 @@ impl Tops {
     #[inline]
     fn push(&mut self, t: Top) {
         let leads = self.leads(t.score, t.id);
-        let out = if self.len < LAZY_TOPS {
+        if self.len < LAZY_TOPS {
             self.items[self.len] = t;
             self.len += 1;
             if leads {
                 self.lead = self.len - 1;
             }
             return;
-        } else {
-            let w = self.extreme(true);
-            let worst = self.items[w];
-            if better(t.score, t.id, worst.score, worst.id) {
-                self.items[w] = t;
-                if leads {
-                    self.lead = w;
-                }
-                worst
-            } else {
-                t
+        }
+        // Full: the worst of the tops and `t` is dropped.
+        let w = self.extreme(true);
+        let worst = self.items[w];
+        let out = if better(t.score, t.id, worst.score, worst.id) {
+            self.items[w] = t;
+            if leads {
+                self.lead = w;
             }
+            worst
+        } else {
+            t
         };
         if self
             .dropped
