@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use allot_engine::reference::NaiveTable;
 use allot_engine::*;
-use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{criterion_group, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 
 /// Counts live heap bytes, so the memory figure is what the table really
 /// allocates.
@@ -147,6 +148,21 @@ fn fixture(n: usize, with_naive: bool) -> Fixture {
 
 const SAMPLED_K: u32 = 64;
 
+/// Sampled match + reserve + release at k = 8 and [`SAMPLED_K`].
+fn bench_sampled(g: &mut BenchmarkGroup<'_, WallTime>, f: &Fixture) {
+    for k in [8, SAMPLED_K] {
+        g.bench_function(BenchmarkId::new("engine_sampled", k), |b| {
+            b.iter(|| {
+                let r = f
+                    .table
+                    .match_and_reserve(&f.query, MatchMode::Sampled { k })
+                    .expect("match");
+                f.table.release(&r);
+            })
+        });
+    }
+}
+
 fn bench_size(c: &mut Criterion, n: usize, label: &str) {
     let mut f = fixture(n, true);
     if n >= 1_000_000 {
@@ -170,17 +186,7 @@ fn bench_size(c: &mut Criterion, n: usize, label: &str) {
             f.table.release(&r);
         })
     });
-    for k in [8, SAMPLED_K] {
-        g.bench_function(BenchmarkId::new("engine_sampled", k), |b| {
-            b.iter(|| {
-                let r = f
-                    .table
-                    .match_and_reserve(&f.query, MatchMode::Sampled { k })
-                    .expect("match");
-                f.table.release(&r);
-            })
-        });
-    }
+    bench_sampled(&mut g, &f);
     g.bench_function("naive_exact", |b| {
         b.iter(|| {
             let (id, _) = f
@@ -279,17 +285,7 @@ fn bench_half_full(c: &mut Criterion, f: &Fixture) {
     let mut g = c.benchmark_group("match_reserve_1m_half_full");
     g.throughput(Throughput::Elements(1));
     g.sample_size(10);
-    for k in [8, SAMPLED_K] {
-        g.bench_function(BenchmarkId::new("engine_sampled", k), |b| {
-            b.iter(|| {
-                let r = f
-                    .table
-                    .match_and_reserve(&f.query, MatchMode::Sampled { k })
-                    .expect("match");
-                f.table.release(&r);
-            })
-        });
-    }
+    bench_sampled(&mut g, f);
     g.finish();
 }
 

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use crossbeam_epoch::{self as epoch, Guard};
 
+use crate::block::Block;
 use crate::eval::Pred;
 use crate::explain::Explain;
 use crate::expr::parser::{conjuncts, parse};
@@ -202,6 +203,16 @@ fn top_of(sc: &Scratch, n: usize) -> usize {
         }
     }
     j
+}
+
+/// The best row of one block ([`ServerTable::block_top`]).
+struct BlockTop<'a> {
+    block: &'a Block,
+    i: usize,
+    id: ServerId,
+    score: f64,
+    /// Rows of the block that passed.
+    passed: u32,
 }
 
 /// Block tops a lazy sampled match keeps ([`Tops`]). A match at k = 8
@@ -742,6 +753,53 @@ impl ServerTable {
         best
     }
 
+    /// The best row by `prefer` of block `b`, among the rows that pass the
+    /// query's clauses (the capacity ones only with `capacity`) and are
+    /// neither in `failed` nor `excluded`; `None` if no row does.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn block_top<'a>(
+        &self,
+        q: &Query,
+        s: usize,
+        sp: &ShardPlan<'a>,
+        b: usize,
+        failed: u64,
+        capacity: bool,
+        excluded: &[ServerId],
+        guard: &Guard,
+        sc: &mut Scratch,
+    ) -> Option<BlockTop<'a>> {
+        let plan = &q.plan;
+        let shard = sp.shard;
+        let block = shard.block(b)?;
+        let bp = BlockPlan::new(sp, block, b, guard);
+        let mut m = bp.start(plan) & !failed;
+        if m != 0 {
+            m = bp.plain(plan, &q.clauses, m);
+        }
+        if m != 0 {
+            m = self.exclude(s, b, m, excluded);
+        }
+        if m != 0 && capacity {
+            m = bp.cap(plan, &q.clauses, m);
+        }
+        if m == 0 {
+            return None;
+        }
+        let n = sc.select(m);
+        bp.score(&q.prefer, &plan.keys, n, sc);
+        let j = top_of(sc, n);
+        let (i, score) = (sc.row(j), sc.score(j));
+        Some(BlockTop {
+            block,
+            i,
+            id: self.id_of(s, b, i),
+            score,
+            passed: n as u32,
+        })
+    }
+
     /// Considers one block of a sampled match; returns how many rows passed
     /// every clause.
     #[inline]
@@ -757,43 +815,23 @@ impl ServerTable {
         guard: &Guard,
         sc: &mut Scratch,
     ) -> u32 {
-        let plan = &q.plan;
-        let Some(block) = sp.shard.block(b) else {
+        let Some(t) = self.block_top(q, s, sp, b, 0, true, excluded, guard, sc) else {
             return 0;
         };
-        let bp = BlockPlan::new(sp, block, b, guard);
-        let mut m = bp.start(plan);
-        if m != 0 {
-            m = bp.plain(plan, &q.clauses, m);
-        }
-        if m != 0 {
-            m = self.exclude(s, b, m, excluded);
-        }
-        if m != 0 {
-            m = bp.cap(plan, &q.clauses, m);
-        }
-        if m == 0 {
-            return 0;
-        }
-        let n = sc.select(m);
-        bp.score(&q.prefer, &plan.keys, n, sc);
-        let j = top_of(sc, n);
-        let (i, score) = (sc.row(j), sc.score(j));
-        let id = self.id_of(s, b, i);
-        if best.is_none_or(|c| better(score, id, c.score, c.id)) {
+        if best.is_none_or(|c| better(t.score, t.id, c.score, c.id)) {
             // The row's cells for reserving it, while the scan goes on.
-            lookahead::warm_row(block, i, guard);
+            lookahead::warm_row(t.block, t.i, guard);
             *best = Some(Candidate {
                 shard: s,
                 b,
-                i,
-                id,
-                score,
+                i: t.i,
+                id: t.id,
+                score: t.score,
                 // Read with the row's other cells when the match ends.
                 gen: 0,
             });
         }
-        n as u32
+        t.passed
     }
 
     /// The best of the rows passing in the blocks from a random start, up
@@ -905,40 +943,23 @@ impl ServerTable {
         guard: &Guard,
         sc: &mut Scratch,
     ) -> u32 {
-        let plan = &q.plan;
-        let Some(block) = sp.shard.block(b) else {
+        let Some(t) = self.block_top(q, s, sp, b, failed, false, excluded, guard, sc) else {
             return 0;
         };
-        let bp = BlockPlan::new(sp, block, b, guard);
-        let mut m = bp.start(plan) & !failed;
-        if m != 0 {
-            m = bp.plain(plan, &q.clauses, m);
-        }
-        if m != 0 {
-            m = self.exclude(s, b, m, excluded);
-        }
-        if m == 0 {
-            return 0;
-        }
-        let n = sc.select(m);
-        bp.score(&q.prefer, &plan.keys, n, sc);
-        let j = top_of(sc, n);
-        let (i, score) = (sc.row(j), sc.score(j));
-        let id = self.id_of(s, b, i);
-        if tops.leads(score, id) {
+        if tops.leads(t.score, t.id) {
             // Its capacity is checked first when the scan ends, and its
             // other cells are read to reserve it: ask for them now.
-            lookahead::warm_row(block, i, guard);
+            lookahead::warm_row(t.block, t.i, guard);
         }
         tops.push(Top {
             shard: s,
             b,
-            i,
-            id,
-            score,
+            i: t.i,
+            id: t.id,
+            score: t.score,
             failed,
         });
-        n as u32
+        t.passed
     }
 
     /// The best row of a lazy match's blocks that passes the capacity
