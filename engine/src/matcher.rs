@@ -29,7 +29,7 @@ use crate::inflight;
 use crate::lookahead::{self, Footprint, Starts, AHEAD};
 use crate::plan::{BlockPlan, Plan, Scratch, ShardPlan};
 use crate::schema::{format_bytes, Column, Env, ServerId, BLOCK_ROWS};
-use crate::score::{upper_bound, Score};
+use crate::score::{key, upper_bound, Score};
 use crate::table::ServerTable;
 
 /// How many blocks ahead of itself the exact scan warms a block's columns
@@ -174,35 +174,11 @@ struct Candidate {
     gen: u32,
 }
 
-/// Orders scores with NaN below everything, so the choice is total.
-#[inline]
-fn key(score: f64) -> f64 {
-    if score.is_nan() {
-        f64::NEG_INFINITY
-    } else {
-        score
-    }
-}
-
 /// Whether (score, id) beats the current best: higher score, then lower id.
 #[inline]
 pub(crate) fn better(score: f64, id: ServerId, best_score: f64, best_id: ServerId) -> bool {
     let (a, b) = (key(score), key(best_score));
     a > b || (a == b && id < best_id)
-}
-
-/// The selection entry of the first highest score of `n` (NaN lowest;
-/// entry 0 if every score is NaN).
-#[inline(always)]
-fn top_of(sc: &Scratch, n: usize) -> usize {
-    let (mut j, mut top) = (0, f64::NEG_INFINITY);
-    for (t, &x) in sc.scores(n).iter().enumerate() {
-        let k = key(x);
-        if k > top {
-            (j, top) = (t, k);
-        }
-    }
-    j
 }
 
 /// The best row of one block ([`ServerTable::block_top`]).
@@ -714,23 +690,11 @@ impl ServerTable {
                 if m == 0 {
                     continue;
                 }
-                let n = sc.select(m);
-                bp.score(&q.prefer, &plan.keys, n, sc);
                 // The first highest score (NaN lowest); if its row fails
                 // the capacity clauses, the next, and so on.
-                let mut failed = 0u64;
-                loop {
-                    let (mut j, mut top) = (usize::MAX, f64::NEG_INFINITY);
-                    for (t, &x) in sc.scores(n).iter().enumerate() {
-                        let k = key(x);
-                        if (k > top || j == usize::MAX) && failed & (1u64 << t) == 0 {
-                            (j, top) = (t, k);
-                        }
-                    }
-                    if j == usize::MAX {
-                        break;
-                    }
-                    let (i, score) = (sc.row(j), sc.score(j));
+                let mut m = m;
+                while m != 0 {
+                    let (i, score) = bp.top(plan, &q.prefer, m, sc);
                     let id = self.id_of(s, b, i);
                     if best.is_some_and(|c| !better(score, id, c.score, c.id)) {
                         break;
@@ -746,7 +710,7 @@ impl ServerTable {
                         });
                         break;
                     }
-                    failed |= 1u64 << j;
+                    m &= !(1u64 << i);
                 }
             }
         }
@@ -787,16 +751,13 @@ impl ServerTable {
         if m == 0 {
             return None;
         }
-        let n = sc.select(m);
-        bp.score(&q.prefer, &plan.keys, n, sc);
-        let j = top_of(sc, n);
-        let (i, score) = (sc.row(j), sc.score(j));
+        let (i, score) = bp.top(plan, &q.prefer, m, sc);
         Some(BlockTop {
             block,
             i,
             id: self.id_of(s, b, i),
             score,
-            passed: n as u32,
+            passed: m.count_ones(),
         })
     }
 

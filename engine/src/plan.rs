@@ -29,7 +29,7 @@ use crate::eval::{CmpOp, Pred, View};
 use crate::matcher::Clause;
 use crate::rcu::Rcu;
 use crate::schema::{Column, BLOCK_ROWS};
-use crate::score::{sum_sel, Leaf, Reg, Score, CHUNKS, LANES, MAX_REGS};
+use crate::score::{key, sum_sel, Leaf, Reg, Score, Weights, CHUNKS, LANES, MAX_REGS};
 use crate::simd;
 use crate::table::Shard;
 
@@ -95,6 +95,8 @@ pub(crate) struct Plan {
     pub(crate) cap: CapTest,
     /// Capacity clauses of other shapes (clause indices): `Pred::filter`.
     pub(crate) sparse: Vec<usize>,
+    /// `prefer` as weighted `f32` columns, when it is such a sum.
+    pub(crate) weights: Option<Weights>,
 }
 
 impl Plan {
@@ -196,7 +198,10 @@ impl Plan {
             }
         };
         match prefer {
-            Score::Sum(terms) => terms.iter().for_each(|t| leaf(&t.leaf)),
+            Score::Sum(terms) => {
+                terms.iter().for_each(|t| leaf(&t.leaf));
+                p.weights = Weights::of(terms);
+            }
             Score::General(_, Some(prog)) => prog.ins.iter().for_each(|i| {
                 if let crate::score::Ins::Load(_, l) = i {
                     leaf(l)
@@ -434,6 +439,33 @@ impl<'a> BlockPlan<'a> {
             Op::Clause(c) => clauses.get(c).is_some_and(|cl| cl.pred.eval_row(&v, i)),
         });
         ok && self.cap_row(plan, clauses, i)
+    }
+
+    /// The first row of `m` (not empty) with the highest `prefer` score
+    /// (NaN lowest; the first row of `m` if every score is NaN), and the
+    /// score. A sum of weighted `f32` columns is scored row by row
+    /// ([`Weights`]); anything else a column at a time over the selection.
+    #[inline(always)]
+    pub(crate) fn top(
+        &self,
+        plan: &Plan,
+        prefer: &Score,
+        m: u64,
+        sc: &mut Scratch,
+    ) -> (usize, f64) {
+        if let Some(ws) = &plan.weights {
+            return ws.top(&self.cols, m);
+        }
+        let n = sc.select(m);
+        self.score(prefer, &plan.keys, n, sc);
+        let (mut j, mut top) = (0, f64::NEG_INFINITY);
+        for (t, &x) in sc.scores(n).iter().enumerate() {
+            let k = key(x);
+            if k > top {
+                (j, top) = (t, k);
+            }
+        }
+        (sc.row(j), sc.score(j))
     }
 
     /// Writes the values of `leaf` for the rows `rows` into `out`, a chunk

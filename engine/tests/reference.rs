@@ -24,6 +24,7 @@ const REQUIRES: &[&str] = &[
 const PREFERS: &[&str] = &[
     "",
     "server.idle_power - 2 * server.load",
+    "server.power + 0.5 * server.idle_power - server.load * 4",
     "server.gpus",
     "-server.mem_free / 1GiB",
     "server.power * server.cores",
