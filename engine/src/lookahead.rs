@@ -54,8 +54,7 @@ impl Footprint {
         p.add_num(prefer);
         fp.prefer_cap = p.cap;
         for v in [&mut fp.dynamic, &mut fp.fixed] {
-            v.sort_unstable();
-            v.dedup();
+            *v = merged(std::mem::take(v));
         }
         fp.labels.sort_unstable();
         fp.labels.dedup();
@@ -111,35 +110,62 @@ impl Footprint {
     }
 }
 
-/// Stage 1: the directory slots that lead to block `b` and its label cells,
-/// and the app mask words (addresses known without reading anything).
+/// Byte ranges sorted, with overlapping and adjacent ones joined (`load`
+/// and `idle_power` are one range of 512 bytes): one prefetch loop each.
+fn merged(mut spans: Vec<(usize, usize)>) -> Vec<(usize, usize)> {
+    spans.sort_unstable();
+    let mut out: Vec<(usize, usize)> = Vec::with_capacity(spans.len());
+    for (off, len) in spans {
+        match out.last_mut() {
+            Some((o, l)) if off <= *o + *l => *l = (*l).max(off + len - *o),
+            _ => out.push((off, len)),
+        }
+    }
+    out
+}
+
+/// Stage 1: the directory slots that lead to blocks `b..b + n` and their
+/// label cells, and the app mask words (addresses known without reading
+/// anything). The directories are looked up once for all `n` blocks.
 #[inline]
-pub(crate) fn warm_slots(shard: &Shard, b: usize, fp: &Footprint) {
-    prefetch::line(shard.block_slot_addr(b));
+pub(crate) fn warm_slots(shard: &Shard, b: usize, n: usize, fp: &Footprint) {
+    for x in b..b + n {
+        prefetch::line(shard.block_slot_addr(x));
+    }
     for &k in &fp.labels {
-        if let Some(slot) = shard.label_slot(k, b) {
-            prefetch::value(slot);
+        if let Some(dir) = shard.label_dir(k) {
+            for slot in dir.iter().skip(b).take(n) {
+                prefetch::line(slot);
+            }
         }
     }
     for &a in &fp.apps {
-        prefetch::line(shard.app_mask_addr(a, b));
+        if let Some(words) = shard.app_words(a) {
+            for w in words.iter().skip(b).take(n) {
+                prefetch::line(w);
+            }
+        }
     }
 }
 
-/// Stage 2: the block header (masks and column group pointers) and the
-/// label cells. Reads the slots of stage 1.
+/// Stage 2: the headers of blocks `b..b + n` (masks and column group
+/// pointers) and their label cells. Reads the slots of stage 1.
 #[inline]
-pub(crate) fn warm_header(shard: &Shard, b: usize, fp: &Footprint, guard: &Guard) {
-    if let Some(block) = shard.block(b) {
-        prefetch::line(block as *const Block);
+pub(crate) fn warm_header(shard: &Shard, b: usize, n: usize, fp: &Footprint, guard: &Guard) {
+    for x in b..b + n {
+        if let Some(block) = shard.block(x) {
+            prefetch::line(block as *const Block);
+        }
     }
     for &k in &fp.labels {
-        if let Some(slot) = shard.label_slot(k, b) {
-            // The ids; the number plane, if any, is read only for numbers.
-            prefetch::lines(
-                slot.addr(guard),
-                offset_of!(LabelCells, ids) + size_of::<[u32; BLOCK_ROWS]>(),
-            );
+        if let Some(dir) = shard.label_dir(k) {
+            for slot in dir.iter().skip(b).take(n) {
+                // The ids; the number plane, if any, is read only for numbers.
+                prefetch::lines(
+                    slot.addr(guard),
+                    offset_of!(LabelCells, ids) + size_of::<[u32; BLOCK_ROWS]>(),
+                );
+            }
         }
     }
 }
@@ -159,21 +185,20 @@ pub(crate) fn warm_header_resolved(sp: &ShardPlan<'_>, b: usize, guard: &Guard) 
     }
 }
 
-/// Stage 3: the columns the query reads (with `bounds_only`, just the first
-/// line of each group, where the column ranges are), and with `cap` the
-/// reservation cells if the query reads them. Reads the header of stage 2.
+/// Stage 3: the columns the query reads in blocks `b..b + n` (with
+/// `bounds_only`, just the first line of each group, where the column
+/// ranges are), and with `cap` the reservation cells if the query reads
+/// them. Reads the headers of stage 2.
 #[inline]
 pub(crate) fn warm_columns(
     shard: &Shard,
     b: usize,
+    n: usize,
     fp: &Footprint,
     bounds_only: bool,
     cap: bool,
     guard: &Guard,
 ) {
-    let Some(block) = shard.block(b) else {
-        return;
-    };
     let warm = |base: *const u8, spans: &[(usize, usize)]| {
         if spans.is_empty() || base.is_null() {
             return;
@@ -186,13 +211,15 @@ pub(crate) fn warm_columns(
             prefetch::lines(base.wrapping_add(off), len);
         }
     };
-    warm(block.dynamic.addr(guard).cast(), &fp.dynamic);
-    warm(block.fixed.addr(guard).cast(), &fp.fixed);
-    if bounds_only {
-        return;
-    }
-    if cap && fp.cap {
-        prefetch::lines(block.cap.as_ptr(), size_of::<[Cap; BLOCK_ROWS]>());
+    for x in b..b + n {
+        let Some(block) = shard.block(x) else {
+            return;
+        };
+        warm(block.dynamic.addr(guard).cast(), &fp.dynamic);
+        warm(block.fixed.addr(guard).cast(), &fp.fixed);
+        if cap && fp.cap && !bounds_only {
+            prefetch::lines(block.cap.as_ptr(), size_of::<[Cap; BLOCK_ROWS]>());
+        }
     }
 }
 
@@ -250,6 +277,34 @@ impl Starts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adjacent_and_overlapping_spans_are_warmed_as_one() {
+        // `load` and `idle_power`: 256 bytes each, back to back.
+        assert_eq!(merged(vec![(272, 256), (16, 256)]), vec![(16, 512)]);
+        // A span inside another, and one apart from both.
+        assert_eq!(
+            merged(vec![(0, 512), (64, 8), (600, 8)]),
+            vec![(0, 512), (600, 8)]
+        );
+        // What a query over `load` and `idle_power` warms of a `Dynamic`.
+        let fp = Footprint::of(
+            [Pred::F32 {
+                col: Column::Load,
+                op: crate::eval::CmpOp::Lt,
+                c: 0.8,
+            }]
+            .iter(),
+            &NumExpr::Col(Column::IdlePower),
+        );
+        assert_eq!(
+            fp.dynamic,
+            vec![(
+                offset_of!(Dynamic, load),
+                2 * size_of::<[f32; BLOCK_ROWS]>()
+            )]
+        );
+    }
 
     #[test]
     fn starts_are_used_in_the_order_drawn() {

@@ -667,7 +667,7 @@ impl ServerTable {
                 }
                 if b + SCAN_AHEAD < nb {
                     let ahead = b + SCAN_AHEAD;
-                    lookahead::warm_columns(shard, ahead, fp, sum.is_some(), false, guard);
+                    lookahead::warm_columns(shard, ahead, 1, fp, sum.is_some(), false, guard);
                 }
                 let Some(block) = shard.block(b) else {
                     continue;
@@ -823,14 +823,13 @@ impl ServerTable {
         // The starts of the next matches, one stage each: by the time a
         // start is used, its blocks' lines have arrived. A lazy match does
         // not read the reservation cells of the blocks it scans.
-        for b in 0..SAMPLED_WARM_BLOCKS {
-            let (s1, b1) = self.start_of(ring[AHEAD - 1]);
-            lookahead::warm_slots(&self.shards[s1], b1 + b, fp);
-            let (s2, b2) = self.start_of(ring[AHEAD / 2]);
-            lookahead::warm_header(&self.shards[s2], b2 + b, fp, guard);
-            let (s3, b3) = self.start_of(ring[0]);
-            lookahead::warm_columns(&self.shards[s3], b3 + b, fp, false, !lazy, guard);
-        }
+        let n = SAMPLED_WARM_BLOCKS;
+        let (s1, b1) = self.start_of(ring[AHEAD - 1]);
+        lookahead::warm_slots(&self.shards[s1], b1, n, fp);
+        let (s2, b2) = self.start_of(ring[AHEAD / 2]);
+        lookahead::warm_header(&self.shards[s2], b2, n, fp, guard);
+        let (s3, b3) = self.start_of(ring[0]);
+        lookahead::warm_columns(&self.shards[s3], b3, n, fp, false, !lazy, guard);
         let start = self.start_of(r);
         if lazy {
             let mut tops = Tops::new();

@@ -51,12 +51,6 @@ fn span(addr: usize, bytes: usize) -> (usize, usize) {
     (lead, (lead + bytes).div_ceil(LINE))
 }
 
-/// Hints the lines of a value.
-#[inline(always)]
-pub(crate) fn value<T>(v: &T) {
-    lines(v as *const T, std::mem::size_of::<T>());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,7 +72,6 @@ mod tests {
     #[test]
     fn prefetching_any_address_is_harmless() {
         let v = [7u64; 100];
-        value(&v);
         lines(v.as_ptr(), 800);
         lines(std::ptr::null::<u8>(), 4096);
         line(std::ptr::null::<u8>());

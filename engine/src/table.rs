@@ -176,16 +176,6 @@ impl Shard {
         self.blocks.slot_addr(b)
     }
 
-    /// The address of app `app`'s mask word for block `b`, null if no server
-    /// of the shard ever had the app (for prefetching).
-    #[inline]
-    pub(crate) fn app_mask_addr(&self, app: u32, b: usize) -> *const u8 {
-        match self.apps.get(app as usize).and_then(|c| c.get()) {
-            Some(masks) => masks.as_ptr().wrapping_add(b).cast(),
-            None => std::ptr::null(),
-        }
-    }
-
     /// The cells of label `key` in block `b`, as of now.
     #[inline]
     pub(crate) fn label_cells<'g>(
@@ -195,13 +185,6 @@ impl Shard {
         guard: &'g Guard,
     ) -> Option<&'g LabelCells> {
         self.labels.get(key as usize)?.get()?.get(b)?.get(guard)
-    }
-
-    /// The directory slot of label `key` in block `b`, if the key has cells
-    /// in this shard (for prefetching).
-    #[inline]
-    pub(crate) fn label_slot(&self, key: u32, b: usize) -> Option<&Rcu<LabelCells>> {
-        self.labels.get(key as usize)?.get()?.get(b)
     }
 
     /// App `app`'s mask words, one per block, if any server of this shard
