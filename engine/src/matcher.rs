@@ -201,13 +201,13 @@ const LAZY_TOPS: usize = 8;
 /// among the rows that pass every clause but the capacity ones.
 #[derive(Copy, Clone, Debug)]
 struct Top {
-    shard: usize,
-    b: usize,
-    i: usize,
-    id: ServerId,
     score: f64,
     /// Rows of the block already found short of capacity.
     failed: u64,
+    id: ServerId,
+    shard: u32,
+    b: u32,
+    i: u32,
 }
 
 /// The block tops of a lazy sampled match. Bounded by [`LAZY_TOPS`]: when
@@ -224,12 +224,12 @@ struct Tops {
 impl Tops {
     fn new() -> Tops {
         const NONE: Top = Top {
+            score: f64::NEG_INFINITY,
+            failed: 0,
+            id: ServerId(0),
             shard: 0,
             b: 0,
             i: 0,
-            id: ServerId(0),
-            score: f64::NEG_INFINITY,
-            failed: 0,
         };
         Tops {
             items: [NONE; LAZY_TOPS],
@@ -538,7 +538,7 @@ impl ServerTable {
                 let Some(c) = self.best(query, mode, excluded, guard) else {
                     break;
                 };
-                match self.try_reserve(query, c, guard) {
+                match self.try_reserve(query, c, mode == MatchMode::Exact, guard) {
                     Attempt::Reserved(r) => return Ok(r),
                     Attempt::Lost => continue,
                     Attempt::Quota => break,
@@ -912,12 +912,13 @@ impl ServerTable {
             lookahead::warm_row(t.block, t.i, guard);
         }
         tops.push(Top {
-            shard: s,
-            b,
-            i: t.i,
-            id: t.id,
             score: t.score,
             failed,
+            id: t.id,
+            // Shard, block and row numbers fit: ids are `u32`.
+            shard: s as u32,
+            b: b as u32,
+            i: t.i as u32,
         });
         t.passed
     }
@@ -940,22 +941,30 @@ impl ServerTable {
             if !tops.trusted(&t) {
                 return None;
             }
-            let shard = self.shards.get(t.shard)?;
-            let block = shard.block(t.b)?;
-            let sp = q.plan.shard(shard)?;
-            let bp = BlockPlan::new(&sp, block, t.b, guard);
-            if bp.cap_row(&q.plan, &q.clauses, t.i) {
+            let (ts, tb, ti) = (t.shard as usize, t.b as usize, t.i as usize % BLOCK_ROWS);
+            let shard = self.shards.get(ts)?;
+            let block = shard.block(tb)?;
+            // The fused test alone when that is all there is (the usual
+            // case): no need to resolve the shard's operands for it.
+            let fits = if q.plan.sparse.is_empty() {
+                q.plan.cap.row(&block.cap[ti])
+            } else {
+                let sp = q.plan.shard(shard)?;
+                BlockPlan::new(&sp, block, tb, guard).cap_row(&q.plan, &q.clauses, ti)
+            };
+            if fits {
                 return Some(Candidate {
-                    shard: t.shard,
-                    b: t.b,
-                    i: t.i,
+                    shard: ts,
+                    b: tb,
+                    i: ti,
                     id: t.id,
                     score: t.score,
                     gen: 0,
                 });
             }
-            let failed = t.failed | 1u64 << (t.i % BLOCK_ROWS);
-            self.lazy_block(q, t.shard, &sp, t.b, failed, excluded, tops, guard, sc);
+            let failed = t.failed | 1u64 << ti;
+            let sp = q.plan.shard(shard)?;
+            self.lazy_block(q, ts, &sp, tb, failed, excluded, tops, guard, sc);
         }
         None
     }
@@ -972,19 +981,36 @@ impl ServerTable {
         (s, b)
     }
 
-    fn try_reserve(&self, q: &Query, c: Candidate, guard: &Guard) -> Attempt {
+    /// Takes the query's demand from candidate `c` with compare-and-swap.
+    ///
+    /// The candidate was read moments ago; the generation check catches a
+    /// server removed or re-registered since, and the compare-and-swap on
+    /// the free counts is authoritative for capacity. With `recheck`, every
+    /// clause is evaluated again on the row as of now (a delta may have
+    /// changed it): the exact scan read the row up to a whole scan ago
+    /// (about a millisecond at a million servers). A sampled match read it
+    /// a few hundred nanoseconds ago, so only that the server is still up
+    /// is checked; a delta landing in that window is no different from
+    /// one landing just after the reservation.
+    fn try_reserve(&self, q: &Query, c: Candidate, recheck: bool, guard: &Guard) -> Attempt {
         let shard = &self.shards[c.shard];
         let Some(block) = shard.block(c.b) else {
             return Attempt::Lost;
         };
-        let i = c.i;
-        // Re-check the row now, on the columns as of now: a delta or a
-        // re-registration may have changed it since the scan read it.
-        let Some(sp) = q.plan.shard(shard) else {
-            return Attempt::Lost;
+        let i = c.i % BLOCK_ROWS;
+        let still = if recheck {
+            let Some(sp) = q.plan.shard(shard) else {
+                return Attempt::Lost;
+            };
+            BlockPlan::new(&sp, block, c.b, guard).row(&q.plan, &q.clauses, i)
+        } else {
+            let mut m = block.live.load(Acquire);
+            if q.plan.up {
+                m &= block.up.load(Acquire);
+            }
+            m & 1 << i != 0
         };
-        let bp = BlockPlan::new(&sp, block, c.b, guard);
-        if !bp.row(&q.plan, &q.clauses, i) || block.gen[i].load(Acquire) != c.gen {
+        if !still || block.gen[i].load(Acquire) != c.gen {
             return Attempt::Lost;
         }
         let d = q.demand;
