@@ -386,13 +386,51 @@ pub(crate) mod label {
     }
 }
 
+/// Distinct strings a block's cells for one key give one-byte codes
+/// ([`LabelCells::codes`]); a block with more compares the `u32` ids.
+pub(crate) const DICT: usize = 15;
+
+/// The code of a row that holds no string (no value, or a number).
+pub(crate) const CODE_NONE: u8 = u8::MAX;
+
+/// [`LabelCells::dict_len`] of a block whose rows held more than [`DICT`]
+/// distinct strings at once: its codes are not kept, the scan compares ids.
+const DICT_OVERFLOW: u32 = u32::MAX;
+
+/// How the scan finds the rows whose string is `id` in one block's cells
+/// ([`LabelCells::code_of`]).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Code {
+    /// The rows with this code.
+    Is(u8),
+    /// No row holds it.
+    Absent,
+    /// Codes are not kept: compare the ids.
+    Ids,
+}
+
 /// The cells of one label key in one block, immutable once published: a
 /// `u32` per row (string id, [`label::NUM32`] or [`label::MISSING32`]), and
 /// only in blocks that have numeric values for the key, their `f64`s. String
-/// labels (`region`, `arch`) thus cost 4 bytes per row and compare four rows
-/// per instruction; numbers keep full precision.
+/// labels (`region`, `arch`) thus cost 4 bytes per row; numbers keep full
+/// precision.
+///
+/// For the scan, each row's string also has a one-byte code, an index into
+/// the block's own dictionary of up to [`DICT`] strings: `label == "eu"`
+/// reads the dictionary and the codes, the first two lines of the cells,
+/// instead of the 256 bytes of ids (four or five lines), and compares 16
+/// rows per instruction. At a million servers a sampled match is bound by
+/// the lines it reads (BENCHMARKS.md), and a label clause was the largest
+/// part of them. Codes are derived from the ids whenever a row changes.
+#[repr(C, align(64))]
 #[derive(Clone)]
 pub(crate) struct LabelCells {
+    /// Per row, the index in `dict` of its string, or [`CODE_NONE`].
+    pub codes: [u8; BLOCK_ROWS],
+    /// The string ids the codes stand for (the first `dict_len`; entries
+    /// no row uses any more are dropped when the dictionary fills up).
+    dict: [u32; DICT],
+    dict_len: u32,
     pub ids: [u32; BLOCK_ROWS],
     pub nums: Option<Box<[f64; BLOCK_ROWS]>>,
 }
@@ -400,6 +438,9 @@ pub(crate) struct LabelCells {
 impl Default for LabelCells {
     fn default() -> LabelCells {
         LabelCells {
+            codes: [CODE_NONE; BLOCK_ROWS],
+            dict: [0; DICT],
+            dict_len: 0,
             ids: [label::MISSING32; BLOCK_ROWS],
             nums: None,
         }
@@ -407,6 +448,70 @@ impl Default for LabelCells {
 }
 
 impl LabelCells {
+    /// Bytes of the cells the scan reads for string comparisons: the codes
+    /// and the dictionary (for prefetching).
+    pub(crate) const SCAN_BYTES: usize = std::mem::offset_of!(LabelCells, ids);
+
+    /// The code of string `id` in this block.
+    #[inline(always)]
+    pub(crate) fn code_of(&self, id: u32) -> Code {
+        if self.dict_len == DICT_OVERFLOW {
+            return Code::Ids;
+        }
+        let n = (self.dict_len as usize).min(DICT);
+        match self.dict[..n].iter().position(|&d| d == id) {
+            Some(c) => Code::Is(c as u8),
+            None => Code::Absent,
+        }
+    }
+
+    /// Gives row `i` the code of its id, adding the id to the dictionary
+    /// (rebuilt from the ids when full; overflowed for good, until the
+    /// block's cells are freed, when more than [`DICT`] strings are live).
+    fn recode(&mut self, i: usize) {
+        let id = self.ids[i];
+        if id > label::MAX_STR32 {
+            self.codes[i] = CODE_NONE;
+            return;
+        }
+        match self.code_of(id) {
+            Code::Ids => {}
+            Code::Is(c) => self.codes[i] = c,
+            Code::Absent if (self.dict_len as usize) < DICT => {
+                self.dict[self.dict_len as usize] = id;
+                self.codes[i] = self.dict_len as u8;
+                self.dict_len += 1;
+            }
+            Code::Absent => self.rebuild(),
+        }
+    }
+
+    /// The dictionary and codes anew from the ids (stale entries dropped).
+    fn rebuild(&mut self) {
+        self.dict_len = 0;
+        for i in 0..BLOCK_ROWS {
+            let id = self.ids[i];
+            if id > label::MAX_STR32 {
+                self.codes[i] = CODE_NONE;
+                continue;
+            }
+            let n = self.dict_len as usize;
+            self.codes[i] = match self.dict[..n].iter().position(|&d| d == id) {
+                Some(c) => c as u8,
+                None if n < DICT => {
+                    self.dict[n] = id;
+                    self.dict_len += 1;
+                    n as u8
+                }
+                None => {
+                    self.dict_len = DICT_OVERFLOW;
+                    self.codes = [CODE_NONE; BLOCK_ROWS];
+                    return;
+                }
+            };
+        }
+    }
+
     /// Row `i` in the canonical `u64` encoding of [`label`].
     #[inline(always)]
     pub(crate) fn cell(&self, i: usize) -> u64 {
@@ -441,6 +546,7 @@ impl LabelCells {
             self.nums
                 .get_or_insert_with(|| Box::new([f64::NAN; BLOCK_ROWS]))[i] = f64::from_bits(cell);
         }
+        self.recode(i);
         if self.nums.is_some() && !self.ids.contains(&label::NUM32) {
             self.nums = None;
         }
@@ -499,6 +605,56 @@ mod tests {
         assert_eq!(d.load_range, (0.0, 0.25));
         d.set_load(3, f32::NAN);
         assert_eq!(d.load_range, (0.0, 0.0));
+    }
+
+    /// The rows a scan finds through the codes are the rows whose id
+    /// matches, as cells change: strings coming and going, numbers, missing
+    /// values, stale dictionary entries, more distinct strings than the
+    /// dictionary holds (the scan falls back to the ids) and back.
+    #[test]
+    fn label_codes_find_the_rows_the_ids_hold() {
+        let by_codes = |c: &LabelCells, id: u32| match c.code_of(id) {
+            Code::Is(x) => crate::simd::eq_u8(&c.codes, x),
+            Code::Absent => 0,
+            Code::Ids => crate::simd::eq_u32(&c.ids, id),
+        };
+        let by_ids = |c: &LabelCells, id: u32| mask_of(&c.ids, |x| x == id);
+        let mut r = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            r
+        };
+        let (mut coded, mut fell_back) = (0, 0);
+        for round in 0..if cfg!(miri) { 2 } else { 60 } {
+            let mut c = LabelCells::default();
+            // Some rounds draw from a few strings, some from many (> DICT).
+            let strings = if round % 3 == 0 { 40 } else { 6 };
+            for _ in 0..400 {
+                let i = (next() % BLOCK_ROWS as u64) as usize;
+                let cell = match next() % 8 {
+                    0 => label::MISSING,
+                    1 => label::num(next() as f64),
+                    _ => label::str((next() % strings) as u32 * 7),
+                };
+                c.set(i, cell);
+                for id in (0..strings as u32).map(|s| s * 7) {
+                    assert_eq!(by_codes(&c, id), by_ids(&c, id), "round {round} id {id}");
+                }
+                match c.code_of(0) {
+                    Code::Ids => fell_back += 1,
+                    _ => coded += 1,
+                }
+            }
+        }
+        assert!(
+            coded > 0 && fell_back > 0,
+            "{coded} coded, {fell_back} fell back"
+        );
+        // The codes and dictionary are the first two lines of the cells.
+        assert_eq!(LabelCells::SCAN_BYTES, 128);
+        assert_eq!(std::mem::align_of::<LabelCells>(), 64);
     }
 
     #[test]

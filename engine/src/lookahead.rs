@@ -160,11 +160,8 @@ pub(crate) fn warm_header(shard: &Shard, b: usize, n: usize, fp: &Footprint, gua
     for &k in &fp.labels {
         if let Some(dir) = shard.label_dir(k) {
             for slot in dir.iter().skip(b).take(n) {
-                // The ids; the number plane, if any, is read only for numbers.
-                prefetch::lines(
-                    slot.addr(guard),
-                    offset_of!(LabelCells, ids) + size_of::<[u32; BLOCK_ROWS]>(),
-                );
+                // The codes and dictionary: string comparisons read those.
+                prefetch::lines(slot.addr(guard), LabelCells::SCAN_BYTES);
             }
         }
     }
@@ -178,10 +175,7 @@ pub(crate) fn warm_header_resolved(sp: &ShardPlan<'_>, b: usize, guard: &Guard) 
         prefetch::line(block as *const Block);
     }
     for slot in sp.label_slots(b) {
-        prefetch::lines(
-            slot.addr(guard),
-            offset_of!(LabelCells, ids) + size_of::<[u32; BLOCK_ROWS]>(),
-        );
+        prefetch::lines(slot.addr(guard), LabelCells::SCAN_BYTES);
     }
 }
 

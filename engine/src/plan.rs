@@ -24,7 +24,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
 use crossbeam_epoch::Guard;
 
-use crate::block::{label, Block, Cap, Cols, LabelCells};
+use crate::block::{label, Block, Cap, Code, Cols, LabelCells, CODE_NONE};
 use crate::eval::{CmpOp, Pred, View};
 use crate::matcher::Clause;
 use crate::rcu::Rcu;
@@ -326,11 +326,22 @@ impl<'a> BlockPlan<'a> {
             }
             m &= match *op {
                 Op::LabelEq { k, id } => match self.sp.cells(k, self.b, self.guard) {
-                    Some(c) => simd::eq_u32(&c.ids, id),
+                    Some(c) => match c.code_of(id) {
+                        Code::Is(x) => simd::eq_u8(&c.codes, x),
+                        Code::Absent => 0,
+                        Code::Ids => simd::eq_u32(&c.ids, id),
+                    },
                     None => 0,
                 },
                 Op::LabelStrNe { k, id } => match self.sp.cells(k, self.b, self.guard) {
-                    Some(c) => simd::le_and_ne_u32(&c.ids, label::MAX_STR32, id),
+                    // A string (a code), and not this one.
+                    Some(c) => match c.code_of(id) {
+                        Code::Is(x) => {
+                            !(simd::eq_u8(&c.codes, x) | simd::eq_u8(&c.codes, CODE_NONE))
+                        }
+                        Code::Absent => !simd::eq_u8(&c.codes, CODE_NONE),
+                        Code::Ids => simd::le_and_ne_u32(&c.ids, label::MAX_STR32, id),
+                    },
                     None => 0,
                 },
                 Op::F32 { col, op, c } => match self.cols.f32s(col) {

@@ -47,6 +47,16 @@ pub(crate) fn le_and_ne_u32(x: &[u32; BLOCK_ROWS], max: u32, v: u32) -> u64 {
     return portable::le_and_ne_u32(x, max, v);
 }
 
+/// Rows where the byte `x == v` (block-local label codes).
+#[inline]
+pub(crate) fn eq_u8(x: &[u8; BLOCK_ROWS], v: u8) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: as in `eq_u32`: SSE2 is always enabled on x86_64.
+    return unsafe { sse2::eq_u8(x, v) };
+    #[cfg(not(target_arch = "x86_64"))]
+    return portable::eq_u8(x, v);
+}
+
 /// Rows where `x op c`, with Rust's float semantics (NaN compares false,
 /// `!=` included, as the expression language requires).
 #[inline]
@@ -99,6 +109,21 @@ mod sse2 {
             let cd = _mm_packs_epi32(lanes(j + 8), lanes(j + 12));
             let bits = _mm_movemask_epi8(_mm_packs_epi16(ab, cd)) as u32 & 0xFFFF;
             m |= (bits as u64) << j;
+        }
+        m
+    }
+
+    /// One compare and one `pmovmskb` per 16 rows.
+    #[target_feature(enable = "sse2")]
+    pub(super) fn eq_u8(x: &[u8; BLOCK_ROWS], v: u8) -> u64 {
+        let v = _mm_set1_epi8(v as i8);
+        let mut m = 0u64;
+        for (g, sixteen) in x.chunks_exact(16).enumerate() {
+            // SAFETY: `sixteen` is 16 readable bytes (`chunks_exact`), and
+            // the unaligned load has no alignment requirement.
+            let c = unsafe { _mm_loadu_si128(sixteen.as_ptr().cast()) };
+            let bits = _mm_movemask_epi8(_mm_cmpeq_epi8(c, v)) as u32 & 0xFFFF;
+            m |= (bits as u64) << (g * 16);
         }
         m
     }
@@ -171,6 +196,14 @@ pub(crate) mod portable {
 
     pub(crate) fn eq_u32(x: &[u32; BLOCK_ROWS], v: u32) -> u64 {
         mask_of(x, |a| a == v)
+    }
+
+    pub(crate) fn eq_u8(x: &[u8; BLOCK_ROWS], v: u8) -> u64 {
+        let mut m = 0u64;
+        for (i, &a) in x.iter().enumerate() {
+            m |= u64::from(a == v) << i;
+        }
+        m
     }
 
     pub(crate) fn range_u32(x: &[u32; BLOCK_ROWS], lo: u32, span: u32) -> u64 {
@@ -256,6 +289,19 @@ mod tests {
                     assert_eq!(le_and_ne_u32(&x, lo, v), want);
                     assert_eq!(portable::le_and_ne_u32(&x, lo, v), want);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn byte_kernel_agrees_with_a_scalar_loop() {
+        let pool = [0u32, 1, 2, 14, 127, 128, 254, 255];
+        for seed in 0..if cfg!(miri) { 2 } else { 40 } {
+            let x: [u8; BLOCK_ROWS] = cells(seed, &pool).map(|c| c as u8);
+            for v in pool.map(|c| c as u8) {
+                let want = scalar(&x, |a| a == v);
+                assert_eq!(eq_u8(&x, v), want, "{v}");
+                assert_eq!(portable::eq_u8(&x, v), want, "{v}");
             }
         }
     }
