@@ -44,19 +44,24 @@ pub(crate) struct Reserved {
     pub mem: AtomicU64,
 }
 
-/// The columns that change with load: replaced on most deltas. (Plain
-/// alignment: an over-aligned value would take the allocator's slow
-/// `memalign` path on every delta.)
-#[repr(C)]
+/// The columns that change with load: replaced on most deltas (the groups
+/// come from the table's pools, so the alignment costs no allocator slow
+/// path).
+///
+/// Line-aligned, columns first: `load` and `idle_power` are exactly eight
+/// lines, which a match reading both (the usual `require` and `prefer`)
+/// warms and reads; at an offset they would span nine.
+#[repr(C, align(64))]
 #[derive(Clone)]
 pub(crate) struct Dynamic {
-    /// Smallest and largest non-NaN cell of each column (vacant rows
-    /// included), kept by [`Dynamic::refresh`]: bounds for pruning. First,
-    /// so a pruned block costs one line of the group.
-    pub load_range: (f32, f32),
-    pub idle_power_range: (f32, f32),
     pub load: [f32; BLOCK_ROWS],
     pub idle_power: [f32; BLOCK_ROWS],
+    /// Smallest and largest non-NaN cell of each column (vacant rows
+    /// included), kept by [`Dynamic::refresh`]: bounds for pruning, on a
+    /// line of their own ([`Dynamic::RANGES`]), so a pruned block costs one
+    /// line of the group.
+    pub load_range: (f32, f32),
+    pub idle_power_range: (f32, f32),
 }
 
 impl Default for Dynamic {
@@ -71,6 +76,9 @@ impl Default for Dynamic {
 }
 
 impl Dynamic {
+    /// Where the column ranges are (for warming just them).
+    pub(crate) const RANGES: usize = std::mem::offset_of!(Dynamic, load_range);
+
     /// Recomputes the column ranges; writers call it before publishing.
     pub(crate) fn refresh(&mut self) {
         self.load_range = range_f32(&self.load);
@@ -119,6 +127,11 @@ pub(crate) struct Fixed {
     pub slots: [u32; BLOCK_ROWS],
     pub cores: [u32; BLOCK_ROWS],
     pub mem: [u64; BLOCK_ROWS],
+}
+
+impl Fixed {
+    /// Where the column ranges are (for warming just them).
+    pub(crate) const RANGES: usize = std::mem::offset_of!(Fixed, power_range);
 }
 
 impl Default for Fixed {

@@ -180,8 +180,8 @@ pub(crate) fn warm_header_resolved(sp: &ShardPlan<'_>, b: usize, guard: &Guard) 
 }
 
 /// Stage 3: the columns the query reads in blocks `b..b + n` (with
-/// `bounds_only`, just the first line of each group, where the column
-/// ranges are), and with `cap` the reservation cells if the query reads
+/// `bounds_only`, just the line of each group where the column ranges
+/// are), and with `cap` the reservation cells if the query reads
 /// them. Reads the headers of stage 2.
 #[inline]
 pub(crate) fn warm_columns(
@@ -193,12 +193,12 @@ pub(crate) fn warm_columns(
     cap: bool,
     guard: &Guard,
 ) {
-    let warm = |base: *const u8, spans: &[(usize, usize)]| {
+    let warm = |base: *const u8, spans: &[(usize, usize)], ranges: usize| {
         if spans.is_empty() || base.is_null() {
             return;
         }
         if bounds_only {
-            prefetch::line(base);
+            prefetch::line(base.wrapping_add(ranges));
             return;
         }
         for &(off, len) in spans {
@@ -209,8 +209,12 @@ pub(crate) fn warm_columns(
         let Some(block) = shard.block(x) else {
             return;
         };
-        warm(block.dynamic.addr(guard).cast(), &fp.dynamic);
-        warm(block.fixed.addr(guard).cast(), &fp.fixed);
+        warm(
+            block.dynamic.addr(guard).cast(),
+            &fp.dynamic,
+            Dynamic::RANGES,
+        );
+        warm(block.fixed.addr(guard).cast(), &fp.fixed, Fixed::RANGES);
         if cap && fp.cap && !bounds_only {
             prefetch::lines(block.cap.as_ptr(), size_of::<[Cap; BLOCK_ROWS]>());
         }
