@@ -694,7 +694,7 @@ impl ServerTable {
                 // the capacity clauses, the next, and so on.
                 let mut m = m;
                 while m != 0 {
-                    let (i, score) = bp.top(plan, &q.prefer, m, sc);
+                    let (i, score, _) = bp.top(plan, &q.prefer, m, sc);
                     let id = self.id_of(s, b, i);
                     if best.is_some_and(|c| !better(score, id, c.score, c.id)) {
                         break;
@@ -751,13 +751,13 @@ impl ServerTable {
         if m == 0 {
             return None;
         }
-        let (i, score) = bp.top(plan, &q.prefer, m, sc);
+        let (i, score, passed) = bp.top(plan, &q.prefer, m, sc);
         Some(BlockTop {
             block,
             i,
             id: self.id_of(s, b, i),
             score,
-            passed: m.count_ones(),
+            passed,
         })
     }
 

@@ -453,9 +453,10 @@ impl<'a> BlockPlan<'a> {
     }
 
     /// The first row of `m` (not empty) with the highest `prefer` score
-    /// (NaN lowest; the first row of `m` if every score is NaN), and the
-    /// score. A sum of weighted `f32` columns is scored row by row
-    /// ([`Weights`]); anything else a column at a time over the selection.
+    /// (NaN lowest; the first row of `m` if every score is NaN), the score,
+    /// and how many rows `m` has. A sum of weighted `f32` columns is scored
+    /// row by row ([`Weights`]); anything else a column at a time over the
+    /// selection.
     #[inline(always)]
     pub(crate) fn top(
         &self,
@@ -463,7 +464,7 @@ impl<'a> BlockPlan<'a> {
         prefer: &Score,
         m: u64,
         sc: &mut Scratch,
-    ) -> (usize, f64) {
+    ) -> (usize, f64, u32) {
         if let Some(ws) = &plan.weights {
             return ws.top(&self.cols, m);
         }
@@ -476,7 +477,7 @@ impl<'a> BlockPlan<'a> {
                 (j, top) = (t, k);
             }
         }
-        (sc.row(j), sc.score(j))
+        (sc.row(j), sc.score(j), n as u32)
     }
 
     /// Writes the values of `leaf` for the rows `rows` into `out`, a chunk
