@@ -18,6 +18,7 @@ use crossbeam_epoch::Guard;
 
 use crate::block::{Block, Cap, Dynamic, Fixed, LabelCells};
 use crate::eval::{NumExpr, Pred};
+use crate::matcher::Demand;
 use crate::plan::ShardPlan;
 use crate::prefetch;
 use crate::schema::{Column, BLOCK_ROWS};
@@ -222,9 +223,11 @@ pub(crate) fn warm_columns(
 }
 
 /// The cells of row `i` that reserving and releasing it read besides what
-/// the scan read: its generation, reserved counters and capacity columns.
+/// the scan read: its generation, reserved counters and free capacity, and
+/// the capacity columns release clamps to, those of `demand` only (a task
+/// asking for no cores never reads the `cores` column).
 #[inline]
-pub(crate) fn warm_row(block: &Block, i: usize, guard: &Guard) {
+pub(crate) fn warm_row(block: &Block, i: usize, demand: Demand, guard: &Guard) {
     let i = i % BLOCK_ROWS;
     prefetch::line(&block.gen[i]);
     prefetch::line(&block.reserved[i]);
@@ -233,9 +236,15 @@ pub(crate) fn warm_row(block: &Block, i: usize, guard: &Guard) {
     if !fixed.is_null() {
         let f = fixed.cast::<u8>();
         let at = |off: usize, size: usize| f.wrapping_add(off + i * size);
-        prefetch::line(at(offset_of!(Fixed, slots), 4));
-        prefetch::line(at(offset_of!(Fixed, cores), 4));
-        prefetch::line(at(offset_of!(Fixed, mem), 8));
+        if demand.slots > 0 {
+            prefetch::line(at(offset_of!(Fixed, slots), 4));
+        }
+        if demand.cores > 0 {
+            prefetch::line(at(offset_of!(Fixed, cores), 4));
+        }
+        if demand.mem > 0 {
+            prefetch::line(at(offset_of!(Fixed, mem), 8));
+        }
     }
 }
 

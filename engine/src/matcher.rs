@@ -781,7 +781,7 @@ impl ServerTable {
         };
         if best.is_none_or(|c| better(t.score, t.id, c.score, c.id)) {
             // The row's cells for reserving it, while the scan goes on.
-            lookahead::warm_row(t.block, t.i, guard);
+            lookahead::warm_row(t.block, t.i, q.demand, guard);
             *best = Some(Candidate {
                 shard: s,
                 b,
@@ -909,7 +909,7 @@ impl ServerTable {
         if tops.leads(t.score, t.id) {
             // Its capacity is checked first when the scan ends, and its
             // other cells are read to reserve it: ask for them now.
-            lookahead::warm_row(t.block, t.i, guard);
+            lookahead::warm_row(t.block, t.i, q.demand, guard);
         }
         tops.push(Top {
             score: t.score,
