@@ -395,11 +395,13 @@ impl Weights {
             acc
         };
         let mut bits = m;
-        let i = bits.trailing_zeros() as usize;
+        let first = bits.trailing_zeros() as usize;
         bits &= bits.wrapping_sub(1);
-        let (mut best, mut score) = (i, at(i));
-        // `x > top` is false for a NaN `x`: NaN ranks lowest.
-        let mut top = key(score);
+        let s0 = at(first);
+        // `x > top` is false for a NaN `x`: NaN ranks lowest. Only the best
+        // row and its score are tracked in the loop; the first row's score
+        // is the answer's if no row beats it (NaN included).
+        let (mut best, mut top) = (first, key(s0));
         let mut n = 1;
         while bits != 0 {
             let i = bits.trailing_zeros() as usize;
@@ -407,9 +409,10 @@ impl Weights {
             n += 1;
             let x = at(i);
             if x > top {
-                (best, score, top) = (i, x, x);
+                (best, top) = (i, x);
             }
         }
+        let score = if best == first { s0 } else { top };
         (best % BLOCK_ROWS, score, n)
     }
 }
