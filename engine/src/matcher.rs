@@ -151,6 +151,9 @@ pub struct Reservation {
     /// The server's `prefer` score when chosen.
     pub score: f64,
     gen: u32,
+    /// Where the server's row is (shard, block, row): release finds it
+    /// without dividing the id.
+    at: (u32, u32, u32),
     user: Option<Arc<AtomicU32>>,
     released: AtomicBool,
 }
@@ -566,8 +569,15 @@ impl ServerTable {
         if let Some(u) = &r.user {
             inflight::release(u);
         }
-        if let Some((_, _, block, i)) = self.locate(r.server) {
-            if block.gen[i].load(Acquire) == r.gen {
+        let (s, b, i) = (
+            r.at.0 as usize,
+            r.at.1 as usize,
+            r.at.2 as usize % BLOCK_ROWS,
+        );
+        if let Some(block) = self.shards.get(s).and_then(|sh| sh.block(b)) {
+            // A vacated or re-occupied row has moved on: nothing to give.
+            let live = block.live.load(Acquire) & 1 << i != 0;
+            if live && block.gen[i].load(Acquire) == r.gen {
                 let guard = &epoch::pin();
                 let fixed = block.fixed(guard);
                 let (cap, res) = (&block.cap[i], &block.reserved[i]);
@@ -1065,6 +1075,8 @@ impl ServerTable {
             mem: d.mem,
             score: c.score,
             gen: c.gen,
+            // Shard, block and row numbers fit: ids are `u32`.
+            at: (c.shard as u32, c.b as u32, c.i as u32),
             user,
             released: AtomicBool::new(false),
         })

@@ -318,7 +318,7 @@ impl<'a> BlockPlan<'a> {
     }
 
     /// The rows of `m` passing the plain clauses.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn plain(&self, plan: &Plan, clauses: &[Clause], mut m: u64) -> u64 {
         for op in &plan.ops {
             if m == 0 {
