@@ -644,7 +644,7 @@ mod tests {
             let mut c = LabelCells::default();
             // Some rounds draw from a few strings, some from many (> DICT).
             let strings = if round % 3 == 0 { 40 } else { 6 };
-            for _ in 0..400 {
+            for _ in 0..if cfg!(miri) { 40 } else { 400 } {
                 let i = (next() % BLOCK_ROWS as u64) as usize;
                 let cell = match next() % 8 {
                     0 => label::MISSING,

@@ -676,7 +676,11 @@ mod tests {
                 );
             }
         }
-        assert!(ran > 100, "{ran} programs ran, {refused} refused");
+        // Most random trees fit the registers (20 are drawn under Miri).
+        assert!(
+            ran > if cfg!(miri) { 10 } else { 100 },
+            "{ran} programs ran, {refused} refused"
+        );
     }
 
     /// Row-at-a-time scoring picks the row and score the column-at-a-time
