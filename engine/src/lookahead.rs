@@ -21,6 +21,7 @@ use crate::eval::{NumExpr, Pred};
 use crate::matcher::Demand;
 use crate::plan::ShardPlan;
 use crate::prefetch;
+use crate::rcu::Rcu;
 use crate::schema::{Column, BLOCK_ROWS};
 use crate::table::Shard;
 
@@ -125,26 +126,50 @@ fn merged(mut spans: Vec<(usize, usize)>) -> Vec<(usize, usize)> {
     out
 }
 
-/// Stage 1: the directory slots that lead to blocks `b..b + n` and their
-/// label cells, and the app mask words (addresses known without reading
-/// anything). The directories are looked up once for all `n` blocks.
+/// Hints the lines of `n` adjacent cells of `size` bytes from `p`: the
+/// first and the last cell's (the callers' `n * size` is well under a line
+/// plus one, so those are all of them).
+#[inline(always)]
+fn ends(p: *const u8, n: usize, size: usize) {
+    prefetch::line(p);
+    prefetch::line(p.wrapping_add(n.saturating_sub(1) * size));
+}
+
+/// Hints the codes and dictionary of label cells at `p` (null for none):
+/// the cells are line-aligned and those are their first two lines.
+#[inline(always)]
+fn label_lines(p: *const LabelCells) {
+    if !p.is_null() {
+        let p = p.cast::<u8>();
+        prefetch::line(p);
+        prefetch::line(p.wrapping_add(LabelCells::SCAN_BYTES - 1));
+    }
+}
+
+/// Stage 1: the directory slots that lead to blocks `b..b + n` (`n` a
+/// handful) and their label cells, and the app mask words (addresses known
+/// without reading anything). Each directory is looked up once; addresses
+/// past its end are only hints, never read.
 #[inline]
 pub(crate) fn warm_slots(shard: &Shard, b: usize, n: usize, fp: &Footprint) {
-    for x in b..b + n {
-        prefetch::line(shard.block_slot_addr(x));
-    }
+    let slot = shard.block_slot_addr(b);
+    ends(
+        slot,
+        n,
+        shard.block_slot_addr(b + 1) as usize - slot as usize,
+    );
     for &k in &fp.labels {
         if let Some(dir) = shard.label_dir(k) {
-            for slot in dir.iter().skip(b).take(n) {
-                prefetch::line(slot);
-            }
+            ends(
+                dir.as_ptr().wrapping_add(b).cast(),
+                n,
+                size_of::<Rcu<LabelCells>>(),
+            );
         }
     }
     for &a in &fp.apps {
         if let Some(words) = shard.app_words(a) {
-            for w in words.iter().skip(b).take(n) {
-                prefetch::line(w);
-            }
+            ends(words.as_ptr().wrapping_add(b).cast(), n, size_of::<u64>());
         }
     }
 }
@@ -159,10 +184,13 @@ pub(crate) fn warm_header(shard: &Shard, b: usize, n: usize, fp: &Footprint, gua
         }
     }
     for &k in &fp.labels {
-        if let Some(dir) = shard.label_dir(k) {
-            for slot in dir.iter().skip(b).take(n) {
+        if let Some(slots) = shard
+            .label_dir(k)
+            .and_then(|d| d.get(b..(b + n).min(d.len())))
+        {
+            for slot in slots {
                 // The codes and dictionary: string comparisons read those.
-                prefetch::lines(slot.addr(guard), LabelCells::SCAN_BYTES);
+                label_lines(slot.addr(guard));
             }
         }
     }
@@ -176,7 +204,7 @@ pub(crate) fn warm_header_resolved(sp: &ShardPlan<'_>, b: usize, guard: &Guard) 
         prefetch::line(block as *const Block);
     }
     for slot in sp.label_slots(b) {
-        prefetch::lines(slot.addr(guard), LabelCells::SCAN_BYTES);
+        label_lines(slot.addr(guard));
     }
 }
 

@@ -59,6 +59,12 @@ pub enum MatchMode {
     /// the scanned servers has room, the match goes on until `k` that do
     /// are found. In a cluster where most servers are full, the choice is
     /// therefore among fewer than `k`; raise `k` there.
+    ///
+    /// The chosen server is reserved moments after it was read: only that
+    /// it is still live and up (and not re-registered) is checked again
+    /// before the compare-and-swap on its free capacity, not every clause
+    /// (an exact match, whose read can be a whole scan old, re-checks
+    /// every clause).
     Sampled {
         /// Candidates to collect before choosing (at least 1).
         k: u32,
