@@ -317,6 +317,15 @@ pub(crate) fn key(score: f64) -> f64 {
     }
 }
 
+/// The `f32` columns a [`Weights`] term reads (resolved per block without
+/// a fallible lookup).
+#[derive(Copy, Clone, Debug, PartialEq)]
+enum F32Col {
+    Load,
+    IdlePower,
+    Power,
+}
+
 /// A [`Score::Sum`] of the usual shape, every term an `f32` column times a
 /// constant (`server.idle_power - 2 * server.load`): scored row by row,
 /// keeping the best as it goes ([`Weights::top`]).
@@ -331,7 +340,7 @@ pub(crate) fn key(score: f64) -> f64 {
 /// for a subtracted term), so the scores are bit-identical.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Weights {
-    cols: [Column; MAX_TERMS],
+    cols: [F32Col; MAX_TERMS],
     w: [f64; MAX_TERMS],
     len: usize,
 }
@@ -344,13 +353,15 @@ impl Weights {
             return None;
         }
         let mut ws = Weights {
-            cols: [Column::Load; MAX_TERMS],
+            cols: [F32Col::Load; MAX_TERMS],
             w: [0.0; MAX_TERMS],
             len: terms.len(),
         };
         for (k, t) in terms.iter().enumerate() {
             let col = match t.leaf {
-                Leaf::Col(c @ (Column::Power | Column::IdlePower | Column::Load)) => c,
+                Leaf::Col(Column::Load) => F32Col::Load,
+                Leaf::Col(Column::IdlePower) => F32Col::IdlePower,
+                Leaf::Col(Column::Power) => F32Col::Power,
                 _ => return None,
             };
             let w = match t.scale {
@@ -382,9 +393,11 @@ impl Weights {
 
     #[inline(always)]
     fn top_n<const N: usize>(&self, cols: &Cols<'_>, m: u64) -> (usize, f64, u32) {
-        const NONE: [f32; BLOCK_ROWS] = [f32::NAN; BLOCK_ROWS];
-        let x: [&[f32; BLOCK_ROWS]; N] =
-            std::array::from_fn(|k| cols.f32s(self.cols[k % MAX_TERMS]).unwrap_or(&NONE));
+        let x: [&[f32; BLOCK_ROWS]; N] = std::array::from_fn(|k| match self.cols[k % MAX_TERMS] {
+            F32Col::Load => &cols.dynamic.load,
+            F32Col::IdlePower => &cols.dynamic.idle_power,
+            F32Col::Power => &cols.fixed.power,
+        });
         let w: [f64; N] = std::array::from_fn(|k| self.w[k % MAX_TERMS]);
         let at = |i: usize| {
             let i = i % BLOCK_ROWS;
