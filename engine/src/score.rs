@@ -48,6 +48,23 @@ pub(crate) struct Term {
     scale: Scale,
 }
 
+impl Term {
+    /// What term `k` of a sum does to its leaf's value: multiply or, with
+    /// the flag, divide by the weight, negated for a subtracted term (`a -
+    /// c * x` is `a + x * (-c)`: negation is exact, so the sum is the
+    /// tree's, bit for bit). The first term starts the sum and is never
+    /// negated.
+    #[inline(always)]
+    fn weight(&self, k: usize) -> (f64, bool) {
+        let (w, div) = match self.scale {
+            Scale::One => (1.0, false),
+            Scale::MulLeft(c) | Scale::MulRight(c) => (c, false),
+            Scale::Div(c) => (c, true),
+        };
+        (if self.sub && k > 0 { -w } else { w }, div)
+    }
+}
+
 /// A compiled `prefer`.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Score {
@@ -282,12 +299,7 @@ pub(crate) fn sum_sel(
 ) {
     let n = (n / LANES).min(CHUNKS);
     for (k, t) in terms.iter().enumerate() {
-        let (w, div) = match t.scale {
-            Scale::One => (1.0, false),
-            Scale::MulLeft(c) | Scale::MulRight(c) => (c, false),
-            Scale::Div(c) => (c, true),
-        };
-        let w = if t.sub && k > 0 { -w } else { w };
+        let (w, div) = t.weight(k);
         let dst = if k == 0 { &mut *acc } else { &mut *x };
         load(t.leaf, &mut dst[..n]);
         match (k == 0, div) {
@@ -364,13 +376,12 @@ impl Weights {
                 Leaf::Col(Column::Power) => F32Col::Power,
                 _ => return None,
             };
-            let w = match t.scale {
-                Scale::One => 1.0,
-                Scale::MulLeft(c) | Scale::MulRight(c) => c,
-                Scale::Div(_) => return None,
-            };
+            let (w, div) = t.weight(k);
+            if div {
+                return None;
+            }
             ws.cols[k] = col;
-            ws.w[k] = if t.sub && k > 0 { -w } else { w };
+            ws.w[k] = w;
         }
         Some(ws)
     }
@@ -454,12 +465,7 @@ pub(crate) fn upper_bound(terms: &[Term], cols: &Cols<'_>) -> f64 {
             // No number in the column: every score in the block is NaN.
             return f64::NEG_INFINITY;
         }
-        let (w, div) = match t.scale {
-            Scale::One => (1.0, false),
-            Scale::MulLeft(c) | Scale::MulRight(c) => (c, false),
-            Scale::Div(c) => (c, true),
-        };
-        let w = if t.sub && k > 0 { -w } else { w };
+        let (w, div) = t.weight(k);
         let (a, b) = if div {
             (lo / w, hi / w)
         } else {
@@ -479,6 +485,40 @@ pub(crate) fn upper_bound(terms: &[Term], cols: &Cols<'_>) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `e` evaluated the plain way, a column's value from `v`.
+    fn tree(e: &NumExpr, v: &dyn Fn(Column) -> f64) -> f64 {
+        match e {
+            NumExpr::Const(c) => *c,
+            NumExpr::Col(c) => v(*c),
+            NumExpr::Label(_) => f64::NAN,
+            NumExpr::Neg(a) => -tree(a, v),
+            NumExpr::Bin(op, a, b) => op.apply(tree(a, v), tree(b, v)),
+        }
+    }
+
+    /// A xorshift stream from `seed` (not 0).
+    fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+        let mut r = seed;
+        move || {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            r
+        }
+    }
+
+    /// Pools for the two column groups of test blocks.
+    fn group_pools() -> (
+        std::sync::Arc<crate::arena::Pool<crate::block::Dynamic>>,
+        std::sync::Arc<crate::arena::Pool<crate::block::Fixed>>,
+    ) {
+        let arena = crate::arena::Arena::new(0);
+        (
+            crate::arena::Pool::new(&arena),
+            crate::arena::Pool::new(&arena),
+        )
+    }
 
     fn col(c: Column) -> Box<NumExpr> {
         Box::new(NumExpr::Col(c))
@@ -538,20 +578,10 @@ mod tests {
             99.9,
         ];
         let scales = [1.0, -1.0, 2.0, -0.5, 0.0, 3.0e10, 1e-300];
-        let mut r = 0x1234_5678u64;
-        let mut next = || {
-            r ^= r << 13;
-            r ^= r >> 7;
-            r ^= r << 17;
-            r
-        };
+        let mut next = xorshift(0x1234_5678);
         let g = crossbeam_epoch::pin();
         let rounds = if cfg!(miri) { 3 } else { 300 };
-        let arena = crate::arena::Arena::new(0);
-        let (dp, fp) = (
-            crate::arena::Pool::new(&arena),
-            crate::arena::Pool::new(&arena),
-        );
+        let (dp, fp) = group_pools();
         for _ in 0..rounds {
             let block = Block::new(&dp, &fp);
             let mut d = crate::block::Dynamic::default();
@@ -625,24 +655,9 @@ mod tests {
     /// with NaN, infinities and signed zeros; deep trees are refused.
     #[test]
     fn programs_agree_with_the_tree() {
-        fn tree(e: &NumExpr, v: &dyn Fn(Column) -> f64) -> f64 {
-            match e {
-                NumExpr::Const(c) => *c,
-                NumExpr::Col(c) => v(*c),
-                NumExpr::Label(_) => f64::NAN,
-                NumExpr::Neg(a) => -tree(a, v),
-                NumExpr::Bin(op, a, b) => op.apply(tree(a, v), tree(b, v)),
-            }
-        }
         let cols = [Column::Load, Column::IdlePower, Column::Power];
         let pool = [0.0, -0.0, 1.5, -2.25, 1e300, f64::INFINITY, f64::NAN, 3.0];
-        let mut r = 0x51_7cc1_b727_220au64;
-        let mut next = move || {
-            r ^= r << 13;
-            r ^= r >> 7;
-            r ^= r << 17;
-            r
-        };
+        let mut next = xorshift(0x51_7cc1_b727_220a);
         fn gen(next: &mut dyn FnMut() -> u64, depth: u32, cols: &[Column]) -> NumExpr {
             let pick = next() % if depth == 0 { 3 } else { 7 };
             match pick {
@@ -716,19 +731,9 @@ mod tests {
         ];
         let scales = [1.0, -1.0, 2.0, -0.5, 0.0, 3.0e10, 1e-300];
         let cols3 = [Column::Load, Column::IdlePower, Column::Power];
-        let mut r = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            r ^= r << 13;
-            r ^= r >> 7;
-            r ^= r << 17;
-            r
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let g = crossbeam_epoch::pin();
-        let arena = crate::arena::Arena::new(0);
-        let (dp, fp) = (
-            crate::arena::Pool::new(&arena),
-            crate::arena::Pool::new(&arena),
-        );
+        let (dp, fp) = group_pools();
         let (mut nan_rows, mut ties) = (0, 0);
         for _ in 0..if cfg!(miri) { 3 } else { 500 } {
             let block = Block::new(&dp, &fp);
@@ -763,18 +768,9 @@ mod tests {
             let (got_i, got, n) = ws.top(&cols, m);
             assert_eq!(n, m.count_ones());
             // The reference: every row of `m` by the tree, first highest.
-            fn tree(e: &NumExpr, cols: &Cols<'_>, i: usize) -> f64 {
-                match e {
-                    NumExpr::Const(c) => *c,
-                    NumExpr::Col(c) => cols.value(*c, i),
-                    NumExpr::Label(_) => f64::NAN,
-                    NumExpr::Neg(a) => -tree(a, cols, i),
-                    NumExpr::Bin(op, a, b) => op.apply(tree(a, cols, i), tree(b, cols, i)),
-                }
-            }
             let mut want: Option<(usize, f64)> = None;
             for i in (0..BLOCK_ROWS).filter(|i| m >> i & 1 == 1) {
-                let x = tree(&e, &cols, i);
+                let x = tree(&e, &|c| cols.value(c, i));
                 nan_rows += usize::from(x.is_nan());
                 match want {
                     Some((_, w)) if key(x) == key(w) => ties += 1,
