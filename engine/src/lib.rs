@@ -38,6 +38,7 @@
 #![warn(missing_docs)]
 
 mod arena;
+mod batch;
 mod block;
 mod cache;
 mod error;

@@ -20,6 +20,7 @@ use std::sync::Arc;
 
 use crossbeam_epoch::{self as epoch, Guard};
 
+use crate::batch::{Batch, Leaves, Scorer};
 use crate::block::Block;
 use crate::eval::Pred;
 use crate::explain::Explain;
@@ -664,10 +665,17 @@ impl ServerTable {
             Score::Sum(terms) => Some(terms.as_slice()),
             Score::General(..) => None,
         };
+        // A `prefer` that is not scored row by row is scored in batches of
+        // rows from consecutive blocks (`batch.rs` says why).
+        let batched = match (&plan.leaves, Scorer::of(&q.prefer)) {
+            (Some(leaves), Some(scorer)) if plan.weights.is_none() => Some((leaves, scorer)),
+            _ => None,
+        };
         for (s, shard) in self.shards.iter().enumerate() {
             let Some(sp) = plan.shard(shard) else {
                 continue;
             };
+            sc.batch.clear();
             let nb = shard.nblocks();
             for b in 0..nb {
                 if sp.app_word(b) == 0 {
@@ -706,6 +714,15 @@ impl ServerTable {
                 if m == 0 {
                     continue;
                 }
+                if let Some((leaves, scorer)) = batched {
+                    if !sc.batch.has_room(m) {
+                        self.settle_batch(q, s, &sp, scorer, leaves, &mut best, guard, sc);
+                    }
+                    sc.batch.push(b, m, leaves, |leaf, rows, out| {
+                        bp.gather(leaf, &plan.keys, rows, out)
+                    });
+                    continue;
+                }
                 // The first highest score (NaN lowest); if its row fails
                 // the capacity clauses, the next, and so on.
                 let mut m = m;
@@ -729,8 +746,65 @@ impl ServerTable {
                     m &= !(1u64 << i);
                 }
             }
+            if let Some((leaves, scorer)) = batched {
+                self.settle_batch(q, s, &sp, scorer, leaves, &mut best, guard, sc);
+            }
         }
         best
+    }
+
+    /// Scores the rows of the exact scan's batch (from shard `s`) and, if
+    /// the best of them with the capacity beats `best`, makes it the best;
+    /// empties the batch. The capacity is tested only for a row that would
+    /// become the best (the next best if it fails), as block by block.
+    #[allow(clippy::too_many_arguments)]
+    fn settle_batch(
+        &self,
+        q: &Query,
+        s: usize,
+        sp: &ShardPlan<'_>,
+        scorer: Scorer<'_>,
+        leaves: &Leaves,
+        best: &mut Option<Candidate>,
+        guard: &Guard,
+        sc: &mut Scratch,
+    ) {
+        let Scratch { batch, regs, .. } = sc;
+        let n = batch.len();
+        if n == 0 {
+            return;
+        }
+        let top = batch.score(scorer, leaves, regs);
+        // The batch's rows come after every row the best was chosen from
+        // (ids grow in scan order), so a tie keeps the best.
+        if best.is_none_or(|c| top > key(c.score)) {
+            let mut alive = u64::MAX >> (64 - n.min(64));
+            while alive != 0 {
+                let j = Batch::best_of(&regs[0], alive);
+                let score = regs[0].as_flattened()[j];
+                let (b, i) = batch.row(j);
+                let id = self.id_of(s, b, i);
+                if best.is_some_and(|c| !better(score, id, c.score, c.id)) {
+                    break;
+                }
+                alive &= !(1u64 << j);
+                let Some(block) = sp.shard.block(b) else {
+                    continue;
+                };
+                if BlockPlan::new(sp, block, b, guard).cap_row(&q.plan, &q.clauses, i) {
+                    *best = Some(Candidate {
+                        shard: s,
+                        b,
+                        i,
+                        id,
+                        score,
+                        gen: block.gen[i].load(Acquire),
+                    });
+                    break;
+                }
+            }
+        }
+        batch.clear();
     }
 
     /// The best row by `prefer` of block `b`, among the rows that pass the

@@ -24,6 +24,7 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
 use crossbeam_epoch::Guard;
 
+use crate::batch::{Batch, Leaves};
 use crate::block::{label, Block, Cap, Code, Cols, LabelCells, CODE_NONE};
 use crate::eval::{CmpOp, Pred, View};
 use crate::matcher::Clause;
@@ -97,6 +98,9 @@ pub(crate) struct Plan {
     pub(crate) sparse: Vec<usize>,
     /// `prefer` as weighted `f32` columns, when it is such a sum.
     pub(crate) weights: Option<Weights>,
+    /// Otherwise, what the exact scan gathers to score `prefer` in
+    /// batches spanning blocks, if it can ([`Batch`]).
+    pub(crate) leaves: Option<Leaves>,
 }
 
 impl Plan {
@@ -208,6 +212,9 @@ impl Plan {
                 }
             }),
             Score::General(_, None) => {}
+        }
+        if p.weights.is_none() {
+            p.leaves = Leaves::of(prefer);
         }
         p
     }
@@ -480,41 +487,67 @@ impl<'a> BlockPlan<'a> {
         (sc.row(j), sc.score(j), n as u32)
     }
 
-    /// Writes the values of `leaf` for the rows `rows` into `out`, a chunk
-    /// at a time (the leaf resolved once); `cells` are the label's cells if
-    /// the leaf is a label.
+    /// Where the values of `leaf` come from in this block (the column or
+    /// label cells resolved once, not per row).
     #[inline(always)]
-    fn load(
-        &self,
-        leaf: Leaf,
-        cells: Option<&LabelCells>,
-        rows: &[[u8; LANES]],
-        out: &mut [[f64; LANES]],
-    ) {
-        #[inline(always)]
-        fn each(rows: &[[u8; LANES]], out: &mut [[f64; LANES]], f: impl Fn(usize) -> f64) {
-            for (o, r) in out.iter_mut().zip(rows) {
-                for (o, &r) in o.iter_mut().zip(r) {
-                    *o = f(r as usize % BLOCK_ROWS);
-                }
-            }
-        }
+    fn source(&self, leaf: Leaf, keys: &[u32]) -> Source<'a> {
         match leaf {
-            Leaf::Const(c) => out.fill([c; LANES]),
-            Leaf::Label(_) => match cells {
-                Some(cells) => each(rows, out, |r| cells.num(r)),
-                None => out.fill([f64::NAN; LANES]),
-            },
+            Leaf::Const(c) => Source::Const(c),
+            Leaf::Label(key) => {
+                let cells = match keys.iter().position(|&k| k == key) {
+                    Some(k) => self.sp.cells(k, self.b, self.guard),
+                    None => self.sp.shard.label_cells(key, self.b, self.guard),
+                };
+                cells.map_or(Source::Const(f64::NAN), Source::Label)
+            }
             Leaf::Col(c) => {
                 if let Some(col) = self.cols.f32s(c) {
-                    each(rows, out, |r| f64::from(col[r]));
+                    Source::F32(col)
                 } else if let Some(col) = self.cols.u32s(c) {
-                    each(rows, out, |r| f64::from(col[r]));
+                    Source::U32(col)
                 } else {
-                    each(rows, out, |r| self.cols.value(c, r));
+                    Source::Other(c)
                 }
             }
         }
+    }
+
+    /// Calls `put(j, v)` with the value `v` of `src` in each row `rows(j)`.
+    #[inline(always)]
+    fn each(
+        &self,
+        src: Source<'_>,
+        rows: impl Iterator<Item = (usize, usize)>,
+        mut put: impl FnMut(usize, f64),
+    ) {
+        match src {
+            Source::Const(c) => rows.for_each(|(j, _)| put(j, c)),
+            Source::F32(col) => rows.for_each(|(j, r)| put(j, f64::from(col[r % BLOCK_ROWS]))),
+            Source::U32(col) => rows.for_each(|(j, r)| put(j, f64::from(col[r % BLOCK_ROWS]))),
+            Source::Label(cells) => rows.for_each(|(j, r)| put(j, cells.num(r % BLOCK_ROWS))),
+            Source::Other(c) => rows.for_each(|(j, r)| put(j, self.cols.value(c, r % BLOCK_ROWS))),
+        }
+    }
+
+    /// Writes the values of `leaf` for the rows `rows` into `out`, a chunk
+    /// at a time.
+    #[inline(always)]
+    fn load(&self, leaf: Leaf, keys: &[u32], rows: &[[u8; LANES]], out: &mut [[f64; LANES]]) {
+        let out = out.as_flattened_mut();
+        let n = out.len().min(rows.len() * LANES);
+        let rows = rows.as_flattened()[..n]
+            .iter()
+            .map(|&r| r as usize)
+            .enumerate();
+        self.each(self.source(leaf, keys), rows, |j, v| out[j] = v);
+    }
+
+    /// Writes the values of `leaf` in rows `rows` (each `& 63`) to `out`.
+    #[inline(always)]
+    pub(crate) fn gather(&self, leaf: Leaf, keys: &[u32], rows: &[u32], out: &mut [f64]) {
+        let rows = rows.iter().map(|&r| r as usize % BLOCK_ROWS).enumerate();
+        let len = out.len();
+        self.each(self.source(leaf, keys), rows.take(len), |j, v| out[j] = v);
     }
 
     /// The `prefer` scores of the `n` rows selected in `s` (by
@@ -523,16 +556,7 @@ impl<'a> BlockPlan<'a> {
     pub(crate) fn score(&self, prefer: &Score, keys: &[u32], n: usize, s: &mut Scratch) {
         let n8 = n.next_multiple_of(LANES).min(BLOCK_ROWS);
         let rows = &s.rows[..n8 / LANES];
-        let load = |leaf: Leaf, out: &mut [[f64; LANES]]| {
-            let cells = match leaf {
-                Leaf::Label(key) => match keys.iter().position(|&k| k == key) {
-                    Some(k) => self.sp.cells(k, self.b, self.guard),
-                    None => self.sp.shard.label_cells(key, self.b, self.guard),
-                },
-                _ => None,
-            };
-            self.load(leaf, cells, rows, out);
-        };
+        let load = |leaf: Leaf, out: &mut [[f64; LANES]]| self.load(leaf, keys, rows, out);
         let [acc, x, ..] = &mut s.regs;
         match prefer {
             Score::Sum(terms) => sum_sel(terms, n8, acc, x, load),
@@ -550,12 +574,26 @@ impl<'a> BlockPlan<'a> {
     }
 }
 
+/// Where a leaf's values come from in one block ([`BlockPlan::source`]).
+#[derive(Copy, Clone)]
+enum Source<'a> {
+    Const(f64),
+    F32(&'a [f32; BLOCK_ROWS]),
+    U32(&'a [u32; BLOCK_ROWS]),
+    Label(&'a LabelCells),
+    /// Any other column, through [`Cols::value`].
+    Other(Column),
+}
+
 /// Per-thread scratch of a match: the selection vector and the score
-/// registers, so no block zeroes temporaries (a fixed 2.1 KiB per thread).
+/// registers, so no block zeroes temporaries, and the exact scan's batch (a
+/// fixed 5.4 KiB per thread).
 pub(crate) struct Scratch {
     /// The selection, padded by up to [`LANES`] entries.
     rows: [[u8; LANES]; CHUNKS + 1],
-    regs: [Reg; MAX_REGS],
+    pub(crate) regs: [Reg; MAX_REGS],
+    /// The exact scan's rows waiting to be scored ([`Batch`]).
+    pub(crate) batch: Batch,
 }
 
 impl Scratch {
@@ -563,6 +601,7 @@ impl Scratch {
         Scratch {
             rows: [[0; LANES]; CHUNKS + 1],
             regs: [[[0.0; LANES]; CHUNKS]; MAX_REGS],
+            batch: Batch::new(),
         }
     }
 

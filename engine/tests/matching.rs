@@ -582,3 +582,65 @@ fn sampled_matches_do_not_settle_below_a_dropped_block_top() {
         t.release(&r);
     }
 }
+
+/// An exact match whose `prefer` is not a sum of weighted `f32` columns
+/// scores the passing rows of many blocks together (`batch.rs`): the answer
+/// must still be the reference's, through batch boundaries, shard ends,
+/// ties (the lowest id wins) and best rows that turn out full (the next
+/// best of the batch is taken).
+#[test]
+fn exact_matches_scored_in_batches_agree_with_the_reference() {
+    use allot_engine::reference::NaiveTable;
+    let t = ServerTable::new(TableConfig {
+        shards: 3,
+        capacity: 8192,
+    })
+    .unwrap();
+    let mut naive = NaiveTable::new();
+    let n = 3000;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        // 200 distinct powers: every score is shared by many servers.
+        let power = ((i * 37) % 200) as f64 / 4.0;
+        let apps: &[&str] = if i % 3 == 0 { &["sum"] } else { &["echo"] };
+        let mut rec = server(&format!("s{i}"), 2, power, apps, "eu");
+        rec.cores = 1 + (i % 7) as u32;
+        rec.load = ((i * 13) % 10) as f64 / 10.0;
+        let id = t.insert(rec.clone()).unwrap();
+        naive.insert(id, &rec);
+        ids.push(id);
+    }
+    let e = env("echo");
+    let require = "server.load < 0.8";
+    let prefers = [
+        // A register program.
+        "server.power * server.cores",
+        // The bench's unbounded shape.
+        "server.idle_power - (2 * server.load + 0)",
+        // A sum with a constant term (not row-by-row weights).
+        "server.power / 2 + 1",
+        // No leaf at all: every row ties, the first passing one wins.
+        "1",
+    ];
+    let check = |t: &ServerTable, naive: &mut NaiveTable, what: &str| {
+        for p in prefers {
+            let q = t.compile(require, p, &e).unwrap();
+            let got = t.match_and_reserve(&q, MatchMode::Exact).unwrap();
+            let (want, score) = naive.match_and_reserve(require, p, &e, &[]).unwrap();
+            assert_eq!(got.server, want, "{what}: prefer {p}");
+            assert_eq!(got.score.to_bits(), score.to_bits(), "{what}: prefer {p}");
+            t.release(&got);
+            naive.release(want, 1, 0, 0);
+        }
+    };
+    check(&t, &mut naive, "all free");
+    // Fill the best servers of every prefer (and many more): each batch's
+    // best rows fail the capacity test before one with room is found.
+    for (i, &id) in ids.iter().enumerate() {
+        if (i * 37) % 200 >= 120 || i % 5 == 0 {
+            t.apply_delta(id, 1, &[Change::SlotsFree(0)]).unwrap();
+            naive.apply_delta(id, 1, &[Change::SlotsFree(0)]);
+        }
+    }
+    check(&t, &mut naive, "best servers full");
+}
