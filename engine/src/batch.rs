@@ -221,3 +221,56 @@ impl Batch {
         at
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(xs: &[f64]) -> Reg {
+        let mut r = [[f64::NEG_INFINITY; LANES]; BLOCK_ROWS / LANES];
+        for (o, &x) in r.as_flattened_mut().iter_mut().zip(xs) {
+            *o = x;
+        }
+        r
+    }
+
+    /// The batch's choice is the per-block scan's: highest score, the
+    /// first entry (lowest id) on a tie, NaN below everything, entries
+    /// already found short of capacity skipped.
+    #[test]
+    fn best_of_takes_the_first_highest_live_entry() {
+        let s = reg(&[1.0, f64::NAN, 3.0, 2.0, 3.0, f64::INFINITY]);
+        assert_eq!(Batch::best_of(&s, 0b11111), 2, "first of the tied 3.0s");
+        assert_eq!(Batch::best_of(&s, 0b111111), 5, "+inf beats them");
+        assert_eq!(Batch::best_of(&s, 0b11011), 4, "entry 2 is dead");
+        assert_eq!(Batch::best_of(&s, 0b00011), 0, "NaN ranks below 1.0");
+        let nan = reg(&[f64::NAN, f64::NAN, f64::NAN]);
+        assert_eq!(Batch::best_of(&nan, 0b110), 1, "all NaN: the first live");
+    }
+
+    /// Leaves are listed once each, constants are not gathered, and a
+    /// `prefer` reading more distinct leaves than a batch holds is scored
+    /// block by block.
+    #[test]
+    fn leaves_are_distinct_and_bounded() {
+        use crate::eval::{ArOp, NumExpr};
+        use crate::schema::Column::{self, *};
+        let col = |c: Column| Box::new(NumExpr::Col(c));
+        let bin = |op, a, b| Box::new(NumExpr::Bin(op, a, b));
+        let leaves = |e: Box<NumExpr>| Leaves::of(&Score::new(*e)).map(|l| l.list().to_vec());
+        // power * cores - power / 2: a program over two leaves.
+        let e = bin(
+            ArOp::Sub,
+            bin(ArOp::Mul, col(Power), col(Cores)),
+            bin(ArOp::Div, col(Power), Box::new(NumExpr::Const(2.0))),
+        );
+        assert_eq!(leaves(e), Some(vec![Leaf::Col(Power), Leaf::Col(Cores)]));
+        assert_eq!(leaves(Box::new(NumExpr::Const(3.0))), Some(vec![]));
+        // Seven distinct columns multiplied together: more than a batch holds.
+        let cols = [Power, Cores, Slots, Mem, Load, IdlePower, MemFree];
+        let e = cols[1..]
+            .iter()
+            .fold(col(cols[0]), |acc, &c| bin(ArOp::Mul, acc, col(c)));
+        assert_eq!(leaves(e), None);
+    }
+}
