@@ -4,10 +4,11 @@
 //! per second) and sampled ones (k = 8, matches per second), each match
 //! reserved and released; before them, deltas as the bench applies them
 //! (`scan_rate N DELTAS ROUNDS`; a fourth argument `shuffled` sends them to
-//! the servers in a random order instead of registration order). For iterating on the hot path; the figures
-//! that count are the criterion bench's. The environment variable `REQ`
-//! replaces the query's `require` and `PREFER` its `prefer` (`PREFER='server.idle_power
-//! - (2 * server.load + 0)'` is the bench's unpruned scan); `FULL=F` registers a fraction `F` of the
+//! the servers in a random order instead of registration order). For
+//! iterating on the hot path; the figures that count are the criterion
+//! bench's. Environment: `REQ` replaces the query's `require`, `PREFER` its
+//! `prefer` (`PREFER='server.idle_power - (2 * server.load + 0)'` is the
+//! bench's unpruned scan), and `FULL=F` registers a fraction `F` of the
 //! servers with no free slot (a busy cluster).
 use std::time::Instant;
 
