@@ -587,7 +587,7 @@ enum Source<'a> {
 
 /// Per-thread scratch of a match: the selection vector and the score
 /// registers, so no block zeroes temporaries, and the exact scan's batch (a
-/// fixed 5.4 KiB per thread).
+/// fixed 5.3 KiB per thread).
 pub(crate) struct Scratch {
     /// The selection, padded by up to [`LANES`] entries.
     rows: [[u8; LANES]; CHUNKS + 1],
