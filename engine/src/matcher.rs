@@ -665,10 +665,11 @@ impl ServerTable {
             Score::Sum(terms) => Some(terms.as_slice()),
             Score::General(..) => None,
         };
-        // A `prefer` that is not scored row by row is scored in batches of
-        // rows from consecutive blocks (`batch.rs` says why).
+        // A `prefer` that is not scored row by row (the plan has leaves only
+        // then) is scored in batches of rows from consecutive blocks
+        // (`batch.rs` says why).
         let batched = match (&plan.leaves, Scorer::of(&q.prefer)) {
-            (Some(leaves), Some(scorer)) if plan.weights.is_none() => Some((leaves, scorer)),
+            (Some(leaves), Some(scorer)) => Some((leaves, scorer)),
             _ => None,
         };
         for (s, shard) in self.shards.iter().enumerate() {

@@ -508,6 +508,25 @@ mod tests {
         }
     }
 
+    /// Column cells with extreme values (the first two equal, for ties):
+    /// signed zeros, huge and tiny numbers, infinities, NaN.
+    const CELLS: [f32; 11] = [
+        0.0,
+        -0.0,
+        1.5,
+        -2.25,
+        1e30,
+        -1e30,
+        1e-30,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        99.9,
+    ];
+
+    /// Term weights of both signs, zero, huge and tiny.
+    const SCALES: [f64; 7] = [1.0, -1.0, 2.0, -0.5, 0.0, 3.0e10, 1e-300];
+
     /// Pools for the two column groups of test blocks.
     fn group_pools() -> (
         std::sync::Arc<crate::arena::Pool<crate::block::Dynamic>>,
@@ -564,20 +583,7 @@ mod tests {
     #[test]
     fn upper_bound_dominates_every_row() {
         use crate::block::{Block, Cols};
-        let pool = [
-            0.0f32,
-            -0.0,
-            1.5,
-            -2.25,
-            1e30,
-            -1e30,
-            1e-30,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::NAN,
-            99.9,
-        ];
-        let scales = [1.0, -1.0, 2.0, -0.5, 0.0, 3.0e10, 1e-300];
+        let (pool, scales) = (CELLS, SCALES);
         let mut next = xorshift(0x1234_5678);
         let g = crossbeam_epoch::pin();
         let rounds = if cfg!(miri) { 3 } else { 300 };
@@ -718,18 +724,7 @@ mod tests {
     #[test]
     fn weights_pick_what_the_column_sum_picks() {
         use crate::block::{Block, Cols, Dynamic, Fixed};
-        let pool = [
-            0.0f32,
-            -0.0,
-            1.5,
-            -2.25,
-            1e30,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            f32::NAN,
-            99.9,
-        ];
-        let scales = [1.0, -1.0, 2.0, -0.5, 0.0, 3.0e10, 1e-300];
+        let (pool, scales) = (CELLS, SCALES);
         let cols3 = [Column::Load, Column::IdlePower, Column::Power];
         let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let g = crossbeam_epoch::pin();
