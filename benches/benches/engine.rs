@@ -59,10 +59,10 @@ const REGIONS: [&str; 4] = ["eu", "us", "asia", "sa"];
 const REQUIRE: &str =
     "server.region == client.region && server.load < 0.8 && server.mem_free >= 8GiB";
 const PREFER: &str = "server.idle_power - 2 * server.load";
-/// `PREFER` with the same value for every server, in a shape the engine does
-/// not bound per block (`x + 0` is `x`), to measure the scan without block
-/// pruning.
-const PREFER_UNBOUNDED: &str = "server.idle_power - (2 * server.load + 0)";
+/// `PREFER` with the same value for every server, in a shape that is not a
+/// sum of weighted columns (`x + 0` is `x`): a general expression, bounded
+/// per block by interval arithmetic and scored by the register program.
+const PREFER_GENERAL: &str = "server.idle_power - (2 * server.load + 0)";
 
 fn rng(state: &mut u64) -> u64 {
     *state ^= *state << 13;
@@ -213,13 +213,28 @@ fn bench_size(c: &mut Criterion, n: usize, label: &str) {
             f.table.release(&r);
         })
     });
-    // The same query with `prefer` written so that it is not a sum of scaled
-    // columns (same scores): no block bounds, so every block is filtered and
-    // scored. This is the raw vectorised scan.
+    // The same query with `prefer` written as a general expression (same
+    // scores): bounded by interval arithmetic, scored by the program.
+    let q_general = f
+        .table
+        .compile(REQUIRE, PREFER_GENERAL, &f.env)
+        .expect("compile");
+    g.bench_function("engine_general", |b| {
+        b.iter(|| {
+            let r = f
+                .table
+                .match_and_reserve(&q_general, MatchMode::Exact)
+                .expect("match");
+            f.table.release(&r);
+        })
+    });
+    // The same with block pruning off: every block is filtered and scored.
+    // This is the raw vectorised scan.
     let q_unpruned = f
         .table
-        .compile(REQUIRE, PREFER_UNBOUNDED, &f.env)
-        .expect("compile");
+        .compile(REQUIRE, PREFER_GENERAL, &f.env)
+        .expect("compile")
+        .without_pruning();
     g.bench_function("engine_unpruned", |b| {
         b.iter(|| {
             let r = f

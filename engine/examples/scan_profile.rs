@@ -3,8 +3,8 @@
 //! is stable on a shared machine where wall-clock figures are not:
 //! 10k servers, then `N` exact matches and `M` sampled ones (k = 8), each
 //! reserved and released, then `U` exact matches with a `prefer` of the same
-//! value that the engine cannot bound per block (every block filtered and
-//! scored: the raw scan): `scan_profile N M U [SERVERS]` (default 200 2000 0,
+//! value written as a general expression and block pruning off (every block
+//! filtered and scored: the raw scan): `scan_profile N M U [SERVERS]` (default 200 2000 0,
 //! 10,000 servers; `valgrind --tool=cachegrind --cache-sim=yes` at 1,000,000
 //! counts the lines a match reads). Run it
 //! with `0 0 0` to measure the setup alone and subtract.
@@ -75,7 +75,8 @@ fn main() {
             "server.idle_power - (2 * server.load + 0)",
             &env,
         )
-        .expect("compile");
+        .expect("compile")
+        .without_pruning();
     let mut sum = 0.0;
     // Part of the setup (in the `0 0` run too): registrations leave replaced
     // column groups for the epoch collector, which frees them as threads pin;

@@ -8,7 +8,8 @@
 //! iterating on the hot path; the figures that count are the criterion
 //! bench's. Environment: `REQ` replaces the query's `require`, `PREFER` its
 //! `prefer` (`PREFER='server.idle_power - (2 * server.load + 0)'` is the
-//! bench's unpruned scan), and `FULL=F` registers a fraction `F` of the
+//! bench's general shape), `UNPRUNED=1` turns block pruning off (with that
+//! `PREFER`, the bench's raw scan), and `FULL=F` registers a fraction `F` of the
 //! servers with no free slot (a busy cluster).
 use std::time::Instant;
 
@@ -91,6 +92,11 @@ fn main() {
             &env,
         )
         .expect("compile");
+    let q = if std::env::var("UNPRUNED").is_ok_and(|v| v == "1") {
+        q.without_pruning()
+    } else {
+        q
+    };
     let mut ids: Vec<ServerId> = (0..n)
         .filter_map(|i| t.lookup(&format!("w{i:07}")))
         .collect();

@@ -40,6 +40,7 @@
 mod arena;
 mod batch;
 mod block;
+mod bound;
 mod cache;
 mod error;
 mod eval;

@@ -22,6 +22,7 @@ use crossbeam_epoch::{self as epoch, Guard};
 
 use crate::batch::{Batch, Leaves, Scorer};
 use crate::block::Block;
+use crate::bound::Bound;
 use crate::eval::Pred;
 use crate::explain::Explain;
 use crate::expr::parser::{conjuncts, parse};
@@ -30,7 +31,7 @@ use crate::inflight;
 use crate::lookahead::{self, Footprint, Starts, AHEAD};
 use crate::plan::{BlockPlan, Plan, Scratch, ShardPlan};
 use crate::schema::{format_bytes, Column, Env, ServerId, BLOCK_ROWS};
-use crate::score::{key, upper_bound, Score};
+use crate::score::{key, Score};
 use crate::table::ServerTable;
 
 /// How many blocks ahead of itself the exact scan warms a block's columns
@@ -108,6 +109,9 @@ pub struct Query {
     pub(crate) user: Option<UserQuota>,
     /// Some clause is constant false: nothing can match.
     pub(crate) impossible: bool,
+    /// How the exact scan bounds a block's scores to skip blocks that
+    /// cannot beat the best so far; `None` if `prefer` has no bound.
+    pub(crate) bound: Option<Bound>,
     require_text: String,
     prefer_text: String,
 }
@@ -140,6 +144,17 @@ impl Query {
     /// The `prefer` text that was compiled (after defaults).
     pub fn prefer_text(&self) -> &str {
         &self.prefer_text
+    }
+
+    /// The same query with block pruning off: the exact scan filters and
+    /// scores every block instead of skipping those whose best possible
+    /// score cannot beat the best so far. Same answers, slower; for
+    /// measuring the raw vectorised scan (the engine bench's
+    /// `engine_unpruned`) and for checking that pruning changes no answer.
+    #[doc(hidden)]
+    pub fn without_pruning(mut self) -> Query {
+        self.bound = None;
+        self
     }
 }
 
@@ -509,7 +524,9 @@ impl ServerTable {
         };
         let impossible = clauses.iter().any(|c| c.pred == Pred::Const(false));
         let footprint = Footprint::of(clauses.iter().map(|c| &c.pred), &prefer);
-        let prefer = Score::new(prefer);
+        let score = Score::new(prefer.clone());
+        let bound = Bound::of(&score, &prefer);
+        let prefer = score;
         let plan = Plan::new(&clauses, &prefer);
         Ok(Query {
             clauses,
@@ -519,6 +536,7 @@ impl ServerTable {
             demand,
             user,
             impossible,
+            bound,
             require_text,
             prefer_text,
         })
@@ -661,10 +679,7 @@ impl ServerTable {
         // Branch and bound: ids grow in scan order, so a block whose best
         // possible score does not beat the best so far cannot hold the
         // answer (ties go to the earlier row).
-        let sum = match &q.prefer {
-            Score::Sum(terms) => Some(terms.as_slice()),
-            Score::General(..) => None,
-        };
+        let bound = q.bound.as_ref();
         // A `prefer` that is not scored row by row (the plan has leaves only
         // then) is scored in batches of rows from consecutive blocks
         // (`batch.rs` says why).
@@ -692,14 +707,14 @@ impl ServerTable {
                 }
                 if b + SCAN_AHEAD < nb {
                     let ahead = b + SCAN_AHEAD;
-                    lookahead::warm_columns(shard, ahead, 1, fp, sum.is_some(), false, guard);
+                    lookahead::warm_columns(shard, ahead, 1, fp, bound.is_some(), false, guard);
                 }
                 let Some(block) = shard.block(b) else {
                     continue;
                 };
                 let bp = BlockPlan::new(&sp, block, b, guard);
-                if let (Some(terms), Some(c)) = (sum, &best) {
-                    if upper_bound(terms, &bp.cols) <= key(c.score) {
+                if let (Some(bound), Some(c)) = (bound, &best) {
+                    if bound.upper(&bp.cols) <= key(c.score) {
                         continue;
                     }
                 }

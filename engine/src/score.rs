@@ -55,7 +55,7 @@ impl Term {
     /// tree's, bit for bit). The first term starts the sum and is never
     /// negated.
     #[inline(always)]
-    fn weight(&self, k: usize) -> (f64, bool) {
+    pub(crate) fn weight(&self, k: usize) -> (f64, bool) {
         let (w, div) = match self.scale {
             Scale::One => (1.0, false),
             Scale::MulLeft(c) | Scale::MulRight(c) => (c, false),
@@ -441,53 +441,12 @@ impl Weights {
     }
 }
 
-/// An upper bound on the score of every row of a block whose score is not
-/// NaN, from the column ranges the block keeps ([`Cols::range`]); `+inf`
-/// when there is none (a label or reservation column, or NaN on the way).
-///
-/// Sound because each IEEE operation rounds monotonically: `x <= X` gives
-/// `x * w <= X * w` for `w >= 0` (the other endpoint for `w < 0`), and
-/// `a <= A, b <= B` give `a + b <= A + B`, all as rounded; so the bound
-/// evaluated with the tree's operations dominates every row's score.
-#[inline]
-pub(crate) fn upper_bound(terms: &[Term], cols: &Cols<'_>) -> f64 {
-    let mut acc = 0.0;
-    for (k, t) in terms.iter().enumerate() {
-        let (lo, hi) = match t.leaf {
-            Leaf::Const(c) => (c, c),
-            Leaf::Col(c) => match cols.range(c) {
-                Some(r) => r,
-                None => return f64::INFINITY,
-            },
-            Leaf::Label(_) => return f64::INFINITY,
-        };
-        if lo > hi {
-            // No number in the column: every score in the block is NaN.
-            return f64::NEG_INFINITY;
-        }
-        let (w, div) = t.weight(k);
-        let (a, b) = if div {
-            (lo / w, hi / w)
-        } else {
-            (lo * w, hi * w)
-        };
-        // A NaN endpoint (`inf * 0`, `0 / 0`) is a row scoring NaN; the
-        // bound holds for the other rows, unless both are NaN.
-        let top = a.max(b);
-        acc = if k == 0 { top } else { acc + top };
-        if acc.is_nan() {
-            return f64::INFINITY;
-        }
-    }
-    acc
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// `e` evaluated the plain way, a column's value from `v`.
-    fn tree(e: &NumExpr, v: &dyn Fn(Column) -> f64) -> f64 {
+    pub(crate) fn tree(e: &NumExpr, v: &dyn Fn(Column) -> f64) -> f64 {
         match e {
             NumExpr::Const(c) => *c,
             NumExpr::Col(c) => v(*c),
@@ -498,7 +457,7 @@ mod tests {
     }
 
     /// A xorshift stream from `seed` (not 0).
-    fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    pub(crate) fn xorshift(seed: u64) -> impl FnMut() -> u64 {
         let mut r = seed;
         move || {
             r ^= r << 13;
@@ -510,7 +469,7 @@ mod tests {
 
     /// Column cells with extreme values (the first two equal, for ties):
     /// signed zeros, huge and tiny numbers, infinities, NaN.
-    const CELLS: [f32; 11] = [
+    pub(crate) const CELLS: [f32; 11] = [
         0.0,
         -0.0,
         1.5,
@@ -525,10 +484,10 @@ mod tests {
     ];
 
     /// Term weights of both signs, zero, huge and tiny.
-    const SCALES: [f64; 7] = [1.0, -1.0, 2.0, -0.5, 0.0, 3.0e10, 1e-300];
+    pub(crate) const SCALES: [f64; 7] = [1.0, -1.0, 2.0, -0.5, 0.0, 3.0e10, 1e-300];
 
     /// Pools for the two column groups of test blocks.
-    fn group_pools() -> (
+    pub(crate) fn group_pools() -> (
         std::sync::Arc<crate::arena::Pool<crate::block::Dynamic>>,
         std::sync::Arc<crate::arena::Pool<crate::block::Fixed>>,
     ) {
@@ -539,10 +498,10 @@ mod tests {
         )
     }
 
-    fn col(c: Column) -> Box<NumExpr> {
+    pub(crate) fn col(c: Column) -> Box<NumExpr> {
         Box::new(NumExpr::Col(c))
     }
-    fn k(c: f64) -> Box<NumExpr> {
+    pub(crate) fn k(c: f64) -> Box<NumExpr> {
         Box::new(NumExpr::Const(c))
     }
 
@@ -577,60 +536,18 @@ mod tests {
         ));
     }
 
-    /// The bound dominates every row's score, over columns with extreme
-    /// values (infinities, NaN, -0, huge and tiny numbers) and scales of both
-    /// signs.
-    #[test]
-    fn upper_bound_dominates_every_row() {
-        use crate::block::{Block, Cols};
-        let (pool, scales) = (CELLS, SCALES);
-        let mut next = xorshift(0x1234_5678);
-        let g = crossbeam_epoch::pin();
-        let rounds = if cfg!(miri) { 3 } else { 300 };
-        let (dp, fp) = group_pools();
-        for _ in 0..rounds {
-            let block = Block::new(&dp, &fp);
-            let mut d = crate::block::Dynamic::default();
-            for i in 0..BLOCK_ROWS {
-                d.load[i] = pool[(next() % pool.len() as u64) as usize];
-                d.idle_power[i] = pool[(next() % 4) as usize];
-            }
-            d.refresh();
-            block.dynamic.store(Some(d), &dp, &g);
-            let cols = Cols::of(&block, &g);
-            let (c1, c2) = (
-                scales[(next() % scales.len() as u64) as usize],
-                scales[(next() % scales.len() as u64) as usize],
-            );
-            let div = next() % 2 == 0;
-            let second = if div {
-                NumExpr::Bin(ArOp::Div, col(Column::Load), k(c2))
-            } else {
-                NumExpr::Bin(ArOp::Mul, k(c2), col(Column::Load))
-            };
-            let e = NumExpr::Bin(
-                if next() % 2 == 0 {
-                    ArOp::Sub
-                } else {
-                    ArOp::Add
-                },
-                Box::new(NumExpr::Bin(ArOp::Mul, col(Column::IdlePower), k(c1))),
-                Box::new(second),
-            );
-            let Score::Sum(terms) = Score::new(e.clone()) else {
-                panic!("not a sum")
-            };
-            let ub = upper_bound(&terms, &cols);
-            for i in 0..BLOCK_ROWS {
-                let x = cols.value(Column::IdlePower, i) * c1;
-                let y = cols.value(Column::Load, i);
-                let y = if div { y / c2 } else { c2 * y };
-                let s = match &e {
-                    NumExpr::Bin(ArOp::Sub, ..) => x - y,
-                    _ => x + y,
-                };
-                assert!(s.is_nan() || s <= ub, "{s} > {ub} ({e:?})");
-            }
+    /// A random expression over `cols`, at most `depth` operators deep.
+    pub(crate) fn gen_expr(next: &mut dyn FnMut() -> u64, depth: u32, cols: &[Column]) -> NumExpr {
+        let pick = next() % if depth == 0 { 3 } else { 7 };
+        match pick {
+            0 => NumExpr::Const([2.0, -0.5, 0.0, 1e-300][(next() % 4) as usize]),
+            1 | 2 => NumExpr::Col(cols[(next() % cols.len() as u64) as usize]),
+            3 => NumExpr::Neg(Box::new(gen_expr(next, depth - 1, cols))),
+            _ => NumExpr::Bin(
+                [ArOp::Add, ArOp::Sub, ArOp::Mul, ArOp::Div][(next() % 4) as usize],
+                Box::new(gen_expr(next, depth - 1, cols)),
+                Box::new(gen_expr(next, depth - 1, cols)),
+            ),
         }
     }
 
@@ -664,22 +581,9 @@ mod tests {
         let cols = [Column::Load, Column::IdlePower, Column::Power];
         let pool = [0.0, -0.0, 1.5, -2.25, 1e300, f64::INFINITY, f64::NAN, 3.0];
         let mut next = xorshift(0x51_7cc1_b727_220a);
-        fn gen(next: &mut dyn FnMut() -> u64, depth: u32, cols: &[Column]) -> NumExpr {
-            let pick = next() % if depth == 0 { 3 } else { 7 };
-            match pick {
-                0 => NumExpr::Const([2.0, -0.5, 0.0, 1e-300][(next() % 4) as usize]),
-                1 | 2 => NumExpr::Col(cols[(next() % cols.len() as u64) as usize]),
-                3 => NumExpr::Neg(Box::new(gen(next, depth - 1, cols))),
-                _ => NumExpr::Bin(
-                    [ArOp::Add, ArOp::Sub, ArOp::Mul, ArOp::Div][(next() % 4) as usize],
-                    Box::new(gen(next, depth - 1, cols)),
-                    Box::new(gen(next, depth - 1, cols)),
-                ),
-            }
-        }
         let (mut ran, mut refused) = (0, 0);
         for _ in 0..if cfg!(miri) { 20 } else { 2000 } {
-            let e = gen(&mut next, 4, &cols);
+            let e = gen_expr(&mut next, 4, &cols);
             let Some(prog) = Program::of(&e) else {
                 refused += 1;
                 continue;

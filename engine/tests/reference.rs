@@ -28,6 +28,8 @@ const PREFERS: &[&str] = &[
     "server.gpus",
     "-server.mem_free / 1GiB",
     "server.power * server.cores",
+    "server.idle_power / server.cores - server.load",
+    "-(server.load * 2 + server.power)",
     "1",
 ];
 const APPS: &[&str] = &["echo", "sum", "gpu"];
