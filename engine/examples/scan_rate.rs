@@ -9,7 +9,8 @@
 //! bench's. Environment: `REQ` replaces the query's `require`, `PREFER` its
 //! `prefer` (`PREFER='server.idle_power - (2 * server.load + 0)'` is the
 //! bench's general shape), `UNPRUNED=1` turns block pruning off (with that
-//! `PREFER`, the bench's raw scan), and `FULL=F` registers a fraction `F` of the
+//! `PREFER`, the bench's raw scan), `SORTED=1` makes idle power ascend with
+//! the server id (the bench's `exact_scan_rows_1m_sorted`), and `FULL=F` registers a fraction `F` of the
 //! servers with no free slot (a busy cluster).
 use std::time::Instant;
 
@@ -125,6 +126,17 @@ fn main() {
         secs / deltas as f64 * 1e9,
         deltas as f64 / secs / 1e6
     );
+    if std::env::var("SORTED").is_ok_and(|v| v == "1") {
+        // Idle power ascending with the server id: the order in which
+        // forward pruning alone skips nothing.
+        let mut by_id = ids.clone();
+        by_id.sort();
+        for (rank, id) in by_id.iter().enumerate() {
+            let idle = 100.0 * rank as f64 / n as f64;
+            t.apply_delta(*id, u64::MAX / 4, &[Change::IdlePower(idle)])
+                .expect("delta");
+        }
+    }
     let rounds = std::env::args()
         .nth(3)
         .and_then(|a| a.parse().ok())

@@ -38,6 +38,13 @@ use crate::table::ServerTable;
 /// (and twice that, its header).
 const SCAN_AHEAD: usize = 4;
 
+/// Most blocks the exact scan's seed scores before the scan
+/// ([`ServerTable::seed_exact`]).
+const SEED_BLOCKS: usize = 16;
+
+/// Blocks per seed block (a table of fewer has one).
+const SEED_STRETCH: usize = 256;
+
 /// Blocks warmed from each sampled start (a match at k = 8 usually reads
 /// two).
 const SAMPLED_WARM_BLOCKS: usize = 2;
@@ -342,6 +349,30 @@ thread_local! {
 /// `x` scaled from `0..2^32` to `0..n` (Lemire's multiply-shift reduction):
 /// uniform to within `n / 2^32`, and 0 for `n == 0`.
 #[inline(always)]
+/// The blocks, numbered across the shards in scan order, that the exact
+/// scan's seed scores in a table of `total`: one per stretch of
+/// [`SEED_STRETCH`] (at least one, at most [`SEED_BLOCKS`] stretches), the
+/// last of each, so the last block of the table is always one.
+fn seed_blocks(total: usize) -> impl Iterator<Item = usize> {
+    let probes = (total / SEED_STRETCH).clamp(1, SEED_BLOCKS);
+    (0..probes)
+        .map(move |p| (p + 1) * total / probes)
+        .filter(|&end| end > 0)
+        .map(|end| end - 1)
+}
+
+/// Block `g` of the numbering across shards of the given sizes, as shard
+/// and block.
+fn locate(sizes: impl Iterator<Item = usize>, mut g: usize) -> Option<(usize, usize)> {
+    for (s, nb) in sizes.enumerate() {
+        if g < nb {
+            return Some((s, g));
+        }
+        g -= nb;
+    }
+    None
+}
+
 fn scale(x: u32, n: usize) -> usize {
     ((x as u64 * n as u64) >> 32) as usize
 }
@@ -675,11 +706,15 @@ impl ServerTable {
         sc: &mut Scratch,
     ) -> Option<Candidate> {
         let (plan, fp) = (&q.plan, &q.footprint);
-        let mut best: Option<Candidate> = None;
-        // Branch and bound: ids grow in scan order, so a block whose best
-        // possible score does not beat the best so far cannot hold the
-        // answer (ties go to the earlier row).
+        // Branch and bound: a block whose best possible score does not beat
+        // the best so far cannot hold the answer. The scan starts from the
+        // best of a few blocks spread over the table ([`Self::seed_exact`]), so
+        // that it can skip blocks from the first one on.
         let bound = q.bound.as_ref();
+        let mut best = match bound {
+            Some(_) => self.seed_exact(q, excluded, guard, sc),
+            None => None,
+        };
         // A `prefer` that is not scored row by row (the plan has leaves only
         // then) is scored in batches of rows from consecutive blocks
         // (`batch.rs` says why).
@@ -714,22 +749,16 @@ impl ServerTable {
                 };
                 let bp = BlockPlan::new(&sp, block, b, guard);
                 if let (Some(bound), Some(c)) = (bound, &best) {
-                    if bound.upper(&bp.cols) <= key(c.score) {
+                    // A tie with the best loses only to an earlier row (ids
+                    // grow in scan order; the seed may lie ahead).
+                    let (up, k) = (bound.upper(&bp.cols), key(c.score));
+                    if up < k || (up == k && self.id_of(s, b, 0) > c.id) {
                         continue;
                     }
                 }
-                let m = bp.start(plan);
-                if m == 0 {
+                let Some(m) = self.passing(q, s, b, &bp, excluded) else {
                     continue;
-                }
-                let m = bp.plain(plan, &q.clauses, m);
-                if m == 0 {
-                    continue;
-                }
-                let m = self.exclude(s, b, m, excluded);
-                if m == 0 {
-                    continue;
-                }
+                };
                 if let Some((leaves, scorer)) = batched {
                     if !sc.batch.has_room(m) {
                         self.settle_batch(q, s, &sp, scorer, leaves, &mut best, guard, sc);
@@ -739,31 +768,105 @@ impl ServerTable {
                     });
                     continue;
                 }
-                // The first highest score (NaN lowest); if its row fails
-                // the capacity clauses, the next, and so on.
-                let mut m = m;
-                while m != 0 {
-                    let (i, score, _) = bp.top(plan, &q.prefer, m, sc);
-                    let id = self.id_of(s, b, i);
-                    if best.is_some_and(|c| !better(score, id, c.score, c.id)) {
-                        break;
-                    }
-                    if bp.cap_row(plan, &q.clauses, i) {
-                        best = Some(Candidate {
-                            shard: s,
-                            b,
-                            i,
-                            id,
-                            score,
-                            gen: block.gen[i].load(Acquire),
-                        });
-                        break;
-                    }
-                    m &= !(1u64 << i);
-                }
+                self.block_best(q, s, &bp, m, &mut best, sc);
             }
             if let Some((leaves, scorer)) = batched {
                 self.settle_batch(q, s, &sp, scorer, leaves, &mut best, guard, sc);
+            }
+        }
+        best
+    }
+
+    /// The rows of block `b` (shard `s`) that pass the query's plain
+    /// clauses and are not excluded; `None` if none.
+    #[inline(always)]
+    fn passing(
+        &self,
+        q: &Query,
+        s: usize,
+        b: usize,
+        bp: &BlockPlan<'_>,
+        excluded: &[ServerId],
+    ) -> Option<u64> {
+        let m = bp.start(&q.plan);
+        if m == 0 {
+            return None;
+        }
+        let m = bp.plain(&q.plan, &q.clauses, m);
+        if m == 0 {
+            return None;
+        }
+        let m = self.exclude(s, b, m, excluded);
+        (m != 0).then_some(m)
+    }
+
+    /// Makes the best row of `m` in block `bp` the best if it beats
+    /// `best`: the first highest score (NaN lowest); if its row fails the
+    /// capacity clauses, the next, and so on.
+    #[inline(always)]
+    fn block_best(
+        &self,
+        q: &Query,
+        s: usize,
+        bp: &BlockPlan<'_>,
+        mut m: u64,
+        best: &mut Option<Candidate>,
+        sc: &mut Scratch,
+    ) {
+        while m != 0 {
+            let (i, score, _) = bp.top(&q.plan, &q.prefer, m, sc);
+            let id = self.id_of(s, bp.b, i);
+            if best.is_some_and(|c| !better(score, id, c.score, c.id)) {
+                break;
+            }
+            if bp.cap_row(&q.plan, &q.clauses, i) {
+                *best = Some(Candidate {
+                    shard: s,
+                    b: bp.b,
+                    i,
+                    id,
+                    score,
+                    gen: bp.block.gen[i].load(Acquire),
+                });
+                break;
+            }
+            m &= !(1u64 << i);
+        }
+    }
+
+    /// The best row of a few blocks spread over the table, for the exact
+    /// scan to start from ([`seed_blocks`] says which).
+    ///
+    /// Scanning in order, a table whose scores grow with the position
+    /// (servers registered by hardware generation, say) gives every block
+    /// a chance to beat the best so far, and nothing would be skipped; the
+    /// seed holds the best of blocks up to the end of the table from the
+    /// start. On tables in any other order it costs a few blocks of a scan
+    /// of thousands and lets the scan skip from its first block.
+    fn seed_exact(
+        &self,
+        q: &Query,
+        excluded: &[ServerId],
+        guard: &Guard,
+        sc: &mut Scratch,
+    ) -> Option<Candidate> {
+        let total: usize = self.shards.iter().map(|s| s.nblocks()).sum();
+        let mut best = None;
+        for g in seed_blocks(total) {
+            let sizes = self.shards.iter().map(|s| s.nblocks());
+            let Some((s, b)) = locate(sizes, g) else {
+                continue;
+            };
+            let shard = &self.shards[s];
+            let (Some(sp), Some(block)) = (q.plan.shard(shard), shard.block(b)) else {
+                continue;
+            };
+            if sp.app_word(b) == 0 {
+                continue;
+            }
+            let bp = BlockPlan::new(&sp, block, b, guard);
+            if let Some(m) = self.passing(q, s, b, &bp, excluded) {
+                self.block_best(q, s, &bp, m, &mut best, sc);
             }
         }
         best
@@ -791,9 +894,12 @@ impl ServerTable {
             return;
         }
         let top = batch.score(scorer, leaves, regs);
-        // The batch's rows come after every row the best was chosen from
-        // (ids grow in scan order), so a tie keeps the best.
-        if best.is_none_or(|c| top > key(c.score)) {
+        // On a tie the best keeps its place unless the batch starts before
+        // it (ids grow in scan order; only the exact scan's seed can lie
+        // ahead), and then the batch's first highest row is weighed.
+        let (b0, i0) = batch.row(0);
+        let first = self.id_of(s, b0, i0);
+        if best.is_none_or(|c| top > key(c.score) || (top == key(c.score) && first < c.id)) {
             let mut alive = u64::MAX >> (64 - n.min(64));
             while alive != 0 {
                 let j = Batch::best_of(&regs[0], alive);
@@ -1184,7 +1290,32 @@ const _: () = assert!(BLOCK_ROWS == 64);
 
 #[cfg(test)]
 mod tests {
-    use super::scale;
+    use super::{locate, scale, seed_blocks, SEED_BLOCKS, SEED_STRETCH};
+
+    /// The seed's blocks are spread evenly, end with the table's last
+    /// block, stay within the table and are bounded in number; numbering
+    /// across shards skips empty ones.
+    #[test]
+    fn seed_blocks_spread_over_the_table_and_end_at_its_last_block() {
+        assert_eq!(seed_blocks(0).count(), 0);
+        assert_eq!(seed_blocks(1).collect::<Vec<_>>(), [0]);
+        assert_eq!(seed_blocks(157).collect::<Vec<_>>(), [156]);
+        assert_eq!(
+            seed_blocks(4 * SEED_STRETCH).collect::<Vec<_>>(),
+            [255, 511, 767, 1023]
+        );
+        let big = 15_625;
+        let v: Vec<_> = seed_blocks(big).collect();
+        assert_eq!(v.len(), SEED_BLOCKS);
+        assert_eq!(v.last(), Some(&(big - 1)));
+        assert!(v.windows(2).all(|w| w[1] - w[0] >= big / SEED_BLOCKS - 1));
+        let sizes = [3usize, 0, 5, 2];
+        assert_eq!(locate(sizes.into_iter(), 0), Some((0, 0)));
+        assert_eq!(locate(sizes.into_iter(), 2), Some((0, 2)));
+        assert_eq!(locate(sizes.into_iter(), 3), Some((2, 0)));
+        assert_eq!(locate(sizes.into_iter(), 9), Some((3, 1)));
+        assert_eq!(locate(sizes.into_iter(), 10), None);
+    }
 
     #[test]
     fn scale_maps_draws_onto_the_whole_range_and_no_further() {

@@ -649,8 +649,9 @@ fn exact_matches_scored_in_batches_agree_with_the_reference() {
 /// column ranges, by interval arithmetic for any `prefer` over columns)
 /// cannot beat the best so far. Skipping must never change the answer:
 /// pruned and unpruned scans and the reference agree, on tables registered
-/// in ascending score order (no block can be skipped), descending (almost
-/// all can) and with every score tied (the first server must still win),
+/// in ascending score order (the scan starts from a seed at the table's
+/// end, ahead of the rows it scans), descending and with every score tied
+/// (the first server must still win over the seed),
 /// and for shapes whose bound is unknown on some blocks (a divisor range
 /// holding zero).
 #[test]
