@@ -446,6 +446,11 @@ pub(crate) struct LabelCells {
     dict_len: u32,
     pub ids: [u32; BLOCK_ROWS],
     pub nums: Option<Box<[f64; BLOCK_ROWS]>>,
+    /// The smallest and largest number of the rows that hold one (NaN left
+    /// out; `(inf, -inf)` when none): what the exact scan bounds a `prefer`
+    /// reading the label with. Kept by [`LabelCells::set`], the only
+    /// writer; in the struct's padding, so it costs no memory.
+    pub num_range: (f64, f64),
 }
 
 impl Default for LabelCells {
@@ -456,6 +461,7 @@ impl Default for LabelCells {
             dict_len: 0,
             ids: [label::MISSING32; BLOCK_ROWS],
             nums: None,
+            num_range: (f64::INFINITY, f64::NEG_INFINITY),
         }
     }
 }
@@ -563,6 +569,14 @@ impl LabelCells {
         if self.nums.is_some() && !self.ids.contains(&label::NUM32) {
             self.nums = None;
         }
+        // Label writes are rare (registration, a label delta): recomputed
+        // whole, so a range never only grows.
+        self.num_range = (0..BLOCK_ROWS)
+            .map(|i| self.num(i))
+            .filter(|x| !x.is_nan())
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+                (lo.min(x), hi.max(x))
+            });
     }
 }
 
@@ -625,7 +639,7 @@ mod tests {
     /// values, stale dictionary entries, more distinct strings than the
     /// dictionary holds (the scan falls back to the ids) and back.
     #[test]
-    fn label_codes_find_the_rows_the_ids_hold() {
+    fn label_codes_find_the_rows_the_ids_hold_and_number_ranges_hold_the_numbers() {
         let by_codes = |c: &LabelCells, id: u32| match c.code_of(id) {
             Code::Is(x) => crate::simd::eq_u8(&c.codes, x),
             Code::Absent => 0,
@@ -646,12 +660,30 @@ mod tests {
             let strings = if round % 3 == 0 { 40 } else { 6 };
             for _ in 0..if cfg!(miri) { 40 } else { 400 } {
                 let i = (next() % BLOCK_ROWS as u64) as usize;
-                let cell = match next() % 8 {
+                let cell = match next() % 9 {
                     0 => label::MISSING,
                     1 => label::num(next() as f64),
+                    2 => label::num(if next() % 4 == 0 {
+                        f64::NAN
+                    } else {
+                        -(next() as f64)
+                    }),
                     _ => label::str((next() % strings) as u32 * 7),
                 };
                 c.set(i, cell);
+                // The number range holds every number and is attained
+                // (never only grows); none: `(inf, -inf)`.
+                let nums: Vec<f64> = (0..BLOCK_ROWS)
+                    .map(|i| c.num(i))
+                    .filter(|x| !x.is_nan())
+                    .collect();
+                let (lo, hi) = c.num_range;
+                if nums.is_empty() {
+                    assert_eq!((lo, hi), (f64::INFINITY, f64::NEG_INFINITY));
+                } else {
+                    assert!(nums.iter().all(|&x| lo <= x && x <= hi));
+                    assert!(nums.contains(&lo) && nums.contains(&hi));
+                }
                 for id in (0..strings as u32).map(|s| s * 7) {
                     assert_eq!(by_codes(&c, id), by_ids(&c, id), "round {round} id {id}");
                 }
@@ -668,6 +700,8 @@ mod tests {
         // The codes and dictionary are the first two lines of the cells.
         assert_eq!(LabelCells::SCAN_BYTES, 128);
         assert_eq!(std::mem::align_of::<LabelCells>(), 64);
+        // The number range sits in what was padding: seven lines, as before.
+        assert_eq!(std::mem::size_of::<LabelCells>(), 448);
     }
 
     #[test]

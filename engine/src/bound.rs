@@ -16,9 +16,9 @@
 //!
 //! Rows scoring NaN rank below everything and need no bound. Every
 //! arithmetic step propagates NaN, so a row with a NaN cell scores NaN; the
-//! ranges leave NaN cells out. A NaN corner (`inf - inf`, `0 * inf`) or a
-//! divisor range that holds zero means no bound (`+inf`): the block is
-//! scanned.
+//! ranges leave NaN cells out (and a label's strings and missing cells,
+//! which score NaN). A NaN corner (`inf - inf`, `0 * inf`) or a divisor
+//! range that holds zero means no bound (`+inf`): the block is scanned.
 
 use crate::block::Cols;
 use crate::eval::{ArOp, NumExpr};
@@ -45,6 +45,9 @@ const MAX_SPANS: usize = 8;
 pub(crate) enum Step {
     /// `r = range of the column` (NaN cells left out).
     Col(u8, Column),
+    /// `r = range of the label's numbers` (strings and missing cells are
+    /// NaN: left out).
+    Label(u8, u32),
     /// `r = c`
     Const(u8, f64),
     /// `r = -r`
@@ -69,9 +72,10 @@ pub(crate) enum Step {
 }
 
 impl Bound {
-    /// The bound of `prefer`, or `None` if it reads a label or a
-    /// reservation column (they keep no ranges: no block could be skipped,
-    /// so the scan does not try), holds a NaN constant or is too deep.
+    /// The bound of `prefer`, or `None` if it reads a reservation column
+    /// (they change by compare-and-swap and keep no ranges: no block could
+    /// be skipped, so the scan does not try), holds a NaN constant or is
+    /// too deep.
     pub(crate) fn of(prefer: &Score, e: &NumExpr) -> Option<Bound> {
         if let Score::Sum(terms) = prefer {
             return terms
@@ -79,7 +83,7 @@ impl Bound {
                 .all(|t| match t.leaf {
                     Leaf::Const(c) => !c.is_nan(),
                     Leaf::Col(c) => !c.is_capacity(),
-                    Leaf::Label(_) => false,
+                    Leaf::Label(_) => true,
                 })
                 .then(|| Bound::Sum(terms.clone()));
         }
@@ -89,12 +93,13 @@ impl Bound {
 
     /// At least the score of every row of the block that does not score
     /// NaN; `+inf` when nothing better is known, `-inf` when every row
-    /// scores NaN.
+    /// scores NaN. `label(key)` is the range of the block's numbers for a
+    /// label key.
     #[inline]
-    pub(crate) fn upper(&self, cols: &Cols<'_>) -> f64 {
+    pub(crate) fn upper(&self, cols: &Cols<'_>, label: impl Fn(u32) -> (f64, f64)) -> f64 {
         match self {
-            Bound::Sum(terms) => upper_bound(terms, cols),
-            Bound::Steps(steps) => steps_upper(steps, cols),
+            Bound::Sum(terms) => upper_bound(terms, cols, label),
+            Bound::Steps(steps) => steps_upper(steps, cols, label),
         }
     }
 }
@@ -111,7 +116,7 @@ fn emit(e: &NumExpr, r: usize, steps: &mut Vec<Step>) -> bool {
         NumExpr::Const(c) => steps.push(Step::Const(reg, *c)),
         NumExpr::Col(c) if c.is_capacity() => return false,
         NumExpr::Col(c) => steps.push(Step::Col(reg, *c)),
-        NumExpr::Label(_) => return false,
+        NumExpr::Label(k) => steps.push(Step::Label(reg, *k)),
         NumExpr::Neg(a) => {
             if !emit(a, r, steps) {
                 return false;
@@ -169,7 +174,7 @@ fn corners(c: [f64; 4], bad: &mut bool) -> (f64, f64) {
 /// divisor range holding zero sets `bad` (no bound), a column with no
 /// number sets `empty` (every row scores NaN), checked once at the end.
 #[inline]
-fn steps_upper(steps: &[Step], cols: &Cols<'_>) -> f64 {
+fn steps_upper(steps: &[Step], cols: &Cols<'_>, label: impl Fn(u32) -> (f64, f64)) -> f64 {
     let mut regs = [(0.0f64, 0.0f64); MAX_SPANS + 1];
     let (mut bad, mut empty) = (false, false);
     for step in steps {
@@ -177,6 +182,11 @@ fn steps_upper(steps: &[Step], cols: &Cols<'_>) -> f64 {
             Step::Col(r, c) => {
                 // Only columns with ranges are emitted.
                 let (lo, hi) = cols.range(c).unwrap_or((f64::NAN, f64::NAN));
+                empty |= lo > hi;
+                regs[r as usize % MAX_SPANS] = (lo, hi);
+            }
+            Step::Label(r, key) => {
+                let (lo, hi) = label(key);
                 empty |= lo > hi;
                 regs[r as usize % MAX_SPANS] = (lo, hi);
             }
@@ -247,14 +257,18 @@ fn steps_upper(steps: &[Step], cols: &Cols<'_>) -> f64 {
 }
 
 /// An upper bound on the score of every row of a block whose score is not
-/// NaN, for a sum of scaled terms; `+inf` when there is none (a label or
+/// NaN, for a sum of scaled terms; `+inf` when there is none (a
 /// reservation column, or NaN on the way).
 ///
 /// Only the upper ends are needed: `x <= X` gives `x * w <= X * w` for
 /// `w >= 0` (the other endpoint for `w < 0`), and `a <= A, b <= B` give
 /// `a + b <= A + B`, all as rounded.
 #[inline]
-pub(crate) fn upper_bound(terms: &[Term], cols: &Cols<'_>) -> f64 {
+pub(crate) fn upper_bound(
+    terms: &[Term],
+    cols: &Cols<'_>,
+    label: impl Fn(u32) -> (f64, f64),
+) -> f64 {
     let mut acc = 0.0;
     for (k, t) in terms.iter().enumerate() {
         let (lo, hi) = match t.leaf {
@@ -263,7 +277,7 @@ pub(crate) fn upper_bound(terms: &[Term], cols: &Cols<'_>) -> f64 {
                 Some(r) => r,
                 None => return f64::INFINITY,
             },
-            Leaf::Label(_) => return f64::INFINITY,
+            Leaf::Label(k) => label(k),
         };
         if lo > hi {
             // No number in the column: every score in the block is NaN.
@@ -335,7 +349,7 @@ mod tests {
             let Score::Sum(terms) = Score::new(e.clone()) else {
                 panic!("not a sum")
             };
-            let ub = upper_bound(&terms, &cols);
+            let ub = upper_bound(&terms, &cols, |_| (f64::NAN, f64::NAN));
             for i in 0..BLOCK_ROWS {
                 let x = cols.value(Column::IdlePower, i) * c1;
                 let y = cols.value(Column::Load, i);
@@ -401,7 +415,7 @@ mod tests {
                 Bound::Steps(_) => steps += 1,
                 Bound::Sum(_) => sums += 1,
             }
-            let ub = bound.upper(&cs);
+            let ub = bound.upper(&cs, |_| (f64::NAN, f64::NAN));
             finite += usize::from(ub.is_finite());
             all_nan += usize::from(ub == f64::NEG_INFINITY);
             for i in 0..BLOCK_ROWS {
@@ -450,7 +464,7 @@ mod tests {
         let cs = Cols::of(&block, &g);
         let upper = |e: NumExpr| {
             let score = Score::new(e.clone());
-            Bound::of(&score, &e).map(|b| b.upper(&cs))
+            Bound::of(&score, &e).map(|b| b.upper(&cs, |_| (f64::NAN, f64::NAN)))
         };
         // idle_power / cores: at most 50 / 2.
         let ratio = NumExpr::Bin(ArOp::Div, col(Column::IdlePower), col(Column::Cores));
@@ -481,10 +495,33 @@ mod tests {
         let zc = Cols::of(&zero, &g);
         let by_load = NumExpr::Bin(ArOp::Div, col(Column::IdlePower), col(Column::Load));
         let b = Bound::of(&Score::new(by_load.clone()), &by_load).expect("bounded shape");
-        assert_eq!(b.upper(&zc), f64::INFINITY);
-        // Labels and reservation columns keep no ranges.
-        let label = NumExpr::Bin(ArOp::Mul, Box::new(NumExpr::Label(0)), col(Column::Load));
-        assert!(upper(label).is_none());
+        assert_eq!(b.upper(&zc, |_| (f64::NAN, f64::NAN)), f64::INFINITY);
+        // A label's numbers: gpus * load is at most 4 * 0.5 with gpus in
+        // 1..=4; a block where no row has a number for it scores NaN
+        // throughout (`-inf`), for a program as for a sum.
+        for e in [
+            NumExpr::Bin(ArOp::Mul, Box::new(NumExpr::Label(0)), col(Column::Load)),
+            NumExpr::Bin(
+                ArOp::Add,
+                Box::new(NumExpr::Bin(ArOp::Mul, k(2.0), Box::new(NumExpr::Label(0)))),
+                col(Column::Load),
+            ),
+        ] {
+            let score = Score::new(e.clone());
+            let b = Bound::of(&score, &e).expect("labels are bounded");
+            let gpus = |key: u32| {
+                if key == 0 {
+                    (1.0, 4.0)
+                } else {
+                    (f64::NAN, f64::NAN)
+                }
+            };
+            let none = |_| (f64::INFINITY, f64::NEG_INFINITY);
+            let want = if matches!(b, Bound::Sum(_)) { 8.5 } else { 2.0 };
+            assert_eq!(b.upper(&cs, gpus), want, "{e:?}");
+            assert_eq!(b.upper(&cs, none), f64::NEG_INFINITY, "{e:?}");
+        }
+        // Reservation columns keep no ranges.
         let free = NumExpr::Bin(ArOp::Div, col(Column::IdlePower), col(Column::SlotsFree));
         assert!(upper(free).is_none());
     }

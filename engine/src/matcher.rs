@@ -751,7 +751,8 @@ impl ServerTable {
                 if let (Some(bound), Some(c)) = (bound, &best) {
                     // A tie with the best loses only to an earlier row (ids
                     // grow in scan order; the seed may lie ahead).
-                    let (up, k) = (bound.upper(&bp.cols), key(c.score));
+                    let up = bound.upper(&bp.cols, |k| bp.label_range(k, &plan.keys));
+                    let k = key(c.score);
                     if up < k || (up == k && self.id_of(s, b, 0) > c.id) {
                         continue;
                     }

@@ -512,6 +512,16 @@ impl<'a> BlockPlan<'a> {
         }
     }
 
+    /// The range of the numbers label `key` holds in this block (`(inf,
+    /// -inf)` when it holds none), for bounding a `prefer` that reads it.
+    #[inline]
+    pub(crate) fn label_range(&self, key: u32, keys: &[u32]) -> (f64, f64) {
+        match self.source(Leaf::Label(key), keys) {
+            Source::Label(cells) => cells.num_range,
+            _ => (f64::INFINITY, f64::NEG_INFINITY),
+        }
+    }
+
     /// Calls `put(j, v)` with the value `v` of `src` in each row `rows(j)`.
     #[inline(always)]
     fn each(

@@ -663,6 +663,9 @@ fn pruning_never_changes_the_answer() {
         "server.power * server.load - server.cores",
         "-(server.load * 2 + 1) * server.power",
         "server.power / (server.load - 0.5)",
+        // A label: numbers on most servers, a string or nothing on some.
+        "server.gpus - server.load",
+        "server.gpus * server.power",
         "1",
     ];
     let n = 1500usize;
@@ -691,6 +694,15 @@ fn pruning_never_changes_the_answer() {
             } else {
                 0.1 + r / (4.0 * n as f64)
             };
+            match i % 13 {
+                0 => rec
+                    .labels
+                    .push(("gpus".into(), LabelValue::Str("many".into()))),
+                1 => {}
+                _ => rec
+                    .labels
+                    .push(("gpus".into(), LabelValue::Num((r / 64.0).floor()))),
+            }
             let id = t.insert(rec.clone()).unwrap();
             naive.insert(id, &rec);
         }
