@@ -346,9 +346,6 @@ thread_local! {
     static RNG: Cell<u64> = const { Cell::new(0) };
 }
 
-/// `x` scaled from `0..2^32` to `0..n` (Lemire's multiply-shift reduction):
-/// uniform to within `n / 2^32`, and 0 for `n == 0`.
-#[inline(always)]
 /// The blocks, numbered across the shards in scan order, that the exact
 /// scan's seed scores in a table of `total`: one per stretch of
 /// [`SEED_STRETCH`] (at least one, at most [`SEED_BLOCKS`] stretches), the
@@ -373,6 +370,9 @@ fn locate(sizes: impl Iterator<Item = usize>, mut g: usize) -> Option<(usize, us
     None
 }
 
+/// `x` scaled from `0..2^32` to `0..n` (Lemire's multiply-shift reduction):
+/// uniform to within `n / 2^32`, and 0 for `n == 0`.
+#[inline(always)]
 fn scale(x: u32, n: usize) -> usize {
     ((x as u64 * n as u64) >> 32) as usize
 }
