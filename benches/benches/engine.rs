@@ -163,6 +163,16 @@ fn bench_sampled(g: &mut BenchmarkGroup<'_, WallTime>, f: &Fixture) {
     }
 }
 
+/// Benches exact match + reserve + release of `q` on `table` as `name`.
+fn bench_exact(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, table: &ServerTable, q: &Query) {
+    g.bench_function(name, |b| {
+        b.iter(|| {
+            let r = table.match_and_reserve(q, MatchMode::Exact).expect("match");
+            table.release(&r);
+        })
+    });
+}
+
 fn bench_size(c: &mut Criterion, n: usize, label: &str) {
     let mut f = fixture(n, true);
     if n >= 1_000_000 {
@@ -177,15 +187,7 @@ fn bench_size(c: &mut Criterion, n: usize, label: &str) {
     if n >= 1_000_000 {
         g.sample_size(10);
     }
-    g.bench_function("engine_exact", |b| {
-        b.iter(|| {
-            let r = f
-                .table
-                .match_and_reserve(&f.query, MatchMode::Exact)
-                .expect("match");
-            f.table.release(&r);
-        })
-    });
+    bench_exact(&mut g, "engine_exact", &f.table, &f.query);
     bench_sampled(&mut g, &f);
     g.bench_function("naive_exact", |b| {
         b.iter(|| {
@@ -204,30 +206,14 @@ fn bench_size(c: &mut Criterion, n: usize, label: &str) {
     if n >= 1_000_000 {
         g.sample_size(10);
     }
-    g.bench_function("engine", |b| {
-        b.iter(|| {
-            let r = f
-                .table
-                .match_and_reserve(&f.query, MatchMode::Exact)
-                .expect("match");
-            f.table.release(&r);
-        })
-    });
+    bench_exact(&mut g, "engine", &f.table, &f.query);
     // The same query with `prefer` written as a general expression (same
     // scores): bounded by interval arithmetic, scored by the program.
     let q_general = f
         .table
         .compile(REQUIRE, PREFER_GENERAL, &f.env)
         .expect("compile");
-    g.bench_function("engine_general", |b| {
-        b.iter(|| {
-            let r = f
-                .table
-                .match_and_reserve(&q_general, MatchMode::Exact)
-                .expect("match");
-            f.table.release(&r);
-        })
-    });
+    bench_exact(&mut g, "engine_general", &f.table, &q_general);
     // The same with block pruning off: every block is filtered and scored.
     // This is the raw vectorised scan.
     let q_unpruned = f
@@ -235,15 +221,7 @@ fn bench_size(c: &mut Criterion, n: usize, label: &str) {
         .compile(REQUIRE, PREFER_GENERAL, &f.env)
         .expect("compile")
         .without_pruning();
-    g.bench_function("engine_unpruned", |b| {
-        b.iter(|| {
-            let r = f
-                .table
-                .match_and_reserve(&q_unpruned, MatchMode::Exact)
-                .expect("match");
-            f.table.release(&r);
-        })
-    });
+    bench_exact(&mut g, "engine_unpruned", &f.table, &q_unpruned);
     // Every row has the app and passes the first clause: the worst case for
     // block skipping.
     let mut all = f.env.clone();
@@ -256,15 +234,7 @@ fn bench_size(c: &mut Criterion, n: usize, label: &str) {
             &all,
         )
         .expect("compile");
-    g.bench_function("engine_no_skipping", |b| {
-        b.iter(|| {
-            let r = f
-                .table
-                .match_and_reserve(&q_all, MatchMode::Exact)
-                .expect("match");
-            f.table.release(&r);
-        })
-    });
+    bench_exact(&mut g, "engine_no_skipping", &f.table, &q_all);
     g.bench_function("naive", |b| {
         b.iter(|| {
             let (id, _) = f
@@ -304,29 +274,13 @@ fn bench_sorted(c: &mut Criterion, f: &Fixture) {
     let mut g = c.benchmark_group("exact_scan_rows_1m_sorted");
     g.throughput(Throughput::Elements(f.ids.len() as u64));
     g.sample_size(10);
-    g.bench_function("engine", |b| {
-        b.iter(|| {
-            let r = f
-                .table
-                .match_and_reserve(&f.query, MatchMode::Exact)
-                .expect("match");
-            f.table.release(&r);
-        })
-    });
+    bench_exact(&mut g, "engine", &f.table, &f.query);
     let q_unpruned = f
         .table
         .compile(REQUIRE, PREFER, &f.env)
         .expect("compile")
         .without_pruning();
-    g.bench_function("engine_unpruned", |b| {
-        b.iter(|| {
-            let r = f
-                .table
-                .match_and_reserve(&q_unpruned, MatchMode::Exact)
-                .expect("match");
-            f.table.release(&r);
-        })
-    });
+    bench_exact(&mut g, "engine_unpruned", &f.table, &q_unpruned);
     g.finish();
     let mut r = 0x9E37_79B9_7F4A_7C15u64;
     for (i, id) in f.ids.iter().enumerate() {
@@ -463,14 +417,7 @@ fn bench_pooled(c: &mut Criterion) {
     let mut g = c.benchmark_group("exact_scan_rows_1m_pooled");
     g.throughput(Throughput::Elements(n as u64));
     g.sample_size(10);
-    g.bench_function("engine", |b| {
-        b.iter(|| {
-            let r = table
-                .match_and_reserve(&q, MatchMode::Exact)
-                .expect("match");
-            table.release(&r);
-        })
-    });
+    bench_exact(&mut g, "engine", &table, &q);
     g.finish();
 }
 
