@@ -48,15 +48,15 @@ fn e2e(c: &mut Criterion) {
             allot::worker::spawn(cfg, Vec::new()).expect("worker")
         })
         .collect();
-    let gw = allot::gateway::spawn(GatewayConfig {
-        name: "gw".into(),
-        listen: any,
-        pki: pki.clone(),
-        sets: vec![("main".into(), vec![dist.addr])],
-        policy: RedirectPolicy::Rendezvous,
-        ttl: Duration::from_secs(60),
-    })
-    .expect("gateway");
+    let mut gw_cfg = GatewayConfig::new(
+        "gw",
+        any,
+        pki.clone(),
+        vec![("main".into(), vec![dist.addr])],
+    );
+    gw_cfg.policy = RedirectPolicy::Rendezvous;
+    gw_cfg.ttl = Duration::from_secs(60);
+    let gw = allot::gateway::spawn(gw_cfg).expect("gateway");
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

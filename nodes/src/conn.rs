@@ -86,11 +86,17 @@ struct OutState {
     closed: bool,
 }
 
+/// Told the bytes of each completed write.
+type WrittenHook = Box<dyn Fn(usize)>;
+
 /// The sending half of a stream, shared by everything that answers on it.
 pub struct Outbox {
     state: RefCell<OutState>,
     wake: Notify,
     drained: Notify,
+    /// Told how many bytes each write put on the stream (a node core's
+    /// backlog accounting; see [`Outbox::on_written`]).
+    written: RefCell<Option<WrittenHook>>,
 }
 
 impl Outbox {
@@ -107,7 +113,33 @@ impl Outbox {
             }),
             wake: Notify::new(),
             drained: Notify::new(),
+            written: RefCell::new(None),
         })
+    }
+
+    /// Queues frames a node core encoded (its `Transmit`): they go out in
+    /// order with whatever else is queued. The core bounds its own backlog,
+    /// so no limit is checked here; frames pushed after [`Outbox::close`]
+    /// are dropped (the core has marked that link closed too).
+    pub fn push_encoded(&self, chunks: Vec<Bytes>, len: usize) {
+        let mut st = self.state.borrow_mut();
+        if st.closed {
+            return;
+        }
+        if !st.buf.is_empty() {
+            let b = st.buf.split().freeze();
+            st.chunks.push(b);
+        }
+        st.chunks.extend(chunks);
+        st.queued += len;
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// Calls `f` with the bytes of each completed write, so that a node
+    /// core learns what its link's peer has been sent.
+    pub fn on_written(&self, f: WrittenHook) {
+        *self.written.borrow_mut() = Some(f);
     }
 
     /// Queues a frame; the writer task sends it with whatever else queued.
@@ -185,6 +217,7 @@ impl Outbox {
 async fn write_loop(out: Rc<Outbox>, mut send: quinn::SendStream) {
     loop {
         let (mut chunks, closed) = out.take();
+        let len: usize = chunks.iter().map(Bytes::len).sum();
         if chunks.is_empty() {
             if closed {
                 let _ = send.finish();
@@ -198,6 +231,9 @@ async fn write_loop(out: Rc<Outbox>, mut send: quinn::SendStream) {
             tracing::debug!("write failed: {e}");
             out.close();
             return;
+        }
+        if let Some(f) = out.written.borrow().as_ref() {
+            f(len);
         }
     }
 }
@@ -229,6 +265,11 @@ impl FrameReader {
                 return Ok(None);
             }
         }
+    }
+
+    /// The next frame already received, without waiting for the network.
+    pub fn buffered(&mut self) -> Result<Option<Frame>, ConnError> {
+        Ok(self.dec.next_frame()?)
     }
 
     /// The next frame, like [`FrameReader::next`], and when it arrived:

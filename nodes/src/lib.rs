@@ -16,10 +16,12 @@ pub mod client;
 pub mod conn;
 pub mod demo;
 pub mod distributor;
+mod error;
 pub mod gateway;
 mod inflight;
 pub mod interrupt;
 pub mod labels;
+pub mod link;
 pub mod node_thread;
 mod resubmit;
 pub mod units;
@@ -28,5 +30,10 @@ pub mod worker;
 
 pub use client::{Client, ClientConfig, ClientError, Outcome, Task};
 pub use distributor::{DistributorConfig, DistributorHandle};
+pub use error::NodeError;
 pub use gateway::{GatewayConfig, GatewayHandle, RedirectPolicy};
 pub use worker::{WorkerConfig, WorkerHandle};
+
+/// Maps keyed by small ids on hot paths: Fx hashing instead of SipHash
+/// (the keys are our own ids, not an attacker's choice of strings).
+pub(crate) type FxMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;

@@ -6,10 +6,11 @@ use crate::error::FrameError;
 use crate::frame::{Frame, Validated};
 use crate::message::{ErrorCode, ErrorMsg, Hello, Role, Version};
 
-/// The version this build speaks. 2.0: `ExplainReply` gained `waitable`
-/// (a field changes an archived struct's layout, so 1.x peers cannot read
-/// it).
-pub const PROTOCOL_VERSION: Version = Version { major: 2, minor: 0 };
+/// The version this build speaks. The major version changes with any
+/// archived layout: a field added to a message (here `TaskResult`'s typed
+/// `refusal`) moves every field after it, so peers of another major
+/// version cannot read each other's frames.
+pub const PROTOCOL_VERSION: Version = Version { major: 3, minor: 0 };
 
 /// Where a connection's handshake stands.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -376,6 +376,25 @@ pub enum TaskStatus {
     Error,
 }
 
+/// Why a worker refused a placement at admission (with
+/// [`TaskStatus::Refused`]); the distributor acts on it, so it is typed
+/// rather than read out of the message text.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+#[repr(u8)]
+pub enum Refusal {
+    /// Not a refusal (any status but `Refused`).
+    #[default]
+    None,
+    /// Out of free slots, cores or memory for now: the task may wait for
+    /// this worker's next report.
+    Busy,
+    /// The worker does not run the task's app: it never will take it.
+    UnknownApp,
+    /// The worker is draining: it takes nothing new.
+    Draining,
+}
+
 /// Where a task's time went, in microseconds.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[rkyv(derive(Debug))]
@@ -397,6 +416,8 @@ pub struct TaskResult {
     pub task_id: u64,
     /// How it ended.
     pub status: TaskStatus,
+    /// Why it was refused, when `status` is `Refused`.
+    pub refusal: Refusal,
     /// The worker that ran it (empty if none did).
     pub worker: String,
     /// The distributor that placed it.

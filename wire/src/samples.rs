@@ -144,6 +144,7 @@ pub fn all_frames() -> Vec<(MessageKind, BytesMut)> {
         TaskResult {
             task_id: 42,
             status: TaskStatus::Ok,
+            refusal: Refusal::None,
             worker: "worker-1".into(),
             distributor: "dist-a".into(),
             attempts: 1,

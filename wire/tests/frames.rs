@@ -419,7 +419,7 @@ fn borrowed_access_validates_and_checks_the_kind() {
 
 #[test]
 fn a_1x_peer_is_refused_naming_both_versions() {
-    // 2.0 changed `ExplainReply`; a 1.x node could not read it.
+    // Each major version changed an archived layout.
     let mut hs = Handshake::new();
     let (err, msg) = hs.on_frame(hello(1)).unwrap_err();
     assert!(matches!(
@@ -428,6 +428,6 @@ fn a_1x_peer_is_refused_naming_both_versions() {
     ));
     assert_eq!(
         msg.message,
-        "peer speaks protocol 1.3, this node speaks 2.x"
+        "peer speaks protocol 1.3, this node speaks 3.x"
     );
 }

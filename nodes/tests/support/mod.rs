@@ -52,15 +52,15 @@ impl Scratch {
         policy: RedirectPolicy,
         ttl: Duration,
     ) -> GatewayHandle {
-        allot::gateway::spawn(GatewayConfig {
-            name: name.into(),
-            listen: loopback(),
-            pki: self.pki.clone(),
-            sets: vec![("main".into(), set)],
-            policy,
-            ttl,
-        })
-        .expect("gateway")
+        let mut cfg = GatewayConfig::new(
+            name,
+            loopback(),
+            self.pki.clone(),
+            vec![("main".into(), set)],
+        );
+        cfg.policy = policy;
+        cfg.ttl = ttl;
+        allot::gateway::spawn(cfg).expect("gateway")
     }
 }
 

@@ -1,0 +1,1337 @@
+//! The distributor's decisions, without I/O: a state machine that takes
+//! events (a link opened, a frame on it, a link closed, bytes written, the
+//! time) and gives out what to send, as quinn-proto's `Connection` does.
+//!
+//! Everything a task touches on its way through happens synchronously in
+//! [`Core::handle_frame`]: validate the `Submit` in place, look up (or
+//! compile and cache) its query, match and reserve, and encode the `Assign`
+//! into the chosen worker's [`Outgoing`] buffer with the payload passed by
+//! reference. The result path is the mirror image. The shell
+//! ([`super::shell`]) only moves bytes and time: after each event it takes
+//! [`Core::poll_transmit`] until `None` and arms a timer for
+//! [`Core::poll_timeout`].
+//!
+//! Bounds, and what happens at each:
+//! * tasks placed or waiting: at most [`DistributorConfig::max_pending`];
+//!   a submit beyond it is answered at once with an error;
+//! * compiled shapes per client link: [`super::shape::QUERY_CACHE`];
+//! * bytes queued per link: [`crate::link::OUTGOING_LIMIT`]; a worker
+//!   link past it gets no more placements (the next candidate is tried), a
+//!   client link past it is closed with `Overloaded` and its tasks are
+//!   cancelled, so no result is dropped without the client hearing of it;
+//! * completions buffered for the task-class DB between flushes:
+//!   [`MAX_COMPLETIONS_BUFFERED`] (past it, runtime statistics are a sample);
+//! * users cached: [`MAX_USERS_CACHED`] (past it, a user without a record is
+//!   built anew for each compile).
+
+use std::collections::{HashMap, VecDeque};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use allot_engine::{
+    Change, LabelValue, MatchMode, Query, Reservation, ServerId, ServerRecord, ServerState,
+    ServerTable, TableConfig, UserRecord,
+};
+use allot_wire::message::{
+    ArchivedAttrChange, ArchivedRefusal, ArchivedTaskStatus, ArchivedWorkerState,
+};
+use allot_wire::{
+    AttrDelta, AttrRecord, Cancel, ClauseCount, ErrorCode, ExplainQuery, ExplainReply, Frame,
+    FrameError, Heartbeat, MessageKind, NearMiss, Register, RegisterAck, Role, StatusQuery,
+    StatusReply, Submit, TaskResult, TaskStatus, Timings, WireMessage, WorkerState, WorkerStatus,
+};
+use bytes::Bytes;
+
+use super::shape::{Shape, ShapeCache};
+use super::{DistributorConfig, Stats};
+use crate::inflight::InFlight;
+use crate::labels::{attr_from_label, label_from_archived};
+use crate::link::{LinkFull, LinkId, Outgoing, Transmit};
+use crate::resubmit::{self, ResubmitIndex};
+use crate::FxMap;
+
+/// Task completions buffered for the task-class DB between flushes (once a
+/// second). Beyond it completions are not recorded until the next flush:
+/// under heavy load the runtime statistics are a sample, and the hot path
+/// never waits for the store.
+pub const MAX_COMPLETIONS_BUFFERED: usize = 65_536;
+
+/// Users without a record in the user DB whose default record is kept.
+pub const MAX_USERS_CACHED: usize = 100_000;
+
+/// How often buffered completions are handed to the shell for the store.
+pub const COMPLETION_FLUSH: Duration = Duration::from_secs(1);
+
+/// Tables up to this many servers are matched without timing the match
+/// (one 64-row block: well under a microsecond, less than the two clock
+/// reads timing it would cost).
+pub const UNTIMED_MATCH_ROWS: usize = 64;
+
+/// Deadlines are checked at most this often apart (each check walks the
+/// tasks in flight, as the sweep does): a task's deadline fires up to this
+/// late.
+pub const DEADLINE_RESOLUTION: Duration = Duration::from_millis(20);
+
+/// Waiting tasks retried after each report or result that may have freed
+/// capacity (the sweep retries them all).
+const DRAIN_PER_EVENT: usize = 16;
+
+/// Who is on the other end of a link, as its certificate and `Hello` say.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The role its certificate was issued for.
+    pub role: Role,
+    /// Its node name (for a client: the user its tasks run as by default).
+    pub name: String,
+    /// Its `Hello` attributes (a client's `client.*`).
+    pub attrs: Vec<(String, LabelValue)>,
+}
+
+/// A finished task, for the task-class DB (learned runtime statistics).
+#[derive(Debug, Clone)]
+pub struct Completion {
+    /// The task's app.
+    pub app: Rc<str>,
+    /// How long it ran on its worker.
+    pub ran: Duration,
+    /// Whether it succeeded.
+    pub ok: bool,
+}
+
+/// Why a frame closed its link (sent to the peer in the `Error` frame).
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("bad frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("cannot answer: {0}")]
+    Send(#[from] LinkFull),
+}
+
+impl LinkError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            LinkError::Frame(f) => f.code(),
+            LinkError::Forbidden(_) => ErrorCode::Forbidden,
+            LinkError::Send(_) => ErrorCode::Overloaded,
+        }
+    }
+}
+
+struct WorkerSide {
+    /// Its certificate's name: it may register that name or `name/...`.
+    cert: String,
+    registered: Option<ServerId>,
+}
+
+struct ClientSide {
+    /// Its certificate's name: the user when a submit names none.
+    cert_user: String,
+    cert_user_hash: u64,
+    attrs: Vec<(String, LabelValue)>,
+    shapes: ShapeCache,
+}
+
+enum Side {
+    Worker(WorkerSide),
+    Client(ClientSide),
+    /// Gateways and distributor peers watch our liveness and send nothing.
+    Watcher,
+}
+
+struct LinkEntry {
+    out: Rc<Outgoing>,
+    side: Side,
+}
+
+struct WorkerLink {
+    name: String,
+    out: Rc<Outgoing>,
+    last_seen: Instant,
+    /// The link it registered on, so that a stale link's end does not
+    /// remove a newer one after a reconnect.
+    link: LinkId,
+}
+
+struct Pending {
+    /// The client link that awaits the result (held, so the resubmission
+    /// index sees the link as alive while its tasks run).
+    client: Rc<Outgoing>,
+    client_task: u64,
+    reservation: Option<Reservation>,
+    worker: ServerId,
+    attempts: u32,
+    tried: Vec<ServerId>,
+    query: Rc<Query>,
+    app: Rc<str>,
+    demands: allot_wire::Demands,
+    deadline: Option<Instant>,
+    deadline_ms: u64,
+    payload: Bytes,
+    received: Instant,
+    match_us: u64,
+    /// (hash of the user name, idempotency key): identifies a resubmission.
+    key: resubmit::Key,
+    queued_at: Option<Instant>,
+}
+
+/// Everything but the links' own state, so that a link's state and the
+/// rest can be borrowed at once.
+struct State {
+    cfg: DistributorConfig,
+    table: ServerTable,
+    users: HashMap<String, Rc<UserRecord>>,
+    completions: Vec<Completion>,
+    flushed: Option<Vec<Completion>>,
+    workers: FxMap<ServerId, WorkerLink>,
+    /// Placed tasks by id (ids are sequential: see [`InFlight`]).
+    pending: InFlight<Pending>,
+    /// Tasks waiting for capacity, oldest first. Together with `pending`
+    /// bounded by `max_pending`.
+    waiting: VecDeque<(u64, Pending)>,
+    /// Finds a task again when its client resubmits it; kept only while a
+    /// client that reconnected may resubmit (see [`ResubmitIndex`]).
+    by_key: ResubmitIndex<Outgoing>,
+    /// Links with frames to send, each listed once.
+    transmit: VecDeque<Rc<Outgoing>>,
+    next_task: u64,
+    started: Instant,
+    next_sweep: Instant,
+    /// No task's deadline is before this (the earliest deadline when it
+    /// was computed; tasks that ended since only make it early).
+    next_deadline: Option<Instant>,
+    last_deadline_check: Instant,
+    last_flush: Instant,
+    stats: Stats,
+    /// The time of the event being handled.
+    now: Instant,
+    /// Reads the time around a match, to report how long matching took; the
+    /// shell gives the OS clock, tests none (matching then reports 0 us).
+    match_clock: Option<fn() -> Instant>,
+    /// Reused for every `Assign` and `TaskResult` this distributor sends,
+    /// so that the strings in them (app, worker and distributor names)
+    /// keep their buffers: no allocation per task in steady state.
+    assign: allot_wire::Assign,
+    result: TaskResult,
+}
+
+/// The distributor as a state machine. See the module docs.
+pub struct Core {
+    links: FxMap<LinkId, LinkEntry>,
+    next_link: u64,
+    st: State,
+}
+
+fn release(table: &ServerTable, r: &mut Option<Reservation>) {
+    if let Some(r) = r.take() {
+        table.release(&r);
+    }
+}
+
+/// Queues a frame on `out`, listing the link for transmission the first
+/// time it has something to send.
+fn push<M: WireMessage>(
+    transmit: &mut VecDeque<Rc<Outgoing>>,
+    out: &Rc<Outgoing>,
+    msg: &M,
+    payload: &Bytes,
+) -> Result<(), LinkFull> {
+    if out.push(msg, payload)? {
+        transmit.push_back(out.clone());
+    }
+    Ok(())
+}
+
+fn close(transmit: &mut VecDeque<Rc<Outgoing>>, out: &Rc<Outgoing>, code: ErrorCode, why: String) {
+    tracing::warn!(link = out.id().0, "closing link: {why}");
+    if out.close(code, why) {
+        transmit.push_back(out.clone());
+    }
+}
+
+impl Core {
+    /// A distributor core with no links, its user DB's records `users`
+    /// (the shell reads them from the store), started at `now`.
+    pub fn new(
+        cfg: DistributorConfig,
+        users: Vec<UserRecord>,
+        now: Instant,
+    ) -> Result<Core, allot_engine::EngineError> {
+        let table = ServerTable::new(TableConfig {
+            capacity: cfg.table_capacity,
+            ..TableConfig::default()
+        })?;
+        let name = cfg.name.clone();
+        let max_pending = cfg.max_pending;
+        let users = users
+            .into_iter()
+            .map(|u| (u.name.clone(), Rc::new(u)))
+            .collect();
+        Ok(Core {
+            links: FxMap::default(),
+            next_link: 1,
+            st: State {
+                next_sweep: now + sweep_period(&cfg),
+                cfg,
+                table,
+                users,
+                completions: Vec::new(),
+                flushed: None,
+                workers: FxMap::default(),
+                pending: InFlight::new(1024, max_pending.saturating_mul(2)),
+                waiting: VecDeque::new(),
+                by_key: ResubmitIndex::new(),
+                transmit: VecDeque::new(),
+                next_task: 1,
+                started: now,
+                next_deadline: None,
+                last_deadline_check: now,
+                last_flush: now,
+                stats: Stats::default(),
+                now,
+                match_clock: None,
+                assign: allot_wire::Assign {
+                    task_id: 0,
+                    reservation: 0,
+                    app: String::new(),
+                    demands: allot_wire::Demands::default(),
+                    deadline_ms: 0,
+                    attempt: 0,
+                },
+                result: TaskResult {
+                    task_id: 0,
+                    status: TaskStatus::Ok,
+                    refusal: allot_wire::Refusal::None,
+                    worker: String::new(),
+                    distributor: name,
+                    attempts: 0,
+                    exit_code: 0,
+                    message: String::new(),
+                    timings: Timings::default(),
+                },
+            },
+        })
+    }
+
+    /// Times each match with `clock` (for `Timings::matched_us`).
+    pub fn set_match_clock(&mut self, clock: fn() -> Instant) {
+        self.st.match_clock = Some(clock);
+    }
+
+    /// The configuration it runs with.
+    pub fn config(&self) -> &DistributorConfig {
+        &self.st.cfg
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> Stats {
+        self.st.stats
+    }
+
+    /// Tasks placed on workers and tasks waiting for capacity.
+    pub fn tasks_in_flight(&self) -> (usize, usize) {
+        (self.st.pending.len(), self.st.waiting.len())
+    }
+
+    /// The server table (read-only use: status, tests).
+    pub fn table(&self) -> &ServerTable {
+        &self.st.table
+    }
+
+    /// A stream to `peer` finished its handshake. Returns the id the shell
+    /// names it by.
+    pub fn link_opened(&mut self, now: Instant, peer: Peer) -> LinkId {
+        self.st.now = now;
+        let id = LinkId(self.next_link);
+        self.next_link += 1;
+        let out = Rc::new(Outgoing::new(id));
+        let side = match peer.role {
+            Role::Worker => Side::Worker(WorkerSide {
+                cert: peer.name,
+                registered: None,
+            }),
+            Role::Client => {
+                let st = &mut self.st;
+                if st.by_key.stream_opened(&peer.name, &out, now) {
+                    // An earlier link of this client is still open or has
+                    // tasks in flight: it may resubmit them. Index every
+                    // task in flight or waiting.
+                    let keys: Vec<(resubmit::Key, u64)> = st
+                        .pending
+                        .iter()
+                        .map(|(id, p)| (p.key, id))
+                        .chain(st.waiting.iter().map(|(id, p)| (p.key, *id)))
+                        .collect();
+                    st.by_key.build(keys.into_iter());
+                }
+                Side::Client(ClientSide {
+                    cert_user_hash: resubmit::name_hash(&peer.name),
+                    cert_user: peer.name,
+                    attrs: peer.attrs,
+                    shapes: ShapeCache::default(),
+                })
+            }
+            _ => Side::Watcher,
+        };
+        self.links.insert(id, LinkEntry { out, side });
+        id
+    }
+
+    /// The link's stream ended (closed by the peer, reset, or its
+    /// connection lost). Its worker is marked down and its tasks retried;
+    /// a client's tasks keep running, for the client may resubmit them on
+    /// a new link.
+    pub fn link_closed(&mut self, now: Instant, link: LinkId) {
+        self.st.now = now;
+        let Some(entry) = self.links.remove(&link) else {
+            return;
+        };
+        entry.out.closed_by_peer();
+        if let Side::Worker(WorkerSide {
+            registered: Some(id),
+            ..
+        }) = entry.side
+        {
+            self.st.worker_lost(id, link);
+        }
+    }
+
+    /// The shell wrote `bytes` of what [`Core::poll_transmit`] gave for
+    /// `link`.
+    pub fn handle_written(&mut self, link: LinkId, bytes: usize) {
+        if let Some(e) = self.links.get(&link) {
+            e.out.written(bytes);
+        }
+    }
+
+    /// A frame arrived on `link` at `now`. A frame the link may not send,
+    /// or one that does not validate, closes the link with an `Error`
+    /// frame (see [`Transmit::close`]); the node keeps serving.
+    pub fn handle_frame(&mut self, now: Instant, link: LinkId, frame: Frame) {
+        self.st.now = now;
+        let Some(entry) = self.links.get_mut(&link) else {
+            return; // closed by us; the shell stops reading it
+        };
+        if entry.out.is_closed() {
+            return;
+        }
+        let out = &entry.out;
+        let result = match &mut entry.side {
+            Side::Worker(w) => self.st.worker_frame(out, link, w, frame),
+            Side::Client(c) => self.st.client_frame(out, c, frame),
+            Side::Watcher => Err(LinkError::Forbidden(format!(
+                "{:?} not accepted from this role",
+                frame.kind()
+            ))),
+        };
+        if let Err(e) = result {
+            close(&mut self.st.transmit, out, e.code(), e.to_string());
+        }
+    }
+
+    /// When [`Core::handle_timeout`] should next be called: the next sweep,
+    /// or a task's deadline if that comes first.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        Some(match self.st.next_deadline {
+            Some(d) => d.min(self.st.next_sweep),
+            None => self.st.next_sweep,
+        })
+    }
+
+    /// The time passed: marks silent workers down, retries waiting tasks,
+    /// fails tasks past their deadline, and readies completions for the
+    /// store once a second.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.st.now = now;
+        if now >= self.st.next_sweep {
+            self.st.next_sweep = now + sweep_period(&self.st.cfg);
+            self.st.sweep(now);
+        } else if self.st.next_deadline.is_some_and(|d| d <= now) {
+            self.st.expire_deadlines(now);
+        }
+    }
+
+    /// Frames to send, one link at a time; `None` when nothing is queued.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        while let Some(out) = self.st.transmit.pop_front() {
+            if let Some(t) = out.take() {
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// Completions to record in the task-class DB, handed out once a
+    /// second by [`Core::handle_timeout`].
+    pub fn poll_completions(&mut self) -> Option<Vec<Completion>> {
+        self.st.flushed.take()
+    }
+
+    /// What `allot status` shows, as of `now`.
+    pub fn status(&self, now: Instant) -> StatusReply {
+        self.st.status(now)
+    }
+}
+
+fn sweep_period(cfg: &DistributorConfig) -> Duration {
+    (cfg.heartbeat / 4).max(Duration::from_millis(20))
+}
+
+// ---------------------------------------------------------------- workers
+
+impl State {
+    fn worker_frame(
+        &mut self,
+        out: &Rc<Outgoing>,
+        link: LinkId,
+        w: &mut WorkerSide,
+        frame: Frame,
+    ) -> Result<(), LinkError> {
+        match frame.kind() {
+            MessageKind::Register => {
+                let reg = frame.validate::<Register>()?;
+                let r = reg.get();
+                // A worker certificate named N registers N, or N/... for
+                // workers an agent multiplexes over its connection.
+                let name = r.name.as_str();
+                let owned = name == w.cert
+                    || name
+                        .strip_prefix(w.cert.as_str())
+                        .is_some_and(|rest| rest.len() > 1 && rest.starts_with('/'));
+                if !owned {
+                    return Err(LinkError::Forbidden(format!(
+                        "worker certificate `{}` registers as `{}`",
+                        w.cert, r.name
+                    )));
+                }
+                let id = self.register(r, out.clone(), link)?;
+                w.registered = Some(id);
+                let ack = RegisterAck {
+                    worker_id: u64::from(id.0),
+                    heartbeat_ms: self.cfg.heartbeat_for(self.workers.len()).as_millis() as u32,
+                    distributor: self.cfg.name.clone(),
+                };
+                push(&mut self.transmit, out, &ack, &Bytes::new())?;
+            }
+            MessageKind::AttrDelta => {
+                let d = frame.validate::<AttrDelta>()?;
+                let id = w
+                    .registered
+                    .ok_or_else(|| LinkError::Forbidden("delta before Register".into()))?;
+                self.apply_delta(id, d.get());
+                // A report may have freed capacity for waiting tasks.
+                self.drain_queue(DRAIN_PER_EVENT);
+            }
+            MessageKind::Heartbeat => {
+                let _ = frame.validate::<Heartbeat>()?;
+                if let Some(id) = w.registered {
+                    self.seen(id);
+                }
+            }
+            MessageKind::TaskResult => {
+                let r = frame.validate::<TaskResult>()?;
+                if let Some(id) = w.registered {
+                    self.seen(id);
+                }
+                self.on_result(r.get(), r.payload());
+            }
+            other => {
+                return Err(LinkError::Forbidden(format!(
+                    "a worker may not send {other:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn register(
+        &mut self,
+        r: &allot_wire::message::ArchivedRegister,
+        out: Rc<Outgoing>,
+        link: LinkId,
+    ) -> Result<ServerId, LinkError> {
+        let rec = &r.record;
+        let record = ServerRecord {
+            name: r.name.as_str().to_owned(),
+            slots: rec.slots.to_native(),
+            slots_free: rec.slots_free.to_native(),
+            cores: rec.cores.to_native(),
+            power: rec.power.to_native(),
+            idle_power: rec.idle_power.to_native(),
+            mem: rec.mem.to_native(),
+            mem_free: rec.mem_free.to_native(),
+            load: rec.load.to_native(),
+            apps: r.apps.iter().map(|a| a.as_str().to_owned()).collect(),
+            labels: rec
+                .labels
+                .iter()
+                .filter_map(|a| Some((a.key.as_str().to_owned(), label_from_archived(&a.value)?)))
+                .collect(),
+        };
+        // A re-registration replaces the row: tasks placed on the old row
+        // are retried (the worker restarted and lost them).
+        if let Some(old) = self.table.lookup(&record.name) {
+            self.retry_tasks_on(old, "worker re-registered");
+        }
+        let id = self
+            .table
+            .insert(record)
+            .map_err(|e| LinkError::Forbidden(format!("cannot register: {e}")))?;
+        self.workers.insert(
+            id,
+            WorkerLink {
+                name: r.name.as_str().to_owned(),
+                out,
+                last_seen: self.now,
+                link,
+            },
+        );
+        tracing::info!(worker = %r.name, id = id.0, "worker registered");
+        Ok(id)
+    }
+
+    fn seen(&mut self, id: ServerId) {
+        if let Some(l) = self.workers.get_mut(&id) {
+            l.last_seen = self.now;
+            if self.table.state(id) == Some(ServerState::Down) {
+                let _ = self.table.set_state(id, ServerState::Up);
+                tracing::info!(worker = %l.name, "worker up again");
+            }
+        }
+    }
+
+    fn apply_delta(&mut self, id: ServerId, d: &allot_wire::message::ArchivedAttrDelta) {
+        self.seen(id);
+        let mut changes = Vec::with_capacity(d.changes.len());
+        let mut new_state = None;
+        for c in d.changes.iter() {
+            changes.push(match c {
+                ArchivedAttrChange::Slots(v) => Change::Slots(v.to_native()),
+                ArchivedAttrChange::SlotsFree(v) => Change::SlotsFree(v.to_native()),
+                ArchivedAttrChange::Cores(v) => Change::Cores(v.to_native()),
+                ArchivedAttrChange::Power(v) => Change::Power(v.to_native()),
+                ArchivedAttrChange::IdlePower(v) => Change::IdlePower(v.to_native()),
+                ArchivedAttrChange::Mem(v) => Change::Mem(v.to_native()),
+                ArchivedAttrChange::MemFree(v) => Change::MemFree(v.to_native()),
+                ArchivedAttrChange::Load(v) => Change::Load(v.to_native()),
+                ArchivedAttrChange::Label(a) => match label_from_archived(&a.value) {
+                    Some(v) => Change::Label(a.key.as_str().to_owned(), v),
+                    None => Change::LabelRemoved(a.key.as_str().to_owned()),
+                },
+                ArchivedAttrChange::AppAdded(a) => Change::AppAdded(a.as_str().to_owned()),
+                ArchivedAttrChange::AppRemoved(a) => Change::AppRemoved(a.as_str().to_owned()),
+                ArchivedAttrChange::State(s) => {
+                    new_state = Some(match s {
+                        ArchivedWorkerState::Up => ServerState::Up,
+                        ArchivedWorkerState::Down => ServerState::Down,
+                        ArchivedWorkerState::Draining => ServerState::Draining,
+                    });
+                    continue;
+                }
+            });
+        }
+        if let Err(e) = self.table.apply_delta(id, d.seq.to_native(), &changes) {
+            tracing::warn!("delta from worker {} not applied: {e}", id.0);
+        }
+        if let Some(s) = new_state {
+            let _ = self.table.set_state(id, s);
+        }
+    }
+
+    fn worker_lost(&mut self, id: ServerId, link: LinkId) {
+        if self.workers.get(&id).map(|l| l.link) != Some(link) {
+            return; // a newer link of the same worker took over
+        }
+        if let Some(l) = self.workers.remove(&id) {
+            tracing::warn!(worker = %l.name, "worker connection lost; marked down");
+        }
+        let _ = self.table.set_state(id, ServerState::Down);
+        self.retry_tasks_on(id, "worker connection lost");
+    }
+
+    fn retry_tasks_on(&mut self, id: ServerId, why: &str) {
+        let lost = self.pending.ids_where(|p| p.worker == id);
+        for task in lost {
+            if let Some(mut p) = self.pending.remove(task) {
+                release(&self.table, &mut p.reservation);
+                p.tried.push(id);
+                self.stats.retried += 1;
+                tracing::info!(task, "retrying: {why}");
+                self.place(task, p, why.to_owned());
+            }
+        }
+    }
+
+    /// Places (or re-places) a task, excluding workers already tried; when
+    /// nothing can take it now but some worker could later, it waits;
+    /// otherwise the client gets the error.
+    fn place(&mut self, task: u64, mut p: Pending, mut last_error: String) {
+        loop {
+            if p.attempts >= self.cfg.max_attempts {
+                let msg = format!("gave up after {} attempts: {last_error}", p.attempts);
+                self.finish_error(p, TaskStatus::Error, msg);
+                return;
+            }
+            // Matching is timed only where it can take a microsecond: a
+            // table of one block (64 servers) is scanned in well under one,
+            // and two clock reads would cost more than the match.
+            let clock = self
+                .match_clock
+                .filter(|_| self.table.len() > UNTIMED_MATCH_ROWS);
+            let t0 = clock.map(|c| c());
+            let res =
+                self.table
+                    .match_and_reserve_excluding(&p.query, self.cfg.match_mode, &p.tried);
+            if let (Some(c), Some(t0)) = (clock, t0) {
+                p.match_us += c().duration_since(t0).as_micros() as u64;
+            }
+            let reservation = match res {
+                Ok(r) => r,
+                Err(no_match) => {
+                    self.unplaced(task, p, &last_error, no_match);
+                    return;
+                }
+            };
+            let Some(link) = self.workers.get(&reservation.server) else {
+                // In the table but not connected here (e.g. just lost):
+                // exclude it and try again.
+                self.table.release(&reservation);
+                p.tried.push(reservation.server);
+                last_error = "worker not connected".into();
+                continue;
+            };
+            p.attempts += 1;
+            p.worker = reservation.server;
+            let assign = &mut self.assign;
+            assign.task_id = task;
+            assign.reservation = task;
+            assign.app.clear();
+            assign.app.push_str(&p.app);
+            assign.demands = p.demands;
+            assign.deadline_ms = p.deadline_ms;
+            assign.attempt = p.attempts;
+            match push(&mut self.transmit, &link.out, &*assign, &p.payload) {
+                Ok(()) => {
+                    p.reservation = Some(reservation);
+                    self.pending.insert(task, p);
+                    return;
+                }
+                Err(e) => {
+                    self.table.release(&reservation);
+                    p.tried.push(reservation.server);
+                    last_error = format!("worker unreachable: {e}");
+                }
+            }
+        }
+    }
+
+    /// Nothing matched `p` now: wait for capacity, or fail with the
+    /// explanation.
+    fn unplaced(
+        &mut self,
+        task: u64,
+        mut p: Pending,
+        last_error: &str,
+        no_match: allot_engine::NoMatch,
+    ) {
+        let waited = p
+            .queued_at
+            .map(|t| self.now.saturating_duration_since(t))
+            .unwrap_or_default();
+        if no_match.explain.waitable > 0 && waited < self.cfg.queue_timeout {
+            // Some worker fails it only on free capacity, its state or the
+            // user's quota (counted over the whole table): wait for it.
+            p.queued_at.get_or_insert(self.now);
+            self.waiting.push_back((task, p));
+            return;
+        }
+        self.stats.no_match += 1;
+        let status = if p.tried.is_empty() {
+            TaskStatus::NoMatch
+        } else {
+            TaskStatus::Error
+        };
+        let msg = if waited >= self.cfg.queue_timeout {
+            format!("waited {} s for capacity: {no_match}", waited.as_secs())
+        } else if p.tried.is_empty() {
+            no_match.to_string()
+        } else {
+            format!("{last_error}; no other worker: {no_match}")
+        };
+        self.finish_error(p, status, msg);
+    }
+
+    fn finish_error(&mut self, p: Pending, status: TaskStatus, message: String) {
+        self.by_key.remove(p.key);
+        let result = TaskResult {
+            task_id: p.client_task,
+            status,
+            refusal: allot_wire::Refusal::None,
+            worker: String::new(),
+            distributor: self.cfg.name.clone(),
+            attempts: p.attempts,
+            exit_code: 0,
+            message,
+            timings: Timings {
+                queued_us: 0,
+                matched_us: p.match_us,
+                ran_us: 0,
+            },
+        };
+        self.deliver(&p.client, p.client_task, &result, &Bytes::new());
+    }
+
+    /// Sends a result to its client. A client link that is not reading is
+    /// closed with `Overloaded` (and its other tasks cancelled); a link
+    /// already gone is logged and counted: the client, if it comes back,
+    /// resubmits under the same key.
+    fn deliver(&mut self, client: &Rc<Outgoing>, client_task: u64, r: &TaskResult, out: &Bytes) {
+        self.stats.completed += 1;
+        match push(&mut self.transmit, client, r, out) {
+            Ok(()) => {}
+            Err(LinkFull::Closed) => {
+                self.stats.undelivered += 1;
+                tracing::warn!(
+                    link = client.id().0,
+                    task = client_task,
+                    "result not delivered: the client's stream is gone"
+                );
+            }
+            Err(e) => {
+                self.stats.undelivered += 1;
+                self.disconnect_client(client, format!("client is not reading its results: {e}"));
+            }
+        }
+    }
+
+    /// Closes a client link that passed its bound, and cancels its tasks:
+    /// nobody is left to take their results.
+    fn disconnect_client(&mut self, client: &Rc<Outgoing>, why: String) {
+        self.stats.clients_disconnected += 1;
+        close(&mut self.transmit, client, ErrorCode::Overloaded, why);
+        let id = client.id();
+        let running = self.pending.ids_where(|p| p.client.id() == id);
+        for task in running {
+            if let Some(mut p) = self.pending.remove(task) {
+                self.cancel_on_worker(task, &mut p);
+                self.by_key.remove(p.key);
+            }
+        }
+        let before = self.waiting.len();
+        self.waiting.retain(|(_, p)| p.client.id() != id);
+        let dropped = before - self.waiting.len();
+        if dropped > 0 {
+            tracing::warn!(
+                link = id.0,
+                dropped,
+                "waiting tasks of a disconnected client cancelled"
+            );
+        }
+    }
+
+    /// Frees a placed task's reservation and tells its worker to stop it.
+    fn cancel_on_worker(&mut self, task: u64, p: &mut Pending) {
+        release(&self.table, &mut p.reservation);
+        if let Some(l) = self.workers.get(&p.worker) {
+            if let Err(e) = push(
+                &mut self.transmit,
+                &l.out,
+                &Cancel { task_id: task },
+                &Bytes::new(),
+            ) {
+                // The worker's link is failing; losing it stops the task.
+                tracing::warn!(task, worker = %l.name, "cancel not sent: {e}");
+            }
+        }
+    }
+
+    fn on_result(&mut self, r: &allot_wire::message::ArchivedTaskResult, output: Bytes) {
+        let task = r.task_id.to_native();
+        let Some(mut p) = self.pending.remove(task) else {
+            return; // cancelled, timed out or retried already
+        };
+        release(&self.table, &mut p.reservation);
+        if matches!(r.status, ArchivedTaskStatus::Refused) {
+            // The worker's admission check is the final word: our view was
+            // stale. Correct it now and try the next candidate.
+            self.stats.refused += 1;
+            let _ = self.table.mark_full(p.worker);
+            match r.refusal {
+                // It will not take this task at all: try the others.
+                ArchivedRefusal::UnknownApp | ArchivedRefusal::Draining => {
+                    p.tried.push(p.worker);
+                }
+                // Out of capacity for now: the placement did not run, so it
+                // is not an attempt; the task waits for capacity (the worker
+                // stays a candidate once its next report frees it).
+                ArchivedRefusal::Busy | ArchivedRefusal::None => {
+                    p.attempts = p.attempts.saturating_sub(1);
+                }
+            }
+            let why = format!("refused by {}: {}", r.worker, r.message);
+            self.place(task, p, why);
+            return;
+        }
+        self.by_key.remove(p.key);
+        let status = crate::labels::status_from_archived(&r.status);
+        if self.completions.len() < MAX_COMPLETIONS_BUFFERED {
+            self.completions.push(Completion {
+                app: p.app.clone(),
+                ran: Duration::from_micros(r.timings.ran_us.to_native()),
+                ok: status == TaskStatus::Ok,
+            });
+        }
+        let mut result = std::mem::replace(
+            &mut self.result,
+            TaskResult {
+                task_id: 0,
+                status: TaskStatus::Ok,
+                refusal: allot_wire::Refusal::None,
+                worker: String::new(),
+                distributor: String::new(),
+                attempts: 0,
+                exit_code: 0,
+                message: String::new(),
+                timings: Timings::default(),
+            },
+        );
+        result.task_id = p.client_task;
+        result.status = status;
+        result.worker.clear();
+        match self.workers.get(&p.worker) {
+            Some(l) => result.worker.push_str(&l.name),
+            None => result.worker.push_str(r.worker.as_str()),
+        }
+        result.attempts = p.attempts;
+        result.exit_code = r.exit_code.to_native();
+        result.message.clear();
+        result.message.push_str(r.message.as_str());
+        result.timings = Timings {
+            queued_us: self.now.saturating_duration_since(p.received).as_micros() as u64,
+            matched_us: p.match_us,
+            ran_us: r.timings.ran_us.to_native(),
+        };
+        self.deliver(&p.client, p.client_task, &result, &output);
+        self.result = result;
+        self.drain_queue(DRAIN_PER_EVENT);
+    }
+
+    /// Tries to place up to `max` waiting tasks (after capacity came back).
+    fn drain_queue(&mut self, max: usize) {
+        let n = self.waiting.len().min(max);
+        for _ in 0..n {
+            if let Some((task, p)) = self.waiting.pop_front() {
+                self.place(task, p, "waiting for capacity".into());
+            }
+        }
+    }
+
+    fn user(&mut self, name: &str) -> Rc<UserRecord> {
+        if let Some(u) = self.users.get(name) {
+            return u.clone();
+        }
+        let rec = Rc::new(UserRecord::new(name));
+        if self.users.len() < MAX_USERS_CACHED {
+            self.users.insert(name.to_owned(), rec.clone());
+        }
+        rec
+    }
+
+    fn status(&self, now: Instant) -> StatusReply {
+        let workers = self
+            .table
+            .snapshot()
+            .into_iter()
+            .map(|s| {
+                let last = self
+                    .workers
+                    .get(&s.id)
+                    .map(|l| now.saturating_duration_since(l.last_seen).as_millis() as u64)
+                    .unwrap_or(u64::MAX);
+                WorkerStatus {
+                    name: s.record.name.clone(),
+                    state: match s.state {
+                        ServerState::Up => WorkerState::Up,
+                        ServerState::Down => WorkerState::Down,
+                        ServerState::Draining => WorkerState::Draining,
+                    },
+                    record: AttrRecord {
+                        slots: s.record.slots,
+                        slots_free: s.record.slots_free,
+                        cores: s.record.cores,
+                        power: s.record.power,
+                        idle_power: s.record.idle_power,
+                        mem: s.record.mem,
+                        mem_free: s.record.mem_free,
+                        load: s.record.load,
+                        labels: s
+                            .record
+                            .labels
+                            .iter()
+                            .map(|(k, v)| attr_from_label(k, v))
+                            .collect(),
+                    },
+                    apps: s.record.apps.clone(),
+                    reserved_slots: s.reserved_slots,
+                    reserved_cores: s.reserved_cores,
+                    reserved_mem: s.reserved_mem,
+                    last_report_ms: last,
+                }
+            })
+            .collect();
+        StatusReply {
+            distributor: self.cfg.name.clone(),
+            workers,
+        }
+    }
+}
+
+// ---------------------------------------------------------------- clients
+
+impl State {
+    fn client_frame(
+        &mut self,
+        out: &Rc<Outgoing>,
+        c: &mut ClientSide,
+        frame: Frame,
+    ) -> Result<(), LinkError> {
+        match frame.kind() {
+            MessageKind::Submit => {
+                let v = frame.validate::<Submit>()?;
+                self.submit(out, c, &v)?;
+            }
+            MessageKind::StatusQuery => {
+                let _ = frame.validate::<StatusQuery>()?;
+                let reply = self.status(self.now);
+                push(&mut self.transmit, out, &reply, &Bytes::new())?;
+            }
+            MessageKind::ExplainQuery => {
+                let v = frame.validate::<ExplainQuery>()?;
+                let reply = self.explain(c, v.get());
+                push(&mut self.transmit, out, &reply, &Bytes::new())?;
+            }
+            MessageKind::Cancel => {
+                let v = frame.validate::<Cancel>()?;
+                self.cancel(out, v.get().task_id.to_native());
+            }
+            other => {
+                return Err(LinkError::Forbidden(format!(
+                    "a client may not send {other:?}"
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn submit(
+        &mut self,
+        out: &Rc<Outgoing>,
+        c: &mut ClientSide,
+        v: &allot_wire::Validated<Submit>,
+    ) -> Result<(), LinkError> {
+        let s = v.get();
+        self.stats.submitted += 1;
+        let received = self.now;
+        let user = if s.user.is_empty() {
+            c.cert_user.as_str()
+        } else {
+            s.user.as_str()
+        };
+        let client_task = s.task_id.to_native();
+        let user_hash = if s.user.is_empty() {
+            c.cert_user_hash
+        } else {
+            resubmit::name_hash(user)
+        };
+        let key = (user_hash, s.idempotency_key.to_native());
+        if let Some(existing) = self.by_key.find(key) {
+            // A resubmission (after a client failover) of a task we still
+            // run or that still waits for capacity: answer the new link
+            // when it ends. Looking through the waiting queue is linear,
+            // but bounded by `max_pending` and done only for a key the
+            // index knows and the running tasks do not hold.
+            let held = match self.pending.get_mut(existing) {
+                Some(p) => Some(p),
+                None => self
+                    .waiting
+                    .iter_mut()
+                    .find(|(id, _)| *id == existing)
+                    .map(|(_, p)| p),
+            };
+            if let Some(p) = held {
+                p.client = out.clone();
+                p.client_task = client_task;
+                return Ok(());
+            }
+        }
+        let in_flight = self.pending.len() + self.waiting.len();
+        if in_flight >= self.cfg.max_pending {
+            let msg = format!("distributor overloaded: {in_flight} tasks in flight (limit)");
+            return self.reply_error(out, client_task, TaskStatus::Error, msg);
+        }
+        let compiled = {
+            let user_rec = self.user(user);
+            let table = &self.table;
+            c.shapes.get_or_compile(s, user, |shape: &Shape| {
+                shape.compile(table, &user_rec, &c.attrs)
+            })
+        };
+        let (query, app) = match compiled {
+            Ok(hit) => hit,
+            Err(e) => {
+                let msg = format!("bad expression: {e}");
+                return self.reply_error(out, client_task, TaskStatus::Error, msg);
+            }
+        };
+        let task = self.next_task;
+        self.next_task += 1;
+        let deadline_ms = s.deadline_ms.to_native();
+        let p = Pending {
+            client: out.clone(),
+            client_task,
+            reservation: None,
+            worker: ServerId(u32::MAX),
+            attempts: 0,
+            tried: Vec::new(),
+            query,
+            app,
+            demands: allot_wire::Demands {
+                cores: s.demands.cores.to_native(),
+                mem: s.demands.mem.to_native(),
+                slots: s.demands.slots.to_native(),
+            },
+            deadline: (deadline_ms > 0).then(|| received + Duration::from_millis(deadline_ms)),
+            deadline_ms,
+            payload: v.payload(),
+            received,
+            match_us: 0,
+            key,
+            queued_at: None,
+        };
+        if let Some(d) = p.deadline {
+            let d = d.max(self.last_deadline_check + DEADLINE_RESOLUTION);
+            self.next_deadline = Some(self.next_deadline.map_or(d, |n| n.min(d)));
+        }
+        self.by_key.insert(key, task);
+        self.place(task, p, String::new());
+        Ok(())
+    }
+
+    fn reply_error(
+        &mut self,
+        out: &Rc<Outgoing>,
+        client_task: u64,
+        status: TaskStatus,
+        message: String,
+    ) -> Result<(), LinkError> {
+        let r = TaskResult {
+            task_id: client_task,
+            status,
+            refusal: allot_wire::Refusal::None,
+            worker: String::new(),
+            distributor: self.cfg.name.clone(),
+            attempts: 0,
+            exit_code: 0,
+            message,
+            timings: Timings::default(),
+        };
+        push(&mut self.transmit, out, &r, &Bytes::new())?;
+        Ok(())
+    }
+
+    /// Cancels the client's task `client_task` on link `out`: a waiting
+    /// task is dropped, a running one is stopped on its worker; either way
+    /// the client gets a `Cancelled` result. An unknown id (finished
+    /// already) is ignored: its result is on its way.
+    fn cancel(&mut self, out: &Rc<Outgoing>, client_task: u64) {
+        let id = out.id();
+        if let Some(i) = self
+            .waiting
+            .iter()
+            .position(|(_, p)| p.client_task == client_task && p.client.id() == id)
+        {
+            if let Some((_, p)) = self.waiting.remove(i) {
+                self.finish_error(p, TaskStatus::Cancelled, "cancelled by the client".into());
+            }
+            return;
+        }
+        let found = self
+            .pending
+            .iter()
+            .find(|(_, p)| p.client_task == client_task && p.client.id() == id)
+            .map(|(k, _)| k);
+        if let Some(task) = found {
+            if let Some(mut p) = self.pending.remove(task) {
+                self.cancel_on_worker(task, &mut p);
+                self.finish_error(p, TaskStatus::Cancelled, "cancelled by the client".into());
+            }
+        }
+    }
+
+    fn explain(
+        &mut self,
+        c: &ClientSide,
+        q: &allot_wire::message::ArchivedExplainQuery,
+    ) -> ExplainReply {
+        let user = if q.user.is_empty() {
+            c.cert_user.as_str()
+        } else {
+            q.user.as_str()
+        };
+        let shape = Shape {
+            app: q.app.as_str().to_owned(),
+            require: q.require.as_str().to_owned(),
+            prefer: q.prefer.as_str().to_owned(),
+            user: user.to_owned(),
+            demands: (
+                q.demands.cores.to_native(),
+                q.demands.mem.to_native(),
+                q.demands.slots.to_native(),
+            ),
+            priority: 0,
+        };
+        let user_rec = self.user(user);
+        match shape.compile(&self.table, &user_rec, &c.attrs) {
+            Ok(query) => explain_reply(&self.table, &query),
+            Err(e) => ExplainReply {
+                total: self.table.len() as u32,
+                matched: 0,
+                best: String::new(),
+                clauses: Vec::new(),
+                nearest: Vec::new(),
+                waitable: 0,
+                error: e.to_string(),
+            },
+        }
+    }
+}
+
+fn explain_reply(table: &ServerTable, query: &Query) -> ExplainReply {
+    // The worker a submission would get now: match, then give it back.
+    let best = match table.match_and_reserve(query, MatchMode::Exact) {
+        Ok(r) => {
+            let name = table.name(r.server).unwrap_or_default();
+            table.release(&r);
+            name
+        }
+        Err(_) => String::new(),
+    };
+    let e = table.explain(query);
+    ExplainReply {
+        total: e.total,
+        matched: e.matched,
+        best,
+        clauses: e
+            .clauses
+            .iter()
+            .map(|c| ClauseCount {
+                clause: c.clause.clone(),
+                eliminated: c.eliminated,
+            })
+            .collect(),
+        nearest: e
+            .nearest
+            .iter()
+            .map(|n| NearMiss {
+                worker: n.server.clone(),
+                failed: n.failed.clone(),
+            })
+            .collect(),
+        waitable: e.waitable,
+        error: String::new(),
+    }
+}
+
+// ---------------------------------------------------------------- sweeps
+
+impl State {
+    /// Marks silent workers down, hands out completions, retries waiting
+    /// tasks and fails those past their deadline.
+    fn sweep(&mut self, now: Instant) {
+        let limit = self.cfg.heartbeat_for(self.workers.len()) * self.cfg.missed_heartbeats;
+        // After a restart, wait a grace period for reports before marking
+        // anyone down (avoids mass rescheduling after a blip).
+        if now.saturating_duration_since(self.started) > limit {
+            let silent: Vec<ServerId> = self
+                .workers
+                .iter()
+                .filter(|(_, l)| now.saturating_duration_since(l.last_seen) > limit)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in silent {
+                if self.table.state(id) == Some(ServerState::Up) {
+                    tracing::warn!(
+                        worker = id.0,
+                        "missed {} heartbeats; marked down",
+                        self.cfg.missed_heartbeats
+                    );
+                    let _ = self.table.set_state(id, ServerState::Down);
+                }
+            }
+        }
+        if now.saturating_duration_since(self.last_flush) >= COMPLETION_FLUSH
+            && !self.completions.is_empty()
+        {
+            self.last_flush = now;
+            let batch = std::mem::take(&mut self.completions);
+            match &mut self.flushed {
+                // The shell has not taken the last batch yet: add to it up
+                // to the same bound (past it the statistics are a sample).
+                Some(prev) => {
+                    let room = MAX_COMPLETIONS_BUFFERED.saturating_sub(prev.len());
+                    prev.extend(batch.into_iter().take(room));
+                }
+                None => self.flushed = Some(batch),
+            }
+        }
+        // Waiting tasks: retry all (deltas and registrations may have added
+        // capacity), then fail those past their deadline.
+        self.drain_queue(usize::MAX);
+        self.by_key.expire(now);
+        self.expire_deadlines(now);
+    }
+
+    /// Fails the tasks whose deadline passed (a placed one is stopped on
+    /// its worker) and finds the next deadline.
+    fn expire_deadlines(&mut self, now: Instant) {
+        self.last_deadline_check = now;
+        let mut i = 0;
+        while i < self.waiting.len() {
+            if self.waiting[i].1.deadline.is_some_and(|d| d <= now) {
+                if let Some((_, p)) = self.waiting.remove(i) {
+                    let ms = p.deadline_ms;
+                    self.finish_error(
+                        p,
+                        TaskStatus::Timeout,
+                        format!("deadline of {ms} ms passed while waiting for capacity"),
+                    );
+                }
+            } else {
+                i += 1;
+            }
+        }
+        let expired = self
+            .pending
+            .ids_where(|p| p.deadline.is_some_and(|d| d <= now));
+        for task in expired {
+            if let Some(mut p) = self.pending.remove(task) {
+                self.cancel_on_worker(task, &mut p);
+                let ms = p.deadline_ms;
+                self.finish_error(
+                    p,
+                    TaskStatus::Timeout,
+                    format!("deadline of {ms} ms passed"),
+                );
+            }
+        }
+        self.next_deadline = self
+            .pending
+            .iter()
+            .map(|(_, p)| p)
+            .chain(self.waiting.iter().map(|(_, p)| p))
+            .filter_map(|p| p.deadline)
+            .min()
+            .map(|d| d.max(now + DEADLINE_RESOLUTION));
+    }
+}

@@ -1,0 +1,112 @@
+//! The distributor (second tier): holds the server table, matches each task
+//! against the workers' live attributes, forwards it, and returns the result.
+//!
+//! Its decisions live in [`Core`], a state machine with no I/O and no
+//! clock of its own (events and the time in, frames and a timeout out, as
+//! quinn-proto's `Connection`); [`shell`] runs it over quinn on a
+//! current-thread runtime and only moves bytes and time. Tests drive the
+//! core directly (see `nodes/tests/harness`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use allot_engine::MatchMode;
+
+mod core;
+mod shape;
+mod shell;
+
+pub use self::core::{Completion, Core, Peer, MAX_COMPLETIONS_BUFFERED, UNTIMED_MATCH_ROWS};
+pub use self::shape::QUERY_CACHE;
+pub use self::shell::{run, spawn};
+
+/// How a distributor is set up.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DistributorConfig {
+    /// Node name (its certificate's name in the PKI directory).
+    pub name: String,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// PKI directory.
+    pub pki: PathBuf,
+    /// The name of its distributor set.
+    pub set_name: String,
+    /// The other members of its set.
+    pub peers: Vec<SocketAddr>,
+    /// Where the user DB and task-class DB live.
+    pub data_dir: PathBuf,
+    /// A TOML file of users loaded into the user DB at start.
+    pub users_file: Option<PathBuf>,
+    /// The heartbeat period asked of workers (stretched when there are many).
+    pub heartbeat: Duration,
+    /// Heartbeats a worker may miss before it is marked down.
+    pub missed_heartbeats: u32,
+    /// Placements tried per task before it fails.
+    pub max_attempts: u32,
+    /// Tasks in flight at most.
+    pub max_pending: usize,
+    /// Exact or sampled matching.
+    pub match_mode: MatchMode,
+    /// Rows of the server table.
+    pub table_capacity: usize,
+    /// How long a task may wait for capacity (when its constraints are met
+    /// by some worker that is busy) before it fails with the explanation.
+    pub queue_timeout: Duration,
+}
+
+impl DistributorConfig {
+    /// Defaults for everything but the identity and addresses.
+    pub fn new(name: &str, listen: SocketAddr, pki: PathBuf, data_dir: PathBuf) -> Self {
+        DistributorConfig {
+            name: name.to_owned(),
+            listen,
+            pki,
+            set_name: "default".into(),
+            peers: Vec::new(),
+            data_dir,
+            users_file: None,
+            heartbeat: Duration::from_millis(1000),
+            missed_heartbeats: 3,
+            max_attempts: 3,
+            max_pending: 1 << 20,
+            match_mode: MatchMode::Exact,
+            table_capacity: 1 << 16,
+            queue_timeout: Duration::from_secs(60),
+        }
+    }
+
+    /// The heartbeat period for `workers` registered workers: stretched by
+    /// one period per thousand workers, so liveness traffic stays bounded as
+    /// the cluster grows (Nomad and Dask do the same).
+    pub fn heartbeat_for(&self, workers: usize) -> Duration {
+        self.heartbeat * (1 + (workers / 1000) as u32)
+    }
+}
+
+/// Errors starting a distributor: the one error type of every node.
+pub type DistributorError = crate::NodeError;
+
+/// Counters a distributor keeps.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    /// Tasks received.
+    pub submitted: u64,
+    /// Results returned to clients.
+    pub completed: u64,
+    /// Placements refused by workers.
+    pub refused: u64,
+    /// Tasks retried after a worker was lost or refused.
+    pub retried: u64,
+    /// Tasks that could not be placed.
+    pub no_match: u64,
+    /// Results (or errors) whose client link was gone or not reading:
+    /// each is logged, and a link not reading is closed with an error.
+    pub undelivered: u64,
+    /// Client links closed because they did not read their results.
+    pub clients_disconnected: u64,
+}
+
+/// A running distributor (on its own thread and runtime).
+pub type DistributorHandle = crate::node_thread::NodeHandle;

@@ -1,0 +1,255 @@
+//! The distributor's async shell: accepts quinn connections and streams,
+//! feeds their frames and the time to the [`Core`], writes what the core
+//! queued, and keeps the store (user DB at start, task-class DB once a
+//! second). It makes no decision of its own.
+//!
+//! Frames already received are handed to the core one after the other
+//! with the clock of the read that brought them (a burst costs one clock
+//! read); what the core queued is taken only when the reader is about to
+//! wait for the network, so the frames of a burst leave in one write.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use allot_engine::Store;
+use allot_wire::ErrorCode;
+
+use super::core::{Core, Peer};
+use super::{DistributorConfig, DistributorHandle};
+use crate::conn::{self, ConnError, Outbox, Stream};
+use crate::labels::label_from_archived;
+use crate::link::LinkId;
+use crate::pki::Pki;
+use crate::{transport, FxMap, NodeError};
+
+struct ShellLink {
+    out: Rc<Outbox>,
+    /// Set when the core closed the link: its reader stops.
+    closed: Rc<Cell<Option<ErrorCode>>>,
+}
+
+struct Shell {
+    core: RefCell<Core>,
+    links: RefCell<FxMap<LinkId, ShellLink>>,
+    store: Store,
+}
+
+impl Shell {
+    /// Moves what the core queued to the links' writers.
+    fn flush(&self) {
+        let mut core = self.core.borrow_mut();
+        let links = self.links.borrow();
+        while let Some(t) = core.poll_transmit() {
+            match links.get(&t.link) {
+                Some(l) => {
+                    l.out.push_encoded(t.chunks, t.len);
+                    if let Some(code) = t.close {
+                        l.out.close();
+                        l.closed.set(Some(code));
+                    }
+                }
+                // The stream is gone: nothing will be written.
+                None => core.handle_written(t.link, t.len),
+            }
+        }
+    }
+
+    fn record_completions(&self) {
+        let Some(batch) = self.core.borrow_mut().poll_completions() else {
+            return;
+        };
+        let items: Vec<(&str, Duration, bool)> =
+            batch.iter().map(|c| (&*c.app, c.ran, c.ok)).collect();
+        if let Err(e) = self.store.task_classes().record_completions(&items) {
+            tracing::error!("task-class DB update failed: {e}");
+        }
+    }
+}
+
+/// Starts a distributor on a thread of its own with a current-thread
+/// runtime; returns once it listens.
+pub fn spawn(cfg: DistributorConfig) -> Result<DistributorHandle, NodeError> {
+    crate::node_thread::spawn_node(format!("dist-{}", cfg.name), move |stop| async move {
+        let (ep, shell) = setup(cfg)?;
+        let addr = ep.local_addr()?;
+        Ok((addr, serve(ep, shell, stop)))
+    })
+}
+
+/// Runs a distributor on the current (current-thread) runtime until
+/// `shutdown` resolves. Must be called inside a `LocalSet`.
+pub async fn run(
+    cfg: DistributorConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let (ep, shell) = setup(cfg)?;
+    tracing::info!(addr = %ep.local_addr()?, "distributor listening");
+    serve(ep, shell, shutdown).await;
+    Ok(())
+}
+
+fn setup(cfg: DistributorConfig) -> Result<(quinn::Endpoint, Rc<Shell>), NodeError> {
+    let pki = Pki::load(&cfg.pki, &cfg.name)?;
+    let ep = transport::endpoint(&pki, cfg.listen)?;
+    let store = Store::open(&cfg.data_dir)?;
+    if let Some(path) = &cfg.users_file {
+        let users = crate::users::load_users_file(path).map_err(|message| NodeError::Users {
+            path: path.display().to_string(),
+            message,
+        })?;
+        for u in users {
+            store.users().put(&u)?;
+        }
+    }
+    // The user DB is written only here, before serving (redb holds the
+    // file exclusively), so the core can hold every record.
+    let users = store.users().list()?;
+    let mut core = Core::new(cfg, users, Instant::now())?;
+    core.set_match_clock(Instant::now);
+    let shell = Rc::new(Shell {
+        core: RefCell::new(core),
+        links: RefCell::new(FxMap::default()),
+        store,
+    });
+    Ok((ep, shell))
+}
+
+async fn serve(
+    ep: quinn::Endpoint,
+    shell: Rc<Shell>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let timer = tokio::task::spawn_local(timer_loop(shell.clone()));
+    let accept = async {
+        while let Some(incoming) = ep.accept().await {
+            let shell = shell.clone();
+            tokio::task::spawn_local(async move {
+                match incoming.await {
+                    Ok(conn) => serve_connection(conn, shell).await,
+                    Err(e) => tracing::warn!("rejected connection: {e}"),
+                }
+            });
+        }
+    };
+    tokio::select! {
+        _ = accept => {}
+        _ = shutdown => {}
+    }
+    timer.abort();
+    ep.close(
+        transport::codes::varint(ErrorCode::Unavailable),
+        b"distributor stopping",
+    );
+    let _ = tokio::time::timeout(Duration::from_millis(500), ep.wait_idle()).await;
+}
+
+/// Gives the core the time whenever it asked for it.
+async fn timer_loop(shell: Rc<Shell>) {
+    loop {
+        let at = shell.core.borrow().poll_timeout();
+        match at {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+        shell.core.borrow_mut().handle_timeout(Instant::now());
+        shell.flush();
+        shell.record_completions();
+    }
+}
+
+async fn serve_connection(conn: quinn::Connection, shell: Rc<Shell>) {
+    let me = {
+        let core = shell.core.borrow();
+        conn::hello(
+            allot_wire::Role::Distributor,
+            &core.config().name,
+            Vec::new(),
+        )
+    };
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(_) => return,
+        };
+        let shell = shell.clone();
+        let conn = conn.clone();
+        let me = me.clone();
+        tokio::task::spawn_local(async move {
+            match conn::accept(&conn, send, recv, &me).await {
+                Ok(stream) => serve_stream(stream, shell).await,
+                Err(e) => tracing::warn!(peer = %conn.remote_address(), "stream refused: {e}"),
+            }
+        });
+    }
+}
+
+async fn serve_stream(stream: Stream, shell: Rc<Shell>) {
+    let Stream {
+        out,
+        mut reader,
+        peer_name,
+        peer_role,
+        hello,
+    } = stream;
+    let peer = Peer {
+        role: peer_role,
+        name: peer_name,
+        attrs: hello
+            .get()
+            .attrs
+            .iter()
+            .filter_map(|a| Some((a.key.as_str().to_owned(), label_from_archived(&a.value)?)))
+            .collect(),
+    };
+    let link = shell.core.borrow_mut().link_opened(Instant::now(), peer);
+    let closed = Rc::new(Cell::new(None));
+    {
+        let shell = Rc::downgrade(&shell);
+        out.on_written(Box::new(move |n| {
+            if let Some(s) = shell.upgrade() {
+                s.core.borrow_mut().handle_written(link, n);
+            }
+        }));
+    }
+    shell.links.borrow_mut().insert(
+        link,
+        ShellLink {
+            out: out.clone(),
+            closed: closed.clone(),
+        },
+    );
+    let mut arrived = Instant::now();
+    loop {
+        let next = match reader.buffered() {
+            Ok(Some(f)) => Ok(Some(f)),
+            Ok(None) => {
+                // Everything received is handled: send what it produced,
+                // then wait for more.
+                shell.flush();
+                if let Some(code) = closed.get() {
+                    reader.reject(code);
+                    break;
+                }
+                let r = reader.next().await;
+                arrived = Instant::now();
+                r
+            }
+            Err(e) => Err(e),
+        };
+        let frame = match next {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(ConnError::Frame(e)) => {
+                conn::refuse(&out, &mut reader, e.code(), e.to_string());
+                break;
+            }
+            Err(_) => break,
+        };
+        shell.core.borrow_mut().handle_frame(arrived, link, frame);
+    }
+    shell.core.borrow_mut().link_closed(Instant::now(), link);
+    shell.links.borrow_mut().remove(&link);
+    out.close();
+    shell.flush();
+}

@@ -1,0 +1,662 @@
+//! The worker's decisions, without I/O: admission of each placement,
+//! what to report and when, and drain. Events in (a link to a distributor
+//! opened or lost, a frame, a task finished, the time), frames and
+//! [`Action`]s out; the shell ([`super::shell`]) dials distributors, runs
+//! apps that take time, and moves bytes.
+//!
+//! Reporting (claims 24-29), kept apart as the design asks:
+//! * liveness: a tiny `Heartbeat` every period (the distributor sets the
+//!   period in `RegisterAck` and stretches it when it has many workers);
+//! * on events (task start and end, drain): a delta with `slots_free` and,
+//!   when they moved by more than [`WorkerConfig::change_threshold`], the
+//!   other load attributes. Events are coalesced for
+//!   [`WorkerConfig::coalesce`], so a busy worker sends at most one delta
+//!   per window, not one per task; a drain is reported at once;
+//! * periodically: a full numeric delta every [`WorkerConfig::full_every`]
+//!   heartbeats, which repairs anything a distributor missed.
+//!
+//! Bounds: tasks running are bounded by the worker's slots (admission
+//! refuses past them); links by the join list; bytes queued per link by
+//! [`crate::link::OUTGOING_LIMIT`] (a result that does not fit is logged
+//! and the link is closed: the distributor then retries the task
+//! elsewhere, so the task still ends in one result).
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use allot_wire::message::{ArchivedAssign, ArchivedRegisterAck};
+use allot_wire::{
+    Assign, AttrChange, AttrDelta, AttrRecord, Cancel, DeltaCause, ErrorCode, ErrorMsg, Frame,
+    FrameError, Heartbeat, MessageKind, Refusal, Register, RegisterAck, TaskResult, TaskStatus,
+    Timings, WireMessage, WorkerState,
+};
+use bytes::Bytes;
+
+use super::WorkerConfig;
+use crate::apps::{self, App, AppOutcome, AppTable};
+use crate::link::{LinkFull, LinkId, Outgoing, Transmit};
+use crate::FxMap;
+
+/// Heartbeat period before any distributor has said one.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(200);
+
+/// Work for the shell.
+#[derive(Debug)]
+pub enum Action {
+    /// Run an app that takes time; report the end with
+    /// [`WorkerCore::task_finished`] (or [`WorkerCore::task_aborted`] if
+    /// it was stopped).
+    Run {
+        /// The distributor link it came on.
+        link: LinkId,
+        /// The distributor's task id.
+        task: u64,
+        /// What to run.
+        app: App,
+        /// Its input.
+        input: Bytes,
+        /// Its deadline, from when it starts.
+        deadline: Option<Duration>,
+    },
+    /// Stop a task started by [`Action::Run`] (cancelled, or its
+    /// distributor is gone); then report [`WorkerCore::task_aborted`].
+    Abort {
+        /// Its link.
+        link: LinkId,
+        /// Its task id.
+        task: u64,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+struct Reported {
+    slots_free: u32,
+    idle_power: f64,
+    load: f64,
+    mem_free: u64,
+}
+
+struct Link {
+    out: Rc<Outgoing>,
+    /// Set by the distributor's `RegisterAck`.
+    registered: Option<Registration>,
+}
+
+struct Registration {
+    worker_id: u64,
+    seq: u64,
+    heartbeat: Duration,
+}
+
+/// Capacity a running task holds: (slots, cores, memory).
+type Need = (u32, u32, u64);
+
+/// The worker as a state machine. See the module docs.
+pub struct WorkerCore {
+    cfg: WorkerConfig,
+    apps: AppTable,
+    incarnation: u64,
+    slots_free: u32,
+    cores_free: u32,
+    mem_free: u64,
+    draining: bool,
+    links: FxMap<LinkId, Link>,
+    next_link: u64,
+    running: FxMap<(LinkId, u64), Need>,
+    reported: Reported,
+    /// An event changed what to report; sent at `coalesce_until`.
+    dirty: bool,
+    coalesce_until: Option<Instant>,
+    next_beat: Instant,
+    beats: u32,
+    done: u64,
+    transmit: VecDeque<Rc<Outgoing>>,
+    actions: VecDeque<Action>,
+    /// Times instant apps (the shell gives the OS clock; tests none).
+    clock: Option<fn() -> Instant>,
+    /// Reused for every result, so that its strings (this worker's name,
+    /// the message) keep their buffers: no allocation per task.
+    result: TaskResult,
+}
+
+fn push<M: WireMessage>(
+    transmit: &mut VecDeque<Rc<Outgoing>>,
+    out: &Rc<Outgoing>,
+    msg: &M,
+    payload: &Bytes,
+) -> Result<(), LinkFull> {
+    if out.push(msg, payload)? {
+        transmit.push_back(out.clone());
+    }
+    Ok(())
+}
+
+impl WorkerCore {
+    /// A worker with `apps`, no links yet. `incarnation` tells a restarted
+    /// worker from a reconnecting one.
+    pub fn new(cfg: WorkerConfig, apps: AppTable, incarnation: u64, now: Instant) -> WorkerCore {
+        let name = cfg.name.clone();
+        let mut core = WorkerCore {
+            slots_free: cfg.slots,
+            cores_free: cfg.cores,
+            mem_free: cfg.mem,
+            cfg,
+            apps,
+            incarnation,
+            draining: false,
+            links: FxMap::default(),
+            next_link: 1,
+            running: FxMap::default(),
+            reported: Reported {
+                slots_free: 0,
+                idle_power: 0.0,
+                load: 0.0,
+                mem_free: 0,
+            },
+            dirty: false,
+            coalesce_until: None,
+            next_beat: now,
+            beats: 0,
+            done: 0,
+            transmit: VecDeque::new(),
+            actions: VecDeque::new(),
+            clock: None,
+            result: TaskResult {
+                task_id: 0,
+                status: TaskStatus::Ok,
+                refusal: Refusal::None,
+                worker: name,
+                distributor: String::new(),
+                attempts: 0,
+                exit_code: 0,
+                message: String::new(),
+                timings: Timings::default(),
+            },
+        };
+        core.reported = core.current();
+        core
+    }
+
+    /// Times instant apps with `clock`.
+    pub fn set_clock(&mut self, clock: fn() -> Instant) {
+        self.clock = Some(clock);
+    }
+
+    /// Its configuration.
+    pub fn config(&self) -> &WorkerConfig {
+        &self.cfg
+    }
+
+    /// Tasks finished so far.
+    pub fn done(&self) -> u64 {
+        self.done
+    }
+
+    /// Free (slots, cores, memory) now.
+    pub fn free(&self) -> (u32, u32, u64) {
+        (self.slots_free, self.cores_free, self.mem_free)
+    }
+
+    /// Whether it is draining.
+    pub fn is_draining(&self) -> bool {
+        self.draining
+    }
+
+    /// A stream to a distributor opened: the core queues its `Register`.
+    pub fn link_opened(&mut self, _now: Instant) -> LinkId {
+        let id = LinkId(self.next_link);
+        self.next_link += 1;
+        let out = Rc::new(Outgoing::new(id));
+        let reg = Register {
+            name: self.cfg.name.clone(),
+            incarnation: self.incarnation,
+            mode: self.cfg.mode,
+            record: self.record(),
+            apps: self.apps.names(),
+        };
+        if let Err(e) = push(&mut self.transmit, &out, &reg, &Bytes::new()) {
+            tracing::warn!("register not queued: {e}");
+        }
+        self.links.insert(
+            id,
+            Link {
+                out,
+                registered: None,
+            },
+        );
+        id
+    }
+
+    /// Whether the distributor on `link` accepted the registration.
+    pub fn is_registered(&self, link: LinkId) -> bool {
+        self.links
+            .get(&link)
+            .is_some_and(|l| l.registered.is_some())
+    }
+
+    /// The link's stream ended. Its distributor retries the link's tasks
+    /// elsewhere, so they are stopped here ([`Action::Abort`]). Returns
+    /// whether the link had registered.
+    pub fn link_closed(&mut self, _now: Instant, link: LinkId) -> bool {
+        let Some(l) = self.links.remove(&link) else {
+            return false;
+        };
+        l.out.closed_by_peer();
+        for (l2, task) in self.running.keys() {
+            if *l2 == link {
+                self.actions.push_back(Action::Abort {
+                    link: *l2,
+                    task: *task,
+                });
+            }
+        }
+        l.registered.is_some()
+    }
+
+    /// The shell wrote `bytes` of `link`'s transmit.
+    pub fn handle_written(&mut self, link: LinkId, bytes: usize) {
+        if let Some(l) = self.links.get(&link) {
+            l.out.written(bytes);
+        }
+    }
+
+    /// A frame from the distributor on `link`. A frame a distributor may not
+    /// send, or one that does not validate, closes the link.
+    pub fn handle_frame(&mut self, now: Instant, link: LinkId, frame: Frame) {
+        let result = match frame.kind() {
+            MessageKind::RegisterAck => frame
+                .validate::<RegisterAck>()
+                .map(|a| self.on_ack(now, link, a.get())),
+            MessageKind::Error => frame.validate::<ErrorMsg>().map(|e| {
+                tracing::warn!("distributor refused: {}", e.get().message);
+                self.close_link(link, ErrorCode::Protocol, "refused".into());
+            }),
+            MessageKind::Assign => frame
+                .validate::<Assign>()
+                .map(|a| self.on_assign(now, link, a.get(), a.payload())),
+            MessageKind::Cancel => frame.validate::<Cancel>().map(|c| {
+                let task = c.get().task_id.to_native();
+                if self.running.contains_key(&(link, task)) {
+                    self.actions.push_back(Action::Abort { link, task });
+                }
+            }),
+            other => Err(FrameError::Invalid {
+                kind: other,
+                reason: "a worker does not take this message".into(),
+            }),
+        };
+        if let Err(e) = result {
+            tracing::warn!("bad frame from distributor: {e}");
+            self.close_link(link, e.code(), e.to_string());
+        }
+    }
+
+    fn close_link(&mut self, link: LinkId, code: ErrorCode, why: String) {
+        if let Some(l) = self.links.get(&link) {
+            if l.out.close(code, why) {
+                self.transmit.push_back(l.out.clone());
+            }
+        }
+    }
+
+    fn on_ack(&mut self, now: Instant, link: LinkId, a: &ArchivedRegisterAck) {
+        let Some(l) = self.links.get_mut(&link) else {
+            return;
+        };
+        tracing::info!(distributor = %a.distributor, id = a.worker_id.to_native(), "registered");
+        let heartbeat = Duration::from_millis(u64::from(a.heartbeat_ms.to_native()).max(10));
+        l.registered = Some(Registration {
+            worker_id: a.worker_id.to_native(),
+            seq: 0,
+            heartbeat,
+        });
+        self.next_beat = self.next_beat.min(now + heartbeat);
+    }
+
+    fn refusal(&self, app: Option<&App>, name: &str, need: Need) -> Option<(Refusal, String)> {
+        Some(if self.draining {
+            (Refusal::Draining, "draining".to_owned())
+        } else if app.is_none() {
+            (Refusal::UnknownApp, format!("does not run app `{name}`"))
+        } else if self.slots_free < need.0 {
+            let m = format!("{} slots free, {} needed", self.slots_free, need.0);
+            (Refusal::Busy, m)
+        } else if self.cores_free < need.1 {
+            let m = format!("{} cores free, {} needed", self.cores_free, need.1);
+            (Refusal::Busy, m)
+        } else if self.mem_free < need.2 {
+            let m = format!("{} bytes free, {} needed", self.mem_free, need.2);
+            (Refusal::Busy, m)
+        } else {
+            return None;
+        })
+    }
+
+    fn on_assign(&mut self, now: Instant, link: LinkId, g: &ArchivedAssign, input: Bytes) {
+        let need = (
+            g.demands.slots.to_native().max(1),
+            g.demands.cores.to_native(),
+            g.demands.mem.to_native(),
+        );
+        let task = g.task_id.to_native();
+        let name = g.app.as_str();
+        let app = self.apps.get(name);
+        // Admission: the worker's own check is the final word.
+        if let Some((refusal, why)) = self.refusal(app, name, need) {
+            self.reply(
+                link,
+                task,
+                TaskStatus::Refused,
+                refusal,
+                0,
+                &why,
+                Duration::ZERO,
+                &Bytes::new(),
+            );
+            self.mark_dirty(now);
+            return;
+        }
+        let Some(app) = app.cloned() else {
+            return;
+        };
+        if matches!(app, App::Echo) {
+            // Echo hands its input back by reference: it takes no time to
+            // speak of, so no clock is read (two reads would cost more).
+            self.done += 1;
+            self.send_outcome(link, task, AppOutcome::Ok(input), Duration::ZERO);
+            return;
+        }
+        if apps::is_instant(&app) {
+            let t0 = self.clock.map(|c| c());
+            if let Some(outcome) = apps::run_instant(&app, &input) {
+                let ran = match (self.clock, t0) {
+                    (Some(c), Some(t0)) => c().saturating_duration_since(t0),
+                    _ => Duration::ZERO,
+                };
+                self.done += 1;
+                self.send_outcome(link, task, outcome, ran);
+            }
+            return;
+        }
+        self.slots_free -= need.0;
+        self.cores_free -= need.1;
+        self.mem_free -= need.2;
+        self.running.insert((link, task), need);
+        self.mark_dirty(now);
+        let deadline = match g.deadline_ms.to_native() {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        };
+        self.actions.push_back(Action::Run {
+            link,
+            task,
+            app,
+            input,
+            deadline,
+        });
+    }
+
+    /// A task started by [`Action::Run`] ended after running for `ran`.
+    pub fn task_finished(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        task: u64,
+        outcome: AppOutcome,
+        ran: Duration,
+    ) {
+        let Some(need) = self.running.remove(&(link, task)) else {
+            return; // aborted meanwhile: its capacity is back already
+        };
+        self.free_capacity(need);
+        self.done += 1;
+        self.send_outcome(link, task, outcome, ran);
+        self.mark_dirty(now);
+    }
+
+    /// A task was stopped after [`Action::Abort`]: its capacity is free.
+    pub fn task_aborted(&mut self, now: Instant, link: LinkId, task: u64) {
+        if let Some(need) = self.running.remove(&(link, task)) {
+            self.free_capacity(need);
+            self.mark_dirty(now);
+        }
+    }
+
+    fn free_capacity(&mut self, need: Need) {
+        self.slots_free += need.0;
+        self.cores_free += need.1;
+        self.mem_free += need.2;
+    }
+
+    /// Takes nothing new from now on (placements are refused as
+    /// `Draining`, so distributors place elsewhere) and reports it at once;
+    /// running tasks finish.
+    pub fn drain(&mut self, _now: Instant) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        self.send_delta(
+            DeltaCause::Event,
+            vec![AttrChange::State(WorkerState::Draining)],
+        );
+    }
+
+    /// Tasks still running.
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    fn mark_dirty(&mut self, now: Instant) {
+        self.dirty = true;
+        self.coalesce_until.get_or_insert(now + self.cfg.coalesce);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn reply(
+        &mut self,
+        link: LinkId,
+        task: u64,
+        status: TaskStatus,
+        refusal: Refusal,
+        exit_code: i32,
+        message: &str,
+        ran: Duration,
+        output: &Bytes,
+    ) {
+        let Some(l) = self.links.get(&link) else {
+            return; // the distributor is gone; it has retried the task elsewhere
+        };
+        let r = &mut self.result;
+        r.task_id = task;
+        r.status = status;
+        r.refusal = refusal;
+        r.exit_code = exit_code;
+        r.message.clear();
+        r.message.push_str(message);
+        r.timings.ran_us = ran.as_micros() as u64;
+        if let Err(e) = push(&mut self.transmit, &l.out, &*r, output) {
+            // Closing the link makes the distributor retry the task.
+            tracing::warn!("result of task {task} not sent: {e}; dropping the link");
+            let out = l.out.clone();
+            if out.close(ErrorCode::Overloaded, format!("result not sent: {e}")) {
+                self.transmit.push_back(out);
+            }
+        }
+    }
+
+    fn send_outcome(&mut self, link: LinkId, task: u64, outcome: AppOutcome, ran: Duration) {
+        match outcome {
+            AppOutcome::Ok(out) => {
+                self.reply(link, task, TaskStatus::Ok, Refusal::None, 0, "", ran, &out)
+            }
+            AppOutcome::Failed {
+                exit_code,
+                output,
+                message,
+            } => self.reply(
+                link,
+                task,
+                TaskStatus::Failed,
+                Refusal::None,
+                exit_code,
+                &message,
+                ran,
+                &output,
+            ),
+            AppOutcome::Timeout => self.reply(
+                link,
+                task,
+                TaskStatus::Timeout,
+                Refusal::None,
+                0,
+                "deadline passed on the worker",
+                ran,
+                &Bytes::new(),
+            ),
+        }
+    }
+
+    fn current(&self) -> Reported {
+        let c = &self.cfg;
+        let busy = c.slots.saturating_sub(self.slots_free);
+        Reported {
+            slots_free: self.slots_free,
+            idle_power: if c.cores == 0 {
+                c.power * f64::from(self.slots_free) / f64::from(c.slots.max(1))
+            } else {
+                c.power * f64::from(self.cores_free) / f64::from(c.cores)
+            },
+            load: f64::from(busy) / f64::from(c.slots.max(1)),
+            mem_free: self.mem_free,
+        }
+    }
+
+    fn record(&self) -> AttrRecord {
+        let r = self.current();
+        AttrRecord {
+            slots: self.cfg.slots,
+            slots_free: r.slots_free,
+            cores: self.cfg.cores,
+            power: self.cfg.power,
+            idle_power: r.idle_power,
+            mem: self.cfg.mem,
+            mem_free: r.mem_free,
+            load: r.load,
+            labels: self.cfg.labels.clone(),
+        }
+    }
+
+    /// The changes worth reporting since the last report.
+    fn changes(&mut self, full: bool) -> Vec<AttrChange> {
+        let now = self.current();
+        let last = self.reported;
+        let moved = |a: f64, b: f64| (a - b).abs() > self.cfg.change_threshold * b.abs().max(1e-9);
+        let mut ch = Vec::new();
+        if full || now.slots_free != last.slots_free {
+            ch.push(AttrChange::SlotsFree(now.slots_free));
+        }
+        if full || moved(now.idle_power, last.idle_power) {
+            ch.push(AttrChange::IdlePower(now.idle_power));
+        }
+        if full || moved(now.load, last.load) {
+            ch.push(AttrChange::Load(now.load));
+        }
+        if full || moved(now.mem_free as f64, last.mem_free as f64) {
+            ch.push(AttrChange::MemFree(now.mem_free));
+        }
+        if !ch.is_empty() {
+            self.reported = now;
+        }
+        ch
+    }
+
+    fn send_delta(&mut self, cause: DeltaCause, changes: Vec<AttrChange>) {
+        for l in self.links.values_mut() {
+            let Some(reg) = l.registered.as_mut() else {
+                continue;
+            };
+            reg.seq += 1;
+            let d = AttrDelta {
+                worker_id: reg.worker_id,
+                seq: reg.seq,
+                cause,
+                changes: changes.clone(),
+            };
+            if let Err(e) = push(&mut self.transmit, &l.out, &d, &Bytes::new()) {
+                tracing::debug!("delta not sent: {e}");
+            }
+        }
+    }
+
+    fn period(&self) -> Duration {
+        self.links
+            .values()
+            .filter_map(|l| l.registered.as_ref().map(|r| r.heartbeat))
+            .min()
+            .unwrap_or(DEFAULT_HEARTBEAT)
+    }
+
+    /// When [`WorkerCore::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        Some(match self.coalesce_until {
+            Some(c) => c.min(self.next_beat),
+            None => self.next_beat,
+        })
+    }
+
+    /// The time passed: sends the coalesced event delta when its window
+    /// closed, and the heartbeat (every `full_every`-th one a full delta)
+    /// when it is due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.coalesce_until.is_some_and(|c| c <= now) {
+            self.coalesce_until = None;
+            if std::mem::take(&mut self.dirty) {
+                let ch = self.changes(false);
+                if !ch.is_empty() {
+                    self.send_delta(DeltaCause::Event, ch);
+                }
+            }
+        }
+        if self.next_beat <= now {
+            self.next_beat = now + self.period();
+            self.beats = self.beats.wrapping_add(1);
+            if self.beats % self.cfg.full_every.max(1) == 0 {
+                let mut ch = self.changes(true);
+                ch.push(AttrChange::State(if self.draining {
+                    WorkerState::Draining
+                } else {
+                    WorkerState::Up
+                }));
+                self.send_delta(DeltaCause::Periodic, ch);
+            } else {
+                for l in self.links.values() {
+                    let Some(reg) = &l.registered else { continue };
+                    let hb = Heartbeat {
+                        worker_id: reg.worker_id,
+                        seq: reg.seq,
+                    };
+                    if let Err(e) = push(&mut self.transmit, &l.out, &hb, &Bytes::new()) {
+                        tracing::debug!("heartbeat not sent: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Frames to send, one link at a time.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        while let Some(out) = self.transmit.pop_front() {
+            if let Some(t) = out.take() {
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    /// Work for the shell: apps to run, tasks to stop.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+}

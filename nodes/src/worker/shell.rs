@@ -1,0 +1,314 @@
+//! The worker's async shell: dials the distributors of its join list,
+//! feeds their frames and the time to the [`WorkerCore`], writes what the
+//! core queued, and runs the apps that take time (commands, sleeps,
+//! handlers) as tasks on the current-thread runtime.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use allot_wire::{ErrorCode, ReportMode, Role};
+use tokio::sync::Notify;
+
+use super::core::{Action, WorkerCore};
+use super::{WorkerConfig, WorkerHandle};
+use crate::apps::{self, App, AppTable};
+use crate::conn::{self, ConnError, Outbox};
+use crate::link::LinkId;
+use crate::pki::Pki;
+use crate::{transport, FxMap, NodeError};
+
+struct Shell {
+    core: RefCell<WorkerCore>,
+    links: RefCell<FxMap<LinkId, Rc<Outbox>>>,
+    running: RefCell<FxMap<(LinkId, u64), tokio::task::AbortHandle>>,
+    /// The timeout the timer sleeps to; woken when the core wants an
+    /// earlier one.
+    armed: Cell<Option<Instant>>,
+    rearm: Notify,
+}
+
+impl Shell {
+    /// Moves what the core queued to the links' writers and starts or
+    /// stops the tasks it asked for.
+    fn flush(self: &Rc<Self>) {
+        let mut core = self.core.borrow_mut();
+        {
+            let links = self.links.borrow();
+            while let Some(t) = core.poll_transmit() {
+                match links.get(&t.link) {
+                    Some(out) => {
+                        out.push_encoded(t.chunks, t.len);
+                        if t.close.is_some() {
+                            out.close();
+                        }
+                    }
+                    None => core.handle_written(t.link, t.len),
+                }
+            }
+        }
+        while let Some(action) = core.poll_action() {
+            match action {
+                Action::Run {
+                    link,
+                    task,
+                    app,
+                    input,
+                    deadline,
+                } => self.start(link, task, app, input, deadline),
+                Action::Abort { link, task } => {
+                    if let Some(h) = self.running.borrow_mut().remove(&(link, task)) {
+                        h.abort();
+                    }
+                }
+            }
+        }
+        if let Some(t) = core.poll_timeout() {
+            if self.armed.get().is_none_or(|a| t < a) {
+                self.rearm.notify_one();
+            }
+        }
+    }
+
+    fn start(
+        self: &Rc<Self>,
+        link: LinkId,
+        task: u64,
+        app: App,
+        input: bytes::Bytes,
+        deadline: Option<Duration>,
+    ) {
+        let shell = self.clone();
+        let handle = tokio::task::spawn_local(async move {
+            let t0 = Instant::now();
+            let outcome = apps::run(&app, input, deadline).await;
+            shell.running.borrow_mut().remove(&(link, task));
+            let now = Instant::now();
+            shell
+                .core
+                .borrow_mut()
+                .task_finished(now, link, task, outcome, now - t0);
+            shell.flush();
+        });
+        // An aborted task (cancel, lost distributor) gives its capacity
+        // back through this guard.
+        let shell = self.clone();
+        let abort = handle.abort_handle();
+        tokio::task::spawn_local(async move {
+            if let Err(e) = handle.await {
+                if e.is_cancelled() {
+                    shell
+                        .core
+                        .borrow_mut()
+                        .task_aborted(Instant::now(), link, task);
+                    shell.flush();
+                }
+            }
+        });
+        self.running.borrow_mut().insert((link, task), abort);
+    }
+}
+
+/// Starts a worker on a thread of its own. `handlers` are extra apps
+/// provided by the embedding program.
+pub fn spawn(
+    cfg: WorkerConfig,
+    handlers: Vec<(String, apps::Handler)>,
+) -> Result<WorkerHandle, NodeError> {
+    crate::node_thread::spawn_node(format!("worker-{}", cfg.name), move |stop| async move {
+        let (ep, shell) = setup(cfg, handlers)?;
+        let addr = ep.local_addr()?;
+        Ok::<_, NodeError>((addr, serve(ep, shell, stop)))
+    })
+}
+
+/// Runs a worker on the current runtime until `shutdown` resolves. Must be
+/// called inside a `LocalSet`.
+pub async fn run(
+    cfg: WorkerConfig,
+    handlers: Vec<(String, apps::Handler)>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let (ep, shell) = setup(cfg, handlers)?;
+    serve(ep, shell, shutdown).await;
+    Ok(())
+}
+
+fn config_error(message: impl Into<String>) -> NodeError {
+    NodeError::Config {
+        role: "worker",
+        message: message.into(),
+    }
+}
+
+fn setup(
+    cfg: WorkerConfig,
+    handlers: Vec<(String, apps::Handler)>,
+) -> Result<(quinn::Endpoint, Rc<Shell>), NodeError> {
+    if cfg.join.is_empty() {
+        return Err(config_error(
+            "--join needs at least one distributor address",
+        ));
+    }
+    if cfg.slots == 0 {
+        return Err(config_error("--slots must be at least 1"));
+    }
+    let mut table = AppTable::from_config(&cfg.apps, &cfg.app_cmds).map_err(config_error)?;
+    for (name, h) in handlers {
+        table.insert(&name, App::Handler(h));
+    }
+    let pki = Pki::load(&cfg.pki, &cfg.name)?;
+    let ep = transport::endpoint(&pki, cfg.listen)?;
+    let incarnation = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut core = WorkerCore::new(cfg, table, incarnation, Instant::now());
+    core.set_clock(Instant::now);
+    let shell = Rc::new(Shell {
+        core: RefCell::new(core),
+        links: RefCell::new(FxMap::default()),
+        running: RefCell::new(FxMap::default()),
+        armed: Cell::new(None),
+        rearm: Notify::new(),
+    });
+    Ok((ep, shell))
+}
+
+async fn serve(
+    ep: quinn::Endpoint,
+    shell: Rc<Shell>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let (mode, join) = {
+        let core = shell.core.borrow();
+        (core.config().mode, core.config().join.clone())
+    };
+    let mut tasks = Vec::new();
+    match mode {
+        ReportMode::Broadcast => {
+            for addr in &join {
+                tasks.push(tokio::task::spawn_local(link_loop(
+                    ep.clone(),
+                    shell.clone(),
+                    vec![*addr],
+                )));
+            }
+        }
+        _ => {
+            tasks.push(tokio::task::spawn_local(link_loop(
+                ep.clone(),
+                shell.clone(),
+                join.clone(),
+            )));
+        }
+    }
+    tasks.push(tokio::task::spawn_local(timer_loop(shell.clone())));
+    shutdown.await;
+    for t in tasks {
+        t.abort();
+    }
+    for (_, h) in shell.running.borrow_mut().drain() {
+        h.abort();
+    }
+    ep.close(
+        transport::codes::varint(ErrorCode::Unavailable),
+        b"worker stopping",
+    );
+    let _ = tokio::time::timeout(Duration::from_millis(300), ep.wait_idle()).await;
+}
+
+/// Gives the core the time whenever it asked for it.
+async fn timer_loop(shell: Rc<Shell>) {
+    loop {
+        let at = shell.core.borrow().poll_timeout();
+        shell.armed.set(at);
+        match at {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at.into()) => {}
+                    _ = shell.rearm.notified() => continue,
+                }
+            }
+            None => shell.rearm.notified().await,
+        }
+        shell.core.borrow_mut().handle_timeout(Instant::now());
+        shell.flush();
+    }
+}
+
+/// Keeps one registration alive: tries `candidates` in order, serves the
+/// first that accepts, and starts over (after a short pause) when it ends.
+async fn link_loop(ep: quinn::Endpoint, shell: Rc<Shell>, candidates: Vec<SocketAddr>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        for &addr in &candidates {
+            match serve_link(&ep, &shell, addr).await {
+                Ok(true) => backoff = Duration::from_millis(100),
+                Ok(false) => tracing::debug!(%addr, "registration refused"),
+                Err(e) => tracing::debug!(%addr, "cannot register: {e}"),
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Registers with the distributor at `addr` and serves the link until it
+/// ends. Returns whether the registration was accepted.
+async fn serve_link(
+    ep: &quinn::Endpoint,
+    shell: &Rc<Shell>,
+    addr: SocketAddr,
+) -> Result<bool, ConnError> {
+    let conn = transport::connect(ep, addr)
+        .await
+        .map_err(|e| ConnError::Forbidden(e.to_string()))?;
+    let name = shell.core.borrow().config().name.clone();
+    let stream = conn::open(&conn, &conn::hello(Role::Worker, &name, Vec::new())).await?;
+    let (out, mut reader) = (stream.out, stream.reader);
+    let link = shell.core.borrow_mut().link_opened(Instant::now());
+    {
+        let shell = Rc::downgrade(shell);
+        out.on_written(Box::new(move |n| {
+            if let Some(s) = shell.upgrade() {
+                s.core.borrow_mut().handle_written(link, n);
+            }
+        }));
+    }
+    shell.links.borrow_mut().insert(link, out.clone());
+    let mut arrived = Instant::now();
+    loop {
+        let next = match reader.buffered() {
+            Ok(Some(f)) => Ok(Some(f)),
+            Ok(None) => {
+                shell.flush();
+                if out.is_closed() {
+                    break;
+                }
+                let r = reader.next().await;
+                arrived = Instant::now();
+                r
+            }
+            Err(e) => Err(e),
+        };
+        match next {
+            Ok(Some(frame)) => shell.core.borrow_mut().handle_frame(arrived, link, frame),
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!("distributor stream failed: {e}");
+                if let ConnError::Frame(f) = &e {
+                    reader.reject(f.code());
+                }
+                break;
+            }
+        }
+    }
+    let registered = shell.core.borrow_mut().link_closed(Instant::now(), link);
+    shell.links.borrow_mut().remove(&link);
+    out.close();
+    shell.flush();
+    drop(conn);
+    Ok(registered)
+}

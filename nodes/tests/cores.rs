@@ -1,0 +1,456 @@
+//! The distributor and worker cores driven together in memory on a fake
+//! clock (see `harness`): each rule of placement, waiting, cancel,
+//! refusal, deadlines, resubmission, loss and liveness, in milliseconds.
+
+mod harness;
+
+use std::time::Duration;
+
+use allot::apps::AppOutcome;
+use allot_engine::ServerState;
+use allot_wire::{ErrorCode, TaskStatus};
+use bytes::Bytes;
+use harness::{status, task, Sim};
+
+fn ok(out: &'static [u8]) -> AppOutcome {
+    AppOutcome::Ok(Bytes::from_static(out))
+}
+
+#[test]
+fn a_task_runs_and_its_result_comes_back_once() {
+    let mut sim = Sim::new(|_| {});
+    let w = sim.worker("w-1", &["sleep"], 2);
+    let c = sim.client("cli");
+    sim.submit(c, &task(1, "sleep"), b"10");
+    assert_eq!(sim.workers[w].runs.len(), 1);
+    let t = sim.workers[w].runs[0].0;
+    assert_eq!(sim.result(c, 1), None, "no result before the run ends");
+    sim.finish(w, t, ok(b"done"));
+    let r = sim.result(c, 1).expect("a result");
+    assert_eq!(r.status, TaskStatus::Ok);
+    assert_eq!(r.worker, "w-1");
+    assert_eq!(sim.clients[c].results[0].1, Bytes::from_static(b"done"));
+    assert_eq!(sim.results_for(c, 1), 1);
+}
+
+#[test]
+fn echo_is_answered_inline_with_the_payload() {
+    let mut sim = Sim::new(|_| {});
+    sim.worker("w-1", &["echo"], 1);
+    let c = sim.client("cli");
+    sim.submit(c, &task(5, "echo"), b"hello");
+    assert_eq!(status(sim.result(c, 5)), Some(TaskStatus::Ok));
+    assert_eq!(sim.clients[c].results[0].1, Bytes::from_static(b"hello"));
+}
+
+#[test]
+fn a_task_waits_for_capacity_then_is_placed() {
+    let mut sim = Sim::new(|_| {});
+    let w = sim.worker("w-1", &["sleep"], 1);
+    let c = sim.client("cli");
+    sim.submit(c, &task(1, "sleep"), b"");
+    sim.submit(c, &task(2, "sleep"), b"");
+    assert_eq!(sim.workers[w].runs.len(), 1, "one slot: the second waits");
+    assert_eq!(sim.dist.tasks_in_flight(), (1, 1));
+    assert_eq!(sim.result(c, 2), None, "waiting is not a verdict");
+    let first = sim.workers[w].runs[0].0;
+    sim.finish(w, first, ok(b"1"));
+    assert_eq!(
+        sim.workers[w].runs.len(),
+        2,
+        "the freed slot takes the waiting task"
+    );
+    let second = sim.workers[w].runs[1].0;
+    sim.finish(w, second, ok(b"2"));
+    assert_eq!(status(sim.result(c, 2)), Some(TaskStatus::Ok));
+}
+
+#[test]
+fn a_waiting_task_fails_after_the_queue_timeout_with_the_reason() {
+    let mut sim = Sim::new(|cfg| cfg.queue_timeout = Duration::from_secs(2));
+    sim.worker("w-1", &["sleep"], 1);
+    let c = sim.client("cli");
+    sim.submit(c, &task(1, "sleep"), b"");
+    sim.submit(c, &task(2, "sleep"), b"");
+    sim.advance(Duration::from_millis(1900));
+    assert_eq!(sim.result(c, 2), None);
+    sim.advance(Duration::from_millis(400));
+    let r = sim.result(c, 2).expect("failed visibly");
+    assert_eq!(r.status, TaskStatus::NoMatch);
+    assert!(
+        r.message.contains("waited 2 s for capacity"),
+        "{}",
+        r.message
+    );
+}
+
+#[test]
+fn cancel_of_a_waiting_task() {
+    let mut sim = Sim::new(|_| {});
+    let w = sim.worker("w-1", &["sleep"], 1);
+    let c = sim.client("cli");
+    sim.submit(c, &task(1, "sleep"), b"");
+    sim.submit(c, &task(2, "sleep"), b"");
+    sim.cancel(c, 2);
+    assert_eq!(status(sim.result(c, 2)), Some(TaskStatus::Cancelled));
+    assert_eq!(sim.dist.tasks_in_flight(), (1, 0));
+    // It is gone: the slot freed later is not given to it.
+    let first = sim.workers[w].runs[0].0;
+    sim.finish(w, first, ok(b""));
+    assert_eq!(sim.workers[w].runs.len(), 1);
+    assert_eq!(sim.results_for(c, 2), 1);
+}
+
+#[test]
+fn cancel_of_a_running_task_stops_it_on_the_worker() {
+    let mut sim = Sim::new(|_| {});
+    let w = sim.worker("w-1", &["sleep"], 1);
+    let c = sim.client("cli");
+    sim.submit(c, &task(1, "sleep"), b"");
+    let t = sim.workers[w].runs[0].0;
+    sim.cancel(c, 1);
+    assert_eq!(status(sim.result(c, 1)), Some(TaskStatus::Cancelled));
+    assert_eq!(
+        sim.workers[w].aborted,
+        vec![t],
+        "the worker was told to stop it"
+    );
+    assert_eq!(sim.workers[w].core.free().0, 1, "its slot is free again");
+    // The next task gets the slot at once.
+    sim.submit(c, &task(2, "sleep"), b"");
+    assert_eq!(sim.workers[w].runs.len(), 2);
+}
+
+#[test]
+fn cancel_from_another_link_does_not_touch_the_task() {
+    let mut sim = Sim::new(|_| {});
+    let w = sim.worker("w-1", &["sleep"], 1);
+    let a = sim.client("alice");
+    let b = sim.client("bob");
+    sim.submit(a, &task(1, "sleep"), b"");
+    sim.cancel(b, 1);
+    assert!(sim.workers[w].aborted.is_empty());
+    assert_eq!(sim.result(a, 1), None);
+}
+
+#[test]
+fn a_refused_placement_goes_to_the_next_worker() {
+    let mut sim = Sim::new(|_| {});
+    let a = sim.worker("w-a", &["sleep"], 1);
+    let b = sim.worker("w-b", &["sleep"], 1);
+    let c = sim.client("cli");
+    // Both workers are idle and equal: the task goes to one of them. That
+    // one starts draining before the placement reaches it (a stale view).
+    let chosen = {
+        let link = sim.clients[c].link;
+        sim.dist
+            .handle_frame(sim.now, link, harness::frame(&task(1, "sleep"), b""));
+        // Nothing is delivered yet; the worker drains first.
+        let t = sim.dist.poll_transmit().expect("an assign");
+        let chosen = if t.link == sim.workers[a].at_dist {
+            a
+        } else {
+            b
+        };
+        let now = sim.now;
+        sim.workers[chosen].core.drain(now);
+        // Deliver the assign now, after the drain.
+        let at_worker = sim.workers[chosen].at_worker;
+        let mut dec = allot_wire::FrameDecoder::new(allot_wire::DEFAULT_MAX_FRAME);
+        for ch in &t.chunks {
+            dec.feed(ch);
+        }
+        while let Some(f) = dec.next_frame().expect("frame") {
+            sim.workers[chosen].core.handle_frame(now, at_worker, f);
+        }
+        sim.dist.handle_written(t.link, t.len);
+        sim.settle();
+        chosen
+    };
+    let other = if chosen == a { b } else { a };
+    assert!(
+        sim.workers[chosen].runs.is_empty(),
+        "a draining worker takes nothing"
+    );
+    assert_eq!(
+        sim.workers[other].runs.len(),
+        1,
+        "re-placed on the other worker"
+    );
+    assert_eq!(sim.dist.stats().refused, 1);
+    let t = sim.workers[other].runs[0].0;
+    sim.finish(other, t, ok(b"x"));
+    let r = sim.result(c, 1).expect("result");
+    assert_eq!(r.status, TaskStatus::Ok);
+    assert_eq!(
+        r.attempts, 2,
+        "the refusal counted as an attempt on a worker that never will"
+    );
+    // The draining worker is out of the table's choices from now on.
+    let id = sim
+        .dist
+        .table()
+        .lookup(if chosen == a { "w-a" } else { "w-b" })
+        .expect("row");
+    assert_eq!(sim.dist.table().state(id), Some(ServerState::Draining));
+}
+
+#[test]
+fn a_deadline_that_passes_while_running_stops_the_task() {
+    let mut sim = Sim::new(|_| {});
+    let w = sim.worker("w-1", &["sleep"], 1);
+    let c = sim.client("cli");
+    let mut s = task(1, "sleep");
+    s.deadline_ms = 300;
+    sim.submit(c, &s, b"");
+    sim.advance(Duration::from_millis(250));
+    assert_eq!(sim.result(c, 1), None);
+    sim.advance(Duration::from_millis(200));
+    let r = sim.result(c, 1).expect("timed out visibly");
+    assert_eq!(r.status, TaskStatus::Timeout);
+    assert!(
+        r.message.contains("deadline of 300 ms passed"),
+        "{}",
+        r.message
+    );
+    assert_eq!(
+        sim.workers[w].aborted.len(),
+        1,
+        "the worker was told to stop"
+    );
+    assert_eq!(sim.results_for(c, 1), 1);
+}
+
+#[test]
+fn a_deadline_that_passes_while_waiting_fails_the_task() {
+    let mut sim = Sim::new(|_| {});
+    sim.worker("w-1", &["sleep"], 1);
+    let c = sim.client("cli");
+    sim.submit(c, &task(1, "sleep"), b"");
+    let mut s = task(2, "sleep");
+    s.deadline_ms = 100;
+    sim.submit(c, &s, b"");
+    sim.advance(Duration::from_millis(200));
+    let r = sim.result(c, 2).expect("timed out");
+    assert_eq!(r.status, TaskStatus::Timeout);
+    assert!(
+        r.message.contains("while waiting for capacity"),
+        "{}",
+        r.message
+    );
+}
+
+#[test]
+fn a_resubmission_under_the_same_key_joins_the_running_task() {
+    let mut sim = Sim::new(|_| {});
+    let w = sim.worker("w-1", &["sleep"], 4);
+    let first = sim.client("cli");
+    sim.submit(first, &task(1, "sleep"), b"");
+    // The client fails over to a new link while the first is still open
+    // and resubmits under the same key (with a new task id on that link).
+    let second = sim.client("cli");
+    let mut again = task(77, "sleep");
+    again.idempotency_key = 1;
+    sim.submit(second, &again, b"");
+    assert_eq!(sim.workers[w].runs.len(), 1, "not run twice");
+    let t = sim.workers[w].runs[0].0;
+    sim.finish(w, t, ok(b"once"));
+    assert_eq!(status(sim.result(second, 77)), Some(TaskStatus::Ok));
+    assert_eq!(
+        sim.result(first, 1),
+        None,
+        "the result goes to the new link"
+    );
+}
+
+#[test]
+fn the_same_key_from_a_client_that_did_not_fail_over_is_a_new_task() {
+    // The resubmission index is armed only by a second link of the same
+    // client: one link reusing a key after its task ended runs it again.
+    let mut sim = Sim::new(|_| {});
+    let w = sim.worker("w-1", &["sleep"], 4);
+    let c = sim.client("cli");
+    sim.submit(c, &task(1, "sleep"), b"");
+    let t = sim.workers[w].runs[0].0;
+    sim.finish(w, t, ok(b""));
+    sim.submit(c, &task(1, "sleep"), b"");
+    assert_eq!(sim.workers[w].runs.len(), 2);
+}
+
+#[test]
+fn a_worker_lost_mid_task_has_its_task_run_elsewhere() {
+    let mut sim = Sim::new(|_| {});
+    let a = sim.worker("w-a", &["sleep"], 1);
+    let b = sim.worker("w-b", &["sleep"], 1);
+    let c = sim.client("cli");
+    sim.submit(c, &task(1, "sleep"), b"");
+    let (on, other) = if sim.workers[a].runs.is_empty() {
+        (b, a)
+    } else {
+        (a, b)
+    };
+    sim.disconnect(on);
+    assert_eq!(
+        sim.workers[other].runs.len(),
+        1,
+        "retried on the other worker"
+    );
+    assert_eq!(
+        sim.workers[on].aborted.len(),
+        1,
+        "the lost link's task is stopped"
+    );
+    assert_eq!(sim.dist.stats().retried, 1);
+    let t = sim.workers[other].runs[0].0;
+    sim.finish(other, t, ok(b"x"));
+    let r = sim.result(c, 1).expect("result");
+    assert_eq!(r.status, TaskStatus::Ok);
+    assert_eq!(r.attempts, 2);
+}
+
+#[test]
+fn a_worker_lost_with_no_other_fails_after_max_attempts_visibly() {
+    let mut sim = Sim::new(|cfg| cfg.max_attempts = 1);
+    let a = sim.worker("w-a", &["sleep"], 1);
+    let c = sim.client("cli");
+    sim.submit(c, &task(1, "sleep"), b"");
+    sim.disconnect(a);
+    let r = sim.result(c, 1).expect("an error, not silence");
+    assert_eq!(r.status, TaskStatus::Error);
+    assert!(
+        r.message.contains("gave up after 1 attempts"),
+        "{}",
+        r.message
+    );
+}
+
+#[test]
+fn a_silent_worker_is_marked_down_and_up_again_when_it_reports() {
+    let mut sim = Sim::new(|cfg| {
+        cfg.heartbeat = Duration::from_millis(100);
+        cfg.missed_heartbeats = 3;
+    });
+    let w = sim.worker("w-1", &["echo"], 1);
+    let id = sim.dist.table().lookup("w-1").expect("row");
+    // Heartbeats keep it up.
+    sim.advance(Duration::from_millis(1000));
+    assert_eq!(sim.dist.table().state(id), Some(ServerState::Up));
+    // Silent past three periods: down.
+    // (Its last heartbeat was at most one 100 ms period ago.)
+    sim.advance_silent(Duration::from_millis(150), w);
+    assert_eq!(
+        sim.dist.table().state(id),
+        Some(ServerState::Up),
+        "not before the limit"
+    );
+    sim.advance_silent(Duration::from_millis(250), w);
+    assert_eq!(sim.dist.table().state(id), Some(ServerState::Down));
+    // Nothing is placed on it while down.
+    let c = sim.client("cli");
+    sim.submit(c, &task(1, "echo"), b"");
+    assert_eq!(
+        sim.result(c, 1),
+        None,
+        "waits: the only worker is down for now"
+    );
+    // Its next heartbeat brings it back, and the waiting task runs.
+    sim.advance(Duration::from_millis(300));
+    assert_eq!(sim.dist.table().state(id), Some(ServerState::Up));
+    assert_eq!(status(sim.result(c, 1)), Some(TaskStatus::Ok));
+}
+
+#[test]
+fn a_client_that_does_not_read_is_disconnected_and_its_tasks_cancelled() {
+    let mut sim = Sim::new(|_| {});
+    let w = sim.worker("w-1", &["echo", "sleep"], 4);
+    let c = sim.client("cli");
+    sim.clients[c].stuck = true;
+    // A task that runs long, then results of 1 MiB echoes the client
+    // never reads, until its link passes its bound.
+    sim.submit(c, &task(1000, "sleep"), b"");
+    let payload = vec![7u8; 1 << 20];
+    for i in 0..40 {
+        sim.submit(c, &task(i, "echo"), &payload);
+        if sim.clients[c].closed.is_some() {
+            break;
+        }
+    }
+    let (code, message) = sim.clients[c]
+        .closed
+        .clone()
+        .expect("disconnected with an error");
+    assert_eq!(code, ErrorCode::Overloaded);
+    assert!(message.contains("not reading"), "{message}");
+    assert_eq!(sim.dist.stats().clients_disconnected, 1);
+    assert_eq!(
+        sim.workers[w].aborted.len(),
+        1,
+        "its running task is cancelled"
+    );
+    assert_eq!(sim.dist.tasks_in_flight(), (0, 0));
+}
+
+#[test]
+fn a_draining_worker_reports_at_once_and_is_not_chosen() {
+    let mut sim = Sim::new(|_| {});
+    let a = sim.worker("w-a", &["echo"], 1);
+    let b = sim.worker("w-b", &["echo"], 1);
+    let now = sim.now;
+    sim.workers[a].core.drain(now);
+    sim.settle();
+    let id = sim.dist.table().lookup("w-a").expect("row");
+    assert_eq!(sim.dist.table().state(id), Some(ServerState::Draining));
+    let c = sim.client("cli");
+    for i in 0..5 {
+        sim.submit(c, &task(i, "echo"), b"");
+        assert_eq!(sim.result(c, i).expect("result").worker, "w-b");
+    }
+    assert_eq!(sim.workers[b].core.done(), 5);
+    assert_eq!(sim.workers[a].core.done(), 0);
+}
+
+#[test]
+fn task_events_are_coalesced_into_one_report_per_window() {
+    let mut sim = Sim::new(|_| {});
+    let w = sim.worker("w-1", &["sleep"], 8);
+    let c = sim.client("cli");
+    for i in 0..8 {
+        sim.submit(c, &task(i, "sleep"), b"");
+    }
+    assert_eq!(
+        sim.workers[w].deltas, 0,
+        "no report yet: the window is open"
+    );
+    sim.advance(Duration::from_millis(10));
+    assert_eq!(sim.workers[w].deltas, 1, "eight starts, one report");
+    assert_eq!(sim.workers[w].running.len(), 8);
+    for i in 0..4 {
+        let t = sim.workers[w].running[0].task;
+        sim.finish(w, t, ok(b""));
+        assert_eq!(status(sim.result(c, i)), Some(TaskStatus::Ok));
+    }
+    sim.advance(Duration::from_millis(10));
+    assert_eq!(sim.workers[w].deltas, 2, "four ends, one report");
+}
+
+#[test]
+fn a_bad_frame_closes_only_its_link() {
+    let mut sim = Sim::new(|_| {});
+    sim.worker("w-1", &["echo"], 1);
+    let bad = sim.client("mallory");
+    let good = sim.client("alice");
+    // A client may not send a worker's messages.
+    let link = sim.clients[bad].link;
+    let hb = allot_wire::Heartbeat {
+        worker_id: 1,
+        seq: 1,
+    };
+    sim.dist
+        .handle_frame(sim.now, link, harness::frame(&hb, b""));
+    sim.settle();
+    let (code, msg) = sim.clients[bad].closed.clone().expect("closed");
+    assert_eq!(code, ErrorCode::Forbidden);
+    assert!(msg.contains("a client may not send"), "{msg}");
+    sim.submit(good, &task(1, "echo"), b"hi");
+    assert_eq!(status(sim.result(good, 1)), Some(TaskStatus::Ok));
+}
