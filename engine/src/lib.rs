@@ -67,7 +67,7 @@ pub use cache::{QueryCache, DEFAULT_QUERY_CACHE};
 pub use error::EngineError;
 pub use explain::{ClauseStat, Explain, NearMiss};
 pub use expr::{ExprError, Which, DEFAULT_PREFER};
-pub use inflight::InFlight;
+pub use inflight::UserInFlight;
 pub use matcher::{Demand, MatchMode, NoMatch, Query, Reservation, MAX_ATTEMPTS};
 pub use schema::{
     Change, Column, DeltaOutcome, Env, LabelValue, ServerId, ServerRecord, ServerState, TaskAttrs,

@@ -34,7 +34,7 @@ use crate::arena::{Arena, Pool, Pools};
 use crate::block::{label, Block, Cols, Dynamic, Fixed, LabelCells};
 use crate::error::{truncated, EngineError};
 use crate::expr::compile::label_value;
-use crate::inflight::InFlight;
+use crate::inflight::UserInFlight;
 use crate::intern::Interner;
 use crate::lazy::LazyBlocks;
 use crate::names::Names;
@@ -291,7 +291,7 @@ pub struct ServerTable {
     capacity: usize,
     names: Mutex<Names>,
     pub(crate) strings: Mutex<Strings>,
-    pub(crate) inflight: InFlight,
+    pub(crate) inflight: UserInFlight,
     live: AtomicUsize,
     seed: u64,
     /// Blocks, column groups and label cells (huge-page backed).
@@ -372,7 +372,7 @@ impl ServerTable {
                     "use fewer distinct label values",
                 ),
             }),
-            inflight: InFlight::new(),
+            inflight: UserInFlight::new(),
             live: AtomicUsize::new(0),
             seed: RandomState::new().hash_one(0x5eed_u64),
         })
@@ -404,7 +404,7 @@ impl ServerTable {
     }
 
     /// The in-flight tracker (per-user task counts for quotas).
-    pub fn in_flight(&self) -> &InFlight {
+    pub fn in_flight(&self) -> &UserInFlight {
         &self.inflight
     }
 
