@@ -65,6 +65,8 @@ mod db;
 mod error;
 mod explain;
 pub mod expr;
+#[doc(hidden)]
+pub mod fixture;
 mod matcher;
 mod query;
 pub mod reference;
