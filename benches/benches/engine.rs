@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use allot_engine::fixture::{self as fx, Records, Rng, PREFER, PREFER_GENERAL, REQUIRE};
 use allot_engine::reference::NaiveTable;
 use allot_engine::*;
 use criterion::measurement::WallTime;
@@ -54,50 +55,6 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static A: Counting = Counting;
 
-const REGIONS: [&str; 4] = ["eu", "us", "asia", "sa"];
-/// Three clauses plus the implicit ones (up, app, free slots).
-const REQUIRE: &str =
-    "server.region == client.region && server.load < 0.8 && server.mem_free >= 8GiB";
-const PREFER: &str = "server.idle_power - 2 * server.load";
-/// `PREFER` with the same value for every server, in a shape that is not a
-/// sum of weighted columns (`x + 0` is `x`): a general expression, bounded
-/// per block by interval arithmetic and scored by the register program.
-const PREFER_GENERAL: &str = "server.idle_power - (2 * server.load + 0)";
-
-fn rng(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
-fn record(i: usize, r: &mut u64) -> ServerRecord {
-    let mut apps = Vec::new();
-    if rng(r) % 2 == 0 {
-        apps.push("echo".to_string());
-    }
-    if rng(r) % 4 == 0 {
-        apps.push("sum".to_string());
-    }
-    let mem = (16 + rng(r) % 240) << 30;
-    ServerRecord {
-        name: format!("w{i:07}"),
-        slots: 8,
-        slots_free: 8,
-        cores: 16,
-        power: (rng(r) % 1000) as f64 / 10.0,
-        idle_power: (rng(r) % 1000) as f64 / 10.0,
-        mem,
-        mem_free: mem / 2 + (rng(r) % (mem / 2)),
-        load: (rng(r) % 100) as f64 / 100.0,
-        apps,
-        labels: vec![(
-            "region".to_string(),
-            LabelValue::Str(REGIONS[(rng(r) % 4) as usize].to_string()),
-        )],
-    }
-}
-
 struct Fixture {
     table: Arc<ServerTable>,
     naive: NaiveTable,
@@ -109,15 +66,15 @@ struct Fixture {
 
 fn fixture(n: usize, with_naive: bool) -> Fixture {
     let before = LIVE.load(Ordering::Relaxed);
-    let table = ServerTable::new(TableConfig {
-        shards: 4,
-        capacity: n,
-    })
-    .expect("table");
-    let mut r = 0x9E37_79B9_7F4A_7C15u64;
+    let table = fx::table(n).expect("table");
+    let mut r = Rng::new();
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
-        ids.push(table.insert(record(i, &mut r)).expect("insert"));
+        ids.push(
+            table
+                .insert(Records::BENCH.record(i, &mut r))
+                .expect("insert"),
+        );
     }
     let after = LIVE.load(Ordering::Relaxed);
     let ids_bytes = (ids.capacity() * std::mem::size_of::<ServerId>()) as isize;
@@ -125,16 +82,12 @@ fn fixture(n: usize, with_naive: bool) -> Fixture {
     // The same records again (same seed) for the reference.
     let mut naive = NaiveTable::new();
     if with_naive {
-        let mut r = 0x9E37_79B9_7F4A_7C15u64;
+        let mut r = Rng::new();
         for (i, id) in ids.iter().enumerate() {
-            naive.insert(*id, &record(i, &mut r));
+            naive.insert(*id, &Records::BENCH.record(i, &mut r));
         }
     }
-    let mut env = Env::default();
-    env.task.app = "echo".into();
-    env.task.slots = 1;
-    env.client
-        .push(("region".into(), LabelValue::Str("eu".into())));
+    let env = fx::env();
     let query = Arc::new(table.compile(REQUIRE, PREFER, &env).expect("compile"));
     Fixture {
         table: Arc::new(table),
@@ -282,9 +235,9 @@ fn bench_sorted(c: &mut Criterion, f: &Fixture) {
         .without_pruning();
     bench_exact(&mut g, "engine_unpruned", &f.table, &q_unpruned);
     g.finish();
-    let mut r = 0x9E37_79B9_7F4A_7C15u64;
+    let mut r = Rng::new();
     for (i, id) in f.ids.iter().enumerate() {
-        let rec = record(i, &mut r);
+        let rec = Records::BENCH.record(i, &mut r);
         f.table
             .apply_delta(*id, seq + 1, &[Change::IdlePower(rec.idle_power)])
             .expect("delta");
@@ -392,15 +345,11 @@ fn bench_scaling(c: &mut Criterion, f: &Fixture) {
 /// whole blocks. Same query as above.
 fn bench_pooled(c: &mut Criterion) {
     let n = 1_000_000;
-    let table = ServerTable::new(TableConfig {
-        shards: 4,
-        capacity: n,
-    })
-    .expect("table");
-    let mut r = 0x1234_5678_9ABC_DEF1u64;
-    let mut pool = record(0, &mut r);
+    let table = fx::table(n).expect("table");
+    let mut r = Rng(0x1234_5678_9ABC_DEF1);
+    let mut pool = Records::BENCH.record(0, &mut r);
     for i in 0..n {
-        let mut rec = record(i, &mut r);
+        let mut rec = Records::BENCH.record(i, &mut r);
         if i % 256 == 0 {
             pool = rec.clone();
         }
@@ -408,11 +357,7 @@ fn bench_pooled(c: &mut Criterion) {
         rec.labels = pool.labels.clone();
         table.insert(rec).expect("insert");
     }
-    let mut env = Env::default();
-    env.task.app = "echo".into();
-    env.task.slots = 1;
-    env.client
-        .push(("region".into(), LabelValue::Str("eu".into())));
+    let env = fx::env();
     let q = table.compile(REQUIRE, PREFER, &env).expect("compile");
     let mut g = c.benchmark_group("exact_scan_rows_1m_pooled");
     g.throughput(Throughput::Elements(n as u64));

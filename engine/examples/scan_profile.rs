@@ -8,6 +8,7 @@
 //! 10,000 servers; `valgrind --tool=cachegrind --cache-sim=yes` at 1,000,000
 //! counts the lines a match reads). Run it
 //! with `0 0 0` to measure the setup alone and subtract.
+use allot_engine::fixture::{self as fx, Records, Rng};
 use allot_engine::*;
 
 fn main() {
@@ -15,54 +16,14 @@ fn main() {
         .nth(4)
         .and_then(|a| a.parse().ok())
         .unwrap_or(10_000);
-    let t = ServerTable::new(TableConfig {
-        shards: 4,
-        capacity: n,
-    })
-    .expect("table");
-    let mut r = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = || {
-        r ^= r << 13;
-        r ^= r >> 7;
-        r ^= r << 17;
-        r
-    };
+    let t = fx::table(n).expect("table");
+    let mut r = Rng::new();
     for i in 0..n {
-        let mem = (16 + next() % 240) << 30;
-        let mut apps = Vec::new();
-        if next() % 2 == 0 {
-            apps.push("echo".to_string());
-        }
-        t.insert(ServerRecord {
-            name: format!("w{i}"),
-            slots: 8,
-            slots_free: 8,
-            cores: 16,
-            power: (next() % 1000) as f64 / 10.0,
-            idle_power: (next() % 1000) as f64 / 10.0,
-            mem,
-            mem_free: mem / 2 + next() % (mem / 2),
-            load: (next() % 100) as f64 / 100.0,
-            apps,
-            labels: vec![(
-                "region".into(),
-                LabelValue::Str(["eu", "us", "asia", "sa"][(next() % 4) as usize].into()),
-            )],
-        })
-        .expect("insert");
+        t.insert(Records::PROFILE.record(i, &mut r))
+            .expect("insert");
     }
-    let mut env = Env::default();
-    env.task.app = "echo".into();
-    env.task.slots = 1;
-    env.client
-        .push(("region".into(), LabelValue::Str("eu".into())));
-    let q = t
-        .compile(
-            "server.region == client.region && server.load < 0.8 && server.mem_free >= 8GiB",
-            "server.idle_power - 2 * server.load",
-            &env,
-        )
-        .expect("compile");
+    let env = fx::env();
+    let q = t.compile(fx::REQUIRE, fx::PREFER, &env).expect("compile");
     let mut args = std::env::args()
         .skip(1)
         .map(|a| a.parse::<usize>().unwrap_or(0));
@@ -70,11 +31,7 @@ fn main() {
     let sampled = args.next().unwrap_or(2000);
     let unpruned = args.next().unwrap_or(0);
     let q_unpruned = t
-        .compile(
-            "server.region == client.region && server.load < 0.8 && server.mem_free >= 8GiB",
-            "server.idle_power - (2 * server.load + 0)",
-            &env,
-        )
+        .compile(fx::REQUIRE, fx::PREFER_GENERAL, &env)
         .expect("compile")
         .without_pruning();
     let mut sum = 0.0;

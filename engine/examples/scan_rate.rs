@@ -14,6 +14,7 @@
 //! servers with no free slot (a busy cluster).
 use std::time::Instant;
 
+use allot_engine::fixture::{self as fx, Records, Rng};
 use allot_engine::*;
 
 /// CPU seconds this process has used (user + system), from `/proc`: on a
@@ -34,62 +35,25 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(1_000_000);
-    let t = ServerTable::new(TableConfig {
-        shards: 4,
-        capacity: n,
-    })
-    .expect("table");
-    let mut r = 0x9E37_79B9_7F4A_7C15u64;
-    let mut rng = || {
-        r ^= r << 13;
-        r ^= r >> 7;
-        r ^= r << 17;
-        r
-    };
+    let t = fx::table(n).expect("table");
+    let mut r = Rng::new();
     let full: f64 = std::env::var("FULL")
         .ok()
         .and_then(|f| f.parse().ok())
         .unwrap_or(0.0);
     for i in 0..n {
-        let busy = full > 0.0 && (rng() % 1000) as f64 / 1000.0 < full;
-        let mut apps = Vec::new();
-        if rng() % 2 == 0 {
-            apps.push("echo".to_string());
+        let busy = full > 0.0 && (r.next() % 1000) as f64 / 1000.0 < full;
+        let mut rec = Records::BENCH.record(i, &mut r);
+        if busy {
+            rec.slots_free = 0;
         }
-        if rng() % 4 == 0 {
-            apps.push("sum".to_string());
-        }
-        let mem = (16 + rng() % 240) << 30;
-        t.insert(ServerRecord {
-            name: format!("w{i:07}"),
-            slots: 8,
-            slots_free: if busy { 0 } else { 8 },
-            cores: 16,
-            power: (rng() % 1000) as f64 / 10.0,
-            idle_power: (rng() % 1000) as f64 / 10.0,
-            mem,
-            mem_free: mem / 2 + (rng() % (mem / 2)),
-            load: (rng() % 100) as f64 / 100.0,
-            apps,
-            labels: vec![(
-                "region".to_string(),
-                LabelValue::Str(["eu", "us", "asia", "sa"][(rng() % 4) as usize].to_string()),
-            )],
-        })
-        .expect("insert");
+        t.insert(rec).expect("insert");
     }
-    let mut env = Env::default();
-    env.task.app = "echo".into();
-    env.task.slots = 1;
-    env.client
-        .push(("region".into(), LabelValue::Str("eu".into())));
+    let env = fx::env();
     let q = t
         .compile(
-            &std::env::var("REQ").unwrap_or(
-                "server.region == client.region && server.load < 0.8 && server.mem_free >= 8GiB"
-                    .into(),
-            ),
-            &std::env::var("PREFER").unwrap_or("server.idle_power - 2 * server.load".into()),
+            &std::env::var("REQ").unwrap_or(fx::REQUIRE.into()),
+            &std::env::var("PREFER").unwrap_or(fx::PREFER.into()),
             &env,
         )
         .expect("compile");
@@ -103,7 +67,7 @@ fn main() {
         .collect();
     if std::env::args().nth(4).as_deref() == Some("shuffled") {
         for i in (1..ids.len()).rev() {
-            let j = (rng() % (i as u64 + 1)) as usize;
+            let j = (r.next() % (i as u64 + 1)) as usize;
             ids.swap(i, j);
         }
     }

@@ -8,8 +8,8 @@
 use std::fmt;
 use std::sync::atomic::Ordering::Acquire;
 
-use crate::eval::View;
-use crate::matcher::Query;
+use crate::query::Query;
+use crate::scan::eval::View;
 use crate::schema::{ServerId, BLOCK_ROWS, MAX_NEAREST};
 use crate::table::ServerTable;
 

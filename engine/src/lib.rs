@@ -12,6 +12,29 @@
 //! No tokio, no sockets: everything here is tested, benchmarked and fuzzed
 //! without a network.
 //!
+//! # Layers
+//!
+//! From the bottom up; a layer imports only from the layers below it.
+//!
+//! * `schema` and `error`: the records, columns, limits and errors that
+//!   everything shares.
+//! * `table`: storage. The [`ServerTable`]'s shards of 64-row blocks, read
+//!   without locks under an epoch and written copy-on-write, with the
+//!   arena, interners and per-user in-flight counters they are built from.
+//! * [`expr`]: the expression language, from text to the lowered form: a
+//!   predicate per `require` clause and a number for `prefer`, over server
+//!   columns only.
+//! * `scan`: kernels over one block: predicates into row masks (SIMD where
+//!   the storage allows), scores of the passing rows, bounds on a block's
+//!   scores.
+//! * `query`: the compiled [`Query`] and what the scan runs of it (its plan
+//!   and its footprint for prefetching), and the [`QueryCache`].
+//! * `matcher` and `explain`: running a query over the table (exact or
+//!   sampled) and reserving the chosen server, or saying why none fits.
+//!
+//! `db` (the [`Store`]) stands beside them, on `schema` alone, and
+//! [`reference`] is the naive matcher the tests and fuzzers compare with.
+//!
 //! ```
 //! use allot_engine::*;
 //! let table = ServerTable::new(TableConfig::default()).unwrap();
@@ -31,47 +54,36 @@
 //! table.release(&r);
 //! ```
 
-// `unsafe` is confined to `rcu` (epoch reclamation and recycling), `simd`
-// and `minmax` (SSE2 kernels) and `prefetch`, each with a SAFETY comment per block and tests run under
-// Miri.
+// `unsafe` is confined to `table::arena` (the huge-page allocator),
+// `table::rcu` (epoch reclamation and recycling), `scan::simd` and
+// `table::minmax` (SSE2 kernels) and `scan::prefetch`, each with a SAFETY
+// comment per block and tests run under Miri.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-mod arena;
-mod batch;
-mod block;
-mod bound;
-mod cache;
+mod db;
 mod error;
-mod eval;
 mod explain;
 pub mod expr;
-mod inflight;
-mod intern;
-mod lazy;
-mod lookahead;
+#[doc(hidden)]
+pub mod fixture;
 mod matcher;
-mod minmax;
-mod names;
-mod plan;
-mod prefetch;
-mod rcu;
+mod query;
 pub mod reference;
+mod scan;
 pub mod schema;
-mod score;
-mod simd;
-mod store;
 mod table;
 
-pub use cache::{QueryCache, DEFAULT_QUERY_CACHE};
+pub use db::{Store, StoreError, TaskClass, TaskClassDb, UserDb, STORE_FILE, STORE_VERSION};
 pub use error::EngineError;
 pub use explain::{ClauseStat, Explain, NearMiss};
 pub use expr::{ExprError, Which, DEFAULT_PREFER};
-pub use inflight::InFlight;
-pub use matcher::{Demand, MatchMode, NoMatch, Query, Reservation, MAX_ATTEMPTS};
+pub use matcher::{MatchMode, NoMatch, Reservation, MAX_ATTEMPTS};
+pub use query::cache::{QueryCache, DEFAULT_QUERY_CACHE};
+pub use query::{Demand, Query};
 pub use schema::{
     Change, Column, DeltaOutcome, Env, LabelValue, ServerId, ServerRecord, ServerState, TaskAttrs,
     UserRecord,
 };
-pub use store::{Store, StoreError, TaskClass, TaskClassDb, UserDb, STORE_FILE, STORE_VERSION};
+pub use table::user_inflight::UserInFlight;
 pub use table::{ServerSnapshot, ServerTable, TableConfig};

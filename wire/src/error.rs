@@ -1,6 +1,6 @@
 //! Typed errors for decoding and encoding frames.
 
-use crate::kind::MessageKind;
+use crate::header::MessageKind;
 use crate::message::ErrorCode;
 
 /// Why bytes from a peer were not accepted. A stream that produces one of

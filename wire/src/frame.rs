@@ -1,23 +1,6 @@
 //! Sans-IO framing: bytes in, frames out; messages in, bytes out.
 //!
-//! # Layout
-//!
-//! ```text
-//! offset  size  field
-//!  0      2     magic "aL" (0x61 0x4c)
-//!  2      1     message kind (MessageKind)
-//!  3      1     flags, must be 0
-//!  4      4     body length (u32 LE): the rkyv archive, unpadded
-//!  8      4     payload length (u32 LE): opaque bytes after the archive
-//! 12      4     reserved, must be 0
-//! 16      ..    body, zero-padded to a multiple of 8
-//!  ..     ..    payload, zero-padded to a multiple of 8
-//! ```
-//!
-//! Every frame is a multiple of 8 bytes long, so when the receive buffer
-//! starts 8-aligned, every body in it is too and is read in place without a
-//! copy. The payload is handed out as a [`Bytes`] slice of the receive
-//! buffer: a distributor forwards a task's input to a worker by reference.
+//! The header's layout is in [`crate::header`].
 //!
 //! # Bounds
 //!
@@ -32,16 +15,12 @@ use bytes::{Buf, Bytes, BytesMut};
 use rkyv::ser::allocator::Arena;
 
 use crate::error::{EncodeError, FrameError};
-use crate::kind::{MessageKind, WireMessage};
+use crate::header::MessageKind;
+pub use crate::header::{pad8, Header, BODY_ALIGN, HEADER_LEN, MAGIC};
+use crate::kind::WireMessage;
 
-/// Bytes of header before each body.
-pub const HEADER_LEN: usize = 16;
-/// The alignment every body starts at.
-pub const BODY_ALIGN: usize = 8;
 /// The default limit on one frame, header and payload included.
 pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
-/// The two magic bytes, as a little-endian `u16`.
-pub const MAGIC: u16 = u16::from_le_bytes(*b"aL");
 
 /// How much buffer the decoder first asks the transport to fill when it
 /// does not yet know the next frame's size. It doubles, up to
@@ -53,37 +32,13 @@ const MAX_READ_CHUNK: usize = 64 * 1024;
 
 static ZEROS: [u8; BODY_ALIGN] = [0; BODY_ALIGN];
 
-/// Rounds `n` up to a multiple of [`BODY_ALIGN`].
-#[inline]
-pub const fn pad8(n: usize) -> usize {
-    (n + (BODY_ALIGN - 1)) & !(BODY_ALIGN - 1)
-}
-
 /// The zero bytes that follow a payload of `len` bytes.
 #[inline]
 pub fn payload_padding(len: usize) -> &'static [u8] {
     &ZEROS[..pad8(len) - len]
 }
 
-/// A parsed frame header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
-    /// The message kind.
-    pub kind: MessageKind,
-    /// Archive length, unpadded.
-    pub body_len: u32,
-    /// Payload length, unpadded.
-    pub payload_len: u32,
-}
-
 impl Header {
-    /// Total bytes of the frame, padding included.
-    pub fn frame_len(&self) -> u64 {
-        HEADER_LEN as u64
-            + pad8(self.body_len as usize) as u64
-            + pad8(self.payload_len as usize) as u64
-    }
-
     /// Parses and checks the first [`HEADER_LEN`] bytes of `b`.
     pub fn parse(b: &[u8; HEADER_LEN]) -> Result<Header, FrameError> {
         let magic = u16::from_le_bytes([b[0], b[1]]);
@@ -104,15 +59,6 @@ impl Header {
             body_len: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
             payload_len: u32::from_le_bytes([b[8], b[9], b[10], b[11]]),
         })
-    }
-
-    fn write(&self, out: &mut [u8]) {
-        out[0..2].copy_from_slice(&MAGIC.to_le_bytes());
-        out[2] = self.kind as u8;
-        out[3] = 0;
-        out[4..8].copy_from_slice(&self.body_len.to_le_bytes());
-        out[8..12].copy_from_slice(&self.payload_len.to_le_bytes());
-        out[12..16].copy_from_slice(&[0; 4]);
     }
 }
 

@@ -2,7 +2,7 @@
 //! the committed corpora through exactly the same functions on stable.
 
 use crate::frame::FrameDecoder;
-use crate::kind::MessageKind;
+use crate::header::MessageKind;
 
 /// The frame limit the fuzzers use: small, so that "never allocates more
 /// than the limit" is checked with lengths libFuzzer can reach.

@@ -60,7 +60,7 @@ impl Handshake {
         let result = match self.state {
             HandshakeState::AwaitingHello => accept_hello(frame),
             HandshakeState::Established { .. } => Err(FrameError::UnexpectedKind {
-                expected: crate::kind::MessageKind::Hello,
+                expected: crate::header::MessageKind::Hello,
                 got: frame.kind(),
             }),
             HandshakeState::Rejected => Err(FrameError::Poisoned),

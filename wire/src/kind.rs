@@ -1,77 +1,15 @@
-//! The message kind byte of a frame header, and the trait that ties each
-//! message type to its kind, its encoder and its validator.
+//! The trait that ties each message type to its kind (the header's
+//! [`MessageKind`] byte), its encoder and its validator.
 
 use rkyv::rancor::{Error as RkyvError, Failure};
 use rkyv::ser::allocator::Arena;
 
 use crate::error::{EncodeError, FrameError};
+pub use crate::header::MessageKind;
+use crate::header::BODY_ALIGN;
 use crate::message::*;
 
-/// Which message a frame holds. The byte is checked before the body is
-/// looked at, so an unknown kind is a typed error, not a validation guess.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-#[repr(u8)]
-pub enum MessageKind {
-    /// [`Hello`]
-    Hello = 1,
-    /// [`Register`]
-    Register = 2,
-    /// [`RegisterAck`]
-    RegisterAck = 3,
-    /// [`AttrDelta`]
-    AttrDelta = 4,
-    /// [`Heartbeat`]
-    Heartbeat = 5,
-    /// [`Submit`]
-    Submit = 6,
-    /// [`Redirect`]
-    Redirect = 7,
-    /// [`Assign`]
-    Assign = 8,
-    /// [`TaskResult`]
-    TaskResult = 9,
-    /// [`Cancel`]
-    Cancel = 10,
-    /// [`ErrorMsg`]
-    Error = 11,
-    /// [`StatusQuery`]
-    StatusQuery = 12,
-    /// [`StatusReply`]
-    StatusReply = 13,
-    /// [`ExplainQuery`]
-    ExplainQuery = 14,
-    /// [`ExplainReply`]
-    ExplainReply = 15,
-}
-
 impl MessageKind {
-    /// Every kind, in byte order.
-    pub const ALL: [MessageKind; 15] = [
-        MessageKind::Hello,
-        MessageKind::Register,
-        MessageKind::RegisterAck,
-        MessageKind::AttrDelta,
-        MessageKind::Heartbeat,
-        MessageKind::Submit,
-        MessageKind::Redirect,
-        MessageKind::Assign,
-        MessageKind::TaskResult,
-        MessageKind::Cancel,
-        MessageKind::Error,
-        MessageKind::StatusQuery,
-        MessageKind::StatusReply,
-        MessageKind::ExplainQuery,
-        MessageKind::ExplainReply,
-    ];
-
-    /// The kind for a header byte, if it is one.
-    pub fn from_byte(b: u8) -> Option<MessageKind> {
-        MessageKind::ALL
-            .get(usize::from(b).checked_sub(1)?)
-            .copied()
-    }
-
     /// Checks that `body` is a valid archive of this kind's message
     /// (bytecheck), without keeping the result. Used by the fuzzers and by
     /// anything that routes frames without reading them.
@@ -163,7 +101,7 @@ macro_rules! wire_message {
             }
 
             fn validate(body: &[u8]) -> Result<&Self::Archived, FrameError> {
-                if body.as_ptr().align_offset(crate::frame::BODY_ALIGN) != 0 {
+                if body.as_ptr().align_offset(BODY_ALIGN) != 0 {
                     return Err(FrameError::Misaligned { kind: MessageKind::$kind });
                 }
                 match rkyv::api::low::access::<rkyv::Archived<$t>, Failure>(body) {

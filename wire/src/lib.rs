@@ -1,6 +1,8 @@
 //! allot's wire protocol, sans-IO.
 //!
 //! * [`message`]: every message nodes exchange, as rkyv archived types.
+//! * [`header`]: the sixteen-byte frame header and its message kind byte;
+//!   it imports nothing else of the crate, so everything builds on it.
 //! * [`frame`]: the length-prefixed frame codec. Bytes in, validated
 //!   messages out, read in place; payloads are `Bytes` slices of the receive
 //!   buffer, never copied. Encoding reuses its buffers.
@@ -16,15 +18,16 @@ pub mod error;
 pub mod frame;
 pub mod fuzzing;
 pub mod handshake;
+pub mod header;
 pub mod kind;
 pub mod message;
 pub mod samples;
 
 pub use error::{EncodeError, FrameError};
 pub use frame::{
-    decode_one, payload_padding, Frame, FrameDecoder, FrameEncoder, Header, Validated,
-    DEFAULT_MAX_FRAME, HEADER_LEN,
+    decode_one, payload_padding, Frame, FrameDecoder, FrameEncoder, Validated, DEFAULT_MAX_FRAME,
 };
 pub use handshake::{accept_hello, Handshake, HandshakeState, PROTOCOL_VERSION};
-pub use kind::{MessageKind, WireMessage};
+pub use header::{Header, MessageKind, HEADER_LEN};
+pub use kind::WireMessage;
 pub use message::*;

@@ -5,7 +5,8 @@ use bytes::BytesMut;
 
 use crate::frame::FrameEncoder;
 use crate::handshake::PROTOCOL_VERSION;
-use crate::kind::{MessageKind, WireMessage};
+use crate::header::MessageKind;
+use crate::kind::WireMessage;
 use crate::message::*;
 
 /// A `Submit` as a client sends it for an `echo` task.

@@ -10,8 +10,8 @@
 
 use super::parser::{BinOp, Expr, ExprKind, Scope, UnOp};
 use super::{column_of, ExprError, Which};
-use crate::block::label;
-use crate::eval::{ArOp, CmpOp, NumExpr, Pred};
+use crate::expr::op::{ArOp, CmpOp};
+use crate::expr::pred::{NumExpr, Pred};
 use crate::schema::{Column, ColumnKind, Env, LabelValue};
 use crate::table::Strings;
 
@@ -352,7 +352,7 @@ impl Lowerer<'_> {
         };
         Ok(match (l, r) {
             (Typed::Const(x), Typed::Const(y)) => Typed::Const(Value::Bool(match (x, y) {
-                (Value::Num(x), Value::Num(y)) => crate::eval::cmp_f64(op, x, y),
+                (Value::Num(x), Value::Num(y)) => crate::expr::op::cmp_f64(op, x, y),
                 (Value::Str(x), Value::Str(y)) => (x == y) == (op == CmpOp::Eq),
                 _ => false,
             })),
@@ -525,17 +525,6 @@ fn int_range(op: CmpOp, k: f64, max: u64) -> IntRange {
     }
 }
 
-/// Renders a label value cell for messages and snapshots.
-pub(crate) fn label_value(strings: &Strings, cell: u64) -> Option<LabelValue> {
-    if cell == label::MISSING {
-        None
-    } else if let Some(id) = label::str_id(cell) {
-        Some(LabelValue::Str(strings.values.name(id).to_string()))
-    } else {
-        Some(LabelValue::Num(f64::from_bits(cell)))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -598,11 +587,11 @@ mod tests {
             ] {
                 let t = column_cmp(Column::Load, op, k);
                 for &x in &xs {
-                    let want = crate::eval::cmp_f64(op, x as f64, k);
+                    let want = crate::expr::op::cmp_f64(op, x as f64, k);
                     let got = match &t {
                         Typed::Const(Value::Bool(b)) => *b,
                         Typed::Bool(Pred::F32 { op, c, .. }) => {
-                            let m = crate::block::mask_of(&[x; 64], |x| match op {
+                            let m = crate::table::block::mask_of(&[x; 64], |x| match op {
                                 CmpOp::Eq => x == *c,
                                 CmpOp::Ne => x != *c && !x.is_nan(),
                                 CmpOp::Lt => x < *c,
@@ -650,7 +639,7 @@ mod tests {
             ] {
                 let r = int_range(op, k, u32::MAX as u64);
                 for &x in &xs {
-                    let want = crate::eval::cmp_f64(op, x as f64, k);
+                    let want = crate::expr::op::cmp_f64(op, x as f64, k);
                     let got = match r {
                         IntRange::All => true,
                         IntRange::Empty => false,

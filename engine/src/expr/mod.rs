@@ -27,7 +27,9 @@
 
 pub mod compile;
 pub mod lexer;
+pub(crate) mod op;
 pub mod parser;
+pub(crate) mod pred;
 
 use std::fmt;
 

@@ -2,25 +2,53 @@
 //! without locks while writers (registration, deltas, state changes) update
 //! them in place.
 //!
+//! This is the storage layer; nothing in it knows about expressions or
+//! matching. [`ServerTable`] and its shards are here; the parts they are
+//! built from are below it:
+//!
+//! * [`block`]: one block of 64 rows: its masks, column groups, reservation
+//!   cells and label cells, and how label values are encoded in a cell.
+//! * [`rcu`]: the copy-on-write cells column groups live in, read without
+//!   locks under an epoch and reclaimed or recycled when no reader can see
+//!   them; [`lazy`]: the directory of blocks allocated on first use;
+//!   [`arena`]: the huge-page chunks all of these are carved from.
+//! * [`minmax`]: the per-block column ranges a writer keeps, which let the
+//!   exact scan skip blocks.
+//! * [`intern`] and [`names`]: the bounded string interners and the name
+//!   index of the table.
+//! * [`user_inflight`]: the per-user count of tasks in flight, for the
+//!   `max_in_flight` quota, held by the table so every compiled query of a
+//!   user shares one counter.
+//!
+//! Concurrency design:
 //! Concurrency design:
 //! * Readers (matching, reservation, release, `state`) never lock. They pin
 //!   an epoch once per operation, load a block's `live`/`up` masks with
 //!   `Acquire`, read its column groups and label cells as immutable plain
-//!   arrays ([`crate::rcu`]), and its reservation columns with atomic loads.
+//!   arrays ([`crate::table::rcu`]), and its reservation columns with atomic loads.
 //! * Writers serialise per shard on a mutex (the name index and the string
 //!   interners have their own mutexes; lock order is names, shard, strings).
 //!   A writer copies a column group, changes the copy and swaps it in (one
 //!   copy per group per delta, into a recycled allocation); the old copy is
-//!   reused ([`crate::rcu::Recycler`]) once no reader can see it. A row's columns are written before the row is published with a
+//!   reused ([`crate::table::rcu::Recycler`]) once no reader can see it. A row's columns are written before the row is published with a
 //!   `Release` store of the `live`/`up` bits.
 //! * Growth never moves anything: each shard has a directory of block cells
 //!   sized for its capacity, a block is allocated on first use and freed only
-//!   when the table drops ([`crate::lazy::LazyBlocks`]). Blocks, column
+//!   when the table drops ([`crate::table::lazy::LazyBlocks`]). Blocks, column
 //!   groups and label cells live in one arena of 2 MiB-aligned,
-//!   `MADV_HUGEPAGE` chunks ([`crate::arena`]), so a scan at a million
+//!   `MADV_HUGEPAGE` chunks ([`crate::table::arena`]), so a scan at a million
 //!   servers does not pay a TLB miss per block.
 //! * Capacity (slots, cores, memory) is reserved with compare-and-swap, so
 //!   concurrent matchers never take more than a server has.
+
+pub(crate) mod arena;
+pub(crate) mod block;
+pub(crate) mod intern;
+pub(crate) mod lazy;
+pub(crate) mod minmax;
+pub(crate) mod names;
+pub(crate) mod rcu;
+pub(crate) mod user_inflight;
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -30,19 +58,18 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crossbeam_epoch::{self as epoch, Guard};
 
-use crate::arena::{Arena, Pool, Pools};
-use crate::block::{label, Block, Cols, Dynamic, Fixed, LabelCells};
 use crate::error::{truncated, EngineError};
-use crate::expr::compile::label_value;
-use crate::inflight::InFlight;
-use crate::intern::Interner;
-use crate::lazy::LazyBlocks;
-use crate::names::Names;
-use crate::rcu::{Fresh, Rcu, Recycler};
 use crate::schema::{
     Change, DeltaOutcome, LabelValue, ServerId, ServerRecord, ServerState, BLOCK_ROWS, MAX_APPS,
     MAX_CAPACITY, MAX_LABEL_KEYS, MAX_LABEL_STRINGS, MAX_NAME_LEN, MAX_SHARDS,
 };
+use crate::table::arena::{Arena, Pool, Pools};
+use crate::table::block::{label, Block, Cols, Dynamic, Fixed, LabelCells};
+use crate::table::intern::Interner;
+use crate::table::lazy::LazyBlocks;
+use crate::table::names::Names;
+use crate::table::rcu::{Fresh, Rcu, Recycler};
+use crate::table::user_inflight::UserInFlight;
 
 /// Sizing of a [`ServerTable`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -291,7 +318,7 @@ pub struct ServerTable {
     capacity: usize,
     names: Mutex<Names>,
     pub(crate) strings: Mutex<Strings>,
-    pub(crate) inflight: InFlight,
+    pub(crate) inflight: UserInFlight,
     live: AtomicUsize,
     seed: u64,
     /// Blocks, column groups and label cells (huge-page backed).
@@ -372,7 +399,7 @@ impl ServerTable {
                     "use fewer distinct label values",
                 ),
             }),
-            inflight: InFlight::new(),
+            inflight: UserInFlight::new(),
             live: AtomicUsize::new(0),
             seed: RandomState::new().hash_one(0x5eed_u64),
         })
@@ -404,7 +431,7 @@ impl ServerTable {
     }
 
     /// The in-flight tracker (per-user task counts for quotas).
-    pub fn in_flight(&self) -> &InFlight {
+    pub fn in_flight(&self) -> &UserInFlight {
         &self.inflight
     }
 
@@ -812,7 +839,7 @@ impl ServerTable {
 
     /// Approximate heap bytes held by the table: the arena's reserved
     /// chunks (blocks, column groups and label cells, live, spare and
-    /// retired; [`crate::arena`]), directories, app masks, numeric label
+    /// retired; [`crate::table::arena`]), directories, app masks, numeric label
     /// planes, names and sequence numbers.
     pub fn heap_bytes(&self) -> usize {
         let mut n = self.names().heap_bytes() + self.arena.reserved_bytes();
@@ -835,6 +862,17 @@ impl ServerTable {
             n += w.seq.capacity() * 8 + w.free.capacity() * 4;
         }
         n
+    }
+}
+
+/// Renders a label value cell for messages and snapshots.
+pub(crate) fn label_value(strings: &Strings, cell: u64) -> Option<LabelValue> {
+    if cell == label::MISSING {
+        None
+    } else if let Some(id) = label::str_id(cell) {
+        Some(LabelValue::Str(strings.values.name(id).to_string()))
+    } else {
+        Some(LabelValue::Num(f64::from_bits(cell)))
     }
 }
 

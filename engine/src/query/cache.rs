@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::expr::ExprError;
-use crate::matcher::Query;
+use crate::query::Query;
 use crate::schema::Env;
 use crate::table::ServerTable;
 

@@ -15,16 +15,16 @@ use crate::schema::MAX_TRACKED_USERS;
 ///
 /// Bound: [`MAX_TRACKED_USERS`] users. When it is reached, users with nothing
 /// in flight and no compiled query holding their counter are forgotten; if
-/// there are none, [`InFlight::counter`] returns `None`.
+/// there are none, [`UserInFlight::counter`] returns `None`.
 #[derive(Debug, Default)]
-pub struct InFlight {
+pub struct UserInFlight {
     users: Mutex<HashMap<String, Arc<AtomicU32>>>,
 }
 
-impl InFlight {
+impl UserInFlight {
     /// An empty tracker.
-    pub fn new() -> InFlight {
-        InFlight::default()
+    pub fn new() -> UserInFlight {
+        UserInFlight::default()
     }
 
     /// The shared counter of `user`, created at 0 if new.
@@ -85,7 +85,7 @@ mod tests {
 
     #[test]
     fn counters_are_shared_and_bounded_by_max() {
-        let f = InFlight::new();
+        let f = UserInFlight::new();
         let a = f.counter("alice").unwrap();
         let a2 = f.counter("alice").unwrap();
         assert!(try_acquire(&a, 2));

@@ -7,7 +7,7 @@
 //!   behind copy-on-write pointers ([`Rcu`]): a writer (serialised by its
 //!   shard's mutex) copies the group, changes it and swaps it in. Readers pin
 //!   once per scan and read `[u32; 64]`/`[f32; 64]` arrays, which the filter
-//!   kernels compare four lanes at a time ([`crate::simd`]). Columns that
+//!   kernels compare four lanes at a time ([`crate::scan::simd`]). Columns that
 //!   change with load (`load`, `idle_power`) are a small group of their own
 //!   ([`Dynamic`]), so a typical delta copies 512 bytes.
 //! * Columns that reservations take from with compare-and-swap
@@ -20,10 +20,10 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use crossbeam_epoch::Guard;
 
-use crate::arena::Pool;
-use crate::minmax::range_f32;
-use crate::rcu::Rcu;
 use crate::schema::{Column, BLOCK_ROWS};
+use crate::table::arena::Pool;
+use crate::table::minmax::range_f32;
+use crate::table::rcu::Rcu;
 
 /// The capacity reservations take from, for one row.
 #[repr(C)]
@@ -641,9 +641,9 @@ mod tests {
     #[test]
     fn label_codes_find_the_rows_the_ids_hold_and_number_ranges_hold_the_numbers() {
         let by_codes = |c: &LabelCells, id: u32| match c.code_of(id) {
-            Code::Is(x) => crate::simd::eq_u8(&c.codes, x),
+            Code::Is(x) => crate::scan::simd::eq_u8(&c.codes, x),
             Code::Absent => 0,
-            Code::Ids => crate::simd::eq_u32(&c.ids, id),
+            Code::Ids => crate::scan::simd::eq_u32(&c.ids, id),
         };
         let by_ids = |c: &LabelCells, id: u32| mask_of(&c.ids, |x| x == id);
         let mut r = 0x9E37_79B9_7F4A_7C15u64;

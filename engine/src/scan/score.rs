@@ -11,9 +11,10 @@
 //! to [`NumExpr::eval_row`] and to the reference matcher. Anything else stays
 //! a [`Score::General`] expression.
 
-use crate::block::Cols;
-use crate::eval::{ArOp, NumExpr};
+use crate::expr::op::ArOp;
+use crate::expr::pred::NumExpr;
 use crate::schema::{Column, BLOCK_ROWS};
+use crate::table::block::Cols;
 
 /// Most terms a [`Score::Sum`] has (longer sums stay general).
 const MAX_TERMS: usize = 6;
@@ -488,13 +489,13 @@ pub(crate) mod tests {
 
     /// Pools for the two column groups of test blocks.
     pub(crate) fn group_pools() -> (
-        std::sync::Arc<crate::arena::Pool<crate::block::Dynamic>>,
-        std::sync::Arc<crate::arena::Pool<crate::block::Fixed>>,
+        std::sync::Arc<crate::table::arena::Pool<crate::table::block::Dynamic>>,
+        std::sync::Arc<crate::table::arena::Pool<crate::table::block::Fixed>>,
     ) {
-        let arena = crate::arena::Arena::new(0);
+        let arena = crate::table::arena::Arena::new(0);
         (
-            crate::arena::Pool::new(&arena),
-            crate::arena::Pool::new(&arena),
+            crate::table::arena::Pool::new(&arena),
+            crate::table::arena::Pool::new(&arena),
         )
     }
 
@@ -627,7 +628,7 @@ pub(crate) mod tests {
     /// cannot score are left to the general path.
     #[test]
     fn weights_pick_what_the_column_sum_picks() {
-        use crate::block::{Block, Cols, Dynamic, Fixed};
+        use crate::table::block::{Block, Cols, Dynamic, Fixed};
         let (pool, scales) = (CELLS, SCALES);
         let cols3 = [Column::Load, Column::IdlePower, Column::Power];
         let mut next = xorshift(0x2545_f491_4f6c_dd1d);

@@ -24,14 +24,16 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
 use crossbeam_epoch::Guard;
 
-use crate::batch::{Batch, Leaves};
-use crate::block::{label, Block, Cap, Code, Cols, LabelCells, CODE_NONE};
-use crate::eval::{CmpOp, Pred, View};
-use crate::matcher::Clause;
-use crate::rcu::Rcu;
+use crate::expr::op::CmpOp;
+use crate::expr::pred::Pred;
+use crate::query::Clause;
+use crate::scan::batch::{Batch, Leaves};
+use crate::scan::eval::View;
+use crate::scan::score::{key, sum_sel, Leaf, Reg, Score, Weights, CHUNKS, LANES, MAX_REGS};
+use crate::scan::simd;
 use crate::schema::{Column, BLOCK_ROWS};
-use crate::score::{key, sum_sel, Leaf, Reg, Score, Weights, CHUNKS, LANES, MAX_REGS};
-use crate::simd;
+use crate::table::block::{label, Block, Cap, Code, Cols, LabelCells, CODE_NONE};
+use crate::table::rcu::Rcu;
 use crate::table::Shard;
 
 /// Label keys a plan resolves per shard; clauses over more keys than this
@@ -207,7 +209,7 @@ impl Plan {
                 p.weights = Weights::of(terms);
             }
             Score::General(_, Some(prog)) => prog.ins.iter().for_each(|i| {
-                if let crate::score::Ins::Load(_, l) = i {
+                if let crate::scan::score::Ins::Load(_, l) = i {
                     leaf(l)
                 }
             }),
@@ -366,7 +368,7 @@ impl<'a> BlockPlan<'a> {
                 },
                 Op::Mem { lo, span, negate } => {
                     let x = &self.cols.fixed.mem;
-                    crate::block::mask_of(x, |v| v.wrapping_sub(lo) <= span)
+                    crate::table::block::mask_of(x, |v| v.wrapping_sub(lo) <= span)
                         ^ if negate { u64::MAX } else { 0 }
                 }
                 Op::Clause(c) => clauses.get(c).map_or(0, |cl| cl.pred.eval(&self.view())),

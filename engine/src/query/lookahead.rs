@@ -16,13 +16,13 @@ use std::mem::{offset_of, size_of};
 
 use crossbeam_epoch::Guard;
 
-use crate::block::{Block, Cap, Dynamic, Fixed, LabelCells};
-use crate::eval::{NumExpr, Pred};
-use crate::matcher::Demand;
-use crate::plan::ShardPlan;
-use crate::prefetch;
-use crate::rcu::Rcu;
+use crate::expr::pred::{NumExpr, Pred};
+use crate::query::plan::ShardPlan;
+use crate::query::Demand;
+use crate::scan::prefetch;
 use crate::schema::{Column, BLOCK_ROWS};
+use crate::table::block::{Block, Cap, Dynamic, Fixed, LabelCells};
+use crate::table::rcu::Rcu;
 use crate::table::Shard;
 
 /// The parts of a block a query reads.
@@ -326,7 +326,7 @@ mod tests {
         let fp = Footprint::of(
             [Pred::F32 {
                 col: Column::Load,
-                op: crate::eval::CmpOp::Lt,
+                op: crate::expr::op::CmpOp::Lt,
                 c: 0.8,
             }]
             .iter(),

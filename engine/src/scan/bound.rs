@@ -20,10 +20,11 @@
 //! which score NaN). A NaN corner (`inf - inf`, `0 * inf`) or a divisor
 //! range that holds zero means no bound (`+inf`): the block is scanned.
 
-use crate::block::Cols;
-use crate::eval::{ArOp, NumExpr};
+use crate::expr::op::ArOp;
+use crate::expr::pred::NumExpr;
+use crate::scan::score::{Leaf, Score, Term};
 use crate::schema::Column;
-use crate::score::{Leaf, Score, Term};
+use crate::table::block::Cols;
 
 /// How the exact scan bounds a query's `prefer` per block; compiled with
 /// the query.
@@ -303,9 +304,9 @@ pub(crate) fn upper_bound(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::block::{Block, Cols, Dynamic, Fixed};
+    use crate::scan::score::tests::{col, gen_expr, group_pools, k, tree, xorshift, CELLS, SCALES};
     use crate::schema::{Column, BLOCK_ROWS};
-    use crate::score::tests::{col, gen_expr, group_pools, k, tree, xorshift, CELLS, SCALES};
+    use crate::table::block::{Block, Cols, Dynamic, Fixed};
 
     /// The bound dominates every row's score, over columns with extreme
     /// values (infinities, NaN, -0, huge and tiny numbers) and scales of both
@@ -319,7 +320,7 @@ mod tests {
         let (dp, fp) = group_pools();
         for _ in 0..rounds {
             let block = Block::new(&dp, &fp);
-            let mut d = crate::block::Dynamic::default();
+            let mut d = crate::table::block::Dynamic::default();
             for i in 0..BLOCK_ROWS {
                 d.load[i] = pool[(next() % pool.len() as u64) as usize];
                 d.idle_power[i] = pool[(next() % 4) as usize];
@@ -435,8 +436,8 @@ mod tests {
         idle: &[f32],
         load: &[f32],
         cores: &[u32],
-        dp: &std::sync::Arc<crate::arena::Pool<Dynamic>>,
-        fp: &std::sync::Arc<crate::arena::Pool<Fixed>>,
+        dp: &std::sync::Arc<crate::table::arena::Pool<Dynamic>>,
+        fp: &std::sync::Arc<crate::table::arena::Pool<Fixed>>,
         g: &crossbeam_epoch::Guard,
     ) -> Block {
         let block = Block::new(dp, fp);

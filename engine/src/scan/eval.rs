@@ -4,7 +4,7 @@
 //! A [`Pred`] yields a `u64` mask per block; a [`NumExpr`] yields 64 `f64`
 //! lanes, or one value per selected row ([`NumExpr::eval_sel`]). Comparisons
 //! of a plain column with a constant are specialised by the column's storage
-//! type and run as SIMD kernels ([`crate::simd`]), so no conversion to `f64`
+//! type and run as SIMD kernels ([`crate::scan::simd`]), so no conversion to `f64`
 //! happens on the hot path. Predicates that read a reservation column
 //! ([`Pred::reads_capacity`]) are evaluated after the others, only for the
 //! rows still standing ([`Pred::filter`]).
@@ -13,139 +13,12 @@ use std::sync::atomic::Ordering::{Acquire, Relaxed};
 
 use crossbeam_epoch::Guard;
 
-use crate::block::{label, mask_of, mask_of2, Block, Cols, LabelCells};
+use crate::expr::op::{cmp_f64, ArOp, CmpOp};
+use crate::expr::pred::{NumExpr, Pred};
+use crate::scan::simd;
 use crate::schema::{Column, BLOCK_ROWS};
-use crate::simd;
+use crate::table::block::{label, mask_of, mask_of2, Block, Cols, LabelCells};
 use crate::table::Shard;
-
-/// Comparison operators, after parsing.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub(crate) enum CmpOp {
-    Eq,
-    Ne,
-    Lt,
-    Le,
-    Gt,
-    Ge,
-}
-
-impl CmpOp {
-    /// The operator with its operands swapped (`a < b` is `b > a`).
-    pub(crate) fn flip(self) -> CmpOp {
-        match self {
-            CmpOp::Lt => CmpOp::Gt,
-            CmpOp::Le => CmpOp::Ge,
-            CmpOp::Gt => CmpOp::Lt,
-            CmpOp::Ge => CmpOp::Le,
-            o => o,
-        }
-    }
-}
-
-/// Compares two numbers with the language's rule: anything involving NaN is
-/// false, `!=` included.
-#[inline(always)]
-pub(crate) fn cmp_f64(op: CmpOp, a: f64, b: f64) -> bool {
-    match op {
-        CmpOp::Eq => a == b,
-        CmpOp::Ne => a != b && !a.is_nan() && !b.is_nan(),
-        CmpOp::Lt => a < b,
-        CmpOp::Le => a <= b,
-        CmpOp::Gt => a > b,
-        CmpOp::Ge => a >= b,
-    }
-}
-
-/// Arithmetic operators.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub(crate) enum ArOp {
-    Add,
-    Sub,
-    Mul,
-    Div,
-}
-
-impl ArOp {
-    #[inline(always)]
-    pub(crate) fn apply(self, a: f64, b: f64) -> f64 {
-        match self {
-            ArOp::Add => a + b,
-            ArOp::Sub => a - b,
-            ArOp::Mul => a * b,
-            ArOp::Div => a / b,
-        }
-    }
-}
-
-/// A number that depends on the server.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum NumExpr {
-    Const(f64),
-    Col(Column),
-    /// A label; NaN where it is missing or a string.
-    Label(u32),
-    Neg(Box<NumExpr>),
-    Bin(ArOp, Box<NumExpr>, Box<NumExpr>),
-}
-
-/// A condition over a server row.
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) enum Pred {
-    Const(bool),
-    /// The server is `Up`.
-    Up,
-    /// The server has app `id`.
-    HasApp(u32),
-    Not(Box<Pred>),
-    And(Vec<Pred>),
-    Or(Vec<Pred>),
-    /// `lo <= col <= hi` (or its negation) on a `u32` column.
-    Range32 {
-        col: Column,
-        lo: u32,
-        hi: u32,
-        negate: bool,
-    },
-    /// `lo <= col <= hi` (or its negation) on a `u64` column.
-    Range64 {
-        col: Column,
-        lo: u64,
-        hi: u64,
-        negate: bool,
-    },
-    /// `col op c` on an `f32` column, `c` adjusted at compile time so the
-    /// result equals the comparison in `f64` (see `compile::f32_bound`).
-    F32 {
-        col: Column,
-        op: CmpOp,
-        c: f32,
-    },
-    /// `label == "s"` (`eq`) or `label != "s"` (only where the label is a
-    /// string).
-    LabelStr {
-        key: u32,
-        id: u32,
-        eq: bool,
-    },
-    /// `label op number` (only where the label is a number).
-    LabelNum {
-        key: u32,
-        op: CmpOp,
-        c: f64,
-    },
-    /// `label op label`.
-    LabelLabel {
-        a: u32,
-        b: u32,
-        op: CmpOp,
-    },
-    /// Any other comparison of numbers.
-    Num {
-        l: NumExpr,
-        op: CmpOp,
-        r: NumExpr,
-    },
-}
 
 /// One block of one shard, as seen by an evaluation: the column groups as of
 /// when the view was taken, valid while `guard` is pinned.
@@ -661,8 +534,8 @@ impl NumExpr {
 pub(crate) mod kernel {
     use std::sync::atomic::Ordering::Relaxed;
 
-    use crate::block::{pack, Cap};
     use crate::schema::{Column, BLOCK_ROWS};
+    use crate::table::block::{pack, Cap};
 
     /// Rows with `x - lo <= span` (unsigned) for a reservation column.
     #[inline(never)]

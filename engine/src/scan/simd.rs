@@ -5,13 +5,13 @@
 //! 16 mask bits with one `pmovmskb`: about 14 instructions per 16 rows, no
 //! branches (the loop shown in `BENCHMARKS.md`). SSE2 is part of the x86_64
 //! baseline, so no run-time detection is needed. Other targets use the
-//! portable byte loop plus [`crate::block::pack`], which the compiler
+//! portable byte loop plus [`crate::table::block::pack`], which the compiler
 //! vectorises as far as the target allows; the tests check both against a
 //! plain scalar loop.
 
 #![allow(unsafe_code)]
 
-use crate::eval::CmpOp;
+use crate::expr::op::CmpOp;
 use crate::schema::BLOCK_ROWS;
 
 /// Rows where `x == v`.
@@ -72,7 +72,7 @@ pub(crate) fn cmp_f32(x: &[f32; BLOCK_ROWS], op: CmpOp, c: f32) -> u64 {
 mod sse2 {
     use std::arch::x86_64::*;
 
-    use crate::eval::CmpOp;
+    use crate::expr::op::CmpOp;
     use crate::schema::BLOCK_ROWS;
 
     /// Flips the sign bit so that signed compares order unsigned values.
@@ -194,13 +194,13 @@ mod sse2 {
     }
 }
 
-/// The same kernels as a byte per row plus [`crate::block::pack`]: the
+/// The same kernels as a byte per row plus [`crate::table::block::pack`]: the
 /// fallback on targets without SSE2, and the oracle of the tests.
 #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
 pub(crate) mod portable {
-    use crate::block::mask_of;
-    use crate::eval::CmpOp;
+    use crate::expr::op::CmpOp;
     use crate::schema::BLOCK_ROWS;
+    use crate::table::block::mask_of;
 
     pub(crate) fn eq_u32(x: &[u32; BLOCK_ROWS], v: u32) -> u64 {
         mask_of(x, |a| a == v)
@@ -347,7 +347,7 @@ mod tests {
                     // means "any number" (see `Pred::F32`).
                     let want = scalar(&x, |a| match op {
                         CmpOp::Ne => a != c && !a.is_nan(),
-                        _ => crate::eval::cmp_f64(op, a as f64, c as f64),
+                        _ => crate::expr::op::cmp_f64(op, a as f64, c as f64),
                     });
                     assert_eq!(cmp_f32(&x, op, c), want, "{op:?} {c}");
                     assert_eq!(portable::cmp_f32(&x, op, c), want, "{op:?} {c}");

@@ -3,7 +3,7 @@
 //! This is how the table grows without making readers lock: the directory (one
 //! pointer-sized cell per possible block) is allocated once, at its final
 //! size; a block is allocated (in a huge-page backed [`Pool`],
-//! [`crate::arena`]) the first time a row in it is written, published
+//! [`crate::table::arena`]) the first time a row in it is written, published
 //! through a `OnceLock` (an atomic acquire load for readers), and dropped
 //! only when the directory is dropped.
 
@@ -12,7 +12,7 @@
 use std::ptr::NonNull;
 use std::sync::{Arc, OnceLock};
 
-use crate::arena::Pool;
+use crate::table::arena::Pool;
 
 /// A block's slot in the pool, owned by the directory.
 struct Slot<T>(NonNull<T>);
@@ -83,7 +83,7 @@ impl<T: Send + Sync> Drop for LazyBlocks<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::arena::Arena;
+    use crate::table::arena::Arena;
 
     #[test]
     fn blocks_appear_once_and_stay() {

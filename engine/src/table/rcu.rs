@@ -21,11 +21,11 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_epoch::{Atomic, Guard, Shared};
 
-use crate::arena::Pool;
+use crate::table::arena::Pool;
 
 /// An optional immutable `T`, replaced as a whole by writers.
 ///
-/// Values live in a [`Pool`] (huge-page backed, [`crate::arena`]): every
+/// Values live in a [`Pool`] (huge-page backed, [`crate::table::arena`]): every
 /// value a cell holds came from the pool passed to [`Rcu::new_in`],
 /// [`Rcu::store`] or (through its [`Recycler`]) [`Rcu::replace`], and the
 /// owner of the cell keeps that pool's `Arc` for as long as the cell lives.
@@ -341,7 +341,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
     use std::sync::Arc;
 
-    use crate::arena::Arena;
+    use crate::table::arena::Arena;
 
     fn pool<T>() -> Arc<Pool<T>> {
         Pool::new(&Arena::new(0))

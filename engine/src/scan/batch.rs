@@ -1,7 +1,7 @@
 //! Exact-scan scoring in batches that span blocks.
 //!
 //! Why: an exact scan whose `prefer` is not a sum of weighted `f32`
-//! columns (those are scored row by row, [`crate::score::Weights`]) used to
+//! columns (those are scored row by row, [`crate::scan::score::Weights`]) used to
 //! score each block's passing rows on their own: select them, pad to eight
 //! lanes, run the program one step at a time, find the best. At the bench
 //! query's 10% selectivity that is ~500 instructions per 64-row block for
@@ -16,8 +16,8 @@
 //! sum, the same operations in the same order on the same values; only
 //! which rows share a run changes, and rows never interact.
 
+use crate::scan::score::{key, sum_sel, Ins, Leaf, Program, Reg, Score, Term, LANES, MAX_REGS};
 use crate::schema::BLOCK_ROWS;
-use crate::score::{key, sum_sel, Ins, Leaf, Program, Reg, Score, Term, LANES, MAX_REGS};
 
 /// Most rows a batch holds: one block's worth, so a block always fits in
 /// an empty batch.
@@ -253,7 +253,8 @@ mod tests {
     /// block by block.
     #[test]
     fn leaves_are_distinct_and_bounded() {
-        use crate::eval::{ArOp, NumExpr};
+        use crate::expr::op::ArOp;
+        use crate::expr::pred::NumExpr;
         use crate::schema::Column::{self, *};
         let col = |c: Column| Box::new(NumExpr::Col(c));
         let bin = |op, a, b| Box::new(NumExpr::Bin(op, a, b));

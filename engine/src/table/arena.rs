@@ -20,8 +20,8 @@
 //!   (each holds an `Arc`), and whoever holds a pool's `Arc` (the table, and
 //!   deferred reclamation functions) keeps its slots' memory valid.
 //!
-//! Slots are handed out as raw pointers; the owners ([`crate::rcu`],
-//! [`crate::lazy`]) state when they are written, read and freed.
+//! Slots are handed out as raw pointers; the owners ([`crate::table::rcu`],
+//! [`crate::table::lazy`]) state when they are written, read and freed.
 
 #![allow(unsafe_code)]
 

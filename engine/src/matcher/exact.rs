@@ -1,0 +1,329 @@
+//! [`MatchMode::Exact`](super::MatchMode::Exact): the best row of the
+//! whole table.
+//!
+//! Per block: the app word (one load; a block without the app costs nothing
+//! more), the bound, the plain clauses, then the scores of the rows left;
+//! the capacity clauses are tested only for a row that would become the
+//! best. The scan warms blocks a few ahead of itself
+//! ([`crate::query::lookahead`]), starts from the best of a seed of blocks
+//! spread over the table so that the bound can skip from the first block on,
+//! and scores a `prefer` that is not a plain weighted sum in batches that
+//! span blocks ([`crate::scan::batch`]).
+
+use std::sync::atomic::Ordering::Acquire;
+
+use crossbeam_epoch::Guard;
+
+use super::{better, Candidate};
+use crate::query::lookahead;
+use crate::query::plan::{BlockPlan, Scratch, ShardPlan};
+use crate::query::Query;
+use crate::scan::batch::{Batch, Leaves, Scorer};
+use crate::scan::score::key;
+use crate::schema::ServerId;
+use crate::table::ServerTable;
+
+/// How many blocks ahead of itself the exact scan warms a block's columns
+/// (and twice that, its header).
+const SCAN_AHEAD: usize = 4;
+
+/// Most blocks the exact scan's seed scores before the scan
+/// ([`ServerTable::seed_exact`]).
+const SEED_BLOCKS: usize = 16;
+
+/// Blocks per seed block (a table of fewer has one).
+const SEED_STRETCH: usize = 256;
+
+/// The blocks, numbered across the shards in scan order, that the exact
+/// scan's seed scores in a table of `total`: one per stretch of
+/// [`SEED_STRETCH`] (at least one, at most [`SEED_BLOCKS`] stretches), the
+/// last of each, so the last block of the table is always one.
+fn seed_blocks(total: usize) -> impl Iterator<Item = usize> {
+    let probes = (total / SEED_STRETCH).clamp(1, SEED_BLOCKS);
+    (0..probes)
+        .map(move |p| (p + 1) * total / probes)
+        .filter(|&end| end > 0)
+        .map(|end| end - 1)
+}
+
+/// Block `g` of the numbering across shards of the given sizes, as shard
+/// and block.
+fn locate(sizes: impl Iterator<Item = usize>, mut g: usize) -> Option<(usize, usize)> {
+    for (s, nb) in sizes.enumerate() {
+        if g < nb {
+            return Some((s, g));
+        }
+        g -= nb;
+    }
+    None
+}
+
+impl ServerTable {
+    /// The best row of the whole table. Per block: the app word (one load;
+    /// a block without the app costs nothing more), the bound, the plain
+    /// clauses, then the scores of the rows left; the capacity clauses are
+    /// tested only for a row that would become the best (most blocks have
+    /// none, so the reservation cells are hardly read at all), the next
+    /// best row of the block if it fails.
+    pub(super) fn best_exact(
+        &self,
+        q: &Query,
+        excluded: &[ServerId],
+        guard: &Guard,
+        sc: &mut Scratch,
+    ) -> Option<Candidate> {
+        let (plan, fp) = (&q.plan, &q.footprint);
+        // Branch and bound: a block whose best possible score does not beat
+        // the best so far cannot hold the answer. The scan starts from the
+        // best of a few blocks spread over the table ([`Self::seed_exact`]), so
+        // that it can skip blocks from the first one on.
+        let bound = q.bound.as_ref();
+        let mut best = match bound {
+            Some(_) => self.seed_exact(q, excluded, guard, sc),
+            None => None,
+        };
+        // A `prefer` that is not scored row by row (the plan has leaves only
+        // then) is scored in batches of rows from consecutive blocks
+        // (`batch.rs` says why).
+        let batched = match (&plan.leaves, Scorer::of(&q.prefer)) {
+            (Some(leaves), Some(scorer)) => Some((leaves, scorer)),
+            _ => None,
+        };
+        for (s, shard) in self.shards.iter().enumerate() {
+            let Some(sp) = plan.shard(shard) else {
+                continue;
+            };
+            sc.batch.clear();
+            let nb = shard.nblocks();
+            for b in 0..nb {
+                if sp.app_word(b) == 0 {
+                    continue;
+                }
+                // Warm the header 2 * SCAN_AHEAD blocks ahead and the
+                // columns SCAN_AHEAD ahead (their pointers are in the header
+                // warmed SCAN_AHEAD blocks ago). With bounds, only the
+                // groups' first lines: most blocks end there. Never the
+                // reservation cells: they are read for one row at most.
+                if b + 2 * SCAN_AHEAD < nb {
+                    lookahead::warm_header_resolved(&sp, b + 2 * SCAN_AHEAD, guard);
+                }
+                if b + SCAN_AHEAD < nb {
+                    let ahead = b + SCAN_AHEAD;
+                    lookahead::warm_columns(shard, ahead, 1, fp, bound.is_some(), false, guard);
+                }
+                let Some(block) = shard.block(b) else {
+                    continue;
+                };
+                let bp = BlockPlan::new(&sp, block, b, guard);
+                if let (Some(bound), Some(c)) = (bound, &best) {
+                    // A tie with the best loses only to an earlier row (ids
+                    // grow in scan order; the seed may lie ahead).
+                    let up = bound.upper(&bp.cols, |k| bp.label_range(k, &plan.keys));
+                    let k = key(c.score);
+                    if up < k || (up == k && self.id_of(s, b, 0) > c.id) {
+                        continue;
+                    }
+                }
+                let Some(m) = self.passing(q, s, b, &bp, excluded) else {
+                    continue;
+                };
+                if let Some((leaves, scorer)) = batched {
+                    if !sc.batch.has_room(m) {
+                        self.settle_batch(q, s, &sp, scorer, leaves, &mut best, guard, sc);
+                    }
+                    sc.batch.push(b, m, leaves, |leaf, rows, out| {
+                        bp.gather(leaf, &plan.keys, rows, out)
+                    });
+                    continue;
+                }
+                self.block_best(q, s, &bp, m, &mut best, sc);
+            }
+            if let Some((leaves, scorer)) = batched {
+                self.settle_batch(q, s, &sp, scorer, leaves, &mut best, guard, sc);
+            }
+        }
+        best
+    }
+
+    /// The rows of block `b` (shard `s`) that pass the query's plain
+    /// clauses and are not excluded; `None` if none.
+    #[inline(always)]
+    fn passing(
+        &self,
+        q: &Query,
+        s: usize,
+        b: usize,
+        bp: &BlockPlan<'_>,
+        excluded: &[ServerId],
+    ) -> Option<u64> {
+        let m = bp.start(&q.plan);
+        if m == 0 {
+            return None;
+        }
+        let m = bp.plain(&q.plan, &q.clauses, m);
+        if m == 0 {
+            return None;
+        }
+        let m = self.exclude(s, b, m, excluded);
+        (m != 0).then_some(m)
+    }
+
+    /// Makes the best row of `m` in block `bp` the best if it beats
+    /// `best`: the first highest score (NaN lowest); if its row fails the
+    /// capacity clauses, the next, and so on.
+    #[inline(always)]
+    fn block_best(
+        &self,
+        q: &Query,
+        s: usize,
+        bp: &BlockPlan<'_>,
+        mut m: u64,
+        best: &mut Option<Candidate>,
+        sc: &mut Scratch,
+    ) {
+        while m != 0 {
+            let (i, score, _) = bp.top(&q.plan, &q.prefer, m, sc);
+            let id = self.id_of(s, bp.b, i);
+            if best.is_some_and(|c| !better(score, id, c.score, c.id)) {
+                break;
+            }
+            if bp.cap_row(&q.plan, &q.clauses, i) {
+                *best = Some(Candidate {
+                    shard: s,
+                    b: bp.b,
+                    i,
+                    id,
+                    score,
+                    gen: bp.block.gen[i].load(Acquire),
+                });
+                break;
+            }
+            m &= !(1u64 << i);
+        }
+    }
+
+    /// The best row of a few blocks spread over the table, for the exact
+    /// scan to start from ([`seed_blocks`] says which).
+    ///
+    /// Scanning in order, a table whose scores grow with the position
+    /// (servers registered by hardware generation, say) gives every block
+    /// a chance to beat the best so far, and nothing would be skipped; the
+    /// seed holds the best of blocks up to the end of the table from the
+    /// start. On tables in any other order it costs a few blocks of a scan
+    /// of thousands and lets the scan skip from its first block.
+    fn seed_exact(
+        &self,
+        q: &Query,
+        excluded: &[ServerId],
+        guard: &Guard,
+        sc: &mut Scratch,
+    ) -> Option<Candidate> {
+        let total: usize = self.shards.iter().map(|s| s.nblocks()).sum();
+        let mut best = None;
+        for g in seed_blocks(total) {
+            let sizes = self.shards.iter().map(|s| s.nblocks());
+            let Some((s, b)) = locate(sizes, g) else {
+                continue;
+            };
+            let shard = &self.shards[s];
+            let (Some(sp), Some(block)) = (q.plan.shard(shard), shard.block(b)) else {
+                continue;
+            };
+            if sp.app_word(b) == 0 {
+                continue;
+            }
+            let bp = BlockPlan::new(&sp, block, b, guard);
+            if let Some(m) = self.passing(q, s, b, &bp, excluded) {
+                self.block_best(q, s, &bp, m, &mut best, sc);
+            }
+        }
+        best
+    }
+
+    /// Scores the rows of the exact scan's batch (from shard `s`) and, if
+    /// the best of them with the capacity beats `best`, makes it the best;
+    /// empties the batch. The capacity is tested only for a row that would
+    /// become the best (the next best if it fails), as block by block.
+    #[allow(clippy::too_many_arguments)]
+    fn settle_batch(
+        &self,
+        q: &Query,
+        s: usize,
+        sp: &ShardPlan<'_>,
+        scorer: Scorer<'_>,
+        leaves: &Leaves,
+        best: &mut Option<Candidate>,
+        guard: &Guard,
+        sc: &mut Scratch,
+    ) {
+        let Scratch { batch, regs, .. } = sc;
+        let n = batch.len();
+        if n == 0 {
+            return;
+        }
+        let top = batch.score(scorer, leaves, regs);
+        // On a tie the best keeps its place unless the batch starts before
+        // it (ids grow in scan order; only the exact scan's seed can lie
+        // ahead), and then the batch's first highest row is weighed.
+        let (b0, i0) = batch.row(0);
+        let first = self.id_of(s, b0, i0);
+        if best.is_none_or(|c| top > key(c.score) || (top == key(c.score) && first < c.id)) {
+            let mut alive = u64::MAX >> (64 - n.min(64));
+            while alive != 0 {
+                let j = Batch::best_of(&regs[0], alive);
+                let score = regs[0].as_flattened()[j];
+                let (b, i) = batch.row(j);
+                let id = self.id_of(s, b, i);
+                if best.is_some_and(|c| !better(score, id, c.score, c.id)) {
+                    break;
+                }
+                alive &= !(1u64 << j);
+                let Some(block) = sp.shard.block(b) else {
+                    continue;
+                };
+                if BlockPlan::new(sp, block, b, guard).cap_row(&q.plan, &q.clauses, i) {
+                    *best = Some(Candidate {
+                        shard: s,
+                        b,
+                        i,
+                        id,
+                        score,
+                        gen: block.gen[i].load(Acquire),
+                    });
+                    break;
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{locate, seed_blocks, SEED_BLOCKS, SEED_STRETCH};
+
+    /// The seed's blocks are spread evenly, end with the table's last
+    /// block, stay within the table and are bounded in number; numbering
+    /// across shards skips empty ones.
+    #[test]
+    fn seed_blocks_spread_over_the_table_and_end_at_its_last_block() {
+        assert_eq!(seed_blocks(0).count(), 0);
+        assert_eq!(seed_blocks(1).collect::<Vec<_>>(), [0]);
+        assert_eq!(seed_blocks(157).collect::<Vec<_>>(), [156]);
+        assert_eq!(
+            seed_blocks(4 * SEED_STRETCH).collect::<Vec<_>>(),
+            [255, 511, 767, 1023]
+        );
+        let big = 15_625;
+        let v: Vec<_> = seed_blocks(big).collect();
+        assert_eq!(v.len(), SEED_BLOCKS);
+        assert_eq!(v.last(), Some(&(big - 1)));
+        assert!(v.windows(2).all(|w| w[1] - w[0] >= big / SEED_BLOCKS - 1));
+        let sizes = [3usize, 0, 5, 2];
+        assert_eq!(locate(sizes.into_iter(), 0), Some((0, 0)));
+        assert_eq!(locate(sizes.into_iter(), 2), Some((0, 2)));
+        assert_eq!(locate(sizes.into_iter(), 3), Some((2, 0)));
+        assert_eq!(locate(sizes.into_iter(), 9), Some((3, 1)));
+        assert_eq!(locate(sizes.into_iter(), 10), None);
+    }
+}
