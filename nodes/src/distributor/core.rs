@@ -196,7 +196,6 @@ struct State {
     /// Links with frames to send, each listed once.
     transmit: VecDeque<Rc<Outgoing>>,
     next_task: u64,
-    started: Instant,
     next_sweep: Instant,
     /// No task's deadline is before this (the earliest deadline when it
     /// was computed; tasks that ended since only make it early).
@@ -284,7 +283,6 @@ impl Core {
                 by_key: ResubmitIndex::new(),
                 transmit: VecDeque::new(),
                 next_task: 1,
-                started: now,
                 next_deadline: None,
                 last_deadline_check: now,
                 last_flush: now,
@@ -1250,24 +1248,23 @@ impl State {
     /// tasks and fails those past their deadline.
     fn sweep(&mut self, now: Instant) {
         let limit = self.cfg.heartbeat_for(self.workers.len()) * self.cfg.missed_heartbeats;
-        // After a restart, wait a grace period for reports before marking
-        // anyone down (avoids mass rescheduling after a blip).
-        if now.saturating_duration_since(self.started) > limit {
-            let silent: Vec<ServerId> = self
-                .workers
-                .iter()
-                .filter(|(_, l)| now.saturating_duration_since(l.last_seen) > limit)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in silent {
-                if self.table.state(id) == Some(ServerState::Up) {
-                    tracing::warn!(
-                        worker = id.0,
-                        "missed {} heartbeats; marked down",
-                        self.cfg.missed_heartbeats
-                    );
-                    let _ = self.table.set_state(id, ServerState::Down);
-                }
+        // A worker is marked down only after `limit` of silence since its
+        // last frame; a restarted distributor knows only workers that have
+        // registered since, so nobody is marked down on a restart.
+        let silent: Vec<ServerId> = self
+            .workers
+            .iter()
+            .filter(|(_, l)| now.saturating_duration_since(l.last_seen) > limit)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in silent {
+            if self.table.state(id) == Some(ServerState::Up) {
+                tracing::warn!(
+                    worker = id.0,
+                    "missed {} heartbeats; marked down",
+                    self.cfg.missed_heartbeats
+                );
+                let _ = self.table.set_state(id, ServerState::Down);
             }
         }
         if now.saturating_duration_since(self.last_flush) >= COMPLETION_FLUSH
