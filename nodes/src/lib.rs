@@ -36,7 +36,8 @@ pub use allot_wire::{
     NearMiss, ReportMode, Role, StatusReply, TaskStatus, Timings, WorkerState, WorkerStatus,
 };
 pub use client::{
-    AttemptError, Attempts, ClientConfig, ClientError, LinkStats, LocalClient, Outcome, Task,
+    AttemptError, Attempts, Client, ClientConfig, ClientError, LinkStats, LocalClient, Outcome,
+    Submission, Task,
 };
 pub use distributor::{DistributorConfig, DistributorHandle};
 pub use gateway::{GatewayConfig, GatewayHandle, RedirectPolicy};

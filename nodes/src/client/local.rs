@@ -27,6 +27,9 @@ use super::{
     AttemptError, Attempts, ClientConfig, ClientError, LinkStats, Outcome, Task, MAX_IN_FLIGHT,
 };
 
+/// How long a closing client thread waits for its connections to close.
+const CLOSE_GRACE: Duration = Duration::from_millis(200);
+
 /// Where an outcome goes: the waiting `submit` call, or the channel of a
 /// pipelined submitter.
 enum Reply {
@@ -240,6 +243,22 @@ impl LocalClient {
         self.send(task.into(), Reply::Channel(results.clone()))
     }
 
+    /// Submission under an id chosen by the caller (a [`Client`](super::Client)
+    /// hands ids out itself, so that a submitter knows its id before the
+    /// client's thread sees the task). Ids must be unique per client and
+    /// not mixed with ids this client hands out.
+    pub(crate) fn submit_as(
+        &self,
+        id: u64,
+        task: Rc<Task>,
+        tx: oneshot::Sender<Result<Outcome, ClientError>>,
+    ) {
+        if let Err(e) = self.send_as(id, task, Reply::Once(tx)) {
+            // The reply went back with the error inside `send_as`.
+            tracing::debug!(task = id, "submission refused: {e}");
+        }
+    }
+
     fn send(&self, task: Rc<Task>, tx: Reply) -> Result<u64, ClientError> {
         let id = self.inner.next_id.get();
         self.inner.next_id.set(id + 1);
@@ -343,6 +362,12 @@ impl LocalClient {
             congestion_events: path.congestion_events,
             black_holes: path.black_holes_detected,
         })
+    }
+
+    /// Waits (briefly) for the closed connections to tell their peers, so
+    /// that a distributor learns at once that the client is gone.
+    pub(crate) async fn wait_idle(&self) {
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.inner.ep.wait_idle()).await;
     }
 
     /// Closes the connection.

@@ -20,6 +20,7 @@
 //! result or one error.
 
 mod error;
+mod handle;
 mod local;
 
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ use allot_wire::{Attr, Demands, TaskStatus, Timings};
 use bytes::Bytes;
 
 pub use error::{AttemptError, Attempts, ClientError};
+pub use handle::{Client, Submission, CANCEL_QUEUE, COMMAND_QUEUE};
 pub use local::{LocalClient, Results};
 
 /// Tasks one client may have in flight; `submit` beyond it fails at once
