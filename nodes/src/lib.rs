@@ -37,7 +37,7 @@ pub use allot_wire::{
 };
 pub use client::{
     AttemptError, Attempts, Client, ClientConfig, ClientError, LinkStats, LocalClient, Outcome,
-    Submission, Task,
+    Searched, Submission, Task,
 };
 pub use distributor::{DistributorConfig, DistributorHandle};
 pub use gateway::{GatewayConfig, GatewayHandle, RedirectPolicy};

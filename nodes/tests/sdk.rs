@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use allot::{
     apps, AttemptError, Client, ClientConfig, ClientError, Demands, DistributorHandle, Role,
-    StatusReply, Task, TaskStatus, WorkerConfig, WorkerHandle,
+    Searched, StatusReply, Task, TaskStatus, WorkerConfig, WorkerHandle,
 };
 use bytes::Bytes;
 
@@ -270,14 +270,23 @@ fn an_address_that_never_answers_is_a_timeout_not_a_refusal() {
             }
         });
         let e = r.expect_err("nothing answers there");
-        assert!(matches!(e, ClientError::Timeout(_)), "{e:?}");
-        assert!(e.is_timeout());
-        assert!(e.to_string().contains("timed out"), "{e}");
-        assert!(e.to_string().contains(&addr.to_string()), "{e}");
-        // The cause is kept: the attempt and its timeout.
-        let ClientError::Timeout(tried) = &e else {
-            unreachable!()
+        let ClientError::Timeout { searched, tried } = &e else {
+            panic!("not a timeout: {e:?}");
         };
+        let want = if via_gateway {
+            Searched::Gateway
+        } else {
+            Searched::Distributor
+        };
+        assert_eq!(*searched, want);
+        assert!(e.is_timeout());
+        let shown = e.to_string();
+        assert!(
+            shown.contains(&format!("no {want} answered in time")),
+            "{shown}"
+        );
+        assert!(shown.contains(&addr.to_string()), "{shown}");
+        // The cause is kept: the attempt and its timeout.
         let attempts: Vec<_> = tried.iter().collect();
         assert_eq!(attempts.len(), 1);
         assert_eq!(attempts[0].0, addr);

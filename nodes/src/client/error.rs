@@ -108,9 +108,16 @@ pub enum ClientError {
     /// The thread that runs a [`Client`](super::Client) could not start.
     #[error("cannot start the client's thread: {0}")]
     Thread(#[source] Arc<std::io::Error>),
-    /// Every gateway and distributor tried failed to answer in time.
-    #[error("timed out: {0}")]
-    Timeout(#[source] Attempts),
+    /// Every gateway (or every distributor) tried failed to answer in
+    /// time.
+    #[error("no {searched} answered in time: {tried}")]
+    Timeout {
+        /// What the search was for.
+        searched: Searched,
+        /// The addresses tried, each with its timeout.
+        #[source]
+        tried: Attempts,
+    },
     /// No gateway answered (and not only because of timeouts).
     #[error("no gateway answered: {0}")]
     NoGateway(#[source] Attempts),
@@ -147,19 +154,39 @@ pub enum ClientError {
     CancelQueueFull(usize),
 }
 
+/// What a connection search was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Searched {
+    /// A gateway, for a redirect.
+    Gateway,
+    /// A distributor, for a session.
+    Distributor,
+}
+
+impl fmt::Display for Searched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Searched::Gateway => "gateway",
+            Searched::Distributor => "distributor",
+        })
+    }
+}
+
 impl ClientError {
     /// The error for a failed search: [`ClientError::Timeout`] when every
-    /// attempt timed out, else `other`.
-    pub(crate) fn search_failed(tried: Attempts, other: fn(Attempts) -> ClientError) -> Self {
-        if tried.all_timed_out() {
-            ClientError::Timeout(tried)
-        } else {
-            other(tried)
+    /// attempt timed out, else [`ClientError::NoGateway`] or
+    /// [`ClientError::NoDistributor`].
+    pub(crate) fn search_failed(tried: Attempts, searched: Searched) -> Self {
+        match searched {
+            _ if tried.all_timed_out() => ClientError::Timeout { searched, tried },
+            Searched::Gateway => ClientError::NoGateway(tried),
+            Searched::Distributor => ClientError::NoDistributor(tried),
         }
     }
 
     /// Whether this is a timeout (of the connection search).
     pub fn is_timeout(&self) -> bool {
-        matches!(self, ClientError::Timeout(_))
+        matches!(self, ClientError::Timeout { .. })
     }
 }

@@ -24,7 +24,8 @@ use crate::pki::Pki;
 use crate::transport;
 
 use super::{
-    AttemptError, Attempts, ClientConfig, ClientError, LinkStats, Outcome, Task, MAX_IN_FLIGHT,
+    AttemptError, Attempts, ClientConfig, ClientError, LinkStats, Outcome, Searched, Task,
+    MAX_IN_FLIGHT,
 };
 
 /// How long a closing client thread waits for its connections to close.
@@ -472,7 +473,7 @@ impl Inner {
                 Err(e) => tried.push(*gw, e),
             }
         }
-        Err(ClientError::search_failed(tried, ClientError::NoGateway))
+        Err(ClientError::search_failed(tried, Searched::Gateway))
     }
 
     /// Runs one connection attempt within the configured connect timeout.
@@ -540,10 +541,7 @@ impl Inner {
                 Err(e) => tried.push(*addr, e),
             }
         }
-        Err(ClientError::search_failed(
-            tried,
-            ClientError::NoDistributor,
-        ))
+        Err(ClientError::search_failed(tried, Searched::Distributor))
     }
 
     async fn open_session(

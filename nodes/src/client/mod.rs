@@ -31,7 +31,7 @@ use std::time::Duration;
 use allot_wire::{Attr, Demands, TaskStatus, Timings};
 use bytes::Bytes;
 
-pub use error::{AttemptError, Attempts, ClientError};
+pub use error::{AttemptError, Attempts, ClientError, Searched};
 pub use handle::{Client, Submission, CANCEL_QUEUE, COMMAND_QUEUE};
 pub use local::{LocalClient, Results};
 
@@ -209,7 +209,8 @@ pub struct Outcome {
     /// Where the time went, as the distributor saw it.
     pub timings: Timings,
     /// From submit to the network read that brought the result, as the
-    /// client saw it.
+    /// client saw it (for a [`Client`], from when its thread took the
+    /// task).
     pub latency: Duration,
 }
 
