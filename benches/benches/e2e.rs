@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use allot::{
-    Client, ClientConfig, DistributorConfig, GatewayConfig, RedirectPolicy, Task, WorkerConfig,
+    ClientConfig, DistributorConfig, GatewayConfig, LocalClient, RedirectPolicy, Task, WorkerConfig,
 };
 use allot_wire::{Role, TaskStatus};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -64,13 +64,8 @@ fn e2e(c: &mut Criterion) {
         .expect("runtime");
     let local = tokio::task::LocalSet::new();
     let client = local.block_on(&rt, async {
-        let cfg = ClientConfig {
-            name: "bench".into(),
-            pki: pki.clone(),
-            gateways: vec![gw.addr],
-            attrs: Vec::new(),
-        };
-        let client = Client::connect(cfg).await.expect("connect");
+        let cfg = ClientConfig::new("bench", pki.clone(), vec![gw.addr]);
+        let client = LocalClient::connect(cfg).await.expect("connect");
         // Wait for the workers to register.
         for _ in 0..200 {
             if client

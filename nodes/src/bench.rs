@@ -22,7 +22,7 @@ use bytes::{Bytes, BytesMut};
 use clap::Args;
 use tokio::sync::{mpsc, Notify};
 
-use crate::client::{Client, ClientConfig, Task};
+use crate::client::{ClientConfig, LocalClient, Task};
 use crate::distributor::{self, DistributorConfig};
 use crate::gateway::{self, GatewayConfig, RedirectPolicy};
 use crate::worker::{self, WorkerConfig};
@@ -177,12 +177,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         (pki, args.gateway.clone())
     };
-    let cfg = ClientConfig {
-        name: args.name.clone(),
-        pki: pki.clone(),
-        gateways,
-        attrs: Vec::new(),
-    };
+    let cfg = ClientConfig::new(args.name.clone(), pki.clone(), gateways);
     // CPU time of every process of the run, by role: where the time goes.
     let mut roles: Vec<(&'static str, u32)> = match &cluster {
         Some(_) if args.processes => vec![("client", std::process::id())],
@@ -249,7 +244,7 @@ enum Limit {
 }
 
 async fn drive(cfg: ClientConfig, args: BenchArgs, limit: Limit) -> Result<Run> {
-    let client = Client::connect(cfg)
+    let client = LocalClient::connect(cfg)
         .await
         .context("connecting to the cluster")?;
     // One shared task: submitting it clones a reference, not the task.
@@ -980,7 +975,7 @@ fn scale_phase(
     // Every simulated worker's reports reached the distributor: count the
     // ones it heard from in the last 2 s.
     let fresh = crate::interrupt::block_on(async {
-        let c = Client::connect_distributor(cfg.clone(), dist).await?;
+        let c = LocalClient::connect_distributor(cfg.clone(), dist).await?;
         let s = c.status().await;
         c.close();
         s.map(|s| {
@@ -1311,13 +1306,8 @@ fn wait_ready(pki: &Path, client: &str, dist: SocketAddr, workers: usize) -> Res
     crate::interrupt::block_on(async {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let cfg = ClientConfig {
-                name: client.to_owned(),
-                pki: pki.to_path_buf(),
-                gateways: Vec::new(),
-                attrs: Vec::new(),
-            };
-            if let Ok(c) = Client::connect_distributor(cfg, dist).await {
+            let cfg = ClientConfig::new(client.to_owned(), pki.to_path_buf(), Vec::new());
+            if let Ok(c) = LocalClient::connect_distributor(cfg, dist).await {
                 if let Ok(s) = c.status().await {
                     if s.workers
                         .iter()

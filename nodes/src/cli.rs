@@ -14,7 +14,7 @@ use allot_wire::{
 use anyhow::{bail, Context, Result};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use crate::client::{Client, ClientConfig, Task};
+use crate::client::{ClientConfig, LocalClient, Task};
 use crate::labels::{parse_attr, status_name};
 use crate::units::parse_size;
 
@@ -471,12 +471,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn client_config(c: ClientArgs, gateways: Vec<SocketAddr>, attrs: Vec<Attr>) -> ClientConfig {
-    ClientConfig {
-        name: c.name,
-        pki: c.pki,
-        gateways,
-        attrs,
-    }
+    ClientConfig::new(c.name, c.pki, gateways).with_attrs(attrs)
 }
 
 fn submit(a: SubmitArgs) -> Result<()> {
@@ -506,10 +501,10 @@ fn submit(a: SubmitArgs) -> Result<()> {
             slots: 1,
         },
         priority: 0,
-        deadline_ms: a.deadline_ms,
+        deadline: (a.deadline_ms > 0).then(|| Duration::from_millis(a.deadline_ms)),
     };
     let outcome = block_on_local(async move {
-        let client = Client::connect(cfg).await?;
+        let client = LocalClient::connect(cfg).await?;
         let r = client.submit(task).await;
         client.close();
         r
@@ -574,7 +569,7 @@ fn status(a: StatusArgs) -> Result<()> {
     let addr = a.distributor;
     let cfg = client_config(a.client, Vec::new(), Vec::new());
     let reply = block_on_local(async move {
-        let c = Client::connect_distributor(cfg, addr).await?;
+        let c = LocalClient::connect_distributor(cfg, addr).await?;
         let r = c.status().await;
         c.close();
         r
@@ -688,7 +683,7 @@ fn explain(a: ExplainArgs) -> Result<()> {
     };
     let cfg = client_config(a.client, Vec::new(), Vec::new());
     let r = block_on_local(async move {
-        let c = Client::connect_distributor(cfg, addr).await?;
+        let c = LocalClient::connect_distributor(cfg, addr).await?;
         let r = c.explain(q).await;
         c.close();
         r

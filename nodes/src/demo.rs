@@ -11,7 +11,7 @@ use allot_wire::{Attr, AttrValue, Demands, ReportMode, Role, TaskStatus};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::client::{Client, ClientConfig, Outcome, Task};
+use crate::client::{ClientConfig, LocalClient, Outcome, Task};
 use crate::distributor::{self, DistributorConfig};
 use crate::gateway::{self, GatewayConfig, RedirectPolicy};
 use crate::worker::{self, WorkerConfig};
@@ -288,13 +288,8 @@ impl Report {
 async fn wait_registered(pki: &Path, set: &[SocketAddr], workers: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     for addr in set {
-        let cfg = ClientConfig {
-            name: "client-eu".into(),
-            pki: pki.to_path_buf(),
-            gateways: Vec::new(),
-            attrs: Vec::new(),
-        };
-        let c = Client::connect_distributor(cfg, *addr).await?;
+        let cfg = ClientConfig::new("client-eu", pki.to_path_buf(), Vec::new());
+        let c = LocalClient::connect_distributor(cfg, *addr).await?;
         loop {
             let s = c.status().await?;
             let up = s
@@ -325,16 +320,12 @@ async fn workload(
     wait_registered(&pki, &set, args.workers).await?;
     let mut clients = Vec::new();
     for r in REGIONS {
-        let cfg = ClientConfig {
-            name: format!("client-{r}"),
-            pki: pki.clone(),
-            gateways: gateways.clone(),
-            attrs: vec![Attr {
+        let cfg = ClientConfig::new(format!("client-{r}"), pki.clone(), gateways.clone())
+            .with_attrs(vec![Attr {
                 key: "region".into(),
                 value: AttrValue::Str(r.into()),
-            }],
-        };
-        clients.push((r, Client::connect(cfg).await?));
+            }]);
+        clients.push((r, LocalClient::connect(cfg).await?));
     }
     // The constraints must be satisfiable for every client region.
     let kinds = Rc::new(kinds());
@@ -377,7 +368,7 @@ async fn workload(
                 slots: 1,
             },
             priority: 0,
-            deadline_ms: 10_000,
+            deadline: Some(Duration::from_secs(10)),
         };
         let client = client.clone();
         let tx = tx.clone();

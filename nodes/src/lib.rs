@@ -28,7 +28,19 @@ pub mod units;
 pub mod users;
 pub mod worker;
 
-pub use client::{Client, ClientConfig, ClientError, Outcome, Task};
+/// The wire protocol crate, for anything not re-exported above.
+pub use allot_wire as wire;
+/// The wire types an SDK user meets (task statuses, resource demands,
+/// attributes, report modes, roles, status and explain replies), so that
+/// an embedding program needs no direct `allot-wire` dependency.
+pub use allot_wire::{
+    Attr, AttrRecord, AttrValue, ClauseCount, Demands, ErrorCode, ExplainQuery, ExplainReply,
+    NearMiss, ReportMode, Role, StatusReply, TaskStatus, Timings, WorkerState, WorkerStatus,
+};
+pub use client::{
+    AttemptError, Attempts, Client, ClientConfig, ClientError, LinkStats, LocalClient, Outcome,
+    Searched, Submission, Task,
+};
 pub use distributor::{DistributorConfig, DistributorHandle};
 pub use error::NodeError;
 pub use gateway::{GatewayConfig, GatewayHandle, RedirectPolicy};

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use allot::{apps, Client, ClientConfig, RedirectPolicy, Task, WorkerConfig};
+use allot::{apps, ClientConfig, LocalClient, RedirectPolicy, Task, WorkerConfig};
 use allot_wire::{ReportMode, Role, TaskStatus};
 use bytes::Bytes;
 
@@ -43,13 +43,8 @@ fn embedded_nodes_run_a_registered_handler() {
 
     let (rt, local) = support::local_runtime();
     local.block_on(&rt, async {
-        let cfg = ClientConfig {
-            name: "app".into(),
-            pki: pki.clone(),
-            gateways: vec![gw.addr],
-            attrs: Vec::new(),
-        };
-        let client = Client::connect(cfg).await.unwrap();
+        let cfg = ClientConfig::new("app", pki.clone(), vec![gw.addr]);
+        let client = LocalClient::connect(cfg).await.unwrap();
         // The worker may still be registering: retry briefly on no_match.
         let mut out = None;
         for _ in 0..100 {

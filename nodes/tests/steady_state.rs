@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use allot::{Client, ClientConfig, RedirectPolicy, Task, WorkerConfig};
+use allot::{ClientConfig, LocalClient, RedirectPolicy, Task, WorkerConfig};
 use allot_wire::{Role, TaskStatus};
 
 /// Counts allocations of the whole process (every node thread included).
@@ -48,7 +48,7 @@ mod support;
 const IN_FLIGHT: u64 = 256;
 
 /// Runs `n` tasks with [`IN_FLIGHT`] in flight; panics on any failure.
-async fn run(client: &Client, task: &Rc<Task>, n: u64) {
+async fn run(client: &LocalClient, task: &Rc<Task>, n: u64) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut sent = 0;
     while sent < n.min(IN_FLIGHT) {
@@ -96,14 +96,9 @@ fn a_task_costs_less_than_one_allocation_in_steady_state() {
 
     let (rt, local) = support::local_runtime();
     let per_task = local.block_on(&rt, async {
-        let client = Client::connect(ClientConfig {
-            name: "c".into(),
-            pki: pki.clone(),
-            gateways: vec![gw.addr],
-            attrs: Vec::new(),
-        })
-        .await
-        .expect("connect");
+        let client = LocalClient::connect(ClientConfig::new("c", pki.clone(), vec![gw.addr]))
+            .await
+            .expect("connect");
         for _ in 0..200 {
             let ok = client
                 .submit(Task::new("echo", "warm"))

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use allot::{apps, Client, ClientConfig, Task, WorkerConfig};
+use allot::{apps, ClientConfig, LocalClient, Task, WorkerConfig};
 use allot_wire::{Demands, ExplainQuery, ReportMode, Role, TaskStatus};
 use bytes::Bytes;
 
@@ -50,13 +50,10 @@ fn a_task_waits_for_the_busy_server_behind_many_that_cannot_run_it() {
 
     let (rt, local) = support::local_runtime();
     local.block_on(&rt, async {
-        let cfg = ClientConfig {
-            name: "app".into(),
-            pki: scratch.pki.clone(),
-            gateways: Vec::new(),
-            attrs: Vec::new(),
-        };
-        let client = Client::connect_distributor(cfg, dist.addr).await.unwrap();
+        let cfg = ClientConfig::new("app", scratch.pki.clone(), Vec::new());
+        let client = LocalClient::connect_distributor(cfg, dist.addr)
+            .await
+            .unwrap();
         for _ in 0..200 {
             let n = client.status().await.map(|s| s.workers.len()).unwrap_or(0);
             if n == LACKING + 1 {

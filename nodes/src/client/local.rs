@@ -1,27 +1,18 @@
-//! The client SDK.
-//!
-//! `Client::connect` searches the gateways in order (the first that answers
-//! wins), follows its redirect, and searches the distributor list in order.
-//! Tasks are pipelined on one long-lived stream; `submit` may be called many
-//! times concurrently. When the distributor fails, the client moves to the
-//! next one in the list (asking the gateways again when the list is used
-//! up) and resubmits every task still in flight with the same idempotency
-//! key, so each task still ends in exactly one result or one error.
-//!
-//! The client is `!Send`: like the nodes it runs on a current-thread
-//! runtime, inside a `tokio::task::LocalSet`.
+//! The `Rc` core of the client SDK: [`LocalClient`], `!Send`, run on a
+//! current-thread runtime inside a `tokio::task::LocalSet` like the nodes.
+//! [`Client`](super::Client) runs one on a thread of its own.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use allot_wire::{
-    Attr, Demands, ErrorMsg, ExplainQuery, ExplainReply, MessageKind, Redirect, Role, StatusQuery,
-    StatusReply, Submit, TaskResult, TaskStatus, Timings,
+    Cancel, Demands, ErrorMsg, ExplainQuery, ExplainReply, MessageKind, Redirect, Role,
+    StatusQuery, StatusReply, Submit, TaskResult, TaskStatus, Timings,
 };
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -32,139 +23,13 @@ use crate::labels::status_from_archived;
 use crate::pki::Pki;
 use crate::transport;
 
-/// Tasks one client may have in flight; `submit` beyond it fails at once.
-pub const MAX_IN_FLIGHT: usize = 1 << 20;
+use super::{
+    AttemptError, Attempts, ClientConfig, ClientError, LinkStats, Outcome, Searched, Task,
+    MAX_IN_FLIGHT,
+};
 
-/// How a client is set up.
-#[derive(Debug, Clone)]
-pub struct ClientConfig {
-    /// Certificate name (also the default user).
-    pub name: String,
-    /// PKI directory.
-    pub pki: PathBuf,
-    /// Gateways, in the order they are tried.
-    pub gateways: Vec<SocketAddr>,
-    /// Client attributes (`client.*` in expressions).
-    pub attrs: Vec<Attr>,
-}
-
-/// A task to submit.
-#[derive(Debug, Clone, Default)]
-pub struct Task {
-    /// Application.
-    pub app: String,
-    /// Input.
-    pub payload: Bytes,
-    /// Hard constraints.
-    pub require: String,
-    /// Score to maximise.
-    pub prefer: String,
-    /// User (empty: the certificate name).
-    pub user: String,
-    /// Resources.
-    pub demands: Demands,
-    /// Priority.
-    pub priority: i32,
-    /// Deadline in milliseconds (0: none).
-    pub deadline_ms: u64,
-}
-
-impl Task {
-    /// A task for `app` with `payload` and nothing else.
-    pub fn new(app: &str, payload: impl Into<Bytes>) -> Task {
-        Task {
-            app: app.to_owned(),
-            payload: payload.into(),
-            ..Task::default()
-        }
-    }
-}
-
-/// How a task ended.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// The client's id for the task.
-    pub task_id: u64,
-    /// Status.
-    pub status: TaskStatus,
-    /// The worker that ran it. Names are shared (`Arc<str>`): a client
-    /// sees the same few names over and over, and an outcome costs no
-    /// allocation for them.
-    pub worker: Arc<str>,
-    /// The distributor that placed it.
-    pub distributor: Arc<str>,
-    /// The gateway that redirected this client.
-    pub gateway: Arc<str>,
-    /// Placements tried.
-    pub attempts: u32,
-    /// Exit code of a command app.
-    pub exit_code: i32,
-    /// Reason for anything but `Ok`.
-    pub message: String,
-    /// Output.
-    pub output: Bytes,
-    /// Where the time went, as the distributor saw it.
-    pub timings: Timings,
-    /// From submit to the network read that brought the result, as the
-    /// client saw it.
-    pub latency: Duration,
-}
-
-/// The state of a client's connection to its distributor, as QUIC sees
-/// it: what to look at when throughput is lower than it should be.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct LinkStats {
-    /// The packet size the path settled on (MTU discovery).
-    pub mtu: u16,
-    /// Packets sent.
-    pub sent_packets: u64,
-    /// Packets declared lost (and resent). On loopback or a LAN this
-    /// should be 0: losses there mean full socket buffers.
-    pub lost_packets: u64,
-    /// Times the congestion controller cut its window.
-    pub congestion_events: u64,
-    /// Times QUIC decided large packets do not get through and fell back
-    /// to 1,200 bytes.
-    pub black_holes: u64,
-}
-
-impl LinkStats {
-    /// Adds another connection's counts (the smaller MTU is kept).
-    pub fn merge(&mut self, o: LinkStats) {
-        self.mtu = if self.mtu == 0 {
-            o.mtu
-        } else {
-            self.mtu.min(o.mtu)
-        };
-        self.sent_packets += o.sent_packets;
-        self.lost_packets += o.lost_packets;
-        self.congestion_events += o.congestion_events;
-        self.black_holes += o.black_holes;
-    }
-}
-
-/// Client errors.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum ClientError {
-    /// No gateway answered.
-    #[error("no gateway answered: {0}")]
-    NoGateway(String),
-    /// No distributor in the redirect answered.
-    #[error("no distributor answered: {0}")]
-    NoDistributor(String),
-    /// Certificates could not be loaded.
-    #[error("{0}")]
-    Setup(String),
-    /// Too many tasks in flight.
-    #[error("{0} tasks in flight, the client's limit")]
-    TooMany(usize),
-    /// The stream failed and no failover worked.
-    #[error("connection lost: {0}")]
-    Lost(String),
-    /// The distributor answered with an error.
-    #[error("distributor refused: {0}")]
-    Refused(String),
-}
+/// How long a closing client thread waits for its connections to close.
+const CLOSE_GRACE: Duration = Duration::from_millis(200);
 
 /// Where an outcome goes: the waiting `submit` call, or the channel of a
 /// pipelined submitter.
@@ -197,6 +62,8 @@ struct PendingTask {
     /// Its idempotency key, the same on every resubmission.
     key: u64,
     started: Instant,
+    /// A `Cancel` was sent for it (sent once only).
+    cancelled: bool,
 }
 
 /// Peer names as shared strings, so that an outcome does not allocate its
@@ -275,17 +142,18 @@ struct Inner {
     failing_over: Cell<bool>,
 }
 
-/// A connected client.
+/// A connected client on the current thread (`!Send`): cheap to clone,
+/// every clone shares the one connection. Must run inside a `LocalSet`.
 #[derive(Clone)]
-pub struct Client {
+pub struct LocalClient {
     inner: Rc<Inner>,
 }
 
-impl Client {
+impl LocalClient {
     /// Searches the gateways, follows the redirect, connects to the first
     /// distributor that answers.
-    pub async fn connect(cfg: ClientConfig) -> Result<Client, ClientError> {
-        let client = Client::new(cfg)?;
+    pub async fn connect(cfg: ClientConfig) -> Result<LocalClient, ClientError> {
+        let client = LocalClient::new(cfg)?;
         client.inner.redirect().await?;
         Inner::connect_any(&client.inner, 0).await?;
         Ok(client)
@@ -295,23 +163,23 @@ impl Client {
     pub async fn connect_distributor(
         cfg: ClientConfig,
         addr: SocketAddr,
-    ) -> Result<Client, ClientError> {
-        let client = Client::new(cfg)?;
+    ) -> Result<LocalClient, ClientError> {
+        let client = LocalClient::new(cfg)?;
         *client.inner.distributors.borrow_mut() = vec![addr];
         Inner::connect_any(&client.inner, 0).await?;
         Ok(client)
     }
 
-    fn new(cfg: ClientConfig) -> Result<Client, ClientError> {
-        let pki = Pki::load(&cfg.pki, &cfg.name).map_err(|e| ClientError::Setup(e.to_string()))?;
+    fn new(cfg: ClientConfig) -> Result<LocalClient, ClientError> {
+        let pki = Pki::load(&cfg.pki, &cfg.name).map_err(|e| ClientError::Pki(Arc::new(e)))?;
         let ep = transport::endpoint(&pki, SocketAddr::from(([0, 0, 0, 0], 0)))
-            .map_err(|e| ClientError::Setup(e.to_string()))?;
+            .map_err(|e| ClientError::Endpoint(Arc::new(e)))?;
         let key_base = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0)
             .rotate_left(20);
-        Ok(Client {
+        Ok(LocalClient {
             inner: Rc::new(Inner {
                 cfg,
                 ep,
@@ -347,12 +215,19 @@ impl Client {
     }
 
     /// Submits a task and waits for its result. Many calls may be in flight
-    /// at once on the same client.
+    /// at once on the same client. Dropping the future before it resolves
+    /// cancels the task (see [`LocalClient::cancel`]).
     pub async fn submit(&self, task: Task) -> Result<Outcome, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Rc::new(task), Reply::Once(tx))?;
-        rx.await
-            .unwrap_or_else(|_| Err(ClientError::Lost("client dropped".into())))
+        let id = self.send(Rc::new(task), Reply::Once(tx))?;
+        let guard = CancelOnDrop {
+            client: self,
+            id,
+            armed: true,
+        };
+        let r = rx.await.unwrap_or(Err(ClientError::Closed));
+        guard.disarm();
+        r
     }
 
     /// Pipelined submission for load generators: sends the task now and
@@ -369,13 +244,37 @@ impl Client {
         self.send(task.into(), Reply::Channel(results.clone()))
     }
 
+    /// Submission under an id chosen by the caller (a [`Client`](super::Client)
+    /// hands ids out itself, so that a submitter knows its id before the
+    /// client's thread sees the task). Ids must be unique per client and
+    /// not mixed with ids this client hands out.
+    pub(crate) fn submit_as(
+        &self,
+        id: u64,
+        task: Rc<Task>,
+        tx: oneshot::Sender<Result<Outcome, ClientError>>,
+    ) {
+        if let Err(e) = self.send_as(id, task, Reply::Once(tx)) {
+            // The reply went back with the error inside `send_as`.
+            tracing::debug!(task = id, "submission refused: {e}");
+        }
+    }
+
     fn send(&self, task: Rc<Task>, tx: Reply) -> Result<u64, ClientError> {
+        let id = self.inner.next_id.get();
+        self.inner.next_id.set(id + 1);
+        self.send_as(id, task, tx).map(|()| id)
+    }
+
+    /// Sends task `id`. When refused (too many in flight), `tx` gets the
+    /// error as well as the caller.
+    fn send_as(&self, id: u64, task: Rc<Task>, tx: Reply) -> Result<(), ClientError> {
         let inner = &self.inner;
         if inner.pending.borrow().len() >= MAX_IN_FLIGHT {
-            return Err(ClientError::TooMany(MAX_IN_FLIGHT));
+            let e = ClientError::TooMany(MAX_IN_FLIGHT);
+            tx.send(id, Err(e.clone()));
+            return Err(e);
         }
-        let id = inner.next_id.get();
-        inner.next_id.set(id + 1);
         let key = inner.key_base ^ id;
         let sent = {
             let session = inner.session.borrow();
@@ -390,6 +289,7 @@ impl Client {
                 task,
                 key,
                 started: Instant::now(),
+                cancelled: false,
             },
         );
         if !matches!(sent, Some(Ok(()))) {
@@ -397,33 +297,57 @@ impl Client {
             // resubmits everything pending) takes care of it.
             Inner::failover(inner.clone(), inner.generation.get());
         }
-        Ok(id)
+        Ok(())
+    }
+
+    /// Asks for task `task_id` to be stopped; returns whether it was still
+    /// in flight. The distributor takes it off its queue or stops it on its
+    /// worker, and the task's submitter gets an outcome with status
+    /// [`TaskStatus::Cancelled`] (or the task's real outcome, if it ended
+    /// first). While the client has no session (failing over), the task is
+    /// not resubmitted and ends as cancelled at once.
+    pub fn cancel(&self, task_id: u64) -> bool {
+        let inner = &self.inner;
+        let sent = {
+            let mut pending = inner.pending.borrow_mut();
+            let Some(p) = pending.get_mut(task_id) else {
+                return false;
+            };
+            if p.cancelled {
+                return true;
+            }
+            p.cancelled = true;
+            let session = inner.session.borrow();
+            session
+                .as_ref()
+                .is_some_and(|s| s.out.send(&Cancel { task_id }, &Bytes::new()).is_ok())
+        };
+        if !sent {
+            inner.end_cancelled(task_id);
+        }
+        true
     }
 
     /// The distributor's table of workers.
     pub async fn status(&self) -> Result<StatusReply, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.request(&StatusQuery { include_down: true }, Waiter::Status(tx))?;
-        rx.await
-            .unwrap_or_else(|_| Err(ClientError::Lost("stream closed".into())))
+        rx.await.unwrap_or(Err(ClientError::Closed))
     }
 
     /// Whether a task would be placed, and if not why.
     pub async fn explain(&self, q: ExplainQuery) -> Result<ExplainReply, ClientError> {
         let (tx, rx) = oneshot::channel();
         self.request(&q, Waiter::Explain(tx))?;
-        rx.await
-            .unwrap_or_else(|_| Err(ClientError::Lost("stream closed".into())))
+        rx.await.unwrap_or(Err(ClientError::Closed))
     }
 
     fn request<M: allot_wire::WireMessage>(&self, m: &M, w: Waiter) -> Result<(), ClientError> {
         let session = self.inner.session.borrow();
-        let s = session
-            .as_ref()
-            .ok_or_else(|| ClientError::Lost("not connected".into()))?;
+        let s = session.as_ref().ok_or(ClientError::NotConnected)?;
         s.out
             .send(m, &Bytes::new())
-            .map_err(|e| ClientError::Lost(e.to_string()))?;
+            .map_err(|e| ClientError::Lost(Arc::new(e)))?;
         self.inner.waiters.borrow_mut().push_back(w);
         Ok(())
     }
@@ -441,6 +365,12 @@ impl Client {
         })
     }
 
+    /// Waits (briefly) for the closed connections to tell their peers, so
+    /// that a distributor learns at once that the client is gone.
+    pub(crate) async fn wait_idle(&self) {
+        let _ = tokio::time::timeout(CLOSE_GRACE, self.inner.ep.wait_idle()).await;
+    }
+
     /// Closes the connection.
     pub fn close(&self) {
         // Marked as failing over so the reader's end does not reconnect.
@@ -452,7 +382,51 @@ impl Client {
     }
 }
 
+/// Cancels a [`LocalClient::submit`] whose future is dropped before it
+/// resolves.
+struct CancelOnDrop<'a> {
+    client: &'a LocalClient,
+    id: u64,
+    armed: bool,
+}
+
+impl CancelOnDrop<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.client.cancel(self.id);
+        }
+    }
+}
+
 impl Inner {
+    /// Ends task `id` as cancelled without asking a distributor (there is
+    /// no session to ask, or it was lost).
+    fn end_cancelled(&self, id: u64) {
+        let Some(p) = self.pending.borrow_mut().remove(id) else {
+            return;
+        };
+        let outcome = Outcome {
+            task_id: id,
+            status: TaskStatus::Cancelled,
+            worker: Arc::from(""),
+            distributor: Arc::from(""),
+            gateway: self.gateway.borrow().clone(),
+            attempts: 0,
+            exit_code: 0,
+            message: "cancelled by the client while it had no distributor".into(),
+            output: Bytes::new(),
+            timings: Timings::default(),
+            latency: p.started.elapsed(),
+        };
+        p.tx.send(id, Ok(outcome));
+    }
+
     /// Encodes `task` as a `Submit` through the reused message.
     fn send_submit(&self, out: &Outbox, id: u64, key: u64, task: &Task) -> Result<(), ConnError> {
         let mut guard = self.submit.borrow_mut();
@@ -470,13 +444,13 @@ impl Inner {
         }
         s.demands = task.demands;
         s.priority = task.priority;
-        s.deadline_ms = task.deadline_ms;
+        s.deadline_ms = task.deadline_ms();
         out.send(&*s, &task.payload)
     }
 
     /// Asks the gateways, in order, for a distributor list.
     async fn redirect(&self) -> Result<(), ClientError> {
-        let mut errors = Vec::new();
+        let mut tried = Attempts::default();
         for gw in &self.cfg.gateways {
             match self.ask_gateway(*gw).await {
                 Ok(r) => {
@@ -486,7 +460,7 @@ impl Inner {
                         .filter_map(|a| a.parse().ok())
                         .collect();
                     if list.is_empty() {
-                        errors.push(format!("{gw}: empty redirect"));
+                        tried.push(*gw, AttemptError::EmptyRedirect);
                         continue;
                     }
                     *self.distributors.borrow_mut() = list;
@@ -496,22 +470,50 @@ impl Inner {
                     ));
                     return Ok(());
                 }
-                Err(e) => errors.push(format!("{gw}: {e}")),
+                Err(e) => tried.push(*gw, e),
             }
         }
-        Err(ClientError::NoGateway(errors.join("; ")))
+        Err(ClientError::search_failed(tried, Searched::Gateway))
     }
 
-    async fn ask_gateway(&self, gw: SocketAddr) -> Result<Redirect, ConnError> {
-        let conn = transport::connect(&self.ep, gw)
+    /// Runs one connection attempt within the configured connect timeout.
+    async fn within<T>(
+        &self,
+        attempt: impl Future<Output = Result<T, AttemptError>>,
+    ) -> Result<T, AttemptError> {
+        let after = self.cfg.connect_timeout;
+        tokio::time::timeout(after, attempt)
             .await
-            .map_err(|e| ConnError::Forbidden(e.to_string()))?;
-        let mut s = conn::open(
+            .unwrap_or(Err(AttemptError::Timeout { after }))
+    }
+
+    /// Connects to `addr` and exchanges `Hello`s.
+    async fn dial(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(quinn::Connection, conn::Stream), AttemptError> {
+        let conn = transport::connect(&self.ep, addr).await?;
+        let s = conn::open(
             &conn,
             &conn::hello(Role::Client, &self.cfg.name, self.cfg.attrs.clone()),
         )
         .await?;
-        let f = s.reader.next().await?.ok_or(ConnError::Closed)?;
+        Ok((conn, s))
+    }
+
+    async fn ask_gateway(&self, gw: SocketAddr) -> Result<Redirect, AttemptError> {
+        self.within(async {
+            let (conn, mut s) = self.dial(gw).await?;
+            let r = Inner::read_redirect(&mut s.reader).await;
+            s.out.close();
+            conn.close(0u32.into(), b"redirected");
+            Ok(r?)
+        })
+        .await
+    }
+
+    async fn read_redirect(reader: &mut conn::FrameReader) -> Result<Redirect, ConnError> {
+        let f = reader.next().await?.ok_or(ConnError::Closed)?;
         let r = if f.kind() == MessageKind::Error {
             let e = f.validate::<ErrorMsg>()?;
             Err(ConnError::Refused {
@@ -521,15 +523,13 @@ impl Inner {
         } else {
             Ok(f.validate::<Redirect>()?.to_owned_message()?)
         };
-        s.out.close();
-        conn.close(0u32.into(), b"redirected");
         r
     }
 
     /// Connects to the distributors from `start` on, in order.
     async fn connect_any(this: &Rc<Inner>, start: usize) -> Result<(), ClientError> {
         let list = this.distributors.borrow().clone();
-        let mut errors = Vec::new();
+        let mut tried = Attempts::default();
         for addr in list.iter().skip(start) {
             match this.open_session(*addr).await {
                 Ok((session, reader)) => {
@@ -538,24 +538,17 @@ impl Inner {
                     tokio::task::spawn_local(read_loop(this.clone(), reader, generation));
                     return Ok(());
                 }
-                Err(e) => errors.push(format!("{addr}: {e}")),
+                Err(e) => tried.push(*addr, e),
             }
         }
-        Err(ClientError::NoDistributor(errors.join("; ")))
+        Err(ClientError::search_failed(tried, Searched::Distributor))
     }
 
     async fn open_session(
         &self,
         addr: SocketAddr,
-    ) -> Result<(Session, conn::FrameReader), ConnError> {
-        let conn = transport::connect(&self.ep, addr)
-            .await
-            .map_err(|e| ConnError::Forbidden(e.to_string()))?;
-        let s = conn::open(
-            &conn,
-            &conn::hello(Role::Client, &self.cfg.name, self.cfg.attrs.clone()),
-        )
-        .await?;
+    ) -> Result<(Session, conn::FrameReader), AttemptError> {
+        let (conn, s) = self.within(self.dial(addr)).await?;
         let generation = self.generation.get() + 1;
         self.generation.set(generation);
         Ok((
@@ -611,8 +604,18 @@ impl Inner {
                     let session = this.session.borrow();
                     if let Some(s) = session.as_ref() {
                         tracing::info!(distributor = %s.distributor, "failed over; resubmitting {} tasks", this.pending.borrow().len());
+                        let mut cancelled = Vec::new();
                         for (id, p) in this.pending.borrow().iter() {
-                            let _ = this.send_submit(&s.out, id, p.key, &p.task);
+                            if p.cancelled {
+                                cancelled.push(id);
+                            } else {
+                                let _ = this.send_submit(&s.out, id, p.key, &p.task);
+                            }
+                        }
+                        // Cancelled before the failover: not resubmitted
+                        // but ended here.
+                        for id in cancelled {
+                            this.end_cancelled(id);
                         }
                     }
                 }
@@ -696,20 +699,23 @@ async fn read_loop(inner: Rc<Inner>, mut reader: conn::FrameReader, generation: 
                         let r = frame
                             .validate::<StatusReply>()
                             .and_then(|v| v.to_owned_message());
-                        let _ = tx.send(r.map_err(|e| ClientError::Refused(e.to_string())));
+                        let _ = tx.send(r.map_err(|e| ClientError::BadReply(Arc::new(e))));
                     }
                     (MessageKind::ExplainReply, Waiter::Explain(tx)) => {
                         let r = frame
                             .validate::<ExplainReply>()
                             .and_then(|v| v.to_owned_message());
-                        let _ = tx.send(r.map_err(|e| ClientError::Refused(e.to_string())));
+                        let _ = tx.send(r.map_err(|e| ClientError::BadReply(Arc::new(e))));
                     }
                     (_, w) => {
-                        let msg = frame
-                            .validate::<ErrorMsg>()
-                            .map(|e| e.get().message.as_str().to_owned())
-                            .unwrap_or_else(|e| e.to_string());
-                        w.fail(ClientError::Refused(msg));
+                        let e = match frame.validate::<ErrorMsg>() {
+                            Ok(e) => ClientError::Refused {
+                                code: conn::decode_code(&e.get().code),
+                                message: e.get().message.as_str().to_owned(),
+                            },
+                            Err(e) => ClientError::BadReply(Arc::new(e)),
+                        };
+                        w.fail(e);
                     }
                 }
             }
