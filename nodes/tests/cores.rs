@@ -122,6 +122,22 @@ fn cancel_of_a_running_task_stops_it_on_the_worker() {
 }
 
 #[test]
+fn cancel_of_a_running_task_hands_its_slot_to_a_waiting_one_at_once() {
+    let mut sim = Sim::new(|_| {});
+    let w = sim.worker("w-1", &["sleep"], 1);
+    let c = sim.client("cli");
+    sim.submit(c, &task(1, "sleep"), b"");
+    sim.submit(c, &task(2, "sleep"), b"");
+    assert_eq!(sim.workers[w].runs.len(), 1);
+    sim.cancel(c, 1);
+    assert_eq!(
+        sim.workers[w].runs.len(),
+        2,
+        "placed without waiting for a sweep"
+    );
+}
+
+#[test]
 fn cancel_from_another_link_does_not_touch_the_task() {
     let mut sim = Sim::new(|_| {});
     let w = sim.worker("w-1", &["sleep"], 1);

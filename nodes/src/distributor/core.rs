@@ -1163,6 +1163,8 @@ impl State {
             if let Some(mut p) = self.pending.remove(task) {
                 self.cancel_on_worker(task, &mut p);
                 self.finish_error(p, TaskStatus::Cancelled, "cancelled by the client".into());
+                // Its reservation is free: a waiting task may take it now.
+                self.drain_queue(DRAIN_PER_EVENT);
             }
         }
     }

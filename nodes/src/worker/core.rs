@@ -60,7 +60,7 @@ pub enum Action {
         deadline: Option<Duration>,
     },
     /// Stop a task started by [`Action::Run`] (cancelled, or its
-    /// distributor is gone); then report [`WorkerCore::task_aborted`].
+    /// distributor is gone). Its capacity is already free in the core.
     Abort {
         /// Its link.
         link: LinkId,
@@ -238,20 +238,31 @@ impl WorkerCore {
     /// The link's stream ended. Its distributor retries the link's tasks
     /// elsewhere, so they are stopped here ([`Action::Abort`]). Returns
     /// whether the link had registered.
-    pub fn link_closed(&mut self, _now: Instant, link: LinkId) -> bool {
+    pub fn link_closed(&mut self, now: Instant, link: LinkId) -> bool {
         let Some(l) = self.links.remove(&link) else {
             return false;
         };
         l.out.closed_by_peer();
-        for (l2, task) in self.running.keys() {
-            if *l2 == link {
-                self.actions.push_back(Action::Abort {
-                    link: *l2,
-                    task: *task,
-                });
-            }
+        let lost: Vec<u64> = self
+            .running
+            .keys()
+            .filter(|(l2, _)| *l2 == link)
+            .map(|(_, t)| *t)
+            .collect();
+        for task in lost {
+            self.abort(now, link, task);
         }
         l.registered.is_some()
+    }
+
+    /// Stops a running task: its capacity is free at once (the distributor
+    /// released it when it cancelled), and the shell is told to stop it.
+    fn abort(&mut self, now: Instant, link: LinkId, task: u64) {
+        if let Some(need) = self.running.remove(&(link, task)) {
+            self.free_capacity(need);
+            self.mark_dirty(now);
+            self.actions.push_back(Action::Abort { link, task });
+        }
     }
 
     /// The shell wrote `bytes` of `link`'s transmit.
@@ -276,10 +287,7 @@ impl WorkerCore {
                 .validate::<Assign>()
                 .map(|a| self.on_assign(now, link, a.get(), a.payload())),
             MessageKind::Cancel => frame.validate::<Cancel>().map(|c| {
-                let task = c.get().task_id.to_native();
-                if self.running.contains_key(&(link, task)) {
-                    self.actions.push_back(Action::Abort { link, task });
-                }
+                self.abort(now, link, c.get().task_id.to_native());
             }),
             other => Err(FrameError::Invalid {
                 kind: other,
@@ -415,7 +423,8 @@ impl WorkerCore {
         self.mark_dirty(now);
     }
 
-    /// A task was stopped after [`Action::Abort`]: its capacity is free.
+    /// A task the shell ran was stopped without an outcome (the shell
+    /// stopping, or an [`Action::Abort`]): its capacity is free.
     pub fn task_aborted(&mut self, now: Instant, link: LinkId, task: u64) {
         if let Some(need) = self.running.remove(&(link, task)) {
             self.free_capacity(need);
