@@ -39,6 +39,9 @@ enum Reply {
 }
 
 impl Reply {
+    /// Hands the outcome to its submitter. A submitter that stopped
+    /// waiting (its future dropped) has cancelled the task already, so an
+    /// outcome nobody receives is expected, not lost.
     fn send(self, id: u64, r: Result<Outcome, ClientError>) {
         match self {
             Reply::Once(tx) => {
@@ -605,17 +608,25 @@ impl Inner {
                     if let Some(s) = session.as_ref() {
                         tracing::info!(distributor = %s.distributor, "failed over; resubmitting {} tasks", this.pending.borrow().len());
                         let mut cancelled = Vec::new();
+                        let mut unsent = Vec::new();
                         for (id, p) in this.pending.borrow().iter() {
                             if p.cancelled {
                                 cancelled.push(id);
-                            } else {
-                                let _ = this.send_submit(&s.out, id, p.key, &p.task);
+                            } else if let Err(e) = this.send_submit(&s.out, id, p.key, &p.task) {
+                                unsent.push((id, e));
                             }
                         }
                         // Cancelled before the failover: not resubmitted
                         // but ended here.
                         for id in cancelled {
                             this.end_cancelled(id);
+                        }
+                        // A resubmission the new stream would not take
+                        // ends with that error, not in silence.
+                        for (id, e) in unsent {
+                            if let Some(p) = this.pending.borrow_mut().remove(id) {
+                                p.tx.send(id, Err(ClientError::Lost(Arc::new(e))));
+                            }
                         }
                     }
                 }
