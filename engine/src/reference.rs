@@ -6,7 +6,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::expr::parser::{parse, BinOp, Expr, ExprKind, Scope, UnOp};
+use crate::expr::op::{ArOp, BinOp, CmpOp, UnOp};
+use crate::expr::parser::{parse, Expr, ExprKind, Scope};
 use crate::expr::{Which, DEFAULT_PREFER};
 use crate::schema::{
     Change, Column, DeltaOutcome, Env, LabelValue, ServerId, ServerRecord, ServerState,
@@ -301,35 +302,35 @@ fn eval(e: &Expr, row: &NaiveRow, env: &Env) -> V {
             match op {
                 BinOp::And => V::Bool(x == V::Bool(true) && y == V::Bool(true)),
                 BinOp::Or => V::Bool(x == V::Bool(true) || y == V::Bool(true)),
-                BinOp::Add => V::Num(num(&x) + num(&y)),
-                BinOp::Sub => V::Num(num(&x) - num(&y)),
-                BinOp::Mul => V::Num(num(&x) * num(&y)),
-                BinOp::Div => V::Num(num(&x) / num(&y)),
+                BinOp::Ar(ArOp::Add) => V::Num(num(&x) + num(&y)),
+                BinOp::Ar(ArOp::Sub) => V::Num(num(&x) - num(&y)),
+                BinOp::Ar(ArOp::Mul) => V::Num(num(&x) * num(&y)),
+                BinOp::Ar(ArOp::Div) => V::Num(num(&x) / num(&y)),
                 BinOp::In => V::Bool(match (&x, &y) {
                     (V::Str(s), V::Apps) => row.apps.contains(s),
                     (V::Str(s), V::List(l)) => l.contains(s),
                     _ => false,
                 }),
-                _ => V::Bool(match (&x, &y) {
+                BinOp::Cmp(op) => V::Bool(match (&x, &y) {
                     (V::Num(a), V::Num(b)) => {
                         let (a, b) = (*a, *b);
                         if a.is_nan() || b.is_nan() {
                             false
                         } else {
                             match op {
-                                BinOp::Eq => a == b,
-                                BinOp::Ne => a != b,
-                                BinOp::Lt => a < b,
-                                BinOp::Le => a <= b,
-                                BinOp::Gt => a > b,
-                                _ => a >= b,
+                                CmpOp::Eq => a == b,
+                                CmpOp::Ne => a != b,
+                                CmpOp::Lt => a < b,
+                                CmpOp::Le => a <= b,
+                                CmpOp::Gt => a > b,
+                                CmpOp::Ge => a >= b,
                             }
                         }
                     }
                     (V::Str(a), V::Str(b)) => match op {
-                        BinOp::Eq => a == b,
-                        BinOp::Ne => a != b,
-                        _ => false,
+                        CmpOp::Eq => a == b,
+                        CmpOp::Ne => a != b,
+                        CmpOp::Lt | CmpOp::Le | CmpOp::Gt | CmpOp::Ge => false,
                     },
                     _ => false,
                 }),

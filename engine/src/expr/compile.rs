@@ -8,9 +8,9 @@
 //! [`crate::schema`]), so that compiled queries compare integers and stay
 //! valid as servers come and go.
 
-use super::parser::{BinOp, Expr, ExprKind, Scope, UnOp};
+use super::op::{BinOp, CmpOp, UnOp};
+use super::parser::{Expr, ExprKind, Scope};
 use super::{column_of, ExprError, Which};
-use crate::expr::op::{ArOp, CmpOp};
 use crate::expr::pred::{NumExpr, Pred};
 use crate::schema::{Column, ColumnKind, Env, LabelValue};
 use crate::table::Strings;
@@ -123,7 +123,7 @@ impl Lowerer<'_> {
             ExprKind::Ref(scope, name) => self.reference(e, *scope, name)?,
             ExprKind::Unary(UnOp::Not, a) => {
                 let t = self.lower(a)?;
-                match self.bool_operand(t, a, "!")? {
+                match self.bool_operand(t, a, UnOp::Not.symbol())? {
                     Pred::Const(b) => Typed::Const(Value::Bool(!b)),
                     Pred::Not(p) => Typed::Bool(*p),
                     p => Typed::Bool(Pred::Not(Box::new(p))),
@@ -131,7 +131,8 @@ impl Lowerer<'_> {
             }
             ExprKind::Unary(UnOp::Neg, a) => {
                 let t = self.lower(a)?;
-                match self.num_operand(t, a, "'-' expects a number")? {
+                let what = format!("'{}' expects a number", UnOp::Neg.symbol());
+                match self.num_operand(t, a, &what)? {
                     NumExpr::Const(n) => Typed::Const(Value::Num(-n)),
                     n => Typed::Num(NumExpr::Neg(Box::new(n))),
                 }
@@ -240,16 +241,10 @@ impl Lowerer<'_> {
                     }
                 })
             }
-            BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div => {
+            BinOp::Ar(ar) => {
                 let what = format!("'{}' expects numbers", op.symbol());
                 let na = self.num_operand(ta, a, &what)?;
                 let nb = self.num_operand(tb, b, &what)?;
-                let ar = match op {
-                    BinOp::Add => ArOp::Add,
-                    BinOp::Sub => ArOp::Sub,
-                    BinOp::Mul => ArOp::Mul,
-                    _ => ArOp::Div,
-                };
                 Ok(match (na, nb) {
                     (NumExpr::Const(x), NumExpr::Const(y)) => {
                         Typed::Const(Value::Num(ar.apply(x, y)))
@@ -258,17 +253,7 @@ impl Lowerer<'_> {
                 })
             }
             BinOp::In => self.membership(ta, a, tb, b),
-            BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
-                let cmp = match op {
-                    BinOp::Eq => CmpOp::Eq,
-                    BinOp::Ne => CmpOp::Ne,
-                    BinOp::Lt => CmpOp::Lt,
-                    BinOp::Le => CmpOp::Le,
-                    BinOp::Gt => CmpOp::Gt,
-                    _ => CmpOp::Ge,
-                };
-                self.comparison(cmp, op.symbol(), ta, a, tb, b)
-            }
+            BinOp::Cmp(cmp) => self.comparison(cmp, op.symbol(), ta, a, tb, b),
         }
     }
 

@@ -1,5 +1,6 @@
 //! Tokens of the expression language.
 
+use super::op::Op;
 use super::{column_of, ExprError, Which};
 
 /// A token and the byte range it covers.
@@ -28,32 +29,9 @@ pub enum Tok {
     LParen,
     /// `)`
     RParen,
-    /// `==`
-    Eq,
-    /// `!=`
-    Ne,
-    /// `<`
-    Lt,
-    /// `<=`
-    Le,
-    /// `>`
-    Gt,
-    /// `>=`
-    Ge,
-    /// `&&`
-    And,
-    /// `||`
-    Or,
-    /// `!`
-    Not,
-    /// `+`
-    Plus,
-    /// `-`
-    Minus,
-    /// `*`
-    Star,
-    /// `/`
-    Slash,
+    /// An operator spelled with punctuation, as [`Op::lex`] reads it (a `-`
+    /// is always subtraction here; the parser tells negation by position).
+    Op(Op),
     /// End of input.
     End,
 }
@@ -68,19 +46,7 @@ impl Tok {
             Tok::Dot => "'.'".into(),
             Tok::LParen => "'('".into(),
             Tok::RParen => "')'".into(),
-            Tok::Eq => "'=='".into(),
-            Tok::Ne => "'!='".into(),
-            Tok::Lt => "'<'".into(),
-            Tok::Le => "'<='".into(),
-            Tok::Gt => "'>'".into(),
-            Tok::Ge => "'>='".into(),
-            Tok::And => "'&&'".into(),
-            Tok::Or => "'||'".into(),
-            Tok::Not => "'!'".into(),
-            Tok::Plus => "'+'".into(),
-            Tok::Minus => "'-'".into(),
-            Tok::Star => "'*'".into(),
-            Tok::Slash => "'/'".into(),
+            Tok::Op(op) => format!("'{}'", op.symbol()),
             Tok::End => "end of input".into(),
         }
     }
@@ -131,7 +97,6 @@ pub fn lex(src: &str, which: Which) -> Result<Vec<Token>, ExprError> {
             continue;
         }
         let start = i;
-        let two = |a: u8, b: u8| bytes[i] == a && bytes.get(i + 1) == Some(&b);
         let kind = if c.is_ascii_digit()
             || (c == '.' && bytes.get(i + 1).is_some_and(u8::is_ascii_digit))
         {
@@ -220,27 +185,10 @@ pub fn lex(src: &str, which: Which) -> Result<Vec<Token>, ExprError> {
             }
             Tok::Str(s)
         } else {
-            let (kind, len) = if two(b'=', b'=') {
-                (Tok::Eq, 2)
-            } else if two(b'!', b'=') {
-                (Tok::Ne, 2)
-            } else if two(b'<', b'=') {
-                (Tok::Le, 2)
-            } else if two(b'>', b'=') {
-                (Tok::Ge, 2)
-            } else if two(b'&', b'&') {
-                (Tok::And, 2)
-            } else if two(b'|', b'|') {
-                (Tok::Or, 2)
+            let (kind, len) = if let Some((op, len)) = Op::lex(&src[i..]) {
+                (Tok::Op(op), len)
             } else {
                 let k = match c {
-                    '<' => Tok::Lt,
-                    '>' => Tok::Gt,
-                    '!' => Tok::Not,
-                    '+' => Tok::Plus,
-                    '-' => Tok::Minus,
-                    '*' => Tok::Star,
-                    '/' => Tok::Slash,
                     '(' => Tok::LParen,
                     ')' => Tok::RParen,
                     '.' => Tok::Dot,
@@ -281,6 +229,7 @@ pub fn lex(src: &str, which: Which) -> Result<Vec<Token>, ExprError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::expr::op::{ArOp, BinOp, CmpOp, UnOp};
 
     fn kinds(s: &str) -> Vec<Tok> {
         lex(s, Which::Require)
@@ -309,13 +258,23 @@ mod tests {
                 Tok::Ident("a".into()),
                 Tok::Dot,
                 Tok::Ident("b".into()),
-                Tok::Ge,
+                Tok::Op(Op::Bin(BinOp::Cmp(CmpOp::Ge))),
                 Tok::Num(1.0),
-                Tok::And,
-                Tok::Not,
+                Tok::Op(Op::Bin(BinOp::And)),
+                Tok::Op(Op::Un(UnOp::Not)),
                 Tok::Ident("x".into()),
-                Tok::Or,
+                Tok::Op(Op::Bin(BinOp::Or)),
                 Tok::Str("q's".into()),
+                Tok::End
+            ]
+        );
+        assert_eq!(
+            kinds("-a in b"),
+            vec![
+                Tok::Op(Op::Bin(BinOp::Ar(ArOp::Sub))),
+                Tok::Ident("a".into()),
+                Tok::Ident("in".into()),
+                Tok::Ident("b".into()),
                 Tok::End
             ]
         );

@@ -21,13 +21,14 @@
 //! then makes it true. Arithmetic on a label that is not a number gives NaN.
 //! Strings compare only with `==` and `!=`.
 //!
-//! [`parser::parse`] gives an AST; [`compile`] type-checks it, folds every
-//! non-`server.*` reference to a constant, and lowers it to a program over
-//! server columns.
+//! [`op`] defines the operators (spelling, precedence, associativity) for
+//! every stage. [`parser::parse`] gives an AST; [`compile`] type-checks it,
+//! folds every non-`server.*` reference to a constant, and lowers it to a
+//! program over server columns.
 
 pub mod compile;
 pub mod lexer;
-pub(crate) mod op;
+pub mod op;
 pub mod parser;
 pub(crate) mod pred;
 

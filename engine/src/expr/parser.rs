@@ -1,7 +1,8 @@
-//! Recursive-descent parser. Precedence, loosest first: `||`, `&&`,
-//! comparisons and `in` (which do not chain), `+ -`, `* /`, unary `! -`.
+//! Recursive-descent parser, with precedence climbing for the binary
+//! operators; their precedence and associativity are [`Op`]'s.
 
 use super::lexer::{lex, Tok, Token};
+use super::op::{Assoc, BinOp, Op, UnOp};
 use super::{column_of, ExprError, Which};
 
 /// Where a reference points.
@@ -27,75 +28,6 @@ impl Scope {
             Scope::Client => "client",
         }
     }
-}
-
-/// Binary operators.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum BinOp {
-    /// `&&`
-    And,
-    /// `||`
-    Or,
-    /// `==`
-    Eq,
-    /// `!=`
-    Ne,
-    /// `<`
-    Lt,
-    /// `<=`
-    Le,
-    /// `>`
-    Gt,
-    /// `>=`
-    Ge,
-    /// `+`
-    Add,
-    /// `-`
-    Sub,
-    /// `*`
-    Mul,
-    /// `/`
-    Div,
-    /// `in`
-    In,
-}
-
-impl BinOp {
-    /// The operator as written.
-    pub fn symbol(self) -> &'static str {
-        match self {
-            BinOp::And => "&&",
-            BinOp::Or => "||",
-            BinOp::Eq => "==",
-            BinOp::Ne => "!=",
-            BinOp::Lt => "<",
-            BinOp::Le => "<=",
-            BinOp::Gt => ">",
-            BinOp::Ge => ">=",
-            BinOp::Add => "+",
-            BinOp::Sub => "-",
-            BinOp::Mul => "*",
-            BinOp::Div => "/",
-            BinOp::In => "in",
-        }
-    }
-
-    /// Whether this is one of `== != < <= > >=`.
-    pub fn is_comparison(self) -> bool {
-        matches!(
-            self,
-            BinOp::Eq | BinOp::Ne | BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge
-        )
-    }
-}
-
-/// Unary operators.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub enum UnOp {
-    /// `!`
-    Not,
-    /// `-`
-    Neg,
 }
 
 /// An expression node with the byte range of its source text.
@@ -136,7 +68,7 @@ pub fn parse(src: &str, which: Which) -> Result<Expr, ExprError> {
         which,
         depth: 0,
     };
-    let e = p.or()?;
+    let e = p.binary_expr(0)?;
     let t = p.peek();
     if t.kind != Tok::End {
         return Err(p.err(
@@ -189,85 +121,49 @@ impl Parser<'_> {
         }
     }
 
-    fn or(&mut self) -> Result<Expr, ExprError> {
-        let mut l = self.and()?;
-        while self.peek().kind == Tok::Or {
-            self.bump();
-            let r = self.and()?;
-            l = Self::binary(BinOp::Or, l, r);
-        }
-        Ok(l)
-    }
-
-    fn and(&mut self) -> Result<Expr, ExprError> {
-        let mut l = self.cmp()?;
-        while self.peek().kind == Tok::And {
-            self.bump();
-            let r = self.cmp()?;
-            l = Self::binary(BinOp::And, l, r);
-        }
-        Ok(l)
-    }
-
-    fn cmp_op(t: &Tok) -> Option<BinOp> {
-        Some(match t {
-            Tok::Eq => BinOp::Eq,
-            Tok::Ne => BinOp::Ne,
-            Tok::Lt => BinOp::Lt,
-            Tok::Le => BinOp::Le,
-            Tok::Gt => BinOp::Gt,
-            Tok::Ge => BinOp::Ge,
-            Tok::Ident(w) if w == "in" => BinOp::In,
-            _ => return None,
-        })
-    }
-
-    fn cmp(&mut self) -> Result<Expr, ExprError> {
-        let l = self.sum()?;
-        let Some(op) = Self::cmp_op(&self.peek().kind) else {
-            return Ok(l);
-        };
-        self.bump();
-        let r = self.sum()?;
-        let t = self.peek();
-        if Self::cmp_op(&t.kind).is_some() {
-            return Err(self.err(
-                t.start,
-                format!(
-                    "comparisons do not chain: found {} after a comparison; expected && or || between comparisons",
-                    t.kind.describe()
-                ),
-            ));
-        }
-        Ok(Self::binary(op, l, r))
-    }
-
-    fn sum(&mut self) -> Result<Expr, ExprError> {
-        let mut l = self.product()?;
-        loop {
-            let op = match self.peek().kind {
-                Tok::Plus => BinOp::Add,
-                Tok::Minus => BinOp::Sub,
-                _ => return Ok(l),
-            };
-            self.bump();
-            let r = self.product()?;
-            l = Self::binary(op, l, r);
+    /// The binary operator `t` is, where it stands between two operands.
+    fn infix(t: &Tok) -> Option<BinOp> {
+        match t {
+            Tok::Op(Op::Bin(op)) => Some(*op),
+            Tok::Ident(w) => match Op::word(w) {
+                Some(Op::Bin(op)) => Some(op),
+                _ => None,
+            },
+            _ => None,
         }
     }
 
-    fn product(&mut self) -> Result<Expr, ExprError> {
+    /// An expression whose binary operators all bind at least as tightly as
+    /// `min`: operands are prefix expressions, and each operator's right
+    /// side takes only operators that bind tighter, which makes a row of
+    /// equals group to the left, or, for those that do not chain, an error.
+    fn binary_expr(&mut self, min: u8) -> Result<Expr, ExprError> {
         let mut l = self.unary()?;
-        loop {
-            let op = match self.peek().kind {
-                Tok::Star => BinOp::Mul,
-                Tok::Slash => BinOp::Div,
-                _ => return Ok(l),
-            };
+        while let Some(op) = Self::infix(&self.peek().kind) {
+            let prec = op.precedence();
+            if prec < min {
+                break;
+            }
             self.bump();
-            let r = self.unary()?;
+            let r = self.binary_expr(match op.assoc() {
+                Assoc::Right => prec,
+                Assoc::Left | Assoc::None => prec + 1,
+            })?;
+            if op.assoc() == Assoc::None {
+                let t = self.peek();
+                if Self::infix(&t.kind).is_some_and(|next| next.precedence() == prec) {
+                    return Err(self.err(
+                        t.start,
+                        format!(
+                            "comparisons do not chain: found {} after a comparison; expected && or || between comparisons",
+                            t.kind.describe()
+                        ),
+                    ));
+                }
+            }
             l = Self::binary(op, l, r);
         }
+        Ok(l)
     }
 
     fn enter(&mut self, at: usize) -> Result<(), ExprError> {
@@ -283,10 +179,11 @@ impl Parser<'_> {
 
     fn unary(&mut self) -> Result<Expr, ExprError> {
         let t = self.peek();
-        let op = match t.kind {
-            Tok::Not => UnOp::Not,
-            Tok::Minus => UnOp::Neg,
-            _ => return self.primary(),
+        let Some(op) = (match t.kind {
+            Tok::Op(op) => op.prefix(),
+            _ => None,
+        }) else {
+            return self.primary();
         };
         self.bump();
         self.enter(t.start)?;
@@ -306,7 +203,7 @@ impl Parser<'_> {
             Tok::Str(s) => ExprKind::Str(s),
             Tok::LParen => {
                 self.enter(t.start)?;
-                let mut e = self.or()?;
+                let mut e = self.binary_expr(0)?;
                 self.depth -= 1;
                 let close = self.bump();
                 if close.kind != Tok::RParen {
