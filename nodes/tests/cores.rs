@@ -470,3 +470,69 @@ fn a_bad_frame_closes_only_its_link() {
     sim.submit(good, &task(1, "echo"), b"hi");
     assert_eq!(status(sim.result(good, 1)), Some(TaskStatus::Ok));
 }
+
+#[test]
+fn a_restarted_distributor_holds_tasks_until_workers_register() {
+    let mut sim = Sim::new(|_| {});
+    let c = sim.client("cli");
+    // No worker yet (the distributor just restarted): not a verdict.
+    sim.submit(c, &task(1, "echo"), b"hi");
+    assert_eq!(sim.result(c, 1), None);
+    sim.advance(Duration::from_millis(300));
+    assert_eq!(sim.result(c, 1), None, "still held");
+    sim.worker("w-1", &["echo"], 1);
+    assert_eq!(
+        status(sim.result(c, 1)),
+        Some(TaskStatus::Ok),
+        "placed as the worker registers"
+    );
+}
+
+#[test]
+fn an_empty_table_fails_a_task_only_after_the_queue_timeout_and_says_why() {
+    let mut sim = Sim::new(|cfg| {
+        cfg.queue_timeout = Duration::from_secs(1);
+        cfg.startup_grace = Duration::ZERO;
+    });
+    let c = sim.client("cli");
+    sim.submit(c, &task(1, "echo"), b"");
+    sim.advance(Duration::from_millis(900));
+    assert_eq!(sim.result(c, 1), None, "0 of 0 is not a verdict");
+    sim.advance(Duration::from_millis(400));
+    let r = sim.result(c, 1).expect("a clear error at the bound");
+    assert_eq!(r.status, TaskStatus::NoMatch);
+    assert!(
+        r.message.contains("no worker has registered"),
+        "{}",
+        r.message
+    );
+}
+
+#[test]
+fn during_the_grace_a_task_no_worker_matches_waits_until_the_table_settles() {
+    let mut sim = Sim::new(|cfg| cfg.startup_grace = Duration::from_secs(3));
+    sim.worker("w-1", &["echo"], 1);
+    let c = sim.client("cli");
+    let mut s = task(1, "echo");
+    s.require = "server.region == 'mars'".into();
+    sim.submit(c, &s, b"");
+    assert_eq!(sim.result(c, 1), None, "another worker may still register");
+    // A second one, on a clause (a demand) that also fails every worker.
+    let mut second = task(2, "echo");
+    second.require = "server.cores >= 64".into();
+    sim.submit(c, &second, b"");
+    sim.advance(Duration::from_millis(600));
+    // The table settled (no registration for 500 ms): verdicts now.
+    for id in [1, 2] {
+        assert_eq!(
+            status(sim.result(c, id)),
+            Some(TaskStatus::NoMatch),
+            "task {id}"
+        );
+    }
+    // Past the grace, a task no worker matches fails at once.
+    let mut third = task(3, "echo");
+    third.require = "server.region == 'mars'".into();
+    sim.submit(c, &third, b"");
+    assert_eq!(status(sim.result(c, 3)), Some(TaskStatus::NoMatch));
+}

@@ -103,11 +103,15 @@ pub enum MessageKind {
     ExplainQuery = 14,
     /// [`ExplainReply`](crate::message::ExplainReply)
     ExplainReply = 15,
+    /// [`KeyQuery`](crate::message::KeyQuery)
+    KeyQuery = 16,
+    /// [`KeyReply`](crate::message::KeyReply)
+    KeyReply = 17,
 }
 
 impl MessageKind {
     /// Every kind, in byte order.
-    pub const ALL: [MessageKind; 15] = [
+    pub const ALL: [MessageKind; 17] = [
         MessageKind::Hello,
         MessageKind::Register,
         MessageKind::RegisterAck,
@@ -123,6 +127,8 @@ impl MessageKind {
         MessageKind::StatusReply,
         MessageKind::ExplainQuery,
         MessageKind::ExplainReply,
+        MessageKind::KeyQuery,
+        MessageKind::KeyReply,
     ];
 
     /// The kind for a header byte, if it is one.

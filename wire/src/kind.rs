@@ -35,6 +35,8 @@ impl MessageKind {
             MessageKind::StatusReply => v!(StatusReply),
             MessageKind::ExplainQuery => v!(ExplainQuery),
             MessageKind::ExplainReply => v!(ExplainReply),
+            MessageKind::KeyQuery => v!(KeyQuery),
+            MessageKind::KeyReply => v!(KeyReply),
         }
     }
 }
@@ -144,4 +146,6 @@ wire_message! {
     StatusReply => StatusReply,
     ExplainQuery => ExplainQuery,
     ExplainReply => ExplainReply,
+    KeyQuery => KeyQuery,
+    KeyReply => KeyReply,
 }

@@ -297,6 +297,10 @@ pub struct Submit {
     pub priority: i32,
     /// Milliseconds from receipt after which the task fails (0 = none).
     pub deadline_ms: u64,
+    /// Sent again after the client lost the distributor it first went to:
+    /// the distributor asks its workers whether one of them runs or ran
+    /// the task under this key before it places it anywhere.
+    pub resubmit: bool,
 }
 
 impl Submit {
@@ -318,6 +322,7 @@ impl Submit {
             user: String::new(),
             priority: 0,
             deadline_ms: 0,
+            resubmit: false,
         }
     }
 }
@@ -351,6 +356,43 @@ pub struct Assign {
     pub deadline_ms: u64,
     /// 1 for the first try, more after a refusal or a lost worker.
     pub attempt: u32,
+    /// Who submitted it and under which idempotency key: a worker given the
+    /// same key twice (from any distributor) joins the run it has or returns
+    /// the result it kept, instead of running the task again.
+    pub key: TaskKey,
+}
+
+/// Names one task across resubmissions and distributors: the hash of the
+/// user it runs as, and the client's idempotency key.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy, Hash))]
+pub struct TaskKey {
+    /// A stable 64-bit hash of the user's name.
+    pub user: u64,
+    /// The client's idempotency key.
+    pub key: u64,
+}
+
+/// A distributor asks a worker which of these tasks it runs or ran
+/// recently (it took them over from a distributor that died).
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct KeyQuery {
+    /// Echoed in the reply.
+    pub query: u64,
+    /// The tasks asked about.
+    pub keys: Vec<TaskKey>,
+}
+
+/// A worker's answer to [`KeyQuery`]: the asked-about tasks it runs now or
+/// keeps the result of.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct KeyReply {
+    /// The query answered.
+    pub query: u64,
+    /// The keys it holds.
+    pub held: Vec<TaskKey>,
 }
 
 /// How a task ended.

@@ -25,6 +25,7 @@ pub fn submit() -> Submit {
         user: "alice".into(),
         priority: 5,
         deadline_ms: 30_000,
+        resubmit: false,
     }
 }
 
@@ -138,6 +139,10 @@ pub fn all_frames() -> Vec<(MessageKind, BytesMut)> {
             demands: Demands::default(),
             deadline_ms: 0,
             attempt: 1,
+            key: TaskKey {
+                user: 0xa11ce,
+                key: 0x5eed_0000_0000_002a,
+            },
         },
         b"hello, allot"
     );
@@ -209,6 +214,32 @@ pub fn all_frames() -> Vec<(MessageKind, BytesMut)> {
             }],
             waitable: 0,
             error: String::new(),
+        },
+        b""
+    );
+    push!(
+        KeyQuery {
+            query: 3,
+            keys: vec![
+                TaskKey {
+                    user: 0xa11ce,
+                    key: 1
+                },
+                TaskKey {
+                    user: 0xb0b,
+                    key: 2
+                }
+            ],
+        },
+        b""
+    );
+    push!(
+        KeyReply {
+            query: 3,
+            held: vec![TaskKey {
+                user: 0xa11ce,
+                key: 1
+            }],
         },
         b""
     );

@@ -198,6 +198,7 @@ impl LocalClient {
                     user: String::new(),
                     priority: 0,
                     deadline_ms: 0,
+                    resubmit: false,
                 }),
                 names: RefCell::new(Names::default()),
                 waiters: RefCell::new(VecDeque::new()),
@@ -283,7 +284,7 @@ impl LocalClient {
             let session = inner.session.borrow();
             session
                 .as_ref()
-                .map(|s| inner.send_submit(&s.out, id, key, &task))
+                .map(|s| inner.send_submit(&s.out, id, key, &task, false))
         };
         inner.pending.borrow_mut().insert(
             id,
@@ -430,8 +431,16 @@ impl Inner {
         p.tx.send(id, Ok(outcome));
     }
 
-    /// Encodes `task` as a `Submit` through the reused message.
-    fn send_submit(&self, out: &Outbox, id: u64, key: u64, task: &Task) -> Result<(), ConnError> {
+    /// Encodes `task` as a `Submit` through the reused message;
+    /// `resubmit` after a failover (see `Submit::resubmit`).
+    fn send_submit(
+        &self,
+        out: &Outbox,
+        id: u64,
+        key: u64,
+        task: &Task,
+        resubmit: bool,
+    ) -> Result<(), ConnError> {
         let mut guard = self.submit.borrow_mut();
         let s = &mut *guard;
         s.task_id = id;
@@ -448,6 +457,7 @@ impl Inner {
         s.demands = task.demands;
         s.priority = task.priority;
         s.deadline_ms = task.deadline_ms();
+        s.resubmit = resubmit;
         out.send(&*s, &task.payload)
     }
 
@@ -612,7 +622,9 @@ impl Inner {
                         for (id, p) in this.pending.borrow().iter() {
                             if p.cancelled {
                                 cancelled.push(id);
-                            } else if let Err(e) = this.send_submit(&s.out, id, p.key, &p.task) {
+                            } else if let Err(e) =
+                                this.send_submit(&s.out, id, p.key, &p.task, true)
+                            {
                                 unsent.push((id, e));
                             }
                         }

@@ -72,6 +72,10 @@ pub const UNTIMED_MATCH_ROWS: usize = 64;
 /// late.
 pub const DEADLINE_RESOLUTION: Duration = Duration::from_millis(20);
 
+/// After a start, the table counts as settled once no worker has
+/// registered for this long (and at least one has).
+pub const TABLE_SETTLED: Duration = Duration::from_millis(500);
+
 /// Waiting tasks retried after each report or result that may have freed
 /// capacity (the sweep retries them all).
 const DRAIN_PER_EVENT: usize = 16;
@@ -196,6 +200,10 @@ struct State {
     /// Links with frames to send, each listed once.
     transmit: VecDeque<Rc<Outgoing>>,
     next_task: u64,
+    /// Until then an unmatched task waits (see `startup_grace`).
+    grace_until: Instant,
+    /// When the last worker registered (the table settles after it).
+    last_registration: Instant,
     next_sweep: Instant,
     /// No task's deadline is before this (the earliest deadline when it
     /// was computed; tasks that ended since only make it early).
@@ -272,6 +280,8 @@ impl Core {
             next_link: 1,
             st: State {
                 next_sweep: now + sweep_period(&cfg),
+                grace_until: now + cfg.startup_grace,
+                last_registration: now,
                 cfg,
                 table,
                 users,
@@ -296,6 +306,7 @@ impl Core {
                     demands: allot_wire::Demands::default(),
                     deadline_ms: 0,
                     attempt: 0,
+                    key: allot_wire::TaskKey::default(),
                 },
                 result: TaskResult {
                     task_id: 0,
@@ -511,6 +522,8 @@ impl State {
                     distributor: self.cfg.name.clone(),
                 };
                 push(&mut self.transmit, out, &ack, &Bytes::new())?;
+                // A new worker may be what waiting tasks wait for.
+                self.drain_queue(DRAIN_PER_EVENT);
             }
             MessageKind::AttrDelta => {
                 let d = frame.validate::<AttrDelta>()?;
@@ -585,8 +598,18 @@ impl State {
                 link,
             },
         );
+        self.last_registration = self.now;
         tracing::info!(worker = %r.name, id = id.0, "worker registered");
         Ok(id)
+    }
+
+    /// Whether the table may still be filling after a start: within
+    /// `startup_grace`, while no worker has registered or registrations
+    /// came less than [`TABLE_SETTLED`] ago.
+    fn in_grace(&self) -> bool {
+        self.now < self.grace_until
+            && (self.workers.is_empty()
+                || self.now.saturating_duration_since(self.last_registration) < TABLE_SETTLED)
     }
 
     fn seen(&mut self, id: ServerId) {
@@ -737,14 +760,27 @@ impl State {
             .queued_at
             .map(|t| self.now.saturating_duration_since(t))
             .unwrap_or_default();
-        if no_match.explain.waitable > 0 && waited < self.cfg.queue_timeout {
-            // Some worker fails it only on free capacity, its state or the
-            // user's quota (counted over the whole table): wait for it.
+        // Some worker fails it only on free capacity, its state or the
+        // user's quota (counted over the whole table); or the table is
+        // empty or still filling after a start: an absence of workers is no
+        // verdict on the task. Wait, up to the queue timeout.
+        let empty = no_match.explain.total == 0;
+        let in_grace = self.in_grace();
+        if (no_match.explain.waitable > 0 || empty || in_grace) && waited < self.cfg.queue_timeout {
             p.queued_at.get_or_insert(self.now);
             self.waiting.push_back((task, p));
             return;
         }
         self.stats.no_match += 1;
+        if empty {
+            let msg = format!(
+                "no worker has registered with distributor {} (waited {} s)",
+                self.cfg.name,
+                waited.as_secs()
+            );
+            self.finish_error(p, TaskStatus::NoMatch, msg);
+            return;
+        }
         let status = if p.tried.is_empty() {
             TaskStatus::NoMatch
         } else {

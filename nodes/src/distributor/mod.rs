@@ -54,6 +54,11 @@ pub struct DistributorConfig {
     /// How long a task may wait for capacity (when its constraints are met
     /// by some worker that is busy) before it fails with the explanation.
     pub queue_timeout: Duration,
+    /// After it starts, how long the distributor holds tasks that match no
+    /// worker instead of failing them: its table is rebuilt from the
+    /// workers' registrations, and a table that is still filling is no
+    /// verdict. Tasks still unmatched when it ends fail as usual.
+    pub startup_grace: Duration,
 }
 
 impl DistributorConfig {
@@ -74,6 +79,7 @@ impl DistributorConfig {
             match_mode: MatchMode::Exact,
             table_capacity: 1 << 16,
             queue_timeout: Duration::from_secs(60),
+            startup_grace: Duration::from_secs(3),
         }
     }
 
