@@ -1,24 +1,21 @@
-//! allot nodes over QUIC: the gateway, distributor and worker roles, the
-//! client SDK, and what the `allot` binary is made of.
+//! allot nodes over QUIC: the gateway, distributor and worker roles and the
+//! client SDK.
 //!
 //! Every role is a library type an embedding program starts (`spawn`, on a
 //! thread of its own, or `run`, on the caller's current-thread runtime
-//! inside a `LocalSet`) and an `allot` subcommand.
+//! inside a `LocalSet`), and a subcommand of the `allot` binary, which
+//! lives in the `allot-cli` package so that a program embedding this
+//! library builds none of the command line's dependencies.
 
-pub mod config;
 pub mod pki;
 pub mod transport;
 
 pub mod apps;
-pub mod bench;
-pub mod cli;
 pub mod client;
 pub mod conn;
-pub mod demo;
 pub mod distributor;
 pub mod gateway;
 mod inflight;
-pub mod interrupt;
 pub mod labels;
 pub mod node_thread;
 mod resubmit;

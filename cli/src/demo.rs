@@ -11,10 +11,10 @@ use allot_wire::{Attr, AttrValue, Demands, ReportMode, Role, TaskStatus};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::client::{Client, ClientConfig, Outcome, Task};
-use crate::distributor::{self, DistributorConfig};
-use crate::gateway::{self, GatewayConfig, RedirectPolicy};
-use crate::worker::{self, WorkerConfig};
+use allot::client::{Client, ClientConfig, Outcome, Task};
+use allot::distributor::{self, DistributorConfig};
+use allot::gateway::{self, GatewayConfig, RedirectPolicy};
+use allot::worker::{self, WorkerConfig};
 
 /// Options of `allot demo`.
 #[derive(Args, Debug, Clone)]
@@ -145,7 +145,7 @@ pub fn run(args: DemoArgs) -> Result<()> {
         names.push((format!("client-{r}"), Role::Client));
     }
     let refs: Vec<(&str, Role)> = names.iter().map(|(n, r)| (n.as_str(), *r)).collect();
-    crate::pki::create_cluster(&pki, &refs).context("creating the demo PKI")?;
+    allot::pki::create_cluster(&pki, &refs).context("creating the demo PKI")?;
     if !args.json {
         eprintln!("demo: PKI for {} nodes in {}", names.len(), pki.display());
     }
@@ -353,7 +353,7 @@ async fn workload(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
         usize,
         &'static str,
-        Result<Outcome, crate::ClientError>,
+        Result<Outcome, allot::ClientError>,
     )>();
     let in_flight = 64;
     let mut next = 0usize;
@@ -416,7 +416,7 @@ async fn workload(
                 failed += 1;
                 eprintln!(
                     "task {i} {}: {}",
-                    crate::labels::status_name(o.status),
+                    allot::labels::status_name(o.status),
                     o.message
                 );
             }
@@ -440,7 +440,7 @@ async fn workload(
             ..Task::new("echo", "x")
         })
         .await
-        .map(|o| format!("{}: {}", crate::labels::status_name(o.status), o.message))
+        .map(|o| format!("{}: {}", allot::labels::status_name(o.status), o.message))
         .unwrap_or_else(|e| e.to_string());
     for (_, c) in &clients {
         c.close();

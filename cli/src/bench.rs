@@ -22,10 +22,10 @@ use bytes::{Bytes, BytesMut};
 use clap::Args;
 use tokio::sync::{mpsc, Notify};
 
-use crate::client::{Client, ClientConfig, Task};
-use crate::distributor::{self, DistributorConfig};
-use crate::gateway::{self, GatewayConfig, RedirectPolicy};
-use crate::worker::{self, WorkerConfig};
+use allot::client::{Client, ClientConfig, Task};
+use allot::distributor::{self, DistributorConfig};
+use allot::gateway::{self, GatewayConfig, RedirectPolicy};
+use allot::worker::{self, WorkerConfig};
 
 /// Options of `allot bench`.
 #[derive(Args, Debug, Clone)]
@@ -89,7 +89,7 @@ struct Run {
     errors: HashMap<String, u64>,
     per_worker: HashMap<String, u64>,
     /// The client's connection to its distributor (summed over rounds).
-    link: Option<crate::client::LinkStats>,
+    link: Option<allot::client::LinkStats>,
 }
 
 impl Run {
@@ -345,7 +345,7 @@ async fn drive(cfg: ClientConfig, args: BenchArgs, limit: Limit) -> Result<Run> 
             }
             Ok(o) => {
                 *run.errors
-                    .entry(crate::labels::status_name(o.status).to_owned())
+                    .entry(allot::labels::status_name(o.status).to_owned())
                     .or_default() += 1
             }
             Err(e) => *run.errors.entry(format!("client: {e}")).or_default() += 1,
@@ -372,13 +372,13 @@ async fn drive(cfg: ClientConfig, args: BenchArgs, limit: Limit) -> Result<Run> 
 }
 
 /// A warm-up task must succeed: otherwise the bench would measure errors.
-fn warm_ok(r: Option<(u64, Result<crate::Outcome, crate::ClientError>)>) -> Result<()> {
+fn warm_ok(r: Option<(u64, Result<allot::Outcome, allot::ClientError>)>) -> Result<()> {
     let (_, r) = r.context("results channel closed")?;
     let o = r.context("warm-up task failed")?;
     if o.status != TaskStatus::Ok {
         bail!(
             "warm-up task {}: {}",
-            crate::labels::status_name(o.status),
+            allot::labels::status_name(o.status),
             o.message
         );
     }
@@ -440,12 +440,12 @@ pub struct BaselineEchoArgs {
 /// The echo server of the baseline in a process of its own: prints its
 /// address on stdout, echoes one connection's stream, and exits.
 pub fn baseline_echo_server(a: BaselineEchoArgs) -> Result<()> {
-    let pki = crate::pki::Pki::load(&a.pki, "bench-echo")?;
+    let pki = allot::pki::Pki::load(&a.pki, "bench-echo")?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let ep = crate::transport::endpoint(&pki, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let ep = allot::transport::endpoint(&pki, SocketAddr::from(([127, 0, 0, 1], 0)))?;
         println!("{}", ep.local_addr()?);
         echo_one_connection(&ep).await
     })
@@ -521,7 +521,7 @@ fn start_echo_server(pki: &Path, own_process: bool) -> Result<(SocketAddr, EchoS
         };
         return Ok((addr, EchoServer::Process(child)));
     }
-    let server_pki = crate::pki::Pki::load(pki, "bench-echo")?;
+    let server_pki = allot::pki::Pki::load(pki, "bench-echo")?;
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || -> Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -529,7 +529,7 @@ fn start_echo_server(pki: &Path, own_process: bool) -> Result<(SocketAddr, EchoS
             .build()?;
         rt.block_on(async move {
             let ep =
-                crate::transport::endpoint(&server_pki, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+                allot::transport::endpoint(&server_pki, SocketAddr::from(([127, 0, 0, 1], 0)))?;
             addr_tx.send(ep.local_addr()?).ok();
             echo_one_connection(&ep).await
         })
@@ -553,17 +553,17 @@ async fn baseline_echo(
     // needed from the cluster under test.
     let tmp = crate::demo::TempDir::new()?;
     let pki = tmp.0.join("pki");
-    crate::pki::create_cluster(
+    allot::pki::create_cluster(
         &pki,
         &[
             ("bench-echo", Role::Distributor),
             ("bench-echo-client", Role::Client),
         ],
     )?;
-    let client_pki = crate::pki::Pki::load(&pki, "bench-echo-client")?;
+    let client_pki = allot::pki::Pki::load(&pki, "bench-echo-client")?;
     let (addr, server) = start_echo_server(&pki, own_process)?;
-    let ep = crate::transport::endpoint(&client_pki, SocketAddr::from(([127, 0, 0, 1], 0)))?;
-    let conn = crate::transport::connect(&ep, addr).await?;
+    let ep = allot::transport::endpoint(&client_pki, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let conn = allot::transport::connect(&ep, addr).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let block = Bytes::from(vec![0x5au8; len * in_flight]);
     let sent_at: Rc<RefCell<VecDeque<Instant>>> =
@@ -1018,15 +1018,15 @@ async fn simulate(
     ready: std::sync::mpsc::Sender<Result<(), String>>,
 ) -> Result<()> {
     use allot_wire::{AttrChange, AttrDelta, AttrRecord, DeltaCause, Register, RegisterAck};
-    let me = crate::pki::Pki::load(&pki, "sim")?;
-    let ep = crate::transport::endpoint(&me, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let me = allot::pki::Pki::load(&pki, "sim")?;
+    let ep = allot::transport::endpoint(&me, SocketAddr::from(([127, 0, 0, 1], 0)))?;
     let per_conn = 1000;
     let mut links = Vec::with_capacity(n);
     let mut conns = Vec::new();
-    let hello = crate::conn::hello(Role::Worker, "sim", Vec::new());
+    let hello = allot::conn::hello(Role::Worker, "sim", Vec::new());
     let mut i = 0;
     while i < n {
-        let conn = match crate::transport::connect(&ep, dist).await {
+        let conn = match allot::transport::connect(&ep, dist).await {
             Ok(c) => c,
             Err(e) => {
                 let _ = ready.send(Err(e.to_string()));
@@ -1040,7 +1040,7 @@ async fn simulate(
             let (conn, hello) = (conn.clone(), hello.clone());
             let id = i + k;
             pending.push(tokio::task::spawn_local(async move {
-                let mut s = crate::conn::open(&conn, &hello).await?;
+                let mut s = allot::conn::open(&conn, &hello).await?;
                 let reg = Register {
                     name: format!("sim/{id}"),
                     incarnation: 1,
@@ -1066,9 +1066,9 @@ async fn simulate(
                     .reader
                     .next()
                     .await?
-                    .ok_or(crate::conn::ConnError::Closed)?;
+                    .ok_or(allot::conn::ConnError::Closed)?;
                 let worker_id = f.validate::<RegisterAck>()?.get().worker_id.to_native();
-                Ok::<_, crate::conn::ConnError>((s, worker_id))
+                Ok::<_, allot::conn::ConnError>((s, worker_id))
             }));
         }
         for p in pending {
@@ -1168,7 +1168,7 @@ impl LocalCluster {
             nodes.push((format!("worker-{}", i + 1), Role::Worker));
         }
         let refs: Vec<(&str, Role)> = nodes.iter().map(|(n, r)| (n.as_str(), *r)).collect();
-        crate::pki::create_cluster(&pki, &refs)?;
+        allot::pki::create_cluster(&pki, &refs)?;
         // Capacity never limits the bench: it measures allot, not queueing.
         let slots = (args.concurrency as u32).max(64) * 2;
         let workers = args.workers.max(1);
