@@ -20,6 +20,8 @@ pub mod labels;
 pub mod local_cluster;
 pub mod node_thread;
 mod resubmit;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod units;
 pub mod users;
 pub mod worker;
