@@ -3,18 +3,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use allot_wire::{Attr, AttrValue, Demands, ReportMode, Role, TaskStatus};
+use allot_wire::{Attr, AttrValue, Demands, ReportMode, TaskStatus};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use allot::client::{Client, ClientConfig, Outcome, Task};
-use allot::distributor::{self, DistributorConfig};
-use allot::gateway::{self, GatewayConfig, RedirectPolicy};
-use allot::worker::{self, WorkerConfig};
+use allot::{LocalCluster, RedirectPolicy};
 
 /// Options of `allot demo`.
 #[derive(Args, Debug, Clone)]
@@ -97,31 +95,6 @@ fn kinds() -> Vec<Kind> {
     ]
 }
 
-/// A temporary directory removed on drop.
-pub(crate) struct TempDir(pub(crate) PathBuf);
-
-impl TempDir {
-    pub(crate) fn new() -> Result<TempDir> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let p = std::env::temp_dir().join(format!("allot-demo-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> Result<()> {
     if args.workers == 0 {
@@ -130,88 +103,52 @@ pub fn run(args: DemoArgs) -> Result<()> {
     // Ctrl-C ends the run with an error, so that the nodes stop and the
     // temporary directory (the cluster's private keys) is removed.
     crate::interrupt::catch().context("catching Ctrl-C")?;
-    let tmp = TempDir::new()?;
-    let pki = tmp.0.join("pki");
-    let mut names: Vec<(String, Role)> = vec![
-        ("gw-1".into(), Role::Gateway),
-        ("gw-2".into(), Role::Gateway),
-        ("dist-a".into(), Role::Distributor),
-        ("dist-b".into(), Role::Distributor),
-    ];
-    for i in 0..args.workers {
-        names.push((format!("worker-{}", i + 1), Role::Worker));
-    }
-    for r in REGIONS {
-        names.push((format!("client-{r}"), Role::Client));
-    }
-    let refs: Vec<(&str, Role)> = names.iter().map(|(n, r)| (n.as_str(), *r)).collect();
-    allot::pki::create_cluster(&pki, &refs).context("creating the demo PKI")?;
-    if !args.json {
-        eprintln!("demo: PKI for {} nodes in {}", names.len(), pki.display());
-    }
-
-    let dist = |name: &str| -> Result<distributor::DistributorHandle> {
-        let mut cfg = DistributorConfig::new(name, loopback(), pki.clone(), tmp.0.join(name));
-        cfg.set_name = "main".into();
-        Ok(distributor::spawn(cfg)?)
-    };
-    let da = dist("dist-a")?;
-    let db = dist("dist-b")?;
-    let set = vec![da.addr, db.addr];
-    let mut workers = Vec::new();
     let mut specs = HashMap::new();
-    for i in 0..args.workers {
-        let s = spec(i);
-        let name = format!("worker-{}", i + 1);
-        let mut cfg = WorkerConfig::new(&name, pki.clone(), set.clone());
-        cfg.mode = ReportMode::Broadcast;
-        cfg.apps = s.apps.iter().map(|a| a.to_string()).collect();
-        cfg.cores = s.cores;
-        cfg.power = s.power;
-        cfg.slots = s.cores.max(2);
-        cfg.mem = u64::from(s.cores) << 30;
-        cfg.labels = vec![Attr {
-            key: "region".into(),
-            value: AttrValue::Str(s.region.into()),
-        }];
-        workers.push(worker::spawn(cfg, Vec::new())?);
-        specs.insert(name, s);
+    let mut builder = LocalCluster::builder()
+        .gateway("gw-1")
+        .gateway("gw-2")
+        .distributor("dist-a")
+        .distributor("dist-b")
+        .redirect(RedirectPolicy::Rendezvous, Duration::from_secs(30))
+        .workers(args.workers, |i, cfg| {
+            let s = spec(i);
+            cfg.mode = ReportMode::Broadcast;
+            cfg.apps = s.apps.iter().map(|a| a.to_string()).collect();
+            cfg.cores = s.cores;
+            cfg.power = s.power;
+            cfg.slots = s.cores.max(2);
+            cfg.mem = u64::from(s.cores) << 30;
+            cfg.labels = vec![Attr {
+                key: "region".into(),
+                value: AttrValue::Str(s.region.into()),
+            }];
+            specs.insert(cfg.name.clone(), s);
+        });
+    for r in REGIONS {
+        builder = builder.client(&format!("client-{r}"));
     }
-    let gw = |name: &str| -> Result<gateway::GatewayHandle> {
-        Ok(gateway::spawn(GatewayConfig {
-            name: name.into(),
-            listen: loopback(),
-            pki: pki.clone(),
-            sets: vec![("main".into(), set.clone())],
-            policy: RedirectPolicy::Rendezvous,
-            ttl: Duration::from_secs(30),
-        })?)
-    };
-    let g1 = gw("gw-1")?;
-    let g2 = gw("gw-2")?;
-    let gateways = vec![g1.addr, g2.addr];
+    let cluster = builder.start().context("starting the demo cluster")?;
+    let (g, d) = (cluster.gateways(), cluster.distributors());
     if !args.json {
         eprintln!(
+            "demo: PKI for {} nodes in {}",
+            g.len() + d.len() + args.workers + REGIONS.len(),
+            cluster.pki().display()
+        );
+        eprintln!(
             "demo: gateways {} {}, distributor set `main` {} {}, {} workers in broadcast mode",
-            g1.addr, g2.addr, da.addr, db.addr, args.workers
+            g[0], g[1], d[0], d[1], args.workers
         );
     }
 
     let report = crate::interrupt::block_on(workload(
         args.clone(),
-        pki.clone(),
-        gateways,
-        set.clone(),
+        cluster.pki().to_path_buf(),
+        g.to_vec(),
         specs,
     ))??;
 
-    for w in workers {
-        w.stop();
-    }
-    g1.stop();
-    g2.stop();
-    da.stop();
-    db.stop();
+    cluster.stop();
     report.print(args.json);
     if report.violations > 0 || report.failed > 0 {
         bail!(
@@ -285,44 +222,12 @@ impl Report {
     }
 }
 
-async fn wait_registered(pki: &Path, set: &[SocketAddr], workers: usize) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for addr in set {
-        let cfg = ClientConfig {
-            name: "client-eu".into(),
-            pki: pki.to_path_buf(),
-            gateways: Vec::new(),
-            attrs: Vec::new(),
-        };
-        let c = Client::connect_distributor(cfg, *addr).await?;
-        loop {
-            let s = c.status().await?;
-            let up = s
-                .workers
-                .iter()
-                .filter(|w| w.state == allot_wire::WorkerState::Up)
-                .count();
-            if up >= workers {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("only {up} of {workers} workers registered with {addr} after 20 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        c.close();
-    }
-    Ok(())
-}
-
 async fn workload(
     args: DemoArgs,
     pki: PathBuf,
     gateways: Vec<SocketAddr>,
-    set: Vec<SocketAddr>,
     specs: HashMap<String, Spec>,
 ) -> Result<Report> {
-    wait_registered(&pki, &set, args.workers).await?;
     let mut clients = Vec::new();
     for r in REGIONS {
         let cfg = ClientConfig {

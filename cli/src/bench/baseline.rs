@@ -16,6 +16,8 @@ use bytes::{Bytes, BytesMut};
 use clap::Args;
 use tokio::sync::Notify;
 
+use allot::local_cluster::TempPki;
+
 use super::driver::histogram;
 use super::process::die_with_parent;
 use super::BenchArgs;
@@ -157,15 +159,11 @@ pub(super) async fn baseline_echo(
 ) -> Result<Baseline> {
     // Its own throwaway PKI: the same TLS as the nodes, no certificates
     // needed from the cluster under test.
-    let tmp = crate::demo::TempDir::new()?;
-    let pki = tmp.0.join("pki");
-    allot::pki::create_cluster(
-        &pki,
-        &[
-            ("bench-echo", Role::Distributor),
-            ("bench-echo-client", Role::Client),
-        ],
-    )?;
+    let certs = TempPki::create(&[
+        ("bench-echo", Role::Distributor),
+        ("bench-echo-client", Role::Client),
+    ])?;
+    let pki = certs.pki().to_path_buf();
     let client_pki = allot::pki::Pki::load(&pki, "bench-echo-client")?;
     let (addr, server) = start_echo_server(&pki, own_process)?;
     let ep = allot::transport::endpoint(&client_pki, SocketAddr::from(([127, 0, 0, 1], 0)))?;

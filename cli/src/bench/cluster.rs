@@ -1,36 +1,40 @@
-//! The cluster `bench --local` starts and stops: in this process, or with
-//! `--processes` as child `allot` processes.
+//! The cluster `bench --local` starts and stops: in this process (an
+//! [`allot::LocalCluster`]), or with `--processes` as child `allot`
+//! processes sharing the kit's certificates.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use allot::local_cluster::{wait_for_workers, TempPki};
+use allot::{ClientConfig, LocalCluster};
 use allot_wire::{ReportMode, Role};
-use anyhow::{bail, Context, Result};
-
-use allot::client::{Client, ClientConfig};
-use allot::distributor::{self, DistributorConfig};
-use allot::gateway::{self, GatewayConfig, RedirectPolicy};
-use allot::worker::{self, WorkerConfig};
+use anyhow::{Context, Result};
 
 use super::process::die_with_parent;
 use super::BenchArgs;
 
+/// How long the nodes have to come up.
+const UP_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// A cluster started by `bench --local`: one gateway, one distributor and
 /// N workers, in this process or as child processes (killed on drop).
-pub(super) struct LocalCluster {
+pub(super) struct Cluster {
     pub(super) pki: PathBuf,
     pub(super) gateway: SocketAddr,
-    children: Vec<Child>,
     /// Role and process id of every child process (none when the nodes
     /// run as threads of this process).
     pub(super) roles: Vec<(&'static str, u32)>,
     pub(super) dist_addr: Option<SocketAddr>,
-    _threads: Vec<Box<dyn std::any::Any>>,
+    children: Vec<Child>,
+    /// The nodes, when they are threads of this process.
+    _threads: Option<LocalCluster>,
+    /// The child processes' certificates, removed once they are killed.
+    _certs: Option<TempPki>,
 }
 
-impl Drop for LocalCluster {
+impl Drop for Cluster {
     fn drop(&mut self) {
         for c in &mut self.children {
             let _ = c.kill();
@@ -43,7 +47,7 @@ fn free_addr() -> Result<SocketAddr> {
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-impl LocalCluster {
+impl Cluster {
     /// The distributor's process (none when the nodes are threads).
     pub(super) fn distributor_pid(&self) -> Option<u32> {
         self.roles
@@ -52,83 +56,57 @@ impl LocalCluster {
             .map(|(_, p)| *p)
     }
 
-    pub(super) fn start(dir: &Path, args: &BenchArgs) -> Result<LocalCluster> {
-        let pki = dir.join("pki");
-        let mut nodes: Vec<(String, Role)> = vec![
-            ("gw-1".into(), Role::Gateway),
-            ("dist-1".into(), Role::Distributor),
-            (args.name.clone(), Role::Client),
-            ("sim".into(), Role::Worker),
-        ];
-        for i in 0..args.workers.max(1) {
-            nodes.push((format!("worker-{}", i + 1), Role::Worker));
-        }
-        let refs: Vec<(&str, Role)> = nodes.iter().map(|(n, r)| (n.as_str(), *r)).collect();
-        allot::pki::create_cluster(&pki, &refs)?;
+    pub(super) fn start(args: &BenchArgs) -> Result<Cluster> {
         // Capacity never limits the bench: it measures allot, not queueing.
         let slots = (args.concurrency as u32).max(64) * 2;
         let workers = args.workers.max(1);
         if args.processes {
-            Self::start_processes(dir, pki, &args.name, workers, slots)
+            Self::start_processes(&args.name, workers, slots)
         } else {
-            Self::start_threads(dir, pki, &args.name, workers, slots)
+            Self::start_threads(&args.name, workers, slots)
         }
     }
 
-    fn start_threads(
-        dir: &Path,
-        pki: PathBuf,
-        client: &str,
-        workers: usize,
-        slots: u32,
-    ) -> Result<LocalCluster> {
-        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        let d = distributor::spawn(DistributorConfig::new(
-            "dist-1",
-            loopback,
-            pki.clone(),
-            dir.join("dist-1"),
-        ))?;
-        let mut threads: Vec<Box<dyn std::any::Any>> = Vec::new();
-        for i in 0..workers {
-            let mut cfg =
-                WorkerConfig::new(&format!("worker-{}", i + 1), pki.clone(), vec![d.addr]);
-            cfg.apps = vec!["echo".into(), "sha256".into()];
-            cfg.slots = slots;
-            cfg.mode = ReportMode::Registered;
-            threads.push(Box::new(worker::spawn(cfg, Vec::new())?));
-        }
-        let g = gateway::spawn(GatewayConfig {
-            name: "gw-1".into(),
-            listen: loopback,
-            pki: pki.clone(),
-            sets: vec![("main".into(), vec![d.addr])],
-            policy: RedirectPolicy::Rendezvous,
-            ttl: Duration::from_secs(60),
-        })?;
-        let gateway = g.addr;
-        let dist = d.addr;
-        // Dropped in reverse: gateway, workers, distributor.
-        threads.insert(0, Box::new(d));
-        threads.push(Box::new(g));
-        wait_ready(&pki, client, dist, workers)?;
-        Ok(LocalCluster {
-            pki,
-            gateway,
-            children: Vec::new(),
+    fn start_threads(client: &str, workers: usize, slots: u32) -> Result<Cluster> {
+        let c = LocalCluster::builder()
+            .distributor("dist-1")
+            .workers(workers, |_, w| {
+                w.apps = vec!["echo".into(), "sha256".into()];
+                w.slots = slots;
+                w.mode = ReportMode::Registered;
+            })
+            .gateway("gw-1")
+            .client(client)
+            // For the simulated workers of a scale run.
+            .certificate("sim", Role::Worker)
+            .up_timeout(UP_TIMEOUT)
+            .start()
+            .context("starting the local cluster")?;
+        Ok(Cluster {
+            pki: c.pki().to_path_buf(),
+            gateway: c.gateways()[0],
             roles: Vec::new(),
-            dist_addr: Some(dist),
-            _threads: threads,
+            dist_addr: Some(c.distributors()[0]),
+            children: Vec::new(),
+            _threads: Some(c),
+            _certs: None,
         })
     }
 
-    fn start_processes(
-        dir: &Path,
-        pki: PathBuf,
-        client: &str,
-        workers: usize,
-        slots: u32,
-    ) -> Result<LocalCluster> {
+    fn start_processes(client: &str, workers: usize, slots: u32) -> Result<Cluster> {
+        let mut nodes: Vec<(String, Role)> = vec![
+            ("gw-1".into(), Role::Gateway),
+            ("dist-1".into(), Role::Distributor),
+            (client.to_owned(), Role::Client),
+            ("sim".into(), Role::Worker),
+        ];
+        for i in 0..workers {
+            nodes.push((format!("worker-{}", i + 1), Role::Worker));
+        }
+        let refs: Vec<(&str, Role)> = nodes.iter().map(|(n, r)| (n.as_str(), *r)).collect();
+        let certs = TempPki::create(&refs)?;
+        let pki = certs.pki().to_path_buf();
+        let data = certs.dir().join("dist-1").to_string_lossy().to_string();
         let exe = std::env::current_exe().context("finding the allot binary")?;
         let pki_s = pki.to_string_lossy().to_string();
         let dist = free_addr()?;
@@ -143,15 +121,15 @@ impl LocalCluster {
                 .with_context(|| format!("starting allot {}", args.join(" ")))
         };
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let mut cluster = LocalCluster {
+        let mut cluster = Cluster {
             pki: pki.clone(),
             gateway: gw,
-            children: Vec::new(),
             roles: Vec::new(),
             dist_addr: Some(dist),
-            _threads: Vec::new(),
+            children: Vec::new(),
+            _threads: None,
+            _certs: Some(certs),
         };
-        let data = dir.join("dist-1").to_string_lossy().to_string();
         let d = spawn(&s(&[
             "distributor",
             "--name",
@@ -198,39 +176,14 @@ impl LocalCluster {
         ]))?;
         cluster.roles.push(("gateway", g.id()));
         cluster.children.push(g);
-        wait_ready(&pki, client, dist, workers)?;
+        let cfg = ClientConfig {
+            name: client.to_owned(),
+            pki,
+            gateways: Vec::new(),
+            attrs: Vec::new(),
+        };
+        crate::interrupt::block_on(wait_for_workers(&cfg, dist, workers, UP_TIMEOUT))?
+            .context("the local cluster did not come up")?;
         Ok(cluster)
     }
-}
-
-fn wait_ready(pki: &Path, client: &str, dist: SocketAddr, workers: usize) -> Result<()> {
-    crate::interrupt::block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let cfg = ClientConfig {
-                name: client.to_owned(),
-                pki: pki.to_path_buf(),
-                gateways: Vec::new(),
-                attrs: Vec::new(),
-            };
-            if let Ok(c) = Client::connect_distributor(cfg, dist).await {
-                if let Ok(s) = c.status().await {
-                    if s.workers
-                        .iter()
-                        .filter(|w| w.state == allot_wire::WorkerState::Up)
-                        .count()
-                        >= workers
-                    {
-                        c.close();
-                        return Ok(());
-                    }
-                }
-                c.close();
-            }
-            if Instant::now() > deadline {
-                bail!("the local cluster did not come up within 20 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })?
 }

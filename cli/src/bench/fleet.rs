@@ -12,7 +12,7 @@ use bytes::Bytes;
 
 use allot::client::{Client, ClientConfig};
 
-use super::cluster::LocalCluster;
+use super::cluster::Cluster;
 use super::driver::{drive, Run};
 use super::process::rss_bytes;
 use super::{BenchArgs, Limit};
@@ -28,7 +28,7 @@ pub(super) struct Scale {
 }
 
 pub(super) fn scale_phase(
-    c: &LocalCluster,
+    c: &Cluster,
     cfg: &ClientConfig,
     args: &BenchArgs,
     limit: Limit,

@@ -109,11 +109,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // and child processes stop and its temporary directory (the cluster's
     // private keys) is removed.
     crate::interrupt::catch().context("catching Ctrl-C")?;
-    let tmp;
     let mut cluster = None;
     let (pki, gateways) = if args.local {
-        tmp = crate::demo::TempDir::new()?;
-        let c = cluster::LocalCluster::start(&tmp.0, &args)?;
+        let c = cluster::Cluster::start(&args)?;
         let out = (c.pki.clone(), vec![c.gateway]);
         cluster = Some(c);
         out
