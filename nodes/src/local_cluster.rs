@@ -97,9 +97,13 @@ impl LocalClusterError {
     fn node(
         role: &'static str,
         name: &str,
-    ) -> impl FnOnce(Box<dyn std::error::Error + Send + Sync>) -> Self {
-        let name = name.to_owned();
-        move |source| LocalClusterError::Node { role, name, source }
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        LocalClusterError::Node {
+            role,
+            name: name.to_owned(),
+            source: source.into(),
+        }
     }
 }
 
@@ -262,7 +266,9 @@ impl LocalCluster {
     }
 
     /// Stops every node and removes the temporary directory.
-    pub fn stop(self) {}
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
 
     fn shutdown(&mut self) {
         for g in self.gateways.drain(..) {
@@ -443,7 +449,7 @@ impl LocalClusterBuilder {
             );
             cfg.set_name = SET.into();
             let d = distributor::spawn(cfg)
-                .map_err(|e| LocalClusterError::node("distributor", name)(e.into()))?;
+                .map_err(|e| LocalClusterError::node("distributor", name, e))?;
             cluster.distributor_addrs.push(d.addr);
             cluster.distributors.push(d);
         }
@@ -471,7 +477,7 @@ impl LocalClusterBuilder {
             let mine = mine.into_iter().map(|(_, app, h)| (app, h)).collect();
             let name = cfg.name.clone();
             let w = worker::spawn(cfg, mine)
-                .map_err(|e| LocalClusterError::node("worker", &name)(e.into()))?;
+                .map_err(|e| LocalClusterError::node("worker", &name, e))?;
             cluster.workers.push(w);
         }
 
@@ -484,7 +490,7 @@ impl LocalClusterBuilder {
                 policy: self.policy,
                 ttl: self.ttl,
             })
-            .map_err(|e| LocalClusterError::node("gateway", name)(e.into()))?;
+            .map_err(|e| LocalClusterError::node("gateway", name, e))?;
             cluster.gateway_addrs.push(g.addr);
             cluster.gateways.push(g);
         }
