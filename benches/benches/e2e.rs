@@ -5,58 +5,24 @@
 //! tool for figures against the transport baseline; this bench tracks
 //! regressions of the same path from one commit to the next.
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use allot::{
-    ClientConfig, DistributorConfig, GatewayConfig, LocalClient, RedirectPolicy, Task, WorkerConfig,
-};
-use allot_wire::{Role, TaskStatus};
+use allot::{LocalClient, LocalCluster, Task};
+use allot_wire::TaskStatus;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const IN_FLIGHT: usize = 256;
 const PER_ITER: u64 = 1000;
 
 fn e2e(c: &mut Criterion) {
-    let dir = std::env::temp_dir().join(format!("allot-e2e-bench-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let pki = dir.join("pki");
-    allot::pki::create_cluster(
-        &pki,
-        &[
-            ("gw", Role::Gateway),
-            ("dist", Role::Distributor),
-            ("w1", Role::Worker),
-            ("w2", Role::Worker),
-            ("bench", Role::Client),
-        ],
-    )
-    .expect("pki");
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let dist = allot::distributor::spawn(DistributorConfig::new(
-        "dist",
-        any,
-        pki.clone(),
-        dir.join("data"),
-    ))
-    .expect("distributor");
-    let workers: Vec<_> = ["w1", "w2"]
-        .iter()
-        .map(|n| {
-            let mut cfg = WorkerConfig::new(n, pki.clone(), vec![dist.addr]);
-            cfg.slots = 4096;
-            allot::worker::spawn(cfg, Vec::new()).expect("worker")
-        })
-        .collect();
-    let mut gw_cfg = GatewayConfig::new(
-        "gw",
-        any,
-        pki.clone(),
-        vec![("main".into(), vec![dist.addr])],
-    );
-    gw_cfg.policy = RedirectPolicy::Rendezvous;
-    gw_cfg.ttl = Duration::from_secs(60);
-    let gw = allot::gateway::spawn(gw_cfg).expect("gateway");
+    let cluster = LocalCluster::builder()
+        .distributor("dist")
+        .worker("w1", |w| w.slots = 4096)
+        .worker("w2", |w| w.slots = 4096)
+        .gateway("gw")
+        .client("bench")
+        .start()
+        .expect("cluster");
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -64,21 +30,9 @@ fn e2e(c: &mut Criterion) {
         .expect("runtime");
     let local = tokio::task::LocalSet::new();
     let client = local.block_on(&rt, async {
-        let cfg = ClientConfig::new("bench", pki.clone(), vec![gw.addr]);
-        let client = LocalClient::connect(cfg).await.expect("connect");
-        // Wait for the workers to register.
-        for _ in 0..200 {
-            if client
-                .submit(Task::new("echo", "warm"))
-                .await
-                .map(|o| o.status == TaskStatus::Ok)
-                .unwrap_or(false)
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        client
+        LocalClient::connect(cluster.client_config("bench"))
+            .await
+            .expect("connect")
     });
     // Shared: a submission clones a reference, not the task.
     let task = std::rc::Rc::new(Task::new("echo", vec![b'x'; 64]));
@@ -112,10 +66,7 @@ fn e2e(c: &mut Criterion) {
     });
     g.finish();
     client.close();
-    drop(workers);
-    gw.stop();
-    dist.stop();
-    let _ = std::fs::remove_dir_all(&dir);
+    cluster.stop();
 }
 
 criterion_group!(benches, e2e);

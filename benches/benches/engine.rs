@@ -10,12 +10,11 @@
 //!
 //! Run: `cargo bench -p allot-benches --bench engine -- --warm-up-time 1 --measurement-time 3`
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use allot::testing::CountingAlloc;
 use allot_engine::fixture::{self as fx, Records, Rng, PREFER, PREFER_GENERAL, REQUIRE};
 use allot_engine::reference::NaiveTable;
 use allot_engine::*;
@@ -24,36 +23,8 @@ use criterion::{criterion_group, BenchmarkGroup, BenchmarkId, Criterion, Through
 
 /// Counts live heap bytes, so the memory figure is what the table really
 /// allocates.
-struct Counting;
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: delegates every call to the system allocator unchanged and only
-// keeps a counter beside it; exercised by every allocation of this benchmark.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        LIVE.fetch_sub(l.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-        LIVE.fetch_add(l.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc_zeroed(l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        LIVE.fetch_add(n as isize - l.size() as isize, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static A: Counting = Counting;
+static A: CountingAlloc = CountingAlloc::new();
 
 struct Fixture {
     table: Arc<ServerTable>,
@@ -65,7 +36,7 @@ struct Fixture {
 }
 
 fn fixture(n: usize, with_naive: bool) -> Fixture {
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = A.live_bytes();
     let table = fx::table(n).expect("table");
     let mut r = Rng::new();
     let mut ids = Vec::with_capacity(n);
@@ -76,7 +47,7 @@ fn fixture(n: usize, with_naive: bool) -> Fixture {
                 .expect("insert"),
         );
     }
-    let after = LIVE.load(Ordering::Relaxed);
+    let after = A.live_bytes();
     let ids_bytes = (ids.capacity() * std::mem::size_of::<ServerId>()) as isize;
     let bytes_per_server = (after - before - ids_bytes) as f64 / n as f64;
     // The same records again (same seed) for the reference.

@@ -1,29 +1,29 @@
-//! allot nodes over QUIC: the gateway, distributor and worker roles, the
-//! client SDK, and what the `allot` binary is made of.
+//! allot nodes over QUIC: the gateway, distributor and worker roles and the
+//! client SDK.
 //!
 //! Every role is a library type an embedding program starts (`spawn`, on a
 //! thread of its own, or `run`, on the caller's current-thread runtime
-//! inside a `LocalSet`) and an `allot` subcommand.
+//! inside a `LocalSet`), and a subcommand of the `allot` binary, which
+//! lives in the `allot-cli` package so that a program embedding this
+//! library builds none of the command line's dependencies.
 
-pub mod config;
 pub mod pki;
 pub mod transport;
 
 pub mod apps;
-pub mod bench;
-pub mod cli;
 pub mod client;
 pub mod conn;
-pub mod demo;
 pub mod distributor;
 mod error;
 pub mod gateway;
 mod inflight;
-pub mod interrupt;
 pub mod labels;
 pub mod link;
+pub mod local_cluster;
 pub mod node_thread;
 mod resubmit;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod units;
 pub mod users;
 pub mod worker;
@@ -44,6 +44,7 @@ pub use client::{
 pub use distributor::{DistributorConfig, DistributorHandle};
 pub use error::NodeError;
 pub use gateway::{GatewayConfig, GatewayHandle, RedirectPolicy};
+pub use local_cluster::{LocalCluster, LocalClusterBuilder, LocalClusterError};
 pub use worker::{WorkerConfig, WorkerHandle};
 
 /// Maps keyed by small ids on hot paths: Fx hashing instead of SipHash

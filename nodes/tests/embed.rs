@@ -4,28 +4,14 @@
 
 use std::time::Duration;
 
-use allot::{apps, ClientConfig, LocalClient, RedirectPolicy, Task, WorkerConfig};
-use allot_wire::{ReportMode, Role, TaskStatus};
+use allot::{apps, LocalClient, LocalCluster, RedirectPolicy, Task};
+use allot_wire::{ReportMode, TaskStatus};
 use bytes::Bytes;
 
 mod support;
 
 #[test]
 fn embedded_nodes_run_a_registered_handler() {
-    let scratch = support::Scratch::new(
-        "embed",
-        &[
-            ("gw", Role::Gateway),
-            ("dist", Role::Distributor),
-            ("w", Role::Worker),
-            ("app", Role::Client),
-        ],
-    );
-    let pki = scratch.pki.clone();
-    let dist = scratch.distributor("dist");
-    let mut wc = WorkerConfig::new("w", pki.clone(), vec![dist.addr]);
-    wc.mode = ReportMode::Registered;
-    wc.apps = vec!["echo".into()];
     let upper = apps::handler(|input: Bytes| async move {
         tokio::time::sleep(Duration::from_millis(5)).await;
         if input.is_empty() {
@@ -33,29 +19,27 @@ fn embedded_nodes_run_a_registered_handler() {
         }
         Ok(Bytes::from(input.to_ascii_uppercase()))
     });
-    let worker = allot::worker::spawn(wc, vec![("upper".into(), upper)]).unwrap();
-    let gw = scratch.gateway(
-        "gw",
-        vec![dist.addr],
-        RedirectPolicy::RoundRobin,
-        Duration::from_secs(5),
-    );
+    let cluster = LocalCluster::builder()
+        .distributor("dist")
+        .worker("w", |w| {
+            w.mode = ReportMode::Registered;
+            w.apps = vec!["echo".into()];
+        })
+        .handler("w", "upper", upper)
+        .gateway("gw")
+        .redirect(RedirectPolicy::RoundRobin, Duration::from_secs(5))
+        .client("app")
+        .start()
+        .unwrap();
 
     let (rt, local) = support::local_runtime();
     local.block_on(&rt, async {
-        let cfg = ClientConfig::new("app", pki.clone(), vec![gw.addr]);
-        let client = LocalClient::connect(cfg).await.unwrap();
-        // The worker may still be registering: retry briefly on no_match.
-        let mut out = None;
-        for _ in 0..100 {
-            let o = client.submit(Task::new("upper", "shout")).await.unwrap();
-            if o.status == TaskStatus::Ok {
-                out = Some(o);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let o = out.expect("the handler ran");
+        let client = LocalClient::connect(cluster.client_config("app"))
+            .await
+            .unwrap();
+        // The cluster is up: the worker is registered, the first task runs.
+        let o = client.submit(Task::new("upper", "shout")).await.unwrap();
+        assert_eq!(o.status, TaskStatus::Ok, "the handler ran: {}", o.message);
         assert_eq!(&o.output[..], b"SHOUT");
         assert_eq!(&*o.worker, "w");
         // Many in flight on one client, all answered.
@@ -79,9 +63,7 @@ fn embedded_nodes_run_a_registered_handler() {
         assert_eq!(o.message, "empty input");
         client.close();
     });
-    gw.stop();
-    worker.stop();
-    dist.stop();
+    cluster.stop();
 }
 
 /// Awaits all futures on the current LocalSet, in order.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use allot::{apps, conn, transport, WorkerConfig};
+use allot::{apps, conn, transport, LocalCluster};
 use allot_wire::{ReportMode, Role, Submit, TaskResult, TaskStatus};
 use bytes::Bytes;
 
@@ -28,23 +28,12 @@ async fn result(stream: &mut conn::Stream) -> (u64, TaskStatus, String) {
 /// A distributor and one worker with `slots` slots, whose app `slow`
 /// counts its runs in `runs` and takes 400 ms.
 struct Cluster {
-    dist: allot::DistributorHandle,
-    worker: allot::WorkerHandle,
+    nodes: LocalCluster,
     runs: Arc<AtomicU32>,
-    scratch: support::Scratch,
 }
 
 impl Cluster {
-    fn start(test: &str, slots: u32) -> Cluster {
-        let scratch = support::Scratch::new(
-            test,
-            &[
-                ("dist", Role::Distributor),
-                ("w", Role::Worker),
-                ("app", Role::Client),
-            ],
-        );
-        let dist = scratch.distributor("dist");
+    fn start(slots: u32) -> Cluster {
         let runs = Arc::new(AtomicU32::new(0));
         let slow = {
             let runs = runs.clone();
@@ -57,17 +46,18 @@ impl Cluster {
                 }
             })
         };
-        let mut wc = WorkerConfig::new("w", scratch.pki.clone(), vec![dist.addr]);
-        wc.mode = ReportMode::Registered;
-        wc.apps = vec!["echo".into()];
-        wc.slots = slots;
-        let worker = allot::worker::spawn(wc, vec![("slow".into(), slow)]).unwrap();
-        Cluster {
-            dist,
-            worker,
-            runs,
-            scratch,
-        }
+        let nodes = LocalCluster::builder()
+            .distributor("dist")
+            .worker("w", |w| {
+                w.mode = ReportMode::Registered;
+                w.apps = vec!["echo".into()];
+                w.slots = slots;
+            })
+            .handler("w", "slow", slow)
+            .client("app")
+            .start()
+            .unwrap();
+        Cluster { nodes, runs }
     }
 
     fn runs(&self) -> u32 {
@@ -87,18 +77,19 @@ impl Cluster {
 
     /// A client stream on a new connection (endpoint, connection, stream).
     async fn connect(&self) -> (quinn::Endpoint, quinn::Connection, conn::Stream) {
-        let me = allot::pki::Pki::load(&self.scratch.pki, "app").unwrap();
+        let me = allot::pki::Pki::load(self.nodes.pki(), "app").unwrap();
         let hello = conn::hello(Role::Client, "app", Vec::new());
         let ep = transport::endpoint(&me, support::loopback()).unwrap();
-        let c = transport::connect(&ep, self.dist.addr).await.unwrap();
+        let c = transport::connect(&ep, self.nodes.distributors()[0])
+            .await
+            .unwrap();
         let s = conn::open(&c, &hello).await.unwrap();
         (ep, c, s)
     }
 
-    /// Stops the nodes, then removes the scratch directory.
+    /// Stops the nodes, then removes their directory.
     fn stop(self) {
-        self.worker.stop();
-        self.dist.stop();
+        self.nodes.stop();
     }
 }
 
@@ -121,7 +112,7 @@ async fn until_ready(s: &mut conn::Stream) {
 
 #[test]
 fn a_resubmitted_task_runs_once_and_answers_the_new_stream() {
-    let cluster = Cluster::start("resubmit", 4);
+    let cluster = Cluster::start(4);
     let (rt, local) = support::local_runtime();
     local.block_on(&rt, async {
         // First connection: wait until the worker takes tasks, then start
@@ -160,7 +151,7 @@ fn a_resubmitted_task_runs_once_and_answers_the_new_stream() {
 /// as well: it runs once, when the slot frees, and answers the new stream.
 #[test]
 fn a_resubmitted_task_waiting_for_capacity_runs_once() {
-    let cluster = Cluster::start("resubmit-waiting", 1);
+    let cluster = Cluster::start(1);
     let (rt, local) = support::local_runtime();
     local.block_on(&rt, async {
         let (ep1, c1, mut s1) = cluster.connect().await;

@@ -7,9 +7,10 @@ use std::error::Error as _;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use allot::local_cluster::TempPki;
 use allot::{
-    apps, AttemptError, Client, ClientConfig, ClientError, Demands, DistributorHandle, Role,
-    Searched, StatusReply, Task, TaskStatus, WorkerConfig, WorkerHandle,
+    apps, AttemptError, Client, ClientConfig, ClientError, Demands, LocalCluster, Role, Searched,
+    StatusReply, Task, TaskStatus,
 };
 use bytes::Bytes;
 
@@ -19,47 +20,37 @@ mod support;
 /// app that sleeps for five seconds (`nap`), on one slot: a task that
 /// gets the slot while a nap holds it shows the nap was stopped.
 struct Cluster {
-    // Field order is drop order: nodes before their certificates.
-    worker: WorkerHandle,
-    dist: DistributorHandle,
-    scratch: support::Scratch,
+    local: LocalCluster,
 }
 
 impl Cluster {
-    fn start(test: &str) -> Cluster {
-        let scratch = support::Scratch::new(
-            test,
-            &[
-                ("dist", Role::Distributor),
-                ("w", Role::Worker),
-                ("app", Role::Client),
-            ],
-        );
-        let dist = scratch.distributor("dist");
-        let mut wc = WorkerConfig::new("w", scratch.pki.clone(), vec![dist.addr]);
-        wc.slots = 1;
-        wc.app_cmds = vec![("nap".into(), "sleep 5".into())];
+    fn start(_test: &str) -> Cluster {
         let shout = apps::handler(|input: Bytes| async move {
             if input.is_empty() {
                 return Err("nothing to shout".to_owned());
             }
             Ok(Bytes::from(input.to_ascii_uppercase()))
         });
-        let worker = allot::worker::spawn(wc, vec![("shout".into(), shout)]).expect("worker");
-        Cluster {
-            worker,
-            dist,
-            scratch,
-        }
+        let local = LocalCluster::builder()
+            .distributor("dist")
+            .worker("w", |wc| {
+                wc.slots = 1;
+                wc.app_cmds = vec![("nap".into(), "sleep 5".into())];
+            })
+            .handler("w", "shout", shout)
+            .client("app")
+            .start()
+            .expect("cluster");
+        Cluster { local }
     }
 
     fn config(&self) -> ClientConfig {
-        ClientConfig::new("app", self.scratch.pki.clone(), Vec::new())
+        ClientConfig::new("app", self.local.pki(), Vec::new())
     }
 
-    /// A connected handle, once the worker is registered.
+    /// A connected handle (the cluster is up: the worker is registered).
     async fn client(&self) -> Client {
-        let c = Client::connect_distributor(self.config(), self.dist.addr)
+        let c = Client::connect_distributor(self.config(), self.local.distributors()[0])
             .await
             .expect("connect");
         wait_until(&c, "the worker registered", Duration::from_secs(10), |s| {
@@ -70,8 +61,7 @@ impl Cluster {
     }
 
     fn stop(self) {
-        self.worker.stop();
-        self.dist.stop();
+        self.local.stop();
     }
 }
 
@@ -253,11 +243,11 @@ fn a_deadline_given_as_a_duration_ends_the_task_as_timed_out() {
 
 #[test]
 fn an_address_that_never_answers_is_a_timeout_not_a_refusal() {
-    let scratch = support::Scratch::new("sdk-timeout", &[("app", Role::Client)]);
+    let scratch = TempPki::create(&[("app", Role::Client)]).expect("pki");
     // Bound but never read: the handshake gets no answer at all.
     let silent = std::net::UdpSocket::bind(support::loopback()).expect("bind");
     let addr: SocketAddr = silent.local_addr().expect("addr");
-    let cfg = ClientConfig::new("app", scratch.pki.clone(), vec![addr])
+    let cfg = ClientConfig::new("app", scratch.pki(), vec![addr])
         .with_connect_timeout(Duration::from_millis(200));
     let rt = multi_thread();
     for via_gateway in [true, false] {

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use allot::{apps, ClientConfig, LocalClient, Task, WorkerConfig};
-use allot_wire::{Demands, ExplainQuery, ReportMode, Role, TaskStatus};
+use allot::{apps, LocalClient, LocalCluster, Task, WorkerConfig};
+use allot_wire::{Demands, ExplainQuery, ReportMode, TaskStatus};
 use bytes::Bytes;
 
 mod support;
@@ -16,51 +16,39 @@ const LACKING: usize = 8;
 
 #[test]
 fn a_task_waits_for_the_busy_server_behind_many_that_cannot_run_it() {
-    let mut nodes: Vec<(String, Role)> = vec![
-        ("dist".into(), Role::Distributor),
-        ("busy".into(), Role::Worker),
-        ("app".into(), Role::Client),
-    ];
-    for i in 0..LACKING {
-        nodes.push((format!("lacks-{i}"), Role::Worker));
-    }
-    let refs: Vec<(&str, Role)> = nodes.iter().map(|(n, r)| (n.as_str(), *r)).collect();
-    let scratch = support::Scratch::new("waiting", &refs);
-    let dist = scratch.distributor("dist");
-    let worker = |name: &str| {
-        let mut wc = WorkerConfig::new(name, scratch.pki.clone(), vec![dist.addr]);
-        wc.mode = ReportMode::Registered;
-        wc.apps = vec!["echo".into()];
-        wc
+    let echo_only = |w: &mut WorkerConfig| {
+        w.mode = ReportMode::Registered;
+        w.apps = vec!["echo".into()];
     };
-    let lacking: Vec<_> = (0..LACKING)
-        .map(|i| allot::worker::spawn(worker(&format!("lacks-{i}")), Vec::new()).unwrap())
-        .collect();
+    let mut cluster = LocalCluster::builder().distributor("dist").client("app");
+    for i in 0..LACKING {
+        cluster = cluster.worker(&format!("lacks-{i}"), echo_only);
+    }
     // One slot and one core: while it runs a task, the busy server fails
     // two clauses (free slots, free cores), the others one (the app), so it
     // is never among the nearest misses shown.
-    let mut busy_cfg = worker("busy");
-    busy_cfg.slots = 1;
-    busy_cfg.cores = 1;
     let slow = apps::handler(|input: Bytes| async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         Ok(input)
     });
-    let busy = allot::worker::spawn(busy_cfg, vec![("slow".into(), slow)]).unwrap();
+    let cluster = cluster
+        .worker("busy", |w| {
+            echo_only(w);
+            w.slots = 1;
+            w.cores = 1;
+        })
+        .handler("busy", "slow", slow)
+        .start()
+        .unwrap();
 
     let (rt, local) = support::local_runtime();
     local.block_on(&rt, async {
-        let cfg = ClientConfig::new("app", scratch.pki.clone(), Vec::new());
-        let client = LocalClient::connect_distributor(cfg, dist.addr)
-            .await
-            .unwrap();
-        for _ in 0..200 {
-            let n = client.status().await.map(|s| s.workers.len()).unwrap_or(0);
-            if n == LACKING + 1 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let client = LocalClient::connect_distributor(
+            cluster.client_config("app"),
+            cluster.distributors()[0],
+        )
+        .await
+        .unwrap();
         assert_eq!(client.status().await.unwrap().workers.len(), LACKING + 1);
         let task = |i: u8| {
             let mut t = Task::new("slow", vec![i]);
@@ -107,9 +95,5 @@ fn a_task_waits_for_the_busy_server_behind_many_that_cannot_run_it() {
         }
         client.close();
     });
-    busy.stop();
-    for w in lacking {
-        w.stop();
-    }
-    dist.stop();
+    cluster.stop();
 }

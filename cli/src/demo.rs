@@ -3,18 +3,16 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use allot_wire::{Attr, AttrValue, Demands, ReportMode, Role, TaskStatus};
+use allot_wire::{Attr, AttrValue, Demands, ReportMode, TaskStatus};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::client::{ClientConfig, LocalClient, Outcome, Task};
-use crate::distributor::{self, DistributorConfig};
-use crate::gateway::{self, GatewayConfig, RedirectPolicy};
-use crate::worker::{self, WorkerConfig};
+use allot::client::{ClientConfig, LocalClient, Outcome, Task};
+use allot::{LocalCluster, RedirectPolicy};
 
 /// Options of `allot demo`.
 #[derive(Args, Debug, Clone)]
@@ -97,31 +95,6 @@ fn kinds() -> Vec<Kind> {
     ]
 }
 
-/// A temporary directory removed on drop.
-pub(crate) struct TempDir(pub(crate) PathBuf);
-
-impl TempDir {
-    pub(crate) fn new() -> Result<TempDir> {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let p = std::env::temp_dir().join(format!("allot-demo-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
-        Ok(TempDir(p))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> Result<()> {
     if args.workers == 0 {
@@ -130,88 +103,52 @@ pub fn run(args: DemoArgs) -> Result<()> {
     // Ctrl-C ends the run with an error, so that the nodes stop and the
     // temporary directory (the cluster's private keys) is removed.
     crate::interrupt::catch().context("catching Ctrl-C")?;
-    let tmp = TempDir::new()?;
-    let pki = tmp.0.join("pki");
-    let mut names: Vec<(String, Role)> = vec![
-        ("gw-1".into(), Role::Gateway),
-        ("gw-2".into(), Role::Gateway),
-        ("dist-a".into(), Role::Distributor),
-        ("dist-b".into(), Role::Distributor),
-    ];
-    for i in 0..args.workers {
-        names.push((format!("worker-{}", i + 1), Role::Worker));
-    }
-    for r in REGIONS {
-        names.push((format!("client-{r}"), Role::Client));
-    }
-    let refs: Vec<(&str, Role)> = names.iter().map(|(n, r)| (n.as_str(), *r)).collect();
-    crate::pki::create_cluster(&pki, &refs).context("creating the demo PKI")?;
-    if !args.json {
-        eprintln!("demo: PKI for {} nodes in {}", names.len(), pki.display());
-    }
-
-    let dist = |name: &str| -> Result<distributor::DistributorHandle> {
-        let mut cfg = DistributorConfig::new(name, loopback(), pki.clone(), tmp.0.join(name));
-        cfg.set_name = "main".into();
-        Ok(distributor::spawn(cfg)?)
-    };
-    let da = dist("dist-a")?;
-    let db = dist("dist-b")?;
-    let set = vec![da.addr, db.addr];
-    let mut workers = Vec::new();
     let mut specs = HashMap::new();
-    for i in 0..args.workers {
-        let s = spec(i);
-        let name = format!("worker-{}", i + 1);
-        let mut cfg = WorkerConfig::new(&name, pki.clone(), set.clone());
-        cfg.mode = ReportMode::Broadcast;
-        cfg.apps = s.apps.iter().map(|a| a.to_string()).collect();
-        cfg.cores = s.cores;
-        cfg.power = s.power;
-        cfg.slots = s.cores.max(2);
-        cfg.mem = u64::from(s.cores) << 30;
-        cfg.labels = vec![Attr {
-            key: "region".into(),
-            value: AttrValue::Str(s.region.into()),
-        }];
-        workers.push(worker::spawn(cfg, Vec::new())?);
-        specs.insert(name, s);
+    let mut builder = LocalCluster::builder()
+        .gateway("gw-1")
+        .gateway("gw-2")
+        .distributor("dist-a")
+        .distributor("dist-b")
+        .redirect(RedirectPolicy::Rendezvous, Duration::from_secs(30))
+        .workers(args.workers, |i, cfg| {
+            let s = spec(i);
+            cfg.mode = ReportMode::Broadcast;
+            cfg.apps = s.apps.iter().map(|a| a.to_string()).collect();
+            cfg.cores = s.cores;
+            cfg.power = s.power;
+            cfg.slots = s.cores.max(2);
+            cfg.mem = u64::from(s.cores) << 30;
+            cfg.labels = vec![Attr {
+                key: "region".into(),
+                value: AttrValue::Str(s.region.into()),
+            }];
+            specs.insert(cfg.name.clone(), s);
+        });
+    for r in REGIONS {
+        builder = builder.client(&format!("client-{r}"));
     }
-    let gw = |name: &str| -> Result<gateway::GatewayHandle> {
-        Ok(gateway::spawn(GatewayConfig {
-            name: name.into(),
-            listen: loopback(),
-            pki: pki.clone(),
-            sets: vec![("main".into(), set.clone())],
-            policy: RedirectPolicy::Rendezvous,
-            ttl: Duration::from_secs(30),
-        })?)
-    };
-    let g1 = gw("gw-1")?;
-    let g2 = gw("gw-2")?;
-    let gateways = vec![g1.addr, g2.addr];
+    let cluster = builder.start().context("starting the demo cluster")?;
+    let (g, d) = (cluster.gateways(), cluster.distributors());
     if !args.json {
         eprintln!(
+            "demo: PKI for {} nodes in {}",
+            g.len() + d.len() + args.workers + REGIONS.len(),
+            cluster.pki().display()
+        );
+        eprintln!(
             "demo: gateways {} {}, distributor set `main` {} {}, {} workers in broadcast mode",
-            g1.addr, g2.addr, da.addr, db.addr, args.workers
+            g[0], g[1], d[0], d[1], args.workers
         );
     }
 
     let report = crate::interrupt::block_on(workload(
         args.clone(),
-        pki.clone(),
-        gateways,
-        set.clone(),
+        cluster.pki().to_path_buf(),
+        g.to_vec(),
         specs,
     ))??;
 
-    for w in workers {
-        w.stop();
-    }
-    g1.stop();
-    g2.stop();
-    da.stop();
-    db.stop();
+    cluster.stop();
     report.print(args.json);
     if report.violations > 0 || report.failed > 0 {
         bail!(
@@ -285,39 +222,12 @@ impl Report {
     }
 }
 
-async fn wait_registered(pki: &Path, set: &[SocketAddr], workers: usize) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for addr in set {
-        let cfg = ClientConfig::new("client-eu", pki.to_path_buf(), Vec::new());
-        let c = LocalClient::connect_distributor(cfg, *addr).await?;
-        loop {
-            let s = c.status().await?;
-            let up = s
-                .workers
-                .iter()
-                .filter(|w| w.state == allot_wire::WorkerState::Up)
-                .count();
-            if up >= workers {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("only {up} of {workers} workers registered with {addr} after 20 s");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        c.close();
-    }
-    Ok(())
-}
-
 async fn workload(
     args: DemoArgs,
     pki: PathBuf,
     gateways: Vec<SocketAddr>,
-    set: Vec<SocketAddr>,
     specs: HashMap<String, Spec>,
 ) -> Result<Report> {
-    wait_registered(&pki, &set, args.workers).await?;
     let mut clients = Vec::new();
     for r in REGIONS {
         let cfg = ClientConfig::new(format!("client-{r}"), pki.clone(), gateways.clone())
@@ -344,7 +254,7 @@ async fn workload(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
         usize,
         &'static str,
-        Result<Outcome, crate::ClientError>,
+        Result<Outcome, allot::ClientError>,
     )>();
     let in_flight = 64;
     let mut next = 0usize;
@@ -356,20 +266,16 @@ async fn workload(
     let spawn_task = |i: usize| {
         let (region, client) = &clients[i % clients.len()];
         let k = &kinds[i % kinds.len()];
-        let task = Task {
-            app: k.app.into(),
-            payload: (k.payload)(i).into(),
-            require: k.require.into(),
-            prefer: k.prefer.into(),
-            user: USERS[i % USERS.len()].into(),
-            demands: Demands {
+        let task = Task::new(k.app, (k.payload)(i))
+            .require(k.require)
+            .prefer(k.prefer)
+            .user(USERS[i % USERS.len()])
+            .demands(Demands {
                 cores: k.cores,
                 mem: 0,
                 slots: 1,
-            },
-            priority: 0,
-            deadline: Some(Duration::from_secs(10)),
-        };
+            })
+            .deadline(Duration::from_secs(10));
         let client = client.clone();
         let tx = tx.clone();
         let region: &'static str = region;
@@ -407,7 +313,7 @@ async fn workload(
                 failed += 1;
                 eprintln!(
                     "task {i} {}: {}",
-                    crate::labels::status_name(o.status),
+                    allot::labels::status_name(o.status),
                     o.message
                 );
             }
@@ -426,12 +332,9 @@ async fn workload(
     // One task no worker can take: refused at once, with the clause named.
     let impossible = clients[0]
         .1
-        .submit(Task {
-            require: "server.gpu == 1".into(),
-            ..Task::new("echo", "x")
-        })
+        .submit(Task::new("echo", "x").require("server.gpu == 1"))
         .await
-        .map(|o| format!("{}: {}", crate::labels::status_name(o.status), o.message))
+        .map(|o| format!("{}: {}", allot::labels::status_name(o.status), o.message))
         .unwrap_or_else(|e| e.to_string());
     for (_, c) in &clients {
         c.close();

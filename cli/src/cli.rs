@@ -2,7 +2,6 @@
 //! depend on (see the nodes issue); every node flag can also come from a
 //! TOML file given with `--config` (see [`crate::config`]).
 
-use std::future::Future;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,9 +13,11 @@ use allot_wire::{
 use anyhow::{bail, Context, Result};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use crate::client::{ClientConfig, LocalClient, Task};
-use crate::labels::{parse_attr, status_name};
-use crate::units::parse_size;
+use allot::client::{ClientConfig, LocalClient, Task};
+use allot::labels::{parse_attr, status_name};
+use allot::units::parse_size;
+
+use crate::runtime::block_on_local;
 
 /// allot: allocate computing tasks to servers by matching attributes, over QUIC.
 #[derive(Parser, Debug)]
@@ -349,16 +350,6 @@ fn init_logging(default: &str) {
         .try_init();
 }
 
-/// Runs `f` on a current-thread runtime inside a `LocalSet`.
-pub fn block_on_local<F: Future>(f: F) -> Result<F::Output> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the runtime")?;
-    let local = tokio::task::LocalSet::new();
-    Ok(local.block_on(&rt, f))
-}
-
 async fn shutdown_signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
@@ -377,12 +368,12 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Cert { cmd } => match cmd {
             CertCmd::Ca { dir } => {
-                crate::pki::create_ca(&dir)?;
+                allot::pki::create_ca(&dir)?;
                 println!("created CA in {}", dir.display());
                 Ok(())
             }
             CertCmd::Issue { dir, name, role } => {
-                crate::pki::issue(&dir, &name, role)?;
+                allot::pki::issue(&dir, &name, role)?;
                 println!(
                     "issued {} certificate `{name}` in {}",
                     role.as_str(),
@@ -393,24 +384,19 @@ fn run(cli: Cli) -> Result<()> {
         },
         Command::Gateway(a) => {
             init_logging("info");
-            let cfg = crate::gateway::GatewayConfig {
-                name: a.name,
-                listen: a.listen,
-                pki: a.pki,
-                sets: a.sets,
-                policy: match a.policy {
-                    PolicyArg::Rendezvous => crate::gateway::RedirectPolicy::Rendezvous,
-                    PolicyArg::RoundRobin => crate::gateway::RedirectPolicy::RoundRobin,
-                },
-                ttl: Duration::from_millis(a.ttl_ms),
+            let mut cfg = allot::gateway::GatewayConfig::new(&a.name, a.listen, a.pki, a.sets);
+            cfg.policy = match a.policy {
+                PolicyArg::Rendezvous => allot::gateway::RedirectPolicy::Rendezvous,
+                PolicyArg::RoundRobin => allot::gateway::RedirectPolicy::RoundRobin,
             };
-            block_on_local(crate::gateway::run(cfg, shutdown_signal()))??;
+            cfg.ttl = Duration::from_millis(a.ttl_ms);
+            block_on_local(allot::gateway::run(cfg, shutdown_signal()))??;
             Ok(())
         }
         Command::Distributor(a) => {
             init_logging("info");
             let mut cfg =
-                crate::distributor::DistributorConfig::new(&a.name, a.listen, a.pki, a.data_dir);
+                allot::distributor::DistributorConfig::new(&a.name, a.listen, a.pki, a.data_dir);
             cfg.set_name = a.set_name;
             cfg.peers = a.peers;
             cfg.users_file = a.users;
@@ -422,12 +408,12 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 allot_engine::MatchMode::Sampled { k: a.sample }
             };
-            block_on_local(crate::distributor::run(cfg, shutdown_signal()))??;
+            block_on_local(allot::distributor::run(cfg, shutdown_signal()))??;
             Ok(())
         }
         Command::Worker(a) => {
             init_logging("info");
-            let mut cfg = crate::worker::WorkerConfig::new(&a.name, a.pki, a.join);
+            let mut cfg = allot::worker::WorkerConfig::new(&a.name, a.pki, a.join);
             cfg.listen = a.listen;
             cfg.mode = match a.report {
                 ReportArg::Registered => ReportMode::Registered,
@@ -440,7 +426,7 @@ fn run(cli: Cli) -> Result<()> {
             cfg.power = a.power;
             cfg.slots = a.slots;
             cfg.labels = a.labels;
-            block_on_local(crate::worker::run(cfg, Vec::new(), shutdown_signal()))??;
+            block_on_local(allot::worker::run(cfg, Vec::new(), shutdown_signal()))??;
             Ok(())
         }
         Command::Submit(a) => {
@@ -489,20 +475,18 @@ fn submit(a: SubmitArgs) -> Result<()> {
         }
     };
     let cfg = client_config(a.client, a.gateway, a.client_attrs);
-    let task = Task {
-        app: a.app,
-        payload: payload.into(),
-        require: a.require,
-        prefer: a.prefer,
-        user: a.user,
-        demands: Demands {
+    let mut task = Task::new(a.app, payload)
+        .require(a.require)
+        .prefer(a.prefer)
+        .user(a.user)
+        .demands(Demands {
             cores: a.cores,
             mem: a.mem,
             slots: 1,
-        },
-        priority: 0,
-        deadline: (a.deadline_ms > 0).then(|| Duration::from_millis(a.deadline_ms)),
-    };
+        });
+    if a.deadline_ms > 0 {
+        task = task.deadline(Duration::from_millis(a.deadline_ms));
+    }
     let outcome = block_on_local(async move {
         let client = LocalClient::connect(cfg).await?;
         let r = client.submit(task).await;

@@ -5,7 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use allot::config::{merge_config, ConfigError};
+use allot_cli::config::{merge_config, ConfigError};
 use clap::{Arg, ArgAction, ArgMatches, Command};
 
 /// `allot` with a `distributor` subcommand shaped like a node's flags.

@@ -4,12 +4,14 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
-    match allot::cli::main() {
+    match allot_cli::cli::main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("allot: {e:#}");
-            if e.downcast_ref::<allot::interrupt::Interrupted>().is_some() {
-                std::process::ExitCode::from(allot::interrupt::EXIT_CODE)
+            if e.downcast_ref::<allot_cli::interrupt::Interrupted>()
+                .is_some()
+            {
+                std::process::ExitCode::from(allot_cli::interrupt::EXIT_CODE)
             } else {
                 std::process::ExitCode::FAILURE
             }

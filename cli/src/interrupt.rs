@@ -81,9 +81,9 @@ pub async fn until_interrupted<F: Future>(f: F) -> Result<F::Output, Interrupted
     }
 }
 
-/// [`crate::cli::block_on_local`] of `f`, ended by an interrupt.
+/// [`crate::runtime::block_on_local`] of `f`, ended by an interrupt.
 pub fn block_on<F: Future>(f: F) -> anyhow::Result<F::Output> {
-    Ok(crate::cli::block_on_local(until_interrupted(f))??)
+    Ok(crate::runtime::block_on_local(until_interrupted(f))??)
 }
 
 #[cfg(test)]

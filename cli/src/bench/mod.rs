@@ -1,0 +1,195 @@
+//! `allot bench`: drives a cluster with many small tasks and measures it
+//! against the transport's own ceiling in the same run.
+//!
+//! The baseline (`--baseline`) is a bare quinn echo between two endpoints
+//! with the same TLS and transport settings, moving messages of the size of
+//! one `Submit` frame with the same payload, with the same number in
+//! flight, pipelined on one long-lived stream. A task is two round trips
+//! (client to distributor, distributor to worker), so a ratio of 0.5 of the
+//! baseline's messages per second is the ideal.
+//!
+//! The parts: [`driver`] keeps the tasks in flight and records what came
+//! back, [`baseline`] measures the bare quinn echo, [`cluster`] starts the
+//! cluster of `--local`, [`fleet`] registers the simulated workers of a
+//! scale run, [`process`] reads CPU time and memory from `/proc`, and
+//! [`report`] prints it all.
+
+mod baseline;
+mod cluster;
+mod driver;
+mod fleet;
+mod process;
+mod report;
+
+pub use baseline::{baseline_echo_server, BaselineEchoArgs};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use allot::client::ClientConfig;
+
+use driver::Run;
+use report::Round;
+
+/// Options of `allot bench`.
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Gateways of a running cluster, tried in order.
+    #[arg(long, value_delimiter = ',')]
+    pub gateway: Vec<SocketAddr>,
+    /// PKI directory (with --gateway).
+    #[arg(long)]
+    pub pki: Option<PathBuf>,
+    /// Client certificate name.
+    #[arg(long, default_value = "client")]
+    pub name: String,
+    /// Application to run.
+    #[arg(long, default_value = "echo")]
+    pub app: String,
+    /// Tasks to run (default 100000 unless --duration is given).
+    #[arg(long, conflicts_with = "duration")]
+    pub tasks: Option<u64>,
+    /// Seconds to run.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Tasks in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// Payload bytes per task.
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Start a local cluster first.
+    #[arg(long)]
+    pub local: bool,
+    /// Workers of the local cluster.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    /// Run the local cluster's nodes as separate `allot` processes.
+    #[arg(long, requires = "local")]
+    pub processes: bool,
+    /// Also measure a bare quinn echo in the same run and report the ratio.
+    #[arg(long)]
+    pub baseline: bool,
+    /// Measure this many rounds (each an allot run then, with --baseline,
+    /// the baseline) and report medians: steadier on a shared machine.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=50))]
+    pub rounds: u16,
+    /// Scale run: after a first measurement, register this many simulated
+    /// workers (multiplexed over a few connections, each sending a delta
+    /// every second) and measure again while their deltas stream in.
+    #[arg(long, requires = "processes")]
+    pub sim_workers: Option<usize>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `allot bench`.
+pub fn run(args: BenchArgs) -> Result<()> {
+    if args.concurrency == 0 {
+        bail!("--concurrency must be at least 1");
+    }
+    if args.payload > allot_wire::DEFAULT_MAX_FRAME - 64 * 1024 {
+        bail!(
+            "--payload of {} bytes exceeds the frame limit",
+            args.payload
+        );
+    }
+    let limit = match (args.tasks, args.duration) {
+        (Some(n), _) => Limit::Tasks(n),
+        (None, Some(s)) if s > 0.0 => Limit::Time(Duration::from_secs_f64(s)),
+        (None, Some(_)) => bail!("--duration must be positive"),
+        (None, None) => Limit::Tasks(100_000),
+    };
+    // Ctrl-C ends the run with an error, so that a local cluster's nodes
+    // and child processes stop and its temporary directory (the cluster's
+    // private keys) is removed.
+    crate::interrupt::catch().context("catching Ctrl-C")?;
+    let mut cluster = None;
+    let (pki, gateways) = if args.local {
+        let c = cluster::Cluster::start(&args)?;
+        let out = (c.pki.clone(), vec![c.gateway]);
+        cluster = Some(c);
+        out
+    } else {
+        let pki = args
+            .pki
+            .clone()
+            .context("--pki is required with --gateway (or use --local)")?;
+        if args.gateway.is_empty() {
+            bail!("give --gateway ADDR,... of a running cluster, or --local");
+        }
+        (pki, args.gateway.clone())
+    };
+    let cfg = ClientConfig::new(args.name.clone(), pki.clone(), gateways);
+    // CPU time of every process of the run, by role: where the time goes.
+    let mut roles: Vec<(&'static str, u32)> = match &cluster {
+        Some(_) if args.processes => vec![("client", std::process::id())],
+        _ => vec![("all nodes (one process)", std::process::id())],
+    };
+    if let Some(c) = &cluster {
+        roles.extend(c.roles.iter().copied());
+    }
+    let frame_len = baseline::submit_frame_len(&args)?;
+    // Rounds alternate allot and the baseline, so that both see the same
+    // machine: on a shared machine one pair of runs can be minutes apart in
+    // what the other tenants do; the median of several pairs is steadier.
+    let mut run = Run::default();
+    let mut rounds: Vec<Round> = Vec::with_capacity(usize::from(args.rounds));
+    let mut cpu_us: Vec<f64> = vec![0.0; roles.len()];
+    let mut cpu_seen = vec![true; roles.len()];
+    for _ in 0..args.rounds {
+        let before: Vec<Option<Duration>> = roles
+            .iter()
+            .map(|(_, p)| process::process_cpu(*p))
+            .collect();
+        let r = crate::interrupt::block_on(driver::drive(cfg.clone(), args.clone(), limit))??;
+        for (i, (_, pid)) in roles.iter().enumerate() {
+            match (before[i], process::process_cpu(*pid)) {
+                (Some(b), Some(a)) => cpu_us[i] += a.saturating_sub(b).as_secs_f64() * 1e6,
+                _ => cpu_seen[i] = false,
+            }
+        }
+        let base = if args.baseline {
+            let n = r.tasks.clamp(1000, 2_000_000);
+            Some(crate::interrupt::block_on(baseline::baseline_echo(
+                frame_len,
+                args.concurrency,
+                n,
+                args.processes,
+            ))??)
+        } else {
+            None
+        };
+        rounds.push(Round {
+            tasks_per_s: r.per_s(),
+            p50_us: r.q(0.5),
+            baseline: base,
+        });
+        run.merge(r)?;
+    }
+    let scale = match (args.sim_workers, &cluster) {
+        (Some(n), Some(c)) => Some(fleet::scale_phase(c, &cfg, &args, limit, n)?),
+        _ => None,
+    };
+    drop(cluster);
+    let cpu = process::cpu_by_role(&roles, &cpu_us, &cpu_seen, run.tasks);
+    report::report(&args, &run, &rounds, &cpu);
+    if let Some(sc) = &scale {
+        sc.report(&run, args.json);
+    }
+    if run.tasks == 0 {
+        bail!("no task completed");
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Limit {
+    Tasks(u64),
+    Time(Duration),
+}

@@ -1,0 +1,51 @@
+//! `LocalCluster` returns once every worker is up at each distributor it
+//! reports to, so the first task runs without a retry; dropping it removes
+//! its directory.
+
+use allot::{LocalClient, LocalCluster, Task};
+use allot_wire::{ReportMode, TaskStatus, WorkerState};
+
+mod support;
+
+#[test]
+fn a_started_cluster_is_up_at_every_distributor_and_gone_when_dropped() {
+    let cluster = LocalCluster::builder()
+        .distributor("d1")
+        .distributor("d2")
+        .workers(2, |_, w| w.mode = ReportMode::Broadcast)
+        // Registered: reports to the first distributor of its list only.
+        .worker("solo", |w| w.apps = vec!["sha256".into()])
+        .gateway("gw")
+        .client("app")
+        .start()
+        .expect("cluster");
+    let dir = cluster.dir().to_path_buf();
+    assert!(cluster.pki().starts_with(&dir) && dir.exists());
+    assert_eq!(cluster.gateways().len(), 1);
+    let (rt, local) = support::local_runtime();
+    local.block_on(&rt, async {
+        for (addr, want) in cluster.distributors().iter().zip([3, 2]) {
+            let c = LocalClient::connect_distributor(cluster.client_config("app"), *addr)
+                .await
+                .expect("connect");
+            let s = c.status().await.expect("status");
+            let up = s
+                .workers
+                .iter()
+                .filter(|w| w.state == WorkerState::Up)
+                .count();
+            assert_eq!(up, want, "{}: {:?}", s.distributor, s.workers);
+            c.close();
+        }
+        let client = LocalClient::connect(cluster.client_config("app"))
+            .await
+            .expect("connect");
+        for app in ["echo", "sha256"] {
+            let o = client.submit(Task::new(app, "hi")).await.expect("submit");
+            assert_eq!(o.status, TaskStatus::Ok, "{app}: {}", o.message);
+        }
+        client.close();
+    });
+    drop(cluster);
+    assert!(!dir.exists(), "{} left behind", dir.display());
+}
