@@ -157,8 +157,13 @@ pub fn run_instant(app: &App, input: &Bytes) -> Option<AppOutcome> {
 }
 
 /// Runs any app, with an optional deadline.
-pub async fn run(app: &App, input: Bytes, deadline: Option<Duration>) -> AppOutcome {
-    let fut = run_inner(app, input);
+pub async fn run(
+    app: &App,
+    input: Bytes,
+    deadline: Option<Duration>,
+    info: TaskInfo,
+) -> AppOutcome {
+    let fut = CURRENT.scope(info, run_inner(app, input, info));
     match deadline {
         Some(d) => tokio::time::timeout(d, fut)
             .await
@@ -167,7 +172,39 @@ pub async fn run(app: &App, input: Bytes, deadline: Option<Duration>) -> AppOutc
     }
 }
 
-async fn run_inner(app: &App, input: Bytes) -> AppOutcome {
+/// What a running task may want to know about itself: command apps get it
+/// as environment variables (`ALLOT_ATTEMPT`, `ALLOT_TASK_KEY`), handlers
+/// from [`current_task`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaskInfo {
+    /// 1 for the first run; more when the task runs again because the
+    /// worker that ran it was lost (execution is at least once then: an app
+    /// with side effects can tell a repeat by this).
+    pub attempt: u32,
+    /// The client's idempotency key for the task: the same across
+    /// resubmissions and attempts.
+    pub key: u64,
+}
+
+impl TaskInfo {
+    /// Info for attempt `attempt` of the task with idempotency key `key`.
+    pub fn new(attempt: u32, key: u64) -> TaskInfo {
+        TaskInfo { attempt, key }
+    }
+}
+
+tokio::task_local! {
+    static CURRENT: TaskInfo;
+}
+
+/// The task a handler runs for, when called from inside one (`None`
+/// elsewhere).
+pub fn current_task() -> Option<TaskInfo> {
+    CURRENT.try_with(|i| *i).ok()
+}
+
+async fn run_inner(app: &App, input: Bytes, info: TaskInfo) -> AppOutcome {
     if let Some(o) = run_instant(app, &input) {
         return o;
     }
@@ -189,7 +226,7 @@ async fn run_inner(app: &App, input: Bytes) -> AppOutcome {
                 },
             }
         }
-        App::Command(cmd) => run_command(cmd, input).await,
+        App::Command(cmd) => run_command(cmd, input, info).await,
         App::Handler(h) => match h(input).await {
             Ok(out) => AppOutcome::Ok(out),
             Err(message) => AppOutcome::Failed {
@@ -212,10 +249,12 @@ fn unreachable_instant() -> AppOutcome {
 
 /// Runs a command; the child is killed if this future is dropped (deadline
 /// or cancel), so nothing outlives its task.
-async fn run_command(cmd: &str, input: Bytes) -> AppOutcome {
+async fn run_command(cmd: &str, input: Bytes, info: TaskInfo) -> AppOutcome {
     let mut child = match tokio::process::Command::new("sh")
         .arg("-c")
         .arg(cmd)
+        .env("ALLOT_ATTEMPT", info.attempt.to_string())
+        .env("ALLOT_TASK_KEY", info.key.to_string())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -293,6 +332,8 @@ async fn run_command(cmd: &str, input: Bytes) -> AppOutcome {
 mod tests {
     use super::*;
 
+    const INFO: TaskInfo = TaskInfo { attempt: 1, key: 7 };
+
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -314,18 +355,19 @@ mod tests {
         );
         let rt = rt();
         assert_eq!(
-            rt.block_on(run(&App::Sleep, Bytes::from_static(b"5"), None)),
+            rt.block_on(run(&App::Sleep, Bytes::from_static(b"5"), None, INFO)),
             AppOutcome::Ok(Bytes::from_static(b"slept 5 ms"))
         );
         assert!(matches!(
-            rt.block_on(run(&App::Sleep, Bytes::from_static(b"soon"), None)),
+            rt.block_on(run(&App::Sleep, Bytes::from_static(b"soon"), None, INFO)),
             AppOutcome::Failed { exit_code: 2, .. }
         ));
         assert_eq!(
             rt.block_on(run(
                 &App::Sleep,
                 Bytes::from_static(b"5000"),
-                Some(Duration::from_millis(20))
+                Some(Duration::from_millis(20)),
+                INFO
             )),
             AppOutcome::Timeout
         );
@@ -336,11 +378,11 @@ mod tests {
         let rt = rt();
         let up = App::Command("tr a-z A-Z".into());
         assert_eq!(
-            rt.block_on(run(&up, Bytes::from_static(b"shout"), None)),
+            rt.block_on(run(&up, Bytes::from_static(b"shout"), None, INFO)),
             AppOutcome::Ok(Bytes::from_static(b"SHOUT"))
         );
         let fail = App::Command("echo partial; echo broken >&2; exit 3".into());
-        match rt.block_on(run(&fail, Bytes::new(), None)) {
+        match rt.block_on(run(&fail, Bytes::new(), None, INFO)) {
             AppOutcome::Failed {
                 exit_code,
                 output,
@@ -354,9 +396,34 @@ mod tests {
         }
         let slow = App::Command("sleep 5".into());
         assert_eq!(
-            rt.block_on(run(&slow, Bytes::new(), Some(Duration::from_millis(50)))),
+            rt.block_on(run(
+                &slow,
+                Bytes::new(),
+                Some(Duration::from_millis(50)),
+                INFO
+            )),
             AppOutcome::Timeout
         );
+    }
+
+    #[test]
+    fn commands_and_handlers_learn_their_attempt_and_key() {
+        let rt = rt();
+        let env = App::Command("echo $ALLOT_ATTEMPT $ALLOT_TASK_KEY".into());
+        let info = TaskInfo::new(3, 42);
+        assert_eq!(
+            rt.block_on(run(&env, Bytes::new(), None, info)),
+            AppOutcome::Ok(Bytes::from_static(b"3 42\n"))
+        );
+        let h = App::Handler(handler(|_| async move {
+            let i = current_task().ok_or("no task info")?;
+            Ok(Bytes::from(format!("{} {}", i.attempt, i.key)))
+        }));
+        assert_eq!(
+            rt.block_on(run(&h, Bytes::new(), None, info)),
+            AppOutcome::Ok(Bytes::from_static(b"3 42"))
+        );
+        assert_eq!(current_task(), None, "outside a task there is none");
     }
 
     #[test]

@@ -280,17 +280,22 @@ fn a_resubmission_under_the_same_key_joins_the_running_task() {
 }
 
 #[test]
-fn the_same_key_from_a_client_that_did_not_fail_over_is_a_new_task() {
-    // The resubmission index is armed only by a second link of the same
-    // client: one link reusing a key after its task ended runs it again.
+fn a_key_used_again_after_its_task_ended_gets_the_kept_result() {
+    // An idempotency key names one task: the worker that ran it answers a
+    // second assignment with the result it kept, without running it again.
     let mut sim = Sim::new(|_| {});
     let w = sim.worker("w-1", &["sleep"], 4);
     let c = sim.client("cli");
     sim.submit(c, &task(1, "sleep"), b"");
     let t = sim.workers[w].runs[0].0;
-    sim.finish(w, t, ok(b""));
-    sim.submit(c, &task(1, "sleep"), b"");
-    assert_eq!(sim.workers[w].runs.len(), 2);
+    sim.finish(w, t, ok(b"first"));
+    let mut again = task(2, "sleep");
+    again.idempotency_key = 1;
+    sim.submit(c, &again, b"");
+    assert_eq!(sim.workers[w].runs.len(), 1, "not run again");
+    assert_eq!(status(sim.result(c, 2)), Some(TaskStatus::Ok));
+    let out = &sim.clients[c].results.last().expect("result").1;
+    assert_eq!(out, &Bytes::from_static(b"first"));
 }
 
 #[test]
@@ -311,17 +316,21 @@ fn a_worker_lost_mid_task_has_its_task_run_elsewhere() {
         1,
         "retried on the other worker"
     );
-    assert_eq!(
-        sim.workers[on].aborted.len(),
-        1,
-        "the lost link's task is stopped"
-    );
     assert_eq!(sim.dist.stats().retried, 1);
+    // The cut-off worker keeps the run for a member that may take over,
+    // then stops it.
+    assert!(sim.workers[on].aborted.is_empty());
     let t = sim.workers[other].runs[0].0;
     sim.finish(other, t, ok(b"x"));
     let r = sim.result(c, 1).expect("result");
     assert_eq!(r.status, TaskStatus::Ok);
     assert_eq!(r.attempts, 2);
+    sim.advance(Duration::from_secs(61));
+    assert_eq!(
+        sim.workers[on].aborted.len(),
+        1,
+        "stopped after the orphan grace"
+    );
 }
 
 #[test]
@@ -535,4 +544,131 @@ fn during_the_grace_a_task_no_worker_matches_waits_until_the_table_settles() {
     third.require = "server.region == 'mars'".into();
     sim.submit(c, &third, b"");
     assert_eq!(status(sim.result(c, 3)), Some(TaskStatus::NoMatch));
+}
+
+/// A resubmission after the client's distributor died.
+fn resubmitted(id: u64, key: u64, app: &str) -> allot_wire::Submit {
+    let mut s = task(id, app);
+    s.idempotency_key = key;
+    s.resubmit = true;
+    s
+}
+
+#[test]
+fn a_failover_joins_the_run_on_the_worker_instead_of_running_twice() {
+    let mut sim = Sim::new(|_| {});
+    let d2 = sim.add_distributor("dist-2");
+    let w = sim.worker("w-1", &["sleep"], 1);
+    let other = sim.worker("w-2", &["sleep"], 1);
+    let c1 = sim.client("cli");
+    sim.submit(c1, &task(1, "sleep"), b"job");
+    let (runner, idle) = if sim.workers[w].runs.is_empty() {
+        (other, w)
+    } else {
+        (w, other)
+    };
+    assert_eq!(sim.workers[runner].runs.len(), 1);
+    // Its distributor dies; the client goes to the other member and sends
+    // the task again under the same key.
+    sim.kill_distributor(0);
+    assert!(
+        sim.workers[runner].aborted.is_empty(),
+        "the run goes on for now"
+    );
+    let c2 = sim.client_at(d2, "cli");
+    sim.submit(c2, &resubmitted(9, 1, "sleep"), b"job");
+    let t = sim.workers[runner].running[0].task;
+    assert_eq!(sim.workers[runner].runs.len(), 1, "joined, not run twice");
+    assert!(sim.workers[idle].runs.is_empty(), "not placed elsewhere");
+    sim.finish(runner, t, ok(b"once"));
+    let r = sim.result(c2, 9).expect("the new member answers");
+    assert_eq!(r.status, TaskStatus::Ok);
+    assert_eq!(&sim.clients[c2].results[0].1, &Bytes::from_static(b"once"));
+}
+
+#[test]
+fn a_failover_after_the_task_ran_gets_the_kept_result() {
+    let mut sim = Sim::new(|_| {});
+    let d2 = sim.add_distributor("dist-2");
+    let w = sim.worker("w-1", &["sleep"], 1);
+    sim.worker("w-2", &["sleep"], 1);
+    let c1 = sim.client("cli");
+    sim.submit(c1, &task(1, "sleep"), b"job");
+    let runner = if sim.workers[w].runs.is_empty() { 1 } else { 0 };
+    // The task ends, but its result never reaches the client: the
+    // distributor dies with it.
+    sim.clients[c1].cut = true;
+    let t = sim.workers[runner].runs[0].0;
+    sim.finish(runner, t, ok(b"ran once"));
+    sim.kill_distributor(0);
+    assert_eq!(sim.result(c1, 1), None);
+    let c2 = sim.client_at(d2, "cli");
+    sim.submit(c2, &resubmitted(5, 1, "sleep"), b"job");
+    let runs: usize = sim.workers.iter().map(|w| w.runs.len()).sum();
+    assert_eq!(runs, 1, "the task ran exactly once");
+    let r = sim.result(c2, 5).expect("answered from the kept result");
+    assert_eq!(r.status, TaskStatus::Ok);
+    assert_eq!(
+        &sim.clients[c2].results[0].1,
+        &Bytes::from_static(b"ran once")
+    );
+}
+
+#[test]
+fn a_resubmission_no_worker_holds_is_placed_as_new() {
+    let mut sim = Sim::new(|_| {});
+    let d2 = sim.add_distributor("dist-2");
+    let w = sim.worker("w-1", &["sleep"], 1);
+    let c2 = sim.client_at(d2, "cli");
+    // The first distributor died before it placed the task anywhere.
+    sim.submit(c2, &resubmitted(3, 77, "sleep"), b"");
+    assert_eq!(
+        sim.workers[w].runs.len(),
+        1,
+        "placed once every worker said no"
+    );
+    let t = sim.workers[w].runs[0].0;
+    sim.finish(w, t, ok(b""));
+    assert_eq!(status(sim.result(c2, 3)), Some(TaskStatus::Ok));
+}
+
+#[test]
+fn a_worker_that_never_answers_the_key_query_delays_placement_by_a_bound() {
+    let mut sim = Sim::new(|_| {});
+    let d2 = sim.add_distributor("dist-2");
+    let a = sim.worker("w-a", &["sleep"], 1);
+    let b = sim.worker("w-b", &["sleep"], 1);
+    // w-b hangs: its frames no longer reach dist-2.
+    for l in sim.workers[b].links.iter_mut() {
+        if l.dist == d2 {
+            l.up = false;
+        }
+    }
+    let c2 = sim.client_at(d2, "cli");
+    sim.submit(c2, &resubmitted(3, 77, "sleep"), b"");
+    assert!(sim.workers[a].runs.is_empty(), "waits for every answer");
+    sim.advance(allot::distributor::LOCATE_TIMEOUT + Duration::from_millis(20));
+    let runs: usize = sim.workers.iter().map(|w| w.runs.len()).sum();
+    assert_eq!(runs, 1, "placed once the query timed out");
+}
+
+#[test]
+fn a_worker_lost_mid_task_runs_it_again_elsewhere_with_the_next_attempt() {
+    let mut sim = Sim::new(|_| {});
+    let a = sim.worker("w-a", &["sleep"], 1);
+    let b = sim.worker("w-b", &["sleep"], 1);
+    let c = sim.client("cli");
+    sim.submit(c, &task(1, "sleep"), b"");
+    let (on, other) = if sim.workers[a].runs.is_empty() {
+        (b, a)
+    } else {
+        (a, b)
+    };
+    assert_eq!(sim.workers[on].attempts, vec![1]);
+    sim.disconnect(on);
+    assert_eq!(
+        sim.workers[other].attempts,
+        vec![2],
+        "at least once, and the app can tell"
+    );
 }

@@ -37,8 +37,9 @@ use allot_wire::message::{
 };
 use allot_wire::{
     AttrDelta, AttrRecord, Cancel, ClauseCount, ErrorCode, ExplainQuery, ExplainReply, Frame,
-    FrameError, Heartbeat, MessageKind, NearMiss, Register, RegisterAck, Role, StatusQuery,
-    StatusReply, Submit, TaskResult, TaskStatus, Timings, WireMessage, WorkerState, WorkerStatus,
+    FrameError, Heartbeat, KeyQuery, KeyReply, MessageKind, NearMiss, Register, RegisterAck, Role,
+    StatusQuery, StatusReply, Submit, TaskKey, TaskResult, TaskStatus, Timings, WireMessage,
+    WorkerState, WorkerStatus,
 };
 use bytes::Bytes;
 
@@ -71,6 +72,13 @@ pub const UNTIMED_MATCH_ROWS: usize = 64;
 /// tasks in flight, as the sweep does): a task's deadline fires up to this
 /// late.
 pub const DEADLINE_RESOLUTION: Duration = Duration::from_millis(20);
+
+/// How long a resubmitted task waits for the workers to say whether one
+/// of them runs or ran it; then it is placed as a new task.
+pub const LOCATE_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// Keys asked about in one `KeyQuery` at most (a larger batch is split).
+pub const MAX_KEYS_PER_QUERY: usize = 65_536;
 
 /// After a start, the table counts as settled once no worker has
 /// registered for this long (and at least one has).
@@ -180,6 +188,14 @@ struct Pending {
     queued_at: Option<Instant>,
 }
 
+/// A [`KeyQuery`] sent to every worker, waiting for their replies.
+struct KeyQueryOut {
+    id: u64,
+    outstanding: usize,
+    deadline: Instant,
+    tasks: Vec<u64>,
+}
+
 /// Everything but the links' own state, so that a link's state and the
 /// rest can be borrowed at once.
 struct State {
@@ -192,8 +208,17 @@ struct State {
     /// Placed tasks by id (ids are sequential: see [`InFlight`]).
     pending: InFlight<Pending>,
     /// Tasks waiting for capacity, oldest first. Together with `pending`
-    /// bounded by `max_pending`.
+    /// and `locating` bounded by `max_pending`.
     waiting: VecDeque<(u64, Pending)>,
+    /// Resubmitted tasks this distributor never saw, while its workers are
+    /// asked whether one of them runs or ran the task (see [`KeyQuery`]).
+    locating: FxMap<u64, Pending>,
+    locating_keys: FxMap<TaskKey, u64>,
+    /// Keys to ask about in the next query, with their tasks.
+    ask: Vec<(TaskKey, u64)>,
+    /// Queries out: id, workers yet to answer, when to stop waiting, tasks.
+    queries: VecDeque<KeyQueryOut>,
+    next_query: u64,
     /// Finds a task again when its client resubmits it; kept only while a
     /// client that reconnected may resubmit (see [`ResubmitIndex`]).
     by_key: ResubmitIndex<Outgoing>,
@@ -290,6 +315,11 @@ impl Core {
                 workers: FxMap::default(),
                 pending: InFlight::new(1024, max_pending.saturating_mul(2)),
                 waiting: VecDeque::new(),
+                locating: FxMap::default(),
+                locating_keys: FxMap::default(),
+                ask: Vec::new(),
+                queries: VecDeque::new(),
+                next_query: 1,
                 by_key: ResubmitIndex::new(),
                 transmit: VecDeque::new(),
                 next_task: 1,
@@ -340,7 +370,10 @@ impl Core {
 
     /// Tasks placed on workers and tasks waiting for capacity.
     pub fn tasks_in_flight(&self) -> (usize, usize) {
-        (self.st.pending.len(), self.st.waiting.len())
+        (
+            self.st.pending.len() + self.st.locating.len(),
+            self.st.waiting.len(),
+        )
     }
 
     /// The server table (read-only use: status, tests).
@@ -442,10 +475,14 @@ impl Core {
     /// When [`Core::handle_timeout`] should next be called: the next sweep,
     /// or a task's deadline if that comes first.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        Some(match self.st.next_deadline {
-            Some(d) => d.min(self.st.next_sweep),
-            None => self.st.next_sweep,
-        })
+        let mut t = self.st.next_sweep;
+        if let Some(d) = self.st.next_deadline {
+            t = t.min(d);
+        }
+        if let Some(q) = self.st.queries.front() {
+            t = t.min(q.deadline);
+        }
+        Some(t)
     }
 
     /// The time passed: marks silent workers down, retries waiting tasks,
@@ -459,10 +496,19 @@ impl Core {
         } else if self.st.next_deadline.is_some_and(|d| d <= now) {
             self.st.expire_deadlines(now);
         }
+        while self.st.queries.front().is_some_and(|q| q.deadline <= now) {
+            if let Some(q) = self.st.queries.pop_front() {
+                tracing::debug!(query = q.id, "key query timed out; placing its tasks");
+                self.st.end_query(q);
+            }
+        }
     }
 
     /// Frames to send, one link at a time; `None` when nothing is queued.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if !self.st.ask.is_empty() {
+            self.st.send_key_queries();
+        }
         while let Some(out) = self.st.transmit.pop_front() {
             if let Some(t) = out.take() {
                 return Some(t);
@@ -538,6 +584,12 @@ impl State {
                 let _ = frame.validate::<Heartbeat>()?;
                 if let Some(id) = w.registered {
                     self.seen(id);
+                }
+            }
+            MessageKind::KeyReply => {
+                let r = frame.validate::<KeyReply>()?;
+                if let Some(id) = w.registered {
+                    self.on_key_reply(id, r.get());
                 }
             }
             MessageKind::TaskResult => {
@@ -732,6 +784,10 @@ impl State {
             assign.demands = p.demands;
             assign.deadline_ms = p.deadline_ms;
             assign.attempt = p.attempts;
+            assign.key = TaskKey {
+                user: p.key.0,
+                key: p.key.1,
+            };
             match push(&mut self.transmit, &link.out, &*assign, &p.payload) {
                 Ok(()) => {
                     p.reservation = Some(reservation);
@@ -743,6 +799,112 @@ impl State {
                     p.tried.push(reservation.server);
                     last_error = format!("worker unreachable: {e}");
                 }
+            }
+        }
+    }
+
+    /// Asks every worker about the keys of the resubmitted tasks gathered
+    /// since the last query (in batches of at most [`MAX_KEYS_PER_QUERY`]).
+    fn send_key_queries(&mut self) {
+        let ask = std::mem::take(&mut self.ask);
+        for batch in ask.chunks(MAX_KEYS_PER_QUERY) {
+            let id = self.next_query;
+            self.next_query += 1;
+            let q = KeyQuery {
+                query: id,
+                keys: batch.iter().map(|(k, _)| *k).collect(),
+            };
+            let mut asked = 0;
+            for l in self.workers.values() {
+                match push(&mut self.transmit, &l.out, &q, &Bytes::new()) {
+                    Ok(()) => asked += 1,
+                    Err(e) => tracing::warn!(worker = %l.name, "key query not sent: {e}"),
+                }
+            }
+            let out = KeyQueryOut {
+                id,
+                outstanding: asked,
+                deadline: self.now + LOCATE_TIMEOUT,
+                tasks: batch.iter().map(|(_, t)| *t).collect(),
+            };
+            if asked == 0 {
+                self.end_query(out);
+            } else {
+                self.queries.push_back(out);
+            }
+        }
+    }
+
+    /// Worker `id` holds some of the keys asked about: their tasks go to
+    /// it (it joins its run or answers with the kept result).
+    fn on_key_reply(&mut self, id: ServerId, r: &allot_wire::message::ArchivedKeyReply) {
+        for k in r.held.iter() {
+            let k = TaskKey {
+                user: k.user.to_native(),
+                key: k.key.to_native(),
+            };
+            let Some(task) = self.locating_keys.remove(&k) else {
+                continue;
+            };
+            if let Some(p) = self.locating.remove(&task) {
+                self.place_on(task, p, id);
+            }
+        }
+        let query = r.query.to_native();
+        if let Some(i) = self.queries.iter().position(|q| q.id == query) {
+            let q = &mut self.queries[i];
+            q.outstanding = q.outstanding.saturating_sub(1);
+            if q.outstanding == 0 {
+                if let Some(q) = self.queries.remove(i) {
+                    self.end_query(q);
+                }
+            }
+        }
+    }
+
+    /// Every worker answered (or the time is up): tasks no worker holds
+    /// are placed as new ones.
+    fn end_query(&mut self, q: KeyQueryOut) {
+        for task in q.tasks {
+            if let Some(p) = self.locating.remove(&task) {
+                self.locating_keys.remove(&TaskKey {
+                    user: p.key.0,
+                    key: p.key.1,
+                });
+                self.place(task, p, String::new());
+            }
+        }
+    }
+
+    /// Sends a resubmitted task to worker `id`, which holds its key; no
+    /// capacity is reserved (the worker joins the run it has). If that
+    /// worker cannot be reached it is placed as a new task.
+    fn place_on(&mut self, task: u64, mut p: Pending, id: ServerId) {
+        let Some(link) = self.workers.get(&id) else {
+            self.place(task, p, "the worker holding it is gone".into());
+            return;
+        };
+        p.attempts += 1;
+        p.worker = id;
+        let assign = &mut self.assign;
+        assign.task_id = task;
+        assign.reservation = task;
+        assign.app.clear();
+        assign.app.push_str(&p.app);
+        assign.demands = p.demands;
+        assign.deadline_ms = p.deadline_ms;
+        assign.attempt = p.attempts;
+        assign.key = TaskKey {
+            user: p.key.0,
+            key: p.key.1,
+        };
+        match push(&mut self.transmit, &link.out, &*assign, &p.payload) {
+            Ok(()) => {
+                self.pending.insert(task, p);
+            }
+            Err(e) => {
+                p.attempts -= 1;
+                self.place(task, p, format!("worker unreachable: {e}"));
             }
         }
     }
@@ -850,6 +1012,20 @@ impl State {
             if let Some(mut p) = self.pending.remove(task) {
                 self.cancel_on_worker(task, &mut p);
                 self.by_key.remove(p.key);
+            }
+        }
+        let located: Vec<u64> = self
+            .locating
+            .iter()
+            .filter(|(_, p)| p.client.id() == id)
+            .map(|(t, _)| *t)
+            .collect();
+        for task in located {
+            if let Some(p) = self.locating.remove(&task) {
+                self.locating_keys.remove(&TaskKey {
+                    user: p.key.0,
+                    key: p.key.1,
+                });
             }
         }
         let before = self.waiting.len();
@@ -1087,11 +1263,14 @@ impl State {
             // index knows and the running tasks do not hold.
             let held = match self.pending.get_mut(existing) {
                 Some(p) => Some(p),
-                None => self
-                    .waiting
-                    .iter_mut()
-                    .find(|(id, _)| *id == existing)
-                    .map(|(_, p)| p),
+                None => match self.locating.get_mut(&existing) {
+                    Some(p) => Some(p),
+                    None => self
+                        .waiting
+                        .iter_mut()
+                        .find(|(id, _)| *id == existing)
+                        .map(|(_, p)| p),
+                },
             };
             if let Some(p) = held {
                 p.client = out.clone();
@@ -1099,7 +1278,7 @@ impl State {
                 return Ok(());
             }
         }
-        let in_flight = self.pending.len() + self.waiting.len();
+        let in_flight = self.pending.len() + self.waiting.len() + self.locating.len();
         if in_flight >= self.cfg.max_pending {
             let msg = format!("distributor overloaded: {in_flight} tasks in flight (limit)");
             return self.reply_error(out, client_task, TaskStatus::Error, msg);
@@ -1148,6 +1327,18 @@ impl State {
             self.next_deadline = Some(self.next_deadline.map_or(d, |n| n.min(d)));
         }
         self.by_key.insert(key, task);
+        if s.resubmit && !self.workers.is_empty() {
+            // Sent again after its client lost another distributor: a
+            // worker may run it or have run it already. Ask them first.
+            let k = TaskKey {
+                user: key.0,
+                key: key.1,
+            };
+            self.locating_keys.insert(k, task);
+            self.locating.insert(task, p);
+            self.ask.push((k, task));
+            return Ok(());
+        }
         self.place(task, p, String::new());
         Ok(())
     }
@@ -1180,6 +1371,21 @@ impl State {
     /// already) is ignored: its result is on its way.
     fn cancel(&mut self, out: &Rc<Outgoing>, client_task: u64) {
         let id = out.id();
+        if let Some(task) = self
+            .locating
+            .iter()
+            .find(|(_, p)| p.client_task == client_task && p.client.id() == id)
+            .map(|(t, _)| *t)
+        {
+            if let Some(p) = self.locating.remove(&task) {
+                self.locating_keys.remove(&TaskKey {
+                    user: p.key.0,
+                    key: p.key.1,
+                });
+                self.finish_error(p, TaskStatus::Cancelled, "cancelled by the client".into());
+            }
+            return;
+        }
         if let Some(i) = self
             .waiting
             .iter()

@@ -17,7 +17,10 @@ mod core;
 mod shape;
 mod shell;
 
-pub use self::core::{Completion, Core, Peer, MAX_COMPLETIONS_BUFFERED, UNTIMED_MATCH_ROWS};
+pub use self::core::{
+    Completion, Core, Peer, DEADLINE_RESOLUTION, LOCATE_TIMEOUT, MAX_COMPLETIONS_BUFFERED,
+    TABLE_SETTLED, UNTIMED_MATCH_ROWS,
+};
 pub use self::shape::QUERY_CACHE;
 pub use self::shell::{run, spawn};
 

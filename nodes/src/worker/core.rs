@@ -28,15 +28,41 @@ use std::time::{Duration, Instant};
 use allot_wire::message::{ArchivedAssign, ArchivedRegisterAck};
 use allot_wire::{
     Assign, AttrChange, AttrDelta, AttrRecord, Cancel, DeltaCause, ErrorCode, ErrorMsg, Frame,
-    FrameError, Heartbeat, MessageKind, Refusal, Register, RegisterAck, TaskResult, TaskStatus,
-    Timings, WireMessage, WorkerState,
+    FrameError, Heartbeat, KeyQuery, KeyReply, MessageKind, Refusal, Register, RegisterAck,
+    TaskKey, TaskResult, TaskStatus, Timings, WireMessage, WorkerState,
 };
 use bytes::Bytes;
 
+use super::dedup::{Executions, Found, Kept, Placement, MAX_JOINERS};
 use super::WorkerConfig;
 use crate::apps::{self, App, AppOutcome, AppTable};
 use crate::link::{LinkFull, LinkId, Outgoing, Transmit};
 use crate::FxMap;
+
+/// A finished run as it is sent and kept.
+fn kept_of(outcome: AppOutcome, ran: Duration) -> Kept {
+    let (status, exit_code, message, output) = match outcome {
+        AppOutcome::Ok(out) => (TaskStatus::Ok, 0, String::new(), out),
+        AppOutcome::Failed {
+            exit_code,
+            output,
+            message,
+        } => (TaskStatus::Failed, exit_code, message, output),
+        AppOutcome::Timeout => (
+            TaskStatus::Timeout,
+            0,
+            "deadline passed on the worker".to_owned(),
+            Bytes::new(),
+        ),
+    };
+    Kept {
+        status,
+        exit_code,
+        message,
+        output,
+        ran,
+    }
+}
 
 /// Heartbeat period before any distributor has said one.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(200);
@@ -58,6 +84,12 @@ pub enum Action {
         input: Bytes,
         /// Its deadline, from when it starts.
         deadline: Option<Duration>,
+        /// 1 for its first placement, more when it runs again elsewhere
+        /// after a worker was lost (given to command apps as
+        /// `ALLOT_ATTEMPT`).
+        attempt: u32,
+        /// Its key (given to command apps as `ALLOT_TASK_KEY`).
+        key: TaskKey,
     },
     /// Stop a task started by [`Action::Run`] (cancelled, or its
     /// distributor is gone). Its capacity is already free in the core.
@@ -92,6 +124,20 @@ struct Registration {
 /// Capacity a running task holds: (slots, cores, memory).
 type Need = (u32, u32, u64);
 
+/// A task running on this worker (an app that takes time).
+struct Run {
+    need: Need,
+    key: TaskKey,
+    /// Its first assignment's distributor still wants the result (false
+    /// once that one cancelled or was lost while others had joined).
+    primary: bool,
+    /// Further assignments of the same key that joined this run.
+    joiners: Vec<Placement>,
+    /// Since when nobody waits for its result (its distributor was lost
+    /// and nobody joined): stopped after `orphan_grace`.
+    orphaned: Option<Instant>,
+}
+
 /// The worker as a state machine. See the module docs.
 pub struct WorkerCore {
     cfg: WorkerConfig,
@@ -103,7 +149,9 @@ pub struct WorkerCore {
     draining: bool,
     links: FxMap<LinkId, Link>,
     next_link: u64,
-    running: FxMap<(LinkId, u64), Need>,
+    running: FxMap<(LinkId, u64), Run>,
+    /// Keys of tasks running and results kept (see [`super::dedup`]).
+    executions: Executions,
     reported: Reported,
     /// An event changed what to report; sent at `coalesce_until`.
     dirty: bool,
@@ -148,6 +196,7 @@ impl WorkerCore {
             links: FxMap::default(),
             next_link: 1,
             running: FxMap::default(),
+            executions: Executions::default(),
             reported: Reported {
                 slots_free: 0,
                 idle_power: 0.0,
@@ -235,31 +284,84 @@ impl WorkerCore {
             .is_some_and(|l| l.registered.is_some())
     }
 
-    /// The link's stream ended. Its distributor retries the link's tasks
-    /// elsewhere, so they are stopped here ([`Action::Abort`]). Returns
-    /// whether the link had registered.
+    /// The link's stream ended. Its tasks keep running for
+    /// [`WorkerConfig::orphan_grace`]: the member of the set that takes
+    /// over from a lost distributor joins them when their clients
+    /// resubmit; if nobody does, they are stopped then. Returns whether
+    /// the link had registered.
     pub fn link_closed(&mut self, now: Instant, link: LinkId) -> bool {
         let Some(l) = self.links.remove(&link) else {
             return false;
         };
         l.out.closed_by_peer();
-        let lost: Vec<u64> = self
-            .running
-            .keys()
-            .filter(|(l2, _)| *l2 == link)
-            .map(|(_, t)| *t)
-            .collect();
-        for task in lost {
-            self.abort(now, link, task);
+        // Assignments on it that had joined a run elsewhere: nobody there
+        // wants their result now.
+        for ((l2, _), run) in self.running.iter_mut() {
+            run.joiners.retain(|(l3, _)| *l3 != link);
+            if *l2 == link {
+                run.primary = false;
+            }
+            if !run.primary && run.joiners.is_empty() && run.orphaned.is_none() {
+                run.orphaned = Some(now);
+            }
         }
         l.registered.is_some()
     }
 
+    /// Stops the runs nobody has wanted for `orphan_grace`.
+    fn stop_orphans(&mut self, now: Instant) {
+        let grace = self.cfg.orphan_grace;
+        let old: Vec<(LinkId, u64)> = self
+            .running
+            .iter()
+            .filter(|(_, r)| {
+                r.orphaned
+                    .is_some_and(|t| now.saturating_duration_since(t) >= grace)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for (link, task) in old {
+            if let Some(run) = self.running.remove(&(link, task)) {
+                tracing::info!(task, "stopping a task nobody took over");
+                self.executions.stopped(&run.key);
+                self.free_capacity(run.need);
+                self.mark_dirty(now);
+                self.actions.push_back(Action::Abort { link, task });
+            }
+        }
+    }
+
+    fn next_orphan_stop(&self) -> Option<Instant> {
+        self.running
+            .values()
+            .filter_map(|r| r.orphaned)
+            .min()
+            .map(|t| t + self.cfg.orphan_grace)
+    }
+
     /// Stops a running task: its capacity is free at once (the distributor
     /// released it when it cancelled), and the shell is told to stop it.
+    ///
+    /// A run other assignments joined keeps running for them; a joined
+    /// assignment that is cancelled just leaves the run.
     fn abort(&mut self, now: Instant, link: LinkId, task: u64) {
-        if let Some(need) = self.running.remove(&(link, task)) {
-            self.free_capacity(need);
+        if let Some(run) = self.running.get_mut(&(link, task)) {
+            if !run.joiners.is_empty() {
+                run.primary = false;
+                return;
+            }
+        } else {
+            for run in self.running.values_mut() {
+                run.joiners.retain(|j| *j != (link, task));
+                if !run.primary && run.joiners.is_empty() && run.orphaned.is_none() {
+                    run.orphaned = Some(now);
+                }
+            }
+            return;
+        }
+        if let Some(run) = self.running.remove(&(link, task)) {
+            self.executions.stopped(&run.key);
+            self.free_capacity(run.need);
             self.mark_dirty(now);
             self.actions.push_back(Action::Abort { link, task });
         }
@@ -286,6 +388,9 @@ impl WorkerCore {
             MessageKind::Assign => frame
                 .validate::<Assign>()
                 .map(|a| self.on_assign(now, link, a.get(), a.payload())),
+            MessageKind::KeyQuery => frame
+                .validate::<KeyQuery>()
+                .map(|q| self.on_key_query(now, link, q.get())),
             MessageKind::Cancel => frame.validate::<Cancel>().map(|c| {
                 self.abort(now, link, c.get().task_id.to_native());
             }),
@@ -348,6 +453,45 @@ impl WorkerCore {
             g.demands.mem.to_native(),
         );
         let task = g.task_id.to_native();
+        let key = TaskKey {
+            user: g.key.user.to_native(),
+            key: g.key.key.to_native(),
+        };
+        // The same task assigned again (its client failed over to another
+        // distributor): join the run, or answer with the kept result. It
+        // needs no capacity of its own.
+        match self.executions.find(&key) {
+            Found::New => {}
+            Found::Running(at) => {
+                let joined = match self.running.get_mut(&at) {
+                    Some(run) if run.joiners.len() < MAX_JOINERS => {
+                        run.joiners.push((link, task));
+                        run.orphaned = None;
+                        true
+                    }
+                    _ => false,
+                };
+                if !joined {
+                    let why = format!("task assigned more than {MAX_JOINERS} times at once");
+                    self.reply(
+                        link,
+                        task,
+                        TaskStatus::Error,
+                        Refusal::None,
+                        0,
+                        &why,
+                        Duration::ZERO,
+                        &Bytes::new(),
+                    );
+                }
+                return;
+            }
+            Found::Done(kept) => {
+                let kept = kept.clone();
+                self.send_kept(link, task, &kept);
+                return;
+            }
+        }
         let name = g.app.as_str();
         let app = self.apps.get(name);
         // Admission: the worker's own check is the final word.
@@ -372,7 +516,9 @@ impl WorkerCore {
             // Echo hands its input back by reference: it takes no time to
             // speak of, so no clock is read (two reads would cost more).
             self.done += 1;
-            self.send_outcome(link, task, AppOutcome::Ok(input), Duration::ZERO);
+            let kept = kept_of(AppOutcome::Ok(input), Duration::ZERO);
+            self.send_kept(link, task, &kept);
+            self.executions.finished(now, key, kept);
             return;
         }
         if apps::is_instant(&app) {
@@ -383,14 +529,26 @@ impl WorkerCore {
                     _ => Duration::ZERO,
                 };
                 self.done += 1;
-                self.send_outcome(link, task, outcome, ran);
+                let kept = kept_of(outcome, ran);
+                self.send_kept(link, task, &kept);
+                self.executions.finished(now, key, kept);
             }
             return;
         }
         self.slots_free -= need.0;
         self.cores_free -= need.1;
         self.mem_free -= need.2;
-        self.running.insert((link, task), need);
+        self.running.insert(
+            (link, task),
+            Run {
+                need,
+                key,
+                primary: true,
+                joiners: Vec::new(),
+                orphaned: None,
+            },
+        );
+        self.executions.started(key, (link, task));
         self.mark_dirty(now);
         let deadline = match g.deadline_ms.to_native() {
             0 => None,
@@ -402,7 +560,36 @@ impl WorkerCore {
             app,
             input,
             deadline,
+            attempt: g.attempt.to_native(),
+            key,
         });
+    }
+
+    fn on_key_query(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        q: &allot_wire::message::ArchivedKeyQuery,
+    ) {
+        self.executions.expire(now);
+        let held = q
+            .keys
+            .iter()
+            .map(|k| TaskKey {
+                user: k.user.to_native(),
+                key: k.key.to_native(),
+            })
+            .filter(|k| self.executions.holds(k))
+            .collect();
+        let reply = KeyReply {
+            query: q.query.to_native(),
+            held,
+        };
+        if let Some(l) = self.links.get(&link) {
+            if let Err(e) = push(&mut self.transmit, &l.out, &reply, &Bytes::new()) {
+                tracing::warn!("key reply not sent: {e}");
+            }
+        }
     }
 
     /// A task started by [`Action::Run`] ended after running for `ran`.
@@ -414,20 +601,28 @@ impl WorkerCore {
         outcome: AppOutcome,
         ran: Duration,
     ) {
-        let Some(need) = self.running.remove(&(link, task)) else {
+        let Some(run) = self.running.remove(&(link, task)) else {
             return; // aborted meanwhile: its capacity is back already
         };
-        self.free_capacity(need);
+        self.free_capacity(run.need);
         self.done += 1;
-        self.send_outcome(link, task, outcome, ran);
+        let kept = kept_of(outcome, ran);
+        if run.primary {
+            self.send_kept(link, task, &kept);
+        }
+        for (l, t) in &run.joiners {
+            self.send_kept(*l, *t, &kept);
+        }
+        self.executions.finished(now, run.key, kept);
         self.mark_dirty(now);
     }
 
     /// A task the shell ran was stopped without an outcome (the shell
     /// stopping, or an [`Action::Abort`]): its capacity is free.
     pub fn task_aborted(&mut self, now: Instant, link: LinkId, task: u64) {
-        if let Some(need) = self.running.remove(&(link, task)) {
-            self.free_capacity(need);
+        if let Some(run) = self.running.remove(&(link, task)) {
+            self.executions.stopped(&run.key);
+            self.free_capacity(run.need);
             self.mark_dirty(now);
         }
     }
@@ -455,6 +650,11 @@ impl WorkerCore {
     /// Tasks still running.
     pub fn running(&self) -> usize {
         self.running.len()
+    }
+
+    /// Results kept for resubmissions.
+    pub fn results_kept(&self) -> usize {
+        self.executions.kept()
     }
 
     fn mark_dirty(&mut self, now: Instant) {
@@ -495,36 +695,17 @@ impl WorkerCore {
         }
     }
 
-    fn send_outcome(&mut self, link: LinkId, task: u64, outcome: AppOutcome, ran: Duration) {
-        match outcome {
-            AppOutcome::Ok(out) => {
-                self.reply(link, task, TaskStatus::Ok, Refusal::None, 0, "", ran, &out)
-            }
-            AppOutcome::Failed {
-                exit_code,
-                output,
-                message,
-            } => self.reply(
-                link,
-                task,
-                TaskStatus::Failed,
-                Refusal::None,
-                exit_code,
-                &message,
-                ran,
-                &output,
-            ),
-            AppOutcome::Timeout => self.reply(
-                link,
-                task,
-                TaskStatus::Timeout,
-                Refusal::None,
-                0,
-                "deadline passed on the worker",
-                ran,
-                &Bytes::new(),
-            ),
-        }
+    fn send_kept(&mut self, link: LinkId, task: u64, k: &Kept) {
+        self.reply(
+            link,
+            task,
+            k.status,
+            Refusal::None,
+            k.exit_code,
+            &k.message,
+            k.ran,
+            &k.output,
+        );
     }
 
     fn current(&self) -> Reported {
@@ -609,16 +790,23 @@ impl WorkerCore {
 
     /// When [`WorkerCore::handle_timeout`] should next be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        Some(match self.coalesce_until {
-            Some(c) => c.min(self.next_beat),
-            None => self.next_beat,
-        })
+        let mut t = self.next_beat;
+        if let Some(c) = self.coalesce_until {
+            t = t.min(c);
+        }
+        if let Some(o) = self.next_orphan_stop() {
+            t = t.min(o);
+        }
+        Some(t)
     }
 
     /// The time passed: sends the coalesced event delta when its window
     /// closed, and the heartbeat (every `full_every`-th one a full delta)
     /// when it is due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.next_orphan_stop().is_some_and(|t| t <= now) {
+            self.stop_orphans(now);
+        }
         if self.coalesce_until.is_some_and(|c| c <= now) {
             self.coalesce_until = None;
             if std::mem::take(&mut self.dirty) {

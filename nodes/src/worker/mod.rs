@@ -16,6 +16,7 @@ use std::time::Duration;
 use allot_wire::{Attr, ReportMode};
 
 mod core;
+pub mod dedup;
 mod shell;
 
 pub use self::core::{Action, WorkerCore};
@@ -54,6 +55,11 @@ pub struct WorkerConfig {
     pub coalesce: Duration,
     /// A full numeric delta every this many heartbeats.
     pub full_every: u32,
+    /// How long a task keeps running after the distributor that placed it
+    /// is lost, for the member that takes over to join it (a client
+    /// resubmits within its retry window); stopped after that if nobody
+    /// did.
+    pub orphan_grace: Duration,
     /// Local address to bind (port 0: any).
     pub listen: SocketAddr,
 }
@@ -76,6 +82,7 @@ impl WorkerConfig {
             change_threshold: 0.1,
             coalesce: Duration::from_millis(5),
             full_every: 10,
+            orphan_grace: Duration::from_secs(60),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }

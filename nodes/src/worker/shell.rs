@@ -56,7 +56,16 @@ impl Shell {
                     app,
                     input,
                     deadline,
-                } => self.start(link, task, app, input, deadline),
+                    attempt,
+                    key,
+                } => self.start(
+                    link,
+                    task,
+                    app,
+                    input,
+                    deadline,
+                    apps::TaskInfo::new(attempt, key.key),
+                ),
                 Action::Abort { link, task } => {
                     if let Some(h) = self.running.borrow_mut().remove(&(link, task)) {
                         h.abort();
@@ -78,11 +87,12 @@ impl Shell {
         app: App,
         input: bytes::Bytes,
         deadline: Option<Duration>,
+        info: apps::TaskInfo,
     ) {
         let shell = self.clone();
         let handle = tokio::task::spawn_local(async move {
             let t0 = Instant::now();
-            let outcome = apps::run(&app, input, deadline).await;
+            let outcome = apps::run(&app, input, deadline, info).await;
             shell.running.borrow_mut().remove(&(link, task));
             let now = Instant::now();
             shell

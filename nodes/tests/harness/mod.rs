@@ -51,16 +51,33 @@ pub struct Running {
     pub input: Bytes,
 }
 
-pub struct SimWorker {
-    pub core: WorkerCore,
+/// One link between a worker and a distributor.
+#[derive(Debug, Clone, Copy)]
+pub struct WLink {
+    /// Which distributor.
+    pub dist: usize,
     /// The link as the distributor names it.
     pub at_dist: LinkId,
     /// The link as the worker names it.
+    pub at_worker: LinkId,
+    /// Whether it is up (frames are delivered).
+    pub up: bool,
+}
+
+pub struct SimWorker {
+    pub core: WorkerCore,
+    /// Its links, one per distributor (broadcast mode).
+    pub links: Vec<WLink>,
+    /// Its link to the first distributor, as that one names it.
+    pub at_dist: LinkId,
+    /// The same link as the worker names it.
     pub at_worker: LinkId,
     /// Tasks it runs now (apps that take time).
     pub running: Vec<Running>,
     /// Every `Run` it was asked for, in order: (task id, input).
     pub runs: Vec<(u64, Bytes)>,
+    /// The attempt number of each `Run`, in the same order.
+    pub attempts: Vec<u32>,
     /// Tasks it was told to stop.
     pub aborted: Vec<u64>,
     /// Whether its link is up (frames are delivered).
@@ -70,6 +87,8 @@ pub struct SimWorker {
 }
 
 pub struct SimClient {
+    /// Which distributor it talks to.
+    pub dist: usize,
     pub link: LinkId,
     pub results: Vec<(TaskResult, Bytes)>,
     /// `Error` frames and the close code, if the distributor closed the link.
@@ -77,11 +96,18 @@ pub struct SimClient {
     /// When set, the client reads nothing: its bytes are never reported
     /// written, as with a peer that stopped reading.
     pub stuck: bool,
+    /// When set, nothing reaches the client (its link broke).
+    pub cut: bool,
 }
 
 pub struct Sim {
     pub now: Instant,
+    /// The first distributor.
     pub dist: Core,
+    /// More members of the same set (see [`Sim::add_distributor`]).
+    pub others: Vec<Core>,
+    cfg: DistributorConfig,
+    killed: Vec<usize>,
     pub workers: Vec<SimWorker>,
     pub clients: Vec<SimClient>,
 }
@@ -100,10 +126,52 @@ impl Sim {
         tune(&mut cfg);
         Sim {
             now,
-            dist: Core::new(cfg, Vec::new(), now).expect("core"),
+            dist: Core::new(cfg.clone(), Vec::new(), now).expect("core"),
+            others: Vec::new(),
+            cfg,
+            killed: Vec::new(),
             workers: Vec::new(),
             clients: Vec::new(),
         }
+    }
+
+    /// Distributor `d` (0 is [`Sim::dist`]).
+    pub fn d(&mut self, d: usize) -> &mut Core {
+        if d == 0 {
+            &mut self.dist
+        } else {
+            &mut self.others[d - 1]
+        }
+    }
+
+    fn dists(&self) -> usize {
+        1 + self.others.len()
+    }
+
+    /// Adds another member of the set; workers added later register with
+    /// every member (broadcast). Returns its index.
+    pub fn add_distributor(&mut self, name: &str) -> usize {
+        let mut cfg = self.cfg.clone();
+        cfg.name = name.into();
+        self.others
+            .push(Core::new(cfg, Vec::new(), self.now).expect("core"));
+        self.others.len()
+    }
+
+    /// Distributor `d` dies: every link to it is lost at once.
+    pub fn kill_distributor(&mut self, d: usize) {
+        let now = self.now;
+        self.killed.push(d);
+        for w in &mut self.workers {
+            for l in w.links.iter_mut().filter(|l| l.dist == d && l.up) {
+                l.up = false;
+                w.core.link_closed(now, l.at_worker);
+            }
+        }
+        for c in self.clients.iter_mut().filter(|c| c.dist == d) {
+            c.closed = Some((ErrorCode::Unavailable, "distributor died".into()));
+        }
+        self.settle();
     }
 
     /// Adds a worker running `apps` with `slots`, registers it and lets
@@ -118,21 +186,33 @@ impl Sim {
         cfg.apps = apps.iter().map(|a| a.to_string()).collect();
         let table = AppTable::from_config(&cfg.apps, &[]).expect("apps");
         let mut core = WorkerCore::new(cfg, table, 1, self.now);
-        let at_worker = core.link_opened(self.now);
-        let at_dist = self.dist.link_opened(
-            self.now,
-            Peer {
-                role: Role::Worker,
-                name: name.into(),
-                attrs: Vec::new(),
-            },
-        );
+        let mut links = Vec::new();
+        for d in 0..self.dists() {
+            let at_worker = core.link_opened(self.now);
+            let now = self.now;
+            let at_dist = self.d(d).link_opened(
+                now,
+                Peer {
+                    role: Role::Worker,
+                    name: name.into(),
+                    attrs: Vec::new(),
+                },
+            );
+            links.push(WLink {
+                dist: d,
+                at_dist,
+                at_worker,
+                up: true,
+            });
+        }
         self.workers.push(SimWorker {
             core,
-            at_dist,
-            at_worker,
+            at_dist: links[0].at_dist,
+            at_worker: links[0].at_worker,
+            links,
             running: Vec::new(),
             runs: Vec::new(),
+            attempts: Vec::new(),
             aborted: Vec::new(),
             connected: true,
             deltas: 0,
@@ -143,8 +223,14 @@ impl Sim {
 
     /// Adds a client link whose certificate names `name`.
     pub fn client(&mut self, name: &str) -> usize {
-        let link = self.dist.link_opened(
-            self.now,
+        self.client_at(0, name)
+    }
+
+    /// Adds a client link to distributor `d`.
+    pub fn client_at(&mut self, d: usize, name: &str) -> usize {
+        let now = self.now;
+        let link = self.d(d).link_opened(
+            now,
             Peer {
                 role: Role::Client,
                 name: name.into(),
@@ -152,26 +238,28 @@ impl Sim {
             },
         );
         self.clients.push(SimClient {
+            dist: d,
             link,
             results: Vec::new(),
             closed: None,
             stuck: false,
+            cut: false,
         });
         self.clients.len() - 1
     }
 
     /// Client `c` submits `s` with `payload`, and everything settles.
     pub fn submit(&mut self, c: usize, s: &Submit, payload: &[u8]) {
-        let link = self.clients[c].link;
-        self.dist.handle_frame(self.now, link, frame(s, payload));
+        let (d, link, now) = (self.clients[c].dist, self.clients[c].link, self.now);
+        self.d(d).handle_frame(now, link, frame(s, payload));
         self.settle();
     }
 
     /// Client `c` cancels its task `task_id`.
     pub fn cancel(&mut self, c: usize, task_id: u64) {
-        let link = self.clients[c].link;
-        self.dist
-            .handle_frame(self.now, link, frame(&Cancel { task_id }, b""));
+        let (d, link, now) = (self.clients[c].dist, self.clients[c].link, self.now);
+        self.d(d)
+            .handle_frame(now, link, frame(&Cancel { task_id }, b""));
         self.settle();
     }
 
@@ -195,9 +283,14 @@ impl Sim {
         let now = self.now;
         let sw = &mut self.workers[w];
         sw.connected = false;
-        sw.core.link_closed(now, sw.at_worker);
-        let at_dist = sw.at_dist;
-        self.dist.link_closed(now, at_dist);
+        let links: Vec<WLink> = sw.links.iter().filter(|l| l.up).copied().collect();
+        for l in &mut sw.links {
+            l.up = false;
+        }
+        for l in links {
+            self.workers[w].core.link_closed(now, l.at_worker);
+            self.d(l.dist).link_closed(now, l.at_dist);
+        }
         self.settle();
     }
 
@@ -208,11 +301,15 @@ impl Sim {
         while self.now < end {
             let step = (end - self.now).min(Duration::from_millis(10));
             self.now += step;
-            self.dist.handle_timeout(self.now);
-            for w in &mut self.workers {
-                if w.connected {
-                    w.core.handle_timeout(self.now);
+            let now = self.now;
+            for d in 0..self.dists() {
+                if self.alive(d) {
+                    self.d(d).handle_timeout(now);
                 }
+            }
+            // A cut-off worker still keeps time; its frames go nowhere.
+            for w in &mut self.workers {
+                w.core.handle_timeout(self.now);
             }
             self.settle();
         }
@@ -225,9 +322,14 @@ impl Sim {
         while self.now < end {
             let step = (end - self.now).min(Duration::from_millis(10));
             self.now += step;
-            self.dist.handle_timeout(self.now);
+            let now = self.now;
+            for d in 0..self.dists() {
+                if self.alive(d) {
+                    self.d(d).handle_timeout(now);
+                }
+            }
             for (i, w) in self.workers.iter_mut().enumerate() {
-                if w.connected && i != silent {
+                if i != silent {
                     w.core.handle_timeout(self.now);
                 }
             }
@@ -239,32 +341,44 @@ impl Sim {
     pub fn settle(&mut self) {
         for _ in 0..10_000 {
             let mut moved = false;
-            while let Some(t) = self.dist.poll_transmit() {
-                moved = true;
-                self.deliver_from_dist(t);
+            for d in 0..self.dists() {
+                while let Some(t) = self.d(d).poll_transmit() {
+                    moved = true;
+                    self.deliver_from_dist(d, t);
+                }
             }
             for i in 0..self.workers.len() {
                 while let Some(t) = self.workers[i].core.poll_transmit() {
                     moved = true;
                     self.workers[i].core.handle_written(t.link, t.len);
-                    if !self.workers[i].connected {
+                    let Some(l) = self.workers[i]
+                        .links
+                        .iter()
+                        .find(|l| l.at_worker == t.link && l.up)
+                        .copied()
+                    else {
                         continue;
-                    }
-                    let at_dist = self.workers[i].at_dist;
+                    };
+                    let now = self.now;
                     for f in frames(&t) {
                         if f.kind() == MessageKind::AttrDelta {
                             self.workers[i].deltas += 1;
                         }
-                        self.dist.handle_frame(self.now, at_dist, f);
+                        self.d(l.dist).handle_frame(now, l.at_dist, f);
                     }
                 }
                 while let Some(a) = self.workers[i].core.poll_action() {
                     moved = true;
                     match a {
                         Action::Run {
-                            link, task, input, ..
+                            link,
+                            task,
+                            input,
+                            attempt,
+                            ..
                         } => {
                             self.workers[i].runs.push((task, input.clone()));
+                            self.workers[i].attempts.push(attempt);
                             self.workers[i].running.push(Running {
                                 worker: i,
                                 link,
@@ -288,24 +402,47 @@ impl Sim {
         panic!("the cores never went quiet");
     }
 
-    fn deliver_from_dist(&mut self, t: Transmit) {
-        if let Some(w) = self.workers.iter_mut().find(|w| w.at_dist == t.link) {
-            self.dist.handle_written(t.link, t.len);
-            if !w.connected {
+    /// Whether distributor `d` is alive (not killed).
+    fn alive(&self, d: usize) -> bool {
+        !self.killed.contains(&d)
+    }
+
+    fn deliver_from_dist(&mut self, d: usize, t: Transmit) {
+        let now = self.now;
+        let target = self.workers.iter().enumerate().find_map(|(i, w)| {
+            w.links
+                .iter()
+                .find(|l| l.dist == d && l.at_dist == t.link)
+                .map(|l| (i, *l))
+        });
+        if let Some((i, l)) = target {
+            self.d(d).handle_written(t.link, t.len);
+            if !l.up {
                 return;
             }
             for f in frames(&t) {
-                w.core.handle_frame(self.now, w.at_worker, f);
+                self.workers[i].core.handle_frame(now, l.at_worker, f);
             }
             return;
+        }
+        let stuck = {
+            let c = self
+                .clients
+                .iter()
+                .find(|c| c.dist == d && c.link == t.link)
+                .expect("a transmit goes to a known link");
+            c.stuck
+        };
+        if !stuck {
+            self.d(d).handle_written(t.link, t.len);
         }
         let c = self
             .clients
             .iter_mut()
-            .find(|c| c.link == t.link)
+            .find(|c| c.dist == d && c.link == t.link)
             .expect("a transmit goes to a known link");
-        if !c.stuck {
-            self.dist.handle_written(t.link, t.len);
+        if c.cut {
+            return;
         }
         for f in frames(&t) {
             match f.kind() {
