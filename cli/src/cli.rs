@@ -122,10 +122,40 @@ struct Common {
     config: Option<PathBuf>,
 }
 
+/// How fast a node notices a silent peer (see `allot::transport::LinkTimeouts`).
+#[derive(Args, Debug)]
+struct LinkArgs {
+    /// Close a link to a peer silent for this long, in milliseconds.
+    #[arg(long, default_value_t = 1500)]
+    idle_timeout_ms: u64,
+    /// Send keep-alives on a quiet link this often, in milliseconds (below
+    /// --idle-timeout-ms).
+    #[arg(long, default_value_t = 300)]
+    keep_alive_ms: u64,
+}
+
+impl LinkArgs {
+    fn timeouts(&self) -> Result<allot::transport::LinkTimeouts> {
+        if self.keep_alive_ms == 0 || self.keep_alive_ms >= self.idle_timeout_ms {
+            bail!(
+                "--keep-alive-ms ({}) must be above 0 and below --idle-timeout-ms ({})",
+                self.keep_alive_ms,
+                self.idle_timeout_ms
+            );
+        }
+        Ok(allot::transport::LinkTimeouts {
+            idle: Duration::from_millis(self.idle_timeout_ms),
+            keep_alive: Duration::from_millis(self.keep_alive_ms),
+        })
+    }
+}
+
 #[derive(Args, Debug)]
 struct GatewayArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    link: LinkArgs,
     /// Node name.
     #[arg(long)]
     name: String,
@@ -156,6 +186,8 @@ enum PolicyArg {
 struct DistributorArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    link: LinkArgs,
     /// Node name.
     #[arg(long)]
     name: String,
@@ -191,12 +223,19 @@ struct DistributorArgs {
     /// (for very large clusters; free capacity is checked last).
     #[arg(long, default_value_t = 0)]
     sample: u32,
+    /// After a start, hold tasks no worker matches for up to this long, in
+    /// milliseconds, while workers register (an empty or filling table is
+    /// no verdict).
+    #[arg(long, default_value_t = 3000)]
+    startup_grace_ms: u64,
 }
 
 #[derive(Args, Debug)]
 struct WorkerArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    link: LinkArgs,
     /// Node name.
     #[arg(long)]
     name: String,
@@ -230,9 +269,16 @@ struct WorkerArgs {
     /// A label, key=value (repeatable).
     #[arg(long = "label", value_parser = parse_attr)]
     labels: Vec<Attr>,
-    /// An app run as a command: NAME=COMMAND (repeatable).
+    /// An app run as a command: NAME=COMMAND (repeatable). The command
+    /// gets the input on stdin and ALLOT_ATTEMPT (1, or more when the task
+    /// runs again after a lost worker) and ALLOT_TASK_KEY in its
+    /// environment.
     #[arg(long = "app-cmd", value_parser = parse_kv_cmd)]
     app_cmds: Vec<(String, String)>,
+    /// Keep running a task whose distributor was lost this long, in
+    /// milliseconds, for the member that takes over to join it.
+    #[arg(long, default_value_t = 60_000)]
+    orphan_grace_ms: u64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -390,6 +436,7 @@ fn run(cli: Cli) -> Result<()> {
                 PolicyArg::RoundRobin => allot::gateway::RedirectPolicy::RoundRobin,
             };
             cfg.ttl = Duration::from_millis(a.ttl_ms);
+            cfg.link_timeouts = a.link.timeouts()?;
             block_on_local(allot::gateway::run(cfg, shutdown_signal()))??;
             Ok(())
         }
@@ -397,6 +444,8 @@ fn run(cli: Cli) -> Result<()> {
             init_logging("info");
             let mut cfg =
                 allot::distributor::DistributorConfig::new(&a.name, a.listen, a.pki, a.data_dir);
+            cfg.link_timeouts = a.link.timeouts()?;
+            cfg.startup_grace = Duration::from_millis(a.startup_grace_ms);
             cfg.set_name = a.set_name;
             cfg.peers = a.peers;
             cfg.users_file = a.users;
@@ -414,6 +463,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Worker(a) => {
             init_logging("info");
             let mut cfg = allot::worker::WorkerConfig::new(&a.name, a.pki, a.join);
+            cfg.link_timeouts = a.link.timeouts()?;
+            cfg.orphan_grace = Duration::from_millis(a.orphan_grace_ms);
             cfg.listen = a.listen;
             cfg.mode = match a.report {
                 ReportArg::Registered => ReportMode::Registered,

@@ -698,19 +698,30 @@ fn distributor_killed_mid_task_client_resubmits_to_the_next() {
     let g = port();
     let dist1 = distributor(&pki, &dir.0, "dist-1", d1, &[]);
     let _dist2 = distributor(&pki, &dir.0, "dist-2", d2, &[]);
-    let _w = worker(&pki, "w-1", &format!("{d1},{d2}"), &["--apps", "sleep"]);
+    // An app that logs each execution (with its attempt) and takes a second.
+    let log = dir.0.join("runs.log");
+    let rec = format!(
+        "rec=read p; echo \"$p $ALLOT_ATTEMPT\" >> {}; sleep 1; printf 'ran %s' \"$p\"",
+        log.display()
+    );
+    let _w = worker(
+        &pki,
+        "w-1",
+        &format!("{d1},{d2}"),
+        &["--apps", "rec", "--app-cmd", &rec],
+    );
     let _gw = gateway(&pki, g, &format!("{d1},{d2}"));
     wait_workers(&pki, d1, 1, "up", Duration::from_secs(20));
     wait_workers(&pki, d2, 1, "up", Duration::from_secs(20));
-    let input = dir.0.join("ms");
-    std::fs::write(&input, b"1000").unwrap();
+    let input = dir.0.join("token");
+    std::fs::write(&input, b"tok-1\n").unwrap();
     let (pki2, gws, inp) = (
         pki.clone(),
         g.to_string(),
         input.to_str().unwrap().to_owned(),
     );
     let sub = std::thread::spawn(move || {
-        submit(&pki2, &gws, &["--app", "sleep", "--input", &inp, "--json"])
+        submit(&pki2, &gws, &["--app", "rec", "--input", &inp, "--json"])
     });
     // Wait until dist-1 (first in the list) has placed it, then kill dist-1.
     let t0 = Instant::now();
@@ -738,7 +749,14 @@ fn distributor_killed_mid_task_client_resubmits_to_the_next() {
         j["distributor"], "dist-2",
         "resubmitted to the next distributor"
     );
-    assert_eq!(j["output"], "slept 1000 ms");
+    assert_eq!(j["output"], "ran tok-1");
+    // The member that took over joined the run on the worker: once.
+    let runs = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        runs.lines().collect::<Vec<_>>(),
+        vec!["tok-1 1"],
+        "ran exactly once"
+    );
 }
 
 #[test]
@@ -1056,4 +1074,36 @@ fn is_zombie(pid: u32) -> bool {
                 .and_then(|(_, r)| r.split_whitespace().next().map(|st| st == "Z"))
         })
         .unwrap_or(false)
+}
+
+#[test]
+fn a_restarted_distributor_resets_its_old_links_at_once() {
+    // Idle timeouts far longer than the test: the worker can only learn of
+    // the restart from the new process's stateless reset.
+    let slow = ["--idle-timeout-ms", "30000", "--keep-alive-ms", "200"];
+    let dir = Dir::new("reset");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("dist-1", "distributor"),
+            ("w-1", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let d1 = port();
+    let dist = distributor(&pki, &dir.0, "dist-1", d1, &slow);
+    let mut args = vec!["--report", "registered"];
+    args.extend(slow);
+    let _w = worker(&pki, "w-1", &d1.to_string(), &args);
+    wait_workers(&pki, d1, 1, "up", Duration::from_secs(20));
+    dist.signal("KILL");
+    drop(dist);
+    let t0 = Instant::now();
+    let _dist = distributor(&pki, &dir.0, "dist-1", d1, &slow);
+    // Well under the 30 s idle timeout: the old link was reset.
+    wait_workers(&pki, d1, 1, "up", Duration::from_secs(10));
+    eprintln!(
+        "worker registered again {:?} after the restart",
+        t0.elapsed()
+    );
 }

@@ -478,15 +478,15 @@ impl LocalClusterBuilder {
         }
 
         for name in &self.gateways {
-            let g = gateway::spawn(GatewayConfig {
-                name: name.clone(),
-                listen: loopback,
-                pki: pki.clone(),
-                sets: vec![(SET.into(), cluster.distributor_addrs.clone())],
-                policy: self.policy,
-                ttl: self.ttl,
-            })
-            .map_err(|e| LocalClusterError::node("gateway", name, e))?;
+            let mut cfg = GatewayConfig::new(
+                name,
+                loopback,
+                pki.clone(),
+                vec![(SET.into(), cluster.distributor_addrs.clone())],
+            );
+            cfg.policy = self.policy;
+            cfg.ttl = self.ttl;
+            let g = gateway::spawn(cfg).map_err(|e| LocalClusterError::node("gateway", name, e))?;
             cluster.gateway_addrs.push(g.addr);
             cluster.gateways.push(g);
         }

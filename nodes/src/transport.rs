@@ -105,7 +105,10 @@ fn roots(pki: &Pki) -> Result<Arc<RootCertStore>, TransportError> {
 /// required of every peer (no anonymous connections). TLS 1.3 only, as QUIC
 /// requires; 0-RTT stays off because replayed task submissions are not
 /// acceptable.
-pub fn server_config(pki: &Pki) -> Result<quinn::ServerConfig, TransportError> {
+pub fn server_config(
+    pki: &Pki,
+    timeouts: &LinkTimeouts,
+) -> Result<quinn::ServerConfig, TransportError> {
     let provider = provider();
     let verifier = WebPkiClientVerifier::builder_with_provider(roots(pki)?, provider.clone())
         .build()
@@ -116,13 +119,16 @@ pub fn server_config(pki: &Pki) -> Result<quinn::ServerConfig, TransportError> {
         .with_single_cert(pki.chain(), pki.key())?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
-    config.transport_config(Arc::new(transport_config()));
+    config.transport_config(Arc::new(transport_config(timeouts)));
     Ok(config)
 }
 
 /// Client side: present our certificate, and accept only a server whose chain
 /// leads to the cluster CA and that is valid for [`SERVER_NAME`].
-pub fn client_config(pki: &Pki) -> Result<quinn::ClientConfig, TransportError> {
+pub fn client_config(
+    pki: &Pki,
+    timeouts: &LinkTimeouts,
+) -> Result<quinn::ClientConfig, TransportError> {
     let provider = provider();
     let verifier =
         rustls::client::WebPkiServerVerifier::builder_with_provider(roots(pki)?, provider.clone())
@@ -134,7 +140,7 @@ pub fn client_config(pki: &Pki) -> Result<quinn::ClientConfig, TransportError> {
         .with_client_auth_cert(pki.chain(), pki.key())?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let mut config = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-    config.transport_config(Arc::new(transport_config()));
+    config.transport_config(Arc::new(transport_config(timeouts)));
     Ok(config)
 }
 
@@ -164,9 +170,45 @@ pub const JUMBO_UDP_PAYLOAD: u16 = 6_550;
 /// internet's, is the right start. Loss still shrinks it as usual.
 pub const INITIAL_WINDOW: u64 = 128 * 1024;
 
+/// How fast a node notices that a peer went silent: QUIC keep-alives every
+/// `keep_alive`, and a connection with nothing heard for `idle` is closed
+/// (the effective idle timeout is the smaller of both sides' values). A
+/// node that restarts on the same address is noticed at once instead:
+/// its new process answers the old connection's packets with a stateless
+/// reset (see [`endpoint`]).
+///
+/// Sized for a cluster network, where a second of silence means a dead
+/// process or host, not congestion: the defaults detect a death within
+/// [`LinkTimeouts::DEFAULT_IDLE`]. On a congested or lossy network raise
+/// both (`--idle-timeout-ms`, `--keep-alive-ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkTimeouts {
+    /// Silence after which a connection is closed.
+    pub idle: Duration,
+    /// Interval of keep-alive packets on an otherwise quiet connection.
+    pub keep_alive: Duration,
+}
+
+impl LinkTimeouts {
+    /// The default idle timeout.
+    pub const DEFAULT_IDLE: Duration = Duration::from_millis(1500);
+    /// The default keep-alive interval: several per idle timeout, so a
+    /// lost keep-alive or two is no death.
+    pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_millis(300);
+}
+
+impl Default for LinkTimeouts {
+    fn default() -> LinkTimeouts {
+        LinkTimeouts {
+            idle: LinkTimeouts::DEFAULT_IDLE,
+            keep_alive: LinkTimeouts::DEFAULT_KEEP_ALIVE,
+        }
+    }
+}
+
 /// Transport parameters for many small frames pipelined on a few long-lived
 /// streams between nodes on loopback or a LAN.
-pub fn transport_config() -> quinn::TransportConfig {
+pub fn transport_config(timeouts: &LinkTimeouts) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     // Flow-control windows: quinn's defaults (1.25 MB per stream) are sized
     // for a 100 ms internet path; pipelined tasks in flight and result
@@ -184,12 +226,11 @@ pub fn transport_config() -> quinn::TransportConfig {
     t.max_concurrent_bidi_streams(VarInt::from_u32(1024));
     // We use no unidirectional streams; allow a few for future use.
     t.max_concurrent_uni_streams(VarInt::from_u32(16));
-    // Liveness: keep-alives every second keep NAT/conntrack state and, with
-    // a 10 s idle timeout, turn a dead peer into a connection error within
-    // seconds, so tasks on it are retried elsewhere (reliability rules). The
-    // effective timeout is the smaller of both sides' values.
-    t.keep_alive_interval(Some(Duration::from_secs(1)));
-    t.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(10_000))));
+    // Liveness (see LinkTimeouts): a dead peer becomes a connection error
+    // quickly, so tasks on it are retried elsewhere and clients fail over.
+    t.keep_alive_interval(Some(timeouts.keep_alive));
+    let idle_ms = u32::try_from(timeouts.idle.as_millis()).unwrap_or(u32::MAX);
+    t.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(idle_ms))));
     // Before the first RTT sample quinn assumes 333 ms (an internet guess),
     // which makes the first loss on a LAN take a second to repair. 50 ms is
     // still far above any LAN RTT, so it causes no spurious retransmits.
@@ -232,12 +273,39 @@ pub const SOCKET_BUFFER_WARN: usize = 1 << 20;
 /// whatever [`transport_config`] allows: we accept up to
 /// [`JUMBO_UDP_PAYLOAD`], so that discovery can use jumbo frames where the
 /// path has them (and loopback).
-pub fn endpoint_config() -> quinn::EndpointConfig {
-    let mut c = quinn::EndpointConfig::default();
+///
+/// Its stateless-reset key and the key of its connection ids are derived
+/// from the node's private key, so a process that restarts with the same
+/// certificate on the same address recognises the connection ids its
+/// predecessor gave out and resets those connections: peers learn of the
+/// restart from their next packet, not after an idle timeout.
+pub fn endpoint_config(pki: &Pki) -> quinn::EndpointConfig {
+    let secret = node_secret(pki);
+    let mut c = quinn::EndpointConfig::new(Arc::new(ring::hmac::Key::new(
+        ring::hmac::HMAC_SHA256,
+        &secret,
+    )));
+    let mut cid_key = [0u8; 8];
+    cid_key.copy_from_slice(&secret[..8]);
+    let cid_key = u64::from_le_bytes(cid_key);
+    c.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
     // 8,952 is within quinn's 1,200..=65,527, so this cannot fail; keep
     // quinn's default if it ever did.
     let _ = c.max_udp_payload_size(JUMBO_UDP_PAYLOAD);
     c
+}
+
+/// A secret of the node that survives its restarts: a hash of its private
+/// key under a label of its own (so what is derived from it is not the
+/// private key itself and serves no other purpose).
+fn node_secret(pki: &Pki) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"allot quic stateless reset v1\0");
+    h.update(pki.key().secret_der());
+    h.finalize().into()
 }
 
 /// Binds a UDP socket and sizes its buffers (see [`SOCKET_BUFFER`]).
@@ -265,8 +333,17 @@ fn bind_udp(listen: SocketAddr) -> Result<(std::net::UdpSocket, usize), Transpor
 /// kernel grants less than [`SOCKET_BUFFER_WARN`] to receive, a warning
 /// names the sysctl to raise.
 pub fn endpoint(pki: &Pki, listen: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
-    let server = server_config(pki)?;
-    let client = client_config(pki)?;
+    endpoint_with(pki, listen, &LinkTimeouts::default())
+}
+
+/// [`endpoint`] with the given liveness timeouts.
+pub fn endpoint_with(
+    pki: &Pki,
+    listen: SocketAddr,
+    timeouts: &LinkTimeouts,
+) -> Result<quinn::Endpoint, TransportError> {
+    let server = server_config(pki, timeouts)?;
+    let client = client_config(pki, timeouts)?;
     let (socket, recv_buffer) = bind_udp(listen)?;
     if recv_buffer < SOCKET_BUFFER_WARN {
         tracing::warn!(
@@ -279,12 +356,11 @@ pub fn endpoint(pki: &Pki, listen: SocketAddr) -> Result<quinn::Endpoint, Transp
         addr: listen,
         source: std::io::Error::other("no async runtime (call inside tokio)"),
     })?;
-    let mut ep = quinn::Endpoint::new(endpoint_config(), Some(server), socket, runtime).map_err(
-        |source| TransportError::Bind {
+    let mut ep = quinn::Endpoint::new(endpoint_config(pki), Some(server), socket, runtime)
+        .map_err(|source| TransportError::Bind {
             addr: listen,
             source,
-        },
-    )?;
+        })?;
     ep.set_default_client_config(client);
     Ok(ep)
 }

@@ -62,6 +62,9 @@ pub struct DistributorConfig {
     /// workers' registrations, and a table that is still filling is no
     /// verdict. Tasks still unmatched when it ends fail as usual.
     pub startup_grace: Duration,
+    /// How fast a silent peer is noticed (QUIC idle timeout and
+    /// keep-alives on every link of this node).
+    pub link_timeouts: crate::transport::LinkTimeouts,
 }
 
 impl DistributorConfig {
@@ -83,6 +86,7 @@ impl DistributorConfig {
             table_capacity: 1 << 16,
             queue_timeout: Duration::from_secs(60),
             startup_grace: Duration::from_secs(3),
+            link_timeouts: crate::transport::LinkTimeouts::default(),
         }
     }
 

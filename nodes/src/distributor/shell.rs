@@ -91,7 +91,7 @@ pub async fn run(
 
 fn setup(cfg: DistributorConfig) -> Result<(quinn::Endpoint, Rc<Shell>), NodeError> {
     let pki = Pki::load(&cfg.pki, &cfg.name)?;
-    let ep = transport::endpoint(&pki, cfg.listen)?;
+    let ep = transport::endpoint_with(&pki, cfg.listen, &cfg.link_timeouts)?;
     let store = Store::open(&cfg.data_dir)?;
     if let Some(path) = &cfg.users_file {
         let users = crate::users::load_users_file(path).map_err(|message| NodeError::Users {

@@ -43,6 +43,9 @@ pub struct GatewayConfig {
     pub policy: RedirectPolicy,
     /// How long clients may cache a redirect.
     pub ttl: Duration,
+    /// How fast a silent peer is noticed (QUIC idle timeout and
+    /// keep-alives on every link of this node).
+    pub link_timeouts: crate::transport::LinkTimeouts,
 }
 
 impl GatewayConfig {
@@ -60,6 +63,7 @@ impl GatewayConfig {
             sets,
             policy: RedirectPolicy::Rendezvous,
             ttl: Duration::from_secs(30),
+            link_timeouts: crate::transport::LinkTimeouts::default(),
         }
     }
 }

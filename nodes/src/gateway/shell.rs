@@ -48,7 +48,7 @@ fn setup(cfg: GatewayConfig) -> Result<(quinn::Endpoint, Rc<Shell>), NodeError> 
         });
     }
     let pki = Pki::load(&cfg.pki, &cfg.name)?;
-    let ep = transport::endpoint(&pki, cfg.listen)?;
+    let ep = transport::endpoint_with(&pki, cfg.listen, &cfg.link_timeouts)?;
     let shell = Rc::new(Shell {
         name: cfg.name.clone(),
         core: RefCell::new(GatewayCore::new(&cfg)),

@@ -62,6 +62,9 @@ pub struct WorkerConfig {
     pub orphan_grace: Duration,
     /// Local address to bind (port 0: any).
     pub listen: SocketAddr,
+    /// How fast a silent peer is noticed (QUIC idle timeout and
+    /// keep-alives on every link of this node).
+    pub link_timeouts: crate::transport::LinkTimeouts,
 }
 
 impl WorkerConfig {
@@ -83,6 +86,7 @@ impl WorkerConfig {
             coalesce: Duration::from_millis(5),
             full_every: 10,
             orphan_grace: Duration::from_secs(60),
+            link_timeouts: crate::transport::LinkTimeouts::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }

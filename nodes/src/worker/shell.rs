@@ -169,7 +169,7 @@ fn setup(
         table.insert(&name, App::Handler(h));
     }
     let pki = Pki::load(&cfg.pki, &cfg.name)?;
-    let ep = transport::endpoint(&pki, cfg.listen)?;
+    let ep = transport::endpoint_with(&pki, cfg.listen, &cfg.link_timeouts)?;
     let incarnation = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
