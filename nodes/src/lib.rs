@@ -7,6 +7,8 @@
 //! lives in the `allot-cli` package so that a program embedding this
 //! library builds none of the command line's dependencies.
 
+#![warn(missing_docs)]
+
 pub mod pki;
 pub mod transport;
 
