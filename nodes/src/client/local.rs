@@ -581,7 +581,11 @@ impl Inner {
     ) -> Result<T, AttemptError> {
         let mut after = self.cfg.connect_timeout;
         if let Some(d) = deadline {
-            after = after.min(d.saturating_duration_since(Instant::now()));
+            // In whole milliseconds (rounded up), as the error shows it.
+            let left = d.saturating_duration_since(Instant::now()).as_nanos();
+            let left =
+                Duration::from_millis(u64::try_from(left.div_ceil(1_000_000)).unwrap_or(u64::MAX));
+            after = after.min(left);
         }
         tokio::time::timeout(after, attempt)
             .await
