@@ -338,3 +338,65 @@ impl ClientError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn timeout(ms: u64) -> AttemptError {
+        AttemptError::Timeout {
+            after: Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn a_retried_search_names_each_address_once_with_its_last_error() {
+        let mut first = Attempts::default();
+        first.push(Searched::Gateway, addr(1), timeout(100));
+        first.push(Searched::Distributor, addr(2), AttemptError::EmptyRedirect);
+        let mut then = Attempts::default();
+        then.push(Searched::Gateway, addr(1), timeout(200));
+        let mut all = first.clone();
+        all.merge(&then);
+        let all = all.with_retried(Retried {
+            after: Duration::from_millis(1500),
+            searches: 3,
+        });
+        let shown = all.to_string();
+        assert_eq!(
+            shown,
+            "gateway 127.0.0.1:1: no answer within 200ms; distributor 127.0.0.1:2: \
+             the gateway's redirect lists no usable distributor (retried for 1.5 s, 3 searches)"
+        );
+        assert_eq!(all.iter().count(), 2);
+        // One kind of address only: shown as before, without the kind.
+        assert_eq!(then.to_string(), "127.0.0.1:1: no answer within 200ms");
+        assert_eq!(then.retried(), None);
+    }
+
+    #[test]
+    fn only_refusals_that_cannot_pass_are_permanent() {
+        let refused = |code| {
+            AttemptError::Stream(ConnError::Refused {
+                code,
+                message: String::new(),
+            })
+        };
+        assert!(!timeout(1).is_permanent());
+        assert!(!refused(ErrorCode::Unavailable).is_permanent());
+        assert!(!refused(ErrorCode::Overloaded).is_permanent());
+        assert!(refused(ErrorCode::Forbidden).is_permanent());
+        assert!(refused(ErrorCode::VersionMismatch).is_permanent());
+        assert!(AttemptError::Stream(ConnError::Forbidden("role".into())).is_permanent());
+        let mut some = Attempts::default();
+        assert!(!some.all_permanent(), "no attempt is no verdict");
+        some.push(Searched::Gateway, addr(1), refused(ErrorCode::Forbidden));
+        assert!(some.all_permanent());
+        some.push(Searched::Gateway, addr(2), timeout(1));
+        assert!(!some.all_permanent());
+    }
+}

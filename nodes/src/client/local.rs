@@ -984,3 +984,22 @@ async fn read_loop(inner: Rc<Inner>, mut reader: conn::FrameReader, generation: 
     }
     Inner::failover(inner, generation);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_each_wait_in_the_upper_half_of_its_step() {
+        let mut b = Backoff::new(7);
+        let mut step = BACKOFF_FIRST;
+        for _ in 0..12 {
+            let w = b.next_wait();
+            assert!(w >= step / 2 && w <= step, "{w:?} for a step of {step:?}");
+            step = (step * 2).min(BACKOFF_MAX);
+        }
+        // Two clients seeded apart do not wait alike.
+        let (mut a, mut c) = (Backoff::new(1), Backoff::new(2));
+        assert!((0..4).any(|_| a.next_wait() != c.next_wait()));
+    }
+}

@@ -93,7 +93,9 @@ pub struct ClientConfig {
     /// ([`Attempts::retried`]).
     ///
     /// A search whose every attempt was refused for good (an untrusted
-    /// certificate, a role the peer does not accept) is not retried.
+    /// certificate, a role the peer does not accept) is not retried. A
+    /// submission after the client gave up starts a new search, with a
+    /// new window.
     /// Zero: fail at the first failed search. Default
     /// [`DEFAULT_RETRY_FOR`]; at most [`MAX_RETRY_FOR`].
     pub retry_for: Duration,
