@@ -430,7 +430,8 @@ fn cli_contract_end_to_end() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad expression"));
 
-    // No gateway reachable: a clear error, non-zero exit.
+    // No gateway reachable: a clear error, non-zero exit, at once when
+    // asked not to retry (`retry.rs` covers the message after a window).
     let out = run(&[
         "submit",
         "--pki",
@@ -439,6 +440,8 @@ fn cli_contract_end_to_end() {
         "127.0.0.1:1",
         "--app",
         "echo",
+        "--retry-for",
+        "0",
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no gateway answered"));

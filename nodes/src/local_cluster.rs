@@ -150,7 +150,10 @@ impl TempPki {
 /// Waits until `distributor` reports at least `workers` workers up, asking
 /// it for its status as `client` every few milliseconds, for at most
 /// `timeout`. Connection errors (a distributor that is not listening yet)
-/// count as "not yet". Must run inside a `LocalSet`, like the client.
+/// count as "not yet": this loop is the retry, so each connection is tried
+/// once (no [`ClientConfig::retry_for`](ClientConfig#structfield.retry_for)
+/// window), which keeps `timeout` the bound. Must run inside a `LocalSet`,
+/// like the client.
 pub async fn wait_for_workers(
     client: &ClientConfig,
     distributor: SocketAddr,
@@ -160,6 +163,7 @@ pub async fn wait_for_workers(
     let started = Instant::now();
     let mut up = 0;
     let mut last_error: Option<String>;
+    let client = client.clone().with_retry_for(Duration::ZERO);
     loop {
         match LocalClient::connect_distributor(client.clone(), distributor).await {
             Ok(c) => {

@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// Client certificate name.
     #[arg(long, default_value = "client")]
     pub name: String,
+    /// Seconds the client keeps searching when no gateway or distributor
+    /// answers (an outage), with backoff, before failing; 0 fails at once.
+    #[arg(long, value_name = "SECS", value_parser = crate::cli::parse_secs, default_value = "30")]
+    pub retry_for: Duration,
     /// Application to run.
     #[arg(long, default_value = "echo")]
     pub app: String,
@@ -125,7 +129,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         (pki, args.gateway.clone())
     };
-    let cfg = ClientConfig::new(args.name.clone(), pki.clone(), gateways);
+    let cfg =
+        ClientConfig::new(args.name.clone(), pki.clone(), gateways).with_retry_for(args.retry_for);
     // CPU time of every process of the run, by role: where the time goes.
     let mut roles: Vec<(&'static str, u32)> = match &cluster {
         Some(_) if args.processes => vec![("client", std::process::id())],

@@ -46,41 +46,167 @@ impl From<TransportError> for AttemptError {
     }
 }
 
+impl AttemptError {
+    /// Whether trying the same address again cannot help: the peer refused
+    /// the client for a reason that does not pass (its certificate, its
+    /// role, its protocol version), or the client's own endpoint is closed.
+    /// Anything else (no answer, a lost connection, a node that says it is
+    /// not ready) may pass, so a search is retried over it.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            AttemptError::Timeout { .. } | AttemptError::EmptyRedirect => false,
+            AttemptError::Transport(e) => match e {
+                TransportError::Handshake { source, .. } => refused_by_tls(source),
+                TransportError::Timeout { .. } => false,
+                // Bad settings, a bad address, a closed endpoint.
+                _ => true,
+            },
+            AttemptError::Stream(e) => match e {
+                ConnError::Refused { code, .. } => !matches!(
+                    code,
+                    ErrorCode::Unavailable | ErrorCode::Overloaded | ErrorCode::Internal
+                ),
+                ConnError::Forbidden(_) => true,
+                ConnError::Connection(c) => refused_by_tls(c),
+                _ => false,
+            },
+        }
+    }
+}
+
+/// Whether a connection failed in its TLS handshake (an untrusted or
+/// refused certificate), by either side: QUIC carries TLS alerts as the
+/// "crypto" error codes 0x100 to 0x1ff.
+fn refused_by_tls(e: &quinn::ConnectionError) -> bool {
+    let code = match e {
+        quinn::ConnectionError::TransportError(t) => t.code,
+        quinn::ConnectionError::ConnectionClosed(c) => c.error_code,
+        _ => return false,
+    };
+    (0x100..=0x1ff).contains(&u64::from(code))
+}
+
+/// One address tried, as what, and its (last) error.
+#[derive(Debug, Clone)]
+struct Attempt {
+    addr: SocketAddr,
+    searched: Searched,
+    error: Arc<AttemptError>,
+}
+
 /// The gateways or distributors tried, in order, each with why it failed.
 /// Its `source()` is the last attempt's error.
+///
+/// After a client retried its search through an outage (see
+/// [`ClientConfig::retry_for`](super::ClientConfig#structfield.retry_for)),
+/// it lists every address tried during the outage, once, in the order
+/// first tried, with its last error, and says for how long the client
+/// searched ([`Attempts::retried`]).
 #[derive(Debug, Clone, Default)]
-pub struct Attempts(Vec<(SocketAddr, Arc<AttemptError>)>);
+pub struct Attempts {
+    tried: Vec<Attempt>,
+    retried: Option<Retried>,
+}
+
+/// How long a client searched before it gave up, and how many times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retried {
+    /// From the first failed search to giving up.
+    pub after: Duration,
+    /// Searches made (the first one included).
+    pub searches: u32,
+}
 
 impl Attempts {
-    pub(crate) fn push(&mut self, addr: SocketAddr, e: AttemptError) {
-        self.0.push((addr, Arc::new(e)));
+    pub(crate) fn push(&mut self, searched: Searched, addr: SocketAddr, e: AttemptError) {
+        self.tried.push(Attempt {
+            addr,
+            searched,
+            error: Arc::new(e),
+        });
+    }
+
+    /// Adds `other`'s attempts: an address already listed keeps its place
+    /// and takes the newer error.
+    pub(crate) fn merge(&mut self, other: &Attempts) {
+        for a in &other.tried {
+            match self
+                .tried
+                .iter_mut()
+                .find(|t| t.addr == a.addr && t.searched == a.searched)
+            {
+                Some(t) => t.error = a.error.clone(),
+                None => self.tried.push(a.clone()),
+            }
+        }
+    }
+
+    /// Marks these as the attempts of a search retried as `retried` says.
+    pub(crate) fn with_retried(mut self, retried: Retried) -> Attempts {
+        self.retried = Some(retried);
+        self
     }
 
     /// Each address tried, with why it failed.
     pub fn iter(&self) -> impl Iterator<Item = (SocketAddr, &AttemptError)> {
-        self.0.iter().map(|(a, e)| (*a, &**e))
+        self.tried.iter().map(|a| (a.addr, &*a.error))
+    }
+
+    /// Each address tried, with what it was tried as and why it failed.
+    pub fn iter_searched(&self) -> impl Iterator<Item = (Searched, SocketAddr, &AttemptError)> {
+        self.tried.iter().map(|a| (a.searched, a.addr, &*a.error))
+    }
+
+    /// How long the client retried before giving up (`None`: it gave up at
+    /// the first failed search).
+    pub fn retried(&self) -> Option<Retried> {
+        self.retried
     }
 
     /// Whether there was at least one attempt and every one timed out.
     pub fn all_timed_out(&self) -> bool {
-        !self.0.is_empty()
+        !self.tried.is_empty()
             && self
-                .0
+                .tried
                 .iter()
-                .all(|(_, e)| matches!(**e, AttemptError::Timeout { .. }))
+                .all(|a| matches!(*a.error, AttemptError::Timeout { .. }))
+    }
+
+    /// Whether there was at least one attempt and every one failed in a
+    /// way that trying again cannot mend ([`AttemptError::is_permanent`]).
+    pub fn all_permanent(&self) -> bool {
+        !self.tried.is_empty() && self.tried.iter().all(|a| a.error.is_permanent())
     }
 }
 
 impl fmt::Display for Attempts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0.is_empty() {
-            return f.write_str("none configured");
+        if self.tried.is_empty() {
+            f.write_str("none configured")?;
         }
-        for (i, (addr, e)) in self.0.iter().enumerate() {
+        // Gateways and distributors in one list (a retried search) say
+        // which is which.
+        let mixed = self
+            .tried
+            .iter()
+            .any(|a| a.searched != self.tried[0].searched);
+        for (i, a) in self.tried.iter().enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
-            write!(f, "{addr}: {e}")?;
+            if mixed {
+                write!(f, "{} ", a.searched)?;
+            }
+            write!(f, "{}: {}", a.addr, a.error)?;
+        }
+        if let Some(r) = self.retried {
+            write!(
+                f,
+                " (retried for {:.1} s, {} searches)",
+                r.after.as_secs_f64(),
+                r.searches
+            )?;
         }
         Ok(())
     }
@@ -88,9 +214,9 @@ impl fmt::Display for Attempts {
 
 impl std::error::Error for Attempts {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0
+        self.tried
             .last()
-            .map(|(_, e)| &**e as &(dyn std::error::Error + 'static))
+            .map(|a| &*a.error as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -188,5 +314,89 @@ impl ClientError {
     /// Whether this is a timeout (of the connection search).
     pub fn is_timeout(&self) -> bool {
         matches!(self, ClientError::Timeout { .. })
+    }
+
+    /// The addresses tried, when this is a failed connection search
+    /// ([`ClientError::Timeout`], [`ClientError::NoGateway`] or
+    /// [`ClientError::NoDistributor`]).
+    pub fn attempts(&self) -> Option<&Attempts> {
+        match self {
+            ClientError::Timeout { tried, .. }
+            | ClientError::NoGateway(tried)
+            | ClientError::NoDistributor(tried) => Some(tried),
+            _ => None,
+        }
+    }
+
+    /// What the failed connection search was for, when this is one.
+    pub(crate) fn searched(&self) -> Option<Searched> {
+        match self {
+            ClientError::Timeout { searched, .. } => Some(*searched),
+            ClientError::NoGateway(_) => Some(Searched::Gateway),
+            ClientError::NoDistributor(_) => Some(Searched::Distributor),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn timeout(ms: u64) -> AttemptError {
+        AttemptError::Timeout {
+            after: Duration::from_millis(ms),
+        }
+    }
+
+    #[test]
+    fn a_retried_search_names_each_address_once_with_its_last_error() {
+        let mut first = Attempts::default();
+        first.push(Searched::Gateway, addr(1), timeout(100));
+        first.push(Searched::Distributor, addr(2), AttemptError::EmptyRedirect);
+        let mut then = Attempts::default();
+        then.push(Searched::Gateway, addr(1), timeout(200));
+        let mut all = first.clone();
+        all.merge(&then);
+        let all = all.with_retried(Retried {
+            after: Duration::from_millis(1500),
+            searches: 3,
+        });
+        let shown = all.to_string();
+        assert_eq!(
+            shown,
+            "gateway 127.0.0.1:1: no answer within 200ms; distributor 127.0.0.1:2: \
+             the gateway's redirect lists no usable distributor (retried for 1.5 s, 3 searches)"
+        );
+        assert_eq!(all.iter().count(), 2);
+        // One kind of address only: shown as before, without the kind.
+        assert_eq!(then.to_string(), "127.0.0.1:1: no answer within 200ms");
+        assert_eq!(then.retried(), None);
+    }
+
+    #[test]
+    fn only_refusals_that_cannot_pass_are_permanent() {
+        let refused = |code| {
+            AttemptError::Stream(ConnError::Refused {
+                code,
+                message: String::new(),
+            })
+        };
+        assert!(!timeout(1).is_permanent());
+        assert!(!refused(ErrorCode::Unavailable).is_permanent());
+        assert!(!refused(ErrorCode::Overloaded).is_permanent());
+        assert!(refused(ErrorCode::Forbidden).is_permanent());
+        assert!(refused(ErrorCode::VersionMismatch).is_permanent());
+        assert!(AttemptError::Stream(ConnError::Forbidden("role".into())).is_permanent());
+        let mut some = Attempts::default();
+        assert!(!some.all_permanent(), "no attempt is no verdict");
+        some.push(Searched::Gateway, addr(1), refused(ErrorCode::Forbidden));
+        assert!(some.all_permanent());
+        some.push(Searched::Gateway, addr(2), timeout(1));
+        assert!(!some.all_permanent());
     }
 }

@@ -107,7 +107,8 @@ impl std::fmt::Debug for Client {
 impl Client {
     /// Starts the client thread, which searches the gateways, follows the
     /// redirect and connects to the first distributor that answers.
-    /// Returns once connected (or failed).
+    /// Returns once connected, or failed: after the retry window when no
+    /// search succeeds (see [`ClientConfig::retry_for`](ClientConfig#structfield.retry_for)).
     pub async fn connect(cfg: ClientConfig) -> Result<Client, ClientError> {
         let (client, ready) = Client::spawn(cfg, None)?;
         ready.await.unwrap_or(Err(ClientError::Closed))?;

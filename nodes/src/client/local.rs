@@ -24,12 +24,63 @@ use crate::pki::Pki;
 use crate::transport;
 
 use super::{
-    AttemptError, Attempts, ClientConfig, ClientError, LinkStats, Outcome, Searched, Task,
-    MAX_IN_FLIGHT,
+    AttemptError, Attempts, ClientConfig, ClientError, LinkStats, Outcome, Retried, Searched, Task,
+    MAX_IN_FLIGHT, MAX_RETRY_FOR,
 };
 
 /// How long a closing client thread waits for its connections to close.
 const CLOSE_GRACE: Duration = Duration::from_millis(200);
+
+/// The wait after the first failed search of an outage; doubled after
+/// each further one, up to [`BACKOFF_MAX`].
+const BACKOFF_FIRST: Duration = Duration::from_millis(50);
+
+/// The longest wait between two searches: a distributor that is back is
+/// found within about a second.
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Waits between the searches of an outage: doubling from
+/// [`BACKOFF_FIRST`] to [`BACKOFF_MAX`], each drawn between half and all of
+/// its step so that many clients that lost the same distributor do not
+/// come back in lockstep. The draws come from a splitmix64 sequence seeded
+/// per client: cheap, and enough to spread clients apart.
+struct Backoff {
+    step: Duration,
+    state: u64,
+}
+
+impl Backoff {
+    fn new(seed: u64) -> Backoff {
+        Backoff {
+            step: BACKOFF_FIRST,
+            state: seed,
+        }
+    }
+
+    fn next_wait(&mut self) -> Duration {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let step = self.step;
+        self.step = (step * 2).min(BACKOFF_MAX);
+        // Both fit in u64: the step is at most a second.
+        let half = (step / 2).as_nanos() as u64;
+        Duration::from_nanos(half + z % (half + 1))
+    }
+}
+
+/// The first search of a [`Inner::search`].
+#[derive(Clone, Copy)]
+enum First {
+    /// The gateways, then the redirect's distributors (or only the
+    /// distributor list, when the client was given one).
+    Full,
+    /// After losing the session to the distributor at `start - 1` of the
+    /// list: the rest of the list, then the gateways again.
+    After { start: usize },
+}
 
 /// Where an outcome goes: the waiting `submit` call, or the channel of a
 /// pipelined submitter.
@@ -64,6 +115,10 @@ struct PendingTask {
     task: Rc<Task>,
     /// Its idempotency key, the same on every resubmission.
     key: u64,
+    /// It was handed to a stream at least once, so a distributor may have
+    /// it: sent again with `resubmit` set. A task submitted while the client
+    /// had no session has never left, and is sent as new.
+    sent: bool,
     started: Instant,
     /// A `Cancel` was sent for it (sent once only).
     cancelled: bool,
@@ -143,6 +198,14 @@ struct Inner {
     /// When the cached redirect stops being valid (its time to live).
     redirect_expires: Cell<Option<Instant>>,
     failing_over: Cell<bool>,
+    /// Talks to the distributors it was given, never to a gateway
+    /// ([`LocalClient::connect_distributor`]).
+    direct: Cell<bool>,
+    /// [`LocalClient::close`] was called: nothing reconnects any more.
+    closed: Cell<bool>,
+    /// Wakes a failover waiting between two searches when the client is
+    /// closed.
+    closing: tokio::sync::Notify,
 }
 
 /// A connected client on the current thread (`!Send`): cheap to clone,
@@ -154,22 +217,26 @@ pub struct LocalClient {
 
 impl LocalClient {
     /// Searches the gateways, follows the redirect, connects to the first
-    /// distributor that answers.
+    /// distributor that answers. When that fails, searches again for up to
+    /// [`ClientConfig::retry_for`](ClientConfig#structfield.retry_for).
     pub async fn connect(cfg: ClientConfig) -> Result<LocalClient, ClientError> {
         let client = LocalClient::new(cfg)?;
-        client.inner.redirect().await?;
-        Inner::connect_any(&client.inner, 0).await?;
+        Inner::search(&client.inner, First::Full).await?;
         Ok(client)
     }
 
-    /// Connects straight to one distributor (for status and explain).
+    /// Connects straight to one distributor (for status and explain),
+    /// retrying as [`LocalClient::connect`] does. The client never asks a
+    /// gateway, even if its configuration names some: its answers come
+    /// from this distributor or none.
     pub async fn connect_distributor(
         cfg: ClientConfig,
         addr: SocketAddr,
     ) -> Result<LocalClient, ClientError> {
         let client = LocalClient::new(cfg)?;
         *client.inner.distributors.borrow_mut() = vec![addr];
-        Inner::connect_any(&client.inner, 0).await?;
+        client.inner.direct.set(true);
+        Inner::search(&client.inner, First::Full).await?;
         Ok(client)
     }
 
@@ -209,6 +276,9 @@ impl LocalClient {
                 gateway: RefCell::new(Arc::from("")),
                 redirect_expires: Cell::new(None),
                 failing_over: Cell::new(false),
+                direct: Cell::new(false),
+                closed: Cell::new(false),
+                closing: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -270,10 +340,16 @@ impl LocalClient {
         self.send_as(id, task, tx).map(|()| id)
     }
 
-    /// Sends task `id`. When refused (too many in flight), `tx` gets the
-    /// error as well as the caller.
+    /// Sends task `id`. When refused (too many in flight, waiting ones
+    /// included, or the client closed), `tx` gets the error as well as the
+    /// caller. Without a session (failing over) the task waits in the
+    /// in-flight table and is sent once a session is back.
     fn send_as(&self, id: u64, task: Rc<Task>, tx: Reply) -> Result<(), ClientError> {
         let inner = &self.inner;
+        if inner.closed.get() {
+            tx.send(id, Err(ClientError::Closed));
+            return Err(ClientError::Closed);
+        }
         if inner.pending.borrow().len() >= MAX_IN_FLIGHT {
             let e = ClientError::TooMany(MAX_IN_FLIGHT);
             tx.send(id, Err(e.clone()));
@@ -292,6 +368,7 @@ impl LocalClient {
                 tx,
                 task,
                 key,
+                sent: matches!(sent, Some(Ok(()))),
                 started: Instant::now(),
                 cancelled: false,
             },
@@ -375,10 +452,12 @@ impl LocalClient {
         let _ = tokio::time::timeout(CLOSE_GRACE, self.inner.ep.wait_idle()).await;
     }
 
-    /// Closes the connection.
+    /// Closes the connection. A failover under way stops, and the tasks
+    /// it held end with [`ClientError::Closed`].
     pub fn close(&self) {
-        // Marked as failing over so the reader's end does not reconnect.
-        self.inner.failing_over.set(true);
+        // The reader's end does not reconnect, a retrying failover stops.
+        self.inner.closed.set(true);
+        self.inner.closing.notify_waiters();
         if let Some(s) = self.inner.session.borrow_mut().take() {
             s.out.close();
         }
@@ -461,11 +540,15 @@ impl Inner {
         out.send(&*s, &task.payload)
     }
 
-    /// Asks the gateways, in order, for a distributor list.
-    async fn redirect(&self) -> Result<(), ClientError> {
+    /// Asks the gateways, in order, for a distributor list. Attempts end
+    /// by `deadline` (if any); none starts after it.
+    async fn redirect(&self, deadline: Option<Instant>) -> Result<(), ClientError> {
         let mut tried = Attempts::default();
         for gw in &self.cfg.gateways {
-            match self.ask_gateway(*gw).await {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            match self.ask_gateway(*gw, deadline).await {
                 Ok(r) => {
                     let list: Vec<SocketAddr> = r
                         .distributors
@@ -473,7 +556,7 @@ impl Inner {
                         .filter_map(|a| a.parse().ok())
                         .collect();
                     if list.is_empty() {
-                        tried.push(*gw, AttemptError::EmptyRedirect);
+                        tried.push(Searched::Gateway, *gw, AttemptError::EmptyRedirect);
                         continue;
                     }
                     *self.distributors.borrow_mut() = list;
@@ -483,18 +566,27 @@ impl Inner {
                     ));
                     return Ok(());
                 }
-                Err(e) => tried.push(*gw, e),
+                Err(e) => tried.push(Searched::Gateway, *gw, e),
             }
         }
         Err(ClientError::search_failed(tried, Searched::Gateway))
     }
 
-    /// Runs one connection attempt within the configured connect timeout.
+    /// Runs one connection attempt within the configured connect timeout,
+    /// or until `deadline` if that comes first.
     async fn within<T>(
         &self,
+        deadline: Option<Instant>,
         attempt: impl Future<Output = Result<T, AttemptError>>,
     ) -> Result<T, AttemptError> {
-        let after = self.cfg.connect_timeout;
+        let mut after = self.cfg.connect_timeout;
+        if let Some(d) = deadline {
+            // In whole milliseconds (rounded up), as the error shows it.
+            let left = d.saturating_duration_since(Instant::now()).as_nanos();
+            let left =
+                Duration::from_millis(u64::try_from(left.div_ceil(1_000_000)).unwrap_or(u64::MAX));
+            after = after.min(left);
+        }
         tokio::time::timeout(after, attempt)
             .await
             .unwrap_or(Err(AttemptError::Timeout { after }))
@@ -514,8 +606,12 @@ impl Inner {
         Ok((conn, s))
     }
 
-    async fn ask_gateway(&self, gw: SocketAddr) -> Result<Redirect, AttemptError> {
-        self.within(async {
+    async fn ask_gateway(
+        &self,
+        gw: SocketAddr,
+        deadline: Option<Instant>,
+    ) -> Result<Redirect, AttemptError> {
+        self.within(deadline, async {
             let (conn, mut s) = self.dial(gw).await?;
             let r = Inner::read_redirect(&mut s.reader).await;
             s.out.close();
@@ -539,19 +635,34 @@ impl Inner {
         r
     }
 
-    /// Connects to the distributors from `start` on, in order.
-    async fn connect_any(this: &Rc<Inner>, start: usize) -> Result<(), ClientError> {
+    /// Connects to the distributors from `start` on, in order (and, with
+    /// `wrap`, then to those before `start`). Attempts end by `deadline`
+    /// (if any); none starts after it.
+    async fn connect_any(
+        this: &Rc<Inner>,
+        start: usize,
+        wrap: bool,
+        deadline: Option<Instant>,
+    ) -> Result<(), ClientError> {
         let list = this.distributors.borrow().clone();
         let mut tried = Attempts::default();
-        for addr in list.iter().skip(start) {
-            match this.open_session(*addr).await {
+        let order = list.iter().skip(start).chain(if wrap {
+            list.get(..start.min(list.len())).unwrap_or_default()
+        } else {
+            &[]
+        });
+        for addr in order {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break;
+            }
+            match this.open_session(*addr, deadline).await {
                 Ok((session, reader)) => {
                     let generation = session.generation;
                     *this.session.borrow_mut() = Some(session);
                     tokio::task::spawn_local(read_loop(this.clone(), reader, generation));
                     return Ok(());
                 }
-                Err(e) => tried.push(*addr, e),
+                Err(e) => tried.push(Searched::Distributor, *addr, e),
             }
         }
         Err(ClientError::search_failed(tried, Searched::Distributor))
@@ -560,8 +671,9 @@ impl Inner {
     async fn open_session(
         &self,
         addr: SocketAddr,
+        deadline: Option<Instant>,
     ) -> Result<(Session, conn::FrameReader), AttemptError> {
-        let (conn, s) = self.within(self.dial(addr)).await?;
+        let (conn, s) = self.within(deadline, self.dial(addr)).await?;
         let generation = self.generation.get() + 1;
         self.generation.set(generation);
         Ok((
@@ -575,15 +687,142 @@ impl Inner {
         ))
     }
 
-    /// Moves to the next distributor (then asks the gateways again) and
-    /// resubmits everything in flight. Runs once per lost session.
+    /// One whole search: the gateways in order, then the distributors of
+    /// the redirect in order (only the distributor list for a direct
+    /// client).
+    async fn search_once(this: &Rc<Inner>, deadline: Option<Instant>) -> Result<(), ClientError> {
+        if !this.direct.get() {
+            this.redirect(deadline).await?;
+        }
+        Inner::connect_any(this, 0, false, deadline).await
+    }
+
+    /// The first search after losing the session to the distributor at
+    /// `start - 1`: the rest of the list, then the gateways again (a
+    /// redirect past its time to live is asked for again first). A direct
+    /// client tries the rest of its list, then the start of it, the lost
+    /// distributor last.
+    async fn search_after(this: &Rc<Inner>, start: usize) -> Result<(), ClientError> {
+        if this.direct.get() {
+            return Inner::connect_any(this, start, true, None).await;
+        }
+        let expired = this
+            .redirect_expires
+            .get()
+            .is_some_and(|t| Instant::now() >= t);
+        let start = if expired && this.redirect(None).await.is_ok() {
+            0
+        } else {
+            start
+        };
+        let Err(rest) = Inner::connect_any(this, start, false, None).await else {
+            return Ok(());
+        };
+        match Inner::search_once(this, None).await {
+            Ok(()) => Ok(()),
+            // Both searches' addresses are named.
+            Err(e) => match (rest.attempts(), e.attempts(), e.searched()) {
+                (Some(first), Some(then), Some(searched)) => {
+                    let mut tried = first.clone();
+                    tried.merge(then);
+                    Err(ClientError::search_failed(tried, searched))
+                }
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// Searches until a session is open, retrying the whole search with
+    /// [`Backoff`] while the failures may pass, for at most
+    /// `cfg.retry_for` (cut to [`MAX_RETRY_FOR`]) from the first failed
+    /// search. At the bound, the error of the last search comes back with
+    /// every address tried during the window and for how long; a search
+    /// refused for good (every attempt [permanent](AttemptError::is_permanent)),
+    /// any other error, or [`LocalClient::close`] ends it at once.
+    async fn search(this: &Rc<Inner>, first: First) -> Result<(), ClientError> {
+        let window = this.cfg.retry_for.min(MAX_RETRY_FOR);
+        let mut backoff = Backoff::new(this.key_base ^ this.generation.get());
+        let mut tried = Attempts::default();
+        let mut searches: u32 = 0;
+        // When the first search failed, and when the window closes.
+        let mut failed: Option<(Instant, Instant)> = None;
+        loop {
+            let deadline = failed.map(|(_, d)| d);
+            let r = match (searches, first) {
+                (0, First::After { start }) => Inner::search_after(this, start).await,
+                _ => Inner::search_once(this, deadline).await,
+            };
+            searches = searches.saturating_add(1);
+            let e = match r {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if this.closed.get() {
+                return Err(ClientError::Closed);
+            }
+            let (Some(these), Some(searched)) = (e.attempts(), e.searched()) else {
+                return Err(e);
+            };
+            tried.merge(these);
+            // Nothing to try (none configured, or the window closed before
+            // the first attempt) is as final as a refusal.
+            let permanent = these.all_permanent() || these.iter().next().is_none();
+            let (since, until) = *failed.get_or_insert_with(|| {
+                let now = Instant::now();
+                (now, now + window)
+            });
+            if searches == 1 && (window.is_zero() || permanent) {
+                // Nothing retried: the search's own error, as it was.
+                return Err(e);
+            }
+            let give_up = |tried: Attempts| {
+                let retried = Retried {
+                    after: since.elapsed(),
+                    searches,
+                };
+                Err(ClientError::search_failed(
+                    tried.with_retried(retried),
+                    searched,
+                ))
+            };
+            let left = until.saturating_duration_since(Instant::now());
+            if permanent || left.is_zero() {
+                return give_up(tried);
+            }
+            tracing::debug!(
+                "search {searches} failed, retrying for {:.1} s more: {e}",
+                left.as_secs_f64()
+            );
+            tokio::select! {
+                () = tokio::time::sleep(backoff.next_wait().min(left)) => {}
+                () = this.closing.notified() => {}
+            }
+            if this.closed.get() {
+                return Err(ClientError::Closed);
+            }
+            if Instant::now() >= until {
+                return give_up(tried);
+            }
+        }
+    }
+
+    /// Moves to the next distributor (then asks the gateways again),
+    /// retrying through an outage as [`Inner::search`] does, and
+    /// resubmits everything in flight. Runs once per lost session. Tasks
+    /// in flight, and tasks submitted meanwhile, wait in `pending`; when
+    /// the search gives up they all fail with its error.
     fn failover(this: Rc<Inner>, lost_generation: u64) {
-        if this.failing_over.get() || this.generation.get() != lost_generation {
+        if this.closed.get() || this.failing_over.get() || this.generation.get() != lost_generation
+        {
             return;
         }
         this.failing_over.set(true);
         tokio::task::spawn_local(async move {
             let current = this.session.borrow_mut().take();
+            // Queries sent on the lost stream get no answer on another one.
+            for w in this.waiters.borrow_mut().drain(..) {
+                w.fail(ClientError::Lost(Arc::new(ConnError::OutboxClosed)));
+            }
             let start = current
                 .as_ref()
                 .and_then(|s| {
@@ -594,54 +833,11 @@ impl Inner {
                 })
                 .map(|i| i + 1)
                 .unwrap_or(0);
-            // A redirect past its time to live is asked for again first.
-            let expired = this
-                .redirect_expires
-                .get()
-                .is_some_and(|t| Instant::now() >= t);
-            let start = if expired && this.redirect().await.is_ok() {
-                0
-            } else {
-                start
-            };
-            let mut result = Inner::connect_any(&this, start).await;
-            if result.is_err() && !this.cfg.gateways.is_empty() {
-                result = match this.redirect().await {
-                    Ok(()) => Inner::connect_any(&this, 0).await,
-                    Err(e) => Err(e),
-                };
-            }
+            drop(current);
+            let result = Inner::search(&this, First::After { start }).await;
             this.failing_over.set(false);
             match result {
-                Ok(()) => {
-                    let session = this.session.borrow();
-                    if let Some(s) = session.as_ref() {
-                        tracing::info!(distributor = %s.distributor, "failed over; resubmitting {} tasks", this.pending.borrow().len());
-                        let mut cancelled = Vec::new();
-                        let mut unsent = Vec::new();
-                        for (id, p) in this.pending.borrow().iter() {
-                            if p.cancelled {
-                                cancelled.push(id);
-                            } else if let Err(e) =
-                                this.send_submit(&s.out, id, p.key, &p.task, true)
-                            {
-                                unsent.push((id, e));
-                            }
-                        }
-                        // Cancelled before the failover: not resubmitted
-                        // but ended here.
-                        for id in cancelled {
-                            this.end_cancelled(id);
-                        }
-                        // A resubmission the new stream would not take
-                        // ends with that error, not in silence.
-                        for (id, e) in unsent {
-                            if let Some(p) = this.pending.borrow_mut().remove(id) {
-                                p.tx.send(id, Err(ClientError::Lost(Arc::new(e))));
-                            }
-                        }
-                    }
-                }
+                Ok(()) => this.resubmit_pending(),
                 Err(e) => {
                     for (id, p) in this.pending.borrow_mut().drain() {
                         p.tx.send(id, Err(e.clone()));
@@ -652,6 +848,47 @@ impl Inner {
                 }
             }
         });
+    }
+
+    /// Sends every task in flight on the new session: under its own key,
+    /// as a resubmission if it was sent before. Cancelled ones end here.
+    fn resubmit_pending(&self) {
+        let session = self.session.borrow();
+        let Some(s) = session.as_ref() else {
+            return;
+        };
+        tracing::info!(distributor = %s.distributor, "failed over; resubmitting {} tasks", self.pending.borrow().len());
+        let mut cancelled = Vec::new();
+        let mut unsent = Vec::new();
+        let mut first_sent = Vec::new();
+        for (id, p) in self.pending.borrow().iter() {
+            if p.cancelled {
+                cancelled.push(id);
+            } else if let Err(e) = self.send_submit(&s.out, id, p.key, &p.task, p.sent) {
+                unsent.push((id, e));
+            } else if !p.sent {
+                first_sent.push(id);
+            }
+        }
+        {
+            let mut pending = self.pending.borrow_mut();
+            for id in first_sent {
+                if let Some(p) = pending.get_mut(id) {
+                    p.sent = true;
+                }
+            }
+        }
+        // Cancelled before the failover: not resubmitted but ended here.
+        for id in cancelled {
+            self.end_cancelled(id);
+        }
+        // A resubmission the new stream would not take ends with that
+        // error, not in silence.
+        for (id, e) in unsent {
+            if let Some(p) = self.pending.borrow_mut().remove(id) {
+                p.tx.send(id, Err(ClientError::Lost(Arc::new(e))));
+            }
+        }
     }
 }
 
@@ -746,4 +983,23 @@ async fn read_loop(inner: Rc<Inner>, mut reader: conn::FrameReader, generation: 
         }
     }
     Inner::failover(inner, generation);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_cap_with_each_wait_in_the_upper_half_of_its_step() {
+        let mut b = Backoff::new(7);
+        let mut step = BACKOFF_FIRST;
+        for _ in 0..12 {
+            let w = b.next_wait();
+            assert!(w >= step / 2 && w <= step, "{w:?} for a step of {step:?}");
+            step = (step * 2).min(BACKOFF_MAX);
+        }
+        // Two clients seeded apart do not wait alike.
+        let (mut a, mut c) = (Backoff::new(1), Backoff::new(2));
+        assert!((0..4).any(|_| a.next_wait() != c.next_wait()));
+    }
 }

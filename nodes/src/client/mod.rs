@@ -18,6 +18,15 @@
 //! again when the list is used up) and resubmits every task still in flight
 //! with the same idempotency key, so each task still ends in exactly one
 //! result or one error.
+//!
+//! When a whole search fails (no gateway, or no distributor of the set,
+//! answers), the client searches again with backoff for
+//! [`ClientConfig::retry_for`](ClientConfig#structfield.retry_for), at
+//! connect time and after losing its distributor alike: a short outage
+//! (distributors restarting, a gateway that has not yet seen its members
+//! come back) delays tasks instead of failing them. Tasks in flight and
+//! tasks submitted meanwhile wait; once the window has passed they all fail
+//! with one error naming every address tried.
 
 mod error;
 mod handle;
@@ -31,13 +40,25 @@ use std::time::Duration;
 use allot_wire::{Attr, Demands, TaskStatus, Timings};
 use bytes::Bytes;
 
-pub use error::{AttemptError, Attempts, ClientError, Searched};
+pub use error::{AttemptError, Attempts, ClientError, Retried, Searched};
 pub use handle::{Client, Submission, CANCEL_QUEUE, COMMAND_QUEUE};
 pub use local::{LocalClient, Results};
 
 /// Tasks one client may have in flight; `submit` beyond it fails at once
-/// with [`ClientError::TooMany`].
+/// with [`ClientError::TooMany`]. Tasks submitted while the client has no
+/// distributor (riding out an outage) count too: they wait in the same
+/// table, so an outage holds at most this many.
 pub const MAX_IN_FLIGHT: usize = 1 << 20;
+
+/// The default of [`ClientConfig::retry_for`](ClientConfig#structfield.retry_for):
+/// long enough for a distributor to restart and its gateway to notice,
+/// short enough that a client whose cluster is really gone says so soon.
+pub const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(30);
+
+/// The longest retry window a client keeps (a longer
+/// [`ClientConfig::retry_for`](ClientConfig#structfield.retry_for) is cut
+/// to it): a day, so that the window's end is always a real instant.
+pub const MAX_RETRY_FOR: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// How a client is set up. Build it with [`ClientConfig::new`] and the
 /// `with_*` methods (fields may be added, so it cannot be written as a
@@ -58,11 +79,32 @@ pub struct ClientConfig {
     /// gives up after [`transport::CONNECT_TIMEOUT`](crate::transport::CONNECT_TIMEOUT)
     /// in any case.
     pub connect_timeout: Duration,
+    /// How long the client keeps searching when a whole search fails
+    /// (every gateway, or every distributor of the redirect, failed to
+    /// answer), counted from that first failed search: at connect time
+    /// (`connect` returns once a search succeeds) and after losing its
+    /// distributor. It searches again, gateways then the redirect's
+    /// distributors, with a backoff from 50 ms doubling to 1 s (jittered);
+    /// tasks in flight stay pending, and new submissions wait with them
+    /// (up to [`MAX_IN_FLIGHT`]). Once a search succeeds, every task in
+    /// flight is resubmitted under its idempotency key. When the window has
+    /// passed, `connect` and every waiting task fail with an error naming
+    /// each address tried, its last error, and how long the client retried
+    /// ([`Attempts::retried`]).
+    ///
+    /// A search whose every attempt was refused for good (an untrusted
+    /// certificate, a role the peer does not accept) is not retried. A
+    /// submission after the client gave up starts a new search, with a
+    /// new window.
+    /// Zero: fail at the first failed search. Default
+    /// [`DEFAULT_RETRY_FOR`]; at most [`MAX_RETRY_FOR`].
+    pub retry_for: Duration,
 }
 
 impl ClientConfig {
     /// A client named `name` (its certificate under `pki`) that asks
-    /// `gateways`, in order; no attributes, the default connect timeout.
+    /// `gateways`, in order; no attributes, the default connect timeout and
+    /// retry window.
     pub fn new(
         name: impl Into<String>,
         pki: impl Into<PathBuf>,
@@ -74,6 +116,7 @@ impl ClientConfig {
             gateways,
             attrs: Vec::new(),
             connect_timeout: crate::transport::CONNECT_TIMEOUT,
+            retry_for: DEFAULT_RETRY_FOR,
         }
     }
 
@@ -86,6 +129,13 @@ impl ClientConfig {
     /// With this connect timeout per gateway or distributor.
     pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// With this retry window (see [`ClientConfig::retry_for`](ClientConfig#structfield.retry_for));
+    /// `Duration::ZERO` fails at the first failed search.
+    pub fn with_retry_for(mut self, window: Duration) -> Self {
+        self.retry_for = window;
         self
     }
 }
