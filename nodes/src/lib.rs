@@ -41,7 +41,7 @@ pub use allot_wire::{
 };
 pub use client::{
     AttemptError, Attempts, Client, ClientConfig, ClientError, LinkStats, LocalClient, Outcome,
-    Searched, Submission, Task,
+    Retried, Searched, Submission, Task,
 };
 pub use distributor::{DistributorConfig, DistributorHandle};
 pub use error::NodeError;

@@ -288,9 +288,7 @@ pub fn endpoint_config(pki: &Pki) -> quinn::EndpointConfig {
     let mut cid_key = [0u8; 8];
     cid_key.copy_from_slice(&secret[..8]);
     let cid_key = u64::from_le_bytes(cid_key);
-    c.cid_generator(move || {
-        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
-    });
+    c.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
     // 8,952 is within quinn's 1,200..=65,527, so this cannot fail; keep
     // quinn's default if it ever did.
     let _ = c.max_udp_payload_size(JUMBO_UDP_PAYLOAD);
