@@ -457,10 +457,21 @@ impl WorkerCore {
             user: g.key.user.to_native(),
             key: g.key.key.to_native(),
         };
+        let name = g.app.as_str();
+        let app = self.apps.get(name);
         // The same task assigned again (its client failed over to another
         // distributor): join the run, or answer with the kept result. It
-        // needs no capacity of its own.
-        match self.executions.find(&key) {
+        // needs no capacity of its own. Instant built-ins (echo, sha256)
+        // are pure functions of their input: they are not remembered, and
+        // a resubmission computes them again, which nobody can tell from
+        // one run (and their hot path pays nothing for the memory).
+        let remembered = app.is_some_and(|a| !apps::is_instant(a));
+        let found = if remembered {
+            self.executions.find(&key)
+        } else {
+            Found::New
+        };
+        match found {
             Found::New => {}
             Found::Running(at) => {
                 let joined = match self.running.get_mut(&at) {
@@ -492,8 +503,6 @@ impl WorkerCore {
                 return;
             }
         }
-        let name = g.app.as_str();
-        let app = self.apps.get(name);
         // Admission: the worker's own check is the final word.
         if let Some((refusal, why)) = self.refusal(app, name, need) {
             self.reply(
@@ -518,7 +527,6 @@ impl WorkerCore {
             self.done += 1;
             let kept = kept_of(AppOutcome::Ok(input), Duration::ZERO);
             self.send_kept(link, task, &kept);
-            self.executions.finished(now, key, kept);
             return;
         }
         if apps::is_instant(&app) {
@@ -531,7 +539,6 @@ impl WorkerCore {
                 self.done += 1;
                 let kept = kept_of(outcome, ran);
                 self.send_kept(link, task, &kept);
-                self.executions.finished(now, key, kept);
             }
             return;
         }
