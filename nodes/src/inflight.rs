@@ -4,9 +4,8 @@
 //! Both hand out ids in order (1, 2, 3, ...) and most tasks end roughly in
 //! the order they began. A hash map scatters neighbouring ids over its
 //! buckets, so once a few thousand tasks are in flight every insert and
-//! every removal is a cache miss: at 4096 tasks in flight, the two such
-//! misses per task were half of the distributor's own time in its stream
-//! handler (`perf annotate`: the key comparisons after the bucket probe).
+//! every removal is a cache miss, and those two misses per task dominate
+//! the distributor's stream handler (the profile is in `BENCHMARKS.md`).
 //!
 //! [`InFlight`] keeps id `i` in slot `i % capacity` of a ring instead.
 //! Tasks begun together sit side by side, so a burst of results walks

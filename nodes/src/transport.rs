@@ -152,8 +152,8 @@ pub fn client_config(
 /// send may carry. With 8,952-byte datagrams a batch of eight or more
 /// fails with `EMSGSIZE`, which quinn-udp drops silently: whole bursts are
 /// lost, QUIC shrinks its window, and its black-hole detection falls back
-/// to 1,200-byte packets for the rest of the connection (measured: 4096
-/// tasks in flight ended at a 1,200-byte MTU). 6,550 bytes is the largest
+/// to 1,200-byte packets for the rest of the connection (seen with 4096
+/// tasks in flight: see `BENCHMARKS.md`). 6,550 bytes is the largest
 /// payload for which ten fit in one send (65,507 / 10, IPv4).
 pub const JUMBO_UDP_PAYLOAD: u16 = 6_550;
 
@@ -163,9 +163,9 @@ pub const JUMBO_UDP_PAYLOAD: u16 = 6_550;
 /// quinn's default (14,720 bytes, RFC 9002's ten 1,472-byte packets) holds
 /// only two packets once MTU discovery has raised them to 6,550 bytes, and
 /// a connection with a few hundred tasks in flight rarely fills its window
-/// (it is application-limited), so the window never grows: measured with
-/// 256 in flight, the bare quinn echo fell from 862k to 258k messages/s
-/// and allot from 334k to 158k tasks/s. Nodes of a cluster share a LAN or
+/// (it is application-limited), so the window never grows and throughput
+/// at a few hundred in flight falls to a fraction (`BENCHMARKS.md` has the
+/// figures). Nodes of a cluster share a LAN or
 /// a host; a window sized for their bandwidth-delay product, not the
 /// internet's, is the right start. Loss still shrinks it as usual.
 pub const INITIAL_WINDOW: u64 = 128 * 1024;
@@ -259,8 +259,8 @@ pub fn transport_config(timeouts: &LinkTimeouts) -> quinn::TransportConfig {
 /// bursts (thousands of frames in flight from many peers); a datagram that
 /// arrives while the receive buffer is full is dropped, and QUIC reads the
 /// drop as congestion: it retransmits and shrinks its window, so the node
-/// idles while work is queued. Linux's default (208 KiB) dropped about one
-/// datagram in thirty at 4096 tasks in flight on loopback. The kernel caps
+/// idles while work is queued. Linux's default (208 KiB) drops datagrams
+/// at a few thousand tasks in flight on loopback. The kernel caps
 /// the request at `net.core.rmem_max` / `wmem_max`; see [`endpoint`].
 pub const SOCKET_BUFFER: usize = 8 << 20;
 

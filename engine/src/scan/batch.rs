@@ -1,11 +1,11 @@
 //! Exact-scan scoring in batches that span blocks.
 //!
 //! Why: an exact scan whose `prefer` is not a sum of weighted `f32`
-//! columns (those are scored row by row, [`crate::scan::score::Weights`]) used to
-//! score each block's passing rows on their own: select them, pad to eight
-//! lanes, run the program one step at a time, find the best. At the bench
-//! query's 10% selectivity that is ~500 instructions per 64-row block for
-//! about six rows, most of it the fixed cost of the steps. A [`Batch`]
+//! columns (those are scored row by row, [`crate::scan::score::Weights`])
+//! would score each block's passing rows on their own: select them, pad to
+//! eight lanes, run the program one step at a time, find the best. With a
+//! selective query that is a handful of rows per 64-row block, and most of
+//! the cost is the fixed cost of the steps. A [`Batch`]
 //! gathers the passing rows of consecutive blocks of a shard (each leaf's
 //! values copied as the block is read, while its lines are in cache) and
 //! scores up to [`BATCH`] of them in one run of the same program, so that

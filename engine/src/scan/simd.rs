@@ -101,8 +101,8 @@ mod sse2 {
     /// four vectors, and `pmovmskb` takes their top bits.
     ///
     /// Always inlined into its kernel: as a `target_feature` function the
-    /// compiler kept it out of line, and the call cost ~15 of a kernel's
-    /// ~70 instructions per block.
+    /// compiler kept it out of line, and the call was a large share of the
+    /// kernel's work per block.
     #[inline(always)]
     fn mask64(lanes: impl Fn(usize) -> __m128i) -> u64 {
         let mut m = 0u64;
