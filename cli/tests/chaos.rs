@@ -125,6 +125,7 @@ impl Node {
         let child = Command::new(env!("CARGO_BIN_EXE_allot"))
             .args(&self.args)
             .env("ALLOT_LOG", "warn")
+            .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -457,6 +458,24 @@ async fn submitter(client: Client, cfg: ClientConfig, load: Arc<Load>, t0: Insta
     }
 }
 
+/// `line` without terminal colour codes (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -786,6 +805,7 @@ impl Report {
         for (name, text) in node_logs {
             let mut by: HashMap<String, usize> = HashMap::new();
             for line in text.lines() {
+                let line = strip_ansi(line);
                 if let Some(i) = line.find(" WARN ").or_else(|| line.find(" ERROR ")) {
                     *by.entry(normalize(line[i..].trim())).or_default() += 1;
                 }
