@@ -136,11 +136,11 @@ struct Common {
 #[derive(Args, Debug)]
 struct LinkArgs {
     /// Close a link to a peer silent for this long, in milliseconds.
-    #[arg(long, default_value_t = 1500)]
+    #[arg(long, default_value_t = 1000)]
     idle_timeout_ms: u64,
     /// Send keep-alives on a quiet link this often, in milliseconds (below
     /// --idle-timeout-ms).
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 200)]
     keep_alive_ms: u64,
 }
 
@@ -703,6 +703,10 @@ fn explain_verdict(r: &ExplainReply) -> String {
             "would match: {} of {} workers satisfy every clause; best now: {}",
             r.matched, r.total, r.best
         )
+    } else if r.total == 0 {
+        "would wait: no worker has registered with this distributor yet; a task \
+         submitted now waits for one (up to the distributor's queue timeout)"
+            .to_owned()
     } else if r.waitable > 0 {
         format!(
             "would wait: no worker of {} satisfies every clause now; {} would once \

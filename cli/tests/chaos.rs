@@ -1,4 +1,4 @@
-//! Chaos under load (issue #17, point 5): a cluster of real `allot`
+//! Chaos under load: a cluster of real `allot`
 //! processes (2 gateways, 2 distributors in one set, 4 workers reporting in
 //! `broadcast` mode to both) runs a command app that appends each execution
 //! to a log, while concurrent clients submit tasks with unique payloads and
@@ -14,11 +14,10 @@
 //! and the log gives the executions per task. The report is printed as a
 //! table and as one `CHAOS_JSON {...}` line for scripts.
 //!
-//! Always asserted: 0 lost, 0 wrong. With `ALLOT_CHAOS_STRICT=1` also the
-//! targets being implemented: 0 errors, 0 duplicate executions other than
-//! of tasks in flight when the worker was killed (those legitimately run
-//! twice),
-//! p99 submit latency at most 2 s in the single-distributor-kill phase.
+//! Asserted: 0 lost, 0 wrong; and, unless `ALLOT_CHAOS_STRICT=0`, 0
+//! errors, 0 duplicate executions other than of tasks in flight when the
+//! worker was killed (those run again elsewhere: at least once), and p99
+//! submit latency at most 2 s in the single-distributor-kill phase.
 //!
 //! The small version runs with the other tests:
 //!
@@ -35,7 +34,7 @@
 //! Knobs (environment): `ALLOT_CHAOS_TASKS` (400), `ALLOT_CHAOS_CLIENTS`
 //! (8), `ALLOT_CHAOS_GAP_MS` (pause after each phase's recovery, 1500),
 //! `ALLOT_CHAOS_TIMEOUT_S` (client timeout per task, 20),
-//! `ALLOT_CHAOS_STRICT` (1: assert every target).
+//! `ALLOT_CHAOS_STRICT` (0: assert only 0 lost and 0 wrong).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::OpenOptions;
@@ -89,7 +88,7 @@ impl Params {
             clients: env_num("ALLOT_CHAOS_CLIENTS", 8).max(1) as usize,
             gap: Duration::from_millis(env_num("ALLOT_CHAOS_GAP_MS", 1500)),
             timeout: Duration::from_secs(env_num("ALLOT_CHAOS_TIMEOUT_S", 20).max(1)),
-            strict: std::env::var("ALLOT_CHAOS_STRICT").is_ok_and(|v| v == "1"),
+            strict: !std::env::var("ALLOT_CHAOS_STRICT").is_ok_and(|v| v == "0"),
         }
     }
 

@@ -191,10 +191,10 @@ pub struct LinkTimeouts {
 
 impl LinkTimeouts {
     /// The default idle timeout.
-    pub const DEFAULT_IDLE: Duration = Duration::from_millis(1500);
+    pub const DEFAULT_IDLE: Duration = Duration::from_millis(1000);
     /// The default keep-alive interval: several per idle timeout, so a
     /// lost keep-alive or two is no death.
-    pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_millis(300);
+    pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_millis(200);
 }
 
 impl Default for LinkTimeouts {
