@@ -225,6 +225,20 @@ impl Outgoing {
     }
 }
 
+/// Queues a frame on `out`, and lists the link in `transmit` the first
+/// time it has something to send (each link is listed once until taken).
+pub fn push<M: WireMessage>(
+    transmit: &mut std::collections::VecDeque<std::rc::Rc<Outgoing>>,
+    out: &std::rc::Rc<Outgoing>,
+    msg: &M,
+    payload: &Bytes,
+) -> Result<(), LinkFull> {
+    if out.push(msg, payload)? {
+        transmit.push_back(out.clone());
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

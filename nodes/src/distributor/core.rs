@@ -38,8 +38,8 @@ use allot_wire::message::{
 use allot_wire::{
     AttrDelta, AttrRecord, Cancel, ClauseCount, ErrorCode, ExplainQuery, ExplainReply, Frame,
     FrameError, Heartbeat, KeyQuery, KeyReply, MessageKind, NearMiss, Register, RegisterAck, Role,
-    StatusQuery, StatusReply, Submit, TaskKey, TaskResult, TaskStatus, Timings, WireMessage,
-    WorkerState, WorkerStatus,
+    StatusQuery, StatusReply, Submit, TaskKey, TaskResult, TaskStatus, Timings, WorkerState,
+    WorkerStatus,
 };
 use bytes::Bytes;
 
@@ -47,7 +47,7 @@ use super::shape::{Shape, ShapeCache};
 use super::{DistributorConfig, Stats};
 use crate::inflight::InFlight;
 use crate::labels::{attr_from_label, label_from_archived};
-use crate::link::{LinkFull, LinkId, Outgoing, Transmit};
+use crate::link::{push, LinkFull, LinkId, Outgoing, Transmit};
 use crate::resubmit::{self, ResubmitIndex};
 use crate::FxMap;
 
@@ -261,18 +261,20 @@ fn release(table: &ServerTable, r: &mut Option<Reservation>) {
     }
 }
 
-/// Queues a frame on `out`, listing the link for transmission the first
-/// time it has something to send.
-fn push<M: WireMessage>(
-    transmit: &mut VecDeque<Rc<Outgoing>>,
-    out: &Rc<Outgoing>,
-    msg: &M,
-    payload: &Bytes,
-) -> Result<(), LinkFull> {
-    if out.push(msg, payload)? {
-        transmit.push_back(out.clone());
-    }
-    Ok(())
+/// Writes placement `task` of `p` into the reused `Assign` (its strings
+/// keep their buffers).
+fn fill_assign(assign: &mut allot_wire::Assign, task: u64, p: &Pending) {
+    assign.task_id = task;
+    assign.reservation = task;
+    assign.app.clear();
+    assign.app.push_str(&p.app);
+    assign.demands = p.demands;
+    assign.deadline_ms = p.deadline_ms;
+    assign.attempt = p.attempts;
+    assign.key = TaskKey {
+        user: p.key.0,
+        key: p.key.1,
+    };
 }
 
 fn close(transmit: &mut VecDeque<Rc<Outgoing>>, out: &Rc<Outgoing>, code: ErrorCode, why: String) {
@@ -776,19 +778,8 @@ impl State {
             };
             p.attempts += 1;
             p.worker = reservation.server;
-            let assign = &mut self.assign;
-            assign.task_id = task;
-            assign.reservation = task;
-            assign.app.clear();
-            assign.app.push_str(&p.app);
-            assign.demands = p.demands;
-            assign.deadline_ms = p.deadline_ms;
-            assign.attempt = p.attempts;
-            assign.key = TaskKey {
-                user: p.key.0,
-                key: p.key.1,
-            };
-            match push(&mut self.transmit, &link.out, &*assign, &p.payload) {
+            fill_assign(&mut self.assign, task, &p);
+            match push(&mut self.transmit, &link.out, &self.assign, &p.payload) {
                 Ok(()) => {
                     p.reservation = Some(reservation);
                     self.pending.insert(task, p);
@@ -886,19 +877,8 @@ impl State {
         };
         p.attempts += 1;
         p.worker = id;
-        let assign = &mut self.assign;
-        assign.task_id = task;
-        assign.reservation = task;
-        assign.app.clear();
-        assign.app.push_str(&p.app);
-        assign.demands = p.demands;
-        assign.deadline_ms = p.deadline_ms;
-        assign.attempt = p.attempts;
-        assign.key = TaskKey {
-            user: p.key.0,
-            key: p.key.1,
-        };
-        match push(&mut self.transmit, &link.out, &*assign, &p.payload) {
+        fill_assign(&mut self.assign, task, &p);
+        match push(&mut self.transmit, &link.out, &self.assign, &p.payload) {
             Ok(()) => {
                 self.pending.insert(task, p);
             }

@@ -29,14 +29,14 @@ use allot_wire::message::{ArchivedAssign, ArchivedRegisterAck};
 use allot_wire::{
     Assign, AttrChange, AttrDelta, AttrRecord, Cancel, DeltaCause, ErrorCode, ErrorMsg, Frame,
     FrameError, Heartbeat, KeyQuery, KeyReply, MessageKind, Refusal, Register, RegisterAck,
-    TaskKey, TaskResult, TaskStatus, Timings, WireMessage, WorkerState,
+    TaskKey, TaskResult, TaskStatus, Timings, WorkerState,
 };
 use bytes::Bytes;
 
 use super::dedup::{Executions, Found, Kept, Placement, MAX_JOINERS};
 use super::WorkerConfig;
 use crate::apps::{self, App, AppOutcome, AppTable};
-use crate::link::{LinkFull, LinkId, Outgoing, Transmit};
+use crate::link::{push, LinkId, Outgoing, Transmit};
 use crate::FxMap;
 
 /// A finished run as it is sent and kept.
@@ -166,18 +166,6 @@ pub struct WorkerCore {
     /// Reused for every result, so that its strings (this worker's name,
     /// the message) keep their buffers: no allocation per task.
     result: TaskResult,
-}
-
-fn push<M: WireMessage>(
-    transmit: &mut VecDeque<Rc<Outgoing>>,
-    out: &Rc<Outgoing>,
-    msg: &M,
-    payload: &Bytes,
-) -> Result<(), LinkFull> {
-    if out.push(msg, payload)? {
-        transmit.push_back(out.clone());
-    }
-    Ok(())
 }
 
 impl WorkerCore {

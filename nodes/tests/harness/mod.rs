@@ -1,5 +1,6 @@
-//! A deterministic harness for the node cores: one distributor core,
-//! worker cores and clients, wired in memory, on a fake clock. Nothing
+//! A deterministic harness for the node cores: distributor cores (one
+//! set), worker cores in broadcast mode and clients, wired in memory, on a
+//! fake clock. Nothing
 //! touches a socket or sleeps; every frame goes through the real encoder
 //! and decoder, so what a test sees is what the wire would carry.
 //! (quinn-proto's `tests/util.rs` `Pair` is the model.)
