@@ -51,6 +51,9 @@ use allot::{Client, ClientConfig, ClientError, Task};
 use serde_json::{json, Value};
 
 const WORKERS: usize = 4;
+
+/// Client certificates issued (clients beyond this share names).
+const CLIENT_NAMES: usize = 16;
 const PHASES: [&str; 6] = [
     "steady",
     "worker-kill",
@@ -194,6 +197,12 @@ impl Cluster {
             ("dist-2".into(), Role::Distributor),
             ("client".into(), Role::Client),
         ];
+        // Clients of their own names: the gateways give each its own order
+        // of the set's members, so the load spreads over both and a killed
+        // member has clients to fail over.
+        for i in 0..CLIENT_NAMES {
+            certs.push((format!("client-{i}"), Role::Client));
+        }
         for i in 1..=WORKERS {
             certs.push((format!("w-{i}"), Role::Worker));
         }
@@ -530,7 +539,7 @@ fn chaos_kills_and_restarts_under_load() {
                 if c % 2 == 1 {
                     g.reverse();
                 }
-                let cfg = ClientConfig::new("client", pki.clone(), g);
+                let cfg = ClientConfig::new(format!("client-{}", c % CLIENT_NAMES), pki.clone(), g);
                 match tokio::time::timeout(Duration::from_secs(20), Client::connect(cfg.clone()))
                     .await
                 {

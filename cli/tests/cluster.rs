@@ -700,7 +700,7 @@ fn distributor_killed_mid_task_client_resubmits_to_the_next() {
     let d2 = port();
     let g = port();
     let dist1 = distributor(&pki, &dir.0, "dist-1", d1, &[]);
-    let _dist2 = distributor(&pki, &dir.0, "dist-2", d2, &[]);
+    let dist2 = distributor(&pki, &dir.0, "dist-2", d2, &[]);
     // An app that logs each execution (with its attempt) and takes a second.
     let log = dir.0.join("runs.log");
     let rec = format!(
@@ -726,20 +726,31 @@ fn distributor_killed_mid_task_client_resubmits_to_the_next() {
     let sub = std::thread::spawn(move || {
         submit(&pki2, &gws, &["--app", "rec", "--input", &inp, "--json"])
     });
-    // Wait until dist-1 (first in the list) has placed it, then kill dist-1.
+    // Wait until a member (the client's first, by the gateway's order for
+    // it) has placed it, then kill that member.
+    let placed_on = |d: SocketAddr| {
+        status(&pki, d)
+            .unwrap_or_default()
+            .iter()
+            .any(|w| w["reserved_slots"] == 1)
+    };
     let t0 = Instant::now();
-    while !status(&pki, d1)
-        .unwrap_or_default()
-        .iter()
-        .any(|w| w["reserved_slots"] == 1)
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "task never placed on dist-1"
-        );
+    let first = loop {
+        if placed_on(d1) {
+            break 1;
+        }
+        if placed_on(d2) {
+            break 2;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "task never placed");
         std::thread::sleep(Duration::from_millis(20));
-    }
-    dist1.signal("KILL");
+    };
+    let (killed, survivor) = if first == 1 {
+        (&dist1, "dist-2")
+    } else {
+        (&dist2, "dist-1")
+    };
+    killed.signal("KILL");
     let out = sub.join().unwrap();
     assert!(
         out.status.success(),
@@ -749,7 +760,7 @@ fn distributor_killed_mid_task_client_resubmits_to_the_next() {
     let j = json(&out);
     assert_eq!(j["status"], "ok");
     assert_eq!(
-        j["distributor"], "dist-2",
+        j["distributor"], survivor,
         "resubmitted to the next distributor"
     );
     assert_eq!(j["output"], "ran tok-1");

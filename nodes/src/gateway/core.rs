@@ -108,17 +108,19 @@ impl GatewayCore {
             }
         }?;
         let (name, members) = chosen;
-        let mut ordered: Vec<String> = members
+        // Members in an order of this client's own (rendezvous over their
+        // addresses), live ones first: clients spread over every member of
+        // the set, and each keeps its member while that one lives (a
+        // member's death moves only its own clients, to their next).
+        let mut ranked: Vec<(bool, u64, String)> = members
             .iter()
-            .filter(|a| is_live(a))
-            .map(|a| a.to_string())
+            .map(|m| {
+                let a = m.to_string();
+                (is_live(m), rendezvous_score(client, &a), a)
+            })
             .collect();
-        ordered.extend(
-            members
-                .iter()
-                .filter(|a| !is_live(a))
-                .map(|a| a.to_string()),
-        );
+        ranked.sort_by(|x, y| y.0.cmp(&x.0).then(y.1.cmp(&x.1)));
+        let ordered: Vec<String> = ranked.into_iter().map(|(_, _, a)| a).collect();
         Some(Redirect {
             set_name: name.clone(),
             distributors: ordered,
@@ -188,6 +190,48 @@ mod tests {
             g.member_live(m, false);
         }
         assert_ne!(g.choose("cli-7").unwrap().set_name, first);
+    }
+
+    #[test]
+    fn members_of_a_set_share_its_clients_and_keep_them() {
+        let members: Vec<SocketAddr> = (0..4).map(|i| addr(40 + i)).collect();
+        let cfg = GatewayConfig::new(
+            "gw",
+            addr(1),
+            "pki".into(),
+            vec![("s".into(), members.clone())],
+        );
+        let mut g = GatewayCore::new(&cfg);
+        let first = |g: &mut GatewayCore, c: &str| g.choose(c).unwrap().distributors[0].clone();
+        let mut share = std::collections::HashMap::new();
+        for i in 0..400 {
+            *share
+                .entry(first(&mut g, &format!("client-{i}")))
+                .or_insert(0) += 1;
+        }
+        assert_eq!(share.len(), 4, "every member is first for some clients");
+        for (m, n) in &share {
+            assert!(
+                (60..=140).contains(n),
+                "{m} is first for {n} of 400 clients"
+            );
+        }
+        // A client keeps its member; when that one dies only its clients
+        // move, each to its own next member.
+        let before: Vec<String> = (0..400)
+            .map(|i| first(&mut g, &format!("client-{i}")))
+            .collect();
+        let dead = members[0];
+        g.member_live(dead, false);
+        for (i, b) in before.iter().enumerate() {
+            let now = g.choose(&format!("client-{i}")).unwrap().distributors;
+            if *b == dead.to_string() {
+                assert_ne!(now[0], *b);
+                assert_eq!(now.last(), Some(&dead.to_string()), "the dead member last");
+            } else {
+                assert_eq!(now[0], *b, "client-{i} kept its member");
+            }
+        }
     }
 
     #[test]
