@@ -556,7 +556,8 @@ fn resubmitted(id: u64, key: u64, app: &str) -> allot_wire::Submit {
 
 #[test]
 fn a_failover_joins_the_run_on_the_worker_instead_of_running_twice() {
-    let mut sim = Sim::new(|_| {});
+    // The member that takes over has been up for long: no startup grace.
+    let mut sim = Sim::new(|cfg| cfg.startup_grace = Duration::ZERO);
     let d2 = sim.add_distributor("dist-2");
     let w = sim.worker("w-1", &["sleep"], 1);
     let other = sim.worker("w-2", &["sleep"], 1);
@@ -588,7 +589,8 @@ fn a_failover_joins_the_run_on_the_worker_instead_of_running_twice() {
 
 #[test]
 fn a_failover_after_the_task_ran_gets_the_kept_result() {
-    let mut sim = Sim::new(|_| {});
+    // The member that takes over has been up for long: no startup grace.
+    let mut sim = Sim::new(|cfg| cfg.startup_grace = Duration::ZERO);
     let d2 = sim.add_distributor("dist-2");
     let w = sim.worker("w-1", &["sleep"], 1);
     sim.worker("w-2", &["sleep"], 1);
@@ -616,7 +618,8 @@ fn a_failover_after_the_task_ran_gets_the_kept_result() {
 
 #[test]
 fn a_resubmission_no_worker_holds_is_placed_as_new() {
-    let mut sim = Sim::new(|_| {});
+    // The member that takes over has been up for long: no startup grace.
+    let mut sim = Sim::new(|cfg| cfg.startup_grace = Duration::ZERO);
     let d2 = sim.add_distributor("dist-2");
     let w = sim.worker("w-1", &["sleep"], 1);
     let c2 = sim.client_at(d2, "cli");
@@ -634,7 +637,8 @@ fn a_resubmission_no_worker_holds_is_placed_as_new() {
 
 #[test]
 fn a_worker_that_never_answers_the_key_query_delays_placement_by_a_bound() {
-    let mut sim = Sim::new(|_| {});
+    // The member that takes over has been up for long: no startup grace.
+    let mut sim = Sim::new(|cfg| cfg.startup_grace = Duration::ZERO);
     let d2 = sim.add_distributor("dist-2");
     let a = sim.worker("w-a", &["sleep"], 1);
     let b = sim.worker("w-b", &["sleep"], 1);
@@ -671,4 +675,38 @@ fn a_worker_lost_mid_task_runs_it_again_elsewhere_with_the_next_attempt() {
         vec![2],
         "at least once, and the app can tell"
     );
+}
+
+#[test]
+fn a_resubmission_to_a_restarted_member_waits_for_the_workers_to_answer() {
+    let mut sim = Sim::new(|_| {});
+    let a = sim.worker("w-a", &["sleep"], 1);
+    let b = sim.worker("w-b", &["sleep"], 1);
+    let c1 = sim.client("cli");
+    sim.submit(c1, &task(1, "sleep"), b"job");
+    let (runner, other) = if sim.workers[a].runs.is_empty() {
+        (b, a)
+    } else {
+        (a, b)
+    };
+    // The whole set restarts: a new member knows no worker yet when the
+    // client resubmits.
+    sim.kill_distributor(0);
+    let d2 = sim.add_distributor("dist-2");
+    let c2 = sim.client_at(d2, "cli");
+    sim.submit(c2, &resubmitted(4, 1, "sleep"), b"job");
+    sim.advance(Duration::from_millis(200));
+    // The workers re-register (the idle one first), then the table settles.
+    sim.reconnect(other, d2);
+    sim.reconnect(runner, d2);
+    sim.advance(Duration::from_millis(600));
+    assert_eq!(
+        sim.workers[other].runs.len(),
+        0,
+        "not run on a worker that never had it"
+    );
+    assert_eq!(sim.workers[runner].runs.len(), 1, "joined the run it had");
+    let t = sim.workers[runner].running[0].task;
+    sim.finish(runner, t, ok(b"once"));
+    assert_eq!(status(sim.result(c2, 4)), Some(TaskStatus::Ok));
 }

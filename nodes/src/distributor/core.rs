@@ -508,7 +508,7 @@ impl Core {
 
     /// Frames to send, one link at a time; `None` when nothing is queued.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        if !self.st.ask.is_empty() {
+        if !self.st.ask.is_empty() && !self.st.in_grace() {
             self.st.send_key_queries();
         }
         while let Some(out) = self.st.transmit.pop_front() {
@@ -1307,9 +1307,11 @@ impl State {
             self.next_deadline = Some(self.next_deadline.map_or(d, |n| n.min(d)));
         }
         self.by_key.insert(key, task);
-        if s.resubmit && !self.workers.is_empty() {
+        if s.resubmit {
             // Sent again after its client lost another distributor: a
-            // worker may run it or have run it already. Ask them first.
+            // worker may run it or have run it already. Ask them first
+            // (once the table has settled, so that workers that are still
+            // re-registering after a restart are asked too).
             let k = TaskKey {
                 user: key.0,
                 key: key.1,

@@ -159,6 +159,28 @@ impl Sim {
         self.others.len()
     }
 
+    /// Worker `w` (re)registers with distributor `d` on a new link.
+    pub fn reconnect(&mut self, w: usize, d: usize) {
+        let now = self.now;
+        let name = self.workers[w].core.config().name.clone();
+        let at_worker = self.workers[w].core.link_opened(now);
+        let at_dist = self.d(d).link_opened(
+            now,
+            Peer {
+                role: Role::Worker,
+                name,
+                attrs: Vec::new(),
+            },
+        );
+        self.workers[w].links.push(WLink {
+            dist: d,
+            at_dist,
+            at_worker,
+            up: true,
+        });
+        self.settle();
+    }
+
     /// Distributor `d` dies: every link to it is lost at once.
     pub fn kill_distributor(&mut self, d: usize) {
         let now = self.now;
