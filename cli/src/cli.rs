@@ -105,16 +105,6 @@ fn parse_set(s: &str) -> Result<(String, Vec<SocketAddr>), String> {
     Ok((name.to_owned(), addrs))
 }
 
-/// Seconds, whole or not (`30`, `0.5`), as a duration; 0 is allowed.
-pub(crate) fn parse_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("`{s}` is not a number of seconds from 0 up"))
-}
-
 fn parse_kv_cmd(s: &str) -> Result<(String, String), String> {
     let (n, c) = s
         .split_once('=')
@@ -307,7 +297,7 @@ struct ClientArgs {
     name: String,
     /// Seconds to keep searching when no gateway or distributor answers
     /// (an outage), with backoff, before failing; 0 fails at once.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs, default_value = "30")]
+    #[arg(long, value_name = "SECS", value_parser = crate::values::parse_secs, default_value = "30")]
     retry_for: Duration,
 }
 
@@ -783,11 +773,14 @@ mod tests {
 
     #[test]
     fn seconds_parse_whole_or_not_and_never_negative() {
-        assert_eq!(parse_secs("30"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_secs("0"), Ok(Duration::ZERO));
-        assert_eq!(parse_secs("1.5"), Ok(Duration::from_millis(1500)));
+        assert_eq!(crate::values::parse_secs("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(crate::values::parse_secs("0"), Ok(Duration::ZERO));
+        assert_eq!(
+            crate::values::parse_secs("1.5"),
+            Ok(Duration::from_millis(1500))
+        );
         for bad in ["-1", "x", "", "inf", "NaN"] {
-            assert!(parse_secs(bad).is_err(), "{bad}");
+            assert!(crate::values::parse_secs(bad).is_err(), "{bad}");
         }
     }
 

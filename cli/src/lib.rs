@@ -11,3 +11,4 @@ pub mod interrupt;
 mod bench;
 mod demo;
 mod runtime;
+mod values;

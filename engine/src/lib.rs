@@ -67,6 +67,8 @@ mod explain;
 pub mod expr;
 #[doc(hidden)]
 pub mod fixture;
+#[doc(hidden)]
+pub mod fuzzing;
 mod matcher;
 mod query;
 pub mod reference;

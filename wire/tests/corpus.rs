@@ -79,7 +79,10 @@ fn decode_frame_corpus_replays() {
         "{} seeds: one per kind and the stream expected",
         runs.len()
     );
-    assert!(valid >= 2 * MessageKind::ALL.len(), "{valid} frames validated");
+    assert!(
+        valid >= 2 * MessageKind::ALL.len(),
+        "{valid} frames validated"
+    );
     assert_eq!(kinds, all_kinds(), "kinds with a valid decode_frame seed");
 }
 
@@ -90,9 +93,7 @@ fn validate_message_corpus_replays() {
     let kinds: BTreeSet<u8> = runs
         .iter()
         .filter(|(data, o)| !data.is_empty() && o.valid == 1)
-        .map(|(data, _)| {
-            MessageKind::ALL[usize::from(data[0]) % MessageKind::ALL.len()] as u8
-        })
+        .map(|(data, _)| MessageKind::ALL[usize::from(data[0]) % MessageKind::ALL.len()] as u8)
         .collect();
     assert!(
         runs.len() >= MessageKind::ALL.len(),
@@ -100,5 +101,9 @@ fn validate_message_corpus_replays() {
         runs.len(),
         MessageKind::ALL.len()
     );
-    assert_eq!(kinds, all_kinds(), "kinds with a valid validate_message seed");
+    assert_eq!(
+        kinds,
+        all_kinds(),
+        "kinds with a valid validate_message seed"
+    );
 }
