@@ -372,8 +372,15 @@ pub async fn connect(
     let connecting = ep
         .connect(addr, SERVER_NAME)
         .map_err(|source| TransportError::Connect { addr, source })?;
+    let t0 = std::time::Instant::now();
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(conn)) => Ok(conn),
+        // The handshake heard nothing for the idle timeout (shorter than
+        // CONNECT_TIMEOUT): that is no answer, not a refusal.
+        Ok(Err(quinn::ConnectionError::TimedOut)) => Err(TransportError::Timeout {
+            addr,
+            after: t0.elapsed(),
+        }),
         Ok(Err(source)) => Err(TransportError::Handshake { addr, source }),
         Err(_) => Err(TransportError::Timeout {
             addr,
