@@ -22,6 +22,8 @@ pub mod header;
 pub mod kind;
 pub mod message;
 pub mod samples;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::{EncodeError, FrameError};
 pub use frame::{
