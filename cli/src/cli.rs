@@ -17,6 +17,7 @@ use allot::client::{ClientConfig, LocalClient, Task};
 use allot::labels::{parse_attr, status_name};
 use allot::units::parse_size;
 
+use crate::args::parse_secs;
 use crate::runtime::block_on_local;
 
 /// allot: allocate computing tasks to servers by matching attributes, over QUIC.
@@ -103,16 +104,6 @@ fn parse_set(s: &str) -> Result<(String, Vec<SocketAddr>), String> {
         return Err(format!("`{s}` needs a set name and at least one address"));
     }
     Ok((name.to_owned(), addrs))
-}
-
-/// Seconds, whole or not (`30`, `0.5`), as a duration; 0 is allowed.
-pub(crate) fn parse_secs(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
-    Duration::try_from_secs_f64(secs)
-        .map_err(|_| format!("`{s}` is not a number of seconds from 0 up"))
 }
 
 fn parse_kv_cmd(s: &str) -> Result<(String, String), String> {

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod interrupt;
 
+mod args;
 mod bench;
 mod demo;
 mod runtime;

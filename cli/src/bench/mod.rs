@@ -49,7 +49,7 @@ pub struct BenchArgs {
     pub name: String,
     /// Seconds the client keeps searching when no gateway or distributor
     /// answers (an outage), with backoff, before failing; 0 fails at once.
-    #[arg(long, value_name = "SECS", value_parser = crate::cli::parse_secs, default_value = "30")]
+    #[arg(long, value_name = "SECS", value_parser = crate::args::parse_secs, default_value = "30")]
     pub retry_for: Duration,
     /// Application to run.
     #[arg(long, default_value = "echo")]
