@@ -372,8 +372,16 @@ pub async fn connect(
     let connecting = ep
         .connect(addr, SERVER_NAME)
         .map_err(|source| TransportError::Connect { addr, source })?;
+    let started = tokio::time::Instant::now();
     match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
         Ok(Ok(conn)) => Ok(conn),
+        // The idle timeout (1 s by default) may end a handshake nobody
+        // answers before `CONNECT_TIMEOUT` does: the same cause, and the
+        // same error, so callers see "nobody there" either way.
+        Ok(Err(quinn::ConnectionError::TimedOut)) => Err(TransportError::Timeout {
+            addr,
+            after: started.elapsed(),
+        }),
         Ok(Err(source)) => Err(TransportError::Handshake { addr, source }),
         Err(_) => Err(TransportError::Timeout {
             addr,
