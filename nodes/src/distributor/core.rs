@@ -625,7 +625,7 @@ impl State {
     /// This member's share of its set's attributes now.
     fn member_attrs(&self) -> allot_wire::SetAttrs {
         report::summarize(
-            &self.table.snapshot(),
+            &self.table.totals(),
             self.waiting.len(),
             self.pending.len() + self.locating.len(),
             self.reporter.tasks_per_s(),

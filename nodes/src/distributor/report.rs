@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use allot_engine::{ServerSnapshot, ServerState};
+use allot_engine::TableTotals;
 use allot_wire::{SetAttrs, WorkerState};
 
 /// Applications listed in a report at most (sorted; the rest are left
@@ -25,48 +25,27 @@ pub const MAX_APPS_PER_REPORT: usize = 256;
 /// is over the last this-many periods.
 const RATE_SAMPLES: usize = 6;
 
-/// Sums the table's rows into the member's share.
+/// The member's share from the table's totals and its own queues.
 pub(crate) fn summarize(
-    rows: &[ServerSnapshot],
+    t: &TableTotals,
     waiting: usize,
     running: usize,
     tasks_per_s: f64,
 ) -> SetAttrs {
-    let mut a = SetAttrs {
-        workers_up: 0,
-        workers_down: 0,
-        workers_draining: 0,
-        slots: 0,
-        slots_free: 0,
-        cores_free: 0,
-        mem_free: 0,
+    SetAttrs {
+        workers_up: t.up,
+        workers_down: t.down,
+        workers_draining: t.draining,
+        slots: t.slots,
+        slots_free: t.slots_free,
+        cores_free: t.cores_free,
+        mem_free: t.mem_free,
         waiting: u32::try_from(waiting).unwrap_or(u32::MAX),
         running: u32::try_from(running).unwrap_or(u32::MAX),
         tasks_per_s,
-        apps: Vec::new(),
+        apps: t.apps.iter().take(MAX_APPS_PER_REPORT).cloned().collect(),
         state: WorkerState::Up,
-    };
-    let mut apps = std::collections::BTreeSet::new();
-    for r in rows {
-        match r.state {
-            ServerState::Up => {
-                a.workers_up += 1;
-                a.slots = a.slots.saturating_add(r.record.slots);
-                a.slots_free = a.slots_free.saturating_add(r.record.slots_free);
-                a.cores_free = a.cores_free.saturating_add(r.cores_free);
-                a.mem_free = a.mem_free.saturating_add(r.record.mem_free);
-                for app in &r.record.apps {
-                    if apps.len() < MAX_APPS_PER_REPORT {
-                        apps.insert(app.as_str());
-                    }
-                }
-            }
-            ServerState::Draining => a.workers_draining += 1,
-            _ => a.workers_down += 1,
-        }
     }
-    a.apps = apps.into_iter().map(str::to_owned).collect();
-    a
 }
 
 /// Whether `now` differs from what was last reported enough to report:
@@ -166,7 +145,7 @@ mod tests {
     use super::*;
 
     fn attrs() -> SetAttrs {
-        summarize(&[], 0, 0, 0.0)
+        summarize(&TableTotals::default(), 0, 0, 0.0)
     }
 
     #[test]
