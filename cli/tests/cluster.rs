@@ -1125,10 +1125,14 @@ fn a_restarted_distributor_resets_its_old_links_at_once() {
 /// Starts gateway `gw-1` on `addr` with no seed set: it learns the sets
 /// from the distributors' registrations.
 fn bare_gateway(pki: &str, addr: SocketAddr) -> Proc {
+    named_bare_gateway(pki, "gw-1", addr)
+}
+
+fn named_bare_gateway(pki: &str, name: &str, addr: SocketAddr) -> Proc {
     spawn(&[
         "gateway",
         "--name",
-        "gw-1",
+        name,
         "--listen",
         &addr.to_string(),
         "--pki",
@@ -1277,4 +1281,37 @@ fn a_restarted_gateway_rebuilds_its_record_from_the_reports() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(json(&out)["distributor"], "dist-1");
+}
+
+#[test]
+fn a_registered_member_reports_to_one_gateway_and_moves_when_it_dies() {
+    let dir = Dir::new("gwmove");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("gw-2", "gateway"),
+            ("dist-1", "distributor"),
+            ("client", "client"),
+        ],
+    );
+    let (d1, g1, g2) = (port(), port(), port());
+    let gw1 = named_bare_gateway(&pki, "gw-1", g1);
+    let _gw2 = named_bare_gateway(&pki, "gw-2", g2);
+    let list = format!("{g1},{g2}");
+    let _dist1 = distributor(
+        &pki,
+        &dir.0,
+        "dist-1",
+        d1,
+        &["--gateways", &list, "--gateway-report", "registered"],
+    );
+    let known = |r: &[Value]| member(r, "dist-1").is_some_and(|m| m["state"] == "up");
+    wait_record(&pki, g1, "dist-1 at gw-1", Duration::from_secs(20), known);
+    assert!(
+        gateway_status(&pki, g2).is_some_and(|r| r.is_empty()),
+        "registered: only the first gateway hears of it"
+    );
+    gw1.signal("KILL");
+    wait_record(&pki, g2, "dist-1 at gw-2", Duration::from_secs(10), known);
 }
