@@ -165,9 +165,15 @@ struct GatewayArgs {
     /// PKI directory.
     #[arg(long)]
     pki: PathBuf,
-    /// A distributor set: NAME=ADDR,ADDR,...
-    #[arg(long = "set", value_parser = parse_set, required = true)]
+    /// A seed distributor set: NAME=ADDR,ADDR,... (optional, repeatable):
+    /// served before its members register. Without any, the gateway
+    /// learns every set and member from the distributors' registrations.
+    #[arg(long = "set", value_parser = parse_set)]
     sets: Vec<(String, Vec<SocketAddr>)>,
+    /// A registered distributor not heard from for this long is marked
+    /// down, in milliseconds (3 distributor report periods by default).
+    #[arg(long, default_value_t = 3000)]
+    member_timeout_ms: u64,
     /// How clients are spread over sets.
     #[arg(long, value_enum, default_value_t = PolicyArg::Rendezvous)]
     policy: PolicyArg,
@@ -203,6 +209,24 @@ struct DistributorArgs {
     /// Other members of the set.
     #[arg(long, value_delimiter = ',')]
     peers: Vec<SocketAddr>,
+    /// Gateways to register with and report this member's share of the
+    /// set's attributes to.
+    #[arg(long, value_delimiter = ',')]
+    gateways: Vec<SocketAddr>,
+    /// Report to the first live gateway of the list (registered) or to all
+    /// (broadcast).
+    #[arg(long, value_enum, default_value_t = ReportArg::Broadcast)]
+    gateway_report: ReportArg,
+    /// Heartbeat period towards the gateways, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    report_ms: u64,
+    /// Every this-many heartbeats, send the full report.
+    #[arg(long, default_value_t = 5)]
+    report_every: u32,
+    /// Report at once when a capacity or load figure moves by more than
+    /// this fraction.
+    #[arg(long, default_value_t = 0.1)]
+    report_threshold: f64,
     /// Directory of the user and task-class DBs.
     #[arg(long)]
     data_dir: PathBuf,
@@ -344,9 +368,12 @@ struct SubmitArgs {
 struct StatusArgs {
     #[command(flatten)]
     client: ClientArgs,
-    /// The distributor to ask.
+    /// The distributor to ask (its workers).
+    #[arg(long, required_unless_present = "gateway", conflicts_with = "gateway")]
+    distributor: Option<SocketAddr>,
+    /// The gateway to ask (its record of the distributor sets).
     #[arg(long)]
-    distributor: SocketAddr,
+    gateway: Option<SocketAddr>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -440,6 +467,7 @@ fn run(cli: Cli) -> Result<()> {
                 PolicyArg::RoundRobin => allot::gateway::RedirectPolicy::RoundRobin,
             };
             cfg.ttl = Duration::from_millis(a.ttl_ms);
+            cfg.member_timeout = Duration::from_millis(a.member_timeout_ms.max(10));
             cfg.link_timeouts = a.link.timeouts()?;
             block_on_local(allot::gateway::run(cfg, shutdown_signal()))??;
             Ok(())
@@ -452,6 +480,14 @@ fn run(cli: Cli) -> Result<()> {
             cfg.startup_grace = Duration::from_millis(a.startup_grace_ms);
             cfg.set_name = a.set_name;
             cfg.peers = a.peers;
+            cfg.gateways = a.gateways;
+            cfg.gateway_report = match a.gateway_report {
+                ReportArg::Registered => ReportMode::Registered,
+                ReportArg::Broadcast => ReportMode::Broadcast,
+            };
+            cfg.report_period = Duration::from_millis(a.report_ms.max(10));
+            cfg.report_every = a.report_every.max(1);
+            cfg.report_threshold = a.report_threshold.max(0.0);
             cfg.users_file = a.users;
             cfg.heartbeat = Duration::from_millis(a.heartbeat_ms.max(10));
             cfg.missed_heartbeats = a.missed_heartbeats.max(1);
@@ -606,8 +642,88 @@ fn state_name(s: allot_wire::WorkerState) -> &'static str {
     }
 }
 
+fn gateway_status(a: StatusArgs, gw: SocketAddr) -> Result<()> {
+    let (pki, name) = (a.client.pki, a.client.name);
+    let reply =
+        block_on_local(async move { allot::gateway::query_status(&pki, &name, gw).await })??;
+    if a.json {
+        let arr: Vec<serde_json::Value> = reply
+            .members
+            .iter()
+            .map(|m| {
+                let x = &m.attrs;
+                serde_json::json!({
+                    "set": m.set_name, "name": m.name, "addr": m.addr,
+                    "state": state_name(m.state), "workers_up": x.workers_up,
+                    "slots": x.slots, "slots_free": x.slots_free,
+                    "cores_free": x.cores_free, "mem_free": x.mem_free,
+                    "waiting": x.waiting, "running": x.running,
+                    "tasks_per_s": x.tasks_per_s, "apps": x.apps,
+                    "report_age_ms": m.report_age_ms,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(arr));
+        return Ok(());
+    }
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    t.set_header([
+        "set",
+        "member",
+        "addr",
+        "state",
+        "workers up",
+        "slots free",
+        "cores free",
+        "mem free",
+        "waiting",
+        "running",
+        "tasks/s",
+        "apps",
+        "report age",
+    ]);
+    for m in &reply.members {
+        let x = &m.attrs;
+        t.add_row(vec![
+            m.set_name.clone(),
+            m.name.clone(),
+            m.addr.clone(),
+            state_name(m.state).to_owned(),
+            x.workers_up.to_string(),
+            format!("{}/{}", x.slots_free, x.slots),
+            x.cores_free.to_string(),
+            allot_engine::schema::format_bytes(x.mem_free),
+            x.waiting.to_string(),
+            x.running.to_string(),
+            format!("{:.1}", x.tasks_per_s),
+            x.apps.join(","),
+            if m.report_age_ms == u64::MAX {
+                "never".to_owned()
+            } else {
+                format!("{} ms", m.report_age_ms)
+            },
+        ]);
+    }
+    let sets: std::collections::BTreeSet<&str> =
+        reply.members.iter().map(|m| m.set_name.as_str()).collect();
+    println!(
+        "gateway {}: {} sets, {} members",
+        reply.gateway,
+        sets.len(),
+        reply.members.len()
+    );
+    println!("{t}");
+    Ok(())
+}
+
 fn status(a: StatusArgs) -> Result<()> {
-    let addr = a.distributor;
+    if let Some(gw) = a.gateway {
+        return gateway_status(a, gw);
+    }
+    let Some(addr) = a.distributor else {
+        bail!("status needs --distributor or --gateway");
+    };
     let cfg = client_config(a.client, Vec::new(), Vec::new());
     let reply = block_on_local(async move {
         let c = LocalClient::connect_distributor(cfg, addr).await?;

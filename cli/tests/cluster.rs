@@ -1121,3 +1121,197 @@ fn a_restarted_distributor_resets_its_old_links_at_once() {
         t0.elapsed()
     );
 }
+
+/// Starts gateway `gw-1` on `addr` with no seed set: it learns the sets
+/// from the distributors' registrations.
+fn bare_gateway(pki: &str, addr: SocketAddr) -> Proc {
+    named_bare_gateway(pki, "gw-1", addr)
+}
+
+fn named_bare_gateway(pki: &str, name: &str, addr: SocketAddr) -> Proc {
+    spawn(&[
+        "gateway",
+        "--name",
+        name,
+        "--listen",
+        &addr.to_string(),
+        "--pki",
+        pki,
+    ])
+}
+
+/// The gateway's record (`allot status --gateway --json`).
+fn gateway_status(pki: &str, gw: SocketAddr) -> Option<Vec<Value>> {
+    let out = run(&[
+        "status",
+        "--pki",
+        pki,
+        "--gateway",
+        &gw.to_string(),
+        "--json",
+    ]);
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice::<Value>(&out.stdout)
+        .ok()?
+        .as_array()
+        .cloned()
+}
+
+/// Waits until the gateway's record satisfies `ok`; returns it.
+fn wait_record(
+    pki: &str,
+    gw: SocketAddr,
+    what: &str,
+    within: Duration,
+    ok: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let t0 = Instant::now();
+    let mut last = Vec::new();
+    loop {
+        if let Some(r) = gateway_status(pki, gw) {
+            if ok(&r) {
+                return r;
+            }
+            last = r;
+        }
+        assert!(
+            t0.elapsed() < within,
+            "gateway never showed {what} within {within:?}; last record: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn member<'a>(record: &'a [Value], name: &str) -> Option<&'a Value> {
+    record.iter().find(|m| m["name"] == name)
+}
+
+#[test]
+fn a_gateway_without_sets_learns_them_and_marks_a_killed_member_down() {
+    let dir = Dir::new("sets");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("dist-1", "distributor"),
+            ("dist-2", "distributor"),
+            ("w-1", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let (d1, d2, g) = (port(), port(), port());
+    let _gw = bare_gateway(&pki, g);
+    let gws = g.to_string();
+    let dist1 = distributor(&pki, &dir.0, "dist-1", d1, &["--gateways", &gws]);
+    let _dist2 = distributor(&pki, &dir.0, "dist-2", d2, &["--gateways", &gws]);
+    let _w = worker(&pki, "w-1", &format!("{d1},{d2}"), &["--apps", "echo"]);
+    let both_up = |r: &[Value]| {
+        ["dist-1", "dist-2"]
+            .iter()
+            .all(|n| member(r, n).is_some_and(|m| m["state"] == "up" && m["workers_up"] == 1))
+    };
+    let record = wait_record(&pki, g, "both members up", Duration::from_secs(20), both_up);
+    let m = member(&record, "dist-1").unwrap();
+    assert_eq!(m["set"], "main");
+    assert_eq!(m["addr"], d1.to_string());
+    assert_eq!(m["apps"], serde_json::json!(["echo"]));
+    assert!(m["slots"].as_u64().unwrap() > 0, "{m}");
+    // Clients are served from the learned record.
+    let out = submit(&pki, &gws, &["--app", "echo", "--input", "-", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A member SIGKILLed is marked down, and clients go to the other.
+    dist1.signal("KILL");
+    let t0 = Instant::now();
+    wait_record(&pki, g, "dist-1 down", Duration::from_secs(5), |r| {
+        member(r, "dist-1").is_some_and(|m| m["state"] == "down")
+    });
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    for _ in 0..3 {
+        let out = submit(&pki, &gws, &["--app", "echo", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(json(&out)["distributor"], "dist-2");
+    }
+}
+
+#[test]
+fn a_restarted_gateway_rebuilds_its_record_from_the_reports() {
+    let dir = Dir::new("gwrestart");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("dist-1", "distributor"),
+            ("w-1", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let (d1, g) = (port(), port());
+    let gw = bare_gateway(&pki, g);
+    let gws = g.to_string();
+    let _dist1 = distributor(
+        &pki,
+        &dir.0,
+        "dist-1",
+        d1,
+        &["--gateways", &gws, "--gateway-report", "registered"],
+    );
+    let _w = worker(&pki, "w-1", &d1.to_string(), &["--apps", "echo"]);
+    let up = |r: &[Value]| {
+        member(r, "dist-1").is_some_and(|m| m["state"] == "up" && m["workers_up"] == 1)
+    };
+    wait_record(&pki, g, "dist-1 up", Duration::from_secs(20), up);
+    gw.signal("KILL");
+    drop(gw);
+    let _gw = bare_gateway(&pki, g);
+    wait_record(&pki, g, "dist-1 up again", Duration::from_secs(10), up);
+    let out = submit(&pki, &gws, &["--app", "echo", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out)["distributor"], "dist-1");
+}
+
+#[test]
+fn a_registered_member_reports_to_one_gateway_and_moves_when_it_dies() {
+    let dir = Dir::new("gwmove");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("gw-2", "gateway"),
+            ("dist-1", "distributor"),
+            ("client", "client"),
+        ],
+    );
+    let (d1, g1, g2) = (port(), port(), port());
+    let gw1 = named_bare_gateway(&pki, "gw-1", g1);
+    let _gw2 = named_bare_gateway(&pki, "gw-2", g2);
+    let list = format!("{g1},{g2}");
+    let _dist1 = distributor(
+        &pki,
+        &dir.0,
+        "dist-1",
+        d1,
+        &["--gateways", &list, "--gateway-report", "registered"],
+    );
+    let known = |r: &[Value]| member(r, "dist-1").is_some_and(|m| m["state"] == "up");
+    wait_record(&pki, g1, "dist-1 at gw-1", Duration::from_secs(20), known);
+    assert!(
+        gateway_status(&pki, g2).is_some_and(|r| r.is_empty()),
+        "registered: only the first gateway hears of it"
+    );
+    gw1.signal("KILL");
+    wait_record(&pki, g2, "dist-1 at gw-2", Duration::from_secs(10), known);
+}

@@ -88,4 +88,4 @@ pub use schema::{
     UserRecord,
 };
 pub use table::user_inflight::UserInFlight;
-pub use table::{ServerSnapshot, ServerTable, TableConfig};
+pub use table::{ServerSnapshot, ServerTable, TableConfig, TableTotals};

@@ -728,3 +728,38 @@ fn pruning_never_changes_the_answer() {
         }
     }
 }
+
+#[test]
+fn totals_agree_with_the_snapshot_and_count_only_servers_up() {
+    let t = table();
+    let a = t.insert(server("a", 2, 5.0, &["echo"], "eu")).unwrap();
+    t.insert(server("b", 3, 9.0, &["render", "echo"], "us"))
+        .unwrap();
+    let c = t.insert(server("c", 4, 7.0, &["gpu"], "eu")).unwrap();
+    let d = t.insert(server("d", 5, 7.0, &["other"], "eu")).unwrap();
+    t.set_state(c, ServerState::Down).unwrap();
+    t.set_state(d, ServerState::Draining).unwrap();
+    // A reservation on an up server: the free sums are net of it.
+    let q = t.compile("", "", &env("echo")).unwrap();
+    let r = t.match_and_reserve(&q, MatchMode::Exact).unwrap();
+    assert_ne!(r.server, c);
+    let _ = a;
+    let tot = t.totals();
+    assert_eq!((tot.up, tot.down, tot.draining), (2, 1, 1));
+    let up: Vec<ServerSnapshot> = t
+        .snapshot()
+        .into_iter()
+        .filter(|s| s.state == ServerState::Up)
+        .collect();
+    assert_eq!(tot.slots, up.iter().map(|s| s.record.slots).sum::<u32>());
+    assert_eq!(
+        tot.slots_free,
+        up.iter().map(|s| s.record.slots_free).sum::<u32>()
+    );
+    assert_eq!(tot.cores_free, up.iter().map(|s| s.cores_free).sum::<u32>());
+    assert_eq!(
+        tot.mem_free,
+        up.iter().map(|s| s.record.mem_free).sum::<u64>()
+    );
+    assert_eq!(tot.apps, vec!["echo".to_string(), "render".to_string()]);
+}

@@ -37,28 +37,23 @@ fn a_started_cluster_is_up_at_every_distributor_and_gone_when_dropped() {
             assert_eq!(up, want, "{}: {:?}", s.distributor, s.workers);
             c.close();
         }
-        // Through the gateway (to whichever member it gives this client)
-        // a broadcast worker runs echo; sha256 runs only on `solo`, which
-        // reports to the first distributor alone.
-        let client = LocalClient::connect(cluster.client_config("app"))
+        // Through the gateway (to whichever member it gives this client),
+        // and `sha256`, which only the solo worker behind d1 runs, at d1.
+        let via_gateway = LocalClient::connect(cluster.client_config("app"))
             .await
             .expect("connect");
-        let o = client
-            .submit(Task::new("echo", "hi"))
-            .await
-            .expect("submit");
-        assert_eq!(o.status, TaskStatus::Ok, "echo: {}", o.message);
-        client.close();
-        let first = cluster.distributors()[0];
-        let client = LocalClient::connect_distributor(cluster.client_config("app"), first)
-            .await
-            .expect("connect");
-        let o = client
-            .submit(Task::new("sha256", "hi"))
-            .await
-            .expect("submit");
-        assert_eq!(o.status, TaskStatus::Ok, "sha256: {}", o.message);
-        client.close();
+        let at_d1 = LocalClient::connect_distributor(
+            cluster.client_config("app"),
+            cluster.distributors()[0],
+        )
+        .await
+        .expect("connect");
+        for (client, app) in [(&via_gateway, "echo"), (&at_d1, "sha256")] {
+            let o = client.submit(Task::new(app, "hi")).await.expect("submit");
+            assert_eq!(o.status, TaskStatus::Ok, "{app}: {}", o.message);
+        }
+        via_gateway.close();
+        at_d1.close();
     });
     drop(cluster);
     assert!(!dir.exists(), "{} left behind", dir.display());

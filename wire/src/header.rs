@@ -107,11 +107,21 @@ pub enum MessageKind {
     KeyQuery = 16,
     /// [`KeyReply`](crate::message::KeyReply)
     KeyReply = 17,
+    /// [`MemberRegister`](crate::message::MemberRegister)
+    MemberRegister = 18,
+    /// [`MemberReport`](crate::message::MemberReport)
+    MemberReport = 19,
+    /// [`MemberHeartbeat`](crate::message::MemberHeartbeat)
+    MemberHeartbeat = 20,
+    /// [`SetStatusQuery`](crate::message::SetStatusQuery)
+    SetStatusQuery = 21,
+    /// [`SetStatusReply`](crate::message::SetStatusReply)
+    SetStatusReply = 22,
 }
 
 impl MessageKind {
     /// Every kind, in byte order.
-    pub const ALL: [MessageKind; 17] = [
+    pub const ALL: [MessageKind; 22] = [
         MessageKind::Hello,
         MessageKind::Register,
         MessageKind::RegisterAck,
@@ -129,6 +139,11 @@ impl MessageKind {
         MessageKind::ExplainReply,
         MessageKind::KeyQuery,
         MessageKind::KeyReply,
+        MessageKind::MemberRegister,
+        MessageKind::MemberReport,
+        MessageKind::MemberHeartbeat,
+        MessageKind::SetStatusQuery,
+        MessageKind::SetStatusReply,
     ];
 
     /// The kind for a header byte, if it is one.

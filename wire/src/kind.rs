@@ -37,6 +37,11 @@ impl MessageKind {
             MessageKind::ExplainReply => v!(ExplainReply),
             MessageKind::KeyQuery => v!(KeyQuery),
             MessageKind::KeyReply => v!(KeyReply),
+            MessageKind::MemberRegister => v!(MemberRegister),
+            MessageKind::MemberReport => v!(MemberReport),
+            MessageKind::MemberHeartbeat => v!(MemberHeartbeat),
+            MessageKind::SetStatusQuery => v!(SetStatusQuery),
+            MessageKind::SetStatusReply => v!(SetStatusReply),
         }
     }
 }
@@ -148,4 +153,9 @@ wire_message! {
     ExplainReply => ExplainReply,
     KeyQuery => KeyQuery,
     KeyReply => KeyReply,
+    MemberRegister => MemberRegister,
+    MemberReport => MemberReport,
+    MemberHeartbeat => MemberHeartbeat,
+    SetStatusQuery => SetStatusQuery,
+    SetStatusReply => SetStatusReply,
 }

@@ -617,3 +617,106 @@ pub struct ExplainReply {
     /// Set when the query itself is wrong (an expression that does not parse).
     pub error: String,
 }
+
+/// A distributor set member's share of its set's attributes, as it reports
+/// them to the gateways (claims on the first tier's record of the second).
+/// Always the whole share, not a delta: a gateway that missed a report or
+/// restarted is whole again after the next one.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct SetAttrs {
+    /// Its workers that are up.
+    pub workers_up: u32,
+    /// Its workers marked down (silent).
+    pub workers_down: u32,
+    /// Its workers draining.
+    pub workers_draining: u32,
+    /// Slots of its up workers.
+    pub slots: u32,
+    /// Of those, slots neither in use nor reserved.
+    pub slots_free: u32,
+    /// Cores of its up workers not reserved.
+    pub cores_free: u32,
+    /// Free memory of its up workers, in bytes, less what is reserved.
+    pub mem_free: u64,
+    /// Tasks waiting for capacity.
+    pub waiting: u32,
+    /// Tasks placed on workers.
+    pub running: u32,
+    /// Tasks completed per second over the last seconds.
+    pub tasks_per_s: f64,
+    /// The applications its up workers offer (sorted, bounded by the sender).
+    pub apps: Vec<String>,
+    /// The member's own state: up, or draining (takes no new clients).
+    pub state: WorkerState,
+}
+
+/// A distributor joins a gateway's record: first frame on its link.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct MemberRegister {
+    /// The set it is a member of (`--set-name`).
+    pub set_name: String,
+    /// The address clients reach it at (`ip:port`).
+    pub addr: String,
+    /// Changes each time the distributor starts.
+    pub incarnation: u64,
+    /// Its share of the set's attributes now.
+    pub attrs: SetAttrs,
+}
+
+/// A member's full report, sent on change, on event and every Nth period.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct MemberReport {
+    /// Increases by one per report on the link.
+    pub seq: u64,
+    /// Why it was sent.
+    pub cause: DeltaCause,
+    /// Its share of the set's attributes.
+    pub attrs: SetAttrs,
+}
+
+/// A member's cheap liveness signal, every period, kept apart from reports.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct MemberHeartbeat {
+    /// The sequence number of its latest report.
+    pub seq: u64,
+}
+
+/// Asks a gateway for its record of the distributor sets.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[rkyv(derive(Debug))]
+pub struct SetStatusQuery {
+    /// Include members marked down.
+    pub include_down: bool,
+}
+
+/// One member in a [`SetStatusReply`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct MemberStatus {
+    /// Its set.
+    pub set_name: String,
+    /// Its node name (empty for a seed member that never registered).
+    pub name: String,
+    /// Its address.
+    pub addr: String,
+    /// Up, down (silent or its link lost) or draining.
+    pub state: WorkerState,
+    /// Its last report (zeros for a seed member that never registered).
+    pub attrs: SetAttrs,
+    /// Milliseconds since it was last heard from (`u64::MAX`: never).
+    pub report_age_ms: u64,
+}
+
+/// A gateway's record of the distributor sets.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct SetStatusReply {
+    /// The gateway's node name.
+    pub gateway: String,
+    /// One entry per member, by set then address.
+    pub members: Vec<MemberStatus>,
+}

@@ -243,5 +243,55 @@ pub fn all_frames() -> Vec<(MessageKind, BytesMut)> {
         },
         b""
     );
+    push!(
+        MemberRegister {
+            set_name: "eu".into(),
+            addr: "10.0.0.5:7000".into(),
+            incarnation: 0x1dea,
+            attrs: set_attrs(),
+        },
+        b""
+    );
+    push!(
+        MemberReport {
+            seq: 4,
+            cause: DeltaCause::Change,
+            attrs: set_attrs(),
+        },
+        b""
+    );
+    push!(MemberHeartbeat { seq: 4 }, b"");
+    push!(SetStatusQuery { include_down: true }, b"");
+    push!(
+        SetStatusReply {
+            gateway: "gw-1".into(),
+            members: vec![MemberStatus {
+                set_name: "eu".into(),
+                name: "dist-a".into(),
+                addr: "10.0.0.5:7000".into(),
+                state: WorkerState::Up,
+                attrs: set_attrs(),
+                report_age_ms: 300,
+            }],
+        },
+        b""
+    );
     out
+}
+
+fn set_attrs() -> SetAttrs {
+    SetAttrs {
+        workers_up: 3,
+        workers_down: 1,
+        workers_draining: 0,
+        slots: 24,
+        slots_free: 10,
+        cores_free: 20,
+        mem_free: 100 << 30,
+        waiting: 0,
+        running: 14,
+        tasks_per_s: 52.5,
+        apps: vec!["echo".into(), "render".into()],
+        state: WorkerState::Up,
+    }
 }

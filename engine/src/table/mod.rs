@@ -332,6 +332,27 @@ type TablePools = Pools<Block, Dynamic, Fixed, LabelCells>;
 /// one label's cells), to size its chunks.
 const ARENA_PER_BLOCK: usize = 4608;
 
+/// Counts and sums over a table (see [`ServerTable::totals`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TableTotals {
+    /// Servers up.
+    pub up: u32,
+    /// Servers down.
+    pub down: u32,
+    /// Servers draining.
+    pub draining: u32,
+    /// Slots of the servers up.
+    pub slots: u32,
+    /// Their free slots, net of reservations.
+    pub slots_free: u32,
+    /// Their free cores, net of reservations.
+    pub cores_free: u32,
+    /// Their free memory in bytes, net of reservations.
+    pub mem_free: u64,
+    /// The apps some server up offers, sorted.
+    pub apps: Vec<String>,
+}
+
 /// One server in a [`ServerTable::snapshot`], for `allot status`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerSnapshot {
@@ -767,6 +788,57 @@ impl ServerTable {
         let (_, _, block, i) = self.locate(id).ok_or(EngineError::UnknownServer(id))?;
         block.cap[i].slots_free.store(0, Release);
         Ok(())
+    }
+
+    /// Counts and sums over the whole table (what a distributor reports to
+    /// the gateways as its share of its set), read from the columns and
+    /// app masks without copying any row: cheap enough to take at every
+    /// sweep. Free figures are net of reservations, as in [`Self::snapshot`].
+    pub fn totals(&self) -> TableTotals {
+        let mut t = TableTotals::default();
+        let mut apps: Vec<bool> = Vec::new();
+        for shard in self.shards.iter() {
+            let _w = shard.lock();
+            let st = self.strings();
+            apps.resize(st.apps.len().max(apps.len()), false);
+            let guard = &epoch::pin();
+            for b in 0..shard.nblocks() {
+                let Some(block) = shard.block(b) else {
+                    continue;
+                };
+                let cols = Cols::of(block, guard);
+                let live = block.live.load(Acquire);
+                let up = block.up.load(Acquire) & live;
+                let draining = block.draining.load(Acquire) & live & !up;
+                t.up += up.count_ones();
+                t.draining += draining.count_ones();
+                t.down += (live & !up & !draining).count_ones();
+                let mut rows = up;
+                while rows != 0 {
+                    let i = rows.trailing_zeros() as usize;
+                    rows &= rows - 1;
+                    let cap = &block.cap[i];
+                    t.slots = t.slots.saturating_add(cols.fixed.slots[i]);
+                    t.slots_free = t.slots_free.saturating_add(cap.slots_free.load(Relaxed));
+                    t.cores_free = t.cores_free.saturating_add(cap.cores_free.load(Relaxed));
+                    t.mem_free = t.mem_free.saturating_add(cap.mem_free.load(Relaxed));
+                }
+                for (a, seen) in apps.iter_mut().enumerate() {
+                    if !*seen && shard.app_mask(a as u32, b) & up != 0 {
+                        *seen = true;
+                    }
+                }
+            }
+        }
+        let st = self.strings();
+        t.apps = apps
+            .iter()
+            .enumerate()
+            .filter(|(_, seen)| **seen)
+            .map(|(a, _)| st.apps.name(a as u32).to_string())
+            .collect();
+        t.apps.sort();
+        t
     }
 
     /// Every server with its attributes and reserved capacity, in id order.

@@ -25,6 +25,7 @@
 //!   built anew for each compile).
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,7 @@ use allot_wire::{
 };
 use bytes::Bytes;
 
+use super::report::{self, Beat, Reporter};
 use super::shape::{Shape, ShapeCache};
 use super::{DistributorConfig, Stats};
 use crate::inflight::InFlight;
@@ -150,6 +152,9 @@ enum Side {
     Client(ClientSide),
     /// Gateways and distributor peers watch our liveness and send nothing.
     Watcher,
+    /// A gateway this distributor registered with: it reports to it and
+    /// expects nothing back but an `Error`.
+    Gateway,
 }
 
 struct LinkEntry {
@@ -246,6 +251,14 @@ struct State {
     /// keep their buffers: no allocation per task in steady state.
     assign: allot_wire::Assign,
     result: TaskResult,
+    /// Links to the gateways it reports to.
+    gateways: Vec<Rc<Outgoing>>,
+    reporter: Reporter,
+    /// Something happened that the gateways hear of at once.
+    member_event: bool,
+    /// Whether tasks waited after the last event (its turning is an event).
+    was_waiting: bool,
+    incarnation: u64,
 }
 
 /// The distributor as a state machine. See the module docs.
@@ -298,6 +311,7 @@ impl Core {
         })?;
         let name = cfg.name.clone();
         let max_pending = cfg.max_pending;
+        let reporter = Reporter::new(cfg.report_period, cfg.report_every, now);
         let users = users
             .into_iter()
             .map(|u| (u.name.clone(), Rc::new(u)))
@@ -351,8 +365,52 @@ impl Core {
                     message: String::new(),
                     timings: Timings::default(),
                 },
+                gateways: Vec::new(),
+                reporter,
+                member_event: false,
+                was_waiting: false,
+                incarnation: 0,
             },
         })
+    }
+
+    /// Tells the gateways which start of this distributor they hear from
+    /// (the shell passes a value of its own each start).
+    pub fn set_incarnation(&mut self, incarnation: u64) {
+        self.st.incarnation = incarnation;
+    }
+
+    /// The shell opened a stream to a gateway: the core registers there as
+    /// a member of its set reachable at `advertise`, then reports to it.
+    pub fn gateway_opened(&mut self, now: Instant, advertise: SocketAddr) -> LinkId {
+        self.st.now = now;
+        let id = LinkId(self.next_link);
+        self.next_link += 1;
+        let out = Rc::new(Outgoing::new(id));
+        let attrs = self.st.member_attrs();
+        let reg = allot_wire::MemberRegister {
+            set_name: self.st.cfg.set_name.clone(),
+            addr: advertise.to_string(),
+            incarnation: self.st.incarnation,
+            attrs: attrs.clone(),
+        };
+        if let Err(e) = push(&mut self.st.transmit, &out, &reg, &Bytes::new()) {
+            tracing::warn!("registration not queued: {e}");
+        }
+        // Other gateways get the same figures with the next report; this
+        // one starts from them.
+        if self.st.reporter.last.is_none() {
+            self.st.reporter.last = Some(attrs);
+        }
+        self.st.gateways.push(out.clone());
+        self.links.insert(
+            id,
+            LinkEntry {
+                out,
+                side: Side::Gateway,
+            },
+        );
+        id
     }
 
     /// Times each match with `clock` (for `Timings::matched_us`).
@@ -432,13 +490,15 @@ impl Core {
             return;
         };
         entry.out.closed_by_peer();
-        if let Side::Worker(WorkerSide {
-            registered: Some(id),
-            ..
-        }) = entry.side
-        {
-            self.st.worker_lost(id, link);
+        match entry.side {
+            Side::Worker(WorkerSide {
+                registered: Some(id),
+                ..
+            }) => self.st.worker_lost(id, link),
+            Side::Gateway => self.st.gateways.retain(|g| g.id() != link),
+            _ => {}
         }
+        self.st.report_events();
     }
 
     /// The shell wrote `bytes` of what [`Core::poll_transmit`] gave for
@@ -468,10 +528,12 @@ impl Core {
                 "{:?} not accepted from this role",
                 frame.kind()
             ))),
+            Side::Gateway => gateway_frame(frame),
         };
         if let Err(e) = result {
             close(&mut self.st.transmit, out, e.code(), e.to_string());
         }
+        self.st.report_events();
     }
 
     /// When [`Core::handle_timeout`] should next be called: the next sweep,
@@ -484,6 +546,9 @@ impl Core {
         if let Some(q) = self.st.queries.front() {
             t = t.min(q.deadline);
         }
+        if !self.st.gateways.is_empty() {
+            t = t.min(self.st.reporter.next());
+        }
         Some(t)
     }
 
@@ -492,9 +557,13 @@ impl Core {
     /// store once a second.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.st.now = now;
+        if now >= self.st.reporter.next() {
+            self.st.member_beat(now);
+        }
         if now >= self.st.next_sweep {
             self.st.next_sweep = now + sweep_period(&self.st.cfg);
             self.st.sweep(now);
+            self.st.report_change();
         } else if self.st.next_deadline.is_some_and(|d| d <= now) {
             self.st.expire_deadlines(now);
         }
@@ -504,6 +573,7 @@ impl Core {
                 self.st.end_query(q);
             }
         }
+        self.st.report_events();
     }
 
     /// Frames to send, one link at a time; `None` when nothing is queued.
@@ -528,6 +598,105 @@ impl Core {
     /// What `allot status` shows, as of `now`.
     pub fn status(&self, now: Instant) -> StatusReply {
         self.st.status(now)
+    }
+}
+
+/// A gateway sends nothing but an `Error` (it refused the registration or
+/// a report: logged, and the gateway closes the link).
+fn gateway_frame(frame: Frame) -> Result<(), LinkError> {
+    if frame.kind() == MessageKind::Error {
+        let e = frame.validate::<allot_wire::ErrorMsg>()?;
+        tracing::warn!(
+            "gateway refused this distributor: {:?}: {}",
+            e.get().code,
+            e.get().message.as_str()
+        );
+        return Ok(());
+    }
+    Err(LinkError::Forbidden(format!(
+        "a gateway may not send {:?}",
+        frame.kind()
+    )))
+}
+
+// ---------------------------------------------------------------- gateways
+
+impl State {
+    /// This member's share of its set's attributes now.
+    fn member_attrs(&self) -> allot_wire::SetAttrs {
+        report::summarize(
+            &self.table.totals(),
+            self.waiting.len(),
+            self.pending.len() + self.locating.len(),
+            self.reporter.tasks_per_s(),
+        )
+    }
+
+    /// Sends a full report to every gateway.
+    fn report(&mut self, cause: allot_wire::DeltaCause) {
+        let attrs = self.member_attrs();
+        self.reporter.seq += 1;
+        let r = allot_wire::MemberReport {
+            seq: self.reporter.seq,
+            cause,
+            attrs: attrs.clone(),
+        };
+        for g in &self.gateways {
+            if let Err(e) = push(&mut self.transmit, g, &r, &Bytes::new()) {
+                tracing::warn!(link = g.id().0, "report to gateway not queued: {e}");
+            }
+        }
+        self.reporter.last = Some(attrs);
+    }
+
+    /// A report period ended: a heartbeat, or every Nth time a report.
+    fn member_beat(&mut self, now: Instant) {
+        let beat = self.reporter.beat(now, self.stats.completed);
+        if self.gateways.is_empty() {
+            return;
+        }
+        match beat {
+            Beat::Report => self.report(allot_wire::DeltaCause::Periodic),
+            Beat::Heartbeat => {
+                let hb = allot_wire::MemberHeartbeat {
+                    seq: self.reporter.seq,
+                };
+                for g in &self.gateways {
+                    if let Err(e) = push(&mut self.transmit, g, &hb, &Bytes::new()) {
+                        tracing::warn!(link = g.id().0, "heartbeat to gateway not queued: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reports at once if a figure moved by more than the threshold.
+    fn report_change(&mut self) {
+        if self.gateways.is_empty() {
+            return;
+        }
+        let now = self.member_attrs();
+        let changed = self
+            .reporter
+            .last
+            .as_ref()
+            .is_none_or(|last| report::differs(last, &now, self.cfg.report_threshold));
+        if changed {
+            self.report(allot_wire::DeltaCause::Change);
+        }
+    }
+
+    /// Reports at once after an event: a worker joined or was lost, the
+    /// waiting queue turned non-empty or empty.
+    fn report_events(&mut self) {
+        let waiting = !self.waiting.is_empty();
+        if waiting != self.was_waiting {
+            self.was_waiting = waiting;
+            self.member_event = true;
+        }
+        if std::mem::take(&mut self.member_event) && !self.gateways.is_empty() {
+            self.report(allot_wire::DeltaCause::Event);
+        }
     }
 }
 
@@ -653,6 +822,7 @@ impl State {
             },
         );
         self.last_registration = self.now;
+        self.member_event = true;
         tracing::info!(worker = %r.name, id = id.0, "worker registered");
         Ok(id)
     }
@@ -671,6 +841,7 @@ impl State {
             l.last_seen = self.now;
             if self.table.state(id) == Some(ServerState::Down) {
                 let _ = self.table.set_state(id, ServerState::Up);
+                self.member_event = true;
                 tracing::info!(worker = %l.name, "worker up again");
             }
         }
@@ -722,6 +893,7 @@ impl State {
             tracing::warn!(worker = %l.name, "worker connection lost; marked down");
         }
         let _ = self.table.set_state(id, ServerState::Down);
+        self.member_event = true;
         self.retry_tasks_on(id, "worker connection lost");
     }
 
@@ -1491,6 +1663,7 @@ impl State {
                     self.cfg.missed_heartbeats
                 );
                 let _ = self.table.set_state(id, ServerState::Down);
+                self.member_event = true;
             }
         }
         if now.saturating_duration_since(self.last_flush) >= COMPLETION_FLUSH

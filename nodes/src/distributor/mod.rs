@@ -14,6 +14,7 @@ use std::time::Duration;
 use allot_engine::MatchMode;
 
 mod core;
+mod report;
 mod shape;
 mod shell;
 
@@ -21,6 +22,7 @@ pub use self::core::{
     Completion, Core, Peer, DEADLINE_RESOLUTION, LOCATE_TIMEOUT, MAX_COMPLETIONS_BUFFERED,
     TABLE_SETTLED, UNTIMED_MATCH_ROWS,
 };
+pub use self::report::MAX_APPS_PER_REPORT;
 pub use self::shape::QUERY_CACHE;
 pub use self::shell::{run, spawn};
 
@@ -65,6 +67,19 @@ pub struct DistributorConfig {
     /// How fast a silent peer is noticed (QUIC idle timeout and
     /// keep-alives on every link of this node).
     pub link_timeouts: crate::transport::LinkTimeouts,
+    /// The gateways it registers with and reports to (may be empty).
+    pub gateways: Vec<SocketAddr>,
+    /// `Registered`: to the first live gateway of the list (the next when
+    /// it dies); `Broadcast`: to every gateway.
+    pub gateway_report: allot_wire::ReportMode,
+    /// Heartbeat period towards the gateways.
+    pub report_period: Duration,
+    /// Every this-many periods the heartbeat is a full report.
+    pub report_every: u32,
+    /// A capacity or load figure that moves by more than this fraction of
+    /// its value is reported at once (counts of workers, apps, the state
+    /// and whether tasks wait are reported on any change).
+    pub report_threshold: f64,
 }
 
 impl DistributorConfig {
@@ -87,6 +102,11 @@ impl DistributorConfig {
             queue_timeout: Duration::from_secs(60),
             startup_grace: Duration::from_secs(3),
             link_timeouts: crate::transport::LinkTimeouts::default(),
+            gateways: Vec::new(),
+            gateway_report: allot_wire::ReportMode::Broadcast,
+            report_period: Duration::from_millis(1000),
+            report_every: 5,
+            report_threshold: 0.1,
         }
     }
 

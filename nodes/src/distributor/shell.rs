@@ -13,7 +13,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use allot_engine::Store;
-use allot_wire::ErrorCode;
+use std::net::SocketAddr;
+
+use allot_wire::{ErrorCode, ReportMode};
 
 use super::core::{Core, Peer};
 use super::{DistributorConfig, DistributorHandle};
@@ -107,6 +109,12 @@ fn setup(cfg: DistributorConfig) -> Result<(quinn::Endpoint, Rc<Shell>), NodeErr
     let users = store.users().list()?;
     let mut core = Core::new(cfg, users, Instant::now())?;
     core.set_match_clock(Instant::now);
+    core.set_incarnation(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0),
+    );
     let shell = Rc::new(Shell {
         core: RefCell::new(core),
         links: RefCell::new(FxMap::default()),
@@ -121,6 +129,28 @@ async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let timer = tokio::task::spawn_local(timer_loop(shell.clone()));
+    let reporting = {
+        let core = shell.core.borrow();
+        let cfg = core.config();
+        let listen = ep.local_addr().unwrap_or(cfg.listen);
+        let gateways = cfg.gateways.clone();
+        match cfg.gateway_report {
+            ReportMode::Registered if !gateways.is_empty() => vec![tokio::task::spawn_local(
+                gateway_loop(ep.clone(), shell.clone(), gateways, listen),
+            )],
+            _ => gateways
+                .into_iter()
+                .map(|g| {
+                    tokio::task::spawn_local(gateway_loop(
+                        ep.clone(),
+                        shell.clone(),
+                        vec![g],
+                        listen,
+                    ))
+                })
+                .collect(),
+        }
+    };
     let accept = async {
         while let Some(incoming) = ep.accept().await {
             let shell = shell.clone();
@@ -137,6 +167,9 @@ async fn serve(
         _ = shutdown => {}
     }
     timer.abort();
+    for r in reporting {
+        r.abort();
+    }
     ep.close(
         transport::codes::varint(ErrorCode::Unavailable),
         b"distributor stopping",
@@ -187,7 +220,7 @@ async fn serve_connection(conn: quinn::Connection, shell: Rc<Shell>) {
 async fn serve_stream(stream: Stream, shell: Rc<Shell>) {
     let Stream {
         out,
-        mut reader,
+        reader,
         peer_name,
         peer_role,
         hello,
@@ -203,6 +236,72 @@ async fn serve_stream(stream: Stream, shell: Rc<Shell>) {
             .collect(),
     };
     let link = shell.core.borrow_mut().link_opened(Instant::now(), peer);
+    drive(out, reader, link, shell).await;
+}
+
+/// The address a gateway is told to send clients to: the listen address,
+/// or where it is unspecified (0.0.0.0, port 0) the bound port and the
+/// local address this host uses to reach `gateway`.
+fn advertise(listen: SocketAddr, gateway: SocketAddr) -> SocketAddr {
+    if !listen.ip().is_unspecified() {
+        return listen;
+    }
+    let bind: SocketAddr = if gateway.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    // Connecting a UDP socket sends nothing; it only picks the route.
+    let ip = std::net::UdpSocket::bind(bind)
+        .and_then(|s| s.connect(gateway).and_then(|_| s.local_addr()))
+        .map(|a| a.ip())
+        .unwrap_or(listen.ip());
+    SocketAddr::new(ip, listen.port())
+}
+
+/// Keeps this distributor registered with `gateways`: one at a time, the
+/// first that answers, moving to the next when its link ends (a list of
+/// one, per gateway, is the broadcast mode).
+async fn gateway_loop(
+    ep: quinn::Endpoint,
+    shell: Rc<Shell>,
+    gateways: Vec<SocketAddr>,
+    listen: SocketAddr,
+) {
+    let name = shell.core.borrow().config().name.clone();
+    let me = conn::hello(allot_wire::Role::Distributor, &name, Vec::new());
+    let mut i = 0;
+    loop {
+        let Some(&gw) = gateways.get(i % gateways.len().max(1)) else {
+            return;
+        };
+        i = i.wrapping_add(1);
+        let opened = match transport::connect(&ep, gw).await {
+            Ok(c) => conn::open(&c, &me).await.map(|s| (c, s)),
+            Err(e) => Err(ConnError::Forbidden(e.to_string())),
+        };
+        match opened {
+            Ok((c, stream)) => {
+                let link = shell
+                    .core
+                    .borrow_mut()
+                    .gateway_opened(Instant::now(), advertise(listen, gw));
+                tracing::info!(gateway = %gw, "registered with gateway");
+                drive(stream.out, stream.reader, link, shell.clone()).await;
+                tracing::warn!(gateway = %gw, "gateway link lost");
+                drop(c);
+            }
+            Err(e) => tracing::debug!(gateway = %gw, "gateway not reached: {e}"),
+        }
+        // After a full round, wait before trying the list again.
+        if i % gateways.len().max(1) == 0 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Moves frames between one stream and the core until either ends it.
+async fn drive(out: Rc<Outbox>, mut reader: conn::FrameReader, link: LinkId, shell: Rc<Shell>) {
     let closed = Rc::new(Cell::new(None));
     {
         let shell = Rc::downgrade(&shell);

@@ -1,14 +1,28 @@
-//! The gateway's decisions, without I/O: which set a client goes to, and
-//! in which order its members are offered.
+//! The gateway's decisions, without I/O: its record of the distributor
+//! sets (members' registrations, reports and heartbeats), which set a
+//! client goes to, in which order its members are offered, and what
+//! `allot status --gateway` shows.
+//!
+//! Like the other cores it takes events and the time in and gives frames
+//! out: [`GatewayCore::link_opened`], [`GatewayCore::handle_frame`],
+//! [`GatewayCore::link_closed`], [`GatewayCore::handle_timeout`] and
+//! [`GatewayCore::poll_transmit`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
 
-use allot_wire::{ErrorCode, ErrorMsg, Redirect, Role};
+use allot_wire::message::ArchivedSetAttrs;
+use allot_wire::{
+    ErrorCode, ErrorMsg, Frame, FrameError, MemberHeartbeat, MemberRegister, MemberReport,
+    MemberStatus, MessageKind, Redirect, Role, SetAttrs, SetStatusQuery, SetStatusReply,
+    WorkerState,
+};
+use bytes::Bytes;
 
 use super::{GatewayConfig, RedirectPolicy};
-
+use crate::link::{push, LinkId, Outgoing, Transmit};
 /// The score of `set` for `client` in the rendezvous choice (the live set
 /// with the highest score wins). FNV-1a over the two names with a byte
 /// between them that UTF-8 never contains, then a 64-bit mix: the same
@@ -35,39 +49,198 @@ pub fn rendezvous_score(client: &str, set: &str) -> u64 {
     h ^ (h >> 31)
 }
 
-/// The gateway as a state machine: its sets, which members are live, and
-/// the choice for each client.
+/// Members a gateway records at most (seed members included). A
+/// registration past it is refused with `Overloaded` and its link closed:
+/// the record, and the work of choosing from it, stay bounded whatever
+/// distributors dial in.
+pub const MAX_MEMBERS: usize = 4096;
+
+/// Applications kept per member report; the rest are dropped (the list
+/// is for people reading `allot status`, not for placement).
+pub const MAX_APPS_PER_REPORT: usize = 256;
+
+/// Bytes a set name may have; a longer one is refused as malformed.
+pub const MAX_SET_NAME: usize = 128;
+
+/// How often the gateway looks for members to forget.
+const SWEEP: Duration = Duration::from_secs(1);
+
+/// Where a member's liveness comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// Listed with `--set` and never registered: live while the gateway's
+    /// watch connection to it is up (or not probed yet).
+    Seed { watch: Option<bool> },
+    /// Registered: live while its link is open and it was heard from
+    /// within the member timeout.
+    Registered { link: Option<LinkId> },
+}
+
+struct Member {
+    set: String,
+    name: String,
+    attrs: Option<SetAttrs>,
+    last_heard: Option<Instant>,
+    source: Source,
+    /// Listed with `--set`: never forgotten.
+    seed: bool,
+}
+
+enum Side {
+    Client,
+    /// A distributor's link; `Some` once it registered, with its address.
+    Member(Option<SocketAddr>),
+    /// Any other role: every frame is refused.
+    Other(Role),
+}
+
+struct Link {
+    out: Rc<Outgoing>,
+    side: Side,
+    peer: String,
+}
+
+/// Why a frame closed its link.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error("bad frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Overloaded(String),
+}
+
+impl LinkError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            LinkError::Frame(f) => f.code(),
+            LinkError::Forbidden(_) => ErrorCode::Forbidden,
+            LinkError::Protocol(_) => ErrorCode::Protocol,
+            LinkError::Overloaded(_) => ErrorCode::Overloaded,
+        }
+    }
+}
+
+/// The gateway as a state machine: its record of the sets, which members
+/// are live, and the choice for each client.
 pub struct GatewayCore {
-    sets: Vec<(String, Vec<SocketAddr>)>,
+    name: String,
+    members: BTreeMap<SocketAddr, Member>,
     policy: RedirectPolicy,
     ttl: Duration,
-    live: HashMap<SocketAddr, bool>,
+    member_timeout: Duration,
+    forget_after: Duration,
     turn: usize,
+    links: HashMap<LinkId, Link>,
+    next_link: u64,
+    transmit: VecDeque<Rc<Outgoing>>,
+    now: Option<Instant>,
+    next_sweep: Option<Instant>,
+}
+
+fn attrs_from(a: &ArchivedSetAttrs) -> SetAttrs {
+    SetAttrs {
+        workers_up: a.workers_up.to_native(),
+        workers_down: a.workers_down.to_native(),
+        workers_draining: a.workers_draining.to_native(),
+        slots: a.slots.to_native(),
+        slots_free: a.slots_free.to_native(),
+        cores_free: a.cores_free.to_native(),
+        mem_free: a.mem_free.to_native(),
+        waiting: a.waiting.to_native(),
+        running: a.running.to_native(),
+        tasks_per_s: a.tasks_per_s.to_native(),
+        apps: a
+            .apps
+            .iter()
+            .take(MAX_APPS_PER_REPORT)
+            .map(|s| s.as_str().to_owned())
+            .collect(),
+        state: match a.state {
+            allot_wire::message::ArchivedWorkerState::Draining => WorkerState::Draining,
+            _ => WorkerState::Up,
+        },
+    }
 }
 
 impl GatewayCore {
-    /// A gateway for `cfg`'s sets; no member has been probed yet.
+    /// A gateway for `cfg`: its `--set` members are seeds (watched until
+    /// they register); the rest of the record comes from registrations.
     pub fn new(cfg: &GatewayConfig) -> GatewayCore {
+        let mut members = BTreeMap::new();
+        for (set, addrs) in &cfg.sets {
+            for a in addrs.iter().take(MAX_MEMBERS) {
+                members.insert(
+                    *a,
+                    Member {
+                        set: set.clone(),
+                        name: String::new(),
+                        attrs: None,
+                        last_heard: None,
+                        source: Source::Seed { watch: None },
+                        seed: true,
+                    },
+                );
+            }
+        }
         GatewayCore {
-            sets: cfg.sets.clone(),
+            name: cfg.name.clone(),
+            members,
             policy: cfg.policy,
             ttl: cfg.ttl,
-            live: HashMap::new(),
+            member_timeout: cfg.member_timeout,
+            forget_after: cfg.forget_after,
             turn: 0,
+            links: HashMap::new(),
+            next_link: 1,
+            transmit: VecDeque::new(),
+            now: None,
+            next_sweep: None,
         }
     }
 
-    /// Every member of every set, to watch.
+    /// The seed members (from `--set`), to watch until they register.
     pub fn members(&self) -> Vec<SocketAddr> {
-        self.sets
+        self.members
             .iter()
-            .flat_map(|(_, m)| m.iter().copied())
+            .filter(|(_, m)| m.seed)
+            .map(|(a, _)| *a)
             .collect()
     }
 
-    /// The connection to `member` is up (`true`) or lost (`false`).
+    /// The watch connection to seed `member` is up (`true`) or lost
+    /// (`false`). Ignored once the member registered: its link and
+    /// heartbeats say then.
     pub fn member_live(&mut self, member: SocketAddr, live: bool) {
-        self.live.insert(member, live);
+        if let Some(m) = self.members.get_mut(&member) {
+            if let Source::Seed { watch } = &mut m.source {
+                *watch = Some(live);
+            }
+        }
+    }
+
+    fn is_live(&self, m: &Member) -> bool {
+        match m.source {
+            // A seed not probed yet (the gateway just started) counts as
+            // live: the client tries the list in order.
+            Source::Seed { watch } => watch.unwrap_or(true),
+            Source::Registered { link } => {
+                link.is_some()
+                    && match (self.now, m.last_heard) {
+                        (Some(now), Some(t)) => {
+                            now.saturating_duration_since(t) <= self.member_timeout
+                        }
+                        _ => false,
+                    }
+                    && !matches!(
+                        m.attrs.as_ref().map(|a| a.state),
+                        Some(WorkerState::Draining)
+                    )
+            }
+        }
     }
 
     /// The answer to a peer that opened a stream: a redirect for a client,
@@ -85,17 +258,19 @@ impl GatewayCore {
         })
     }
 
-    /// The set for `client` and its members, live ones first in their
-    /// configured order; `None` when no set has a live member.
+    /// The set for `client` and its members, live ones first; `None` when
+    /// no set has a live member.
     pub fn choose(&mut self, client: &str) -> Option<Redirect> {
-        let live = &self.live;
-        // A member not probed yet (the gateway just started) counts as live:
-        // the client tries the list in order and reports if none answers.
-        let is_live = |a: &SocketAddr| live.get(a).copied().unwrap_or(true);
-        let candidates: Vec<&(String, Vec<SocketAddr>)> = self
-            .sets
+        let mut sets: BTreeMap<&str, Vec<(bool, SocketAddr)>> = BTreeMap::new();
+        for (a, m) in &self.members {
+            sets.entry(m.set.as_str())
+                .or_default()
+                .push((self.is_live(m), *a));
+        }
+        let candidates: Vec<(&str, &Vec<(bool, SocketAddr)>)> = sets
             .iter()
-            .filter(|(_, members)| members.iter().any(is_live))
+            .filter(|(_, ms)| ms.iter().any(|(l, _)| *l))
+            .map(|(n, ms)| (*n, ms))
             .collect();
         let chosen = match self.policy {
             RedirectPolicy::Rendezvous => candidates
@@ -114,18 +289,312 @@ impl GatewayCore {
         // member's death moves only its own clients, to their next).
         let mut ranked: Vec<(bool, u64, String)> = members
             .iter()
-            .map(|m| {
+            .map(|(live, m)| {
                 let a = m.to_string();
-                (is_live(m), rendezvous_score(client, &a), a)
+                (*live, rendezvous_score(client, &a), a)
             })
             .collect();
         ranked.sort_by(|x, y| y.0.cmp(&x.0).then(y.1.cmp(&x.1)));
         let ordered: Vec<String> = ranked.into_iter().map(|(_, _, a)| a).collect();
         Some(Redirect {
-            set_name: name.clone(),
+            set_name: (*name).to_owned(),
             distributors: ordered,
             ttl_ms: self.ttl.as_millis() as u32,
         })
+    }
+
+    /// A stream from a peer of `role` named `name` finished its handshake.
+    /// A client is answered at once with its redirect (or why there is
+    /// none) and may then ask for the record; a distributor is expected
+    /// to register.
+    pub fn link_opened(&mut self, now: Instant, role: Role, name: &str) -> LinkId {
+        self.tick(now);
+        let id = LinkId(self.next_link);
+        self.next_link += 1;
+        let out = Rc::new(Outgoing::new(id));
+        let side = match role {
+            Role::Client => {
+                let r = self.answer(role, name);
+                let sent = match r {
+                    Ok(r) => push(&mut self.transmit, &out, &r, &Bytes::new()),
+                    Err(e) => push(&mut self.transmit, &out, &e, &Bytes::new()),
+                };
+                if let Err(e) = sent {
+                    tracing::warn!(peer = name, "answer not queued: {e}");
+                }
+                Side::Client
+            }
+            Role::Distributor => Side::Member(None),
+            other => Side::Other(other),
+        };
+        self.links.insert(
+            id,
+            Link {
+                out,
+                side,
+                peer: name.to_owned(),
+            },
+        );
+        id
+    }
+
+    /// A frame arrived on `link`. One the link's role may not send, or one
+    /// that does not validate, closes that link with an `Error` frame; the
+    /// gateway keeps serving the others.
+    pub fn handle_frame(&mut self, now: Instant, link: LinkId, frame: Frame) {
+        self.tick(now);
+        let Some(l) = self.links.get(&link) else {
+            return;
+        };
+        if l.out.is_closed() {
+            return;
+        }
+        let out = l.out.clone();
+        let peer = l.peer.clone();
+        let result = match l.side {
+            Side::Client => self.client_frame(&out, frame),
+            Side::Member(addr) => self.member_frame(now, link, &peer, addr, frame),
+            Side::Other(role) => Err(LinkError::Forbidden(format!(
+                "{:?} refused: only distributors register with a gateway and \
+                 only clients ask it (peer role {})",
+                frame.kind(),
+                role.as_str()
+            ))),
+        };
+        if let Err(e) = result {
+            tracing::warn!(peer = %peer, link = link.0, "closing link: {e}");
+            if out.close(e.code(), e.to_string()) {
+                self.transmit.push_back(out);
+            }
+            // A member whose link we closed is down until it registers again.
+            if let Some(Side::Member(Some(a))) = self.links.get(&link).map(|l| &l.side) {
+                let a = *a;
+                if let Some(m) = self.member_on(a, link) {
+                    m.source = Source::Registered { link: None };
+                }
+            }
+        }
+    }
+
+    fn client_frame(&mut self, out: &Rc<Outgoing>, frame: Frame) -> Result<(), LinkError> {
+        match frame.kind() {
+            MessageKind::SetStatusQuery => {
+                let q = frame.validate::<SetStatusQuery>()?;
+                let reply = self.status_reply(q.get().include_down);
+                push(&mut self.transmit, out, &reply, &Bytes::new())
+                    .map_err(|e| LinkError::Overloaded(e.to_string()))
+            }
+            k => Err(LinkError::Forbidden(format!(
+                "{k:?} not accepted from a client"
+            ))),
+        }
+    }
+
+    fn member_frame(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        peer: &str,
+        addr: Option<SocketAddr>,
+        frame: Frame,
+    ) -> Result<(), LinkError> {
+        match (frame.kind(), addr) {
+            (MessageKind::MemberRegister, None) => {
+                let r = frame.validate::<MemberRegister>()?;
+                let r = r.get();
+                let set = r.set_name.as_str();
+                if set.is_empty() || set.len() > MAX_SET_NAME {
+                    return Err(LinkError::Frame(FrameError::Invalid {
+                        kind: MessageKind::MemberRegister,
+                        reason: format!("set name must have 1 to {MAX_SET_NAME} bytes"),
+                    }));
+                }
+                let a: SocketAddr = r.addr.as_str().parse().map_err(|_| {
+                    LinkError::Frame(FrameError::Invalid {
+                        kind: MessageKind::MemberRegister,
+                        reason: format!("member address {:?} is not ip:port", r.addr.as_str()),
+                    })
+                })?;
+                if !self.members.contains_key(&a) && self.members.len() >= MAX_MEMBERS {
+                    return Err(LinkError::Overloaded(format!(
+                        "the gateway records {MAX_MEMBERS} members at most"
+                    )));
+                }
+                let attrs = attrs_from(&r.attrs);
+                let seed = self.members.get(&a).is_some_and(|m| m.seed);
+                // A member that registers again (a new link, a restart)
+                // replaces its entry; the old link's end then changes nothing.
+                self.members.insert(
+                    a,
+                    Member {
+                        set: set.to_owned(),
+                        name: peer.to_owned(),
+                        attrs: Some(attrs),
+                        last_heard: Some(now),
+                        source: Source::Registered { link: Some(link) },
+                        seed,
+                    },
+                );
+                if let Some(l) = self.links.get_mut(&link) {
+                    l.side = Side::Member(Some(a));
+                }
+                tracing::info!(set, member = %a, name = peer, "distributor registered");
+                Ok(())
+            }
+            (MessageKind::MemberReport, Some(a)) => {
+                let r = frame.validate::<MemberReport>()?;
+                let attrs = attrs_from(&r.get().attrs);
+                if let Some(m) = self.member_on(a, link) {
+                    m.attrs = Some(attrs);
+                    m.last_heard = Some(now);
+                }
+                Ok(())
+            }
+            (MessageKind::MemberHeartbeat, Some(a)) => {
+                frame.validate::<MemberHeartbeat>()?;
+                if let Some(m) = self.member_on(a, link) {
+                    m.last_heard = Some(now);
+                }
+                Ok(())
+            }
+            (MessageKind::MemberRegister, Some(_)) => Err(LinkError::Protocol(
+                "already registered on this link".into(),
+            )),
+            (MessageKind::MemberReport | MessageKind::MemberHeartbeat, None) => Err(
+                LinkError::Protocol("a member registers before it reports".into()),
+            ),
+            (k, _) => Err(LinkError::Forbidden(format!(
+                "{k:?} not accepted from a distributor"
+            ))),
+        }
+    }
+
+    /// The member at `a` if `link` is still the one it registered on.
+    fn member_on(&mut self, a: SocketAddr, link: LinkId) -> Option<&mut Member> {
+        self.members
+            .get_mut(&a)
+            .filter(|m| m.source == Source::Registered { link: Some(link) })
+    }
+
+    /// The link's stream ended. A member registered on it is down until
+    /// it registers again (its clients move at once, without waiting for
+    /// missed heartbeats).
+    pub fn link_closed(&mut self, now: Instant, link: LinkId) {
+        self.tick(now);
+        let Some(l) = self.links.remove(&link) else {
+            return;
+        };
+        l.out.closed_by_peer();
+        if let Side::Member(Some(a)) = l.side {
+            if let Some(m) = self.member_on(a, link) {
+                m.source = Source::Registered { link: None };
+                tracing::warn!(member = %a, set = %m.set, "distributor link lost; marked down");
+            }
+        }
+    }
+
+    /// The shell wrote `bytes` of what it took for `link`.
+    pub fn handle_written(&mut self, link: LinkId, bytes: usize) {
+        if let Some(l) = self.links.get(&link) {
+            l.out.written(bytes);
+        }
+    }
+
+    /// When [`GatewayCore::handle_timeout`] should next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_sweep
+    }
+
+    /// The time passed: members silent for `forget_after` (not seeds) leave
+    /// the record, and a set with no member left disappears.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tick(now);
+        if self.next_sweep.is_some_and(|t| t > now) {
+            return;
+        }
+        self.next_sweep = Some(now + SWEEP);
+        let forget = self.forget_after;
+        self.members.retain(|a, m| {
+            let keep = m.seed
+                || match m.source {
+                    Source::Registered { link: Some(_) } => true,
+                    _ => m
+                        .last_heard
+                        .is_some_and(|t| now.saturating_duration_since(t) < forget),
+                };
+            if !keep {
+                tracing::info!(member = %a, set = %m.set, "silent member forgotten");
+            }
+            keep
+        });
+    }
+
+    /// Frames to send, one link at a time.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        while let Some(out) = self.transmit.pop_front() {
+            if let Some(t) = out.take() {
+                return Some(t);
+            }
+        }
+        None
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.now = Some(now);
+        if self.next_sweep.is_none() {
+            self.next_sweep = Some(now + SWEEP);
+        }
+    }
+
+    /// What `allot status --gateway` shows, as of `now`.
+    pub fn status(&mut self, now: Instant) -> SetStatusReply {
+        self.tick(now);
+        self.status_reply(true)
+    }
+
+    fn status_reply(&self, include_down: bool) -> SetStatusReply {
+        let mut members: Vec<MemberStatus> = self
+            .members
+            .iter()
+            .map(|(a, m)| {
+                let live = self.is_live(m);
+                let state = match (live, m.attrs.as_ref().map(|x| x.state)) {
+                    (_, Some(WorkerState::Draining)) => WorkerState::Draining,
+                    (true, _) => WorkerState::Up,
+                    (false, _) => WorkerState::Down,
+                };
+                MemberStatus {
+                    set_name: m.set.clone(),
+                    name: m.name.clone(),
+                    addr: a.to_string(),
+                    state,
+                    attrs: m.attrs.clone().unwrap_or(SetAttrs {
+                        workers_up: 0,
+                        workers_down: 0,
+                        workers_draining: 0,
+                        slots: 0,
+                        slots_free: 0,
+                        cores_free: 0,
+                        mem_free: 0,
+                        waiting: 0,
+                        running: 0,
+                        tasks_per_s: 0.0,
+                        apps: Vec::new(),
+                        state,
+                    }),
+                    report_age_ms: match (self.now, m.last_heard) {
+                        (Some(now), Some(t)) => now.saturating_duration_since(t).as_millis() as u64,
+                        _ => u64::MAX,
+                    },
+                }
+            })
+            .filter(|m| include_down || m.state != WorkerState::Down)
+            .collect();
+        members.sort_by(|x, y| x.set_name.cmp(&y.set_name).then(x.addr.cmp(&y.addr)));
+        SetStatusReply {
+            gateway: self.name.clone(),
+            members,
+        }
     }
 }
 
@@ -181,11 +650,11 @@ mod tests {
         assert_eq!(seen.len(), 3);
         // Its set dies: it moves; the others stay where they were.
         let members: Vec<SocketAddr> = g
-            .sets
+            .members
             .iter()
-            .find(|(n, _)| *n == first)
-            .map(|(_, m)| m.clone())
-            .unwrap();
+            .filter(|(_, m)| m.set == first)
+            .map(|(a, _)| *a)
+            .collect();
         for m in members {
             g.member_live(m, false);
         }

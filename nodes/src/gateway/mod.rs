@@ -2,19 +2,28 @@
 //! without looking at the task (claim 1): by a rendezvous hash of the
 //! client's name, or round-robin, skipping sets with no live member.
 //!
-//! The choice lives in [`GatewayCore`], which does no I/O; [`shell`]
-//! answers clients and watches the members. Liveness: the gateway keeps a
-//! connection to every distributor it knows; a member is live while that
-//! connection is up, and is redialled every half second while it is down.
+//! The record and the choice live in [`GatewayCore`], which does no I/O;
+//! [`shell`] moves bytes. The record: distributors dial the gateways and
+//! register (set name, address), then send a small heartbeat every period
+//! and their share of the set's attributes on change, on events and every
+//! Nth period. A registered member is live while its link is open and it
+//! was heard from within [`GatewayConfig::member_timeout`]; its link's
+//! end marks it down at once. Members listed with `--set` are seeds: until
+//! one registers, the gateway keeps a watch connection to it (redialled
+//! every half second) and it is live while that connection is up.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 mod core;
+mod query;
 mod shell;
 
-pub use self::core::{rendezvous_score, GatewayCore};
+pub use self::core::{
+    rendezvous_score, GatewayCore, MAX_APPS_PER_REPORT, MAX_MEMBERS, MAX_SET_NAME,
+};
+pub use self::query::{query_status, GatewayQueryError, QUERY_TIMEOUT};
 pub use self::shell::{run, spawn};
 
 /// How a gateway picks a set.
@@ -37,7 +46,9 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// PKI directory.
     pub pki: PathBuf,
-    /// Distributor sets: name and ordered members.
+    /// Seed distributor sets: name and members, known before any
+    /// registers (may be empty: the record then comes only from
+    /// registrations).
     pub sets: Vec<(String, Vec<SocketAddr>)>,
     /// Set choice.
     pub policy: RedirectPolicy,
@@ -46,6 +57,13 @@ pub struct GatewayConfig {
     /// How fast a silent peer is noticed (QUIC idle timeout and
     /// keep-alives on every link of this node).
     pub link_timeouts: crate::transport::LinkTimeouts,
+    /// A registered member not heard from (heartbeat or report) for this
+    /// long is down. With the distributors' 1 s report period, 3 s is
+    /// three missed heartbeats.
+    pub member_timeout: Duration,
+    /// A registered member silent (its link gone) for this long leaves the
+    /// record; its set disappears with its last member.
+    pub forget_after: Duration,
 }
 
 impl GatewayConfig {
@@ -64,6 +82,8 @@ impl GatewayConfig {
             policy: RedirectPolicy::Rendezvous,
             ttl: Duration::from_secs(30),
             link_timeouts: crate::transport::LinkTimeouts::default(),
+            member_timeout: Duration::from_secs(3),
+            forget_after: Duration::from_secs(60),
         }
     }
 }

@@ -1,23 +1,51 @@
-//! The gateway's async shell: answers each client stream with the core's
-//! redirect and watches every member's liveness.
+//! The gateway's async shell: feeds every stream's frames and the time
+//! to the [`GatewayCore`], writes what it queued, and watches the seed
+//! members that have not registered. It makes no decision of its own.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use allot_wire::{ErrorCode, Role};
-use bytes::Bytes;
 
 use super::core::GatewayCore;
 use super::{GatewayConfig, GatewayHandle};
-use crate::conn;
+use crate::conn::{self, ConnError, Outbox, Stream};
+use crate::link::LinkId;
 use crate::pki::Pki;
 use crate::{transport, NodeError};
+
+struct ShellLink {
+    out: Rc<Outbox>,
+    closed: Rc<Cell<Option<ErrorCode>>>,
+}
 
 struct Shell {
     name: String,
     core: RefCell<GatewayCore>,
+    links: RefCell<HashMap<LinkId, ShellLink>>,
+}
+
+impl Shell {
+    /// Moves what the core queued to the links' writers.
+    fn flush(&self) {
+        let mut core = self.core.borrow_mut();
+        let links = self.links.borrow();
+        while let Some(t) = core.poll_transmit() {
+            match links.get(&t.link) {
+                Some(l) => {
+                    l.out.push_encoded(t.chunks, t.len);
+                    if let Some(code) = t.close {
+                        l.out.close();
+                        l.closed.set(Some(code));
+                    }
+                }
+                None => core.handle_written(t.link, t.len),
+            }
+        }
+    }
 }
 
 /// Starts a gateway on a thread of its own; returns once it listens.
@@ -41,10 +69,10 @@ pub async fn run(
 }
 
 fn setup(cfg: GatewayConfig) -> Result<(quinn::Endpoint, Rc<Shell>), NodeError> {
-    if cfg.sets.is_empty() || cfg.sets.iter().any(|(_, m)| m.is_empty()) {
+    if cfg.sets.iter().any(|(_, m)| m.is_empty()) {
         return Err(NodeError::Config {
             role: "gateway",
-            message: "each --set needs NAME=ADDR[,ADDR...] and at least one set is required".into(),
+            message: "each --set needs NAME=ADDR[,ADDR...]".into(),
         });
     }
     let pki = Pki::load(&cfg.pki, &cfg.name)?;
@@ -52,6 +80,7 @@ fn setup(cfg: GatewayConfig) -> Result<(quinn::Endpoint, Rc<Shell>), NodeError> 
     let shell = Rc::new(Shell {
         name: cfg.name.clone(),
         core: RefCell::new(GatewayCore::new(&cfg)),
+        links: RefCell::new(HashMap::new()),
     });
     Ok((ep, shell))
 }
@@ -83,29 +112,19 @@ async fn serve(
                 };
                 while let Ok((send, recv)) = conn.accept_bi().await {
                     let me = conn::hello(Role::Gateway, &shell.name, Vec::new());
-                    let stream = match conn::accept(&conn, send, recv, &me).await {
-                        Ok(s) => s,
+                    match conn::accept(&conn, send, recv, &me).await {
+                        Ok(s) => {
+                            tokio::task::spawn_local(serve_stream(s, shell.clone()));
+                        }
                         Err(e) => {
                             tracing::warn!(peer = %conn.remote_address(), "stream refused: {e}");
-                            continue;
                         }
-                    };
-                    let answer = shell
-                        .core
-                        .borrow_mut()
-                        .answer(stream.peer_role, &stream.peer_name);
-                    let sent = match answer {
-                        Ok(r) => stream.out.send(&r, &Bytes::new()),
-                        Err(e) => stream.out.send(&e, &Bytes::new()),
-                    };
-                    if let Err(e) = sent {
-                        tracing::warn!(peer = %conn.remote_address(), "answer not sent: {e}");
                     }
-                    stream.out.close();
                 }
             });
         }
     };
+    tasks.push(tokio::task::spawn_local(timer_loop(shell.clone())));
     tokio::select! {
         _ = accept => {}
         _ = shutdown => {}
@@ -118,6 +137,74 @@ async fn serve(
         b"gateway stopping",
     );
     let _ = tokio::time::timeout(Duration::from_millis(300), ep.wait_idle()).await;
+}
+
+/// Gives the core the time whenever it asked for it.
+async fn timer_loop(shell: Rc<Shell>) {
+    loop {
+        let at = shell.core.borrow().poll_timeout();
+        match at {
+            Some(at) => tokio::time::sleep_until(at.into()).await,
+            None => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+        shell.core.borrow_mut().handle_timeout(Instant::now());
+        shell.flush();
+    }
+}
+
+async fn serve_stream(stream: Stream, shell: Rc<Shell>) {
+    let Stream {
+        out,
+        mut reader,
+        peer_name,
+        peer_role,
+        ..
+    } = stream;
+    let link = shell
+        .core
+        .borrow_mut()
+        .link_opened(Instant::now(), peer_role, &peer_name);
+    let closed = Rc::new(Cell::new(None));
+    {
+        let shell = Rc::downgrade(&shell);
+        out.on_written(Box::new(move |n| {
+            if let Some(s) = shell.upgrade() {
+                s.core.borrow_mut().handle_written(link, n);
+            }
+        }));
+    }
+    shell.links.borrow_mut().insert(
+        link,
+        ShellLink {
+            out: out.clone(),
+            closed: closed.clone(),
+        },
+    );
+    loop {
+        shell.flush();
+        if let Some(code) = closed.get() {
+            reader.reject(code);
+            break;
+        }
+        let frame = match reader.next().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(ConnError::Frame(e)) => {
+                tracing::warn!(peer = %peer_name, "closing link: {e}");
+                conn::refuse(&out, &mut reader, e.code(), e.to_string());
+                break;
+            }
+            Err(_) => break,
+        };
+        shell
+            .core
+            .borrow_mut()
+            .handle_frame(Instant::now(), link, frame);
+    }
+    shell.core.borrow_mut().link_closed(Instant::now(), link);
+    shell.links.borrow_mut().remove(&link);
+    out.close();
+    shell.flush();
 }
 
 async fn watch(ep: quinn::Endpoint, shell: Rc<Shell>, addr: SocketAddr) {

@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use allot::apps::{AppOutcome, AppTable};
 use allot::distributor::{Core, Peer};
+use allot::gateway::GatewayCore;
 use allot::link::{LinkId, Transmit};
 use allot::worker::{Action, WorkerCore};
-use allot::{DistributorConfig, WorkerConfig};
+use allot::{DistributorConfig, GatewayConfig, WorkerConfig};
 use allot_wire::{
     Cancel, ErrorCode, Frame, FrameDecoder, FrameEncoder, MessageKind, Role, Submit, TaskResult,
     TaskStatus, WireMessage, DEFAULT_MAX_FRAME,
@@ -101,8 +102,33 @@ pub struct SimClient {
     pub cut: bool,
 }
 
+/// One link between a distributor and a gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct GLink {
+    pub dist: usize,
+    pub at_dist: LinkId,
+    pub at_gw: LinkId,
+    pub up: bool,
+}
+
+/// A gateway core wired to distributor cores.
+pub struct SimGateway {
+    pub core: GatewayCore,
+    pub links: Vec<GLink>,
+    /// Every frame a distributor sent it, by kind, in order.
+    pub heard: Vec<MessageKind>,
+    /// `Error` frames it sent on its links (code, message).
+    pub errors: Vec<(ErrorCode, String)>,
+    /// Whether it runs (a stopped gateway gets nothing and keeps no time).
+    pub alive: bool,
+    /// The cause of every `MemberReport` it got, in order.
+    pub reports: Vec<allot_wire::DeltaCause>,
+}
+
 pub struct Sim {
     pub now: Instant,
+    /// Gateways (see [`Sim::add_gateway`]).
+    pub gateways: Vec<SimGateway>,
     /// The first distributor.
     pub dist: Core,
     /// More members of the same set (see [`Sim::add_distributor`]).
@@ -133,7 +159,90 @@ impl Sim {
             killed: Vec::new(),
             workers: Vec::new(),
             clients: Vec::new(),
+            gateways: Vec::new(),
         }
+    }
+
+    /// Adds a gateway with no seed sets, `cfg` tuned by `tune`.
+    pub fn add_gateway(&mut self, tune: impl FnOnce(&mut GatewayConfig)) -> usize {
+        let mut cfg = GatewayConfig::new(
+            &format!("gw-{}", self.gateways.len() + 1),
+            "127.0.0.1:0".parse().expect("addr"),
+            "unused-pki".into(),
+            Vec::new(),
+        );
+        tune(&mut cfg);
+        self.gateways.push(SimGateway {
+            core: GatewayCore::new(&cfg),
+            links: Vec::new(),
+            heard: Vec::new(),
+            errors: Vec::new(),
+            alive: true,
+            reports: Vec::new(),
+        });
+        self.gateways.len() - 1
+    }
+
+    /// Distributor `d` opens a link to gateway `g` (as its shell does),
+    /// advertising `addr`.
+    pub fn register(&mut self, d: usize, g: usize, addr: &str) {
+        let now = self.now;
+        let name = self.d(d).config().name.clone();
+        let at_gw = self.gateways[g]
+            .core
+            .link_opened(now, Role::Distributor, &name);
+        let at_dist = self.d(d).gateway_opened(now, addr.parse().expect("addr"));
+        self.gateways[g].links.push(GLink {
+            dist: d,
+            at_dist,
+            at_gw,
+            up: true,
+        });
+        self.settle();
+    }
+
+    /// The link from distributor `d` to gateway `g` is lost (both ends
+    /// see it).
+    pub fn cut_gateway(&mut self, d: usize, g: usize) {
+        let now = self.now;
+        let links: Vec<GLink> = self.gateways[g]
+            .links
+            .iter()
+            .filter(|l| l.dist == d && l.up)
+            .copied()
+            .collect();
+        for l in &mut self.gateways[g].links {
+            if l.dist == d {
+                l.up = false;
+            }
+        }
+        for l in links {
+            self.gateways[g].core.link_closed(now, l.at_gw);
+            self.d(d).link_closed(now, l.at_dist);
+        }
+        self.settle();
+    }
+
+    /// Gateway `g` restarts: every link to it is lost, and it comes back
+    /// with an empty record.
+    pub fn restart_gateway(&mut self, g: usize) {
+        let dists: Vec<usize> = self.gateways[g]
+            .links
+            .iter()
+            .filter(|l| l.up)
+            .map(|l| l.dist)
+            .collect();
+        for d in dists {
+            self.cut_gateway(d, g);
+        }
+        let cfg = GatewayConfig::new(
+            "gw-restarted",
+            "127.0.0.1:0".parse().expect("addr"),
+            "unused-pki".into(),
+            Vec::new(),
+        );
+        self.gateways[g].core = GatewayCore::new(&cfg);
+        self.gateways[g].links.clear();
     }
 
     /// Distributor `d` (0 is [`Sim::dist`]).
@@ -179,6 +288,32 @@ impl Sim {
             up: true,
         });
         self.settle();
+    }
+
+    /// Adds another member with its configuration tuned by `tune` (e.g.
+    /// another set name). Returns its index.
+    pub fn add_distributor_with(
+        &mut self,
+        name: &str,
+        tune: impl FnOnce(&mut DistributorConfig),
+    ) -> usize {
+        let mut cfg = self.cfg.clone();
+        cfg.name = name.into();
+        tune(&mut cfg);
+        self.others
+            .push(Core::new(cfg, Vec::new(), self.now).expect("core"));
+        self.others.len()
+    }
+
+    /// Distributor `d` hangs: it keeps its links but gets no more time
+    /// (sends no heartbeat) until [`Sim::revive`].
+    pub fn hang(&mut self, d: usize) {
+        self.killed.push(d);
+    }
+
+    /// A hung distributor runs again.
+    pub fn revive(&mut self, d: usize) {
+        self.killed.retain(|k| *k != d);
     }
 
     /// Distributor `d` dies: every link to it is lost at once.
@@ -334,6 +469,9 @@ impl Sim {
             for w in &mut self.workers {
                 w.core.handle_timeout(self.now);
             }
+            for g in self.gateways.iter_mut().filter(|g| g.alive) {
+                g.core.handle_timeout(now);
+            }
             self.settle();
         }
     }
@@ -368,6 +506,32 @@ impl Sim {
                 while let Some(t) = self.d(d).poll_transmit() {
                     moved = true;
                     self.deliver_from_dist(d, t);
+                }
+            }
+            for g in 0..self.gateways.len() {
+                while let Some(t) = self.gateways[g].core.poll_transmit() {
+                    moved = true;
+                    self.gateways[g].core.handle_written(t.link, t.len);
+                    let link = self.gateways[g]
+                        .links
+                        .iter()
+                        .find(|l| l.at_gw == t.link && l.up)
+                        .copied();
+                    for f in frames(&t) {
+                        if f.kind() == MessageKind::Error {
+                            let e = f
+                                .clone()
+                                .validate::<allot_wire::ErrorMsg>()
+                                .expect("valid error")
+                                .to_owned_message()
+                                .expect("owned");
+                            self.gateways[g].errors.push((e.code, e.message));
+                        }
+                        if let Some(l) = link {
+                            let now = self.now;
+                            self.d(l.dist).handle_frame(now, l.at_dist, f);
+                        }
+                    }
                 }
             }
             for i in 0..self.workers.len() {
@@ -432,6 +596,40 @@ impl Sim {
 
     fn deliver_from_dist(&mut self, d: usize, t: Transmit) {
         let now = self.now;
+        let gw = self.gateways.iter().enumerate().find_map(|(g, gw)| {
+            gw.links
+                .iter()
+                .find(|l| l.dist == d && l.at_dist == t.link)
+                .map(|l| (g, *l))
+        });
+        if let Some((g, l)) = gw {
+            self.d(d).handle_written(t.link, t.len);
+            if !l.up || !self.gateways[g].alive {
+                return;
+            }
+            for f in frames(&t) {
+                self.gateways[g].heard.push(f.kind());
+                if f.kind() == MessageKind::MemberReport {
+                    let cause = f
+                        .access::<allot_wire::MemberReport>()
+                        .map(|r| match r.cause {
+                            allot_wire::message::ArchivedDeltaCause::Change => {
+                                allot_wire::DeltaCause::Change
+                            }
+                            allot_wire::message::ArchivedDeltaCause::Event => {
+                                allot_wire::DeltaCause::Event
+                            }
+                            allot_wire::message::ArchivedDeltaCause::Periodic => {
+                                allot_wire::DeltaCause::Periodic
+                            }
+                        })
+                        .expect("a valid report");
+                    self.gateways[g].reports.push(cause);
+                }
+                self.gateways[g].core.handle_frame(now, l.at_gw, f);
+            }
+            return;
+        }
         let target = self.workers.iter().enumerate().find_map(|(i, w)| {
             w.links
                 .iter()
