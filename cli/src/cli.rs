@@ -186,6 +186,7 @@ struct GatewayArgs {
 enum PolicyArg {
     Rendezvous,
     RoundRobin,
+    LeastLoaded,
 }
 
 #[derive(Args, Debug)]
@@ -465,6 +466,7 @@ fn run(cli: Cli) -> Result<()> {
             cfg.policy = match a.policy {
                 PolicyArg::Rendezvous => allot::gateway::RedirectPolicy::Rendezvous,
                 PolicyArg::RoundRobin => allot::gateway::RedirectPolicy::RoundRobin,
+                PolicyArg::LeastLoaded => allot::gateway::RedirectPolicy::LeastLoaded,
             };
             cfg.ttl = Duration::from_millis(a.ttl_ms);
             cfg.member_timeout = Duration::from_millis(a.member_timeout_ms.max(10));

@@ -272,6 +272,21 @@ impl GatewayCore {
             .filter(|(_, ms)| ms.iter().any(|(l, _)| *l))
             .map(|(n, ms)| (*n, ms))
             .collect();
+        let members = &self.members;
+        // Free slots per waiting task over a set's live members (the +1
+        // keeps an idle set's score finite and ranks it by its free slots).
+        let room = |ms: &Vec<(bool, SocketAddr)>| -> f64 {
+            let (mut free, mut waiting) = (0u64, 0u64);
+            for (live, a) in ms {
+                if let Some(attrs) = members.get(a).and_then(|m| m.attrs.as_ref()) {
+                    if *live {
+                        free += u64::from(attrs.slots_free);
+                        waiting += u64::from(attrs.waiting);
+                    }
+                }
+            }
+            free as f64 / (waiting + 1) as f64
+        };
         let chosen = match self.policy {
             RedirectPolicy::Rendezvous => candidates
                 .iter()
@@ -281,6 +296,11 @@ impl GatewayCore {
                 self.turn = t.wrapping_add(1);
                 candidates.get(t % candidates.len().max(1))
             }
+            RedirectPolicy::LeastLoaded => candidates.iter().max_by(|(a, ma), (b, mb)| {
+                room(ma)
+                    .total_cmp(&room(mb))
+                    .then(rendezvous_score(client, a).cmp(&rendezvous_score(client, b)))
+            }),
         }?;
         let (name, members) = chosen;
         // Members in an order of this client's own (rendezvous over their
@@ -619,6 +639,73 @@ mod tests {
         );
         cfg.policy = policy;
         GatewayCore::new(&cfg)
+    }
+
+    /// A member of `set` at `at` registers with `g` reporting `free` free
+    /// slots and `waiting` tasks waiting.
+    fn register(
+        g: &mut GatewayCore,
+        now: Instant,
+        set: &str,
+        at: SocketAddr,
+        free: u32,
+        waiting: u32,
+    ) {
+        let attrs = allot_wire::SetAttrs {
+            workers_up: 1,
+            workers_down: 0,
+            workers_draining: 0,
+            slots: 8,
+            slots_free: free,
+            cores_free: 0,
+            mem_free: 0,
+            waiting,
+            running: 0,
+            tasks_per_s: 0.0,
+            apps: vec!["echo".into()],
+            state: allot_wire::WorkerState::Up,
+        };
+        let reg = allot_wire::MemberRegister {
+            set_name: set.into(),
+            addr: at.to_string(),
+            incarnation: 1,
+            attrs,
+        };
+        let mut buf = bytes::BytesMut::new();
+        allot_wire::FrameEncoder::new(allot_wire::DEFAULT_MAX_FRAME)
+            .encode(&reg, &Bytes::new(), &mut buf)
+            .expect("encode");
+        let mut dec = allot_wire::FrameDecoder::new(allot_wire::DEFAULT_MAX_FRAME);
+        dec.feed(&buf);
+        let frame = dec.next_frame().expect("decode").expect("frame");
+        let link = g.link_opened(now, Role::Distributor, &format!("dist-{set}"));
+        g.handle_frame(now, link, frame);
+    }
+
+    #[test]
+    fn least_loaded_sends_clients_to_the_set_with_most_room_per_waiting_task() {
+        let mut cfg = GatewayConfig::new("gw", addr(1), "pki".into(), Vec::new());
+        cfg.policy = RedirectPolicy::LeastLoaded;
+        let mut g = GatewayCore::new(&cfg);
+        let now = Instant::now();
+        // Set a: 4 free, 3 waiting (1 per task); set b: 2 free, none waiting.
+        register(&mut g, now, "a", addr(50), 4, 3);
+        register(&mut g, now, "b", addr(60), 2, 0);
+        for i in 0..50 {
+            assert_eq!(g.choose(&format!("c{i}")).unwrap().set_name, "b");
+        }
+        // b fills up and its queue grows: clients go to a.
+        register(&mut g, now, "b", addr(60), 0, 5);
+        for i in 0..50 {
+            assert_eq!(g.choose(&format!("c{i}")).unwrap().set_name, "a");
+        }
+        // Equal room: the client's hash breaks the tie, so both get some.
+        register(&mut g, now, "a", addr(50), 2, 0);
+        register(&mut g, now, "b", addr(60), 2, 0);
+        let sets: std::collections::HashSet<String> = (0..100)
+            .map(|i| g.choose(&format!("c{i}")).unwrap().set_name)
+            .collect();
+        assert_eq!(sets.len(), 2);
     }
 
     #[test]

@@ -34,6 +34,12 @@ pub enum RedirectPolicy {
     Rendezvous,
     /// Clients are spread over the live sets in turn.
     RoundRobin,
+    /// The set with the most free slots per waiting task, by the members'
+    /// reports (a set whose live members have not reported counts as
+    /// having none free); ties go by the rendezvous hash of the client.
+    /// Like the others it never looks at the task or the client's
+    /// attributes.
+    LeastLoaded,
 }
 
 /// How a gateway is set up.
