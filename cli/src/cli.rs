@@ -207,9 +207,6 @@ struct DistributorArgs {
     /// Name of this distributor set.
     #[arg(long, default_value = "default")]
     set_name: String,
-    /// Other members of the set.
-    #[arg(long, value_delimiter = ',')]
-    peers: Vec<SocketAddr>,
     /// Gateways to register with and report this member's share of the
     /// set's attributes to.
     #[arg(long, value_delimiter = ',')]
@@ -481,7 +478,6 @@ fn run(cli: Cli) -> Result<()> {
             cfg.link_timeouts = a.link.timeouts()?;
             cfg.startup_grace = Duration::from_millis(a.startup_grace_ms);
             cfg.set_name = a.set_name;
-            cfg.peers = a.peers;
             cfg.gateways = a.gateways;
             cfg.gateway_report = match a.gateway_report {
                 ReportArg::Registered => ReportMode::Registered,

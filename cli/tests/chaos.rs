@@ -228,15 +228,9 @@ impl Cluster {
         for (i, d) in distributors.iter().enumerate() {
             let name = format!("dist-{}", i + 1);
             let data = dir.join(&name);
-            let other = distributors[1 - i].to_string();
             let mut a = s(&["distributor", "--name", &name, "--pki", &p]);
             a.extend(s(&["--listen", &d.to_string(), "--set-name", "main"]));
-            a.extend(s(&[
-                "--data-dir",
-                data.to_str().unwrap(),
-                "--peers",
-                &other,
-            ]));
+            a.extend(s(&["--data-dir", data.to_str().unwrap()]));
             node(&name, a);
         }
         for (i, g) in gateways.iter().enumerate() {

@@ -38,8 +38,6 @@ pub struct DistributorConfig {
     pub pki: PathBuf,
     /// The name of its distributor set.
     pub set_name: String,
-    /// The other members of its set.
-    pub peers: Vec<SocketAddr>,
     /// Where the user DB and task-class DB live.
     pub data_dir: PathBuf,
     /// A TOML file of users loaded into the user DB at start.
@@ -90,7 +88,6 @@ impl DistributorConfig {
             listen,
             pki,
             set_name: "default".into(),
-            peers: Vec::new(),
             data_dir,
             users_file: None,
             heartbeat: Duration::from_millis(1000),
