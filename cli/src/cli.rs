@@ -404,6 +404,22 @@ struct ExplainArgs {
     json: bool,
 }
 
+/// An error and its causes on one line, each cause once: library errors
+/// often say their source in their own message too (a client error names
+/// the addresses it tried and keeps them as its source), and printing the
+/// whole chain would say it twice.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+    }
+    text
+}
+
 /// Parses the command line (merging `--config` files) and runs it.
 pub fn main() -> Result<()> {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -884,6 +900,23 @@ fn explain(a: ExplainArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_chain_says_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("no gateway answered: {0}")]
+        struct Outer(#[source] Inner);
+        #[derive(Debug, thiserror::Error)]
+        #[error("127.0.0.1:9: no answer within 3s")]
+        struct Inner;
+        let e = anyhow::Error::new(Outer(Inner)).context("submitting");
+        assert_eq!(
+            error_text(&e),
+            "submitting: no gateway answered: 127.0.0.1:9: no answer within 3s"
+        );
+        let plain = anyhow::anyhow!("top").context("outer");
+        assert_eq!(error_text(&plain), "outer: top");
+    }
 
     #[test]
     fn seconds_parse_whole_or_not_and_never_negative() {

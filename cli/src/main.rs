@@ -7,7 +7,7 @@ fn main() -> std::process::ExitCode {
     match allot_cli::cli::main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("allot: {e:#}");
+            eprintln!("allot: {}", allot_cli::cli::error_text(&e));
             if e.downcast_ref::<allot_cli::interrupt::Interrupted>()
                 .is_some()
             {
