@@ -1315,3 +1315,44 @@ fn a_registered_member_reports_to_one_gateway_and_moves_when_it_dies() {
     gw1.signal("KILL");
     wait_record(&pki, g2, "dist-1 at gw-2", Duration::from_secs(10), known);
 }
+
+#[test]
+fn link_timeouts_out_of_range_are_refused_with_the_flags_named() {
+    for (role, extra) in [
+        ("worker", vec!["--name", "w-1", "--join", "127.0.0.1:1"]),
+        (
+            "distributor",
+            vec![
+                "--name",
+                "d-1",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                "/nonexistent",
+            ],
+        ),
+    ] {
+        for (idle, keep) in [("1000", "2000"), ("1000", "1000"), ("1000", "0")] {
+            let mut args = vec![role, "--pki", "/nonexistent"];
+            args.extend(extra.iter().copied());
+            args.extend(["--idle-timeout-ms", idle, "--keep-alive-ms", keep]);
+            let out = run(&args);
+            assert!(!out.status.success(), "{role} {idle}/{keep} was accepted");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("--keep-alive-ms") && err.contains("--idle-timeout-ms"),
+                "{role}: {err}"
+            );
+        }
+        let mut args = vec![role, "--pki", "/nonexistent"];
+        args.extend(extra.iter().copied());
+        args.extend(["--idle-timeout-ms", "soon"]);
+        let out = run(&args);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("idle-timeout-ms") && err.contains("soon"),
+            "{err}"
+        );
+    }
+}
