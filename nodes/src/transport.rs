@@ -363,6 +363,14 @@ pub fn endpoint_with(
     Ok(ep)
 }
 
+/// Closes every connection of `ep` with `Unavailable` and `reason`, and
+/// waits up to `linger` for the peers to hear it (so they fail over at
+/// once instead of after their idle timeout).
+pub async fn close_endpoint(ep: &quinn::Endpoint, reason: &[u8], linger: Duration) {
+    ep.close(codes::varint(allot_wire::ErrorCode::Unavailable), reason);
+    let _ = tokio::time::timeout(linger, ep.wait_idle()).await;
+}
+
 /// Dials `addr` with the endpoint's default client config, verifying the
 /// server as a cluster member; gives up after [`CONNECT_TIMEOUT`].
 pub async fn connect(

@@ -170,11 +170,7 @@ async fn serve(
     for r in reporting {
         r.abort();
     }
-    ep.close(
-        transport::codes::varint(ErrorCode::Unavailable),
-        b"distributor stopping",
-    );
-    let _ = tokio::time::timeout(Duration::from_millis(500), ep.wait_idle()).await;
+    transport::close_endpoint(&ep, b"distributor stopping", Duration::from_millis(500)).await;
 }
 
 /// Gives the core the time whenever it asked for it.

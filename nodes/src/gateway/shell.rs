@@ -132,11 +132,7 @@ async fn serve(
     for t in tasks {
         t.abort();
     }
-    ep.close(
-        transport::codes::varint(ErrorCode::Unavailable),
-        b"gateway stopping",
-    );
-    let _ = tokio::time::timeout(Duration::from_millis(300), ep.wait_idle()).await;
+    transport::close_endpoint(&ep, b"gateway stopping", Duration::from_millis(300)).await;
 }
 
 /// Gives the core the time whenever it asked for it.

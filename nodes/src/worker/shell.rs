@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use allot_wire::{ErrorCode, ReportMode, Role};
+use allot_wire::{ReportMode, Role};
 use tokio::sync::Notify;
 
 use super::core::{Action, WorkerCore};
@@ -222,11 +222,7 @@ async fn serve(
     for (_, h) in shell.running.borrow_mut().drain() {
         h.abort();
     }
-    ep.close(
-        transport::codes::varint(ErrorCode::Unavailable),
-        b"worker stopping",
-    );
-    let _ = tokio::time::timeout(Duration::from_millis(300), ep.wait_idle()).await;
+    transport::close_endpoint(&ep, b"worker stopping", Duration::from_millis(300)).await;
 }
 
 /// Gives the core the time whenever it asked for it.

@@ -455,6 +455,16 @@ impl Sim {
     /// Advances the clock by `d` in steps of at most 10 ms, giving every
     /// core its timeouts on the way, as the shells' timers would.
     pub fn advance(&mut self, d: Duration) {
+        self.advance_but(d, None);
+    }
+
+    /// Like [`Sim::advance`], but worker `silent` sends nothing (a worker
+    /// whose process hangs).
+    pub fn advance_silent(&mut self, d: Duration, silent: usize) {
+        self.advance_but(d, Some(silent));
+    }
+
+    fn advance_but(&mut self, d: Duration, silent: Option<usize>) {
         let end = self.now + d;
         while self.now < end {
             let step = (end - self.now).min(Duration::from_millis(10));
@@ -466,33 +476,13 @@ impl Sim {
                 }
             }
             // A cut-off worker still keeps time; its frames go nowhere.
-            for w in &mut self.workers {
-                w.core.handle_timeout(self.now);
+            for (i, w) in self.workers.iter_mut().enumerate() {
+                if Some(i) != silent {
+                    w.core.handle_timeout(now);
+                }
             }
             for g in self.gateways.iter_mut().filter(|g| g.alive) {
                 g.core.handle_timeout(now);
-            }
-            self.settle();
-        }
-    }
-
-    /// Like [`Sim::advance`], but worker `silent` sends nothing (a worker
-    /// whose process hangs).
-    pub fn advance_silent(&mut self, d: Duration, silent: usize) {
-        let end = self.now + d;
-        while self.now < end {
-            let step = (end - self.now).min(Duration::from_millis(10));
-            self.now += step;
-            let now = self.now;
-            for d in 0..self.dists() {
-                if self.alive(d) {
-                    self.d(d).handle_timeout(now);
-                }
-            }
-            for (i, w) in self.workers.iter_mut().enumerate() {
-                if i != silent {
-                    w.core.handle_timeout(self.now);
-                }
             }
             self.settle();
         }
