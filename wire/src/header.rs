@@ -117,11 +117,19 @@ pub enum MessageKind {
     SetStatusQuery = 21,
     /// [`SetStatusReply`](crate::message::SetStatusReply)
     SetStatusReply = 22,
+    /// [`JobSubmit`](crate::message::JobSubmit)
+    JobSubmit = 23,
+    /// [`JobAck`](crate::message::JobAck)
+    JobAck = 24,
+    /// [`JobQuery`](crate::message::JobQuery)
+    JobQuery = 25,
+    /// [`JobReply`](crate::message::JobReply)
+    JobReply = 26,
 }
 
 impl MessageKind {
     /// Every kind, in byte order.
-    pub const ALL: [MessageKind; 22] = [
+    pub const ALL: [MessageKind; 26] = [
         MessageKind::Hello,
         MessageKind::Register,
         MessageKind::RegisterAck,
@@ -144,6 +152,10 @@ impl MessageKind {
         MessageKind::MemberHeartbeat,
         MessageKind::SetStatusQuery,
         MessageKind::SetStatusReply,
+        MessageKind::JobSubmit,
+        MessageKind::JobAck,
+        MessageKind::JobQuery,
+        MessageKind::JobReply,
     ];
 
     /// The kind for a header byte, if it is one.

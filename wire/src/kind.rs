@@ -42,6 +42,10 @@ impl MessageKind {
             MessageKind::MemberHeartbeat => v!(MemberHeartbeat),
             MessageKind::SetStatusQuery => v!(SetStatusQuery),
             MessageKind::SetStatusReply => v!(SetStatusReply),
+            MessageKind::JobSubmit => v!(JobSubmit),
+            MessageKind::JobAck => v!(JobAck),
+            MessageKind::JobQuery => v!(JobQuery),
+            MessageKind::JobReply => v!(JobReply),
         }
     }
 }
@@ -158,4 +162,8 @@ wire_message! {
     MemberHeartbeat => MemberHeartbeat,
     SetStatusQuery => SetStatusQuery,
     SetStatusReply => SetStatusReply,
+    JobSubmit => JobSubmit,
+    JobAck => JobAck,
+    JobQuery => JobQuery,
+    JobReply => JobReply,
 }

@@ -360,6 +360,11 @@ pub struct Assign {
     /// same key twice (from any distributor) joins the run it has or returns
     /// the result it kept, instead of running the task again.
     pub key: TaskKey,
+    /// The job the task belongs to (`SET/MEMBER/N`; empty for a task a
+    /// client submitted on its own). Command apps get it as `ALLOT_JOB_ID`.
+    pub job: String,
+    /// Its index in the job (`ALLOT_TASK_INDEX`; 0 outside a job).
+    pub index: u64,
 }
 
 /// Names one task across resubmissions and distributors: the hash of the
@@ -719,4 +724,211 @@ pub struct SetStatusReply {
     pub gateway: String,
     /// One entry per member, by set then address.
     pub members: Vec<MemberStatus>,
+}
+
+/// An inclusive range of task indices.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+pub struct IndexRange {
+    /// The first index.
+    pub first: u64,
+    /// The last index (at least `first`).
+    pub last: u64,
+}
+
+/// Which tasks a [`JobSubmit`] makes.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+#[repr(u8)]
+pub enum JobTasks {
+    /// One task; the payload is its input.
+    One,
+    /// One task per index from `first` to `last` inclusive, each given the
+    /// payload as input and its index (`ALLOT_TASK_INDEX`). Stored as the
+    /// range, not expanded.
+    Array(IndexRange),
+    /// One task per line of the payload (`\n`-separated, a final newline
+    /// ending the last line), the line as its input; indices from 0.
+    Lines,
+}
+
+/// A client submits a job the distributor keeps: it answers with a
+/// [`JobAck`] once the job is durable, runs its tasks, and keeps their
+/// states and outputs for queries after the client has gone.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct JobSubmit {
+    /// Unique per client connection; the ack carries it back.
+    pub request: u64,
+    /// The application every task runs.
+    pub app: String,
+    /// What each task needs.
+    pub demands: Demands,
+    /// Hard constraints.
+    pub require: String,
+    /// Score to maximise.
+    pub prefer: String,
+    /// The user the tasks run for (empty: the client's certificate name).
+    pub user: String,
+    /// Higher runs first when capacity is short.
+    pub priority: i32,
+    /// Milliseconds each task may run once placed (0 = no limit).
+    pub deadline_ms: u64,
+    /// Which tasks.
+    pub tasks: JobTasks,
+}
+
+/// The answer to a [`JobSubmit`]: the job's id once it is durable, or why
+/// it was not accepted.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct JobAck {
+    /// The submit's `request`.
+    pub request: u64,
+    /// The job's id across the cluster (`SET/MEMBER/N`); empty on error.
+    pub job: String,
+    /// Tasks in the job.
+    pub tasks: u64,
+    /// The distributor that holds it.
+    pub distributor: String,
+    /// Why it was not accepted (empty when it was).
+    pub error: String,
+}
+
+/// What a [`JobQuery`] asks for or does.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+#[repr(u8)]
+pub enum JobOp {
+    /// One summary per job (`job` empty: every job this distributor holds).
+    List,
+    /// The job's tasks, from `from` (task offset), at most `limit`.
+    Tasks,
+    /// As `Tasks`, with each task's output.
+    Outputs,
+    /// Cancels the job's queued and running tasks (`task`: only that one).
+    Cancel,
+    /// Forgets a finished job.
+    Remove,
+}
+
+/// A task state in a job.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+#[repr(u8)]
+pub enum JobTaskState {
+    /// Not started yet.
+    Queued,
+    /// Started, waiting for a worker with capacity.
+    Waiting,
+    /// On a worker.
+    Running,
+    /// Succeeded.
+    Done,
+    /// Failed (non-zero exit, error, no match, deadline).
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+/// Asks a distributor about its jobs, or acts on one.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct JobQuery {
+    /// Unique per client connection; the reply carries it back.
+    pub request: u64,
+    /// What to do.
+    pub op: JobOp,
+    /// The job's id (empty with `List`: every job).
+    pub job: String,
+    /// One task (its index), for `Tasks`, `Outputs` and `Cancel`.
+    pub task: Option<u64>,
+    /// Only tasks in this state, for `Tasks` and `Outputs`.
+    pub state: Option<JobTaskState>,
+    /// For `Tasks` and `Outputs`: the first task offset to list.
+    pub from: u64,
+    /// For `Tasks` and `Outputs`: rows at most (the distributor may send
+    /// fewer, and says where to go on).
+    pub limit: u32,
+}
+
+/// Counts of a job's tasks by state.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct JobCounts {
+    /// Not started.
+    pub queued: u64,
+    /// Started, waiting for capacity.
+    pub waiting: u64,
+    /// On workers.
+    pub running: u64,
+    /// Succeeded.
+    pub done: u64,
+    /// Failed.
+    pub failed: u64,
+    /// Cancelled.
+    pub cancelled: u64,
+}
+
+/// One job in a [`JobReply`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct JobSummary {
+    /// Its id.
+    pub job: String,
+    /// The user its tasks run as.
+    pub user: String,
+    /// Its app.
+    pub app: String,
+    /// Tasks in all.
+    pub tasks: u64,
+    /// Tasks by state.
+    pub counts: JobCounts,
+    /// When it was accepted (milliseconds since the Unix epoch).
+    pub submitted_ms: u64,
+    /// When its last task ended (0 while it has tasks to run).
+    pub finished_ms: u64,
+}
+
+/// One task in a [`JobReply`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct JobTaskRow {
+    /// Its index (the array index, or the line number from 0).
+    pub index: u64,
+    /// Its state.
+    pub state: JobTaskState,
+    /// The worker that ran it (or runs it; empty if none).
+    pub worker: String,
+    /// Runs started.
+    pub attempts: u32,
+    /// The command's exit code (0 for other apps).
+    pub exit_code: i32,
+    /// Why it failed, was cancelled or waits.
+    pub message: String,
+    /// When it started (ms since the Unix epoch; 0 if it has not).
+    pub started_ms: u64,
+    /// When it ended (ms since the Unix epoch; 0 if it has not).
+    pub ended_ms: u64,
+    /// Its output, with [`JobOp::Outputs`] (else empty).
+    pub output: Vec<u8>,
+}
+
+/// The answer to a [`JobQuery`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct JobReply {
+    /// The query's `request`.
+    pub request: u64,
+    /// Why it failed (unknown job, job not finished, ...); empty if not.
+    pub error: String,
+    /// With `List`, one per job; with the other ops, the job asked about.
+    pub jobs: Vec<JobSummary>,
+    /// With `Tasks` and `Outputs`, the tasks from `from`.
+    pub tasks: Vec<JobTaskRow>,
+    /// With `Tasks` and `Outputs`: the offset to ask from for more, or
+    /// `None` when the list is complete.
+    pub next: Option<u64>,
+    /// With `Cancel`: tasks cancelled.
+    pub cancelled: u64,
 }

@@ -143,6 +143,8 @@ pub fn all_frames() -> Vec<(MessageKind, BytesMut)> {
                 user: 0xa11ce,
                 key: 0x5eed_0000_0000_002a,
             },
+            job: "default/dist-a/7".into(),
+            index: 3,
         },
         b"hello, allot"
     );
@@ -273,6 +275,77 @@ pub fn all_frames() -> Vec<(MessageKind, BytesMut)> {
                 attrs: set_attrs(),
                 report_age_ms: 300,
             }],
+        },
+        b""
+    );
+    push!(
+        JobSubmit {
+            request: 1,
+            app: "render".into(),
+            demands: Demands::default(),
+            require: "server.gpu".into(),
+            prefer: String::new(),
+            user: "alice".into(),
+            priority: 2,
+            deadline_ms: 0,
+            tasks: JobTasks::Array(IndexRange { first: 1, last: 1000 }),
+        },
+        b"scene.blend"
+    );
+    push!(
+        JobAck {
+            request: 1,
+            job: "default/dist-a/7".into(),
+            tasks: 1000,
+            distributor: "dist-a".into(),
+            error: String::new(),
+        },
+        b""
+    );
+    push!(
+        JobQuery {
+            request: 2,
+            op: JobOp::Tasks,
+            job: "default/dist-a/7".into(),
+            task: None,
+            state: Some(JobTaskState::Failed),
+            from: 0,
+            limit: 1000,
+        },
+        b""
+    );
+    push!(
+        JobReply {
+            request: 2,
+            error: String::new(),
+            jobs: vec![JobSummary {
+                job: "default/dist-a/7".into(),
+                user: "alice".into(),
+                app: "render".into(),
+                tasks: 1000,
+                counts: JobCounts {
+                    queued: 990,
+                    running: 8,
+                    done: 1,
+                    failed: 1,
+                    ..JobCounts::default()
+                },
+                submitted_ms: 1_796_000_000_000,
+                finished_ms: 0,
+            }],
+            tasks: vec![JobTaskRow {
+                index: 4,
+                state: JobTaskState::Failed,
+                worker: "worker-1".into(),
+                attempts: 1,
+                exit_code: 3,
+                message: "exit status 3".into(),
+                started_ms: 1_796_000_000_100,
+                ended_ms: 1_796_000_000_900,
+                output: b"frame 4: missing texture".to_vec(),
+            }],
+            next: None,
+            cancelled: 0,
         },
         b""
     );

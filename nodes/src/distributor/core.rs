@@ -353,6 +353,8 @@ impl Core {
                     deadline_ms: 0,
                     attempt: 0,
                     key: allot_wire::TaskKey::default(),
+                    job: String::new(),
+                    index: 0,
                 },
                 result: TaskResult {
                     task_id: 0,
