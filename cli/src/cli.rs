@@ -40,8 +40,19 @@ enum Command {
     Distributor(DistributorArgs),
     /// Run a worker (fulfillment server).
     Worker(WorkerArgs),
-    /// Submit one task and print its output.
+    /// Submit one task and print its output, or a job (`--array`,
+    /// `--each-line`, `--detach`) the cluster keeps.
     Submit(SubmitArgs),
+    /// List jobs (or forget a finished one with `--remove`).
+    Jobs(crate::jobs::JobsArgs),
+    /// List a job's tasks: state, worker, attempts, and why one waits.
+    Tasks(crate::jobs::TasksArgs),
+    /// Wait until a job's tasks have ended; exit non-zero if any failed.
+    Wait(crate::jobs::WaitArgs),
+    /// Print a job's outputs.
+    Output(crate::jobs::OutputArgs),
+    /// Cancel a job's queued and running tasks (or one of them).
+    Cancel(crate::jobs::CancelArgs),
     /// Show a distributor's table of workers.
     Status(StatusArgs),
     /// Explain whether a task would be placed, and if not, why.
@@ -250,6 +261,10 @@ struct DistributorArgs {
     /// no verdict).
     #[arg(long, default_value_t = 3000)]
     startup_grace_ms: u64,
+    /// Seconds a finished job is kept (its tasks' states and outputs)
+    /// before it is forgotten.
+    #[arg(long, value_name = "SECS", value_parser = crate::values::parse_secs, default_value = "86400")]
+    retention: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -294,7 +309,9 @@ struct WorkerArgs {
     /// An app run as a command: NAME=COMMAND (repeatable). The command
     /// gets the input on stdin and ALLOT_ATTEMPT (1, or more when the task
     /// runs again after a lost worker) and ALLOT_TASK_KEY in its
-    /// environment.
+    /// environment; a job's task also ALLOT_JOB_ID, ALLOT_TASK_INDEX and
+    /// ALLOT_TASK_ID (JOB/INDEX). A cancelled command's process group gets
+    /// SIGTERM, then SIGKILL 5 s later if it has not exited.
     #[arg(long = "app-cmd", value_parser = parse_kv_cmd)]
     app_cmds: Vec<(String, String)>,
     /// Keep running a task whose distributor was lost this long, in
@@ -310,56 +327,77 @@ enum ReportArg {
 }
 
 #[derive(Args, Debug)]
-struct ClientArgs {
+pub(crate) struct ClientArgs {
     /// PKI directory.
     #[arg(long)]
-    pki: PathBuf,
+    pub pki: PathBuf,
     /// Certificate name.
     #[arg(long, default_value = "client")]
-    name: String,
+    pub name: String,
     /// Seconds to keep searching when no gateway or distributor answers
     /// (an outage), with backoff, before failing; 0 fails at once.
     #[arg(long, value_name = "SECS", value_parser = crate::values::parse_secs, default_value = "30")]
-    retry_for: Duration,
+    pub retry_for: Duration,
 }
 
 #[derive(Args, Debug)]
-struct SubmitArgs {
+pub(crate) struct SubmitArgs {
     #[command(flatten)]
-    client: ClientArgs,
+    pub client: ClientArgs,
     /// Gateways, tried in order.
-    #[arg(long, value_delimiter = ',', required = true)]
-    gateway: Vec<SocketAddr>,
+    #[arg(long, value_delimiter = ',', required_unless_present = "distributor")]
+    pub gateway: Vec<SocketAddr>,
+    /// A distributor to submit to instead of the gateways (jobs only).
+    #[arg(long, conflicts_with = "gateway")]
+    pub distributor: Option<SocketAddr>,
+    /// Keep the tasks as a job at the distributor and print its id as soon
+    /// as it is durable, instead of waiting for them.
+    #[arg(long)]
+    pub detach: bool,
+    /// A job of one task per index A-B (inclusive); each gets the input
+    /// and its index (`ALLOT_TASK_INDEX`).
+    #[arg(long, value_name = "A-B", value_parser = crate::jobs::parse_range, conflicts_with = "each_line")]
+    pub array: Option<(u64, u64)>,
+    /// A job of one task per line of FILE, the line as its input.
+    #[arg(long, value_name = "FILE", conflicts_with = "input")]
+    pub each_line: Option<PathBuf>,
+    /// With a job run attached: write each task's output to DIR/INDEX
+    /// instead of printing them.
+    #[arg(long, value_name = "DIR", conflicts_with = "detach")]
+    pub output_dir: Option<PathBuf>,
+    /// Higher runs first when capacity is short.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
     /// Application.
     #[arg(long)]
-    app: String,
+    pub app: String,
     /// Hard constraints.
     #[arg(long, default_value = "")]
-    require: String,
+    pub require: String,
     /// Score to maximise.
     #[arg(long, default_value = "")]
-    prefer: String,
+    pub prefer: String,
     /// User.
     #[arg(long, default_value = "")]
-    user: String,
+    pub user: String,
     /// A client attribute, key=value (repeatable).
     #[arg(long = "client-attr", value_parser = parse_attr)]
-    client_attrs: Vec<Attr>,
+    pub client_attrs: Vec<Attr>,
     /// Cores needed.
     #[arg(long, default_value_t = 0)]
-    cores: u32,
+    pub cores: u32,
     /// Memory needed (e.g. 512MiB).
     #[arg(long, value_parser = parse_size, default_value = "0")]
-    mem: u64,
+    pub mem: u64,
     /// Input file, or - for stdin.
     #[arg(long)]
-    input: Option<PathBuf>,
+    pub input: Option<PathBuf>,
     /// Deadline in milliseconds.
     #[arg(long, default_value_t = 0)]
-    deadline_ms: u64,
+    pub deadline_ms: u64,
     /// Print one JSON object.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -503,6 +541,7 @@ fn run(cli: Cli) -> Result<()> {
             cfg.report_every = a.report_every.max(1);
             cfg.report_threshold = a.report_threshold.max(0.0);
             cfg.users_file = a.users;
+            cfg.retention = a.retention;
             cfg.heartbeat = Duration::from_millis(a.heartbeat_ms.max(10));
             cfg.missed_heartbeats = a.missed_heartbeats.max(1);
             cfg.max_attempts = a.max_attempts.max(1);
@@ -536,7 +575,31 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Submit(a) => {
             init_logging("warn");
-            submit(a)
+            if a.detach || a.array.is_some() || a.each_line.is_some() || a.distributor.is_some() {
+                crate::jobs::submit_job(a)
+            } else {
+                submit(a)
+            }
+        }
+        Command::Jobs(a) => {
+            init_logging("warn");
+            crate::jobs::jobs(a)
+        }
+        Command::Tasks(a) => {
+            init_logging("warn");
+            crate::jobs::tasks(a)
+        }
+        Command::Wait(a) => {
+            init_logging("warn");
+            crate::jobs::wait(a)
+        }
+        Command::Output(a) => {
+            init_logging("warn");
+            crate::jobs::output(a)
+        }
+        Command::Cancel(a) => {
+            init_logging("warn");
+            crate::jobs::cancel(a)
         }
         Command::Status(a) => {
             init_logging("warn");
@@ -567,8 +630,9 @@ fn client_config(c: ClientArgs, gateways: Vec<SocketAddr>, attrs: Vec<Attr>) -> 
         .with_retry_for(c.retry_for)
 }
 
-fn submit(a: SubmitArgs) -> Result<()> {
-    let payload = match &a.input {
+/// The input of `--input` (a file, or `-` for stdin; none: empty).
+pub(crate) fn read_input(input: &Option<PathBuf>) -> Result<Vec<u8>> {
+    Ok(match input {
         None => Vec::new(),
         Some(p) if p.as_os_str() == "-" => {
             let mut v = Vec::new();
@@ -580,12 +644,17 @@ fn submit(a: SubmitArgs) -> Result<()> {
         Some(p) => {
             std::fs::read(p).with_context(|| format!("reading the input file {}", p.display()))?
         }
-    };
+    })
+}
+
+fn submit(a: SubmitArgs) -> Result<()> {
+    let payload = read_input(&a.input)?;
     let cfg = client_config(a.client, a.gateway, a.client_attrs);
     let mut task = Task::new(a.app, payload)
         .require(a.require)
         .prefer(a.prefer)
         .user(a.user)
+        .priority(a.priority)
         .demands(Demands {
             cores: a.cores,
             mem: a.mem,

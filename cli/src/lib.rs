@@ -10,5 +10,6 @@ pub mod interrupt;
 
 mod bench;
 mod demo;
+mod jobs;
 mod runtime;
 mod values;

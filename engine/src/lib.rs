@@ -76,7 +76,10 @@ mod scan;
 pub mod schema;
 mod table;
 
-pub use db::{Store, StoreError, TaskClass, TaskClassDb, UserDb, STORE_FILE, STORE_VERSION};
+pub use db::{
+    precheck as precheck_redb_file, Store, StoreError, TaskClass, TaskClassDb, UserDb, STORE_FILE,
+    STORE_VERSION,
+};
 pub use error::EngineError;
 pub use explain::{ClauseStat, Explain, NearMiss};
 pub use expr::{ExprError, Which, DEFAULT_PREFER};

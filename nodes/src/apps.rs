@@ -163,7 +163,32 @@ pub async fn run(
     deadline: Option<Duration>,
     info: TaskInfo,
 ) -> AppOutcome {
-    let fut = CURRENT.scope(info, run_inner(app, input, info));
+    run_until(app, input, deadline, info, None).await
+}
+
+/// How long a cancelled command has between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// A request to stop a running command gracefully: when it fires, the
+/// command's process group gets SIGTERM, and SIGKILL `grace` later if it
+/// has not exited.
+pub struct Stop {
+    /// Fires the stop.
+    pub signal: tokio::sync::oneshot::Receiver<()>,
+    /// Between SIGTERM and SIGKILL.
+    pub grace: Duration,
+}
+
+/// As [`run`]; a command app is stopped gracefully when `stop` fires (see
+/// [`Stop`]). Other apps ignore it (drop their future to stop them).
+pub async fn run_until(
+    app: &App,
+    input: Bytes,
+    deadline: Option<Duration>,
+    info: TaskInfo,
+    stop: Option<Stop>,
+) -> AppOutcome {
+    let fut = CURRENT.scope(info.clone(), run_inner(app, input, info, stop));
     match deadline {
         Some(d) => tokio::time::timeout(d, fut)
             .await
@@ -173,9 +198,10 @@ pub async fn run(
 }
 
 /// What a running task may want to know about itself: command apps get it
-/// as environment variables (`ALLOT_ATTEMPT`, `ALLOT_TASK_KEY`), handlers
-/// from [`current_task`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// as environment variables (`ALLOT_ATTEMPT`, `ALLOT_TASK_KEY`, and for a
+/// job's task `ALLOT_JOB_ID`, `ALLOT_TASK_INDEX` and `ALLOT_TASK_ID`, which
+/// is `JOB/INDEX`), handlers from [`current_task`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TaskInfo {
     /// 1 for the first run; more when the task runs again because the
@@ -185,12 +211,28 @@ pub struct TaskInfo {
     /// The client's idempotency key for the task: the same across
     /// resubmissions and attempts.
     pub key: u64,
+    /// The job the task belongs to (`None` for a task submitted alone).
+    pub job: Option<Arc<str>>,
+    /// Its index in the job (0 outside a job).
+    pub index: u64,
 }
 
 impl TaskInfo {
     /// Info for attempt `attempt` of the task with idempotency key `key`.
     pub fn new(attempt: u32, key: u64) -> TaskInfo {
-        TaskInfo { attempt, key }
+        TaskInfo {
+            attempt,
+            key,
+            job: None,
+            index: 0,
+        }
+    }
+
+    /// The same, for task `index` of job `job`.
+    pub fn in_job(mut self, job: Arc<str>, index: u64) -> TaskInfo {
+        self.job = Some(job);
+        self.index = index;
+        self
     }
 }
 
@@ -201,10 +243,10 @@ tokio::task_local! {
 /// The task a handler runs for, when called from inside one (`None`
 /// elsewhere).
 pub fn current_task() -> Option<TaskInfo> {
-    CURRENT.try_with(|i| *i).ok()
+    CURRENT.try_with(|i| i.clone()).ok()
 }
 
-async fn run_inner(app: &App, input: Bytes, info: TaskInfo) -> AppOutcome {
+async fn run_inner(app: &App, input: Bytes, info: TaskInfo, stop: Option<Stop>) -> AppOutcome {
     if let Some(o) = run_instant(app, &input) {
         return o;
     }
@@ -226,7 +268,7 @@ async fn run_inner(app: &App, input: Bytes, info: TaskInfo) -> AppOutcome {
                 },
             }
         }
-        App::Command(cmd) => run_command(cmd, input, info).await,
+        App::Command(cmd) => run_command(cmd, input, info, stop).await,
         App::Handler(h) => match h(input).await {
             Ok(out) => AppOutcome::Ok(out),
             Err(message) => AppOutcome::Failed {
@@ -249,12 +291,22 @@ fn unreachable_instant() -> AppOutcome {
 
 /// Runs a command; the child is killed if this future is dropped (deadline
 /// or cancel), so nothing outlives its task.
-async fn run_command(cmd: &str, input: Bytes, info: TaskInfo) -> AppOutcome {
-    let mut child = match tokio::process::Command::new("sh")
+async fn run_command(cmd: &str, input: Bytes, info: TaskInfo, stop: Option<Stop>) -> AppOutcome {
+    let mut command = tokio::process::Command::new("sh");
+    command
         .arg("-c")
         .arg(cmd)
         .env("ALLOT_ATTEMPT", info.attempt.to_string())
-        .env("ALLOT_TASK_KEY", info.key.to_string())
+        .env("ALLOT_TASK_KEY", info.key.to_string());
+    if let Some(job) = &info.job {
+        command
+            .env("ALLOT_JOB_ID", &**job)
+            .env("ALLOT_TASK_INDEX", info.index.to_string())
+            .env("ALLOT_TASK_ID", format!("{job}/{}", info.index));
+    }
+    // Its own process group, so that a stop reaches what the shell started.
+    let mut child = match command
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -293,8 +345,46 @@ async fn run_command(cmd: &str, input: Bytes, info: TaskInfo) -> AppOutcome {
         }
         buf
     };
-    let ((), out, err) = tokio::join!(write, read_out, read_err);
-    let status = match child.wait().await {
+    let pid = child.id();
+    let body = async {
+        let ((), out, err) = tokio::join!(write, read_out, read_err);
+        (out, err, child.wait().await)
+    };
+    tokio::pin!(body);
+    let (signal, grace) = match stop {
+        Some(s) => (Some(s.signal), s.grace),
+        None => (None, STOP_GRACE),
+    };
+    let stopped = async {
+        // A sender dropped without firing is no stop.
+        let fired = match signal {
+            Some(rx) => rx.await.is_ok(),
+            None => false,
+        };
+        if !fired {
+            std::future::pending::<()>().await;
+        }
+    };
+    let (out, err, status) = tokio::select! {
+        r = &mut body => r,
+        () = stopped => {
+            signal_group(pid, libc::SIGTERM);
+            match tokio::time::timeout(grace, &mut body).await {
+                Ok(r) => r,
+                Err(_) => {
+                    signal_group(pid, libc::SIGKILL);
+                    return AppOutcome::Failed {
+                        exit_code: -9,
+                        output: Bytes::new(),
+                        message: format!(
+                            "`{cmd}` did not exit within {grace:?} of SIGTERM: killed"
+                        ),
+                    };
+                }
+            }
+        }
+    };
+    let status = match status {
         Ok(s) => s,
         Err(e) => {
             return AppOutcome::Failed {
@@ -328,11 +418,92 @@ async fn run_command(cmd: &str, input: Bytes, info: TaskInfo) -> AppOutcome {
     }
 }
 
+/// Sends `sig` to the process group led by `pid` (the command's shell).
+fn signal_group(pid: Option<u32>, sig: libc::c_int) {
+    let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) else {
+        return;
+    };
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours; a
+    // group that has exited already makes it fail with ESRCH, which is
+    // harmless here.
+    unsafe {
+        libc::kill(-pid, sig);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const INFO: TaskInfo = TaskInfo { attempt: 1, key: 7 };
+    /// A stopped command gets SIGTERM (its trap runs and its output is
+    /// kept); one that ignores SIGTERM is killed after the grace period.
+    #[test]
+    fn a_stopped_command_gets_sigterm_then_sigkill() {
+        let rt = rt();
+        let polite = App::Command("trap 'echo term; exit 3' TERM; sleep 30 & wait".into());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let t0 = std::time::Instant::now();
+        let out = rt.block_on(async {
+            let run = run_until(
+                &polite,
+                Bytes::new(),
+                None,
+                info(),
+                Some(Stop {
+                    signal: rx,
+                    grace: Duration::from_secs(10),
+                }),
+            );
+            let stop = async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = tx.send(());
+                std::future::pending::<()>().await
+            };
+            tokio::select! { o = run => o, () = stop => unreachable!() }
+        });
+        match out {
+            AppOutcome::Failed {
+                exit_code, output, ..
+            } => {
+                assert_eq!(exit_code, 3);
+                assert_eq!(&output[..], b"term\n");
+            }
+            o => panic!("expected the trap's exit, got {o:?}"),
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "it exited on SIGTERM"
+        );
+        let stubborn = App::Command("trap '' TERM; sleep 30".into());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let out = rt.block_on(async {
+            let run = run_until(
+                &stubborn,
+                Bytes::new(),
+                None,
+                info(),
+                Some(Stop {
+                    signal: rx,
+                    grace: Duration::from_millis(300),
+                }),
+            );
+            // Once the shell has set its trap.
+            let stop = async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let _ = tx.send(());
+                std::future::pending::<()>().await
+            };
+            tokio::select! { o = run => o, () = stop => unreachable!() }
+        });
+        match out {
+            AppOutcome::Failed { message, .. } => assert!(message.contains("killed"), "{message}"),
+            o => panic!("expected a kill, got {o:?}"),
+        }
+    }
+
+    fn info() -> TaskInfo {
+        TaskInfo::new(1, 7)
+    }
 
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
@@ -355,11 +526,11 @@ mod tests {
         );
         let rt = rt();
         assert_eq!(
-            rt.block_on(run(&App::Sleep, Bytes::from_static(b"5"), None, INFO)),
+            rt.block_on(run(&App::Sleep, Bytes::from_static(b"5"), None, info())),
             AppOutcome::Ok(Bytes::from_static(b"slept 5 ms"))
         );
         assert!(matches!(
-            rt.block_on(run(&App::Sleep, Bytes::from_static(b"soon"), None, INFO)),
+            rt.block_on(run(&App::Sleep, Bytes::from_static(b"soon"), None, info())),
             AppOutcome::Failed { exit_code: 2, .. }
         ));
         assert_eq!(
@@ -367,7 +538,7 @@ mod tests {
                 &App::Sleep,
                 Bytes::from_static(b"5000"),
                 Some(Duration::from_millis(20)),
-                INFO
+                info()
             )),
             AppOutcome::Timeout
         );
@@ -378,11 +549,11 @@ mod tests {
         let rt = rt();
         let up = App::Command("tr a-z A-Z".into());
         assert_eq!(
-            rt.block_on(run(&up, Bytes::from_static(b"shout"), None, INFO)),
+            rt.block_on(run(&up, Bytes::from_static(b"shout"), None, info())),
             AppOutcome::Ok(Bytes::from_static(b"SHOUT"))
         );
         let fail = App::Command("echo partial; echo broken >&2; exit 3".into());
-        match rt.block_on(run(&fail, Bytes::new(), None, INFO)) {
+        match rt.block_on(run(&fail, Bytes::new(), None, info())) {
             AppOutcome::Failed {
                 exit_code,
                 output,
@@ -400,7 +571,7 @@ mod tests {
                 &slow,
                 Bytes::new(),
                 Some(Duration::from_millis(50)),
-                INFO
+                info()
             )),
             AppOutcome::Timeout
         );
@@ -412,8 +583,14 @@ mod tests {
         let env = App::Command("echo $ALLOT_ATTEMPT $ALLOT_TASK_KEY".into());
         let info = TaskInfo::new(3, 42);
         assert_eq!(
-            rt.block_on(run(&env, Bytes::new(), None, info)),
+            rt.block_on(run(&env, Bytes::new(), None, info.clone())),
             AppOutcome::Ok(Bytes::from_static(b"3 42\n"))
+        );
+        let job = App::Command("echo $ALLOT_JOB_ID $ALLOT_TASK_INDEX $ALLOT_TASK_ID".into());
+        let in_job = info.clone().in_job(Arc::from("main/d1/7"), 5);
+        assert_eq!(
+            rt.block_on(run(&job, Bytes::new(), None, in_job)),
+            AppOutcome::Ok(Bytes::from_static(b"main/d1/7 5 main/d1/7/5\n"))
         );
         let h = App::Handler(handler(|_| async move {
             let i = current_task().ok_or("no task info")?;

@@ -16,6 +16,9 @@ pub enum NodeError {
     /// The user and task-class store could not be opened or read.
     #[error("store: {0}")]
     Store(#[from] allot_engine::StoreError),
+    /// The job journal could not be opened or read.
+    #[error(transparent)]
+    Journal(#[from] crate::distributor::journal::JournalError),
     /// The configuration is inconsistent; the message names the setting.
     #[error("{role} configuration: {message}")]
     Config {

@@ -288,7 +288,10 @@ pub fn all_frames() -> Vec<(MessageKind, BytesMut)> {
             user: "alice".into(),
             priority: 2,
             deadline_ms: 0,
-            tasks: JobTasks::Array(IndexRange { first: 1, last: 1000 }),
+            tasks: JobTasks::Array(IndexRange {
+                first: 1,
+                last: 1000
+            }),
         },
         b"scene.blend"
     );

@@ -453,7 +453,10 @@ impl TaskClassDb {
 /// returning an error) before redb reads the file: the magic number, the page
 /// size, and that the file is as long as its header says. An empty or missing
 /// file is fine (redb initialises it).
-fn precheck(path: &Path) -> Result<(), String> {
+/// Checks a redb file's header before redb opens it (redb asserts on some
+/// inconsistent headers rather than returning an error): `Err` says what
+/// is wrong. A missing or empty file passes (redb creates it).
+pub fn precheck(path: &Path) -> Result<(), String> {
     use std::io::Read;
     const MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
     const PAGE: u64 = 4096;

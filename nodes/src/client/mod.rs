@@ -30,6 +30,7 @@
 
 mod error;
 mod handle;
+mod jobs;
 mod local;
 
 use std::net::SocketAddr;
@@ -42,6 +43,7 @@ use bytes::Bytes;
 
 pub use error::{AttemptError, Attempts, ClientError, Retried, Searched};
 pub use handle::{Client, Submission, CANCEL_QUEUE, COMMAND_QUEUE};
+pub use jobs::{Job, JobClient, JobError, JobSpec, JobsConfig, REQUEST_TIMEOUT, WAIT_POLL};
 pub use local::{LocalClient, Results};
 
 /// Tasks one client may have in flight; `submit` beyond it fails at once

@@ -44,6 +44,7 @@ use allot_wire::{
 };
 use bytes::Bytes;
 
+use super::jobs::{self, Ending, Jobs, JournalBatch, Start};
 use super::report::{self, Beat, Reporter};
 use super::shape::{Shape, ShapeCache};
 use super::{DistributorConfig, Stats};
@@ -171,11 +172,33 @@ struct WorkerLink {
     link: LinkId,
 }
 
+/// Who awaits a task's result.
+enum Owner {
+    /// A client link (held, so the resubmission index sees the link as
+    /// alive while its tasks run), under the client's id for the task.
+    Link { out: Rc<Outgoing>, task: u64 },
+    /// A job this distributor holds: the task at `offset` (index `index`).
+    Job {
+        num: u64,
+        offset: u64,
+        index: u64,
+        id: Rc<str>,
+    },
+}
+
+impl Owner {
+    /// Whether it is task `task` of client link `link`.
+    fn is_link_task(&self, link: LinkId, task: u64) -> bool {
+        matches!(self, Owner::Link { out, task: t } if out.id() == link && *t == task)
+    }
+
+    fn is_link(&self, link: LinkId) -> bool {
+        matches!(self, Owner::Link { out, .. } if out.id() == link)
+    }
+}
+
 struct Pending {
-    /// The client link that awaits the result (held, so the resubmission
-    /// index sees the link as alive while its tasks run).
-    client: Rc<Outgoing>,
-    client_task: u64,
+    owner: Owner,
     reservation: Option<Reservation>,
     worker: ServerId,
     attempts: u32,
@@ -259,6 +282,10 @@ struct State {
     /// Whether tasks waited after the last event (its turning is an event).
     was_waiting: bool,
     incarnation: u64,
+    jobs: Jobs,
+    /// Job submits answered once the job's creation is written: job
+    /// number, link, the submit's request id.
+    acks: Vec<(u64, Rc<Outgoing>, u64)>,
 }
 
 /// The distributor as a state machine. See the module docs.
@@ -277,6 +304,17 @@ fn release(table: &ServerTable, r: &mut Option<Reservation>) {
 /// Writes placement `task` of `p` into the reused `Assign` (its strings
 /// keep their buffers).
 fn fill_assign(assign: &mut allot_wire::Assign, task: u64, p: &Pending) {
+    match &p.owner {
+        Owner::Job { id, index, .. } => {
+            assign.job.clear();
+            assign.job.push_str(id);
+            assign.index = *index;
+        }
+        Owner::Link { .. } => {
+            assign.job.clear();
+            assign.index = 0;
+        }
+    }
     assign.task_id = task;
     assign.reservation = task;
     assign.app.clear();
@@ -312,6 +350,7 @@ impl Core {
         let name = cfg.name.clone();
         let max_pending = cfg.max_pending;
         let reporter = Reporter::new(cfg.report_period, cfg.report_every, now);
+        let jobs = Jobs::new(&cfg.set_name, &cfg.name, cfg.retention, now);
         let users = users
             .into_iter()
             .map(|u| (u.name.clone(), Rc::new(u)))
@@ -372,6 +411,8 @@ impl Core {
                 member_event: false,
                 was_waiting: false,
                 incarnation: 0,
+                jobs,
+                acks: Vec::new(),
             },
         })
     }
@@ -500,6 +541,7 @@ impl Core {
             Side::Gateway => self.st.gateways.retain(|g| g.id() != link),
             _ => {}
         }
+        self.st.feed_jobs();
         self.st.report_events();
     }
 
@@ -535,6 +577,7 @@ impl Core {
         if let Err(e) = result {
             close(&mut self.st.transmit, out, e.code(), e.to_string());
         }
+        self.st.feed_jobs();
         self.st.report_events();
     }
 
@@ -575,6 +618,7 @@ impl Core {
                 self.st.end_query(q);
             }
         }
+        self.st.feed_jobs();
         self.st.report_events();
     }
 
@@ -600,6 +644,82 @@ impl Core {
     /// What `allot status` shows, as of `now`.
     pub fn status(&self, now: Instant) -> StatusReply {
         self.st.status(now)
+    }
+
+    /// The wall clock reads `unix_ms` at `now` (for the times jobs show).
+    pub fn set_wall_clock(&mut self, now: Instant, unix_ms: u64) {
+        self.st.jobs.set_wall_clock(now, unix_ms);
+    }
+
+    /// Takes back the jobs the journal kept (before serving): finished
+    /// tasks keep their results, tasks that were running run again with
+    /// their attempt number raised, queued ones stay queued.
+    pub fn restore_jobs(&mut self, now: Instant, replay: jobs::record::Replay) {
+        self.st.now = now;
+        let st = &mut self.st;
+        let (table, users) = (&st.table, &st.users);
+        st.jobs.restore(
+            now,
+            replay,
+            |rec| {
+                let user = users
+                    .get(&rec.user)
+                    .cloned()
+                    .unwrap_or_else(|| Rc::new(UserRecord::new(&rec.user)));
+                let attrs: Vec<(String, LabelValue)> = rec
+                    .client_attrs
+                    .iter()
+                    .map(|(k, v)| {
+                        let v = match v {
+                            jobs::record::AttrValueRecord::Str(s) => LabelValue::Str(s.clone()),
+                            jobs::record::AttrValueRecord::Num(n) => LabelValue::Num(*n),
+                        };
+                        (k.clone(), v)
+                    })
+                    .collect();
+                job_shape(rec)
+                    .compile(table, &user, &attrs)
+                    .map(|q| (Rc::new(q), Rc::from(rec.app.as_str())))
+                    .map_err(|e| format!("bad expression: {e}"))
+            },
+            |name| users.get(name).map_or(0, |u| u.priority),
+        );
+        tracing::info!(jobs = st.jobs.len(), "jobs taken back from the journal");
+        st.feed_jobs();
+    }
+
+    /// The next batch of job changes for the shell to write in one durable
+    /// transaction, if there is one and none is being written.
+    pub fn poll_journal(&mut self) -> Option<JournalBatch> {
+        self.st.jobs.poll_journal()
+    }
+
+    /// The shell wrote batch `seq` (or could not, and says why): the jobs
+    /// it created are acknowledged to their clients and start.
+    pub fn journal_committed(&mut self, now: Instant, seq: u64, result: Result<(), String>) {
+        self.st.now = now;
+        let error = result.as_ref().err().cloned();
+        let created = self.st.jobs.committed(seq, result);
+        self.st.send_acks(&created, error);
+        self.st.feed_jobs();
+        self.st.report_events();
+    }
+
+    /// Jobs held, and their tasks by state over all of them.
+    pub fn job_totals(&self) -> (usize, allot_wire::JobCounts) {
+        (self.st.jobs.len(), self.st.jobs.totals())
+    }
+}
+
+/// The query shape of a job's tasks.
+fn job_shape(rec: &jobs::record::JobRecord) -> Shape {
+    Shape {
+        app: rec.app.clone(),
+        require: rec.require.clone(),
+        prefer: rec.prefer.clone(),
+        user: rec.user.clone(),
+        demands: (rec.cores, rec.mem, rec.slots),
+        priority: rec.priority,
     }
 }
 
@@ -955,6 +1075,9 @@ impl State {
             fill_assign(&mut self.assign, task, &p);
             match push(&mut self.transmit, &link.out, &self.assign, &p.payload) {
                 Ok(()) => {
+                    if let Owner::Job { num, offset, .. } = p.owner {
+                        self.jobs.placed(num, offset, task, Some(&link.name));
+                    }
                     p.reservation = Some(reservation);
                     self.pending.insert(task, p);
                     return;
@@ -1054,6 +1177,9 @@ impl State {
         fill_assign(&mut self.assign, task, &p);
         match push(&mut self.transmit, &link.out, &self.assign, &p.payload) {
             Ok(()) => {
+                if let Owner::Job { num, offset, .. } = p.owner {
+                    self.jobs.placed(num, offset, task, Some(&link.name));
+                }
                 self.pending.insert(task, p);
             }
             Err(e) => {
@@ -1084,6 +1210,9 @@ impl State {
         let in_grace = self.in_grace();
         if (no_match.explain.waitable > 0 || empty || in_grace) && waited < self.cfg.queue_timeout {
             p.queued_at.get_or_insert(self.now);
+            if let Owner::Job { num, offset, .. } = p.owner {
+                self.jobs.placed(num, offset, task, None);
+            }
             self.waiting.push_back((task, p));
             return;
         }
@@ -1113,9 +1242,25 @@ impl State {
     }
 
     fn finish_error(&mut self, p: Pending, status: TaskStatus, message: String) {
+        let (out, client_task) = match p.owner {
+            Owner::Link { out, task } => (out, task),
+            Owner::Job { num, offset, .. } => {
+                self.stats.completed += 1;
+                let e = Ending {
+                    status,
+                    attempts: p.attempts,
+                    exit_code: 0,
+                    worker: "",
+                    message: &message,
+                    output: &Bytes::new(),
+                };
+                self.jobs.ended(self.now, num, offset, e);
+                return;
+            }
+        };
         self.by_key.remove(p.key);
         let result = TaskResult {
-            task_id: p.client_task,
+            task_id: client_task,
             status,
             refusal: allot_wire::Refusal::None,
             worker: String::new(),
@@ -1129,7 +1274,7 @@ impl State {
                 ran_us: 0,
             },
         };
-        self.deliver(&p.client, p.client_task, &result, &Bytes::new());
+        self.deliver(&out, client_task, &result, &Bytes::new());
     }
 
     /// Sends a result to its client. A client link that is not reading is
@@ -1161,7 +1306,7 @@ impl State {
         self.stats.clients_disconnected += 1;
         close(&mut self.transmit, client, ErrorCode::Overloaded, why);
         let id = client.id();
-        let running = self.pending.ids_where(|p| p.client.id() == id);
+        let running = self.pending.ids_where(|p| p.owner.is_link(id));
         for task in running {
             if let Some(mut p) = self.pending.remove(task) {
                 self.cancel_on_worker(task, &mut p);
@@ -1171,7 +1316,7 @@ impl State {
         let located: Vec<u64> = self
             .locating
             .iter()
-            .filter(|(_, p)| p.client.id() == id)
+            .filter(|(_, p)| p.owner.is_link(id))
             .map(|(t, _)| *t)
             .collect();
         for task in located {
@@ -1183,7 +1328,7 @@ impl State {
             }
         }
         let before = self.waiting.len();
-        self.waiting.retain(|(_, p)| p.client.id() != id);
+        self.waiting.retain(|(_, p)| !p.owner.is_link(id));
         let dropped = before - self.waiting.len();
         if dropped > 0 {
             tracing::warn!(
@@ -1237,7 +1382,6 @@ impl State {
             self.place(task, p, why);
             return;
         }
-        self.by_key.remove(p.key);
         let status = crate::labels::status_from_archived(&r.status);
         if self.completions.len() < MAX_COMPLETIONS_BUFFERED {
             self.completions.push(Completion {
@@ -1246,6 +1390,28 @@ impl State {
                 ok: status == TaskStatus::Ok,
             });
         }
+        let (client, client_task) = match p.owner {
+            Owner::Link { out, task } => (out, task),
+            Owner::Job { num, offset, .. } => {
+                self.stats.completed += 1;
+                let worker = match self.workers.get(&p.worker) {
+                    Some(l) => l.name.as_str(),
+                    None => r.worker.as_str(),
+                };
+                let e = Ending {
+                    status,
+                    attempts: p.attempts,
+                    exit_code: r.exit_code.to_native(),
+                    worker,
+                    message: r.message.as_str(),
+                    output: &output,
+                };
+                self.jobs.ended(self.now, num, offset, e);
+                self.drain_queue(DRAIN_PER_EVENT);
+                return;
+            }
+        };
+        self.by_key.remove(p.key);
         let mut result = std::mem::replace(
             &mut self.result,
             TaskResult {
@@ -1260,7 +1426,7 @@ impl State {
                 timings: Timings::default(),
             },
         );
-        result.task_id = p.client_task;
+        result.task_id = client_task;
         result.status = status;
         result.worker.clear();
         match self.workers.get(&p.worker) {
@@ -1276,7 +1442,7 @@ impl State {
             matched_us: p.match_us,
             ran_us: r.timings.ran_us.to_native(),
         };
-        self.deliver(&p.client, p.client_task, &result, &output);
+        self.deliver(&client, client_task, &result, &output);
         self.result = result;
         self.drain_queue(DRAIN_PER_EVENT);
     }
@@ -1379,6 +1545,14 @@ impl State {
                 let v = frame.validate::<Cancel>()?;
                 self.cancel(out, v.get().task_id.to_native());
             }
+            MessageKind::JobSubmit => {
+                let v = frame.validate::<allot_wire::JobSubmit>()?;
+                self.job_submit(out, c, &v)?;
+            }
+            MessageKind::JobQuery => {
+                let v = frame.validate::<allot_wire::JobQuery>()?;
+                self.job_query(out, v.get())?;
+            }
             other => {
                 return Err(LinkError::Forbidden(format!(
                     "a client may not send {other:?}"
@@ -1426,9 +1600,11 @@ impl State {
                         .map(|(_, p)| p),
                 },
             };
-            if let Some(p) = held {
-                p.client = out.clone();
-                p.client_task = client_task;
+            if let Some(p) = held.filter(|p| matches!(p.owner, Owner::Link { .. })) {
+                p.owner = Owner::Link {
+                    out: out.clone(),
+                    task: client_task,
+                };
                 return Ok(());
             }
         }
@@ -1455,8 +1631,10 @@ impl State {
         self.next_task += 1;
         let deadline_ms = s.deadline_ms.to_native();
         let p = Pending {
-            client: out.clone(),
-            client_task,
+            owner: Owner::Link {
+                out: out.clone(),
+                task: client_task,
+            },
             reservation: None,
             worker: ServerId(u32::MAX),
             attempts: 0,
@@ -1530,7 +1708,7 @@ impl State {
         if let Some(task) = self
             .locating
             .iter()
-            .find(|(_, p)| p.client_task == client_task && p.client.id() == id)
+            .find(|(_, p)| p.owner.is_link_task(id, client_task))
             .map(|(t, _)| *t)
         {
             if let Some(p) = self.locating.remove(&task) {
@@ -1545,7 +1723,7 @@ impl State {
         if let Some(i) = self
             .waiting
             .iter()
-            .position(|(_, p)| p.client_task == client_task && p.client.id() == id)
+            .position(|(_, p)| p.owner.is_link_task(id, client_task))
         {
             if let Some((_, p)) = self.waiting.remove(i) {
                 self.finish_error(p, TaskStatus::Cancelled, "cancelled by the client".into());
@@ -1555,7 +1733,7 @@ impl State {
         let found = self
             .pending
             .iter()
-            .find(|(_, p)| p.client_task == client_task && p.client.id() == id)
+            .find(|(_, p)| p.owner.is_link_task(id, client_task))
             .map(|(k, _)| k);
         if let Some(task) = found {
             if let Some(mut p) = self.pending.remove(task) {
@@ -1686,6 +1864,7 @@ impl State {
         // Waiting tasks: retry all (deltas and registrations may have added
         // capacity), then fail those past their deadline.
         self.drain_queue(usize::MAX);
+        self.jobs.expire(now);
         self.by_key.expire(now);
         self.expire_deadlines(now);
     }
@@ -1731,5 +1910,232 @@ impl State {
             .filter_map(|p| p.deadline)
             .min()
             .map(|d| d.max(now + DEADLINE_RESOLUTION));
+    }
+}
+
+// ---------------------------------------------------------------- jobs
+
+impl State {
+    /// Starts job tasks while the window has room and a job has one.
+    fn feed_jobs(&mut self) {
+        while let Some(start) = self.jobs.start_next(self.now) {
+            self.start_job_task(start);
+        }
+    }
+
+    fn start_job_task(&mut self, start: Start) {
+        let Start {
+            num,
+            offset,
+            index,
+            id,
+            attempts,
+            locate,
+            query,
+            app,
+            payload,
+            demands,
+            deadline_ms,
+            key,
+            priority: _,
+        } = start;
+        let query = match query {
+            Ok(q) => q,
+            Err(e) => {
+                let end = Ending {
+                    status: TaskStatus::Error,
+                    attempts,
+                    exit_code: 0,
+                    worker: "",
+                    message: &e,
+                    output: &Bytes::new(),
+                };
+                self.jobs.ended(self.now, num, offset, end);
+                return;
+            }
+        };
+        let task = self.next_task;
+        self.next_task += 1;
+        self.jobs.placed(num, offset, task, None);
+        let p = Pending {
+            owner: Owner::Job {
+                num,
+                offset,
+                index,
+                id,
+            },
+            reservation: None,
+            worker: ServerId(u32::MAX),
+            attempts,
+            tried: Vec::new(),
+            query,
+            app,
+            demands,
+            deadline: (deadline_ms > 0).then(|| self.now + Duration::from_millis(deadline_ms)),
+            deadline_ms,
+            payload,
+            received: self.now,
+            match_us: 0,
+            key,
+            queued_at: None,
+        };
+        if let Some(d) = p.deadline {
+            let d = d.max(self.last_deadline_check + DEADLINE_RESOLUTION);
+            self.next_deadline = Some(self.next_deadline.map_or(d, |n| n.min(d)));
+        }
+        if locate {
+            // It was running when this distributor stopped: a worker may
+            // run it still or hold its result. Ask them first.
+            let k = TaskKey {
+                user: key.0,
+                key: key.1,
+            };
+            self.locating_keys.insert(k, task);
+            self.locating.insert(task, p);
+            self.ask.push((k, task));
+            return;
+        }
+        self.place(task, p, String::new());
+    }
+
+    /// Answers the submits of the jobs in `created` (their creation is
+    /// written, or with `error` could not be).
+    fn send_acks(&mut self, created: &[u64], error: Option<String>) {
+        if created.is_empty() {
+            return;
+        }
+        let acks = std::mem::take(&mut self.acks);
+        for (num, out, request) in acks {
+            if !created.contains(&num) {
+                self.acks.push((num, out, request));
+                continue;
+            }
+            let ack = match (&error, self.jobs.ack_of(num)) {
+                (None, Some((job, tasks))) => allot_wire::JobAck {
+                    request,
+                    job,
+                    tasks,
+                    distributor: self.cfg.name.clone(),
+                    error: String::new(),
+                },
+                (e, _) => allot_wire::JobAck {
+                    request,
+                    job: String::new(),
+                    tasks: 0,
+                    distributor: self.cfg.name.clone(),
+                    error: format!(
+                        "the job could not be made durable: {}",
+                        e.as_deref().unwrap_or("the journal failed")
+                    ),
+                },
+            };
+            if let Err(e) = push(&mut self.transmit, &out, &ack, &Bytes::new()) {
+                tracing::warn!(job = num, "job ack not delivered: {e}");
+            }
+        }
+    }
+
+    fn job_submit(
+        &mut self,
+        out: &Rc<Outgoing>,
+        c: &ClientSide,
+        v: &allot_wire::Validated<allot_wire::JobSubmit>,
+    ) -> Result<(), LinkError> {
+        let s = v.get();
+        let request = s.request.to_native();
+        let user = if s.user.is_empty() {
+            c.cert_user.clone()
+        } else {
+            s.user.as_str().to_owned()
+        };
+        let user_rec = self.user(&user);
+        let shape = Shape {
+            app: s.app.as_str().to_owned(),
+            require: s.require.as_str().to_owned(),
+            prefer: s.prefer.as_str().to_owned(),
+            user: user.clone(),
+            demands: (
+                s.demands.cores.to_native(),
+                s.demands.mem.to_native(),
+                s.demands.slots.to_native(),
+            ),
+            priority: s.priority.to_native(),
+        };
+        let table = &self.table;
+        let accepted = self.jobs.accept(
+            self.now,
+            s,
+            &v.payload(),
+            &user,
+            user_rec.priority,
+            &c.attrs,
+            || {
+                shape
+                    .compile(table, &user_rec, &c.attrs)
+                    .map(|q| (Rc::new(q), Rc::from(s.app.as_str())))
+                    .map_err(|e| e.to_string())
+            },
+        );
+        match accepted {
+            Ok((num, tasks)) => {
+                tracing::info!(job = num, tasks, user = %user, "job accepted; acknowledged once journaled");
+                self.acks.push((num, out.clone(), request));
+            }
+            Err(error) => {
+                let ack = allot_wire::JobAck {
+                    request,
+                    job: String::new(),
+                    tasks: 0,
+                    distributor: self.cfg.name.clone(),
+                    error,
+                };
+                push(&mut self.transmit, out, &ack, &Bytes::new())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn job_query(
+        &mut self,
+        out: &Rc<Outgoing>,
+        q: &allot_wire::message::ArchivedJobQuery,
+    ) -> Result<(), LinkError> {
+        let table = &self.table;
+        let (mut reply, stop) = self.jobs.query(self.now, q, |query| {
+            format!("waits for a worker: {}", table.explain(query))
+        });
+        if !stop.is_empty() {
+            for task in stop {
+                self.cancel_core_task(task);
+            }
+            self.drain_queue(DRAIN_PER_EVENT);
+            if let Some(j) = reply.jobs.first_mut() {
+                if let Some(now) = self.jobs.summary_of(&j.job) {
+                    *j = now;
+                }
+            }
+        }
+        push(&mut self.transmit, out, &reply, &Bytes::new())?;
+        Ok(())
+    }
+
+    /// Ends the core's task `task` as cancelled, wherever it is: waiting,
+    /// being located, or on a worker (which is told to stop it).
+    fn cancel_core_task(&mut self, task: u64) {
+        const WHY: &str = "cancelled";
+        if let Some(mut p) = self.pending.remove(task) {
+            self.cancel_on_worker(task, &mut p);
+            self.finish_error(p, TaskStatus::Cancelled, WHY.into());
+        } else if let Some(p) = self.locating.remove(&task) {
+            self.locating_keys.remove(&TaskKey {
+                user: p.key.0,
+                key: p.key.1,
+            });
+            self.finish_error(p, TaskStatus::Cancelled, WHY.into());
+        } else if let Some(i) = self.waiting.iter().position(|(t, _)| *t == task) {
+            if let Some((_, p)) = self.waiting.remove(i) {
+                self.finish_error(p, TaskStatus::Cancelled, WHY.into());
+            }
+        }
     }
 }

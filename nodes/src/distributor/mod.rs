@@ -14,6 +14,8 @@ use std::time::Duration;
 use allot_engine::MatchMode;
 
 mod core;
+pub mod jobs;
+pub mod journal;
 mod report;
 mod shape;
 mod shell;
@@ -78,6 +80,8 @@ pub struct DistributorConfig {
     /// its value is reported at once (counts of workers, apps, the state
     /// and whether tasks wait are reported on any change).
     pub report_threshold: f64,
+    /// How long a finished job is kept before it is forgotten.
+    pub retention: Duration,
 }
 
 impl DistributorConfig {
@@ -104,6 +108,7 @@ impl DistributorConfig {
             report_period: Duration::from_millis(1000),
             report_every: 5,
             report_threshold: 0.1,
+            retention: jobs::DEFAULT_RETENTION,
         }
     }
 

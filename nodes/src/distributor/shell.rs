@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use allot_wire::{ErrorCode, ReportMode};
 
 use super::core::{Core, Peer};
+use super::journal::Journal;
 use super::{DistributorConfig, DistributorHandle};
 use crate::conn::{self, ConnError, Outbox, Stream};
 use crate::labels::label_from_archived;
@@ -35,6 +36,10 @@ struct Shell {
     core: RefCell<Core>,
     links: RefCell<FxMap<LinkId, ShellLink>>,
     store: Store,
+    /// Batches of job changes to the journal's writer thread (at most one
+    /// is out at a time: the core hands out the next once this one is
+    /// reported written).
+    journal: std::sync::mpsc::Sender<super::jobs::JournalBatch>,
 }
 
 impl Shell {
@@ -55,6 +60,16 @@ impl Shell {
                 None => core.handle_written(t.link, t.len),
             }
         }
+        if let Some(batch) = core.poll_journal() {
+            let seq = batch.seq;
+            if self.journal.send(batch).is_err() {
+                core.journal_committed(
+                    Instant::now(),
+                    seq,
+                    Err("the journal writer stopped".into()),
+                );
+            }
+        }
     }
 
     fn record_completions(&self) {
@@ -73,9 +88,9 @@ impl Shell {
 /// runtime; returns once it listens.
 pub fn spawn(cfg: DistributorConfig) -> Result<DistributorHandle, NodeError> {
     crate::node_thread::spawn_node(format!("dist-{}", cfg.name), move |stop| async move {
-        let (ep, shell) = setup(cfg)?;
+        let (ep, shell, written) = setup(cfg)?;
         let addr = ep.local_addr()?;
-        Ok((addr, serve(ep, shell, stop)))
+        Ok((addr, serve(ep, shell, written, stop)))
     })
 }
 
@@ -85,13 +100,26 @@ pub async fn run(
     cfg: DistributorConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
-    let (ep, shell) = setup(cfg)?;
+    let (ep, shell, written) = setup(cfg)?;
     tracing::info!(addr = %ep.local_addr()?, "distributor listening");
-    serve(ep, shell, shutdown).await;
+    serve(ep, shell, written, shutdown).await;
     Ok(())
 }
 
-fn setup(cfg: DistributorConfig) -> Result<(quinn::Endpoint, Rc<Shell>), NodeError> {
+/// What the journal's writer thread reports: a batch's number and whether
+/// it was written.
+type Written = (u64, Result<(), String>);
+
+fn setup(
+    cfg: DistributorConfig,
+) -> Result<
+    (
+        quinn::Endpoint,
+        Rc<Shell>,
+        tokio::sync::mpsc::UnboundedReceiver<Written>,
+    ),
+    NodeError,
+> {
     let pki = Pki::load(&cfg.pki, &cfg.name)?;
     let ep = transport::endpoint_with(&pki, cfg.listen, &cfg.link_timeouts)?;
     let store = Store::open(&cfg.data_dir)?;
@@ -107,7 +135,16 @@ fn setup(cfg: DistributorConfig) -> Result<(quinn::Endpoint, Rc<Shell>), NodeErr
     // The user DB is written only here, before serving (redb holds the
     // file exclusively), so the core can hold every record.
     let users = store.users().list()?;
+    let (journal, replay) = Journal::open(&cfg.data_dir)?;
+    tracing::info!(path = %journal.path().display(), jobs = replay.jobs.len(), "job journal open");
+    let (batches, written) = journal_writer(journal)?;
     let mut core = Core::new(cfg, users, Instant::now())?;
+    let unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    core.set_wall_clock(Instant::now(), unix_ms);
+    core.restore_jobs(Instant::now(), replay);
     core.set_match_clock(Instant::now);
     core.set_incarnation(
         std::time::SystemTime::now()
@@ -119,16 +156,59 @@ fn setup(cfg: DistributorConfig) -> Result<(quinn::Endpoint, Rc<Shell>), NodeErr
         core: RefCell::new(core),
         links: RefCell::new(FxMap::default()),
         store,
+        journal: batches,
     });
-    Ok((ep, shell))
+    Ok((ep, shell, written))
+}
+
+/// Starts the thread that writes job batches to the journal, each in one
+/// durable transaction, off the core's thread (a commit waits for the disk).
+fn journal_writer(
+    journal: Journal,
+) -> Result<
+    (
+        std::sync::mpsc::Sender<super::jobs::JournalBatch>,
+        tokio::sync::mpsc::UnboundedReceiver<Written>,
+    ),
+    NodeError,
+> {
+    let (tx, rx) = std::sync::mpsc::channel::<super::jobs::JournalBatch>();
+    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::Builder::new()
+        .name("allot-journal".into())
+        .spawn(move || {
+            while let Ok(batch) = rx.recv() {
+                let r = journal.commit(&batch.ops).map_err(|e| e.to_string());
+                if done_tx.send((batch.seq, r)).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok((tx, done_rx))
+}
+
+/// Tells the core each batch the writer finished.
+async fn journal_loop(
+    shell: Rc<Shell>,
+    mut written: tokio::sync::mpsc::UnboundedReceiver<Written>,
+) {
+    while let Some((seq, r)) = written.recv().await {
+        shell
+            .core
+            .borrow_mut()
+            .journal_committed(Instant::now(), seq, r);
+        shell.flush();
+    }
 }
 
 async fn serve(
     ep: quinn::Endpoint,
     shell: Rc<Shell>,
+    written: tokio::sync::mpsc::UnboundedReceiver<Written>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let timer = tokio::task::spawn_local(timer_loop(shell.clone()));
+    let journal = tokio::task::spawn_local(journal_loop(shell.clone(), written));
     let reporting = {
         let core = shell.core.borrow();
         let cfg = core.config();
@@ -167,6 +247,7 @@ async fn serve(
         _ = shutdown => {}
     }
     timer.abort();
+    journal.abort();
     for r in reporting {
         r.abort();
     }

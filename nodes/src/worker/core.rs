@@ -90,6 +90,8 @@ pub enum Action {
         attempt: u32,
         /// Its key (given to command apps as `ALLOT_TASK_KEY`).
         key: TaskKey,
+        /// Its job and index in it (`ALLOT_JOB_ID`, `ALLOT_TASK_INDEX`).
+        job: Option<(std::sync::Arc<str>, u64)>,
     },
     /// Stop a task started by [`Action::Run`] (cancelled, or its
     /// distributor is gone). Its capacity is already free in the core.
@@ -557,6 +559,8 @@ impl WorkerCore {
             deadline,
             attempt: g.attempt.to_native(),
             key,
+            job: (!g.job.is_empty())
+                .then(|| (std::sync::Arc::from(g.job.as_str()), g.index.to_native())),
         });
     }
 

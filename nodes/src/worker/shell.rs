@@ -22,7 +22,9 @@ use crate::{transport, FxMap, NodeError};
 struct Shell {
     core: RefCell<WorkerCore>,
     links: RefCell<FxMap<LinkId, Rc<Outbox>>>,
-    running: RefCell<FxMap<(LinkId, u64), tokio::task::AbortHandle>>,
+    /// Tasks running: their task's abort handle, and for command apps the
+    /// graceful stop (SIGTERM, then SIGKILL after [`apps::STOP_GRACE`]).
+    running: RefCell<FxMap<(LinkId, u64), Running>>,
     /// The timeout the timer sleeps to; woken when the core wants an
     /// earlier one.
     armed: Cell<Option<Instant>>,
@@ -58,17 +60,23 @@ impl Shell {
                     deadline,
                     attempt,
                     key,
-                } => self.start(
-                    link,
-                    task,
-                    app,
-                    input,
-                    deadline,
-                    apps::TaskInfo::new(attempt, key.key),
-                ),
+                    job,
+                } => {
+                    let info = apps::TaskInfo::new(attempt, key.key);
+                    let info = match job {
+                        Some((job, index)) => info.in_job(job, index),
+                        None => info,
+                    };
+                    self.start(link, task, app, input, deadline, info)
+                }
                 Action::Abort { link, task } => {
-                    if let Some(h) = self.running.borrow_mut().remove(&(link, task)) {
-                        h.abort();
+                    if let Some(r) = self.running.borrow_mut().remove(&(link, task)) {
+                        // A command ends itself within the grace; anything
+                        // else (or a command already ending) is dropped.
+                        let stopped = r.stop.is_some_and(|stop| stop.send(()).is_ok());
+                        if !stopped {
+                            r.abort.abort();
+                        }
                     }
                 }
             }
@@ -90,9 +98,20 @@ impl Shell {
         info: apps::TaskInfo,
     ) {
         let shell = self.clone();
+        let (stop, stop_rx) = match app {
+            App::Command(_) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let s = apps::Stop {
+                    signal: rx,
+                    grace: apps::STOP_GRACE,
+                };
+                (Some(tx), Some(s))
+            }
+            _ => (None, None),
+        };
         let handle = tokio::task::spawn_local(async move {
             let t0 = Instant::now();
-            let outcome = apps::run(&app, input, deadline, info).await;
+            let outcome = apps::run_until(&app, input, deadline, info, stop_rx).await;
             shell.running.borrow_mut().remove(&(link, task));
             let now = Instant::now();
             shell
@@ -116,8 +135,16 @@ impl Shell {
                 }
             }
         });
-        self.running.borrow_mut().insert((link, task), abort);
+        self.running
+            .borrow_mut()
+            .insert((link, task), Running { abort, stop });
     }
+}
+
+/// A task the worker runs (see [`Shell::running`]).
+struct Running {
+    abort: tokio::task::AbortHandle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// Starts a worker on a thread of its own. `handlers` are extra apps
@@ -219,8 +246,8 @@ async fn serve(
     for t in tasks {
         t.abort();
     }
-    for (_, h) in shell.running.borrow_mut().drain() {
-        h.abort();
+    for (_, r) in shell.running.borrow_mut().drain() {
+        r.abort.abort();
     }
     transport::close_endpoint(&ep, b"worker stopping", Duration::from_millis(300)).await;
 }
