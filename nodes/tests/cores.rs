@@ -710,3 +710,90 @@ fn a_resubmission_to_a_restarted_member_waits_for_the_workers_to_answer() {
     sim.finish(runner, t, ok(b"once"));
     assert_eq!(status(sim.result(c2, 4)), Some(TaskStatus::Ok));
 }
+
+/// A user record with a priority and an in-flight quota (0: none).
+fn user(name: &str, priority: i32, max_in_flight: u32) -> allot_engine::UserRecord {
+    let mut u = allot_engine::UserRecord::new(name);
+    u.priority = priority;
+    u.max_in_flight = max_in_flight;
+    u
+}
+
+/// Tasks waiting for capacity get it by task priority, then age.
+#[test]
+fn waiting_tasks_are_placed_by_priority_then_age() {
+    let mut sim = Sim::new(|_| {});
+    let w = sim.worker("w-1", &["sleep"], 1);
+    let c = sim.client("cli");
+    sim.submit(c, &task(1, "sleep"), b"first");
+    for (id, prio, input) in [
+        (2, 0, "old"),
+        (3, 5, "urgent"),
+        (4, 0, "new"),
+        (5, -1, "low"),
+    ] {
+        let mut s = task(id, "sleep");
+        s.priority = prio;
+        sim.submit(c, &s, input.as_bytes());
+    }
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        let run = sim.workers[w].running[0].task;
+        order.push(sim.inputs(w)[0].clone());
+        sim.finish(w, run, ok(b""));
+    }
+    assert_eq!(order, ["first", "urgent", "old", "new", "low"]);
+}
+
+/// The user's priority (from the user DB) goes before the task's.
+#[test]
+fn a_higher_priority_user_goes_before_a_higher_priority_task() {
+    let users = vec![user("alice", 0, 0), user("bob", 10, 0)];
+    let mut sim = Sim::with_users(users, |_| {});
+    let w = sim.worker("w-1", &["sleep"], 1);
+    let c = sim.client("cli");
+    sim.submit(c, &task(1, "sleep"), b"first");
+    let mut a = task(2, "sleep");
+    (a.user, a.priority) = ("alice".into(), 100);
+    sim.submit(c, &a, b"alice");
+    let mut b = task(3, "sleep");
+    b.user = "bob".into();
+    sim.submit(c, &b, b"bob");
+    let run = sim.workers[w].running[0].task;
+    sim.finish(w, run, ok(b""));
+    assert_eq!(sim.inputs(w), ["bob"]);
+}
+
+/// A user at their in-flight quota does not hold back other users' tasks
+/// queued behind theirs: when capacity frees, the next user's task is
+/// placed at once, however many of the first user's tasks wait ahead.
+#[test]
+fn a_user_at_quota_does_not_hold_back_others() {
+    let users = vec![user("alice", 0, 1), user("bob", 0, 0)];
+    let mut sim = Sim::with_users(users, |_| {});
+    let w = sim.worker("w-1", &["sleep"], 2);
+    let c = sim.client("cli");
+    let mut id = 0;
+    let mut submit = |sim: &mut Sim, who: &str| {
+        id += 1;
+        let mut s = task(id, "sleep");
+        s.user = who.into();
+        sim.submit(c, &s, who.as_bytes());
+        id
+    };
+    submit(&mut sim, "alice");
+    for _ in 0..40 {
+        submit(&mut sim, "alice");
+    }
+    submit(&mut sim, "bob");
+    let last_bob = submit(&mut sim, "bob");
+    assert_eq!(sim.inputs(w), ["alice", "bob"], "alice at quota, bob runs");
+    let bob_run = sim.workers[w].running[1].task;
+    sim.finish(w, bob_run, ok(b""));
+    assert_eq!(
+        sim.inputs(w),
+        ["alice", "bob"],
+        "the freed slot went to bob's waiting task, past 40 of alice's"
+    );
+    assert_eq!(sim.result(c, last_bob), None, "still running");
+}

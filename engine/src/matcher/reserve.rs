@@ -48,6 +48,12 @@ fn give64(c: &AtomicU64, n: u64, cap: u64) {
 }
 
 impl ServerTable {
+    /// Whether the user `q` runs for has as many tasks in flight as their
+    /// quota allows (a match would fail on the quota alone).
+    pub fn user_at_quota(&self, q: &Query) -> bool {
+        self.at_quota(q)
+    }
+
     pub(crate) fn at_quota(&self, q: &Query) -> bool {
         q.user
             .as_ref()

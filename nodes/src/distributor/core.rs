@@ -47,6 +47,7 @@ use bytes::Bytes;
 use super::jobs::{self, Ending, Jobs, JournalBatch, Start};
 use super::report::{self, Beat, Reporter};
 use super::shape::{Shape, ShapeCache};
+use super::waiting::WaitQueue;
 use super::{DistributorConfig, Stats};
 use crate::inflight::InFlight;
 use crate::labels::{attr_from_label, label_from_archived};
@@ -90,6 +91,10 @@ pub const TABLE_SETTLED: Duration = Duration::from_millis(500);
 /// Waiting tasks retried after each report or result that may have freed
 /// capacity (the sweep retries them all).
 const DRAIN_PER_EVENT: usize = 16;
+
+/// Waiting tasks of users at their quota passed over per retry at most
+/// (beyond it, the rest wait for the sweep).
+const MAX_QUOTA_SKIPS: usize = 4096;
 
 /// Who is on the other end of a link, as its certificate and `Hello` say.
 #[derive(Debug, Clone)]
@@ -213,6 +218,8 @@ struct Pending {
     match_us: u64,
     /// (hash of the user name, idempotency key): identifies a resubmission.
     key: resubmit::Key,
+    /// (user priority, task priority): its place when it waits.
+    priority: (i32, i32),
     queued_at: Option<Instant>,
 }
 
@@ -237,7 +244,7 @@ struct State {
     pending: InFlight<Pending>,
     /// Tasks waiting for capacity, oldest first. Together with `pending`
     /// and `locating` bounded by `max_pending`.
-    waiting: VecDeque<(u64, Pending)>,
+    waiting: WaitQueue<Pending>,
     /// Resubmitted tasks this distributor never saw, while its workers are
     /// asked whether one of them runs or ran the task (see [`KeyQuery`]).
     locating: FxMap<u64, Pending>,
@@ -369,7 +376,7 @@ impl Core {
                 flushed: None,
                 workers: FxMap::default(),
                 pending: InFlight::new(1024, max_pending.saturating_mul(2)),
-                waiting: VecDeque::new(),
+                waiting: WaitQueue::default(),
                 locating: FxMap::default(),
                 locating_keys: FxMap::default(),
                 ask: Vec::new(),
@@ -506,7 +513,7 @@ impl Core {
                         .pending
                         .iter()
                         .map(|(id, p)| (p.key, id))
-                        .chain(st.waiting.iter().map(|(id, p)| (p.key, *id)))
+                        .chain(st.waiting.iter().map(|(id, p)| (p.key, id)))
                         .collect();
                     st.by_key.build(keys.into_iter());
                 }
@@ -1213,7 +1220,7 @@ impl State {
             if let Owner::Job { num, offset, .. } = p.owner {
                 self.jobs.placed(num, offset, task, None);
             }
-            self.waiting.push_back((task, p));
+            self.waiting.push(task, p.priority, p);
             return;
         }
         self.stats.no_match += 1;
@@ -1328,7 +1335,7 @@ impl State {
             }
         }
         let before = self.waiting.len();
-        self.waiting.retain(|(_, p)| !p.owner.is_link(id));
+        self.waiting.retain(|p| !p.owner.is_link(id));
         let dropped = before - self.waiting.len();
         if dropped > 0 {
             tracing::warn!(
@@ -1447,11 +1454,26 @@ impl State {
         self.drain_queue(DRAIN_PER_EVENT);
     }
 
-    /// Tries to place up to `max` waiting tasks (after capacity came back).
+    /// Tries to place up to `max` waiting tasks (after capacity came back),
+    /// in queue order. A task whose user is at their in-flight quota keeps
+    /// its place and does not count against `max`: it holds back nobody
+    /// queued behind it (at most [`MAX_QUOTA_SKIPS`] are passed over per
+    /// call; the sweep tries every task).
     fn drain_queue(&mut self, max: usize) {
-        let n = self.waiting.len().min(max);
-        for _ in 0..n {
-            if let Some((task, p)) = self.waiting.pop_front() {
+        let mut take = Vec::with_capacity(max.min(self.waiting.len()));
+        let mut skipped = 0;
+        for (task, p) in self.waiting.iter() {
+            if take.len() >= max || skipped > MAX_QUOTA_SKIPS {
+                break;
+            }
+            if self.table.user_at_quota(&p.query) {
+                skipped += 1;
+                continue;
+            }
+            take.push(task);
+        }
+        for task in take {
+            if let Some(p) = self.waiting.remove(task) {
                 self.place(task, p, "waiting for capacity".into());
             }
         }
@@ -1593,11 +1615,7 @@ impl State {
                 Some(p) => Some(p),
                 None => match self.locating.get_mut(&existing) {
                     Some(p) => Some(p),
-                    None => self
-                        .waiting
-                        .iter_mut()
-                        .find(|(id, _)| *id == existing)
-                        .map(|(_, p)| p),
+                    None => self.waiting.get_mut(existing),
                 },
             };
             if let Some(p) = held.filter(|p| matches!(p.owner, Owner::Link { .. })) {
@@ -1613,8 +1631,9 @@ impl State {
             let msg = format!("distributor overloaded: {in_flight} tasks in flight (limit)");
             return self.reply_error(out, client_task, TaskStatus::Error, msg);
         }
+        let user_rec = self.user(user);
+        let priority = (user_rec.priority, s.priority.to_native());
         let compiled = {
-            let user_rec = self.user(user);
             let table = &self.table;
             c.shapes.get_or_compile(s, user, |shape: &Shape| {
                 shape.compile(table, &user_rec, &c.attrs)
@@ -1652,6 +1671,7 @@ impl State {
             received,
             match_us: 0,
             key,
+            priority,
             queued_at: None,
         };
         if let Some(d) = p.deadline {
@@ -1720,12 +1740,13 @@ impl State {
             }
             return;
         }
-        if let Some(i) = self
+        let waiting = self
             .waiting
             .iter()
-            .position(|(_, p)| p.owner.is_link_task(id, client_task))
-        {
-            if let Some((_, p)) = self.waiting.remove(i) {
+            .find(|(_, p)| p.owner.is_link_task(id, client_task))
+            .map(|(t, _)| t);
+        if let Some(task) = waiting {
+            if let Some(p) = self.waiting.remove(task) {
                 self.finish_error(p, TaskStatus::Cancelled, "cancelled by the client".into());
             }
             return;
@@ -1873,19 +1894,20 @@ impl State {
     /// its worker) and finds the next deadline.
     fn expire_deadlines(&mut self, now: Instant) {
         self.last_deadline_check = now;
-        let mut i = 0;
-        while i < self.waiting.len() {
-            if self.waiting[i].1.deadline.is_some_and(|d| d <= now) {
-                if let Some((_, p)) = self.waiting.remove(i) {
-                    let ms = p.deadline_ms;
-                    self.finish_error(
-                        p,
-                        TaskStatus::Timeout,
-                        format!("deadline of {ms} ms passed while waiting for capacity"),
-                    );
-                }
-            } else {
-                i += 1;
+        let late: Vec<u64> = self
+            .waiting
+            .iter()
+            .filter(|(_, p)| p.deadline.is_some_and(|d| d <= now))
+            .map(|(t, _)| t)
+            .collect();
+        for task in late {
+            if let Some(p) = self.waiting.remove(task) {
+                let ms = p.deadline_ms;
+                self.finish_error(
+                    p,
+                    TaskStatus::Timeout,
+                    format!("deadline of {ms} ms passed while waiting for capacity"),
+                );
             }
         }
         let expired = self
@@ -1937,7 +1959,7 @@ impl State {
             demands,
             deadline_ms,
             key,
-            priority: _,
+            priority,
         } = start;
         let query = match query {
             Ok(q) => q,
@@ -1977,6 +1999,7 @@ impl State {
             received: self.now,
             match_us: 0,
             key,
+            priority,
             queued_at: None,
         };
         if let Some(d) = p.deadline {
@@ -2132,10 +2155,8 @@ impl State {
                 key: p.key.1,
             });
             self.finish_error(p, TaskStatus::Cancelled, WHY.into());
-        } else if let Some(i) = self.waiting.iter().position(|(t, _)| *t == task) {
-            if let Some((_, p)) = self.waiting.remove(i) {
-                self.finish_error(p, TaskStatus::Cancelled, WHY.into());
-            }
+        } else if let Some(p) = self.waiting.remove(task) {
+            self.finish_error(p, TaskStatus::Cancelled, WHY.into());
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod journal;
 mod report;
 mod shape;
 mod shell;
+mod waiting;
 
 pub use self::core::{
     Completion, Core, Peer, DEADLINE_RESOLUTION, LOCATE_TIMEOUT, MAX_COMPLETIONS_BUFFERED,

@@ -163,6 +163,26 @@ impl Sim {
         }
     }
 
+    /// As [`Sim::new`], with `users` in the distributor's user DB.
+    pub fn with_users(
+        users: Vec<allot_engine::UserRecord>,
+        tune: impl FnOnce(&mut DistributorConfig),
+    ) -> Sim {
+        let mut sim = Sim::new(tune);
+        sim.dist = Core::new(sim.cfg.clone(), users, sim.now).expect("core");
+        sim
+    }
+
+    /// The inputs of the tasks worker `w` runs now, in the order they
+    /// started.
+    pub fn inputs(&self, w: usize) -> Vec<Bytes> {
+        self.workers[w]
+            .running
+            .iter()
+            .map(|r| r.input.clone())
+            .collect()
+    }
+
     /// Adds a gateway with no seed sets, `cfg` tuned by `tune`.
     pub fn add_gateway(&mut self, tune: impl FnOnce(&mut GatewayConfig)) -> usize {
         let mut cfg = GatewayConfig::new(
