@@ -71,7 +71,7 @@ impl Cluster {
         let c = LocalCluster::builder()
             .distributor("dist-1")
             .workers(workers, |_, w| {
-                w.apps = vec!["echo".into(), "sha256".into()];
+                w.apps = vec!["echo".into(), "sha256".into(), "sleep".into()];
                 w.slots = slots;
                 w.mode = ReportMode::Registered;
             })
@@ -155,7 +155,7 @@ impl Cluster {
                 "--join",
                 &dist.to_string(),
                 "--apps",
-                "echo,sha256",
+                "echo,sha256,sleep",
                 "--slots",
                 &slots,
             ]))?;

@@ -17,6 +17,7 @@
 mod baseline;
 mod cluster;
 mod driver;
+mod durable;
 mod fleet;
 mod process;
 mod report;
@@ -87,6 +88,12 @@ pub struct BenchArgs {
     /// every second) and measure again while their deltas stream in.
     #[arg(long, requires = "processes")]
     pub sim_workers: Option<usize>,
+    /// Also measure the durable path: each round one array job of the
+    /// task count, journaled at the distributor, beside the in-memory path;
+    /// then the time to accept a 1,000,000-task array, the memory per
+    /// queued task, and the time to list a 100,000-task job.
+    #[arg(long, requires = "local")]
+    pub detach: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -181,11 +188,26 @@ pub fn run(args: BenchArgs) -> Result<()> {
         (Some(n), Some(c)) => Some(fleet::scale_phase(c, &cfg, &args, limit, n)?),
         _ => None,
     };
+    let durable = match (&cluster, args.detach) {
+        (Some(c), true) => {
+            let n = match limit {
+                Limit::Tasks(n) => n,
+                Limit::Time(_) => run.tasks / u64::from(args.rounds).max(1),
+            };
+            Some(durable::durable_phase(c, &args, n.max(1))?)
+        }
+        _ => None,
+    };
     drop(cluster);
     let cpu = process::cpu_by_role(&roles, &cpu_us, &cpu_seen, run.tasks);
     report::report(&args, &run, &rounds, &cpu);
     if let Some(sc) = &scale {
         sc.report(&run, args.json);
+    }
+    if let Some(d) = &durable {
+        let mut v: Vec<f64> = rounds.iter().map(|r| r.tasks_per_s).collect();
+        v.sort_by(f64::total_cmp);
+        d.report(v.get(v.len() / 2).copied().unwrap_or(0.0), args.json);
     }
     if run.tasks == 0 {
         bail!("no task completed");
