@@ -51,6 +51,7 @@ pub(super) fn durable_phase(c: &Cluster, args: &BenchArgs, tasks: u64) -> Result
     let app = args.app.clone();
     let rounds = usize::from(args.rounds);
     let pid = c.distributor_pid();
+    let pki = c.pki.clone();
     crate::interrupt::block_on(async move {
         let mut jobs = JobClient::new(cfg)?;
         let mut per_s = Vec::with_capacity(rounds);
@@ -100,7 +101,7 @@ pub(super) fn durable_phase(c: &Cluster, args: &BenchArgs, tasks: u64) -> Result
         if rows.len() as u64 != expected {
             bail!("listing gave {} rows of {expected}", rows.len());
         }
-        let list_cli_ms = list_with_cli(c, dist, &listed);
+        let list_cli_ms = list_with_cli(&pki, dist, &listed).await;
         // The big array: tasks that sleep a minute, so that all but the
         // few the workers hold stay queued while memory is read.
         let rss0 = pid.and_then(process::rss_bytes);
@@ -130,18 +131,27 @@ pub(super) fn durable_phase(c: &Cluster, args: &BenchArgs, tasks: u64) -> Result
     })?
 }
 
-/// Times `allot tasks JOB --json` (this binary) against the distributor.
-fn list_with_cli(c: &Cluster, dist: std::net::SocketAddr, job: &str) -> Option<f64> {
+/// Times `allot tasks JOB --json` (this binary) against the distributor
+/// (awaited, so that this runtime keeps serving its own connection).
+async fn list_with_cli(
+    pki: &std::path::Path,
+    dist: std::net::SocketAddr,
+    job: &str,
+) -> Option<f64> {
     let exe = std::env::current_exe().ok()?;
     let t0 = Instant::now();
-    let out = std::process::Command::new(exe)
+    let out = tokio::process::Command::new(exe)
         .args(["tasks", "--pki"])
-        .arg(&c.pki)
+        .arg(pki)
         .args(["--distributor", &dist.to_string(), job, "--json"])
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .output()
+        .await
         .ok()?;
-    out.status.success().then(|| t0.elapsed().as_secs_f64() * 1e3)
+    out.status
+        .success()
+        .then(|| t0.elapsed().as_secs_f64() * 1e3)
 }
 
 impl Durable {

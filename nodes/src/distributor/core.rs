@@ -753,9 +753,13 @@ fn gateway_frame(frame: Frame) -> Result<(), LinkError> {
 impl State {
     /// This member's share of its set's attributes now.
     fn member_attrs(&self) -> allot_wire::SetAttrs {
+        // Jobs' tasks not started yet wait as much as those in the queue.
+        let queued = self.jobs.queued();
         report::summarize(
             &self.table.totals(),
-            self.waiting.len(),
+            self.waiting
+                .len()
+                .saturating_add(usize::try_from(queued).unwrap_or(usize::MAX)),
             self.pending.len() + self.locating.len(),
             self.reporter.tasks_per_s(),
         )

@@ -1001,6 +1001,11 @@ impl Jobs {
         self.jobs.get(&num).map(Self::summary)
     }
 
+    /// Tasks of all jobs not started yet.
+    pub(crate) fn queued(&self) -> u64 {
+        self.jobs.values().map(|j| j.counts.queued).sum()
+    }
+
     /// Counts over all jobs (for status and the gateways).
     pub(crate) fn totals(&self) -> JobCounts {
         let mut t = JobCounts::default();
