@@ -64,7 +64,9 @@ pub struct JobRecord {
 /// A task's state as journaled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskStateRecord {
-    /// Started again after a restart (the run before it was lost).
+    /// Placed on a worker again (after a restart or a lost worker);
+    /// `attempts` runs came before it, and this one is lost if no end
+    /// follows.
     Started,
     /// Succeeded.
     Done,
