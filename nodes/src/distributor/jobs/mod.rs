@@ -447,7 +447,19 @@ impl Jobs {
                 job.counts.cancelled += n;
             }
             if job.is_finished() {
-                job.finished_ms = now_ms;
+                // When its last task ended, so that a restart does not
+                // restart its retention; a job cancelled as a whole has no
+                // record of that moment, and keeps it from now.
+                let last_end = job
+                    .slots
+                    .iter()
+                    .chain(job.ahead.values())
+                    .map(|s| s.ended_ms)
+                    .max();
+                job.finished_ms = match last_end {
+                    Some(ms) if ms > 0 && !job.cancelled => ms,
+                    _ => now_ms,
+                };
             }
             let num = job.num;
             self.jobs.insert(num, job);
