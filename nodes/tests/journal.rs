@@ -75,7 +75,7 @@ fn write_and_compare(dir: &Path, batches: &[Vec<JournalOp>]) -> Replay {
 #[test]
 fn the_file_reads_back_the_fold_of_its_batches_edge_cases_included() {
     use JournalOp::*;
-    use TaskStateRecord::*;
+    use TaskStateRecord::{Done, Failed, Started};
     let dir = tempfile::tempdir().expect("tempdir");
     let batches = vec![
         vec![
@@ -115,7 +115,7 @@ fn the_file_reads_back_the_fold_of_its_batches_edge_cases_included() {
             Task {
                 num: 2,
                 offset: 5,
-                rec: task(Cancelled, 0, b""),
+                rec: task(TaskStateRecord::Cancelled, 0, b""),
             },
             Cursor { num: 3, cursor: 1 },
         ],
