@@ -27,7 +27,10 @@
 //!
 //! The nodes all share the one distributor set, named `main`, that every
 //! gateway redirects to; each worker joins every distributor unless its
-//! configuration names others.
+//! configuration names others. The gateways are given the distributors'
+//! addresses, or, with [`LocalClusterBuilder::register_members`], learn
+//! them from the distributors' registrations, names included (as
+//! [`crate::client::JobClient`] needs to find the member holding a job).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -70,6 +73,23 @@ pub enum LocalClusterError {
         name: String,
         /// The node's own error.
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A gateway did not record every distributor in time (with
+    /// [`LocalClusterBuilder::register_members`]).
+    #[error(
+        "gateway {gateway} did not record distributors {missing:?} within {:.1} s{}",
+        waited.as_secs_f64(),
+        last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
+    )]
+    NotRegistered {
+        /// The gateway asked.
+        gateway: SocketAddr,
+        /// Distributors it did not record as up.
+        missing: Vec<String>,
+        /// How long the wait lasted.
+        waited: Duration,
+        /// The last error asking it, if the last try failed.
+        last_error: Option<String>,
     },
     /// Not every worker was up at a distributor in time.
     #[error(
@@ -208,6 +228,54 @@ pub async fn wait_for_workers(
     }
 }
 
+/// Waits until gateway `gateway` records each distributor of `names` (set
+/// `main`) as up, asking it as client `client` of `pki` every few
+/// milliseconds for at most `timeout`. Must run inside a `LocalSet`.
+async fn wait_for_members(
+    pki: &Path,
+    client: &str,
+    gateway: SocketAddr,
+    names: &[String],
+    timeout: Duration,
+) -> Result<(), LocalClusterError> {
+    use crate::client::{JobClient, JobsConfig};
+    let started = Instant::now();
+    let cfg = JobsConfig::new(pki, client, vec![gateway]);
+    let mut jobs = JobClient::new(cfg).map_err(|e| LocalClusterError::NotRegistered {
+        gateway,
+        missing: names.to_vec(),
+        waited: Duration::ZERO,
+        last_error: Some(e.to_string()),
+    })?;
+    loop {
+        let (missing, last_error) = match jobs.refresh_members().await {
+            Ok(m) => (
+                names
+                    .iter()
+                    .filter(|n| !m.contains_key(&(SET.to_owned(), (*n).clone())))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+                None,
+            ),
+            Err(e) => (names.to_vec(), Some(e.to_string())),
+        };
+        if missing.is_empty() {
+            jobs.close();
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            jobs.close();
+            return Err(LocalClusterError::NotRegistered {
+                gateway,
+                missing,
+                waited: started.elapsed(),
+                last_error,
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Nodes running in this process, on loopback, with certificates in a
 /// temporary directory. Dropping it (or [`LocalCluster::stop`]) stops the
 /// gateways, then the workers, then the distributors, and removes the
@@ -235,6 +303,7 @@ impl LocalCluster {
             policy: RedirectPolicy::Rendezvous,
             ttl: Duration::from_secs(60),
             timeout: Duration::from_secs(20),
+            register: false,
         }
     }
 
@@ -312,6 +381,7 @@ pub struct LocalClusterBuilder {
     policy: RedirectPolicy,
     ttl: Duration,
     timeout: Duration,
+    register: bool,
 }
 
 impl LocalClusterBuilder {
@@ -378,6 +448,18 @@ impl LocalClusterBuilder {
         self
     }
 
+    /// The gateways start first, knowing no distributor, and the
+    /// distributors register with every gateway (as `allot distributor
+    /// --gateway` does) instead of being their seeds: the gateways then
+    /// know each member by name and hear its reports, which
+    /// [`crate::client::JobClient`] needs to find the member holding a
+    /// job. [`start`](Self::start) also waits until every gateway records
+    /// every distributor.
+    pub fn register_members(mut self) -> Self {
+        self.register = true;
+        self
+    }
+
     /// How long [`start`](Self::start) waits for the workers to be up at
     /// their distributors (default 20 s).
     pub fn up_timeout(mut self, timeout: Duration) -> Self {
@@ -439,6 +521,20 @@ impl LocalClusterBuilder {
         };
         let pki = cluster.pki().to_path_buf();
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let spawn_gateway = |cluster: &mut LocalCluster, name: &str, seeds| {
+            let mut cfg = GatewayConfig::new(name, loopback, pki.clone(), seeds);
+            cfg.policy = self.policy;
+            cfg.ttl = self.ttl;
+            let g = gateway::spawn(cfg).map_err(|e| LocalClusterError::node("gateway", name, e))?;
+            cluster.gateway_addrs.push(g.addr);
+            cluster.gateways.push(g);
+            Ok::<(), LocalClusterError>(())
+        };
+        if self.register {
+            for name in &self.gateways {
+                spawn_gateway(&mut cluster, name, Vec::new())?;
+            }
+        }
 
         for name in &self.distributors {
             let mut cfg = DistributorConfig::new(
@@ -448,6 +544,9 @@ impl LocalClusterBuilder {
                 cluster.dir().join(format!("data-{name}")),
             );
             cfg.set_name = SET.into();
+            if self.register {
+                cfg.gateways = cluster.gateway_addrs.clone();
+            }
             let d = distributor::spawn(cfg)
                 .map_err(|e| LocalClusterError::node("distributor", name, e))?;
             cluster.distributor_addrs.push(d.addr);
@@ -481,18 +580,11 @@ impl LocalClusterBuilder {
             cluster.workers.push(w);
         }
 
-        for name in &self.gateways {
-            let mut cfg = GatewayConfig::new(
-                name,
-                loopback,
-                pki.clone(),
-                vec![(SET.into(), cluster.distributor_addrs.clone())],
-            );
-            cfg.policy = self.policy;
-            cfg.ttl = self.ttl;
-            let g = gateway::spawn(cfg).map_err(|e| LocalClusterError::node("gateway", name, e))?;
-            cluster.gateway_addrs.push(g.addr);
-            cluster.gateways.push(g);
+        if !self.register {
+            for name in &self.gateways {
+                let seeds = vec![(SET.into(), cluster.distributor_addrs.clone())];
+                spawn_gateway(&mut cluster, name, seeds)?;
+            }
         }
 
         let client = ClientConfig::new(waiter, pki, Vec::new());
@@ -503,7 +595,10 @@ impl LocalClusterBuilder {
             .zip(expected)
             .filter(|(_, n)| *n > 0)
             .collect();
-        wait_on_own_thread(client, waits, self.timeout)?;
+        let registered = self
+            .register
+            .then(|| (cluster.gateway_addrs.clone(), self.distributors.clone()));
+        wait_on_own_thread(client, waits, registered, self.timeout)?;
         Ok(cluster)
     }
 }
@@ -511,15 +606,17 @@ impl LocalClusterBuilder {
 /// The name of the cluster's one distributor set.
 const SET: &str = "main";
 
-/// Runs the waits for every distributor on a thread of its own with a
-/// current-thread runtime, so that `start` may be called from anywhere,
-/// inside a runtime or not.
+/// Runs the waits for every distributor (and, with `registered`, for
+/// every gateway to record the named distributors) on a thread of its own
+/// with a current-thread runtime, so that `start` may be called from
+/// anywhere, inside a runtime or not.
 fn wait_on_own_thread(
     client: ClientConfig,
     waits: Vec<(SocketAddr, usize)>,
+    registered: Option<(Vec<SocketAddr>, Vec<String>)>,
     timeout: Duration,
 ) -> Result<(), LocalClusterError> {
-    if waits.is_empty() {
+    if waits.is_empty() && registered.is_none() {
         return Ok(());
     }
     let t = std::thread::Builder::new()
@@ -535,6 +632,11 @@ fn wait_on_own_thread(
                 for (addr, n) in waits {
                     let left = deadline.saturating_duration_since(Instant::now());
                     wait_for_workers(&client, addr, n, left).await?;
+                }
+                for gw in registered.iter().flat_map(|(gws, _)| gws) {
+                    let names = registered.as_ref().map_or(&[][..], |(_, n)| n);
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    wait_for_members(&client.pki, &client.name, *gw, names, left).await?;
                 }
                 Ok(())
             })

@@ -571,8 +571,11 @@ impl JobClient {
             })
     }
 
-    /// Reads the live members from the first gateway that answers.
-    async fn refresh_members(&mut self) -> Result<HashMap<(String, String), SocketAddr>, JobError> {
+    /// Reads the live members, (set, name) to address, from the first
+    /// gateway that answers.
+    pub(crate) async fn refresh_members(
+        &mut self,
+    ) -> Result<HashMap<(String, String), SocketAddr>, JobError> {
         let mut last = JobError::NoTarget;
         for gw in self.cfg.gateways.clone() {
             match self.gateway_record(gw).await {

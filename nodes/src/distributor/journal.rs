@@ -237,6 +237,11 @@ impl Journal {
             let mut cursors = w.open_table(CURSORS).map_err(|x| e(x.into()))?;
             let mut cancelled = w.open_table(CANCELLED).map_err(|x| e(x.into()))?;
             let mut tasks = w.open_table(TASKS).map_err(|x| e(x.into()))?;
+            // A change to a job the file does not hold is dropped, so that
+            // no row outlives its job (the rules of `Replay::apply`).
+            let held = |jobs: &redb::Table<u64, &[u8]>, num: u64| {
+                jobs.get(num).map(|v| v.is_some()).map_err(|x| e(x.into()))
+            };
             let mut buf = Vec::new();
             for op in ops {
                 match op {
@@ -255,9 +260,15 @@ impl Journal {
                             .map_err(|x| e(x.into()))?;
                     }
                     JournalOp::Cursor { num, cursor } => {
+                        if !held(&jobs, *num)? {
+                            continue;
+                        }
                         cursors.insert(*num, *cursor).map_err(|x| e(x.into()))?;
                     }
                     JournalOp::Task { num, offset, rec } => {
+                        if !held(&jobs, *num)? {
+                            continue;
+                        }
                         buf.clear();
                         let bytes = postcard::to_extend(rec.as_ref(), std::mem::take(&mut buf))
                             .map_err(|x| self.encode_err("job_tasks", *num, x))?;
@@ -267,6 +278,9 @@ impl Journal {
                         buf = bytes;
                     }
                     JournalOp::Cancelled { num } => {
+                        if !held(&jobs, *num)? {
+                            continue;
+                        }
                         cancelled.insert(*num, 1).map_err(|x| e(x.into()))?;
                     }
                     JournalOp::Removed { num } => {

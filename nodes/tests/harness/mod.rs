@@ -4,20 +4,29 @@
 //! touches a socket or sleeps; every frame goes through the real encoder
 //! and decoder, so what a test sees is what the wire would carry.
 //! (quinn-proto's `tests/util.rs` `Pair` is the model.)
+//!
+//! Each distributor's job journal is a [`SimJournal`]: the batches the
+//! core hands out are committed at once, held back, or failed, as the test
+//! says, and a restart ([`Sim::restart_distributor`]) folds the committed
+//! ones into the [`Replay`] the journal file would read back.
 
 #![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
 use allot::apps::{AppOutcome, AppTable};
+use allot::distributor::jobs::record::{JournalOp, Replay};
+use allot::distributor::jobs::JournalBatch;
 use allot::distributor::{Core, Peer};
 use allot::gateway::GatewayCore;
 use allot::link::{LinkId, Transmit};
 use allot::worker::{Action, WorkerCore};
 use allot::{DistributorConfig, GatewayConfig, WorkerConfig};
+use allot_engine::UserRecord;
 use allot_wire::{
-    Cancel, ErrorCode, Frame, FrameDecoder, FrameEncoder, MessageKind, Role, Submit, TaskResult,
-    TaskStatus, WireMessage, DEFAULT_MAX_FRAME,
+    Cancel, Demands, ErrorCode, Frame, FrameDecoder, FrameEncoder, IndexRange, JobAck, JobOp,
+    JobQuery, JobReply, JobSubmit, JobSummary, JobTaskRow, JobTaskState, JobTasks, MessageKind,
+    Role, Submit, TaskResult, TaskStatus, WireMessage, DEFAULT_MAX_FRAME,
 };
 use bytes::{Bytes, BytesMut};
 
@@ -89,10 +98,16 @@ pub struct SimWorker {
 }
 
 pub struct SimClient {
-    /// Which distributor it talks to.
+    /// Which distributor it talks to ([`DETACHED`] once that one
+    /// restarted: its link died with the old core).
     pub dist: usize,
     pub link: LinkId,
     pub results: Vec<(TaskResult, Bytes)>,
+    /// Answers to its job submits, in order.
+    pub acks: Vec<JobAck>,
+    /// Answers to its job queries, in order.
+    pub replies: Vec<JobReply>,
+    next_request: u64,
     /// `Error` frames and the close code, if the distributor closed the link.
     pub closed: Option<(ErrorCode, String)>,
     /// When set, the client reads nothing: its bytes are never reported
@@ -101,6 +116,55 @@ pub struct SimClient {
     /// When set, nothing reaches the client (its link broke).
     pub cut: bool,
 }
+
+/// The `dist` of a client whose distributor restarted.
+pub const DETACHED: usize = usize::MAX;
+
+/// What the journal of a simulated distributor does with a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JournalMode {
+    /// Written at once.
+    Commit,
+    /// Kept unwritten until [`Sim::release_journal`] or
+    /// [`Sim::fail_journal`] (a slow disk); lost if the distributor
+    /// restarts first.
+    Hold,
+    /// The write fails with this error.
+    Fail(String),
+}
+
+/// A distributor's job journal, as the shell would keep it.
+pub struct SimJournal {
+    pub mode: JournalMode,
+    /// The batch taken and not written yet (with [`JournalMode::Hold`]).
+    pub held: Vec<JournalBatch>,
+    /// Every batch written, in order: what the file holds.
+    pub committed: Vec<Vec<JournalOp>>,
+}
+
+impl SimJournal {
+    fn new() -> SimJournal {
+        SimJournal {
+            mode: JournalMode::Commit,
+            held: Vec::new(),
+            committed: Vec::new(),
+        }
+    }
+
+    /// Every op written, in order.
+    pub fn ops(&self) -> impl Iterator<Item = &JournalOp> {
+        self.committed.iter().flatten()
+    }
+
+    /// What the file would read back now.
+    pub fn replay(&self) -> Replay {
+        Replay::of_batches(self.committed.iter().map(Vec::as_slice))
+    }
+}
+
+/// What the distributors' wall clocks read when the simulation starts
+/// (ms since the epoch); they keep the fake clock's time from there.
+pub const WALL_START_MS: u64 = 1_800_000_000_000;
 
 /// One link between a distributor and a gateway.
 #[derive(Debug, Clone, Copy)]
@@ -134,9 +198,13 @@ pub struct Sim {
     /// More members of the same set (see [`Sim::add_distributor`]).
     pub others: Vec<Core>,
     cfg: DistributorConfig,
+    users: Vec<UserRecord>,
     killed: Vec<usize>,
     pub workers: Vec<SimWorker>,
     pub clients: Vec<SimClient>,
+    /// Distributor `d`'s job journal.
+    pub journals: Vec<SimJournal>,
+    started: Instant,
 }
 
 impl Sim {
@@ -151,16 +219,34 @@ impl Sim {
         );
         cfg.heartbeat = Duration::from_secs(1);
         tune(&mut cfg);
+        let mut dist = Core::new(cfg.clone(), Vec::new(), now).expect("core");
+        dist.set_wall_clock(now, WALL_START_MS);
         Sim {
             now,
-            dist: Core::new(cfg.clone(), Vec::new(), now).expect("core"),
+            dist,
             others: Vec::new(),
             cfg,
+            users: Vec::new(),
             killed: Vec::new(),
             workers: Vec::new(),
             clients: Vec::new(),
             gateways: Vec::new(),
+            journals: vec![SimJournal::new()],
+            started: now,
         }
+    }
+
+    /// What the wall clock reads at `now` (ms since the epoch).
+    pub fn wall_ms(&self, now: Instant) -> u64 {
+        WALL_START_MS + now.duration_since(self.started).as_millis() as u64
+    }
+
+    /// A distributor core with the simulation's configuration, users and
+    /// wall clock.
+    fn new_core(&self, cfg: DistributorConfig) -> Core {
+        let mut core = Core::new(cfg, self.users.clone(), self.now).expect("core");
+        core.set_wall_clock(self.now, self.wall_ms(self.now));
+        core
     }
 
     /// As [`Sim::new`], with `users` in the distributor's user DB.
@@ -169,7 +255,8 @@ impl Sim {
         tune: impl FnOnce(&mut DistributorConfig),
     ) -> Sim {
         let mut sim = Sim::new(tune);
-        sim.dist = Core::new(sim.cfg.clone(), users, sim.now).expect("core");
+        sim.users = users;
+        sim.dist = sim.new_core(sim.cfg.clone());
         sim
     }
 
@@ -283,8 +370,9 @@ impl Sim {
     pub fn add_distributor(&mut self, name: &str) -> usize {
         let mut cfg = self.cfg.clone();
         cfg.name = name.into();
-        self.others
-            .push(Core::new(cfg, Vec::new(), self.now).expect("core"));
+        let core = self.new_core(cfg);
+        self.others.push(core);
+        self.journals.push(SimJournal::new());
         self.others.len()
     }
 
@@ -320,8 +408,9 @@ impl Sim {
         let mut cfg = self.cfg.clone();
         cfg.name = name.into();
         tune(&mut cfg);
-        self.others
-            .push(Core::new(cfg, Vec::new(), self.now).expect("core"));
+        let core = self.new_core(cfg);
+        self.others.push(core);
+        self.journals.push(SimJournal::new());
         self.others.len()
     }
 
@@ -419,6 +508,9 @@ impl Sim {
             dist: d,
             link,
             results: Vec::new(),
+            acks: Vec::new(),
+            replies: Vec::new(),
+            next_request: 1,
             closed: None,
             stuck: false,
             cut: false,
@@ -516,6 +608,12 @@ impl Sim {
                 while let Some(t) = self.d(d).poll_transmit() {
                     moved = true;
                     self.deliver_from_dist(d, t);
+                }
+                if self.alive(d) {
+                    while let Some(b) = self.d(d).poll_journal() {
+                        moved = true;
+                        self.write_batch(d, b);
+                    }
                 }
             }
             for g in 0..self.gateways.len() {
@@ -688,6 +786,14 @@ impl Sim {
                     let e = v.to_owned_message().expect("owned");
                     c.closed = Some((e.code, e.message));
                 }
+                MessageKind::JobAck => {
+                    let v = f.validate::<JobAck>().expect("valid ack");
+                    c.acks.push(v.to_owned_message().expect("owned"));
+                }
+                MessageKind::JobReply => {
+                    let v = f.validate::<JobReply>().expect("valid reply");
+                    c.replies.push(v.to_owned_message().expect("owned"));
+                }
                 other => panic!("unexpected {other:?} to a client"),
             }
         }
@@ -714,6 +820,221 @@ impl Sim {
             .iter()
             .filter(|(r, _)| r.task_id == task_id)
             .count()
+    }
+}
+
+// ---------------------------------------------------------------- jobs
+
+impl Sim {
+    /// The journal of distributor `d` does `mode` with the batches it
+    /// gets from now on.
+    pub fn journal_mode(&mut self, d: usize, mode: JournalMode) {
+        self.journals[d].mode = mode;
+    }
+
+    fn write_batch(&mut self, d: usize, b: JournalBatch) {
+        let now = self.now;
+        match self.journals[d].mode.clone() {
+            JournalMode::Commit => {
+                self.journals[d].committed.push(b.ops);
+                self.d(d).journal_committed(now, b.seq, Ok(()));
+            }
+            JournalMode::Hold => self.journals[d].held.push(b),
+            JournalMode::Fail(why) => self.d(d).journal_committed(now, b.seq, Err(why)),
+        }
+    }
+
+    /// The held batch of distributor `d` is written; the next one is held
+    /// again (as the mode says).
+    pub fn write_held(&mut self, d: usize) {
+        let now = self.now;
+        for b in std::mem::take(&mut self.journals[d].held) {
+            self.journals[d].committed.push(b.ops);
+            self.d(d).journal_committed(now, b.seq, Ok(()));
+        }
+        self.settle();
+    }
+
+    /// The held batch of distributor `d` is written, and from now on
+    /// every batch is written at once.
+    pub fn release_journal(&mut self, d: usize) {
+        self.journals[d].mode = JournalMode::Commit;
+        self.write_held(d);
+    }
+
+    /// Writing the held batches of distributor `d` fails with `why`.
+    pub fn fail_journal(&mut self, d: usize, why: &str) {
+        let now = self.now;
+        for b in std::mem::take(&mut self.journals[d].held) {
+            self.d(d).journal_committed(now, b.seq, Err(why.to_owned()));
+        }
+        self.settle();
+    }
+
+    /// Client `c` sends `s` (its request number set here) without letting
+    /// anything settle. Returns the request number.
+    pub fn send_job(&mut self, c: usize, s: &JobSubmit, payload: &[u8]) -> u64 {
+        let cl = &mut self.clients[c];
+        let request = cl.next_request;
+        cl.next_request += 1;
+        let mut s = s.clone();
+        s.request = request;
+        let (d, link, now) = (cl.dist, cl.link, self.now);
+        self.d(d).handle_frame(now, link, frame(&s, payload));
+        request
+    }
+
+    /// Client `c` submits job `s` and everything settles. Returns the
+    /// request number (see [`Sim::ack`]).
+    pub fn submit_job(&mut self, c: usize, s: &JobSubmit, payload: &[u8]) -> u64 {
+        let r = self.send_job(c, s, payload);
+        self.settle();
+        r
+    }
+
+    /// The ack client `c` got for its submit `request`, if any yet.
+    pub fn ack(&self, c: usize, request: u64) -> Option<&JobAck> {
+        self.clients[c].acks.iter().find(|a| a.request == request)
+    }
+
+    /// Submits `s`; the job's id once acknowledged (panics on a refusal
+    /// or if no ack came: the journal writes at once here).
+    pub fn job(&mut self, c: usize, s: &JobSubmit, payload: &[u8]) -> String {
+        let r = self.submit_job(c, s, payload);
+        let ack = self.ack(c, r).expect("an ack once the batch is written");
+        assert!(ack.error.is_empty(), "refused: {}", ack.error);
+        ack.job.clone()
+    }
+
+    /// Client `c` sends query `q` (its request number set here); returns
+    /// the reply, which comes at once.
+    pub fn query(&mut self, c: usize, q: JobQuery) -> JobReply {
+        let cl = &mut self.clients[c];
+        let request = cl.next_request;
+        cl.next_request += 1;
+        let mut q = q;
+        q.request = request;
+        let (d, link, now) = (cl.dist, cl.link, self.now);
+        self.d(d).handle_frame(now, link, frame(&q, b""));
+        self.settle();
+        self.clients[c]
+            .replies
+            .iter()
+            .find(|r| r.request == request)
+            .cloned()
+            .expect("the distributor answers a job query at once")
+    }
+
+    /// The summary of job `id`, as client `c` lists it.
+    pub fn summary(&mut self, c: usize, id: &str) -> JobSummary {
+        let r = self.query(c, job_query(JobOp::List, id));
+        assert!(r.error.is_empty(), "{}", r.error);
+        assert_eq!(r.jobs.len(), 1, "{:?}", r.jobs);
+        r.jobs[0].clone()
+    }
+
+    /// Every task of job `id` (in `state`, if given) with its output,
+    /// through every page.
+    pub fn rows(&mut self, c: usize, id: &str, state: Option<JobTaskState>) -> Vec<JobTaskRow> {
+        let mut rows = Vec::new();
+        let mut from = 0;
+        loop {
+            let mut q = job_query(JobOp::Outputs, id);
+            q.state = state;
+            q.from = from;
+            let r = self.query(c, q);
+            assert!(r.error.is_empty(), "{}", r.error);
+            rows.extend(r.tasks);
+            match r.next {
+                Some(n) => {
+                    assert!(n > from, "a page moves on");
+                    from = n;
+                }
+                None => return rows,
+            }
+        }
+    }
+
+    /// The row of task `index` of job `id`.
+    pub fn row(&mut self, c: usize, id: &str, index: u64) -> JobTaskRow {
+        let mut q = job_query(JobOp::Outputs, id);
+        q.task = Some(index);
+        let r = self.query(c, q);
+        assert!(r.error.is_empty(), "{}", r.error);
+        assert_eq!(r.tasks.len(), 1);
+        r.tasks[0].clone()
+    }
+
+    /// Distributor 0 is killed and starts again from what its journal
+    /// wrote (a batch held back is lost with it): a new core, restored
+    /// from the replay the file would give, with the simulation's users
+    /// and configuration. Its old links are gone (clients on them are
+    /// [`DETACHED`]); the workers in `reconnect` register with it again.
+    /// Returns the replay it started from.
+    pub fn restart_distributor(&mut self, reconnect: &[usize]) -> Replay {
+        self.kill_distributor(0);
+        self.journals[0].held.clear();
+        let replay = self.journals[0].replay();
+        let mut core = self.new_core(self.cfg.clone());
+        core.restore_jobs(self.now, replay.clone());
+        self.dist = core;
+        self.killed.retain(|k| *k != 0);
+        for w in &mut self.workers {
+            w.links.retain(|l| l.dist != 0);
+        }
+        for c in self.clients.iter_mut().filter(|c| c.dist == 0) {
+            c.dist = DETACHED;
+        }
+        for g in &mut self.gateways {
+            g.links.retain(|l| l.dist != 0);
+        }
+        for &w in reconnect {
+            self.reconnect(w, 0);
+            let l = *self.workers[w].links.last().expect("the new link");
+            self.workers[w].at_dist = l.at_dist;
+            self.workers[w].at_worker = l.at_worker;
+            self.workers[w].connected = true;
+        }
+        self.settle();
+        replay
+    }
+}
+
+/// A job of `app` with `tasks`, one slot per task, request number 0 (the
+/// harness numbers requests).
+pub fn job_of(app: &str, tasks: JobTasks) -> JobSubmit {
+    JobSubmit {
+        request: 0,
+        app: app.into(),
+        demands: Demands {
+            cores: 0,
+            mem: 0,
+            slots: 1,
+        },
+        require: String::new(),
+        prefer: String::new(),
+        user: String::new(),
+        priority: 0,
+        deadline_ms: 0,
+        tasks,
+    }
+}
+
+/// A job of `app` with tasks `first..=last`.
+pub fn array(app: &str, first: u64, last: u64) -> JobSubmit {
+    job_of(app, JobTasks::Array(IndexRange { first, last }))
+}
+
+/// A query `op` about job `id`, from offset 0, rows up to the largest page.
+pub fn job_query(op: JobOp, id: &str) -> JobQuery {
+    JobQuery {
+        request: 0,
+        op,
+        job: id.into(),
+        task: None,
+        state: None,
+        from: 0,
+        limit: u32::MAX,
     }
 }
 

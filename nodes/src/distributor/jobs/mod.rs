@@ -25,8 +25,9 @@
 //! durable transaction while the next batch gathers (group commit), then
 //! reports it done ([`Jobs::committed`]). A job is acknowledged, and its
 //! tasks start, only once its creation is committed. What is journaled:
-//! creation, how far each job's cursor went, each task's end (with its
-//! output), cancellation and removal. After a restart, a task below the
+//! creation, how far each job's cursor went, each placement of a task
+//! after its first, each task's end (with its output), cancellation and
+//! removal. After a restart, a task below the
 //! cursor with no end was running when the distributor stopped: it is run
 //! again with its attempt number raised, first asking the workers whether
 //! one of them ran it already (its key is the same), so a result that
@@ -446,7 +447,19 @@ impl Jobs {
                 job.counts.cancelled += n;
             }
             if job.is_finished() {
-                job.finished_ms = now_ms;
+                // When its last task ended, so that a restart does not
+                // restart its retention; a job cancelled as a whole has no
+                // record of that moment, and keeps it from now.
+                let last_end = job
+                    .slots
+                    .iter()
+                    .chain(job.ahead.values())
+                    .map(|s| s.ended_ms)
+                    .max();
+                job.finished_ms = match last_end {
+                    Some(ms) if ms > 0 && !job.cancelled => ms,
+                    _ => now_ms,
+                };
             }
             let num = job.num;
             self.jobs.insert(num, job);
@@ -472,16 +485,6 @@ impl Jobs {
             slot.started_ms = now_ms;
             let attempts = slot.attempts;
             let locate = attempts > 0;
-            if locate {
-                // Journal that it started again, so a second restart still
-                // counts the run lost in the first.
-                let rec = task_record(slot, TaskStateRecord::Started);
-                self.ops.push(JournalOp::Task {
-                    num,
-                    offset,
-                    rec: Box::new(rec),
-                });
-            }
             self.moved.insert(num);
             self.active += 1;
             let index = job.index(offset);
@@ -524,6 +527,18 @@ impl Jobs {
             Some(w) => {
                 if &*slot.worker != w {
                     slot.worker = Rc::from(w);
+                }
+                if slot.attempts > 0 {
+                    // A run after others (lost with a worker or in a
+                    // restart): journaled, so that a restart counts them.
+                    // Journaled when placed, not when started: a task that
+                    // only waited for capacity did not run.
+                    let rec = task_record(slot, TaskStateRecord::Started);
+                    self.ops.push(JournalOp::Task {
+                        num,
+                        offset,
+                        rec: Box::new(rec),
+                    });
                 }
                 slot.attempts += 1;
                 JobTaskState::Running

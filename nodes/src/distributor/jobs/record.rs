@@ -64,7 +64,9 @@ pub struct JobRecord {
 /// A task's state as journaled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TaskStateRecord {
-    /// Started again after a restart (the run before it was lost).
+    /// Placed on a worker again (after a restart or a lost worker);
+    /// `attempts` runs came before it, and this one is lost if no end
+    /// follows.
     Started,
     /// Succeeded.
     Done,
@@ -156,4 +158,82 @@ pub struct Replay {
     pub next_num: u64,
     /// The jobs, by number.
     pub jobs: Vec<ReplayJob>,
+}
+
+impl Replay {
+    /// What an empty journal reads back: no jobs, numbers from 1.
+    pub fn empty() -> Replay {
+        Replay {
+            next_num: 1,
+            jobs: Vec::new(),
+        }
+    }
+
+    /// Applies one batch the way the journal writes it, so that a replay
+    /// folded from the committed batches is what the journal file would
+    /// read back ([`crate::distributor::journal`] keeps to these rules):
+    /// `Created` keeps the record (a second one for the same number
+    /// replaces the record only) and moves the next number past it;
+    /// `Cursor`, `Task` and `Cancelled` for a job the journal does not
+    /// hold are dropped; `Task` replaces the task's earlier state;
+    /// `Removed` forgets the job and its tasks, not its number.
+    pub fn apply(&mut self, ops: &[JournalOp]) {
+        for op in ops {
+            match op {
+                JournalOp::Created { num, rec } => {
+                    self.next_num = self.next_num.max(num.saturating_add(1));
+                    match self.find(*num) {
+                        Ok(i) => self.jobs[i].rec = rec.as_ref().clone(),
+                        Err(i) => self.jobs.insert(
+                            i,
+                            ReplayJob {
+                                num: *num,
+                                rec: rec.as_ref().clone(),
+                                cursor: 0,
+                                cancelled: false,
+                                tasks: Vec::new(),
+                            },
+                        ),
+                    }
+                }
+                JournalOp::Cursor { num, cursor } => {
+                    if let Ok(i) = self.find(*num) {
+                        self.jobs[i].cursor = *cursor;
+                    }
+                }
+                JournalOp::Task { num, offset, rec } => {
+                    if let Ok(i) = self.find(*num) {
+                        let tasks = &mut self.jobs[i].tasks;
+                        match tasks.binary_search_by_key(offset, |(o, _)| *o) {
+                            Ok(t) => tasks[t].1 = rec.as_ref().clone(),
+                            Err(t) => tasks.insert(t, (*offset, rec.as_ref().clone())),
+                        }
+                    }
+                }
+                JournalOp::Cancelled { num } => {
+                    if let Ok(i) = self.find(*num) {
+                        self.jobs[i].cancelled = true;
+                    }
+                }
+                JournalOp::Removed { num } => {
+                    if let Ok(i) = self.find(*num) {
+                        self.jobs.remove(i);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The replay of `batches`, committed in order to an empty journal.
+    pub fn of_batches<'a>(batches: impl IntoIterator<Item = &'a [JournalOp]>) -> Replay {
+        let mut r = Replay::empty();
+        for b in batches {
+            r.apply(b);
+        }
+        r
+    }
+
+    fn find(&self, num: u64) -> Result<usize, usize> {
+        self.jobs.binary_search_by_key(&num, |j| j.num)
+    }
 }
