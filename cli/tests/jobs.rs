@@ -310,3 +310,73 @@ fn bad_job_input_is_refused_clearly() {
     );
     let _ = Path::new(f);
 }
+
+/// A gateway seeded with `--set main=ADDR` knows its member by address
+/// only: job commands still find the job through it.
+#[test]
+fn a_seeded_gateway_finds_jobs_by_address() {
+    let dir = Dir::new("jobs-seeded");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("dist-1", "distributor"),
+            ("w-1", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let (gw, dist) = (port(), port());
+    let (g, d) = (gw.to_string(), dist.to_string());
+    let data = dir.0.join("data");
+    let _dist = spawn(&[
+        "distributor",
+        "--name",
+        "dist-1",
+        "--listen",
+        &d,
+        "--pki",
+        &pki,
+        "--set-name",
+        "main",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let set = format!("main={d}");
+    let _gw = spawn(&[
+        "gateway", "--name", "gw-1", "--listen", &g, "--pki", &pki, "--set", &set,
+    ]);
+    let _w = spawn(&[
+        "worker", "--name", "w-1", "--pki", &pki, "--join", &d, "--apps", "echo",
+    ]);
+    let out = eventually("an attached job ran", Duration::from_secs(30), || {
+        let out = run(&[
+            "submit",
+            "--pki",
+            &pki,
+            "--gateway",
+            &g,
+            "--app",
+            "echo",
+            "--array",
+            "1-3",
+            "--input",
+            "/dev/null",
+        ]);
+        out.status.success().then_some(out)
+    });
+    assert!(out.stdout.is_empty(), "three empty outputs");
+    let id = "main/dist-1/1";
+    let rows = json(&run(&[
+        "tasks",
+        "--pki",
+        &pki,
+        "--gateway",
+        &g,
+        id,
+        "--json",
+    ]));
+    assert_eq!(rows.as_array().map(Vec::len), Some(3), "{rows}");
+    let jobs = json(&run(&["jobs", "--pki", &pki, "--gateway", &g, "--json"]));
+    assert_eq!(jobs[0]["job"], id);
+    assert_eq!(jobs[0]["done"], 3);
+}

@@ -273,6 +273,8 @@ pub struct JobClient {
     links: HashMap<SocketAddr, Link>,
     /// Member (set, name) to address, from the gateways' record.
     members: HashMap<(String, String), SocketAddr>,
+    /// Members the gateways know by address only (seeded), by set.
+    unnamed: Vec<(String, SocketAddr)>,
     next_request: u64,
 }
 
@@ -287,6 +289,7 @@ impl JobClient {
             ep,
             links: HashMap::new(),
             members: HashMap::new(),
+            unnamed: Vec::new(),
             next_request: 1,
         })
     }
@@ -325,7 +328,14 @@ impl JobClient {
     pub async fn list(&mut self) -> Result<Vec<JobSummary>, JobError> {
         let targets: Vec<SocketAddr> = match self.cfg.distributor {
             Some(d) => vec![d],
-            None => self.refresh_members().await?.into_values().collect(),
+            None => {
+                let mut all: Vec<SocketAddr> =
+                    self.refresh_members().await?.into_values().collect();
+                all.extend(self.unnamed.iter().map(|(_, a)| *a));
+                all.sort();
+                all.dedup();
+                all
+            }
         };
         let mut all = Vec::new();
         for addr in targets {
@@ -561,14 +571,25 @@ impl JobClient {
             return Ok(*a);
         }
         let members = self.refresh_members().await?;
-        members
-            .get(&key)
-            .copied()
-            .ok_or_else(|| JobError::NoMember {
-                set: set.to_owned(),
-                member: member.to_owned(),
-                gateways: self.cfg.gateways.clone(),
-            })
+        if let Some(a) = members.get(&key) {
+            return Ok(*a);
+        }
+        // A gateway seeded with `--set NAME=ADDR,...` may know members by
+        // address only: ask those of the set which holds the job.
+        for (s, addr) in std::mem::take(&mut self.unnamed) {
+            if s != set {
+                continue;
+            }
+            if self.query_at(addr, query(JobOp::List, id)).await.is_ok() {
+                self.members.insert(key, addr);
+                return Ok(addr);
+            }
+        }
+        Err(JobError::NoMember {
+            set: set.to_owned(),
+            member: member.to_owned(),
+            gateways: self.cfg.gateways.clone(),
+        })
     }
 
     /// Reads the live members, (set, name) to address, from the first
@@ -580,6 +601,12 @@ impl JobClient {
         for gw in self.cfg.gateways.clone() {
             match self.gateway_record(gw).await {
                 Ok(r) => {
+                    self.unnamed = r
+                        .members
+                        .iter()
+                        .filter(|m| m.name.is_empty() && m.state != WorkerState::Down)
+                        .filter_map(|m| Some((m.set_name.clone(), m.addr.parse().ok()?)))
+                        .collect();
                     self.members = r
                         .members
                         .iter()

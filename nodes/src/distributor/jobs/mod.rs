@@ -642,7 +642,15 @@ impl Jobs {
             self.ready.remove(&Self::key_of(&job));
             let out: u64 = job.slots.iter().map(|s| s.output.len() as u64).sum();
             self.output_total = self.output_total.saturating_sub(out);
-            let written = job.rec.payload.len() as u64 + 256 + out + 64 * job.counts.done;
+            // What `ended` and `accept` counted for it: every task that
+            // ended (done, failed or cancelled one by one) and the record.
+            let ended = job
+                .slots
+                .iter()
+                .chain(job.ahead.values())
+                .filter(|s| s.is_final())
+                .count() as u64;
+            let written = job.rec.payload.len() as u64 + 256 + out + 64 * ended;
             self.journal_bytes = self.journal_bytes.saturating_sub(written);
             self.ops.push(JournalOp::Removed { num });
         }
