@@ -671,7 +671,10 @@ fn malformed_frame_resets_only_its_stream() {
             .expect("second stream opens");
         s.out
             .send(
-                &allot_wire::StatusQuery { include_down: true },
+                &allot_wire::StatusQuery {
+                    include_down: true,
+                    max_workers: u32::MAX,
+                },
                 &bytes::Bytes::new(),
             )
             .unwrap();

@@ -39,8 +39,8 @@ use allot_wire::message::{
 use allot_wire::{
     AttrDelta, AttrRecord, Cancel, ClauseCount, ErrorCode, ExplainQuery, ExplainReply, Frame,
     FrameError, Heartbeat, KeyQuery, KeyReply, MessageKind, NearMiss, Register, RegisterAck, Role,
-    StatusQuery, StatusReply, Submit, TaskKey, TaskResult, TaskStatus, Timings, WorkerState,
-    WorkerStatus,
+    DistributorCounters, StatusQuery, StatusReply, Submit, TaskKey, TaskResult, TaskStatus,
+    Timings, WorkerState, WorkerStatus,
 };
 use bytes::Bytes;
 
@@ -85,6 +85,12 @@ pub const MAX_KEYS_PER_QUERY: usize = 65_536;
 /// After a start, the table counts as settled once no worker has
 /// registered for this long (and at least one has).
 pub const TABLE_SETTLED: Duration = Duration::from_millis(500);
+
+/// Workers a status reply lists at most, whatever the query asks: about
+/// 200 bytes each, so the reply stays well inside a 16 MiB frame (one
+/// that still does not fit lists half as many, then half again). The
+/// reply's totals and counters cover every worker.
+pub const MAX_STATUS_WORKERS: usize = 50_000;
 
 /// Waiting tasks retried after each report or result that may have freed
 /// capacity (the sweep retries them all).
@@ -595,9 +601,10 @@ impl Core {
         self.st.flushed.take()
     }
 
-    /// What `allot status` shows, as of `now`.
+    /// What `allot status` shows, as of `now`: every worker (up to
+    /// [`MAX_STATUS_WORKERS`]), the totals and the counters.
     pub fn status(&self, now: Instant) -> StatusReply {
-        self.st.status(now)
+        self.st.status(now, true, MAX_STATUS_WORKERS)
     }
 }
 
@@ -1218,6 +1225,9 @@ impl State {
             // The worker's admission check is the final word: our view was
             // stale. Correct it now and try the next candidate.
             self.stats.refused += 1;
+            if matches!(r.refusal, ArchivedRefusal::Busy) {
+                self.stats.refused_busy += 1;
+            }
             let _ = self.table.mark_full(p.worker);
             match r.refusal {
                 // It will not take this task at all: try the others.
@@ -1300,11 +1310,19 @@ impl State {
         rec
     }
 
-    fn status(&self, now: Instant) -> StatusReply {
-        let workers = self
-            .table
-            .snapshot()
+    /// The status reply: at most `max` workers listed (down ones only if
+    /// `include_down`), the totals and counters over all of them.
+    fn status(&self, now: Instant, include_down: bool, max: usize) -> StatusReply {
+        let totals = self.table.totals();
+        let listed = if max == 0 {
+            Vec::new()
+        } else {
+            self.table.snapshot()
+        };
+        let workers = listed
             .into_iter()
+            .filter(|s| include_down || s.state != ServerState::Down)
+            .take(max)
             .map(|s| {
                 let last = self
                     .workers
@@ -1342,9 +1360,33 @@ impl State {
                 }
             })
             .collect();
+        // Heard from: any frame of a worker (report, heartbeat, result).
+        let stalest_report_ms = self
+            .workers
+            .iter()
+            .filter(|(id, _)| {
+                self.table
+                    .state(**id)
+                    .is_some_and(|s| s != ServerState::Down)
+            })
+            .map(|(_, l)| now.saturating_duration_since(l.last_seen).as_millis() as u64)
+            .max()
+            .unwrap_or(0);
+        let st = &self.stats;
         StatusReply {
             distributor: self.cfg.name.clone(),
             workers,
+            workers_total: totals.up + totals.draining + totals.down,
+            workers_up: totals.up,
+            stalest_report_ms,
+            counters: DistributorCounters {
+                submitted: st.submitted,
+                completed: st.completed,
+                refused: st.refused,
+                refused_busy: st.refused_busy,
+                retried: st.retried,
+                no_match: st.no_match,
+            },
         }
     }
 }
@@ -1364,9 +1406,21 @@ impl State {
                 self.submit(out, c, &v)?;
             }
             MessageKind::StatusQuery => {
-                let _ = frame.validate::<StatusQuery>()?;
-                let reply = self.status(self.now);
-                push(&mut self.transmit, out, &reply, &Bytes::new())?;
+                let q = frame.validate::<StatusQuery>()?;
+                let q = q.get();
+                let max = (q.max_workers.to_native() as usize).min(MAX_STATUS_WORKERS);
+                let mut reply = self.status(self.now, q.include_down, max);
+                // Workers with many labels may still not fit in a frame:
+                // list half as many until the reply fits.
+                loop {
+                    match push(&mut self.transmit, out, &reply, &Bytes::new()) {
+                        Err(LinkFull::TooLarge) if !reply.workers.is_empty() => {
+                            let half = reply.workers.len() / 2;
+                            reply.workers.truncate(half);
+                        }
+                        r => break r?,
+                    }
+                }
             }
             MessageKind::ExplainQuery => {
                 let v = frame.validate::<ExplainQuery>()?;
