@@ -93,6 +93,8 @@ pub struct SimClient {
     pub dist: usize,
     pub link: LinkId,
     pub results: Vec<(TaskResult, Bytes)>,
+    /// Status replies it got, in order.
+    pub statuses: Vec<allot_wire::StatusReply>,
     /// `Error` frames and the close code, if the distributor closed the link.
     pub closed: Option<(ErrorCode, String)>,
     /// When set, the client reads nothing: its bytes are never reported
@@ -399,6 +401,7 @@ impl Sim {
             dist: d,
             link,
             results: Vec::new(),
+            statuses: Vec::new(),
             closed: None,
             stuck: false,
             cut: false,
@@ -411,6 +414,14 @@ impl Sim {
         let (d, link, now) = (self.clients[c].dist, self.clients[c].link, self.now);
         self.d(d).handle_frame(now, link, frame(s, payload));
         self.settle();
+    }
+
+    /// Client `c` asks its distributor for its status with `q`; the reply.
+    pub fn ask_status(&mut self, c: usize, q: allot_wire::StatusQuery) -> allot_wire::StatusReply {
+        let (d, link, now) = (self.clients[c].dist, self.clients[c].link, self.now);
+        self.d(d).handle_frame(now, link, frame(&q, b""));
+        self.settle();
+        self.clients[c].statuses.pop().expect("a status reply")
     }
 
     /// Client `c` cancels its task `task_id`.
@@ -667,6 +678,12 @@ impl Sim {
                     let v = f.validate::<allot_wire::ErrorMsg>().expect("valid error");
                     let e = v.to_owned_message().expect("owned");
                     c.closed = Some((e.code, e.message));
+                }
+                MessageKind::StatusReply => {
+                    let v = f
+                        .validate::<allot_wire::StatusReply>()
+                        .expect("valid status");
+                    c.statuses.push(v.to_owned_message().expect("owned"));
                 }
                 other => panic!("unexpected {other:?} to a client"),
             }
