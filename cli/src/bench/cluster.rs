@@ -129,7 +129,7 @@ impl Cluster {
             b = b.distributor(&node_name("dist", 0, i, 1));
         }
         b = b.workers(shape.workers, |_, w| {
-            w.apps = vec!["echo".into(), "sha256".into()];
+            w.apps = vec!["echo".into(), "sha256".into(), "sleep".into()];
             w.slots = shape.slots;
             w.mode = ReportMode::Broadcast;
         });
@@ -280,7 +280,7 @@ impl Cluster {
                     "--report",
                     "broadcast",
                     "--apps",
-                    "echo,sha256",
+                    "echo,sha256,sleep",
                     "--slots",
                     &slots,
                 ]))?;

@@ -52,7 +52,10 @@ pub struct BenchArgs {
     /// answers (an outage), with backoff, before failing; 0 fails at once.
     #[arg(long, value_name = "SECS", value_parser = crate::values::parse_secs, default_value = "30")]
     pub retry_for: Duration,
-    /// Application to run.
+    /// Application to run: echo or sha256 (run inline by the workers, of
+    /// --payload bytes), or sleep (0 ms, holding a worker slot while it
+    /// runs: with few --slots it shows the distributors' double
+    /// reservations).
     #[arg(long, default_value = "echo")]
     pub app: String,
     /// Tasks to run (default 100000 unless --duration is given).
