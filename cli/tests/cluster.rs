@@ -1059,14 +1059,7 @@ fn bench_spreads_the_tasks_over_the_members_behind_the_gateways() {
             "--sim-workers measures one distributor",
         ),
         (
-            &[
-                "bench",
-                "--local",
-                "--clients",
-                "8",
-                "--concurrency",
-                "4",
-            ][..],
+            &["bench", "--local", "--clients", "8", "--concurrency", "4"][..],
             "at least the number of client connections",
         ),
     ] {

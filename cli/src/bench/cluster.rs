@@ -98,9 +98,7 @@ impl Cluster {
     pub(super) fn start(args: &BenchArgs) -> Result<Cluster> {
         // Capacity never limits the bench unless asked to: it measures
         // allot, not queueing.
-        let slots = args
-            .slots
-            .unwrap_or((args.concurrency as u32).max(64) * 2);
+        let slots = args.slots.unwrap_or((args.concurrency as u32).max(64) * 2);
         let shape = Shape {
             sets: usize::from(args.sets),
             distributors: usize::from(args.distributors),

@@ -114,7 +114,10 @@ impl Budget {
 pub(super) async fn drive(cfgs: Vec<ClientConfig>, args: BenchArgs, limit: Limit) -> Result<Run> {
     let k = cfgs.len();
     if k == 0 || args.concurrency < k {
-        bail!("--concurrency ({}) must be at least the number of client connections ({k})", args.concurrency);
+        bail!(
+            "--concurrency ({}) must be at least the number of client connections ({k})",
+            args.concurrency
+        );
     }
     let mut clients = Vec::with_capacity(k);
     for cfg in cfgs {
@@ -134,13 +137,11 @@ pub(super) async fn drive(cfgs: Vec<ClientConfig>, args: BenchArgs, limit: Limit
         Bytes::from(vec![b'x'; args.payload])
     };
     // One shared task: submitting it clones a reference, not the task.
-    let task = Rc::new(
-        Task::new(args.app.clone(), input).demands(Demands {
-            cores: 0,
-            mem: 0,
-            slots: 1,
-        }),
-    );
+    let task = Rc::new(Task::new(args.app.clone(), input).demands(Demands {
+        cores: 0,
+        mem: 0,
+        slots: 1,
+    }));
     let in_flight: Vec<usize> = (0..k)
         .map(|i| args.concurrency / k + usize::from(i < args.concurrency % k))
         .collect();

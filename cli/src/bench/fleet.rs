@@ -84,7 +84,9 @@ pub(super) fn scale_phase(
             }
             match ready_rx.try_recv() {
                 Ok(Ok(t)) => ready = Some(t),
-                Ok(Err(e)) => break Err(anyhow::anyhow!("simulated workers failed to register: {e}")),
+                Ok(Err(e)) => {
+                    break Err(anyhow::anyhow!("simulated workers failed to register: {e}"))
+                }
                 Err(std::sync::mpsc::TryRecvError::Disconnected) if ready.is_none() => {
                     break Err(anyhow::anyhow!("the simulator stopped before registering"))
                 }
@@ -108,7 +110,9 @@ pub(super) fn scale_phase(
             Err(_) => bail!("simulated workers did not register within 300 s"),
         }
     }
-    let registered_in = ready.map(|t| t.saturating_duration_since(t0)).unwrap_or_default();
+    let registered_in = ready
+        .map(|t| t.saturating_duration_since(t0))
+        .unwrap_or_default();
     let rss1 = rss_bytes(pid);
     let sent0 = sent.load(std::sync::atomic::Ordering::Relaxed);
     let t1 = Instant::now();

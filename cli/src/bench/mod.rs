@@ -315,7 +315,10 @@ fn member_counters(
                 })
                 .await;
             c.close();
-            out.push(s.with_context(|| format!("asking {name} for its counters"))?.counters);
+            out.push(
+                s.with_context(|| format!("asking {name} for its counters"))?
+                    .counters,
+            );
         }
         Ok::<_, anyhow::Error>(out)
     })?

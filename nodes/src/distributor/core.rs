@@ -37,9 +37,9 @@ use allot_wire::message::{
     ArchivedAttrChange, ArchivedRefusal, ArchivedTaskStatus, ArchivedWorkerState,
 };
 use allot_wire::{
-    AttrDelta, AttrRecord, Cancel, ClauseCount, ErrorCode, ExplainQuery, ExplainReply, Frame,
-    FrameError, Heartbeat, KeyQuery, KeyReply, MessageKind, NearMiss, Register, RegisterAck, Role,
-    DistributorCounters, StatusQuery, StatusReply, Submit, TaskKey, TaskResult, TaskStatus,
+    AttrDelta, AttrRecord, Cancel, ClauseCount, DistributorCounters, ErrorCode, ExplainQuery,
+    ExplainReply, Frame, FrameError, Heartbeat, KeyQuery, KeyReply, MessageKind, NearMiss,
+    Register, RegisterAck, Role, StatusQuery, StatusReply, Submit, TaskKey, TaskResult, TaskStatus,
     Timings, WorkerState, WorkerStatus,
 };
 use bytes::Bytes;
