@@ -8,6 +8,13 @@
 //! (client to distributor, distributor to worker), so a ratio of 0.5 of the
 //! baseline's messages per second is the ideal.
 //!
+//! A local cluster may have several distributor sets of several members
+//! behind several gateways (`--sets`, `--distributors`, `--gateways`); the
+//! tasks in flight are then shared by several client connections, and the
+//! report gives each member's share of the tasks, its CPU per task and the
+//! placements the workers refused as busy (double reservations), from the
+//! members' own counters.
+//!
 //! The parts: [`driver`] keeps the tasks in flight and records what came
 //! back, [`baseline`] measures the bare quinn echo, [`cluster`] starts the
 //! cluster of `--local`, [`fleet`] registers the simulated workers of a

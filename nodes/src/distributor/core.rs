@@ -86,6 +86,13 @@ pub const MAX_KEYS_PER_QUERY: usize = 65_536;
 /// registered for this long (and at least one has).
 pub const TABLE_SETTLED: Duration = Duration::from_millis(500);
 
+/// Event reports to the gateways (a worker joined or was lost, the queue
+/// turned empty or non-empty) go at once, then at most one per this
+/// spacing: the events of the spacing go together at its end. A report
+/// sums the whole server table, so one per event would make registering
+/// N workers cost N squared.
+pub const EVENT_REPORT_SPACING: Duration = Duration::from_millis(50);
+
 /// Workers a status reply lists at most, whatever the query asks: about
 /// 200 bytes each, so the reply stays well inside a 16 MiB frame (one
 /// that still does not fit lists half as many, then half again). The
@@ -260,8 +267,11 @@ struct State {
     /// Links to the gateways it reports to.
     gateways: Vec<Rc<Outgoing>>,
     reporter: Reporter,
-    /// Something happened that the gateways hear of at once.
+    /// Something happened that the gateways hear of at once (or, within
+    /// [`EVENT_REPORT_SPACING`] of the last event report, at its end).
     member_event: bool,
+    /// When the next event report may go.
+    next_event_report: Option<Instant>,
     /// Whether tasks waited after the last event (its turning is an event).
     was_waiting: bool,
     incarnation: u64,
@@ -374,6 +384,7 @@ impl Core {
                 gateways: Vec::new(),
                 reporter,
                 member_event: false,
+                next_event_report: None,
                 was_waiting: false,
                 incarnation: 0,
             },
@@ -554,6 +565,11 @@ impl Core {
         }
         if !self.st.gateways.is_empty() {
             t = t.min(self.st.reporter.next());
+            if self.st.member_event {
+                if let Some(e) = self.st.next_event_report {
+                    t = t.min(e);
+                }
+            }
         }
         Some(t)
     }
@@ -701,9 +717,22 @@ impl State {
             self.was_waiting = waiting;
             self.member_event = true;
         }
-        if std::mem::take(&mut self.member_event) && !self.gateways.is_empty() {
-            self.report(allot_wire::DeltaCause::Event);
+        if !self.member_event {
+            return;
         }
+        if self.gateways.is_empty() {
+            self.member_event = false;
+            return;
+        }
+        // A burst of events (thousands of workers registering) makes one
+        // report per window, not one per event: each report sums the
+        // whole table.
+        if self.next_event_report.is_some_and(|t| self.now < t) {
+            return;
+        }
+        self.member_event = false;
+        self.report(allot_wire::DeltaCause::Event);
+        self.next_event_report = Some(self.now + EVENT_REPORT_SPACING);
     }
 }
 
