@@ -14,7 +14,7 @@ use allot::client::{ClientConfig, LocalClient};
 
 use super::cluster::Cluster;
 use super::driver::{drive, Run};
-use super::process::rss_bytes;
+use super::process::{process_cpu, rss_bytes};
 use super::{BenchArgs, Limit};
 
 /// The second phase of a scale run.
@@ -32,6 +32,11 @@ pub(super) struct Scale {
     /// From the first registration until the distributor's own status
     /// counted every worker (real and simulated) up.
     pub(super) heard_from_all: Duration,
+    /// The distributor's CPU time from the first registration until every
+    /// worker was up.
+    pub(super) registration_cpu: Option<Duration>,
+    /// Its CPU time per task of the measured run, deltas streaming.
+    pub(super) cpu_us_per_task: Option<f64>,
     pub(super) rss_before: Option<u64>,
     pub(super) rss_after: Option<u64>,
     pub(super) rss_per_worker: Option<f64>,
@@ -55,6 +60,7 @@ pub(super) fn scale_phase(
     let dist = first.addr;
     let pid = first.pid.context("scale runs need --processes")?;
     let rss0 = rss_bytes(pid);
+    let cpu0 = process_cpu(pid);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -114,11 +120,14 @@ pub(super) fn scale_phase(
         .map(|t| t.saturating_duration_since(t0))
         .unwrap_or_default();
     let rss1 = rss_bytes(pid);
+    let cpu1 = process_cpu(pid);
     let sent0 = sent.load(std::sync::atomic::Ordering::Relaxed);
     let t1 = Instant::now();
     let run = crate::interrupt::block_on(drive(cfgs.to_vec(), args.clone(), limit))??;
     let deltas_per_s = (sent.load(std::sync::atomic::Ordering::Relaxed) - sent0) as f64
         / t1.elapsed().as_secs_f64();
+    let cpu2 = process_cpu(pid);
+    let tasks = run.tasks;
     // Every simulated worker's reports reached the distributor: the least
     // recently heard of its live workers was heard from this long ago.
     let end = crate::interrupt::block_on(async {
@@ -142,6 +151,16 @@ pub(super) fn scale_phase(
         stalest_report_ms: end.stalest_report_ms,
         registered_in,
         heard_from_all,
+        registration_cpu: match (cpu0, cpu1) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        },
+        cpu_us_per_task: match (cpu1, cpu2) {
+            (Some(a), Some(b)) if tasks > 0 => {
+                Some(b.saturating_sub(a).as_secs_f64() * 1e6 / tasks as f64)
+            }
+            _ => None,
+        },
         rss_before: rss0,
         rss_after: rss1,
         rss_per_worker: match (rss0, rss1) {

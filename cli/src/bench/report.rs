@@ -347,6 +347,8 @@ impl Scale {
                     "simulated_workers": self.workers,
                     "registered_in_s": self.registered_in.as_secs_f64(),
                     "heard_from_all_s": self.heard_from_all.as_secs_f64(),
+                    "registration_distributor_cpu_s": self.registration_cpu.map(|d| d.as_secs_f64()),
+                    "distributor_cpu_us_per_task": self.cpu_us_per_task,
                     "tasks_per_s_before": first.per_s(),
                     "tasks_per_s": self.run.per_s(),
                     "tasks_per_s_ratio": ratio,
@@ -381,6 +383,12 @@ impl Scale {
         if let Some(m) = self.rss_per_worker {
             println!(
                 "distributor memory per registered worker: {m:.0} bytes (RSS growth / workers)"
+            );
+        }
+        if let (Some(r), Some(t)) = (self.registration_cpu, self.cpu_us_per_task) {
+            println!(
+                "distributor CPU: {:.2} s while the workers registered; {t:.2} us per task with their deltas streaming",
+                r.as_secs_f64()
             );
         }
     }
