@@ -265,6 +265,12 @@ struct DistributorArgs {
     /// before it is forgotten.
     #[arg(long, value_name = "SECS", value_parser = crate::values::parse_secs, default_value = "86400")]
     retention: Duration,
+    /// Workers the server table holds at most (rounded up to a multiple
+    /// of 256); a registration past it is refused. Memory is taken as
+    /// workers register, not up front.
+    #[arg(long, default_value_t = 1 << 16,
+          value_parser = clap::value_parser!(u32).range(1..=(allot_engine::schema::MAX_CAPACITY as i64)))]
+    max_workers: u32,
 }
 
 #[derive(Args, Debug)]
@@ -545,6 +551,7 @@ fn run(cli: Cli) -> Result<()> {
             cfg.heartbeat = Duration::from_millis(a.heartbeat_ms.max(10));
             cfg.missed_heartbeats = a.missed_heartbeats.max(1);
             cfg.max_attempts = a.max_attempts.max(1);
+            cfg.table_capacity = a.max_workers as usize;
             cfg.match_mode = if a.sample == 0 {
                 allot_engine::MatchMode::Exact
             } else {
@@ -875,12 +882,21 @@ fn status(a: StatusArgs) -> Result<()> {
             labels.join(" "),
         ]);
     }
+    let listed = if reply.workers.len() < reply.workers_total as usize {
+        format!(" (the first {} listed)", reply.workers.len())
+    } else {
+        String::new()
+    };
     println!(
-        "distributor {}: {} workers",
-        reply.distributor,
-        reply.workers.len()
+        "distributor {}: {} workers, {} up{listed}; every live worker heard from within {} ms",
+        reply.distributor, reply.workers_total, reply.workers_up, reply.stalest_report_ms
     );
     println!("{t}");
+    let n = &reply.counters;
+    println!(
+        "tasks: {} submitted, {} completed, {} refused by workers ({} busy), {} retried, {} matched no worker",
+        n.submitted, n.completed, n.refused, n.refused_busy, n.retried, n.no_match
+    );
     Ok(())
 }
 

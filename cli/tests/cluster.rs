@@ -296,6 +296,16 @@ fn cli_contract_end_to_end() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(out.stdout, b"round trip");
+    // The table's first line counts the workers, its last the tasks.
+    let table = ok(&["status", "--pki", &pki, "--distributor", &d.to_string()]);
+    assert!(
+        table.contains("dist-1: 2 workers, 2 up;"),
+        "worker totals: {table}"
+    );
+    assert!(
+        table.contains("tasks: 1 submitted, 1 completed, 0 refused by workers (0 busy)"),
+        "counters: {table}"
+    );
 
     // submit --json with a requirement only w-eu meets.
     let out = submit(
@@ -671,7 +681,10 @@ fn malformed_frame_resets_only_its_stream() {
             .expect("second stream opens");
         s.out
             .send(
-                &allot_wire::StatusQuery { include_down: true },
+                &allot_wire::StatusQuery {
+                    include_down: true,
+                    max_workers: u32::MAX,
+                },
                 &bytes::Bytes::new(),
             )
             .unwrap();
@@ -923,7 +936,141 @@ fn bench_local_reports_the_json_contract() {
     );
 }
 
-/// The node answered a bad stream with an `Error` frame of `code` (then the
+/// The members' figures of a `bench --json` run: (name, set, tasks).
+fn bench_members(j: &Value) -> Vec<(String, String, u64)> {
+    j["members"]
+        .as_array()
+        .unwrap_or_else(|| panic!("members: {j}"))
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().expect("name").to_owned(),
+                m["set"].as_str().expect("set").to_owned(),
+                m["tasks"].as_u64().expect("tasks"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn bench_spreads_the_tasks_over_the_members_behind_the_gateways() {
+    // One set of two distributors behind one gateway: every member places
+    // some of the tasks, and the shares add up to the run.
+    let out = run(&[
+        "bench",
+        "--local",
+        "--processes",
+        "--distributors",
+        "2",
+        "--tasks",
+        "2000",
+        "--concurrency",
+        "16",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = json(&out);
+    assert_eq!(j["tasks"], 2000);
+    assert_eq!(j["errors"], 0);
+    assert_eq!(j["connections"], 2, "one connection per member: {j}");
+    let members = bench_members(&j);
+    assert_eq!(members.len(), 2, "{j}");
+    assert_eq!(members.iter().map(|m| m.2).sum::<u64>(), 2000, "{j}");
+    assert!(members.iter().all(|m| m.2 > 0), "every member works: {j}");
+    let shares: f64 = j["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["share"].as_f64().expect("share"))
+        .sum();
+    assert!((shares - 1.0).abs() < 1e-9, "{j}");
+    for m in j["members"].as_array().unwrap() {
+        assert!(m["cpu_us_per_task"].is_number(), "{j}");
+        assert!(m["refused_busy"].is_u64(), "{j}");
+        assert!(m["completed"].as_u64().is_some_and(|n| n > 0), "{j}");
+    }
+    for key in [
+        "refused_busy_per_task",
+        "refused_per_task",
+        "member_share_max_deviation",
+        "cpu_us_per_task_total",
+    ] {
+        assert!(j[key].is_number(), "{key}: {j}");
+    }
+    // Two sets of one member each, behind two gateways that learn them
+    // from the members' registrations.
+    let out = run(&[
+        "bench",
+        "--local",
+        "--processes",
+        "--sets",
+        "2",
+        "--gateways",
+        "2",
+        "--workers",
+        "1",
+        "--tasks",
+        "1000",
+        "--concurrency",
+        "8",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = json(&out);
+    let members = bench_members(&j);
+    let sets: std::collections::BTreeSet<&str> = members.iter().map(|m| m.1.as_str()).collect();
+    assert_eq!(sets.len(), 2, "{j}");
+    assert_eq!(members.iter().map(|m| m.2).sum::<u64>(), 1000, "{j}");
+    assert_eq!(j["per_worker"].as_object().map(|w| w.len()), Some(2), "{j}");
+
+    // Bad shapes: clear errors naming the flag.
+    for (args, says) in [
+        (
+            &["bench", "--local", "--distributors", "0"][..],
+            "--distributors",
+        ),
+        (&["bench", "--local", "--gateways", "0"][..], "--gateways"),
+        (
+            &["bench", "--distributors", "2", "--tasks", "10"][..],
+            "use them with --local",
+        ),
+        (
+            &["bench", "--local", "--sets", "2", "--tasks", "10"][..],
+            "--sets above 1 needs --processes",
+        ),
+        (
+            &[
+                "bench",
+                "--local",
+                "--processes",
+                "--distributors",
+                "2",
+                "--sim-workers",
+                "10",
+            ][..],
+            "--sim-workers measures one distributor",
+        ),
+        (
+            &["bench", "--local", "--clients", "8", "--concurrency", "4"][..],
+            "at least the number of client connections",
+        ),
+    ] {
+        let out = run(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
+/// The node answered a bad stream with an `Error` frame of `code` (then the/// The node answered a bad stream with an `Error` frame of `code` (then the
 /// end of the stream), or reset the stream with that code. Returns the
 /// frame's message when there was one.
 async fn expect_refusal(

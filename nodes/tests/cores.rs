@@ -150,6 +150,91 @@ fn cancel_from_another_link_does_not_touch_the_task() {
 }
 
 #[test]
+fn two_members_taking_one_slot_count_a_busy_refusal_and_report_it() {
+    let mut sim = Sim::new(|_| {});
+    let d2 = sim.add_distributor("dist-2");
+    // One slot, seen by both members (broadcast).
+    let w = sim.worker("w-1", &["sleep"], 1);
+    let a = sim.client_at(0, "alice");
+    let b = sim.client_at(d2, "bob");
+    // Both members place before either hears that the other took the slot.
+    let now = sim.now;
+    let (la, lb) = (sim.clients[a].link, sim.clients[b].link);
+    sim.d(0)
+        .handle_frame(now, la, harness::frame(&task(1, "sleep"), b""));
+    sim.d(d2)
+        .handle_frame(now, lb, harness::frame(&task(2, "sleep"), b""));
+    sim.settle();
+    assert_eq!(sim.workers[w].runs.len(), 1, "the worker admits one");
+    let busy = |sim: &mut Sim, d: usize| sim.d(d).stats().refused_busy;
+    assert_eq!(busy(&mut sim, 0) + busy(&mut sim, d2), 1);
+    let loser = if busy(&mut sim, 0) == 1 { a } else { b };
+    // The status says so, and a query for no workers still counts them.
+    let q = allot_wire::StatusQuery {
+        include_down: true,
+        max_workers: 0,
+    };
+    let st = sim.ask_status(loser, q.clone());
+    assert!(st.workers.is_empty());
+    assert_eq!((st.workers_total, st.workers_up), (1, 1));
+    assert_eq!(st.counters.refused_busy, 1);
+    assert_eq!(st.counters.refused, 1);
+    assert_eq!(st.counters.submitted, 1);
+    assert_eq!(st.counters.completed, 0);
+    // The refused task waited, not failed: it runs once the slot frees.
+    let t = sim.workers[w].runs[0].0;
+    sim.finish(w, t, ok(b"x"));
+    // The worker's next delta (one coalescing window later, well before
+    // its periodic full report) frees it in the loser's view, though its
+    // free slots are back where it last reported them.
+    sim.advance(Duration::from_millis(50));
+    assert_eq!(sim.workers[w].runs.len(), 2, "the refused task ran next");
+    let t = sim.workers[w].runs[1].0;
+    sim.finish(w, t, ok(b"y"));
+    assert_eq!(status(sim.result(a, 1)), Some(TaskStatus::Ok));
+    assert_eq!(status(sim.result(b, 2)), Some(TaskStatus::Ok));
+    let st = sim.ask_status(loser, q);
+    assert_eq!(st.counters.completed, 1);
+    assert_eq!(st.counters.refused_busy, 1, "counted once");
+}
+
+#[test]
+fn a_status_lists_what_was_asked_and_counts_every_worker() {
+    let mut sim = Sim::new(|_| {});
+    for i in 0..3 {
+        sim.worker(&format!("w-{i}"), &["echo"], 1);
+    }
+    let c = sim.client("cli");
+    let ask = |sim: &mut Sim, include_down, max_workers| {
+        sim.ask_status(
+            c,
+            allot_wire::StatusQuery {
+                include_down,
+                max_workers,
+            },
+        )
+    };
+    let all = ask(&mut sim, true, u32::MAX);
+    assert_eq!(all.workers.len(), 3);
+    assert_eq!((all.workers_total, all.workers_up), (3, 3));
+    let two = ask(&mut sim, true, 2);
+    assert_eq!(two.workers.len(), 2);
+    assert_eq!(two.workers_total, 3);
+    // A worker lost: listed as down only when asked for, counted always.
+    sim.disconnect(1);
+    let up_only = ask(&mut sim, false, u32::MAX);
+    assert_eq!(up_only.workers.len(), 2);
+    assert!(up_only.workers.iter().all(|w| w.name != "w-1"));
+    assert_eq!((up_only.workers_total, up_only.workers_up), (3, 2));
+    assert_eq!(ask(&mut sim, true, u32::MAX).workers.len(), 3);
+    // Time passes with no word from the workers: the stalest report says
+    // how long.
+    sim.advance_silent(Duration::from_millis(700), 0);
+    let st = ask(&mut sim, true, 0);
+    assert!(st.stalest_report_ms >= 700, "{}", st.stalest_report_ms);
+}
+
+#[test]
 fn a_refused_placement_goes_to_the_next_worker() {
     let mut sim = Sim::new(|_| {});
     let a = sim.worker("w-a", &["sleep"], 1);

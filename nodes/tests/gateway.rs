@@ -5,6 +5,7 @@ mod harness;
 
 use std::time::Duration;
 
+use allot::distributor::EVENT_REPORT_SPACING;
 use allot::gateway::GatewayCore;
 use allot_wire::{
     DeltaCause, ErrorCode, Frame, Heartbeat, MemberRegister, MessageKind, Role, SetAttrs,
@@ -134,7 +135,11 @@ fn a_worker_joining_or_lost_is_reported_at_once() {
     assert_eq!(st.members[0].attrs.workers_up, 1);
     assert_eq!(st.members[0].attrs.slots, 4);
     assert_eq!(st.members[0].attrs.apps, vec!["sleep".to_string()]);
+    // Lost in the same instant: reported once the spacing since the
+    // first report has passed.
     sim.disconnect(w);
+    assert_eq!(sim.gateways[g].reports, vec![DeltaCause::Event]);
+    sim.advance(EVENT_REPORT_SPACING);
     assert_eq!(
         sim.gateways[g].reports,
         vec![DeltaCause::Event, DeltaCause::Event]
@@ -143,6 +148,32 @@ fn a_worker_joining_or_lost_is_reported_at_once() {
     let st = sim.gateways[g].core.status(now);
     assert_eq!(st.members[0].attrs.workers_up, 0);
     assert_eq!(st.members[0].attrs.workers_down, 1);
+}
+
+#[test]
+fn a_burst_of_registrations_makes_two_event_reports_not_one_each() {
+    let mut sim = Sim::new(|c| c.report_every = 1000);
+    let g = sim.add_gateway(|_| {});
+    sim.register(0, g, A);
+    for i in 0..100 {
+        sim.worker(&format!("w-{i}"), &["sleep"], 1);
+    }
+    assert_eq!(
+        sim.gateways[g].reports,
+        vec![DeltaCause::Event],
+        "the first at once"
+    );
+    sim.advance(EVENT_REPORT_SPACING);
+    assert_eq!(
+        sim.gateways[g].reports,
+        vec![DeltaCause::Event, DeltaCause::Event],
+        "the rest together"
+    );
+    let now = sim.now;
+    assert_eq!(
+        sim.gateways[g].core.status(now).members[0].attrs.workers_up,
+        100
+    );
 }
 
 #[test]

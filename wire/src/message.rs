@@ -531,6 +531,11 @@ pub struct ErrorMsg {
 pub struct StatusQuery {
     /// Include workers marked down.
     pub include_down: bool,
+    /// List at most this many workers (the distributor caps it further so
+    /// that the reply fits in a frame); the reply's totals and counters
+    /// cover every worker either way. 0 lists none: a cheap poll of the
+    /// totals.
+    pub max_workers: u32,
 }
 
 /// One worker in a [`StatusReply`].
@@ -555,14 +560,43 @@ pub struct WorkerStatus {
     pub last_report_ms: u64,
 }
 
+/// What a distributor has done since it started, as counts.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[rkyv(derive(Debug))]
+pub struct DistributorCounters {
+    /// Tasks received from clients.
+    pub submitted: u64,
+    /// Results returned to clients.
+    pub completed: u64,
+    /// Placements refused by workers' admission checks, for any reason.
+    pub refused: u64,
+    /// Of those, refused as [`Refusal::Busy`]: the worker had less free
+    /// capacity than this distributor's view of it, because another
+    /// distributor (or a report not yet arrived) took it.
+    pub refused_busy: u64,
+    /// Tasks placed again after a worker was lost or refused.
+    pub retried: u64,
+    /// Tasks that no worker could take.
+    pub no_match: u64,
+}
+
 /// A distributor's view of its workers.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[rkyv(derive(Debug))]
 pub struct StatusReply {
     /// The distributor's node name.
     pub distributor: String,
-    /// One entry per worker.
+    /// One entry per worker, in id order, at most as many as asked for.
     pub workers: Vec<WorkerStatus>,
+    /// Workers in its table, listed or not (down ones included).
+    pub workers_total: u32,
+    /// Of those, the workers up.
+    pub workers_up: u32,
+    /// Milliseconds since the least recently heard of the workers that are
+    /// not down (0 with none): every live worker reported within it.
+    pub stalest_report_ms: u64,
+    /// Its counters since it started.
+    pub counters: DistributorCounters,
 }
 
 /// Asks whether a task would be placed, and if not, why.

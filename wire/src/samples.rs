@@ -174,7 +174,13 @@ pub fn all_frames() -> Vec<(MessageKind, BytesMut)> {
         },
         b""
     );
-    push!(StatusQuery { include_down: true }, b"");
+    push!(
+        StatusQuery {
+            include_down: true,
+            max_workers: u32::MAX,
+        },
+        b""
+    );
     push!(
         StatusReply {
             distributor: "dist-a".into(),
@@ -188,6 +194,17 @@ pub fn all_frames() -> Vec<(MessageKind, BytesMut)> {
                 reserved_mem: 1 << 30,
                 last_report_ms: 120,
             }],
+            workers_total: 1,
+            workers_up: 1,
+            stalest_report_ms: 120,
+            counters: DistributorCounters {
+                submitted: 1000,
+                completed: 990,
+                refused: 4,
+                refused_busy: 3,
+                retried: 4,
+                no_match: 6,
+            },
         },
         b""
     );

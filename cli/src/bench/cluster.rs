@@ -1,16 +1,25 @@
 //! The cluster `bench --local` starts and stops: in this process (an
 //! [`allot::LocalCluster`]), or with `--processes` as child `allot`
 //! processes sharing the kit's certificates.
+//!
+//! Its shape: `--sets` distributor sets of `--distributors` members each,
+//! behind `--gateways` gateways, and `--workers` workers per set, each
+//! joined to every member of its set in broadcast mode (so every member
+//! sees every worker of its set, and the workers' admission checks settle
+//! the members' double reservations). As processes, the members register
+//! with every gateway (no `--set` list): the gateways learn the sets from
+//! them, as in a deployment. In one process, one set, whose members the
+//! gateways are given.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use allot::local_cluster::{wait_for_workers, TempPki};
 use allot::{ClientConfig, LocalCluster};
-use allot_wire::{ReportMode, Role};
-use anyhow::{Context, Result};
+use allot_wire::{ReportMode, Role, WorkerState};
+use anyhow::{bail, Context, Result};
 
 use super::process::die_with_parent;
 use super::BenchArgs;
@@ -18,15 +27,29 @@ use super::BenchArgs;
 /// How long the nodes have to come up.
 const UP_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// A cluster started by `bench --local`: one gateway, one distributor and
-/// N workers, in this process or as child processes (killed on drop).
+/// Client names tried per connection when choosing names that spread the
+/// connections evenly over the members (see [`Cluster::client_names`]).
+const NAME_TRIES_PER_CLIENT: usize = 200;
+
+/// One distributor of the cluster.
+#[derive(Debug, Clone)]
+pub(super) struct Member {
+    pub(super) set: String,
+    pub(super) name: String,
+    pub(super) addr: SocketAddr,
+    /// Its process (none when the nodes are threads of this process).
+    pub(super) pid: Option<u32>,
+}
+
+/// A cluster started by `bench --local`, in this process or as child
+/// processes (killed on drop).
 pub(super) struct Cluster {
     pub(super) pki: PathBuf,
-    pub(super) gateway: SocketAddr,
+    pub(super) gateways: Vec<SocketAddr>,
+    pub(super) members: Vec<Member>,
     /// Role and process id of every child process (none when the nodes
     /// run as threads of this process).
     pub(super) roles: Vec<(&'static str, u32)>,
-    pub(super) dist_addr: Option<SocketAddr>,
     children: Vec<Child>,
     /// The nodes, when they are threads of this process.
     _threads: Option<LocalCluster>,
@@ -47,70 +70,121 @@ fn free_addr() -> Result<SocketAddr> {
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
 }
 
+/// The name of set `s` (from 0) of `sets`: `main` when there is one.
+fn set_name(s: usize, sets: usize) -> String {
+    if sets == 1 {
+        "main".into()
+    } else {
+        format!("set{}", s + 1)
+    }
+}
+
+/// A node name within set `s`: `dist-1` in a one-set cluster, `set2-dist-1`
+/// in a larger one.
+fn node_name(kind: &str, s: usize, i: usize, sets: usize) -> String {
+    if sets == 1 {
+        format!("{kind}-{}", i + 1)
+    } else {
+        format!("set{}-{kind}-{}", s + 1, i + 1)
+    }
+}
+
 impl Cluster {
-    /// The distributor's process (none when the nodes are threads).
-    pub(super) fn distributor_pid(&self) -> Option<u32> {
-        self.roles
-            .iter()
-            .find(|(r, _)| *r == "distributor")
-            .map(|(_, p)| *p)
+    /// The first distributor (the one a scale run measures).
+    pub(super) fn first(&self) -> &Member {
+        &self.members[0]
     }
 
     pub(super) fn start(args: &BenchArgs) -> Result<Cluster> {
-        // Capacity never limits the bench: it measures allot, not queueing.
-        let slots = (args.concurrency as u32).max(64) * 2;
-        let workers = args.workers.max(1);
+        // Capacity never limits the bench unless asked to: it measures
+        // allot, not queueing.
+        let slots = args.slots.unwrap_or((args.concurrency as u32).max(64) * 2);
+        let shape = Shape {
+            sets: usize::from(args.sets),
+            distributors: usize::from(args.distributors),
+            gateways: usize::from(args.gateways),
+            workers: args.workers.max(1),
+            slots,
+            // A scale run registers its simulated workers with the first
+            // distributor: its table must hold them all.
+            max_workers: args
+                .sim_workers
+                .map(|n| (n + args.workers + 256).max(1 << 16)),
+        };
         if args.processes {
-            Self::start_processes(&args.name, workers, slots)
+            Self::start_processes(&args.name, &shape)
         } else {
-            Self::start_threads(&args.name, workers, slots)
+            Self::start_threads(&args.name, &shape)
         }
     }
 
-    fn start_threads(client: &str, workers: usize, slots: u32) -> Result<Cluster> {
-        let c = LocalCluster::builder()
-            .distributor("dist-1")
-            .workers(workers, |_, w| {
-                w.apps = vec!["echo".into(), "sha256".into(), "sleep".into()];
-                w.slots = slots;
-                w.mode = ReportMode::Registered;
-            })
-            .gateway("gw-1")
+    fn start_threads(client: &str, shape: &Shape) -> Result<Cluster> {
+        if shape.sets != 1 {
+            bail!("--sets above 1 needs --processes");
+        }
+        let mut b = LocalCluster::builder();
+        for i in 0..shape.distributors {
+            b = b.distributor(&node_name("dist", 0, i, 1));
+        }
+        b = b.workers(shape.workers, |_, w| {
+            w.apps = vec!["echo".into(), "sha256".into(), "sleep".into()];
+            w.slots = shape.slots;
+            w.mode = ReportMode::Broadcast;
+        });
+        for g in 0..shape.gateways {
+            b = b.gateway(&format!("gw-{}", g + 1));
+        }
+        let c = b
             .client(client)
             // For the simulated workers of a scale run.
             .certificate("sim", Role::Worker)
             .up_timeout(UP_TIMEOUT)
             .start()
             .context("starting the local cluster")?;
+        let members = c
+            .distributors()
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Member {
+                set: set_name(0, 1),
+                name: node_name("dist", 0, i, 1),
+                addr: *a,
+                pid: None,
+            })
+            .collect();
         Ok(Cluster {
             pki: c.pki().to_path_buf(),
-            gateway: c.gateways()[0],
+            gateways: c.gateways().to_vec(),
+            members,
             roles: Vec::new(),
-            dist_addr: Some(c.distributors()[0]),
             children: Vec::new(),
             _threads: Some(c),
             _certs: None,
         })
     }
 
-    fn start_processes(client: &str, workers: usize, slots: u32) -> Result<Cluster> {
+    fn start_processes(client: &str, shape: &Shape) -> Result<Cluster> {
         let mut nodes: Vec<(String, Role)> = vec![
-            ("gw-1".into(), Role::Gateway),
-            ("dist-1".into(), Role::Distributor),
             (client.to_owned(), Role::Client),
             ("sim".into(), Role::Worker),
         ];
-        for i in 0..workers {
-            nodes.push((format!("worker-{}", i + 1), Role::Worker));
+        let gw_names: Vec<String> = (0..shape.gateways)
+            .map(|g| format!("gw-{}", g + 1))
+            .collect();
+        nodes.extend(gw_names.iter().map(|n| (n.clone(), Role::Gateway)));
+        for s in 0..shape.sets {
+            for i in 0..shape.distributors {
+                nodes.push((node_name("dist", s, i, shape.sets), Role::Distributor));
+            }
+            for i in 0..shape.workers {
+                nodes.push((node_name("worker", s, i, shape.sets), Role::Worker));
+            }
         }
         let refs: Vec<(&str, Role)> = nodes.iter().map(|(n, r)| (n.as_str(), *r)).collect();
         let certs = TempPki::create(&refs)?;
         let pki = certs.pki().to_path_buf();
-        let data = certs.dir().join("dist-1").to_string_lossy().to_string();
         let exe = std::env::current_exe().context("finding the allot binary")?;
         let pki_s = pki.to_string_lossy().to_string();
-        let dist = free_addr()?;
-        let gw = free_addr()?;
         let spawn = |args: &[String]| -> Result<Child> {
             die_with_parent(Command::new(&exe).args(args))
                 .env("ALLOT_LOG", "error")
@@ -123,62 +197,235 @@ impl Cluster {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let mut cluster = Cluster {
             pki: pki.clone(),
-            gateway: gw,
+            gateways: Vec::new(),
+            members: Vec::new(),
             roles: Vec::new(),
-            dist_addr: Some(dist),
             children: Vec::new(),
             _threads: None,
-            _certs: Some(certs),
+            _certs: None,
         };
-        let d = spawn(&s(&[
-            "distributor",
-            "--name",
-            "dist-1",
-            "--listen",
-            &dist.to_string(),
-            "--pki",
-            &pki_s,
-            "--data-dir",
-            &data,
-        ]))?;
-        cluster.roles.push(("distributor", d.id()));
-        cluster.children.push(d);
-        for i in 0..workers {
-            let name = format!("worker-{}", i + 1);
-            let slots = slots.to_string();
-            let w = spawn(&s(&[
-                "worker",
+        // Gateways first, with no set list: they learn the sets from the
+        // members' registrations.
+        for name in &gw_names {
+            let addr = free_addr()?;
+            let g = spawn(&s(&[
+                "gateway",
                 "--name",
-                &name,
+                name,
+                "--listen",
+                &addr.to_string(),
                 "--pki",
                 &pki_s,
-                "--join",
-                &dist.to_string(),
-                "--apps",
-                "echo,sha256,sleep",
-                "--slots",
-                &slots,
             ]))?;
-            cluster.roles.push(("workers", w.id()));
-            cluster.children.push(w);
+            cluster.roles.push(("gateway", g.id()));
+            cluster.children.push(g);
+            cluster.gateways.push(addr);
         }
-        let set = format!("main={dist}");
-        let g = spawn(&s(&[
-            "gateway",
-            "--name",
-            "gw-1",
-            "--listen",
-            &gw.to_string(),
-            "--pki",
-            &pki_s,
-            "--set",
-            &set,
-        ]))?;
-        cluster.roles.push(("gateway", g.id()));
-        cluster.children.push(g);
-        let cfg = ClientConfig::new(client, pki, Vec::new());
-        crate::interrupt::block_on(wait_for_workers(&cfg, dist, workers, UP_TIMEOUT))?
-            .context("the local cluster did not come up")?;
+        let gateways = cluster
+            .gateways
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        for set in 0..shape.sets {
+            let set_s = set_name(set, shape.sets);
+            let mut joined = Vec::new();
+            for i in 0..shape.distributors {
+                let name = node_name("dist", set, i, shape.sets);
+                let addr = free_addr()?;
+                let data = certs.dir().join(&name).to_string_lossy().to_string();
+                let mut a = s(&[
+                    "distributor",
+                    "--name",
+                    &name,
+                    "--listen",
+                    &addr.to_string(),
+                    "--pki",
+                    &pki_s,
+                    "--data-dir",
+                    &data,
+                    "--set-name",
+                    &set_s,
+                    "--gateways",
+                    &gateways,
+                ]);
+                if let Some(n) = shape.max_workers {
+                    a.extend(s(&["--max-workers", &n.to_string()]));
+                }
+                let d = spawn(&a)?;
+                cluster.roles.push(("distributor", d.id()));
+                cluster.members.push(Member {
+                    set: set_s.clone(),
+                    name,
+                    addr,
+                    pid: Some(d.id()),
+                });
+                cluster.children.push(d);
+                joined.push(addr.to_string());
+            }
+            let join = joined.join(",");
+            for i in 0..shape.workers {
+                let name = node_name("worker", set, i, shape.sets);
+                let slots = shape.slots.to_string();
+                let w = spawn(&s(&[
+                    "worker",
+                    "--name",
+                    &name,
+                    "--pki",
+                    &pki_s,
+                    "--join",
+                    &join,
+                    "--report",
+                    "broadcast",
+                    "--apps",
+                    "echo,sha256,sleep",
+                    "--slots",
+                    &slots,
+                ]))?;
+                cluster.roles.push(("workers", w.id()));
+                cluster.children.push(w);
+            }
+        }
+        cluster._certs = Some(certs);
+        let cfg = ClientConfig::new(client, pki.clone(), Vec::new());
+        let members = cluster.members.clone();
+        let gws = cluster.gateways.clone();
+        let workers = shape.workers;
+        crate::interrupt::block_on(async move {
+            let deadline = Instant::now() + UP_TIMEOUT;
+            for m in &members {
+                let left = deadline.saturating_duration_since(Instant::now());
+                wait_for_workers(&cfg, m.addr, workers, left)
+                    .await
+                    .with_context(|| format!("waiting for the workers of {}", m.name))?;
+            }
+            for gw in &gws {
+                wait_for_members(&pki, client, *gw, members.len(), deadline).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        })?
+        .context("the local cluster did not come up")?;
         Ok(cluster)
+    }
+
+    /// `k` client names, each with a certificate (issued here when it is
+    /// not `base` itself), and its gateway list. A gateway sends a client
+    /// name to one member by rendezvous hashing; a few names would land
+    /// unevenly by chance, where a large population of clients spreads
+    /// evenly. So the names are picked, from `base-1`, `base-2`, ..., so
+    /// that each member is the first choice of as many of them as the
+    /// others (of `k / members`, the first `k % members` one more): the
+    /// spread of many clients, with a few connections. The redirect
+    /// itself is still the gateway's: the report counts where the tasks
+    /// went. Each name's gateway list starts at another gateway, so the
+    /// clients spread over the gateways too.
+    pub(super) fn client_names(
+        &self,
+        base: &str,
+        k: usize,
+    ) -> Result<Vec<(String, Vec<SocketAddr>)>> {
+        let gw = |i: usize| -> Vec<SocketAddr> {
+            let n = self.gateways.len();
+            (0..n).map(|j| self.gateways[(i + j) % n]).collect()
+        };
+        if k == 1 && self.members.len() == 1 {
+            return Ok(vec![(base.to_owned(), gw(0))]);
+        }
+        let m = self.members.len();
+        let target: Vec<usize> = (0..m).map(|i| k / m + usize::from(i < k % m)).collect();
+        let mut have = vec![0usize; m];
+        let mut names: Vec<String> = Vec::with_capacity(k);
+        let mut spare: Vec<String> = Vec::new();
+        for i in 1..=k * NAME_TRIES_PER_CLIENT {
+            if names.len() == k {
+                break;
+            }
+            let name = format!("{base}-{i}");
+            let first = self.first_choice(&name);
+            if have[first] < target[first] {
+                have[first] += 1;
+                names.push(name);
+            } else if spare.len() < k {
+                spare.push(name);
+            }
+        }
+        if names.len() < k {
+            eprintln!(
+                "bench: could not spread {k} client names evenly over {m} members; \
+                 the member shares show where they went"
+            );
+            let missing = k - names.len();
+            names.extend(spare.into_iter().take(missing));
+        }
+        for n in &names {
+            allot::pki::issue(&self.pki, n, Role::Client)
+                .with_context(|| format!("issuing the client certificate {n}"))?;
+        }
+        Ok(names
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| (n, gw(i)))
+            .collect())
+    }
+
+    /// The member a gateway puts first for `client` while every member is
+    /// up: the set by the rendezvous choice (the gateways' default
+    /// policy), then the member by [`allot::gateway::member_score`].
+    pub(super) fn first_choice(&self, client: &str) -> usize {
+        let set = self
+            .members
+            .iter()
+            .map(|m| m.set.as_str())
+            .max_by_key(|s| allot::gateway::rendezvous_score(client, s))
+            .unwrap_or("");
+        self.members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.set == set)
+            .max_by_key(|(_, m)| allot::gateway::member_score(client, m.addr))
+            .map(|(i, _)| i)
+            .unwrap_or(0)
+    }
+}
+
+/// What [`Cluster::start`] builds.
+struct Shape {
+    sets: usize,
+    distributors: usize,
+    gateways: usize,
+    /// Per set.
+    workers: usize,
+    slots: u32,
+    /// The distributors' `--max-workers`, when the default is too few.
+    max_workers: Option<usize>,
+}
+
+/// Waits until the gateway at `gw` records `members` members up.
+async fn wait_for_members(
+    pki: &std::path::Path,
+    client: &str,
+    gw: SocketAddr,
+    members: usize,
+    deadline: Instant,
+) -> Result<()> {
+    loop {
+        let last = match allot::gateway::query_status(pki, client, gw).await {
+            Ok(r) => {
+                let up = r
+                    .members
+                    .iter()
+                    .filter(|m| m.state == WorkerState::Up)
+                    .count();
+                if up >= members {
+                    return Ok(());
+                }
+                format!("{up} of {members} members up")
+            }
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            bail!("the gateway at {gw} did not record every member in time ({last})");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

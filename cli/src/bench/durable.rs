@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use allot::client::{JobClient, JobSpec, JobsConfig};
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use super::cluster::Cluster;
 use super::{process, BenchArgs};
@@ -43,14 +43,12 @@ pub(super) struct Durable {
 
 /// Runs the durable phase against the local cluster `c`.
 pub(super) fn durable_phase(c: &Cluster, args: &BenchArgs, tasks: u64) -> Result<Durable> {
-    let dist = c
-        .dist_addr
-        .context("the local cluster has no distributor address")?;
+    let dist = c.first().addr;
     let cfg = JobsConfig::new(c.pki.clone(), &args.name, Vec::new()).with_distributor(dist);
     let payload = vec![b'x'; args.payload];
     let app = args.app.clone();
     let rounds = usize::from(args.rounds);
-    let pid = c.distributor_pid();
+    let pid = c.first().pid;
     let pki = c.pki.clone();
     crate::interrupt::block_on(async move {
         let mut jobs = JobClient::new(cfg)?;

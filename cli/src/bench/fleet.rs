@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use allot_wire::{ReportMode, Role};
+use allot_wire::{ReportMode, Role, StatusQuery};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 
@@ -14,7 +14,7 @@ use allot::client::{ClientConfig, LocalClient};
 
 use super::cluster::Cluster;
 use super::driver::{drive, Run};
-use super::process::rss_bytes;
+use super::process::{process_cpu, rss_bytes};
 use super::{BenchArgs, Limit};
 
 /// The second phase of a scale run.
@@ -22,54 +22,124 @@ pub(super) struct Scale {
     pub(super) workers: usize,
     pub(super) run: Run,
     pub(super) deltas_per_s: f64,
-    pub(super) fresh: usize,
+    /// Workers up at the distributor at the end, and how long ago the
+    /// least recently heard of them was heard from.
+    pub(super) workers_up: u32,
+    pub(super) stalest_report_ms: u64,
+    /// From the first registration until the simulator had every
+    /// registration acknowledged.
     pub(super) registered_in: Duration,
+    /// From the first registration until the distributor's own status
+    /// counted every worker (real and simulated) up.
+    pub(super) heard_from_all: Duration,
+    /// The distributor's CPU time from the first registration until every
+    /// worker was up.
+    pub(super) registration_cpu: Option<Duration>,
+    /// Its CPU time per task of the measured run, deltas streaming.
+    pub(super) cpu_us_per_task: Option<f64>,
+    pub(super) rss_before: Option<u64>,
+    pub(super) rss_after: Option<u64>,
     pub(super) rss_per_worker: Option<f64>,
 }
+
+/// How often the scale run asks the distributor whether every worker is up.
+const POLL: Duration = Duration::from_millis(100);
+
+/// How long the simulated workers have to register.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(300);
 
 pub(super) fn scale_phase(
     c: &Cluster,
     cfg: &ClientConfig,
+    cfgs: &[ClientConfig],
     args: &BenchArgs,
     limit: Limit,
     n: usize,
 ) -> Result<Scale> {
-    let dist = c.dist_addr.context("scale runs need --processes")?;
-    let rss0 = c.distributor_pid().and_then(rss_bytes);
+    let first = c.first();
+    let dist = first.addr;
+    let pid = first.pid.context("scale runs need --processes")?;
+    let rss0 = rss_bytes(pid);
+    let cpu0 = process_cpu(pid);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let t0 = Instant::now();
     let sim = {
         let (pki, stop, sent) = (c.pki.clone(), stop.clone(), sent.clone());
         std::thread::spawn(move || -> Result<()> {
             crate::interrupt::block_on(simulate(pki, dist, n, stop, sent, ready_tx))?
         })
     };
-    let t0 = Instant::now();
-    match ready_rx.recv_timeout(Duration::from_secs(120)) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => bail!("simulated workers failed to register: {e}"),
-        Err(_) => bail!("simulated workers did not register within 120 s"),
+    // The distributor's side: poll its totals until every worker is up.
+    let target = u32::try_from(n + args.workers.max(1)).unwrap_or(u32::MAX);
+    let (heard_from_all, mut ready) = crate::interrupt::block_on(async {
+        let q = StatusQuery {
+            include_down: true,
+            max_workers: 0,
+        };
+        let c = LocalClient::connect_distributor(cfg.clone(), dist).await?;
+        let mut ready = None;
+        let r = loop {
+            let up = match c.status_with(q.clone()).await {
+                Ok(s) => s.workers_up,
+                Err(e) => break Err(anyhow::Error::new(e).context("asking the distributor")),
+            };
+            if up >= target {
+                break Ok(t0.elapsed());
+            }
+            match ready_rx.try_recv() {
+                Ok(Ok(t)) => ready = Some(t),
+                Ok(Err(e)) => {
+                    break Err(anyhow::anyhow!("simulated workers failed to register: {e}"))
+                }
+                Err(std::sync::mpsc::TryRecvError::Disconnected) if ready.is_none() => {
+                    break Err(anyhow::anyhow!("the simulator stopped before registering"))
+                }
+                Err(_) => {}
+            }
+            if t0.elapsed() > REGISTER_TIMEOUT {
+                break Err(anyhow::anyhow!(
+                    "{up} of {target} workers up at the distributor after {} s",
+                    REGISTER_TIMEOUT.as_secs()
+                ));
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        c.close();
+        r.map(|d| (d, ready))
+    })??;
+    if ready.is_none() {
+        match ready_rx.recv_timeout(REGISTER_TIMEOUT) {
+            Ok(Ok(t)) => ready = Some(t),
+            Ok(Err(e)) => bail!("simulated workers failed to register: {e}"),
+            Err(_) => bail!("simulated workers did not register within 300 s"),
+        }
     }
-    let registered_in = t0.elapsed();
-    let rss1 = c.distributor_pid().and_then(rss_bytes);
+    let registered_in = ready
+        .map(|t| t.saturating_duration_since(t0))
+        .unwrap_or_default();
+    let rss1 = rss_bytes(pid);
+    let cpu1 = process_cpu(pid);
     let sent0 = sent.load(std::sync::atomic::Ordering::Relaxed);
     let t1 = Instant::now();
-    let run = crate::interrupt::block_on(drive(cfg.clone(), args.clone(), limit))??;
+    let run = crate::interrupt::block_on(drive(cfgs.to_vec(), args.clone(), limit))??;
     let deltas_per_s = (sent.load(std::sync::atomic::Ordering::Relaxed) - sent0) as f64
         / t1.elapsed().as_secs_f64();
-    // Every simulated worker's reports reached the distributor: count the
-    // ones it heard from in the last 2 s.
-    let fresh = crate::interrupt::block_on(async {
+    let cpu2 = process_cpu(pid);
+    let tasks = run.tasks;
+    // Every simulated worker's reports reached the distributor: the least
+    // recently heard of its live workers was heard from this long ago.
+    let end = crate::interrupt::block_on(async {
         let c = LocalClient::connect_distributor(cfg.clone(), dist).await?;
-        let s = c.status().await;
+        let s = c
+            .status_with(StatusQuery {
+                include_down: true,
+                max_workers: 0,
+            })
+            .await;
         c.close();
-        s.map(|s| {
-            s.workers
-                .iter()
-                .filter(|w| w.name.starts_with("sim/") && w.last_report_ms < 2000)
-                .count()
-        })
+        s
     })??;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = sim.join();
@@ -77,8 +147,22 @@ pub(super) fn scale_phase(
         workers: n,
         run,
         deltas_per_s,
-        fresh,
+        workers_up: end.workers_up,
+        stalest_report_ms: end.stalest_report_ms,
         registered_in,
+        heard_from_all,
+        registration_cpu: match (cpu0, cpu1) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        },
+        cpu_us_per_task: match (cpu1, cpu2) {
+            (Some(a), Some(b)) if tasks > 0 => {
+                Some(b.saturating_sub(a).as_secs_f64() * 1e6 / tasks as f64)
+            }
+            _ => None,
+        },
+        rss_before: rss0,
+        rss_after: rss1,
         rss_per_worker: match (rss0, rss1) {
             (Some(a), Some(b)) if n > 0 => Some(b.saturating_sub(a) as f64 / n as f64),
             _ => None,
@@ -96,7 +180,7 @@ async fn simulate(
     n: usize,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    ready: std::sync::mpsc::Sender<Result<(), String>>,
+    ready: std::sync::mpsc::Sender<Result<Instant, String>>,
 ) -> Result<()> {
     use allot_wire::{AttrChange, AttrDelta, AttrRecord, DeltaCause, Register, RegisterAck};
     let me = allot::pki::Pki::load(&pki, "sim")?;
@@ -168,7 +252,7 @@ async fn simulate(
         conns.push(conn);
         i += batch;
     }
-    let _ = ready.send(Ok(()));
+    let _ = ready.send(Ok(Instant::now()));
     // Deltas: each worker once a second, in 100 slices of 10 ms.
     let mut seq = vec![0u64; links.len()];
     let mut tick = tokio::time::interval(Duration::from_millis(10));

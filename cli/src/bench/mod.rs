@@ -8,6 +8,13 @@
 //! (client to distributor, distributor to worker), so a ratio of 0.5 of the
 //! baseline's messages per second is the ideal.
 //!
+//! A local cluster may have several distributor sets of several members
+//! behind several gateways (`--sets`, `--distributors`, `--gateways`); the
+//! tasks in flight are then shared by several client connections, and the
+//! report gives each member's share of the tasks, its CPU per task and the
+//! placements the workers refused as busy (double reservations), from the
+//! members' own counters.
+//!
 //! The parts: [`driver`] keeps the tasks in flight and records what came
 //! back, [`baseline`] measures the bare quinn echo, [`cluster`] starts the
 //! cluster of `--local`, [`fleet`] registers the simulated workers of a
@@ -31,10 +38,11 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use allot::client::ClientConfig;
+use allot::client::{ClientConfig, LocalClient};
+use allot_wire::{DistributorCounters, StatusQuery};
 
 use driver::Run;
-use report::Round;
+use report::{MemberFigures, Round};
 
 /// Options of `allot bench`.
 #[derive(Args, Debug, Clone)]
@@ -52,7 +60,10 @@ pub struct BenchArgs {
     /// answers (an outage), with backoff, before failing; 0 fails at once.
     #[arg(long, value_name = "SECS", value_parser = crate::values::parse_secs, default_value = "30")]
     pub retry_for: Duration,
-    /// Application to run.
+    /// Application to run: echo or sha256 (run inline by the workers, of
+    /// --payload bytes), or sleep (0 ms, holding a worker slot while it
+    /// runs: with few --slots it shows the distributors' double
+    /// reservations).
     #[arg(long, default_value = "echo")]
     pub app: String,
     /// Tasks to run (default 100000 unless --duration is given).
@@ -70,9 +81,33 @@ pub struct BenchArgs {
     /// Start a local cluster first.
     #[arg(long)]
     pub local: bool,
-    /// Workers of the local cluster.
+    /// Workers of the local cluster (of each set, with --sets), each
+    /// joined to every distributor of its set.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Distributors of each set of the local cluster: members behind the
+    /// gateways, sharing the set's clients and workers.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub distributors: u16,
+    /// Distributor sets of the local cluster (with --processes), each with
+    /// --distributors members and --workers workers of its own.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub sets: u16,
+    /// Gateways of the local cluster; every member registers with each.
+    #[arg(long = "gateways", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub gateways: u16,
+    /// Client connections of a local cluster's run, each with a
+    /// certificate of its own, sharing the tasks in flight (default: one
+    /// per distributor). Their names are picked so that each distributor
+    /// is the gateways' first choice for as many as the others.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub clients: Option<u16>,
+    /// Slots of each worker of the local cluster (default: twice the tasks
+    /// in flight, so that capacity never limits the run). Fewer make the
+    /// distributors of a set reserve the same slots: the workers refuse
+    /// the extra placements as busy, which the report counts.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub slots: Option<u32>,
     /// Run the local cluster's nodes as separate `allot` processes.
     #[arg(long, requires = "local")]
     pub processes: bool,
@@ -110,6 +145,31 @@ pub fn run(args: BenchArgs) -> Result<()> {
             args.payload
         );
     }
+    let shaped = args.distributors > 1
+        || args.sets > 1
+        || args.gateways > 1
+        || args.clients.is_some()
+        || args.slots.is_some();
+    if shaped && !args.local {
+        bail!(
+            "--distributors, --sets, --gateways, --clients and --slots shape a local \
+             cluster: use them with --local"
+        );
+    }
+    if args.sets > 1 && !args.processes {
+        bail!("--sets above 1 needs --processes (the members register with the gateways)");
+    }
+    if args.sim_workers.is_some() && (args.distributors > 1 || args.sets > 1) {
+        bail!("--sim-workers measures one distributor: use it with --distributors 1 and --sets 1");
+    }
+    let members_n = usize::from(args.distributors) * usize::from(args.sets);
+    let clients_n = args.clients.map(usize::from).unwrap_or(members_n);
+    if args.concurrency < clients_n {
+        bail!(
+            "--concurrency ({}) must be at least the number of client connections ({clients_n})",
+            args.concurrency
+        );
+    }
     let limit = match (args.tasks, args.duration) {
         (Some(n), _) => Limit::Tasks(n),
         (None, Some(s)) if s > 0.0 => Limit::Time(Duration::from_secs_f64(s)),
@@ -121,11 +181,20 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // private keys) is removed.
     crate::interrupt::catch().context("catching Ctrl-C")?;
     let mut cluster = None;
-    let (pki, gateways) = if args.local {
+    // The configuration status queries and the scale run use.
+    let (cfg, cfgs) = if args.local {
         let c = cluster::Cluster::start(&args)?;
-        let out = (c.pki.clone(), vec![c.gateway]);
+        let cfgs: Vec<ClientConfig> = c
+            .client_names(&args.name, clients_n)?
+            .into_iter()
+            .map(|(name, gws)| {
+                ClientConfig::new(name, c.pki.clone(), gws).with_retry_for(args.retry_for)
+            })
+            .collect();
+        let cfg = ClientConfig::new(args.name.clone(), c.pki.clone(), c.gateways.clone())
+            .with_retry_for(args.retry_for);
         cluster = Some(c);
-        out
+        (cfg, cfgs)
     } else {
         let pki = args
             .pki
@@ -134,10 +203,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         if args.gateway.is_empty() {
             bail!("give --gateway ADDR,... of a running cluster, or --local");
         }
-        (pki, args.gateway.clone())
+        let cfg = ClientConfig::new(args.name.clone(), pki, args.gateway.clone())
+            .with_retry_for(args.retry_for);
+        (cfg.clone(), vec![cfg])
     };
-    let cfg =
-        ClientConfig::new(args.name.clone(), pki.clone(), gateways).with_retry_for(args.retry_for);
+    let members: Vec<cluster::Member> = cluster
+        .as_ref()
+        .map(|c| c.members.clone())
+        .unwrap_or_default();
     // CPU time of every process of the run, by role: where the time goes.
     let mut roles: Vec<(&'static str, u32)> = match &cluster {
         Some(_) if args.processes => vec![("client", std::process::id())],
@@ -154,17 +227,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut rounds: Vec<Round> = Vec::with_capacity(usize::from(args.rounds));
     let mut cpu_us: Vec<f64> = vec![0.0; roles.len()];
     let mut cpu_seen = vec![true; roles.len()];
+    let mut counted = vec![DistributorCounters::default(); members.len()];
     for _ in 0..args.rounds {
+        let counters0 = member_counters(&cfg, &members)?;
         let before: Vec<Option<Duration>> = roles
             .iter()
             .map(|(_, p)| process::process_cpu(*p))
             .collect();
-        let r = crate::interrupt::block_on(driver::drive(cfg.clone(), args.clone(), limit))??;
+        let r = crate::interrupt::block_on(driver::drive(cfgs.clone(), args.clone(), limit))??;
         for (i, (_, pid)) in roles.iter().enumerate() {
             match (before[i], process::process_cpu(*pid)) {
                 (Some(b), Some(a)) => cpu_us[i] += a.saturating_sub(b).as_secs_f64() * 1e6,
                 _ => cpu_seen[i] = false,
             }
+        }
+        let counters1 = member_counters(&cfg, &members)?;
+        for ((sum, a), b) in counted.iter_mut().zip(&counters0).zip(&counters1) {
+            add_delta(sum, a, b);
         }
         let base = if args.baseline {
             let n = r.tasks.clamp(1000, 2_000_000);
@@ -185,7 +264,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         run.merge(r)?;
     }
     let scale = match (args.sim_workers, &cluster) {
-        (Some(n), Some(c)) => Some(fleet::scale_phase(c, &cfg, &args, limit, n)?),
+        (Some(n), Some(c)) => Some(fleet::scale_phase(c, &cfg, &cfgs, &args, limit, n)?),
         _ => None,
     };
     let durable = match (&cluster, args.detach) {
@@ -198,9 +277,35 @@ pub fn run(args: BenchArgs) -> Result<()> {
         }
         _ => None,
     };
+    let connections: Vec<usize> = match &cluster {
+        Some(c) => {
+            let mut n = vec![0; members.len()];
+            for cf in &cfgs {
+                n[c.first_choice(&cf.name)] += 1;
+            }
+            n
+        }
+        None => Vec::new(),
+    };
     drop(cluster);
     let cpu = process::cpu_by_role(&roles, &cpu_us, &cpu_seen, run.tasks);
-    report::report(&args, &run, &rounds, &cpu);
+    let member_figures: Vec<MemberFigures> = members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| MemberFigures {
+            set: m.set.clone(),
+            name: m.name.clone(),
+            addr: m.addr,
+            connections: connections.get(i).copied().unwrap_or(0),
+            tasks: run.per_distributor.get(&m.name).copied().unwrap_or(0),
+            cpu_us: m.pid.and_then(|p| {
+                let i = roles.iter().position(|(_, q)| *q == p)?;
+                cpu_seen[i].then_some(cpu_us[i])
+            }),
+            counters: counted[i],
+        })
+        .collect();
+    report::report(&args, &run, &rounds, &cpu, &member_figures, cfgs.len());
     if let Some(sc) = &scale {
         sc.report(&run, args.json);
     }
@@ -213,6 +318,49 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("no task completed");
     }
     Ok(())
+}
+
+/// Every member's counters now (none without a local cluster).
+fn member_counters(
+    cfg: &ClientConfig,
+    members: &[cluster::Member],
+) -> Result<Vec<DistributorCounters>> {
+    if members.is_empty() {
+        return Ok(Vec::new());
+    }
+    let addrs: Vec<(String, std::net::SocketAddr)> =
+        members.iter().map(|m| (m.name.clone(), m.addr)).collect();
+    let cfg = cfg.clone();
+    crate::interrupt::block_on(async move {
+        let mut out = Vec::with_capacity(addrs.len());
+        for (name, a) in addrs {
+            let c = LocalClient::connect_distributor(cfg.clone(), a)
+                .await
+                .with_context(|| format!("connecting to {name} for its counters"))?;
+            let s = c
+                .status_with(StatusQuery {
+                    include_down: true,
+                    max_workers: 0,
+                })
+                .await;
+            c.close();
+            out.push(
+                s.with_context(|| format!("asking {name} for its counters"))?
+                    .counters,
+            );
+        }
+        Ok::<_, anyhow::Error>(out)
+    })?
+}
+
+/// Adds what the counters moved by from `a` to `b` to `sum`.
+fn add_delta(sum: &mut DistributorCounters, a: &DistributorCounters, b: &DistributorCounters) {
+    sum.submitted += b.submitted.saturating_sub(a.submitted);
+    sum.completed += b.completed.saturating_sub(a.completed);
+    sum.refused += b.refused.saturating_sub(a.refused);
+    sum.refused_busy += b.refused_busy.saturating_sub(a.refused_busy);
+    sum.retried += b.retried.saturating_sub(a.retried);
+    sum.no_match += b.no_match.saturating_sub(a.no_match);
 }
 
 #[derive(Clone, Copy)]

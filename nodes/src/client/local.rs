@@ -409,10 +409,22 @@ impl LocalClient {
         true
     }
 
-    /// The distributor's table of workers.
+    /// The distributor's table of workers (every one it lists, down ones
+    /// included), its totals and counters.
     pub async fn status(&self) -> Result<StatusReply, ClientError> {
+        self.status_with(StatusQuery {
+            include_down: true,
+            max_workers: u32::MAX,
+        })
+        .await
+    }
+
+    /// The distributor's status for a query of the caller's own: with
+    /// `max_workers: 0`, only the totals and counters (a cheap poll, even
+    /// of a distributor with a hundred thousand workers).
+    pub async fn status_with(&self, q: StatusQuery) -> Result<StatusReply, ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.request(&StatusQuery { include_down: true }, Waiter::Status(tx))?;
+        self.request(&q, Waiter::Status(tx))?;
         rx.await.unwrap_or(Err(ClientError::Closed))
     }
 

@@ -37,10 +37,10 @@ use allot_wire::message::{
     ArchivedAttrChange, ArchivedRefusal, ArchivedTaskStatus, ArchivedWorkerState,
 };
 use allot_wire::{
-    AttrDelta, AttrRecord, Cancel, ClauseCount, ErrorCode, ExplainQuery, ExplainReply, Frame,
-    FrameError, Heartbeat, KeyQuery, KeyReply, MessageKind, NearMiss, Register, RegisterAck, Role,
-    StatusQuery, StatusReply, Submit, TaskKey, TaskResult, TaskStatus, Timings, WorkerState,
-    WorkerStatus,
+    AttrDelta, AttrRecord, Cancel, ClauseCount, DistributorCounters, ErrorCode, ExplainQuery,
+    ExplainReply, Frame, FrameError, Heartbeat, KeyQuery, KeyReply, MessageKind, NearMiss,
+    Register, RegisterAck, Role, StatusQuery, StatusReply, Submit, TaskKey, TaskResult, TaskStatus,
+    Timings, WorkerState, WorkerStatus,
 };
 use bytes::Bytes;
 
@@ -87,6 +87,19 @@ pub const MAX_KEYS_PER_QUERY: usize = 65_536;
 /// After a start, the table counts as settled once no worker has
 /// registered for this long (and at least one has).
 pub const TABLE_SETTLED: Duration = Duration::from_millis(500);
+
+/// Event reports to the gateways (a worker joined or was lost, the queue
+/// turned empty or non-empty) go at once, then at most one per this
+/// spacing: the events of the spacing go together at its end. A report
+/// sums the whole server table, so one per event would make registering
+/// N workers cost N squared.
+pub const EVENT_REPORT_SPACING: Duration = Duration::from_millis(50);
+
+/// Workers a status reply lists at most, whatever the query asks: about
+/// 200 bytes each, so the reply stays well inside a 16 MiB frame (one
+/// that still does not fit lists half as many, then half again). The
+/// reply's totals and counters cover every worker.
+pub const MAX_STATUS_WORKERS: usize = 50_000;
 
 /// Waiting tasks retried after each report or result that may have freed
 /// capacity (the sweep retries them all).
@@ -284,8 +297,11 @@ struct State {
     /// Links to the gateways it reports to.
     gateways: Vec<Rc<Outgoing>>,
     reporter: Reporter,
-    /// Something happened that the gateways hear of at once.
+    /// Something happened that the gateways hear of at once (or, within
+    /// [`EVENT_REPORT_SPACING`] of the last event report, at its end).
     member_event: bool,
+    /// When the next event report may go.
+    next_event_report: Option<Instant>,
     /// Whether tasks waited after the last event (its turning is an event).
     was_waiting: bool,
     incarnation: u64,
@@ -416,6 +432,7 @@ impl Core {
                 gateways: Vec::new(),
                 reporter,
                 member_event: false,
+                next_event_report: None,
                 was_waiting: false,
                 incarnation: 0,
                 jobs,
@@ -600,6 +617,11 @@ impl Core {
         }
         if !self.st.gateways.is_empty() {
             t = t.min(self.st.reporter.next());
+            if self.st.member_event {
+                if let Some(e) = self.st.next_event_report {
+                    t = t.min(e);
+                }
+            }
         }
         Some(t)
     }
@@ -648,9 +670,10 @@ impl Core {
         self.st.flushed.take()
     }
 
-    /// What `allot status` shows, as of `now`.
+    /// What `allot status` shows, as of `now`: every worker (up to
+    /// [`MAX_STATUS_WORKERS`]), the totals and the counters.
     pub fn status(&self, now: Instant) -> StatusReply {
-        self.st.status(now)
+        self.st.status(now, true, MAX_STATUS_WORKERS)
     }
 
     /// The wall clock reads `unix_ms` at `now` (for the times jobs show).
@@ -827,9 +850,22 @@ impl State {
             self.was_waiting = waiting;
             self.member_event = true;
         }
-        if std::mem::take(&mut self.member_event) && !self.gateways.is_empty() {
-            self.report(allot_wire::DeltaCause::Event);
+        if !self.member_event {
+            return;
         }
+        if self.gateways.is_empty() {
+            self.member_event = false;
+            return;
+        }
+        // A burst of events (thousands of workers registering) makes one
+        // report per window, not one per event: each report sums the
+        // whole table.
+        if self.next_event_report.is_some_and(|t| self.now < t) {
+            return;
+        }
+        self.member_event = false;
+        self.report(allot_wire::DeltaCause::Event);
+        self.next_event_report = Some(self.now + EVENT_REPORT_SPACING);
     }
 }
 
@@ -1376,6 +1412,9 @@ impl State {
             // The worker's admission check is the final word: our view was
             // stale. Correct it now and try the next candidate.
             self.stats.refused += 1;
+            if matches!(r.refusal, ArchivedRefusal::Busy) {
+                self.stats.refused_busy += 1;
+            }
             let _ = self.table.mark_full(p.worker);
             match r.refusal {
                 // It will not take this task at all: try the others.
@@ -1494,11 +1533,19 @@ impl State {
         rec
     }
 
-    fn status(&self, now: Instant) -> StatusReply {
-        let workers = self
-            .table
-            .snapshot()
+    /// The status reply: at most `max` workers listed (down ones only if
+    /// `include_down`), the totals and counters over all of them.
+    fn status(&self, now: Instant, include_down: bool, max: usize) -> StatusReply {
+        let totals = self.table.totals();
+        let listed = if max == 0 {
+            Vec::new()
+        } else {
+            self.table.snapshot()
+        };
+        let workers = listed
             .into_iter()
+            .filter(|s| include_down || s.state != ServerState::Down)
+            .take(max)
             .map(|s| {
                 let last = self
                     .workers
@@ -1536,9 +1583,33 @@ impl State {
                 }
             })
             .collect();
+        // Heard from: any frame of a worker (report, heartbeat, result).
+        let stalest_report_ms = self
+            .workers
+            .iter()
+            .filter(|(id, _)| {
+                self.table
+                    .state(**id)
+                    .is_some_and(|s| s != ServerState::Down)
+            })
+            .map(|(_, l)| now.saturating_duration_since(l.last_seen).as_millis() as u64)
+            .max()
+            .unwrap_or(0);
+        let st = &self.stats;
         StatusReply {
             distributor: self.cfg.name.clone(),
             workers,
+            workers_total: totals.up + totals.draining + totals.down,
+            workers_up: totals.up,
+            stalest_report_ms,
+            counters: DistributorCounters {
+                submitted: st.submitted,
+                completed: st.completed,
+                refused: st.refused,
+                refused_busy: st.refused_busy,
+                retried: st.retried,
+                no_match: st.no_match,
+            },
         }
     }
 }
@@ -1558,9 +1629,21 @@ impl State {
                 self.submit(out, c, &v)?;
             }
             MessageKind::StatusQuery => {
-                let _ = frame.validate::<StatusQuery>()?;
-                let reply = self.status(self.now);
-                push(&mut self.transmit, out, &reply, &Bytes::new())?;
+                let q = frame.validate::<StatusQuery>()?;
+                let q = q.get();
+                let max = (q.max_workers.to_native() as usize).min(MAX_STATUS_WORKERS);
+                let mut reply = self.status(self.now, q.include_down, max);
+                // Workers with many labels may still not fit in a frame:
+                // list half as many until the reply fits.
+                loop {
+                    match push(&mut self.transmit, out, &reply, &Bytes::new()) {
+                        Err(LinkFull::TooLarge) if !reply.workers.is_empty() => {
+                            let half = reply.workers.len() / 2;
+                            reply.workers.truncate(half);
+                        }
+                        r => break r?,
+                    }
+                }
             }
             MessageKind::ExplainQuery => {
                 let v = frame.validate::<ExplainQuery>()?;

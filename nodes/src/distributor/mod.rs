@@ -22,8 +22,8 @@ mod shell;
 mod waiting;
 
 pub use self::core::{
-    Completion, Core, Peer, DEADLINE_RESOLUTION, LOCATE_TIMEOUT, MAX_COMPLETIONS_BUFFERED,
-    TABLE_SETTLED, UNTIMED_MATCH_ROWS,
+    Completion, Core, Peer, DEADLINE_RESOLUTION, EVENT_REPORT_SPACING, LOCATE_TIMEOUT,
+    MAX_COMPLETIONS_BUFFERED, MAX_STATUS_WORKERS, TABLE_SETTLED, UNTIMED_MATCH_ROWS,
 };
 pub use self::report::MAX_APPS_PER_REPORT;
 pub use self::shape::QUERY_CACHE;
@@ -133,6 +133,10 @@ pub struct Stats {
     pub completed: u64,
     /// Placements refused by workers.
     pub refused: u64,
+    /// Of those, refused as busy: the worker had less free capacity than
+    /// this distributor's view of it (another distributor took it, or its
+    /// last report had not arrived yet).
+    pub refused_busy: u64,
     /// Tasks retried after a worker was lost or refused.
     pub retried: u64,
     /// Tasks that could not be placed.

@@ -49,6 +49,14 @@ pub fn rendezvous_score(client: &str, set: &str) -> u64 {
     h ^ (h >> 31)
 }
 
+/// The score of member `addr` for `client` in the order a redirect gives a
+/// set's members (the live member with the highest score comes first): the
+/// rendezvous score of the address as `ip:port`. Public so that a load
+/// generator can tell which member a client name lands on.
+pub fn member_score(client: &str, addr: SocketAddr) -> u64 {
+    rendezvous_score(client, &addr.to_string())
+}
+
 /// Members a gateway records at most (seed members included). A
 /// registration past it is refused with `Overloaded` and its link closed:
 /// the record, and the work of choosing from it, stay bounded whatever
@@ -309,10 +317,7 @@ impl GatewayCore {
         // member's death moves only its own clients, to their next).
         let mut ranked: Vec<(bool, u64, String)> = members
             .iter()
-            .map(|(live, m)| {
-                let a = m.to_string();
-                (*live, rendezvous_score(client, &a), a)
-            })
+            .map(|(live, m)| (*live, member_score(client, *m), m.to_string()))
             .collect();
         ranked.sort_by(|x, y| y.0.cmp(&x.0).then(y.1.cmp(&x.1)));
         let ordered: Vec<String> = ranked.into_iter().map(|(_, _, a)| a).collect();

@@ -21,7 +21,7 @@ mod query;
 mod shell;
 
 pub use self::core::{
-    rendezvous_score, GatewayCore, MAX_APPS_PER_REPORT, MAX_MEMBERS, MAX_SET_NAME,
+    member_score, rendezvous_score, GatewayCore, MAX_APPS_PER_REPORT, MAX_MEMBERS, MAX_SET_NAME,
 };
 pub use self::query::{query_status, GatewayQueryError, QUERY_TIMEOUT};
 pub use self::shell::{run, spawn};

@@ -505,6 +505,15 @@ impl WorkerCore {
                 Duration::ZERO,
                 &Bytes::new(),
             );
+            if refusal == Refusal::Busy {
+                // The refused distributor now counts this worker full until
+                // a delta says otherwise. The next delta carries the free
+                // slots even if they are back where they were last
+                // reported (a task that ended within the coalescing
+                // window), or that distributor would wait for the periodic
+                // full report.
+                self.reported.slots_free = u32::MAX;
+            }
             self.mark_dirty(now);
             return;
         }

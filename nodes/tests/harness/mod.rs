@@ -108,6 +108,8 @@ pub struct SimClient {
     /// Answers to its job queries, in order.
     pub replies: Vec<JobReply>,
     next_request: u64,
+    /// Status replies it got, in order.
+    pub statuses: Vec<allot_wire::StatusReply>,
     /// `Error` frames and the close code, if the distributor closed the link.
     pub closed: Option<(ErrorCode, String)>,
     /// When set, the client reads nothing: its bytes are never reported
@@ -511,6 +513,7 @@ impl Sim {
             acks: Vec::new(),
             replies: Vec::new(),
             next_request: 1,
+            statuses: Vec::new(),
             closed: None,
             stuck: false,
             cut: false,
@@ -523,6 +526,14 @@ impl Sim {
         let (d, link, now) = (self.clients[c].dist, self.clients[c].link, self.now);
         self.d(d).handle_frame(now, link, frame(s, payload));
         self.settle();
+    }
+
+    /// Client `c` asks its distributor for its status with `q`; the reply.
+    pub fn ask_status(&mut self, c: usize, q: allot_wire::StatusQuery) -> allot_wire::StatusReply {
+        let (d, link, now) = (self.clients[c].dist, self.clients[c].link, self.now);
+        self.d(d).handle_frame(now, link, frame(&q, b""));
+        self.settle();
+        self.clients[c].statuses.pop().expect("a status reply")
     }
 
     /// Client `c` cancels its task `task_id`.
@@ -793,6 +804,12 @@ impl Sim {
                 MessageKind::JobReply => {
                     let v = f.validate::<JobReply>().expect("valid reply");
                     c.replies.push(v.to_owned_message().expect("owned"));
+                }
+                MessageKind::StatusReply => {
+                    let v = f
+                        .validate::<allot_wire::StatusReply>()
+                        .expect("valid status");
+                    c.statuses.push(v.to_owned_message().expect("owned"));
                 }
                 other => panic!("unexpected {other:?} to a client"),
             }
