@@ -172,11 +172,17 @@ fn a_detached_array_survives_a_sigkilled_distributor() {
     let mut wait = c.cmd("wait", &g);
     wait.extend([&id[..], "--timeout", "120"]);
     let out = run(&wait);
-    assert!(
-        out.status.success(),
-        "wait failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        let mut failed = c.cmd("tasks", &g);
+        failed.extend([&id[..], "--state", "failed"]);
+        let rows = run(&failed);
+        panic!(
+            "wait failed: {}\nfailed tasks: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&rows.stdout),
+            String::from_utf8_lossy(&rows.stderr)
+        );
+    }
     let mut tasks = c.cmd("tasks", &g);
     tasks.extend([&id[..], "--json"]);
     let rows = json(&run(&tasks));

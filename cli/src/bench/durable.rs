@@ -3,8 +3,9 @@
 //!
 //! Each round submits one array job of the bench's task count (same app,
 //! same payload) and times it from the submit to the moment every task has
-//! ended, as the job's counts say (the ends are journaled in batches as
-//! they come; the last batch may land a few milliseconds after). Then, once:
+//! ended and its end is on disk: the ack of a job submitted once the counts
+//! say all ended (batches are written in order, so that ack comes after
+//! every end before it). Then, once:
 //! the time to accept an array of [`BIG_ARRAY`] tasks and the distributor's
 //! memory per queued task (its RSS growth over the tasks that have not
 //! started), and the time to list the tasks of a job of [`LISTED`] tasks,
@@ -67,7 +68,13 @@ pub(super) fn durable_phase(c: &Cluster, args: &BenchArgs, tasks: u64) -> Result
                 }
                 tokio::time::sleep(POLL).await;
             };
+            // The ends are journaled in batches, in order: once a job
+            // submitted now is acknowledged (its creation written), every
+            // end before it is on disk too.
+            let barrier = jobs.submit(JobSpec::one(&app, Vec::new())).await?;
             let secs = t0.elapsed().as_secs_f64();
+            jobs.wait(&barrier.id, None, |_| {}).await?;
+            jobs.remove(&barrier.id).await?;
             if s.counts.done != tasks {
                 bail!(
                     "durable round: {} of {tasks} tasks done ({} failed)",

@@ -4,9 +4,13 @@
 //!
 //! Each batch is one write transaction with redb's default durability (the
 //! commit returns once the data is on disk), so a batch is all there or not
-//! at all after a crash. Records are postcard-encoded; a record that does
-//! not decode is reported as [`JournalError::Corrupt`] naming the file, the
-//! table and the key, never a panic.
+//! at all after a crash. The task changes of one job in one batch are one
+//! row (a chunk, keyed by the job and a number that grows with each
+//! chunk), not a row per task: a batch of thousands of task ends costs a
+//! few B-tree inserts. Read back, later chunks override earlier ones for
+//! the same task, as the batches did. Records are postcard-encoded; a
+//! record that does not decode is reported as [`JournalError::Corrupt`]
+//! naming the file, the table and the key, never a panic.
 //!
 //! [`Core::poll_journal`]: super::Core::poll_journal
 
@@ -20,10 +24,11 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("jobs_meta");
 const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
 const CURSORS: TableDefinition<u64, u64> = TableDefinition::new("job_cursors");
 const CANCELLED: TableDefinition<u64, u64> = TableDefinition::new("jobs_cancelled");
-const TASKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("job_tasks");
+/// (job, chunk) to the task changes of that job in one batch.
+const TASKS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("job_task_chunks");
 
 /// The journal's schema version.
-pub const JOURNAL_VERSION: u64 = 1;
+pub const JOURNAL_VERSION: u64 = 2;
 /// Its file name in the data directory.
 pub const JOURNAL_FILE: &str = "jobs.redb";
 
@@ -196,22 +201,25 @@ impl Journal {
                 .map_err(|e| rd(e.into()))?
                 .map_or(0, |v| v.value());
             let is_cancelled = cancelled.get(num).map_err(|e| rd(e.into()))?.is_some();
-            let mut ts = Vec::new();
+            // Chunks in the order they were written: a later record of a
+            // task overrides an earlier one.
+            let mut ts = std::collections::BTreeMap::new();
             for row in tasks
                 .range((num, 0)..=(num, u64::MAX))
                 .map_err(|e| rd(e.into()))?
             {
                 let (k, v) = row.map_err(|e| rd(e.into()))?;
-                let (_, off) = k.value();
-                let t: TaskRecord =
+                let (_, chunk) = k.value();
+                let records: Vec<(u64, TaskRecord)> =
                     postcard::from_bytes(v.value()).map_err(|e| JournalError::Corrupt {
                         path: self.path.clone(),
-                        table: "job_tasks",
-                        key: format!("({num}, {off})"),
+                        table: "job_task_chunks",
+                        key: format!("({num}, {chunk})"),
                         reason: e.to_string(),
                     })?;
-                ts.push((off, t));
+                ts.extend(records);
             }
+            let ts: Vec<(u64, TaskRecord)> = ts.into_iter().collect();
             jobs.push(ReplayJob {
                 num,
                 rec,
@@ -239,9 +247,24 @@ impl Journal {
             let mut tasks = w.open_table(TASKS).map_err(|x| e(x.into()))?;
             // A change to a job the file does not hold is dropped, so that
             // no row outlives its job (the rules of `Replay::apply`).
-            let held = |jobs: &redb::Table<u64, &[u8]>, num: u64| {
-                jobs.get(num).map(|v| v.is_some()).map_err(|x| e(x.into()))
+            let mut known: std::collections::HashMap<u64, bool> = Default::default();
+            let held = |known: &mut std::collections::HashMap<u64, bool>,
+                        jobs: &redb::Table<u64, &[u8]>,
+                        num: u64|
+             -> Result<bool, JournalError> {
+                if let Some(&h) = known.get(&num) {
+                    return Ok(h);
+                }
+                let h = jobs
+                    .get(num)
+                    .map(|v| v.is_some())
+                    .map_err(|x| e(x.into()))?;
+                known.insert(num, h);
+                Ok(h)
             };
+            // Task changes by job, written as one chunk per job at the end.
+            let mut chunks: std::collections::BTreeMap<u64, Vec<(u64, &TaskRecord)>> =
+                Default::default();
             let mut buf = Vec::new();
             for op in ops {
                 match op {
@@ -258,32 +281,32 @@ impl Journal {
                             .map_or(1, |v| v.value());
                         meta.insert("next_num", next.max(num + 1))
                             .map_err(|x| e(x.into()))?;
+                        known.insert(*num, true);
                     }
                     JournalOp::Cursor { num, cursor } => {
-                        if !held(&jobs, *num)? {
+                        if !held(&mut known, &jobs, *num)? {
                             continue;
                         }
                         cursors.insert(*num, *cursor).map_err(|x| e(x.into()))?;
                     }
                     JournalOp::Task { num, offset, rec } => {
-                        if !held(&jobs, *num)? {
+                        if !held(&mut known, &jobs, *num)? {
                             continue;
                         }
-                        buf.clear();
-                        let bytes = postcard::to_extend(rec.as_ref(), std::mem::take(&mut buf))
-                            .map_err(|x| self.encode_err("job_tasks", *num, x))?;
-                        tasks
-                            .insert((*num, *offset), bytes.as_slice())
-                            .map_err(|x| e(x.into()))?;
-                        buf = bytes;
+                        chunks
+                            .entry(*num)
+                            .or_default()
+                            .push((*offset, rec.as_ref()));
                     }
                     JournalOp::Cancelled { num } => {
-                        if !held(&jobs, *num)? {
+                        if !held(&mut known, &jobs, *num)? {
                             continue;
                         }
                         cancelled.insert(*num, 1).map_err(|x| e(x.into()))?;
                     }
                     JournalOp::Removed { num } => {
+                        chunks.remove(num);
+                        known.insert(*num, false);
                         jobs.remove(*num).map_err(|x| e(x.into()))?;
                         cursors.remove(*num).map_err(|x| e(x.into()))?;
                         cancelled.remove(*num).map_err(|x| e(x.into()))?;
@@ -292,6 +315,23 @@ impl Journal {
                             .map_err(|x| e(x.into()))?;
                     }
                 }
+            }
+            if !chunks.is_empty() {
+                let mut chunk = meta
+                    .get("next_chunk")
+                    .map_err(|x| e(x.into()))?
+                    .map_or(0, |v| v.value());
+                for (num, records) in &chunks {
+                    buf.clear();
+                    let bytes = postcard::to_extend(records, std::mem::take(&mut buf))
+                        .map_err(|x| self.encode_err("job_task_chunks", *num, x))?;
+                    tasks
+                        .insert((*num, chunk), bytes.as_slice())
+                        .map_err(|x| e(x.into()))?;
+                    buf = bytes;
+                    chunk += 1;
+                }
+                meta.insert("next_chunk", chunk).map_err(|x| e(x.into()))?;
             }
         }
         w.commit().map_err(|e| self.err("committing")(e.into()))
