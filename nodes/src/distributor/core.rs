@@ -1604,11 +1604,15 @@ impl State {
 }
 
 fn explain_reply(table: &ServerTable, query: &Query) -> ExplainReply {
-    // The worker a submission would get now: match, then give it back.
+    // The worker a submission would get now: match, then give it back
+    // and put the tie start back, so that asking does not move the next
+    // placement off the worker named here.
+    let start = table.tie_start();
     let best = match table.match_and_reserve(query, MatchMode::Exact) {
         Ok(r) => {
             let name = table.name(r.server).unwrap_or_default();
             table.release(&r);
+            table.set_tie_start(start);
             name
         }
         Err(_) => String::new(),
