@@ -259,6 +259,9 @@ struct State {
     /// Whether tasks waited after the last event (its turning is an event).
     was_waiting: bool,
     incarnation: u64,
+    /// Draining since then ([`Core::drain`]): new submissions are refused
+    /// and the gateways hear the member's state as `draining`.
+    draining: Option<Instant>,
 }
 
 /// The distributor as a state machine. See the module docs.
@@ -370,6 +373,7 @@ impl Core {
                 member_event: false,
                 was_waiting: false,
                 incarnation: 0,
+                draining: None,
             },
         })
     }
@@ -411,6 +415,51 @@ impl Core {
             },
         );
         id
+    }
+
+    /// Starts draining at `now`: the gateways are told at once (an event
+    /// report with the member's state `draining`, so they stop sending
+    /// clients here), new submissions are refused with
+    /// [`Refusal::Draining`](allot_wire::Refusal::Draining) (the client
+    /// moves to another member), and the tasks already here, placed or
+    /// waiting, go on to their end. [`Core::drained`] says when none is
+    /// left. Draining again changes nothing.
+    pub fn drain(&mut self, now: Instant) {
+        self.st.now = now;
+        if self.st.draining.is_some() {
+            return;
+        }
+        self.st.draining = Some(now);
+        let (placed, waiting) = self.tasks_in_flight();
+        tracing::info!(
+            placed,
+            waiting,
+            "draining: no new tasks, finishing those here"
+        );
+        self.st.member_event = true;
+        self.st.report_events();
+    }
+
+    /// Whether [`Core::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.st.draining.is_some()
+    }
+
+    /// Whether no task is left here (placed, waiting or being located):
+    /// a draining distributor may stop.
+    pub fn drained(&self) -> bool {
+        let (placed, waiting) = self.tasks_in_flight();
+        placed == 0 && waiting == 0
+    }
+
+    /// The links to clients (a draining shell finishes their streams once
+    /// nothing is left to send them).
+    pub fn client_links(&self) -> Vec<LinkId> {
+        self.links
+            .iter()
+            .filter(|(_, e)| matches!(e.side, Side::Client(_)))
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Times each match with `clock` (for `Timings::matched_us`).
@@ -622,13 +671,18 @@ fn gateway_frame(frame: Frame) -> Result<(), LinkError> {
 // ---------------------------------------------------------------- gateways
 
 impl State {
-    /// This member's share of its set's attributes now.
+    /// This member's share of its set's attributes now, and its own state.
     fn member_attrs(&self) -> allot_wire::SetAttrs {
+        let state = match self.draining {
+            Some(_) => WorkerState::Draining,
+            None => WorkerState::Up,
+        };
         report::summarize(
             &self.table.totals(),
             self.waiting.len(),
             self.pending.len() + self.locating.len(),
             self.reporter.tasks_per_s(),
+            state,
         )
     }
 
@@ -687,7 +741,8 @@ impl State {
     }
 
     /// Reports at once after an event: a worker joined or was lost, the
-    /// waiting queue turned non-empty or empty.
+    /// waiting queue turned non-empty or empty, the member started
+    /// draining.
     fn report_events(&mut self) {
         let waiting = !self.waiting.is_empty();
         if waiting != self.was_waiting {
@@ -1430,6 +1485,14 @@ impl State {
                 return Ok(());
             }
         }
+        if self.draining.is_some() {
+            // Not placed here: the client sends it to another member.
+            let msg = format!(
+                "distributor {} is draining: it takes no new tasks (submit to another member of set {})",
+                self.cfg.name, self.cfg.set_name
+            );
+            return self.refuse_draining(out, client_task, msg);
+        }
         let in_flight = self.pending.len() + self.waiting.len() + self.locating.len();
         if in_flight >= self.cfg.max_pending {
             let msg = format!("distributor overloaded: {in_flight} tasks in flight (limit)");
@@ -1494,6 +1557,28 @@ impl State {
             return Ok(());
         }
         self.place(task, p, String::new());
+        Ok(())
+    }
+
+    /// Refuses a submission with [`Refusal::Draining`](allot_wire::Refusal::Draining).
+    fn refuse_draining(
+        &mut self,
+        out: &Rc<Outgoing>,
+        client_task: u64,
+        message: String,
+    ) -> Result<(), LinkError> {
+        let r = TaskResult {
+            task_id: client_task,
+            status: TaskStatus::Refused,
+            refusal: allot_wire::Refusal::Draining,
+            worker: String::new(),
+            distributor: self.cfg.name.clone(),
+            attempts: 0,
+            exit_code: 0,
+            message,
+            timings: Timings::default(),
+        };
+        push(&mut self.transmit, out, &r, &Bytes::new())?;
         Ok(())
     }
 
