@@ -140,6 +140,10 @@ impl Cluster {
             &pki_s,
             "--data-dir",
             &data,
+            // The bench owns the cluster's life: a SIGTERM (the bench
+            // died) stops the distributor at once, without draining.
+            "--drain-timeout",
+            "0",
         ]))?;
         cluster.roles.push(("distributor", d.id()));
         cluster.children.push(d);
