@@ -171,3 +171,42 @@ fn two_identical_servers_split_the_tasks() {
         }
     }
 }
+
+/// The block holding the tie start may have no candidate at all: rows
+/// scored together in one batch still never straddle the start, so the
+/// first tied row after it wins, pruned or not, whichever way the prefer
+/// is scored.
+#[test]
+fn the_turn_passes_a_block_at_the_start_without_candidates() {
+    let t = ServerTable::new(TableConfig {
+        shards: 1,
+        capacity: 1024,
+    })
+    .unwrap();
+    // Block 0: ten tied rows, then rows that fail; block 1 (which holds
+    // the start): rows that fail; block 2: ten tied rows, then failing.
+    let mut tied = Vec::new();
+    for i in 0..192 {
+        let kind = if i % 64 < 10 && i / 64 != 1 {
+            Kind::Tied
+        } else {
+            Kind::Failing
+        };
+        let id = t.insert(row(i, kind)).unwrap();
+        if kind == Kind::Tied {
+            tied.push(id);
+        }
+    }
+    let e = env("echo");
+    for prefer in PREFERS {
+        for pruned in [true, false] {
+            let q = t.compile("server.cores >= 4", prefer, &e).unwrap();
+            let q = if pruned { q } else { q.without_pruning() };
+            t.set_tie_start(70);
+            let r = t.match_and_reserve(&q, MatchMode::Exact).unwrap();
+            assert_eq!(r.server, ServerId(128), "prefer {prefer}, pruned {pruned}");
+            t.release(&r);
+        }
+    }
+    assert_eq!(tied.len(), 20);
+}

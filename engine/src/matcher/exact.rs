@@ -112,13 +112,22 @@ impl ServerTable {
                 continue;
             };
             sc.batch.clear();
-            let mut cut = if s == tie_shard {
+            let cut_at = if s == tie_shard {
                 tie_block
+            } else {
+                usize::MAX
+            };
+            let settle_at = if batched.is_some() {
+                cut_at
             } else {
                 usize::MAX
             };
             let nb = shard.nblocks();
             for b in 0..nb {
+                if b == settle_at {
+                    // No batch holds rows from both sides of the tie start.
+                    self.settle_pending(q, s, &sp, batched, tie, &mut best, guard, sc);
+                }
                 if sp.app_word(b) == 0 {
                     continue;
                 }
@@ -153,25 +162,11 @@ impl ServerTable {
                     continue;
                 };
                 if let Some((leaves, scorer)) = batched {
-                    let gather = |leaf, rows: &[u32], out: &mut [f64]| {
-                        bp.gather(leaf, &plan.keys, rows, out)
-                    };
-                    if b >= cut {
-                        // The first rows at or past the tie start: the rows
-                        // before it join the batch they continue, which is
-                        // then settled; the rest start a new one.
-                        cut = usize::MAX;
-                        let (after, before) = tie.split(self.id_of(s, b, 0), m);
-                        if before != 0 {
-                            if !sc.batch.has_room(before) {
-                                self.settle_batch(
-                                    q, s, &sp, scorer, leaves, tie, &mut best, guard, sc,
-                                );
-                            }
-                            sc.batch.push(b, before, leaves, gather);
-                        }
-                        self.settle_batch(q, s, &sp, scorer, leaves, tie, &mut best, guard, sc);
-                        m = after;
+                    if b == cut_at {
+                        // The rows around the tie start.
+                        m = self.cut_batch(
+                            q, s, &sp, &bp, m, scorer, leaves, tie, &mut best, guard, sc,
+                        );
                         if m == 0 {
                             continue;
                         }
@@ -179,10 +174,16 @@ impl ServerTable {
                     if !sc.batch.has_room(m) {
                         self.settle_batch(q, s, &sp, scorer, leaves, tie, &mut best, guard, sc);
                     }
-                    sc.batch.push(b, m, leaves, gather);
+                    sc.batch.push(b, m, leaves, |leaf, rows, out| {
+                        bp.gather(leaf, &plan.keys, rows, out)
+                    });
                     continue;
                 }
-                self.block_best_tied(q, s, &bp, m, tie, &mut best, sc);
+                if b == cut_at {
+                    self.block_best_tied(q, s, &bp, m, tie, &mut best, sc);
+                } else {
+                    self.block_best(q, s, &bp, m, tie, &mut best, sc);
+                }
             }
             if let Some((leaves, scorer)) = batched {
                 self.settle_batch(q, s, &sp, scorer, leaves, tie, &mut best, guard, sc);
@@ -214,6 +215,61 @@ impl ServerTable {
         (m != 0).then_some(m)
     }
 
+    /// Settles the batch of the batched scan, if there is one: at the tie
+    /// start, which no batch straddles.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn settle_pending(
+        &self,
+        q: &Query,
+        s: usize,
+        sp: &ShardPlan<'_>,
+        batched: Option<(&Leaves, Scorer<'_>)>,
+        tie: Tie,
+        best: &mut Option<Candidate>,
+        guard: &Guard,
+        sc: &mut Scratch,
+    ) {
+        if let Some((leaves, scorer)) = batched {
+            self.settle_batch(q, s, sp, scorer, leaves, tie, best, guard, sc);
+        }
+    }
+
+    /// The batched scan's first block at or past the tie start (`bp`, its
+    /// passing rows `m`): the rows before the start join the batch they
+    /// continue, which is then settled; the rows from the start on are
+    /// returned, to start a new batch. Once per scan, kept out of its loop.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn cut_batch(
+        &self,
+        q: &Query,
+        s: usize,
+        sp: &ShardPlan<'_>,
+        bp: &BlockPlan<'_>,
+        m: u64,
+        scorer: Scorer<'_>,
+        leaves: &Leaves,
+        tie: Tie,
+        best: &mut Option<Candidate>,
+        guard: &Guard,
+        sc: &mut Scratch,
+    ) -> u64 {
+        let (after, before) = tie.split(self.id_of(s, bp.b, 0), m);
+        if before != 0 {
+            if !sc.batch.has_room(before) {
+                self.settle_batch(q, s, sp, scorer, leaves, tie, best, guard, sc);
+            }
+            sc.batch.push(bp.b, before, leaves, |leaf, rows, out| {
+                bp.gather(leaf, &q.plan.keys, rows, out)
+            });
+        }
+        self.settle_batch(q, s, sp, scorer, leaves, tie, best, guard, sc);
+        after
+    }
+
     /// [`Self::block_best`] of the rows of `m` at or after the tie start,
     /// then of those before it (the two parts of a block holding the
     /// start; any other block is one part).
@@ -230,12 +286,28 @@ impl ServerTable {
         sc: &mut Scratch,
     ) {
         let (after, before) = tie.split(self.id_of(s, bp.b, 0), m);
-        if after != 0 {
-            self.block_best(q, s, bp, after, tie, best, sc);
-        }
+        self.block_best(q, s, bp, after, tie, best, sc);
         if before != 0 {
-            self.block_best(q, s, bp, before, tie, best, sc);
+            self.block_best_before(q, s, bp, before, tie, best, sc);
         }
+    }
+
+    /// [`Self::block_best`] of the rows before the tie start in its block:
+    /// one block per scan, kept out of the scan's loop.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn block_best_before(
+        &self,
+        q: &Query,
+        s: usize,
+        bp: &BlockPlan<'_>,
+        m: u64,
+        tie: Tie,
+        best: &mut Option<Candidate>,
+        sc: &mut Scratch,
+    ) {
+        self.block_best(q, s, bp, m, tie, best, sc);
     }
 
     /// Makes the best row of `m` in block `bp` the best if it beats

@@ -224,34 +224,60 @@ impl ServerTable {
         if m == 0 {
             return None;
         }
-        // The first highest of each part (see `Tie::split`); the part
-        // before the tie start wins only on a higher score.
         let (after, before) = tie.split(self.id_of(s, b, 0), m);
-        let top = |m: u64, sc: &mut Scratch| {
-            let (i, score, passed) = bp.top(plan, &q.prefer, m, sc);
+        if before != 0 {
+            return Some(self.split_top(q, s, block, &bp, after, before, tie, sc));
+        }
+        let (i, score, passed) = bp.top(plan, &q.prefer, m, sc);
+        Some(BlockTop {
+            block,
+            i,
+            id: self.id_of(s, b, i),
+            score,
+            passed,
+        })
+    }
+
+    /// [`Self::block_top`] of the block holding the tie start: the first
+    /// highest of each part (see `Tie::split`), the part before the start
+    /// winning only on a higher score. Once per match at most, kept out of
+    /// the scan's loop.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn split_top<'a>(
+        &self,
+        q: &Query,
+        s: usize,
+        block: &'a Block,
+        bp: &BlockPlan<'_>,
+        after: u64,
+        before: u64,
+        tie: Tie,
+        sc: &mut Scratch,
+    ) -> BlockTop<'a> {
+        let mut top = |m: u64| {
+            let (i, score, passed) = bp.top(&q.plan, &q.prefer, m, sc);
             BlockTop {
                 block,
                 i,
-                id: self.id_of(s, b, i),
+                id: self.id_of(s, bp.b, i),
                 score,
                 passed,
             }
         };
-        if before == 0 {
-            return Some(top(after, sc));
-        }
-        let late = top(before, sc);
+        let late = top(before);
         if after == 0 {
-            return Some(late);
+            return late;
         }
-        let early = top(after, sc);
+        let early = top(after);
         let passed = early.passed + late.passed;
         let t = if better(late.score, late.id, early.score, early.id, tie) {
             late
         } else {
             early
         };
-        Some(BlockTop { passed, ..t })
+        BlockTop { passed, ..t }
     }
 
     /// Considers one block of a sampled match; returns how many rows passed
