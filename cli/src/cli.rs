@@ -271,6 +271,12 @@ struct DistributorArgs {
     #[arg(long, default_value_t = 1 << 16,
           value_parser = clap::value_parser!(u32).range(1..=(allot_engine::schema::MAX_CAPACITY as i64)))]
     max_workers: u32,
+    /// On SIGTERM or Ctrl-C, drain for up to this many seconds before
+    /// exiting: tell the gateways this member drains (they send new
+    /// clients to the others), refuse new submissions (their clients move
+    /// to another member) and let the tasks here finish. 0: exit at once.
+    #[arg(long, value_name = "SECS", value_parser = crate::values::parse_secs, default_value = "30")]
+    drain_timeout: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -537,6 +543,7 @@ fn run(cli: Cli) -> Result<()> {
                 allot::distributor::DistributorConfig::new(&a.name, a.listen, a.pki, a.data_dir);
             cfg.link_timeouts = a.link.timeouts()?;
             cfg.startup_grace = Duration::from_millis(a.startup_grace_ms);
+            cfg.drain_timeout = a.drain_timeout;
             cfg.set_name = a.set_name;
             cfg.gateways = a.gateways;
             cfg.gateway_report = match a.gateway_report {

@@ -1503,3 +1503,127 @@ fn link_timeouts_out_of_range_are_refused_with_the_flags_named() {
         );
     }
 }
+
+/// Waits up to `within` for `p` to exit; its exit status.
+fn exit_within(p: &mut Proc, within: Duration) -> std::process::ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(s) = p.0.try_wait().expect("wait") {
+            return s;
+        }
+        assert!(t0.elapsed() < within, "still running after {within:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGTERM to one member of a two-member set while it runs a task: the
+/// gateway shows it draining at once and sends new clients to the other
+/// member, the task in flight ends on the draining member (once), and the
+/// process then exits with status 0, long before its drain timeout.
+#[test]
+fn a_sigtermed_member_drains_its_tasks_and_exits_cleanly() {
+    let dir = Dir::new("drain");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("dist-1", "distributor"),
+            ("dist-2", "distributor"),
+            ("w-1", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let (d1, d2, g) = (port(), port(), port());
+    let _gw = bare_gateway(&pki, g);
+    let gws = g.to_string();
+    let extra = ["--gateways", &gws, "--drain-timeout", "30"];
+    let mut dists = [
+        distributor(&pki, &dir.0, "dist-1", d1, &extra),
+        distributor(&pki, &dir.0, "dist-2", d2, &extra),
+    ];
+    // An app that logs each execution and takes two seconds.
+    let log = dir.0.join("runs.log");
+    let rec = format!(
+        "rec=read p; echo \"$p\" >> {}; sleep 2; printf 'ran %s' \"$p\"",
+        log.display()
+    );
+    let _w = worker(
+        &pki,
+        "w-1",
+        &format!("{d1},{d2}"),
+        &["--apps", "echo,rec", "--app-cmd", &rec],
+    );
+    let both_up = |r: &[Value]| {
+        ["dist-1", "dist-2"]
+            .iter()
+            .all(|n| member(r, n).is_some_and(|m| m["state"] == "up" && m["workers_up"] == 1))
+    };
+    wait_record(&pki, g, "both members up", Duration::from_secs(20), both_up);
+    let input = dir.0.join("token");
+    std::fs::write(&input, b"tok-1\n").unwrap();
+    let (pki2, gws2, inp) = (pki.clone(), gws.clone(), input.to_str().unwrap().to_owned());
+    let sub = std::thread::spawn(move || {
+        submit(&pki2, &gws2, &["--app", "rec", "--input", &inp, "--json"])
+    });
+    let placed_on = |d: SocketAddr| {
+        status(&pki, d)
+            .unwrap_or_default()
+            .iter()
+            .any(|w| w["reserved_slots"] == 1)
+    };
+    let t0 = Instant::now();
+    let at = loop {
+        if placed_on(d1) {
+            break 0;
+        }
+        if placed_on(d2) {
+            break 1;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "task never placed");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let names = ["dist-1", "dist-2"];
+    let (draining, other) = (names[at], names[1 - at]);
+    dists[at].signal("TERM");
+    let t0 = Instant::now();
+    wait_record(
+        &pki,
+        g,
+        "the member draining",
+        Duration::from_secs(5),
+        |r| member(r, draining).is_some_and(|m| m["state"] == "draining"),
+    );
+    assert!(t0.elapsed() < Duration::from_secs(2), "reported at once");
+    // New clients go to the other member.
+    for _ in 0..3 {
+        let out = submit(&pki, &gws, &["--app", "echo", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(json(&out)["distributor"], other);
+    }
+    // The task in flight ends where it ran, once.
+    let out = sub.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = json(&out);
+    assert_eq!(j["status"], "ok");
+    assert_eq!(
+        j["distributor"], draining,
+        "finished by the draining member"
+    );
+    assert_eq!(j["output"], "ran tok-1");
+    let runs = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(runs.lines().collect::<Vec<_>>(), vec!["tok-1"], "ran once");
+    // Drained, it exits 0, well within its 30 s drain timeout.
+    let st = exit_within(&mut dists[at], Duration::from_secs(15));
+    assert!(st.success(), "exit status {st:?}");
+    wait_record(&pki, g, "the member down", Duration::from_secs(5), |r| {
+        member(r, draining).is_some_and(|m| m["state"] == "down")
+    });
+}

@@ -51,6 +51,12 @@ pub struct NaiveRow {
 pub struct NaiveTable {
     /// Rows by id.
     pub rows: BTreeMap<ServerId, NaiveRow>,
+    /// Where ties start, as in the engine: of servers with the same score
+    /// the first at or after this id wins (wrapping to the lowest id), and
+    /// a reservation sets it to the reserved id + 1. A reservation made by
+    /// the engine alone (a sampled match the test mirrors) is mirrored
+    /// with [`NaiveTable::take`].
+    pub tie_start: u32,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -165,8 +171,9 @@ impl NaiveTable {
     }
 
     /// The best row and its score, highest score first (NaN lowest), then
-    /// lowest id; reserves its demand. `None` if nothing passes or an
-    /// expression does not parse.
+    /// the first id at or after [`NaiveTable::tie_start`] (wrapping);
+    /// reserves its demand and moves the tie start past it. `None` if
+    /// nothing passes or an expression does not parse.
     pub fn match_and_reserve(
         &mut self,
         require: &str,
@@ -194,7 +201,11 @@ impl NaiveTable {
         )
         .ok()?;
         let mut best: Option<(ServerId, f64)> = None;
-        for (id, row) in &self.rows {
+        // The rows from the tie start on, then those before it: the first
+        // highest score of that walk wins.
+        let start = ServerId(self.tie_start);
+        let walk = self.rows.range(start..).chain(self.rows.range(..start));
+        for (id, row) in walk {
             if excluded.contains(id) || !Self::passes(row, &req, env) {
                 continue;
             }
@@ -213,11 +224,19 @@ impl NaiveTable {
         }
         let (id, s) = best?;
         let t = &env.task;
-        let r = self.rows.get_mut(&id)?;
-        r.slots_free -= t.slots;
-        r.cores_free -= t.cores;
-        r.mem_free -= t.mem;
+        self.take(id, t.slots, t.cores, t.mem);
         Some((id, s))
+    }
+
+    /// Reserves a demand on row `id` (as a match does: the caller checked
+    /// that it fits) and moves the tie start past it.
+    pub fn take(&mut self, id: ServerId, slots: u32, cores: u32, mem: u64) {
+        if let Some(r) = self.rows.get_mut(&id) {
+            r.slots_free -= slots;
+            r.cores_free -= cores;
+            r.mem_free -= mem;
+            self.tie_start = id.0.wrapping_add(1);
+        }
     }
 
     /// Gives a demand back, never above the totals.

@@ -710,8 +710,12 @@ fn pruning_never_changes_the_answer() {
         let require = "server.power >= 1";
         for p in prefers {
             let q = t.compile(require, p, &e).unwrap();
+            // Both scans from the same tie start (the first reservation
+            // moves it).
+            let start = t.tie_start();
             let pruned = t.match_and_reserve(&q, MatchMode::Exact).unwrap();
             t.release(&pruned);
+            t.set_tie_start(start);
             let raw = t.compile(require, p, &e).unwrap().without_pruning();
             let unpruned = t.match_and_reserve(&raw, MatchMode::Exact).unwrap();
             t.release(&unpruned);

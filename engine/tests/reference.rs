@@ -145,6 +145,8 @@ enum Op {
     State(u8, u8),
     Match(Task, u8, Option<u8>),
     Release(u8),
+    /// Moves the tie start of both tables to this id.
+    TieStart(u16),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -155,6 +157,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..24, 0u8..3).prop_map(|(s, st)| Op::State(s, st)),
         4 => (task(), 0u8..3, proptest::option::of(0u8..24)).prop_map(|(t, m, x)| Op::Match(t, m, x)),
         2 => any::<u8>().prop_map(Op::Release),
+        1 => (0u16..300).prop_map(Op::TieStart),
     ]
 }
 
@@ -252,11 +255,9 @@ fn run(ops: Vec<Op>, shards: usize) -> Result<(), TestCaseError> {
                     // Any passing server will do; mirror the reservation.
                     match got {
                         Ok(r) => {
-                            let row = naive.rows.get_mut(&r.server).unwrap();
+                            prop_assert!(naive.rows.contains_key(&r.server));
                             prop_assert!(!excluded.contains(&r.server));
-                            row.slots_free -= r.slots;
-                            row.cores_free -= r.cores;
-                            row.mem_free -= r.mem;
+                            naive.take(r.server, r.slots, r.cores, r.mem);
                             held.push(r);
                         }
                         Err(_) => prop_assert_eq!(passing, 0),
@@ -264,6 +265,11 @@ fn run(ops: Vec<Op>, shards: usize) -> Result<(), TestCaseError> {
                     continue;
                 }
                 let want = naive.match_and_reserve(req, pref, &e, &excluded);
+                prop_assert_eq!(
+                    table.tie_start(),
+                    naive.tie_start,
+                    "tie start after a match"
+                );
                 match (got, want) {
                     (Ok(r), Some((id, score))) => {
                         prop_assert_eq!(r.server, id, "{} / {:?} / {:?}", req, pref, e);
@@ -278,6 +284,10 @@ fn run(ops: Vec<Op>, shards: usize) -> Result<(), TestCaseError> {
                         )))
                     }
                 }
+            }
+            Op::TieStart(at) => {
+                table.set_tie_start(at.into());
+                naive.tie_start = at.into();
             }
             Op::Release(k) => {
                 if !held.is_empty() {
@@ -335,9 +345,12 @@ proptest! {
     fn engine_agrees_on_multi_block_tables(
         recs in proptest::collection::vec(record(0), 100..300),
         tasks in proptest::collection::vec(task(), 1..20),
+        start in 0u32..1100,
     ) {
         let table = ServerTable::new(TableConfig { shards: 2, capacity: 1024 }).unwrap();
         let mut naive = NaiveTable::new();
+        table.set_tie_start(start);
+        naive.tie_start = start;
         for (i, mut r) in recs.into_iter().enumerate() {
             r.name = format!("s{i}");
             let id = table.insert(r.clone()).unwrap();

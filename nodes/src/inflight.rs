@@ -181,14 +181,6 @@ impl<T> InFlight<T> {
             .map(|(id, _)| id)
             .collect()
     }
-
-    /// Removes and returns every entry.
-    pub fn drain(&mut self) -> Vec<(u64, T)> {
-        let mut out: Vec<(u64, T)> = self.slots.iter_mut().filter_map(Option::take).collect();
-        out.extend(self.overflow.drain());
-        self.len = 0;
-        out
-    }
 }
 
 fn empty_slots<T>(n: usize) -> Vec<Option<(u64, T)>> {
@@ -240,9 +232,10 @@ mod tests {
         assert_eq!(t.insert(5, 3), Some(1));
         assert_eq!(t.len(), 2);
         assert_eq!(t.get(5), Some(&3));
-        let mut all = t.drain();
+        let mut all: Vec<(u64, i32)> = t.iter().map(|(id, v)| (id, *v)).collect();
         all.sort();
         assert_eq!(all, vec![(5, 3), (7, 2)]);
+        assert_eq!((t.remove(5), t.remove(7)), (Some(3), Some(2)));
         assert!(t.is_empty());
     }
 

@@ -882,3 +882,34 @@ fn a_user_at_quota_does_not_hold_back_others() {
     );
     assert_eq!(sim.result(c, last_bob), None, "still running");
 }
+
+/// Two identical workers tie on `prefer` for every task: the placements
+/// take turns, so each gets close to half, whether each task ends before
+/// the next comes (echo, answered at once, as under `allot bench`) or
+/// they pile up (sleep, held running).
+#[test]
+fn identical_workers_share_the_tasks() {
+    let mut sim = Sim::new(|_| {});
+    sim.worker("w-1", &["echo", "sleep"], 100);
+    sim.worker("w-2", &["echo", "sleep"], 100);
+    let c = sim.client("cli");
+    for i in 1..=200 {
+        sim.submit(c, &task(i, "echo"), b"x");
+    }
+    let on = |sim: &Sim, w: &str| {
+        sim.clients[c]
+            .results
+            .iter()
+            .filter(|(r, _)| r.status == TaskStatus::Ok && r.worker == w)
+            .count()
+    };
+    let (a, b) = (on(&sim, "w-1"), on(&sim, "w-2"));
+    assert_eq!(a + b, 200);
+    assert!((80..=120).contains(&a), "echo: w-1 {a}, w-2 {b}");
+    for i in 201..=300 {
+        sim.submit(c, &task(i, "sleep"), b"10");
+    }
+    let (a, b) = (sim.workers[0].running.len(), sim.workers[1].running.len());
+    assert_eq!(a + b, 100);
+    assert!((40..=60).contains(&a), "sleep: w-1 {a}, w-2 {b}");
+}

@@ -5,11 +5,12 @@ mod harness;
 
 use std::time::Duration;
 
+use allot::apps::AppOutcome;
 use allot::distributor::EVENT_REPORT_SPACING;
 use allot::gateway::GatewayCore;
 use allot_wire::{
-    DeltaCause, ErrorCode, Frame, Heartbeat, MemberRegister, MessageKind, Role, SetAttrs,
-    WorkerState,
+    DeltaCause, ErrorCode, Frame, Heartbeat, MemberRegister, MessageKind, Refusal, Role, SetAttrs,
+    TaskStatus, WorkerState,
 };
 use bytes::Bytes;
 use harness::{frame, task, Sim};
@@ -334,4 +335,57 @@ fn a_restarted_gateway_rebuilds_its_record_from_the_next_registrations() {
     let st = sim.gateways[g].core.status(now);
     assert_eq!(st.members[0].attrs.workers_up, 1);
     assert_eq!(st.members[0].attrs.slots, 2);
+}
+
+/// A member told to drain reports `draining` at once; the gateway keeps it
+/// in its record as draining and redirects no client to it; the member
+/// refuses new submissions with the typed `Draining` refusal, lets the
+/// task it has run to its end, and is then drained.
+#[test]
+fn a_draining_member_is_reported_at_once_and_left_out_of_redirects() {
+    let mut sim = Sim::new(|c| {
+        c.set_name = "a".into();
+        c.report_every = 1000;
+    });
+    let g = sim.add_gateway(|_| {});
+    let b = sim.add_distributor_with("dist-b", |c| c.set_name = "a".into());
+    sim.register(0, g, A);
+    sim.register(b, g, B);
+    let w = sim.worker("w-1", &["sleep"], 4);
+    let c = sim.client("cli");
+    sim.submit(c, &task(1, "sleep"), b"");
+    assert_eq!(sim.workers[w].runs.len(), 1);
+    let before = sim.gateways[g].reports.len();
+    let now = sim.now;
+    sim.dist.drain(now);
+    sim.settle();
+    assert!(sim.dist.is_draining());
+    assert_eq!(
+        sim.gateways[g].reports[before..],
+        [DeltaCause::Event],
+        "reported at once, as an event"
+    );
+    assert_eq!(
+        record(&mut sim, g),
+        vec![("a".into(), A.into(), WorkerState::Draining), up("a", B)]
+    );
+    for i in 0..50 {
+        let r = sim.gateways[g].core.choose(&format!("c{i}")).unwrap();
+        assert_eq!(r.distributors, vec![B.to_string()], "c{i}");
+    }
+    // A new submission is refused, typed: the client moves elsewhere.
+    sim.submit(c, &task(2, "sleep"), b"");
+    let r = sim.result(c, 2).expect("an answer");
+    assert_eq!(r.status, TaskStatus::Refused);
+    assert_eq!(r.refusal, Refusal::Draining);
+    assert_eq!(sim.workers[w].runs.len(), 1, "nothing new placed");
+    // The task in flight goes on to its end.
+    assert!(!sim.dist.drained());
+    let t = sim.workers[w].runs[0].0;
+    sim.finish(w, t, AppOutcome::Ok(Bytes::from_static(b"done")));
+    assert_eq!(sim.result(c, 1).map(|r| r.status), Some(TaskStatus::Ok));
+    assert!(sim.dist.drained());
+    // Still draining in the record at the next periodic report.
+    sim.advance(Duration::from_secs(2));
+    assert_eq!(record(&mut sim, g)[0].2, WorkerState::Draining);
 }

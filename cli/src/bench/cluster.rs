@@ -244,6 +244,11 @@ impl Cluster {
                     &pki_s,
                     "--data-dir",
                     &data,
+                    // The bench owns the cluster's life: a SIGTERM (the
+                    // bench died) stops the distributor at once, without
+                    // draining.
+                    "--drain-timeout",
+                    "0",
                     "--set-name",
                     &set_s,
                     "--gateways",

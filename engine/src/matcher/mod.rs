@@ -25,6 +25,21 @@
 //! * `reserve`: taking the demand from the chosen row with compare-and-swap,
 //!   the user's in-flight quota, and [`ServerTable::release`].
 //!
+//! # Ties
+//!
+//! Servers with the same `prefer` score are ordered by a rotating start,
+//! not by id alone: a match takes, among the tied best, the first server at
+//! or after the table's tie start (wrapping past the last id to the
+//! first), and each reservation moves the start to just after the server
+//! reserved. Identical workers therefore take turns (round robin over the
+//! tied ones) instead of the lowest id taking every task. In rank terms a
+//! row's tie rank is `id - start` wrapped to `u32` ([`Tie::rank`]): the
+//! scans compare (score, rank) where they compared (score, id), and since
+//! ids grow in scan order, ranks grow too except across the row at the
+//! start, which the scans treat as a boundary ([`Tie::split`]). The start
+//! is read once per scan and written after each reservation (relaxed: a
+//! start seen late only changes which of the tied servers wins).
+//!
 //! Below this layer, [`crate::query`] holds what a match reads (the plan,
 //! the footprint to prefetch) and [`crate::scan`] the per-block kernels;
 //! [`crate::explain`] answers the question a failed match leaves.
@@ -33,7 +48,7 @@ mod exact;
 mod reserve;
 mod sampled;
 
-use std::sync::atomic::Ordering::Acquire;
+use std::sync::atomic::Ordering::{Acquire, Relaxed};
 use std::sync::atomic::{AtomicBool, AtomicU32};
 use std::sync::Arc;
 
@@ -118,11 +133,73 @@ struct Candidate {
     gen: u32,
 }
 
-/// Whether (score, id) beats the current best: higher score, then lower id.
+/// The tie order of one scan: rows of equal score rank by their id's
+/// distance past `start` (wrapping), so the first row at or after the
+/// start comes first and the row just before it last.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Tie {
+    start: u32,
+}
+
+impl Tie {
+    /// The order that starts at id `start`.
+    #[inline(always)]
+    pub(crate) fn at(start: u32) -> Tie {
+        Tie { start }
+    }
+
+    /// The id the order starts at (one past the table's last id, when the
+    /// last server reserved was the last row: the order is then by id).
+    #[inline(always)]
+    pub(crate) fn start(self) -> ServerId {
+        ServerId(self.start)
+    }
+
+    /// The rank of `id` among tied rows (lower wins).
+    #[inline(always)]
+    pub(crate) fn rank(self, id: ServerId) -> u32 {
+        id.0.wrapping_sub(self.start)
+    }
+
+    /// The lowest rank of any row of the block whose first row is `first`:
+    /// 0 when the block holds the start, else its first row's (ranks grow
+    /// along a block that does not hold the start).
+    #[inline(always)]
+    pub(crate) fn block_min(self, first: ServerId) -> u32 {
+        if self.start.wrapping_sub(first.0) < BLOCK_ROWS as u32 {
+            0
+        } else {
+            self.rank(first)
+        }
+    }
+
+    /// The rows of `m`, a mask of the block whose first row is `first`, as
+    /// (rows at or after the start, rows before it): the first part ranks
+    /// below the second, and within each, ranks grow with the row. The
+    /// second part is empty unless the start lies inside the block.
+    #[inline(always)]
+    pub(crate) fn split(self, first: ServerId, m: u64) -> (u64, u64) {
+        let off = self.start.wrapping_sub(first.0);
+        if off == 0 || off >= BLOCK_ROWS as u32 {
+            return (m, 0);
+        }
+        let before = m & ((1u64 << off) - 1);
+        (m & !before, before)
+    }
+}
+
+/// Whether (score, id) beats the current best: higher score, then the
+/// lower tie rank ([`Tie`]).
 #[inline]
-pub(crate) fn better(score: f64, id: ServerId, best_score: f64, best_id: ServerId) -> bool {
+pub(crate) fn better(
+    score: f64,
+    id: ServerId,
+    best_score: f64,
+    best_id: ServerId,
+    tie: Tie,
+) -> bool {
     let (a, b) = (key(score), key(best_score));
-    a > b || (a == b && id < best_id)
+    a > b || (a == b && tie.rank(id) < tie.rank(best_id))
 }
 
 enum Attempt {
@@ -157,7 +234,11 @@ impl ServerTable {
                     break;
                 };
                 match self.try_reserve(query, c, mode == MatchMode::Exact, guard) {
-                    Attempt::Reserved(r) => return Ok(r),
+                    Attempt::Reserved(r) => {
+                        // The next tie goes to the server after this one.
+                        self.tie.store(r.server.0.wrapping_add(1), Relaxed);
+                        return Ok(r);
+                    }
                     Attempt::Lost => continue,
                     Attempt::Quota => break,
                 }
@@ -166,6 +247,21 @@ impl ServerTable {
         Err(NoMatch {
             explain: self.explain_excluding(query, excluded),
         })
+    }
+
+    /// Where ties on `prefer` start now: among servers of equal score, a
+    /// match takes the first at or after this id (wrapping around the
+    /// table); every reservation sets it to the reserved server's id + 1,
+    /// so tied servers take turns.
+    pub fn tie_start(&self) -> u32 {
+        self.tie.load(Relaxed)
+    }
+
+    /// Sets where ties start (see [`ServerTable::tie_start`]): for a probe
+    /// that reserves and releases at once to put it back, so that the
+    /// probe does not move the next placement, and for tests that pin it.
+    pub fn set_tie_start(&self, start: u32) {
+        self.tie.store(start, Relaxed);
     }
 
     /// The rows of `m` left after dropping the `excluded` servers of block
@@ -188,9 +284,10 @@ impl ServerTable {
         excluded: &[ServerId],
         guard: &Guard,
     ) -> Option<Candidate> {
+        let tie = Tie::at(self.tie.load(Relaxed));
         let mut best = Scratch::with(|sc| match mode {
-            MatchMode::Exact => self.best_exact(q, excluded, guard, sc),
-            MatchMode::Sampled { k } => self.best_sampled(q, k.max(1), excluded, guard, sc),
+            MatchMode::Exact => self.best_exact(q, excluded, tie, guard, sc),
+            MatchMode::Sampled { k } => self.best_sampled(q, k.max(1), excluded, tie, guard, sc),
         })?;
         if let MatchMode::Sampled { .. } = mode {
             // Read when the match ends, not per candidate: by then the line

@@ -7,13 +7,15 @@
 //! and `prefer` does not read those cells, the match is lazy: `k` counts the
 //! rows that pass every other clause, each block's top is kept ([`Tops`]),
 //! and capacity is checked only for the rows that would be the answer, best
-//! first.
+//! first. Ties go by the same rotating order as the exact scan's
+//! ([`Tie`]), so a sampled match that sees every row gives the exact
+//! answer.
 
 use std::cell::Cell;
 
 use crossbeam_epoch::Guard;
 
-use super::{better, Candidate};
+use super::{better, Candidate, Tie};
 use crate::query::lookahead::{self, Starts, AHEAD};
 use crate::query::plan::{BlockPlan, Scratch, ShardPlan};
 use crate::query::Query;
@@ -63,10 +65,11 @@ struct Tops {
     /// The index of the best of `items[..len]`.
     lead: usize,
     dropped: Option<(f64, ServerId)>,
+    tie: Tie,
 }
 
 impl Tops {
-    fn new() -> Tops {
+    fn new(tie: Tie) -> Tops {
         const NONE: Top = Top {
             score: f64::NEG_INFINITY,
             failed: 0,
@@ -80,6 +83,7 @@ impl Tops {
             len: 0,
             lead: 0,
             dropped: None,
+            tie,
         }
     }
 
@@ -90,7 +94,7 @@ impl Tops {
         let mut at = 0;
         for x in 1..self.len.min(LAZY_TOPS) {
             let (t, a) = (&self.items[x], &self.items[at]);
-            if better(t.score, t.id, a.score, a.id) != worst {
+            if better(t.score, t.id, a.score, a.id, self.tie) != worst {
                 at = x;
             }
         }
@@ -101,7 +105,7 @@ impl Tops {
     #[inline(always)]
     fn leads(&self, score: f64, id: ServerId) -> bool {
         let a = &self.items[self.lead % LAZY_TOPS];
-        self.len == 0 || better(score, id, a.score, a.id)
+        self.len == 0 || better(score, id, a.score, a.id, self.tie)
     }
 
     #[inline]
@@ -118,7 +122,7 @@ impl Tops {
         // Full: the worst of the tops and `t` is dropped.
         let w = self.extreme(true);
         let worst = self.items[w];
-        let out = if better(t.score, t.id, worst.score, worst.id) {
+        let out = if better(t.score, t.id, worst.score, worst.id, self.tie) {
             self.items[w] = t;
             if leads {
                 self.lead = w;
@@ -129,7 +133,7 @@ impl Tops {
         };
         if self
             .dropped
-            .is_none_or(|(s, id)| better(out.score, out.id, s, id))
+            .is_none_or(|(s, id)| better(out.score, out.id, s, id, self.tie))
         {
             self.dropped = Some((out.score, out.id));
         }
@@ -150,7 +154,7 @@ impl Tops {
     /// Whether `t` ranks above every top dropped so far.
     fn trusted(&self, t: &Top) -> bool {
         self.dropped
-            .is_none_or(|(s, id)| better(t.score, t.id, s, id))
+            .is_none_or(|(s, id)| better(t.score, t.id, s, id, self.tie))
     }
 }
 
@@ -186,7 +190,8 @@ fn next_random(seed: u64) -> u64 {
 impl ServerTable {
     /// The best row by `prefer` of block `b`, among the rows that pass the
     /// query's clauses (the capacity ones only with `capacity`) and are
-    /// neither in `failed` nor `excluded`; `None` if no row does.
+    /// neither in `failed` nor `excluded`; `None` if no row does. Of tied
+    /// rows, the one of lowest tie rank.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn block_top<'a>(
@@ -198,6 +203,7 @@ impl ServerTable {
         failed: u64,
         capacity: bool,
         excluded: &[ServerId],
+        tie: Tie,
         guard: &Guard,
         sc: &mut Scratch,
     ) -> Option<BlockTop<'a>> {
@@ -218,6 +224,10 @@ impl ServerTable {
         if m == 0 {
             return None;
         }
+        let (after, before) = tie.split(self.id_of(s, b, 0), m);
+        if before != 0 {
+            return Some(self.split_top(q, s, block, &bp, after, before, tie, sc));
+        }
         let (i, score, passed) = bp.top(plan, &q.prefer, m, sc);
         Some(BlockTop {
             block,
@@ -226,6 +236,48 @@ impl ServerTable {
             score,
             passed,
         })
+    }
+
+    /// [`Self::block_top`] of the block holding the tie start: the first
+    /// highest of each part (see `Tie::split`), the part before the start
+    /// winning only on a higher score. Once per match at most, kept out of
+    /// the scan's loop.
+    #[cold]
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn split_top<'a>(
+        &self,
+        q: &Query,
+        s: usize,
+        block: &'a Block,
+        bp: &BlockPlan<'_>,
+        after: u64,
+        before: u64,
+        tie: Tie,
+        sc: &mut Scratch,
+    ) -> BlockTop<'a> {
+        let mut top = |m: u64| {
+            let (i, score, passed) = bp.top(&q.plan, &q.prefer, m, sc);
+            BlockTop {
+                block,
+                i,
+                id: self.id_of(s, bp.b, i),
+                score,
+                passed,
+            }
+        };
+        let late = top(before);
+        if after == 0 {
+            return late;
+        }
+        let early = top(after);
+        let passed = early.passed + late.passed;
+        let t = if better(late.score, late.id, early.score, early.id, tie) {
+            late
+        } else {
+            early
+        };
+        BlockTop { passed, ..t }
     }
 
     /// Considers one block of a sampled match; returns how many rows passed
@@ -239,14 +291,15 @@ impl ServerTable {
         sp: &ShardPlan<'_>,
         b: usize,
         excluded: &[ServerId],
+        tie: Tie,
         best: &mut Option<Candidate>,
         guard: &Guard,
         sc: &mut Scratch,
     ) -> u32 {
-        let Some(t) = self.block_top(q, s, sp, b, 0, true, excluded, guard, sc) else {
+        let Some(t) = self.block_top(q, s, sp, b, 0, true, excluded, tie, guard, sc) else {
             return 0;
         };
-        if best.is_none_or(|c| better(t.score, t.id, c.score, c.id)) {
+        if best.is_none_or(|c| better(t.score, t.id, c.score, c.id, tie)) {
             // The row's cells for reserving it, while the scan goes on.
             lookahead::warm_row(t.block, t.i, q.demand, guard);
             *best = Some(Candidate {
@@ -281,6 +334,7 @@ impl ServerTable {
         q: &Query,
         k: u32,
         excluded: &[ServerId],
+        tie: Tie,
         guard: &Guard,
         sc: &mut Scratch,
     ) -> Option<Candidate> {
@@ -299,7 +353,7 @@ impl ServerTable {
         lookahead::warm_columns(&self.shards[s3], b3, n, fp, false, !lazy, guard);
         let start = self.start_of(r);
         if lazy {
-            let mut tops = Tops::new();
+            let mut tops = Tops::new(tie);
             self.scan_from(q, start, k, |s, sp, b| {
                 self.lazy_block(q, s, sp, b, 0, excluded, &mut tops, guard, sc)
             });
@@ -309,7 +363,7 @@ impl ServerTable {
         }
         let mut best = None;
         self.scan_from(q, start, k, |s, sp, b| {
-            self.sample_block(q, s, sp, b, excluded, &mut best, guard, sc)
+            self.sample_block(q, s, sp, b, excluded, tie, &mut best, guard, sc)
         });
         best
     }
@@ -370,7 +424,8 @@ impl ServerTable {
         guard: &Guard,
         sc: &mut Scratch,
     ) -> u32 {
-        let Some(t) = self.block_top(q, s, sp, b, failed, false, excluded, guard, sc) else {
+        let tie = tops.tie;
+        let Some(t) = self.block_top(q, s, sp, b, failed, false, excluded, tie, guard, sc) else {
             return 0;
         };
         if tops.leads(t.score, t.id) {

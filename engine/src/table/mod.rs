@@ -53,10 +53,11 @@ pub(crate) mod user_inflight;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use crossbeam_epoch::{self as epoch, Guard};
+use crossbeam_utils::CachePadded;
 
 use crate::error::{truncated, EngineError};
 use crate::schema::{
@@ -321,6 +322,10 @@ pub struct ServerTable {
     pub(crate) inflight: UserInFlight,
     live: AtomicUsize,
     seed: u64,
+    /// Where ties on `prefer` start: the id after the last server a match
+    /// reserved (see [`crate::matcher`]'s tie order). On a line of its
+    /// own: every reservation writes it.
+    pub(crate) tie: CachePadded<AtomicU32>,
     /// Blocks, column groups and label cells (huge-page backed).
     arena: Arc<Arena>,
 }
@@ -423,6 +428,7 @@ impl ServerTable {
             inflight: UserInFlight::new(),
             live: AtomicUsize::new(0),
             seed: RandomState::new().hash_one(0x5eed_u64),
+            tie: CachePadded::new(AtomicU32::new(0)),
         })
     }
 

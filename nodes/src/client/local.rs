@@ -10,6 +10,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use allot_wire::message::{ArchivedRefusal, ArchivedTaskStatus};
 use allot_wire::{
     Cancel, Demands, ErrorMsg, ExplainQuery, ExplainReply, MessageKind, Redirect, Role,
     StatusQuery, StatusReply, Submit, TaskResult, TaskStatus, Timings,
@@ -119,6 +120,10 @@ struct PendingTask {
     /// it: sent again with `resubmit` set. A task submitted while the client
     /// had no session has never left, and is sent as new.
     sent: bool,
+    /// The generation of the session it was last sent on (0: none yet).
+    /// A task on the [draining](Inner::draining) session stays there: its
+    /// result comes on that stream, and it is not resubmitted meanwhile.
+    on: u64,
     started: Instant,
     /// A `Cancel` was sent for it (sent once only).
     cancelled: bool,
@@ -184,6 +189,12 @@ struct Inner {
     cfg: ClientConfig,
     ep: quinn::Endpoint,
     session: RefCell<Option<Session>>,
+    /// The session to a distributor that refused a task because it drains
+    /// (it stops taking tasks before it stops): nothing new goes to it,
+    /// but the tasks it had end there and their results come on its
+    /// stream. At most one: when another member drains under the client,
+    /// the older session is closed and its tasks resubmitted.
+    draining: RefCell<Option<Session>>,
     /// Submissions in flight by id (sequential: see [`InFlight`]).
     pending: RefCell<InFlight<PendingTask>>,
     /// Reused for every `Submit` sent, so its strings keep their buffers.
@@ -254,6 +265,7 @@ impl LocalClient {
                 cfg,
                 ep,
                 session: RefCell::new(None),
+                draining: RefCell::new(None),
                 pending: RefCell::new(InFlight::new(1024, MAX_IN_FLIGHT * 2)),
                 submit: RefCell::new(Submit {
                     task_id: 0,
@@ -356,11 +368,14 @@ impl LocalClient {
             return Err(e);
         }
         let key = inner.key_base ^ id;
-        let sent = {
+        let on = {
             let session = inner.session.borrow();
-            session
-                .as_ref()
-                .map(|s| inner.send_submit(&s.out, id, key, &task, false))
+            session.as_ref().map_or(0, |s| {
+                match inner.send_submit(&s.out, id, key, &task, false) {
+                    Ok(()) => s.generation,
+                    Err(_) => 0,
+                }
+            })
         };
         inner.pending.borrow_mut().insert(
             id,
@@ -368,12 +383,13 @@ impl LocalClient {
                 tx,
                 task,
                 key,
-                sent: matches!(sent, Some(Ok(()))),
+                sent: on != 0,
+                on,
                 started: Instant::now(),
                 cancelled: false,
             },
         );
-        if !matches!(sent, Some(Ok(()))) {
+        if on == 0 {
             // Not connected or the stream just failed: the failover (which
             // resubmits everything pending) takes care of it.
             Inner::failover(inner.clone(), inner.generation.get());
@@ -398,9 +414,14 @@ impl LocalClient {
                 return true;
             }
             p.cancelled = true;
+            // To the distributor that has it: a draining one keeps its
+            // tasks to their end.
+            let draining = inner.draining.borrow();
             let session = inner.session.borrow();
-            session
+            draining
                 .as_ref()
+                .filter(|d| d.generation == p.on)
+                .or(session.as_ref())
                 .is_some_and(|s| s.out.send(&Cancel { task_id }, &Bytes::new()).is_ok())
         };
         if !sent {
@@ -471,6 +492,9 @@ impl LocalClient {
         self.inner.closed.set(true);
         self.inner.closing.notify_waiters();
         if let Some(s) = self.inner.session.borrow_mut().take() {
+            s.out.close();
+        }
+        if let Some(s) = self.inner.draining.borrow_mut().take() {
             s.out.close();
         }
         self.inner.ep.close(0u32.into(), b"client done");
@@ -658,11 +682,17 @@ impl Inner {
     ) -> Result<(), ClientError> {
         let list = this.distributors.borrow().clone();
         let mut tried = Attempts::default();
-        let order = list.iter().skip(start).chain(if wrap {
-            list.get(..start.min(list.len())).unwrap_or_default()
-        } else {
-            &[]
-        });
+        // Not back to a member that drains: it takes no new tasks.
+        let avoid = this.draining.borrow().as_ref().map(|d| d.distributor);
+        let order = list
+            .iter()
+            .skip(start)
+            .chain(if wrap {
+                list.get(..start.min(list.len())).unwrap_or_default()
+            } else {
+                &[]
+            })
+            .filter(|a| Some(**a) != avoid);
         for addr in order {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
@@ -822,8 +852,22 @@ impl Inner {
     /// retrying through an outage as [`Inner::search`] does, and
     /// resubmits everything in flight. Runs once per lost session. Tasks
     /// in flight, and tasks submitted meanwhile, wait in `pending`; when
-    /// the search gives up they all fail with its error.
+    /// the search gives up they all fail with its error (but those on a
+    /// draining session, which still end there).
     fn failover(this: Rc<Inner>, lost_generation: u64) {
+        Inner::move_off(this, lost_generation, false);
+    }
+
+    /// The distributor of the current session drains (it refused a task
+    /// with [`Refusal::Draining`](allot_wire::Refusal::Draining)): the
+    /// session is kept for the tasks it has, and the client moves to
+    /// another member as [`Inner::failover`] does, sending it everything
+    /// else in flight.
+    fn hand_off(this: Rc<Inner>, generation: u64) {
+        Inner::move_off(this, generation, true);
+    }
+
+    fn move_off(this: Rc<Inner>, lost_generation: u64, keep: bool) {
         if this.closed.get() || this.failing_over.get() || this.generation.get() != lost_generation
         {
             return;
@@ -845,14 +889,26 @@ impl Inner {
                 })
                 .map(|i| i + 1)
                 .unwrap_or(0);
-            drop(current);
+            if let (true, Some(s)) = (keep, current) {
+                tracing::info!(distributor = %s.distributor, "distributor drains; moving to another member");
+                let older = this.draining.borrow_mut().replace(s);
+                if let Some(old) = older {
+                    // Only one is kept: the older one's tasks go along.
+                    old.out.close();
+                    this.leave_session(old.generation);
+                }
+            }
             let result = Inner::search(&this, First::After { start }).await;
             this.failing_over.set(false);
             match result {
                 Ok(()) => this.resubmit_pending(),
                 Err(e) => {
-                    for (id, p) in this.pending.borrow_mut().drain() {
-                        p.tx.send(id, Err(e.clone()));
+                    let draining = this.draining_generation();
+                    let failed = this.pending.borrow().ids_where(|p| Some(p.on) != draining);
+                    for id in failed {
+                        if let Some(p) = this.pending.borrow_mut().remove(id) {
+                            p.tx.send(id, Err(e.clone()));
+                        }
                     }
                     for w in this.waiters.borrow_mut().drain(..) {
                         w.fail(e.clone());
@@ -862,31 +918,107 @@ impl Inner {
         });
     }
 
-    /// Sends every task in flight on the new session: under its own key,
-    /// as a resubmission if it was sent before. Cancelled ones end here.
+    /// The generation of the draining session, if there is one.
+    fn draining_generation(&self) -> Option<u64> {
+        self.draining.borrow().as_ref().map(|d| d.generation)
+    }
+
+    /// Tasks last sent on session `generation` are on none now (it ended):
+    /// they go with the next resubmission. Returns how many.
+    fn leave_session(&self, generation: u64) -> usize {
+        let mut n = 0;
+        let ids = self.pending.borrow().ids_where(|p| p.on == generation);
+        let mut pending = self.pending.borrow_mut();
+        for id in ids {
+            if let Some(p) = pending.get_mut(id) {
+                p.on = 0;
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Session `generation`'s stream ended. The draining session's end
+    /// sends the tasks it still had (it stopped before they ended) to the
+    /// current distributor as resubmissions; any other session's end is a
+    /// failover.
+    fn session_ended(this: Rc<Inner>, generation: u64) {
+        if this.draining_generation() != Some(generation) {
+            Inner::failover(this, generation);
+            return;
+        }
+        this.draining.borrow_mut().take();
+        if this.leave_session(generation) == 0 || this.failing_over.get() {
+            // Nothing left there, or the search under way sends them.
+            return;
+        }
+        if this.session.borrow().is_some() {
+            this.resubmit_pending();
+        } else {
+            let current = this.generation.get();
+            Inner::failover(this, current);
+        }
+    }
+
+    /// Task `id`, sent on session `generation`, was refused there because
+    /// its distributor drains: it goes to another member.
+    fn refused_draining(this: &Rc<Inner>, id: u64, generation: u64) {
+        {
+            let mut pending = this.pending.borrow_mut();
+            let Some(p) = pending.get_mut(id) else {
+                return;
+            };
+            if p.on != generation {
+                return; // sent elsewhere since
+            }
+            p.on = 0;
+        }
+        if this.generation.get() == generation && this.session.borrow().is_some() {
+            Inner::hand_off(this.clone(), generation);
+        } else if this.session.borrow().is_some() && !this.failing_over.get() {
+            // Refused by the member the client already moved off.
+            this.resubmit_pending();
+        }
+    }
+
+    /// Whether a draining distributor's refusal can move the client: a
+    /// client given a single distributor (no gateway) has nowhere to go,
+    /// and gets the refusal as its outcome.
+    fn may_move(&self) -> bool {
+        !self.direct.get() || self.distributors.borrow().len() > 1
+    }
+
+    /// Sends every task in flight that is on no session to the current
+    /// one: under its own key, as a resubmission if it was sent before.
+    /// Tasks on the draining session stay there. Cancelled ones end here.
     fn resubmit_pending(&self) {
         let session = self.session.borrow();
         let Some(s) = session.as_ref() else {
             return;
         };
-        tracing::info!(distributor = %s.distributor, "failed over; resubmitting {} tasks", self.pending.borrow().len());
+        let draining = self.draining_generation();
         let mut cancelled = Vec::new();
         let mut unsent = Vec::new();
-        let mut first_sent = Vec::new();
+        let mut sent = Vec::new();
         for (id, p) in self.pending.borrow().iter() {
+            if p.on == s.generation || (p.on != 0 && Some(p.on) == draining) {
+                continue;
+            }
             if p.cancelled {
                 cancelled.push(id);
             } else if let Err(e) = self.send_submit(&s.out, id, p.key, &p.task, p.sent) {
                 unsent.push((id, e));
-            } else if !p.sent {
-                first_sent.push(id);
+            } else {
+                sent.push(id);
             }
         }
+        tracing::info!(distributor = %s.distributor, "resubmitted {} tasks", sent.len());
         {
             let mut pending = self.pending.borrow_mut();
-            for id in first_sent {
+            for id in sent {
                 if let Some(p) = pending.get_mut(id) {
                     p.sent = true;
+                    p.on = s.generation;
                 }
             }
         }
@@ -933,6 +1065,13 @@ async fn read_loop(inner: Rc<Inner>, mut reader: conn::FrameReader, generation: 
                     break;
                 };
                 let r = v.get();
+                if matches!(r.status, ArchivedTaskStatus::Refused)
+                    && matches!(r.refusal, ArchivedRefusal::Draining)
+                    && inner.may_move()
+                {
+                    Inner::refused_draining(&inner, r.task_id.to_native(), generation);
+                    continue;
+                }
                 let Some(p) = inner.pending.borrow_mut().remove(r.task_id.to_native()) else {
                     continue;
                 };
@@ -963,6 +1102,11 @@ async fn read_loop(inner: Rc<Inner>, mut reader: conn::FrameReader, generation: 
                 p.tx.send(outcome.task_id, Ok(outcome));
             }
             MessageKind::StatusReply | MessageKind::ExplainReply | MessageKind::Error => {
+                if generation != inner.generation.get() {
+                    // The answer to a query on a session left behind (its
+                    // waiters were failed when the client moved).
+                    continue;
+                }
                 let Some(w) = inner.waiters.borrow_mut().pop_front() else {
                     continue;
                 };
@@ -994,7 +1138,7 @@ async fn read_loop(inner: Rc<Inner>, mut reader: conn::FrameReader, generation: 
             _ => {}
         }
     }
-    Inner::failover(inner, generation);
+    Inner::session_ended(inner, generation);
 }
 
 #[cfg(test)]

@@ -309,6 +309,9 @@ struct State {
     /// Job submits answered once the job's creation is written: job
     /// number, link, the submit's request id.
     acks: Vec<(u64, Rc<Outgoing>, u64)>,
+    /// Draining since then ([`Core::drain`]): new submissions are refused
+    /// and the gateways hear the member's state as `draining`.
+    draining: Option<Instant>,
 }
 
 /// The distributor as a state machine. See the module docs.
@@ -437,6 +440,7 @@ impl Core {
                 incarnation: 0,
                 jobs,
                 acks: Vec::new(),
+                draining: None,
             },
         })
     }
@@ -478,6 +482,54 @@ impl Core {
             },
         );
         id
+    }
+
+    /// Starts draining at `now`: the gateways are told at once (an event
+    /// report with the member's state `draining`, so they stop sending
+    /// clients here), new submissions are refused with
+    /// [`Refusal::Draining`](allot_wire::Refusal::Draining) (the client
+    /// moves to another member), and the tasks already here, placed or
+    /// waiting, go on to their end. [`Core::drained`] says when none is
+    /// left. Draining again changes nothing.
+    pub fn drain(&mut self, now: Instant) {
+        self.st.now = now;
+        if self.st.draining.is_some() {
+            return;
+        }
+        self.st.draining = Some(now);
+        // The gateways must stop sending clients here now, not at the end
+        // of the spacing of event reports.
+        self.st.next_event_report = None;
+        let (placed, waiting) = self.tasks_in_flight();
+        tracing::info!(
+            placed,
+            waiting,
+            "draining: no new tasks, finishing those here"
+        );
+        self.st.member_event = true;
+        self.st.report_events();
+    }
+
+    /// Whether [`Core::drain`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.st.draining.is_some()
+    }
+
+    /// Whether no task is left here (placed, waiting or being located):
+    /// a draining distributor may stop.
+    pub fn drained(&self) -> bool {
+        let (placed, waiting) = self.tasks_in_flight();
+        placed == 0 && waiting == 0
+    }
+
+    /// The links to clients (a draining shell finishes their streams once
+    /// nothing is left to send them).
+    pub fn client_links(&self) -> Vec<LinkId> {
+        self.links
+            .iter()
+            .filter(|(_, e)| matches!(e.side, Side::Client(_)))
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     /// Times each match with `clock` (for `Timings::matched_us`).
@@ -774,10 +826,14 @@ fn gateway_frame(frame: Frame) -> Result<(), LinkError> {
 // ---------------------------------------------------------------- gateways
 
 impl State {
-    /// This member's share of its set's attributes now.
+    /// This member's share of its set's attributes now, and its own state.
     fn member_attrs(&self) -> allot_wire::SetAttrs {
         // Jobs' tasks not started yet wait as much as those in the queue.
         let queued = self.jobs.queued();
+        let state = match self.draining {
+            Some(_) => WorkerState::Draining,
+            None => WorkerState::Up,
+        };
         report::summarize(
             &self.table.totals(),
             self.waiting
@@ -785,6 +841,7 @@ impl State {
                 .saturating_add(usize::try_from(queued).unwrap_or(usize::MAX)),
             self.pending.len() + self.locating.len(),
             self.reporter.tasks_per_s(),
+            state,
         )
     }
 
@@ -843,7 +900,8 @@ impl State {
     }
 
     /// Reports at once after an event: a worker joined or was lost, the
-    /// waiting queue turned non-empty or empty.
+    /// waiting queue turned non-empty or empty, the member started
+    /// draining.
     fn report_events(&mut self) {
         let waiting = !self.waiting.is_empty();
         if waiting != self.was_waiting {
@@ -1713,6 +1771,14 @@ impl State {
                 return Ok(());
             }
         }
+        if self.draining.is_some() {
+            // Not placed here: the client sends it to another member.
+            let msg = format!(
+                "distributor {} is draining: it takes no new tasks (submit to another member of set {})",
+                self.cfg.name, self.cfg.set_name
+            );
+            return self.refuse_draining(out, client_task, msg);
+        }
         let in_flight = self.pending.len() + self.waiting.len() + self.locating.len();
         if in_flight >= self.cfg.max_pending {
             let msg = format!("distributor overloaded: {in_flight} tasks in flight (limit)");
@@ -1781,6 +1847,28 @@ impl State {
             return Ok(());
         }
         self.place(task, p, String::new());
+        Ok(())
+    }
+
+    /// Refuses a submission with [`Refusal::Draining`](allot_wire::Refusal::Draining).
+    fn refuse_draining(
+        &mut self,
+        out: &Rc<Outgoing>,
+        client_task: u64,
+        message: String,
+    ) -> Result<(), LinkError> {
+        let r = TaskResult {
+            task_id: client_task,
+            status: TaskStatus::Refused,
+            refusal: allot_wire::Refusal::Draining,
+            worker: String::new(),
+            distributor: self.cfg.name.clone(),
+            attempts: 0,
+            exit_code: 0,
+            message,
+            timings: Timings::default(),
+        };
+        push(&mut self.transmit, out, &r, &Bytes::new())?;
         Ok(())
     }
 
@@ -1892,11 +1980,15 @@ impl State {
 }
 
 fn explain_reply(table: &ServerTable, query: &Query) -> ExplainReply {
-    // The worker a submission would get now: match, then give it back.
+    // The worker a submission would get now: match, then give it back
+    // and put the tie start back, so that asking does not move the next
+    // placement off the worker named here.
+    let start = table.tie_start();
     let best = match table.match_and_reserve(query, MatchMode::Exact) {
         Ok(r) => {
             let name = table.name(r.server).unwrap_or_default();
             table.release(&r);
+            table.set_tie_start(start);
             name
         }
         Err(_) => String::new(),
@@ -2025,8 +2117,13 @@ impl State {
 // ---------------------------------------------------------------- jobs
 
 impl State {
-    /// Starts job tasks while the window has room and a job has one.
+    /// Starts job tasks while the window has room and a job has one. A
+    /// draining distributor starts none: its jobs stay in the journal, and
+    /// go on when it starts again.
     fn feed_jobs(&mut self) {
+        if self.draining.is_some() {
+            return;
+        }
         while let Some(start) = self.jobs.start_next(self.now) {
             self.start_job_task(start);
         }
@@ -2153,6 +2250,20 @@ impl State {
     ) -> Result<(), LinkError> {
         let s = v.get();
         let request = s.request.to_native();
+        if self.draining.is_some() {
+            let ack = allot_wire::JobAck {
+                request,
+                job: String::new(),
+                tasks: 0,
+                distributor: self.cfg.name.clone(),
+                error: format!(
+                    "distributor {} is draining and takes no new job; submit again through the gateways (they send new clients to the other members)",
+                    self.cfg.name
+                ),
+            };
+            push(&mut self.transmit, out, &ack, &Bytes::new())?;
+            return Ok(());
+        }
         let user = if s.user.is_empty() {
             c.cert_user.clone()
         } else {

@@ -65,6 +65,14 @@ pub struct DistributorConfig {
     /// workers' registrations, and a table that is still filling is no
     /// verdict. Tasks still unmatched when it ends fail as usual.
     pub startup_grace: Duration,
+    /// When told to stop, how long it drains first: it tells the gateways
+    /// it is draining (they send new clients to the other members),
+    /// refuses new submissions with a `Draining` refusal (the client moves
+    /// to another member) and lets the tasks it has finish, for up to this
+    /// long; then it stops (clients of tasks still running resubmit them
+    /// elsewhere, as after a crash). Zero: it stops at once. Default zero
+    /// (`allot distributor` drains for 30 s).
+    pub drain_timeout: Duration,
     /// How fast a silent peer is noticed (QUIC idle timeout and
     /// keep-alives on every link of this node).
     pub link_timeouts: crate::transport::LinkTimeouts,
@@ -103,6 +111,7 @@ impl DistributorConfig {
             table_capacity: 1 << 16,
             queue_timeout: Duration::from_secs(60),
             startup_grace: Duration::from_secs(3),
+            drain_timeout: Duration::ZERO,
             link_timeouts: crate::transport::LinkTimeouts::default(),
             gateways: Vec::new(),
             gateway_report: allot_wire::ReportMode::Broadcast,

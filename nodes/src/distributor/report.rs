@@ -6,10 +6,10 @@
 //! distributors: a small [`MemberHeartbeat`] every period, the full
 //! [`MemberReport`] when an attribute moved by more than the threshold
 //! (checked at every sweep), on an event (a worker joins or is lost, the
-//! waiting queue turns non-empty or empty) and every Nth period, so that a
-//! gateway that missed one is whole again soon. Registration (on every new
-//! gateway link) carries the full share too. No I/O and no clock: the
-//! core passes the time in.
+//! waiting queue turns non-empty or empty, the member starts draining) and
+//! every Nth period, so that a gateway that missed one is whole again
+//! soon. Registration (on every new gateway link) carries the full share
+//! too. No I/O and no clock: the core passes the time in.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -25,12 +25,14 @@ pub const MAX_APPS_PER_REPORT: usize = 256;
 /// is over the last this-many periods.
 const RATE_SAMPLES: usize = 6;
 
-/// The member's share from the table's totals and its own queues.
+/// The member's share from the table's totals and its own queues, with
+/// its own `state` (up, or draining once it stops taking tasks).
 pub(crate) fn summarize(
     t: &TableTotals,
     waiting: usize,
     running: usize,
     tasks_per_s: f64,
+    state: WorkerState,
 ) -> SetAttrs {
     SetAttrs {
         workers_up: t.up,
@@ -44,7 +46,7 @@ pub(crate) fn summarize(
         running: u32::try_from(running).unwrap_or(u32::MAX),
         tasks_per_s,
         apps: t.apps.iter().take(MAX_APPS_PER_REPORT).cloned().collect(),
-        state: WorkerState::Up,
+        state,
     }
 }
 
@@ -145,7 +147,7 @@ mod tests {
     use super::*;
 
     fn attrs() -> SetAttrs {
-        summarize(&TableTotals::default(), 0, 0, 0.0)
+        summarize(&TableTotals::default(), 0, 0, 0.0, WorkerState::Up)
     }
 
     #[test]

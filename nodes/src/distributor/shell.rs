@@ -242,9 +242,19 @@ async fn serve(
             });
         }
     };
-    tokio::select! {
-        _ = accept => {}
-        _ = shutdown => {}
+    tokio::pin!(accept);
+    let told = tokio::select! {
+        _ = &mut accept => false,
+        _ = shutdown => true,
+    };
+    let drain_timeout = shell.core.borrow().config().drain_timeout;
+    if told && !drain_timeout.is_zero() {
+        // Still accepting while the tasks end: a worker that reconnects
+        // may be the one finishing a task.
+        tokio::select! {
+            _ = &mut accept => {}
+            _ = drain(&shell, drain_timeout) => {}
+        }
     }
     timer.abort();
     journal.abort();
@@ -252,6 +262,62 @@ async fn serve(
         r.abort();
     }
     transport::close_endpoint(&ep, b"distributor stopping", Duration::from_millis(500)).await;
+}
+
+/// How often a draining distributor looks whether its tasks are done.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// How long a drained distributor waits for its clients to leave after
+/// their streams were finished (each moves to another member and closes
+/// its connection here), so that their last results are not cut off by
+/// the endpoint's close.
+const CLIENTS_LEAVE: Duration = Duration::from_secs(2);
+
+/// Drains the core ([`Core::drain`]) for up to `timeout`: the gateways hear
+/// of it at once, and it returns once no task is left (or at the timeout,
+/// with the tasks left named in the log; their clients resubmit them to
+/// another member when this one is gone).
+async fn drain(shell: &Rc<Shell>, timeout: Duration) {
+    let started = Instant::now();
+    let deadline = started + timeout;
+    shell.core.borrow_mut().drain(started);
+    shell.flush();
+    loop {
+        if shell.core.borrow().drained() {
+            break;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let (placed, waiting) = shell.core.borrow().tasks_in_flight();
+            tracing::warn!(
+                placed,
+                waiting,
+                "drain timeout ({:.1} s) passed: stopping with tasks left (their clients resubmit them to another member)",
+                timeout.as_secs_f64()
+            );
+            return;
+        }
+        tokio::time::sleep(DRAIN_POLL.min(deadline - now)).await;
+    }
+    tracing::info!(
+        "drained in {:.1} s: every task here has ended",
+        started.elapsed().as_secs_f64()
+    );
+    // Finish the clients' streams after their last results.
+    let clients = shell.core.borrow().client_links();
+    for id in &clients {
+        if let Some(l) = shell.links.borrow().get(id) {
+            l.out.close();
+        }
+    }
+    let leave_by = Instant::now() + CLIENTS_LEAVE;
+    while Instant::now() < leave_by
+        && clients
+            .iter()
+            .any(|id| shell.links.borrow().contains_key(id))
+    {
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
 }
 
 /// Gives the core the time whenever it asked for it.

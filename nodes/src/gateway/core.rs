@@ -94,6 +94,16 @@ struct Member {
     seed: bool,
 }
 
+impl Member {
+    /// Whether its last report said it drains.
+    fn draining(&self) -> bool {
+        matches!(
+            self.attrs.as_ref().map(|a| a.state),
+            Some(WorkerState::Draining)
+        )
+    }
+}
+
 enum Side {
     Client,
     /// A distributor's link; `Some` once it registered, with its address.
@@ -230,7 +240,16 @@ impl GatewayCore {
         }
     }
 
+    /// Whether `m` takes clients: reachable (see [`Self::is_up`]) and not
+    /// draining.
     fn is_live(&self, m: &Member) -> bool {
+        self.is_up(m) && !m.draining()
+    }
+
+    /// Whether `m` is reachable: a seed's watch connection is up (or not
+    /// probed yet), a registered member's link is open and it was heard
+    /// from within the member timeout.
+    fn is_up(&self, m: &Member) -> bool {
         match m.source {
             // A seed not probed yet (the gateway just started) counts as
             // live: the client tries the list in order.
@@ -243,10 +262,6 @@ impl GatewayCore {
                         }
                         _ => false,
                     }
-                    && !matches!(
-                        m.attrs.as_ref().map(|a| a.state),
-                        Some(WorkerState::Draining)
-                    )
             }
         }
     }
@@ -267,10 +282,14 @@ impl GatewayCore {
     }
 
     /// The set for `client` and its members, live ones first; `None` when
-    /// no set has a live member.
+    /// no set has a live member. A member that drains is left out: it
+    /// takes no new tasks, and its clients are moving off it.
     pub fn choose(&mut self, client: &str) -> Option<Redirect> {
         let mut sets: BTreeMap<&str, Vec<(bool, SocketAddr)>> = BTreeMap::new();
         for (a, m) in &self.members {
+            if m.draining() {
+                continue;
+            }
             sets.entry(m.set.as_str())
                 .or_default()
                 .push((self.is_live(m), *a));
@@ -582,10 +601,10 @@ impl GatewayCore {
             .members
             .iter()
             .map(|(a, m)| {
-                let live = self.is_live(m);
-                let state = match (live, m.attrs.as_ref().map(|x| x.state)) {
-                    (_, Some(WorkerState::Draining)) => WorkerState::Draining,
-                    (true, _) => WorkerState::Up,
+                // Draining while it is there; down once it is gone.
+                let state = match (self.is_up(m), m.draining()) {
+                    (true, true) => WorkerState::Draining,
+                    (true, false) => WorkerState::Up,
                     (false, _) => WorkerState::Down,
                 };
                 MemberStatus {
