@@ -65,7 +65,8 @@ pub(crate) struct Slot {
     pub message: Box<str>,
     pub started_ms: u64,
     pub ended_ms: u64,
-    pub output: Bytes,
+    /// A copy (not a slice of the frame it came in, which it would hold).
+    pub output: Box<[u8]>,
     /// The distributor's id of its placement while it is placed or waits
     /// (0 when it is not in the core).
     pub core_task: u64,
@@ -81,7 +82,7 @@ impl Slot {
             message: Box::from(""),
             started_ms: 0,
             ended_ms: 0,
-            output: Bytes::new(),
+            output: Box::default(),
             core_task: 0,
         }
     }
@@ -91,6 +92,53 @@ impl Slot {
             self.state,
             JobTaskState::Done | JobTaskState::Failed | JobTaskState::Cancelled
         )
+    }
+}
+
+/// Slots per chunk of [`Slots`].
+const CHUNK: usize = 4096;
+
+/// The slots of a job's started tasks, by offset, in chunks of [`CHUNK`]:
+/// growing never moves the slots made (a vector of millions would copy
+/// them all at each doubling), and a job of a few tasks holds one chunk.
+#[derive(Default)]
+pub(crate) struct Slots {
+    chunks: Vec<Vec<Slot>>,
+    len: usize,
+}
+
+impl Slots {
+    /// `n` copies of `slot`.
+    pub(crate) fn filled(n: usize, slot: Slot) -> Slots {
+        let mut s = Slots::default();
+        for _ in 0..n {
+            s.push(slot.clone());
+        }
+        s
+    }
+
+    pub(crate) fn push(&mut self, slot: Slot) {
+        match self.chunks.last_mut() {
+            Some(c) if c.len() < CHUNK => c.push(slot),
+            _ => {
+                let mut c = Vec::with_capacity(CHUNK.min(self.len.max(16) * 2));
+                c.push(slot);
+                self.chunks.push(c);
+            }
+        }
+        self.len += 1;
+    }
+
+    pub(crate) fn get(&self, i: usize) -> Option<&Slot> {
+        self.chunks.get(i / CHUNK)?.get(i % CHUNK)
+    }
+
+    pub(crate) fn get_mut(&mut self, i: usize) -> Option<&mut Slot> {
+        self.chunks.get_mut(i / CHUNK)?.get_mut(i % CHUNK)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Slot> {
+        self.chunks.iter().flatten()
     }
 }
 
@@ -114,7 +162,7 @@ pub(crate) struct Job {
     pub user_priority: i32,
     /// Tasks at offsets below it have a slot.
     pub cursor: u64,
-    pub slots: Vec<Slot>,
+    pub slots: Slots,
     /// Slots of tasks cancelled before they started, past the cursor.
     pub ahead: BTreeMap<u64, Slot>,
     /// Offsets below the cursor to start again (their run was lost when
@@ -125,6 +173,8 @@ pub(crate) struct Job {
     pub cancelled: bool,
     /// Its creation is in the journal: its tasks may start.
     pub durable: bool,
+    /// It is in the table's set of jobs with a task to start.
+    pub ready: bool,
     pub finished_ms: u64,
 }
 

@@ -61,7 +61,7 @@ use allot_wire::{JobCounts, JobOp, JobReply, JobSummary, JobTaskRow, JobTaskStat
 use bytes::Bytes;
 
 pub(crate) use self::job::mix;
-use self::job::{split_lines, Inputs, Job, Slot};
+use self::job::{split_lines, Inputs, Job, Slot, Slots};
 use self::record::{
     AttrValueRecord, JobRecord, JournalOp, Replay, SourceRecord, TaskRecord, TaskStateRecord,
 };
@@ -218,11 +218,18 @@ impl Jobs {
 
     /// Puts `num` in the ready set or takes it out, as its state says.
     fn refresh(&mut self, num: u64) {
-        let Some(job) = self.jobs.get(&num) else {
+        let Some(job) = self.jobs.get_mut(&num) else {
             return;
         };
+        let ready = job.has_work() && job.counts.waiting == 0;
+        // Most calls change nothing (a task placed, another started): the
+        // set is touched only when the job goes in or out.
+        if ready == job.ready {
+            return;
+        }
+        job.ready = ready;
         let k = Self::key_of(job);
-        if job.has_work() && job.counts.waiting == 0 {
+        if ready {
             self.ready.insert(k);
         } else {
             self.ready.remove(&k);
@@ -355,7 +362,7 @@ impl Jobs {
             app,
             user_priority,
             cursor: 0,
-            slots: Vec::new(),
+            slots: Slots::default(),
             ahead: BTreeMap::new(),
             again: VecDeque::new(),
             counts: JobCounts {
@@ -364,6 +371,7 @@ impl Jobs {
             },
             cancelled: false,
             durable: false,
+            ready: false,
             finished_ms: 0,
             rec,
         }
@@ -403,11 +411,13 @@ impl Jobs {
             let mut job = self.make_job(r.num, r.rec, total, inputs, query, app, up);
             job.durable = true;
             job.cursor = r.cursor.min(total);
-            job.slots = vec![Slot::new(JobTaskState::Queued); job.cursor as usize];
+            job.slots = Slots::filled(job.cursor as usize, Slot::new(JobTaskState::Queued));
             job.counts.queued = total;
             let mut ended: BTreeMap<u64, TaskRecord> = r.tasks.into_iter().collect();
             for off in 0..job.cursor {
-                let slot = &mut job.slots[off as usize];
+                let Some(slot) = job.slots.get_mut(off as usize) else {
+                    break;
+                };
                 match ended.remove(&off) {
                     Some(t) => {
                         restore_slot(slot, &t);
@@ -481,7 +491,9 @@ impl Jobs {
                 self.refresh(num);
                 continue;
             };
-            let slot = &mut job.slots[offset as usize];
+            let Some(slot) = job.slots.get_mut(offset as usize) else {
+                continue;
+            };
             slot.started_ms = now_ms;
             let attempts = slot.attempts;
             let locate = attempts > 0;
@@ -599,7 +611,7 @@ impl Jobs {
             }
         }
         // A copy, so that the frame the output arrived in is not held.
-        slot.output = Bytes::copy_from_slice(&e.output[..keep]);
+        slot.output = e.output[..keep].into();
         slot.message = message.into_boxed_str();
         self.output_total += keep as u64;
         self.journal_bytes += keep as u64 + 64;
@@ -1104,5 +1116,5 @@ fn restore_slot(slot: &mut Slot, t: &TaskRecord) {
     slot.message = Box::from(t.message.as_str());
     slot.started_ms = t.started_ms;
     slot.ended_ms = t.ended_ms;
-    slot.output = Bytes::from(t.output.clone());
+    slot.output = t.output.clone().into_boxed_slice();
 }
