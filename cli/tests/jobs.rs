@@ -291,6 +291,15 @@ fn bad_job_input_is_refused_clearly() {
         out,
         "task 0 attempt 1\ntask 1 attempt 1\ntask 2 attempt 1\n"
     );
+    // The same attached, each output to a file of its own.
+    let outdir = c.dir.0.join("outputs");
+    let o = outdir.to_str().unwrap();
+    good.extend(["--output-dir", o]);
+    assert_eq!(ok(&good), "", "nothing on stdout with --output-dir");
+    for i in 0..3 {
+        let text = std::fs::read_to_string(outdir.join(i.to_string())).unwrap();
+        assert_eq!(text, format!("task {i} attempt 1\n"));
+    }
     // A damaged journal: the distributor refuses to start and names it.
     c.dist_proc.as_mut().unwrap().kill();
     let journal = c.dir.0.join("dist-1").join("jobs.redb");
