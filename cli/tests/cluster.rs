@@ -1,107 +1,15 @@
 //! End-to-end tests with the built `allot` binary: every node is a separate
 //! process on loopback, started and stopped (or killed) by the test.
 
-use std::net::{SocketAddr, UdpSocket};
+mod common;
+
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::*;
 use serde_json::Value;
-
-fn allot() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_allot"));
-    c.env("ALLOT_LOG", "warn");
-    c
-}
-
-/// A process that is killed when the test ends, however it ends.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.0.id().to_string())
-            .status()
-            .map(|s| s.success());
-        assert_eq!(ok.ok(), Some(true), "kill -{sig} failed");
-    }
-}
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let p =
-            std::env::temp_dir().join(format!("allot-test-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&p).unwrap();
-        Dir(p)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn port() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-fn run(args: &[&str]) -> Output {
-    allot()
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run allot")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "allot {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn pki(dir: &Path, nodes: &[(&str, &str)]) -> String {
-    let d = dir.join("pki");
-    let d = d.to_str().unwrap().to_owned();
-    ok(&["cert", "ca", "--dir", &d]);
-    for (name, role) in nodes {
-        ok(&["cert", "issue", "--dir", &d, "--name", name, "--role", role]);
-    }
-    d
-}
-
-fn spawn(args: &[&str]) -> Proc {
-    Proc(
-        allot()
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn allot"),
-    )
-}
 
 fn distributor(pki: &str, dir: &Path, name: &str, addr: SocketAddr, extra: &[&str]) -> Proc {
     let data = dir.join(name);
@@ -199,11 +107,6 @@ fn submit(pki: &str, gateways: &str, extra: &[&str]) -> Output {
     let mut args = vec!["submit", "--pki", pki, "--gateway", gateways];
     args.extend(extra);
     run(&args)
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 #[test]

@@ -1777,7 +1777,8 @@ impl State {
                 "distributor {} is draining: it takes no new tasks (submit to another member of set {})",
                 self.cfg.name, self.cfg.set_name
             );
-            return self.refuse_draining(out, client_task, msg);
+            let (status, refusal) = (TaskStatus::Refused, allot_wire::Refusal::Draining);
+            return self.reply(out, client_task, status, refusal, msg);
         }
         let in_flight = self.pending.len() + self.waiting.len() + self.locating.len();
         if in_flight >= self.cfg.max_pending {
@@ -1850,28 +1851,6 @@ impl State {
         Ok(())
     }
 
-    /// Refuses a submission with [`Refusal::Draining`](allot_wire::Refusal::Draining).
-    fn refuse_draining(
-        &mut self,
-        out: &Rc<Outgoing>,
-        client_task: u64,
-        message: String,
-    ) -> Result<(), LinkError> {
-        let r = TaskResult {
-            task_id: client_task,
-            status: TaskStatus::Refused,
-            refusal: allot_wire::Refusal::Draining,
-            worker: String::new(),
-            distributor: self.cfg.name.clone(),
-            attempts: 0,
-            exit_code: 0,
-            message,
-            timings: Timings::default(),
-        };
-        push(&mut self.transmit, out, &r, &Bytes::new())?;
-        Ok(())
-    }
-
     fn reply_error(
         &mut self,
         out: &Rc<Outgoing>,
@@ -1879,10 +1858,23 @@ impl State {
         status: TaskStatus,
         message: String,
     ) -> Result<(), LinkError> {
+        self.reply(out, client_task, status, allot_wire::Refusal::None, message)
+    }
+
+    /// Answers a submission at once, without placing it: an error, or a
+    /// refusal such as [`Refusal::Draining`](allot_wire::Refusal::Draining).
+    fn reply(
+        &mut self,
+        out: &Rc<Outgoing>,
+        client_task: u64,
+        status: TaskStatus,
+        refusal: allot_wire::Refusal,
+        message: String,
+    ) -> Result<(), LinkError> {
         let r = TaskResult {
             task_id: client_task,
             status,
-            refusal: allot_wire::Refusal::None,
+            refusal,
             worker: String::new(),
             distributor: self.cfg.name.clone(),
             attempts: 0,
