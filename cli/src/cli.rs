@@ -346,9 +346,9 @@ enum ReportArg {
 
 #[derive(Args, Debug)]
 pub(crate) struct ClientArgs {
-    /// PKI directory.
-    #[arg(long, env = crate::env::PKI)]
-    pub pki: PathBuf,
+    /// PKI directory (default: the ALLOT_PKI variable).
+    #[arg(long)]
+    pki: Option<PathBuf>,
     /// Certificate name.
     #[arg(long, env = crate::env::NAME, default_value = "client")]
     pub name: String,
@@ -642,10 +642,31 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn client_config(c: ClientArgs, gateways: Vec<SocketAddr>, attrs: Vec<Attr>) -> ClientConfig {
-    ClientConfig::new(c.name, c.pki, gateways)
+impl ClientArgs {
+    /// `--pki`, else `ALLOT_PKI` (read here rather than by clap, whose
+    /// error for a missing flag does not name the variable).
+    pub(crate) fn pki(&self) -> Result<PathBuf> {
+        if let Some(p) = &self.pki {
+            return Ok(p.clone());
+        }
+        match std::env::var_os(crate::env::PKI).filter(|v| !v.is_empty()) {
+            Some(p) => Ok(PathBuf::from(p)),
+            None => bail!(
+                "no PKI directory: give --pki DIR or set {} (`allot up` prints the line that does)",
+                crate::env::PKI
+            ),
+        }
+    }
+}
+
+fn client_config(
+    c: ClientArgs,
+    gateways: Vec<SocketAddr>,
+    attrs: Vec<Attr>,
+) -> Result<ClientConfig> {
+    Ok(ClientConfig::new(c.name.clone(), c.pki()?, gateways)
         .with_attrs(attrs)
-        .with_retry_for(c.retry_for)
+        .with_retry_for(c.retry_for))
 }
 
 /// The input of `--input` (a file, or `-` for stdin; none: empty).
@@ -667,7 +688,7 @@ pub(crate) fn read_input(input: &Option<PathBuf>) -> Result<Vec<u8>> {
 
 fn submit(a: SubmitArgs) -> Result<()> {
     let payload = read_input(&a.input)?;
-    let cfg = client_config(a.client, a.gateway, a.client_attrs);
+    let cfg = client_config(a.client, a.gateway, a.client_attrs)?;
     let mut task = Task::new(a.app, payload)
         .require(a.require)
         .prefer(a.prefer)
@@ -744,7 +765,7 @@ fn state_name(s: allot_wire::WorkerState) -> &'static str {
 }
 
 fn gateway_status(a: StatusArgs, gw: SocketAddr) -> Result<()> {
-    let (pki, name) = (a.client.pki, a.client.name);
+    let (pki, name) = (a.client.pki()?, a.client.name);
     let reply =
         block_on_local(async move { allot::gateway::query_status(&pki, &name, gw).await })??;
     if a.json {
@@ -826,7 +847,7 @@ fn status(a: StatusArgs) -> Result<()> {
         let gw = crate::env::gateways(Vec::new(), None)?[0];
         return gateway_status(a, gw);
     };
-    let cfg = client_config(a.client, Vec::new(), Vec::new());
+    let cfg = client_config(a.client, Vec::new(), Vec::new())?;
     let reply = block_on_local(async move {
         let c = LocalClient::connect_distributor(cfg, addr).await?;
         let r = c.status().await;
@@ -961,7 +982,7 @@ fn explain(a: ExplainArgs) -> Result<()> {
         prefer: String::new(),
         user: a.user,
     };
-    let cfg = client_config(a.client, Vec::new(), Vec::new());
+    let cfg = client_config(a.client, Vec::new(), Vec::new())?;
     let r = block_on_local(async move {
         let c = LocalClient::connect_distributor(cfg, addr).await?;
         let r = c.explain(q).await;

@@ -61,16 +61,20 @@ pub struct Target {
 impl Target {
     fn config(self) -> anyhow::Result<JobsConfig> {
         let gateways = crate::env::gateways(self.gateway, self.distributor)?;
-        Ok(config(self.client, gateways, self.distributor))
+        config(self.client, gateways, self.distributor)
     }
 }
 
-fn config(c: ClientArgs, gateways: Vec<SocketAddr>, distributor: Option<SocketAddr>) -> JobsConfig {
-    let cfg = JobsConfig::new(c.pki, &c.name, gateways).with_retry_for(c.retry_for);
-    match distributor {
+fn config(
+    c: ClientArgs,
+    gateways: Vec<SocketAddr>,
+    distributor: Option<SocketAddr>,
+) -> anyhow::Result<JobsConfig> {
+    let cfg = JobsConfig::new(c.pki()?, &c.name, gateways).with_retry_for(c.retry_for);
+    Ok(match distributor {
         Some(d) => cfg.with_distributor(d),
         None => cfg,
-    }
+    })
 }
 
 /// `allot jobs`.
@@ -248,7 +252,7 @@ pub fn submit_job(a: SubmitArgs) -> Result<()> {
     if a.deadline_ms > 0 {
         spec = spec.deadline(Duration::from_millis(a.deadline_ms));
     }
-    let cfg = config(a.client, a.gateway, a.distributor).with_attrs(a.client_attrs);
+    let cfg = config(a.client, a.gateway, a.distributor)?.with_attrs(a.client_attrs);
     let (detach, json, output_dir) = (a.detach, a.json, a.output_dir);
     block_on_local(async move {
         let mut jobs = JobClient::new(cfg)?;

@@ -408,7 +408,7 @@ pub fn run(a: UpArgs) -> Result<()> {
         tokio::select! {
             r = wait_up(&pki, gateway, distributor, a.workers as usize) => r?,
             () = &mut stop => {
-                eprintln!("allot up: interrupted while starting; stopping");
+                say(a.log_format, "interrupted while starting; stopping");
                 return Ok(());
             }
         }
@@ -431,14 +431,25 @@ pub fn run(a: UpArgs) -> Result<()> {
             println!("{}", running.text());
         }
         stop.await;
-        eprintln!(
-            "allot up: stopping the cluster (certificates kept in {})",
-            pki.display()
+        say(
+            a.log_format,
+            &format!(
+                "stopping the cluster (certificates kept in {})",
+                pki.display()
+            ),
         );
         nodes.stop();
         Ok(())
     })?
     .and_then(|()| remove_env_file(&env_file))
+}
+
+/// A note on stderr for a person: left out when stderr is JSON lines for
+/// a collector.
+fn say(format: LogFormat, what: &str) {
+    if format == LogFormat::Text {
+        eprintln!("allot up: {what}");
+    }
 }
 
 fn write_env_file(path: &Path, line: &str) -> Result<()> {
