@@ -199,14 +199,15 @@ pub fn run(args: BenchArgs) -> Result<()> {
     } else {
         let pki = args.pki.clone().with_context(|| {
             format!(
-                "--pki (or {}) is required with --gateway (or use --local)",
+                "--pki is required with --gateway (or set {}, or use --local)",
                 crate::env::PKI
             )
         })?;
-        let gateways = match crate::env::addrs(crate::env::GATEWAY)? {
+        let gateways = match crate::env::addrs(crate::env::GATEWAY) {
             _ if !args.gateway.is_empty() => args.gateway.clone(),
-            Some(g) => g,
-            None => bail!(
+            Err(e) => return Err(e),
+            Ok(Some(g)) => g,
+            Ok(None) => bail!(
                 "give --gateway ADDR,... of a running cluster (or set {}), or --local",
                 crate::env::GATEWAY
             ),
