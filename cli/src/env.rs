@@ -3,12 +3,12 @@
 //! line needs no `--gateway`, `--pki` or `--name`. A flag given on the
 //! command line wins over its variable.
 //!
-//! `--pki` and `--name` read theirs through clap (`env = ...`). The
-//! addresses are read here instead: clap counts a value from the
-//! environment as given, so `ALLOT_GATEWAY` set in the shell would
-//! conflict with an explicit `--distributor` (which excludes
-//! `--gateway`), and clap's error for a bad value names the flag, not the
-//! variable the value came from.
+//! `--name` reads its variable through clap (`env = ...`). The addresses
+//! are read here, and `--pki` by `ClientArgs::pki`, instead: clap counts
+//! a value from the environment as given, so `ALLOT_GATEWAY` set in the
+//! shell would conflict with an explicit `--distributor` (which excludes
+//! `--gateway`), and clap's errors for a bad or missing value name the
+//! flag, not the variable.
 
 use std::net::SocketAddr;
 
