@@ -59,6 +59,9 @@ enum Command {
     Explain(ExplainArgs),
     /// Run a whole cluster in this process and a mixed workload through it.
     Demo(crate::demo::DemoArgs),
+    /// Run a local cluster until Ctrl-C, to try the client commands on:
+    /// prints the line that points them at it.
+    Up(crate::up::UpArgs),
     /// Measure throughput and latency of a cluster (or of a local one).
     Bench(crate::bench::BenchArgs),
     /// The bare quinn echo server of `bench --baseline --processes` (started
@@ -131,6 +134,9 @@ struct Common {
     /// A TOML file of flags (keys named like the flags, dashes as underscores).
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Log lines as text, or as one JSON object a line (for a collector).
+    #[arg(long, value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    log_format: crate::logging::LogFormat,
 }
 
 /// How fast a node notices a silent peer (see `allot::transport::LinkTimeouts`).
@@ -340,11 +346,11 @@ enum ReportArg {
 
 #[derive(Args, Debug)]
 pub(crate) struct ClientArgs {
-    /// PKI directory.
+    /// PKI directory (default: the ALLOT_PKI variable).
     #[arg(long)]
-    pub pki: PathBuf,
+    pki: Option<PathBuf>,
     /// Certificate name.
-    #[arg(long, default_value = "client")]
+    #[arg(long, env = crate::env::NAME, default_value = "client")]
     pub name: String,
     /// Seconds to keep searching when no gateway or distributor answers
     /// (an outage), with backoff, before failing; 0 fails at once.
@@ -356,8 +362,8 @@ pub(crate) struct ClientArgs {
 pub(crate) struct SubmitArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    /// Gateways, tried in order.
-    #[arg(long, value_delimiter = ',', required_unless_present = "distributor")]
+    /// Gateways, tried in order (default: the ALLOT_GATEWAY variable).
+    #[arg(long, value_delimiter = ',')]
     pub gateway: Vec<SocketAddr>,
     /// A distributor to submit to instead of the gateways (jobs only).
     #[arg(long, conflicts_with = "gateway")]
@@ -417,9 +423,10 @@ struct StatusArgs {
     #[command(flatten)]
     client: ClientArgs,
     /// The distributor to ask (its workers).
-    #[arg(long, required_unless_present = "gateway", conflicts_with = "gateway")]
+    #[arg(long, conflicts_with = "gateway")]
     distributor: Option<SocketAddr>,
-    /// The gateway to ask (its record of the distributor sets).
+    /// The gateway to ask (its record of the distributor sets; default:
+    /// the first of the ALLOT_GATEWAY variable, without --distributor).
     #[arg(long)]
     gateway: Option<SocketAddr>,
     /// Print JSON.
@@ -431,9 +438,9 @@ struct StatusArgs {
 struct ExplainArgs {
     #[command(flatten)]
     client: ClientArgs,
-    /// The distributor to ask.
+    /// The distributor to ask (default: the ALLOT_DISTRIBUTOR variable).
     #[arg(long)]
-    distributor: SocketAddr,
+    distributor: Option<SocketAddr>,
     /// Application.
     #[arg(long)]
     app: String,
@@ -483,12 +490,7 @@ pub fn main() -> Result<()> {
 }
 
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("ALLOT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    crate::logging::init(default, crate::logging::LogFormat::Text);
 }
 
 async fn shutdown_signal() {
@@ -524,7 +526,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Gateway(a) => {
-            init_logging("info");
+            crate::logging::init("info", a.common.log_format);
             let mut cfg = allot::gateway::GatewayConfig::new(&a.name, a.listen, a.pki, a.sets);
             cfg.policy = match a.policy {
                 PolicyArg::Rendezvous => allot::gateway::RedirectPolicy::Rendezvous,
@@ -538,7 +540,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Distributor(a) => {
-            init_logging("info");
+            crate::logging::init("info", a.common.log_format);
             let mut cfg =
                 allot::distributor::DistributorConfig::new(&a.name, a.listen, a.pki, a.data_dir);
             cfg.link_timeouts = a.link.timeouts()?;
@@ -568,7 +570,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Worker(a) => {
-            init_logging("info");
+            crate::logging::init("info", a.common.log_format);
             let mut cfg = allot::worker::WorkerConfig::new(&a.name, a.pki, a.join);
             cfg.link_timeouts = a.link.timeouts()?;
             cfg.orphan_grace = Duration::from_millis(a.orphan_grace_ms);
@@ -587,8 +589,9 @@ fn run(cli: Cli) -> Result<()> {
             block_on_local(allot::worker::run(cfg, Vec::new(), shutdown_signal()))??;
             Ok(())
         }
-        Command::Submit(a) => {
+        Command::Submit(mut a) => {
             init_logging("warn");
+            a.gateway = crate::env::gateways(a.gateway, a.distributor)?;
             if a.detach || a.array.is_some() || a.each_line.is_some() || a.distributor.is_some() {
                 crate::jobs::submit_job(a)
             } else {
@@ -627,6 +630,7 @@ fn run(cli: Cli) -> Result<()> {
             init_logging("error");
             crate::bench::run(a)
         }
+        Command::Up(a) => crate::up::run(a),
         Command::Demo(a) => {
             init_logging("error");
             crate::demo::run(a)
@@ -638,10 +642,31 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn client_config(c: ClientArgs, gateways: Vec<SocketAddr>, attrs: Vec<Attr>) -> ClientConfig {
-    ClientConfig::new(c.name, c.pki, gateways)
+impl ClientArgs {
+    /// `--pki`, else `ALLOT_PKI` (read here rather than by clap, whose
+    /// error for a missing flag does not name the variable).
+    pub(crate) fn pki(&self) -> Result<PathBuf> {
+        if let Some(p) = &self.pki {
+            return Ok(p.clone());
+        }
+        match std::env::var_os(crate::env::PKI).filter(|v| !v.is_empty()) {
+            Some(p) => Ok(PathBuf::from(p)),
+            None => bail!(
+                "no PKI directory: give --pki DIR or set {} (`allot up` prints the line that does)",
+                crate::env::PKI
+            ),
+        }
+    }
+}
+
+fn client_config(
+    c: ClientArgs,
+    gateways: Vec<SocketAddr>,
+    attrs: Vec<Attr>,
+) -> Result<ClientConfig> {
+    Ok(ClientConfig::new(c.name.clone(), c.pki()?, gateways)
         .with_attrs(attrs)
-        .with_retry_for(c.retry_for)
+        .with_retry_for(c.retry_for))
 }
 
 /// The input of `--input` (a file, or `-` for stdin; none: empty).
@@ -663,7 +688,7 @@ pub(crate) fn read_input(input: &Option<PathBuf>) -> Result<Vec<u8>> {
 
 fn submit(a: SubmitArgs) -> Result<()> {
     let payload = read_input(&a.input)?;
-    let cfg = client_config(a.client, a.gateway, a.client_attrs);
+    let cfg = client_config(a.client, a.gateway, a.client_attrs)?;
     let mut task = Task::new(a.app, payload)
         .require(a.require)
         .prefer(a.prefer)
@@ -740,7 +765,7 @@ fn state_name(s: allot_wire::WorkerState) -> &'static str {
 }
 
 fn gateway_status(a: StatusArgs, gw: SocketAddr) -> Result<()> {
-    let (pki, name) = (a.client.pki, a.client.name);
+    let (pki, name) = (a.client.pki()?, a.client.name);
     let reply =
         block_on_local(async move { allot::gateway::query_status(&pki, &name, gw).await })??;
     if a.json {
@@ -819,9 +844,10 @@ fn status(a: StatusArgs) -> Result<()> {
         return gateway_status(a, gw);
     }
     let Some(addr) = a.distributor else {
-        bail!("status needs --distributor or --gateway");
+        let gw = crate::env::gateways(Vec::new(), None)?[0];
+        return gateway_status(a, gw);
     };
-    let cfg = client_config(a.client, Vec::new(), Vec::new());
+    let cfg = client_config(a.client, Vec::new(), Vec::new())?;
     let reply = block_on_local(async move {
         let c = LocalClient::connect_distributor(cfg, addr).await?;
         let r = c.status().await;
@@ -936,7 +962,15 @@ fn explain_verdict(r: &ExplainReply) -> String {
 }
 
 fn explain(a: ExplainArgs) -> Result<()> {
-    let addr = a.distributor;
+    let addr = match a.distributor {
+        Some(d) => d,
+        None => crate::env::addr(crate::env::DISTRIBUTOR)?.with_context(|| {
+            format!(
+                "no distributor: give --distributor ADDR or set {} (`allot up` prints the line that does)",
+                crate::env::DISTRIBUTOR
+            )
+        })?,
+    };
     let q = ExplainQuery {
         app: a.app,
         demands: Demands {
@@ -948,7 +982,7 @@ fn explain(a: ExplainArgs) -> Result<()> {
         prefer: String::new(),
         user: a.user,
     };
-    let cfg = client_config(a.client, Vec::new(), Vec::new());
+    let cfg = client_config(a.client, Vec::new(), Vec::new())?;
     let r = block_on_local(async move {
         let c = LocalClient::connect_distributor(cfg, addr).await?;
         let r = c.explain(q).await;

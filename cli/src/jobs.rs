@@ -49,8 +49,9 @@ pub fn parse_range(s: &str) -> Result<(u64, u64), String> {
 pub struct Target {
     #[command(flatten)]
     client: ClientArgs,
-    /// Gateways, asked in order for the member that holds the job.
-    #[arg(long, value_delimiter = ',', required_unless_present = "distributor")]
+    /// Gateways, asked in order for the member that holds the job
+    /// (default: the ALLOT_GATEWAY variable).
+    #[arg(long, value_delimiter = ',')]
     gateway: Vec<SocketAddr>,
     /// The distributor to ask instead of the gateways.
     #[arg(long, conflicts_with = "gateway")]
@@ -58,17 +59,22 @@ pub struct Target {
 }
 
 impl Target {
-    fn config(self) -> JobsConfig {
-        config(self.client, self.gateway, self.distributor)
+    fn config(self) -> anyhow::Result<JobsConfig> {
+        let gateways = crate::env::gateways(self.gateway, self.distributor)?;
+        config(self.client, gateways, self.distributor)
     }
 }
 
-fn config(c: ClientArgs, gateways: Vec<SocketAddr>, distributor: Option<SocketAddr>) -> JobsConfig {
-    let cfg = JobsConfig::new(c.pki, &c.name, gateways).with_retry_for(c.retry_for);
-    match distributor {
+fn config(
+    c: ClientArgs,
+    gateways: Vec<SocketAddr>,
+    distributor: Option<SocketAddr>,
+) -> anyhow::Result<JobsConfig> {
+    let cfg = JobsConfig::new(c.pki()?, &c.name, gateways).with_retry_for(c.retry_for);
+    Ok(match distributor {
         Some(d) => cfg.with_distributor(d),
         None => cfg,
-    }
+    })
 }
 
 /// `allot jobs`.
@@ -246,7 +252,7 @@ pub fn submit_job(a: SubmitArgs) -> Result<()> {
     if a.deadline_ms > 0 {
         spec = spec.deadline(Duration::from_millis(a.deadline_ms));
     }
-    let cfg = config(a.client, a.gateway, a.distributor).with_attrs(a.client_attrs);
+    let cfg = config(a.client, a.gateway, a.distributor)?.with_attrs(a.client_attrs);
     let (detach, json, output_dir) = (a.detach, a.json, a.output_dir);
     block_on_local(async move {
         let mut jobs = JobClient::new(cfg)?;
@@ -347,7 +353,7 @@ fn print_outputs(rows: &[JobTaskRow], dir: Option<&std::path::Path>) -> Result<(
 
 /// `allot jobs`.
 pub fn jobs(a: JobsArgs) -> Result<()> {
-    let cfg = a.target.config();
+    let cfg = a.target.config()?;
     block_on_local(async move {
         let mut jobs = JobClient::new(cfg)?;
         if let Some(id) = a.remove {
@@ -400,7 +406,7 @@ pub fn jobs(a: JobsArgs) -> Result<()> {
 
 /// `allot tasks`.
 pub fn tasks(a: TasksArgs) -> Result<()> {
-    let cfg = a.target.config();
+    let cfg = a.target.config()?;
     block_on_local(async move {
         let mut jobs = JobClient::new(cfg)?;
         let rows = jobs.tasks(&a.job, None, a.state, false).await?;
@@ -446,7 +452,7 @@ pub fn tasks(a: TasksArgs) -> Result<()> {
 
 /// `allot wait`.
 pub fn wait(a: WaitArgs) -> Result<()> {
-    let cfg = a.target.config();
+    let cfg = a.target.config()?;
     block_on_local(async move {
         let mut jobs = JobClient::new(cfg)?;
         let s = wait_with_progress(&mut jobs, &a.job, a.timeout).await?;
@@ -462,7 +468,7 @@ pub fn wait(a: WaitArgs) -> Result<()> {
 
 /// `allot output`.
 pub fn output(a: OutputArgs) -> Result<()> {
-    let cfg = a.target.config();
+    let cfg = a.target.config()?;
     block_on_local(async move {
         let mut jobs = JobClient::new(cfg)?;
         let rows = jobs.tasks(&a.job, a.task, None, true).await?;
@@ -473,7 +479,7 @@ pub fn output(a: OutputArgs) -> Result<()> {
 
 /// `allot cancel`.
 pub fn cancel(a: CancelArgs) -> Result<()> {
-    let cfg = a.target.config();
+    let cfg = a.target.config()?;
     block_on_local(async move {
         let mut jobs = JobClient::new(cfg)?;
         let n = jobs.cancel(&a.job, a.task).await?;

@@ -7,9 +7,12 @@
 pub mod cli;
 pub mod config;
 pub mod interrupt;
+pub mod logging;
 
 mod bench;
 mod demo;
+mod env;
 mod jobs;
 mod runtime;
+mod up;
 mod values;

@@ -47,14 +47,15 @@ use report::{MemberFigures, Round};
 /// Options of `allot bench`.
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// Gateways of a running cluster, tried in order.
+    /// Gateways of a running cluster, tried in order (default: the
+    /// ALLOT_GATEWAY variable, without --local).
     #[arg(long, value_delimiter = ',')]
     pub gateway: Vec<SocketAddr>,
     /// PKI directory (with --gateway).
-    #[arg(long)]
+    #[arg(long, env = crate::env::PKI)]
     pub pki: Option<PathBuf>,
     /// Client certificate name.
-    #[arg(long, default_value = "client")]
+    #[arg(long, env = crate::env::NAME, default_value = "client")]
     pub name: String,
     /// Seconds the client keeps searching when no gateway or distributor
     /// answers (an outage), with backoff, before failing; 0 fails at once.
@@ -196,15 +197,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
         cluster = Some(c);
         (cfg, cfgs)
     } else {
-        let pki = args
-            .pki
-            .clone()
-            .context("--pki is required with --gateway (or use --local)")?;
-        if args.gateway.is_empty() {
-            bail!("give --gateway ADDR,... of a running cluster, or --local");
-        }
-        let cfg = ClientConfig::new(args.name.clone(), pki, args.gateway.clone())
-            .with_retry_for(args.retry_for);
+        let pki = args.pki.clone().with_context(|| {
+            format!(
+                "--pki is required with --gateway (or set {}, or use --local)",
+                crate::env::PKI
+            )
+        })?;
+        let gateways = match crate::env::addrs(crate::env::GATEWAY) {
+            _ if !args.gateway.is_empty() => args.gateway.clone(),
+            Err(e) => return Err(e),
+            Ok(Some(g)) => g,
+            Ok(None) => bail!(
+                "give --gateway ADDR,... of a running cluster (or set {}), or --local",
+                crate::env::GATEWAY
+            ),
+        };
+        let cfg =
+            ClientConfig::new(args.name.clone(), pki, gateways).with_retry_for(args.retry_for);
         (cfg.clone(), vec![cfg])
     };
     let members: Vec<cluster::Member> = cluster
