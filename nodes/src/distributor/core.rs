@@ -1181,7 +1181,8 @@ impl State {
             match push(&mut self.transmit, &link.out, &self.assign, &p.payload) {
                 Ok(()) => {
                     if let Owner::Job { num, offset, .. } = p.owner {
-                        self.jobs.placed(num, offset, task, Some(&link.name));
+                        self.jobs
+                            .placed(num, offset, task, Some((&link.name, p.attempts)));
                     }
                     p.reservation = Some(reservation);
                     self.pending.insert(task, p);
@@ -1283,7 +1284,8 @@ impl State {
         match push(&mut self.transmit, &link.out, &self.assign, &p.payload) {
             Ok(()) => {
                 if let Owner::Job { num, offset, .. } = p.owner {
-                    self.jobs.placed(num, offset, task, Some(&link.name));
+                    self.jobs
+                        .placed(num, offset, task, Some((&link.name, p.attempts)));
                 }
                 self.pending.insert(task, p);
             }

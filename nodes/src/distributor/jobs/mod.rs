@@ -526,7 +526,16 @@ impl Jobs {
 
     /// The core holds the task as `core_task`, placed on `worker` (or, with
     /// `None`, waiting for capacity).
-    pub(crate) fn placed(&mut self, num: u64, offset: u64, core_task: u64, worker: Option<&str>) {
+    /// `worker` is the worker's name and the task's attempt number (its
+    /// runs, this one included: a placement a worker refused as busy did
+    /// not run and is not counted).
+    pub(crate) fn placed(
+        &mut self,
+        num: u64,
+        offset: u64,
+        core_task: u64,
+        worker: Option<(&str, u32)>,
+    ) {
         let Some(job) = self.jobs.get_mut(&num) else {
             return;
         };
@@ -536,15 +545,17 @@ impl Jobs {
         let from = slot.state;
         slot.core_task = core_task;
         let to = match worker {
-            Some(w) => {
+            Some((w, attempt)) => {
                 if &*slot.worker != w {
                     slot.worker = Rc::from(w);
                 }
-                if slot.attempts > 0 {
+                if attempt > 1 && attempt > slot.attempts {
                     // A run after others (lost with a worker or in a
-                    // restart): journaled, so that a restart counts them.
-                    // Journaled when placed, not when started: a task that
-                    // only waited for capacity did not run.
+                    // restart): journaled with the runs before it, so that
+                    // a restart counts them. Journaled when placed, not
+                    // when started: a task that only waited for capacity
+                    // did not run.
+                    slot.attempts = attempt - 1;
                     let rec = task_record(slot, TaskStateRecord::Started);
                     self.ops.push(JournalOp::Task {
                         num,
@@ -552,7 +563,7 @@ impl Jobs {
                         rec: Box::new(rec),
                     });
                 }
-                slot.attempts += 1;
+                slot.attempts = attempt;
                 JobTaskState::Running
             }
             None => JobTaskState::Waiting,
@@ -1117,4 +1128,97 @@ fn restore_slot(slot: &mut Slot, t: &TaskRecord) {
     slot.started_ms = t.started_ms;
     slot.ended_ms = t.ended_ms;
     slot.output = t.output.clone().into_boxed_slice();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::rc::Rc;
+    use std::time::Instant;
+
+    use allot_engine::{ServerTable, TableConfig, UserRecord};
+    use allot_wire::{
+        Demands, Frame, FrameDecoder, FrameEncoder, IndexRange, JobSubmit, JobTasks,
+        DEFAULT_MAX_FRAME,
+    };
+    use bytes::{Bytes, BytesMut};
+
+    use super::record::{JournalOp, TaskStateRecord};
+    use super::Jobs;
+    use crate::distributor::shape::Shape;
+
+    fn frame(s: &JobSubmit) -> Frame {
+        let mut buf = BytesMut::new();
+        FrameEncoder::new(DEFAULT_MAX_FRAME)
+            .encode(s, &Bytes::new(), &mut buf)
+            .expect("encode");
+        let mut dec = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        dec.feed(&buf);
+        dec.next_frame().expect("decode").expect("a frame")
+    }
+
+    fn started(ops: &[JournalOp]) -> Vec<u32> {
+        ops.iter()
+            .filter_map(|op| match op {
+                JournalOp::Task { rec, .. } if rec.state == TaskStateRecord::Started => {
+                    Some(rec.attempts)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A placement a worker refused as busy did not run: placed again
+    /// under the same attempt number, it journals no run; a real second
+    /// run journals the one before it.
+    #[test]
+    fn only_runs_count_as_attempts_not_busy_refusals() {
+        let now = Instant::now();
+        let table = ServerTable::new(TableConfig::default()).expect("table");
+        let user = UserRecord::new("alice");
+        let mut jobs = Jobs::new("main", "d1", super::DEFAULT_RETENTION, now);
+        let s = JobSubmit {
+            request: 1,
+            app: "echo".into(),
+            demands: Demands::default(),
+            require: String::new(),
+            prefer: String::new(),
+            user: String::new(),
+            priority: 0,
+            deadline_ms: 0,
+            tasks: JobTasks::Array(IndexRange { first: 0, last: 0 }),
+        };
+        let f = frame(&s);
+        let v = f.validate::<JobSubmit>().expect("valid");
+        let shape = Shape {
+            app: "echo".into(),
+            require: String::new(),
+            prefer: String::new(),
+            user: "alice".into(),
+            demands: (0, 0, 1),
+            priority: 0,
+        };
+        let compile = || {
+            let q = shape
+                .compile(&table, &user, &[])
+                .map_err(|e| e.to_string())?;
+            Ok((Rc::new(q), Rc::from("echo")))
+        };
+        let (num, _) = jobs
+            .accept(now, v.get(), &Bytes::new(), "alice", 0, &[], compile)
+            .expect("accepted");
+        let batch = jobs.poll_journal().expect("a batch");
+        jobs.committed(batch.seq, Ok(()));
+        let start = jobs.start_next(now).expect("a task to start");
+        jobs.placed(num, start.offset, 7, Some(("w-1", 1)));
+        // Refused as busy, placed again: still the first run.
+        jobs.placed(num, start.offset, 7, Some(("w-1", 1)));
+        jobs.placed(num, start.offset, 7, Some(("w-1", 1)));
+        let batch = jobs.poll_journal().expect("a batch");
+        assert_eq!(started(&batch.ops), Vec::<u32>::new());
+        jobs.committed(batch.seq, Ok(()));
+        // Its worker was lost: the second run journals the first.
+        jobs.placed(num, start.offset, 8, Some(("w-2", 2)));
+        let batch = jobs.poll_journal().expect("a batch");
+        assert_eq!(started(&batch.ops), [1]);
+    }
 }
