@@ -2,7 +2,7 @@
 //! depend on (see the nodes issue); every node flag can also come from a
 //! TOML file given with `--config` (see [`crate::config`]).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use allot::client::{ClientConfig, LocalClient, Task};
 use allot::labels::{parse_attr, status_name};
 use allot::units::parse_size;
 
+use crate::client_args::{read_input, ClientArgs, SubmitArgs};
 use crate::runtime::block_on_local;
 
 /// allot: allocate computing tasks to servers by matching attributes, over QUIC.
@@ -345,80 +346,6 @@ enum ReportArg {
 }
 
 #[derive(Args, Debug)]
-pub(crate) struct ClientArgs {
-    /// PKI directory (default: the ALLOT_PKI variable).
-    #[arg(long)]
-    pki: Option<PathBuf>,
-    /// Certificate name.
-    #[arg(long, env = crate::env::NAME, default_value = "client")]
-    pub name: String,
-    /// Seconds to keep searching when no gateway or distributor answers
-    /// (an outage), with backoff, before failing; 0 fails at once.
-    #[arg(long, value_name = "SECS", value_parser = crate::values::parse_secs, default_value = "30")]
-    pub retry_for: Duration,
-}
-
-#[derive(Args, Debug)]
-pub(crate) struct SubmitArgs {
-    #[command(flatten)]
-    pub client: ClientArgs,
-    /// Gateways, tried in order (default: the ALLOT_GATEWAY variable).
-    #[arg(long, value_delimiter = ',')]
-    pub gateway: Vec<SocketAddr>,
-    /// A distributor to submit to instead of the gateways (jobs only).
-    #[arg(long, conflicts_with = "gateway")]
-    pub distributor: Option<SocketAddr>,
-    /// Keep the tasks as a job at the distributor and print its id as soon
-    /// as it is durable, instead of waiting for them.
-    #[arg(long)]
-    pub detach: bool,
-    /// A job of one task per index A-B (inclusive); each gets the input
-    /// and its index (`ALLOT_TASK_INDEX`).
-    #[arg(long, value_name = "A-B", value_parser = crate::jobs::parse_range, conflicts_with = "each_line")]
-    pub array: Option<(u64, u64)>,
-    /// A job of one task per line of FILE, the line as its input.
-    #[arg(long, value_name = "FILE", conflicts_with = "input")]
-    pub each_line: Option<PathBuf>,
-    /// With a job run attached: write each task's output to DIR/INDEX
-    /// instead of printing them.
-    #[arg(long, value_name = "DIR", conflicts_with = "detach")]
-    pub output_dir: Option<PathBuf>,
-    /// Higher runs first when capacity is short.
-    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
-    pub priority: i32,
-    /// Application.
-    #[arg(long)]
-    pub app: String,
-    /// Hard constraints.
-    #[arg(long, default_value = "")]
-    pub require: String,
-    /// Score to maximise.
-    #[arg(long, default_value = "")]
-    pub prefer: String,
-    /// User.
-    #[arg(long, default_value = "")]
-    pub user: String,
-    /// A client attribute, key=value (repeatable).
-    #[arg(long = "client-attr", value_parser = parse_attr)]
-    pub client_attrs: Vec<Attr>,
-    /// Cores needed.
-    #[arg(long, default_value_t = 0)]
-    pub cores: u32,
-    /// Memory needed (e.g. 512MiB).
-    #[arg(long, value_parser = parse_size, default_value = "0")]
-    pub mem: u64,
-    /// Input file, or - for stdin.
-    #[arg(long)]
-    pub input: Option<PathBuf>,
-    /// Deadline in milliseconds.
-    #[arg(long, default_value_t = 0)]
-    pub deadline_ms: u64,
-    /// Print one JSON object.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args, Debug)]
 struct StatusArgs {
     #[command(flatten)]
     client: ClientArgs,
@@ -642,23 +569,6 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-impl ClientArgs {
-    /// `--pki`, else `ALLOT_PKI` (read here rather than by clap, whose
-    /// error for a missing flag does not name the variable).
-    pub(crate) fn pki(&self) -> Result<PathBuf> {
-        if let Some(p) = &self.pki {
-            return Ok(p.clone());
-        }
-        match std::env::var_os(crate::env::PKI).filter(|v| !v.is_empty()) {
-            Some(p) => Ok(PathBuf::from(p)),
-            None => bail!(
-                "no PKI directory: give --pki DIR or set {} (`allot up` prints the line that does)",
-                crate::env::PKI
-            ),
-        }
-    }
-}
-
 fn client_config(
     c: ClientArgs,
     gateways: Vec<SocketAddr>,
@@ -667,23 +577,6 @@ fn client_config(
     Ok(ClientConfig::new(c.name.clone(), c.pki()?, gateways)
         .with_attrs(attrs)
         .with_retry_for(c.retry_for))
-}
-
-/// The input of `--input` (a file, or `-` for stdin; none: empty).
-pub(crate) fn read_input(input: &Option<PathBuf>) -> Result<Vec<u8>> {
-    Ok(match input {
-        None => Vec::new(),
-        Some(p) if p.as_os_str() == "-" => {
-            let mut v = Vec::new();
-            std::io::stdin()
-                .read_to_end(&mut v)
-                .context("reading the input from stdin")?;
-            v
-        }
-        Some(p) => {
-            std::fs::read(p).with_context(|| format!("reading the input file {}", p.display()))?
-        }
-    })
 }
 
 fn submit(a: SubmitArgs) -> Result<()> {

@@ -11,38 +11,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use allot::client::{JobClient, JobSpec, JobsConfig};
-use allot::distributor::jobs::MAX_TASKS_PER_JOB;
 use allot_wire::{Demands, JobSummary, JobTaskRow, JobTaskState};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::cli::{read_input, ClientArgs, SubmitArgs};
+use crate::client_args::{read_input, ClientArgs, SubmitArgs};
 use crate::runtime::block_on_local;
-
-/// `A-B`, inclusive, as `--array` takes it.
-pub fn parse_range(s: &str) -> Result<(u64, u64), String> {
-    let (a, b) = s
-        .split_once('-')
-        .ok_or_else(|| format!("`{s}` is not a range A-B (e.g. 1-100)"))?;
-    let num = |x: &str| {
-        x.trim()
-            .parse::<u64>()
-            .map_err(|_| format!("`{x}` in `{s}` is not a whole number"))
-    };
-    let (a, b) = (num(a)?, num(b)?);
-    if b < a {
-        return Err(format!(
-            "range {a}-{b} is reversed: the first index must not exceed the last"
-        ));
-    }
-    if b - a >= MAX_TASKS_PER_JOB {
-        return Err(format!(
-            "range {a}-{b} has {} tasks; a job may have at most {MAX_TASKS_PER_JOB}",
-            (b - a).saturating_add(1)
-        ));
-    }
-    Ok((a, b))
-}
 
 /// Where job commands go.
 #[derive(Args, Debug)]
@@ -491,21 +465,7 @@ pub fn cancel(a: CancelArgs) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{parse_range, time_text};
-
-    #[test]
-    fn ranges_are_inclusive_and_bad_ones_say_why() {
-        assert_eq!(parse_range("1-100"), Ok((1, 100)));
-        assert_eq!(parse_range("5-5"), Ok((5, 5)));
-        assert!(parse_range("10-5").unwrap_err().contains("reversed"));
-        assert!(parse_range("1-x")
-            .unwrap_err()
-            .contains("not a whole number"));
-        assert!(parse_range("7").unwrap_err().contains("not a range"));
-        assert!(parse_range("0-99999999999")
-            .unwrap_err()
-            .contains("at most"));
-    }
+    use super::time_text;
 
     #[test]
     fn times_read_as_utc_dates() {

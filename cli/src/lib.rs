@@ -10,6 +10,7 @@ pub mod interrupt;
 pub mod logging;
 
 mod bench;
+mod client_args;
 mod demo;
 mod env;
 mod jobs;
