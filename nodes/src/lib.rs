@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod pki;
+pub mod resources;
 pub mod transport;
 
 pub mod apps;
