@@ -10,7 +10,7 @@ use crate::message::{ErrorCode, ErrorMsg, Hello, Role, Version};
 /// archived layout: a field added to a message (here `TaskResult`'s typed
 /// `refusal`) moves every field after it, so peers of another major
 /// version cannot read each other's frames.
-pub const PROTOCOL_VERSION: Version = Version { major: 5, minor: 0 };
+pub const PROTOCOL_VERSION: Version = Version { major: 6, minor: 0 };
 
 /// Where a connection's handshake stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
