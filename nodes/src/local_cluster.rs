@@ -89,7 +89,26 @@ pub enum LocalClusterError {
         /// The last connection or status error, if the last try failed.
         last_error: Option<String>,
     },
-    /// The thread or runtime of the wait could not be started.
+    /// Not every distributor had registered with a gateway in time.
+    #[error(
+        "only {up} of {expected} distributors were registered with the gateway at {addr} after {:.1} s{}",
+        waited.as_secs_f64(),
+        last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
+    )]
+    NotRegistered {
+        /// The gateway asked.
+        addr: SocketAddr,
+        /// Members it recorded up at the last answer.
+        up: usize,
+        /// Distributors in the cluster.
+        expected: usize,
+        /// How long the wait lasted.
+        waited: Duration,
+        /// The last query error, if the last try failed.
+        last_error: Option<String>,
+    },
+    /// The thread or runtime of the wait, or a port for a node, could not
+    /// be had.
     #[error("waiting for the cluster: {0}")]
     Wait(#[source] std::io::Error),
 }
@@ -385,10 +404,11 @@ impl LocalClusterBuilder {
         self
     }
 
-    /// Issues the certificates, starts the distributors, the workers and
-    /// the gateways, and waits until every worker is up at each distributor
+    /// Issues the certificates, starts the gateways, the distributors and
+    /// the workers, and waits until every worker is up at each distributor
     /// it reports to (all of its `join` list in broadcast mode, the first in
-    /// registered mode). On an error, what was started is stopped again.
+    /// registered mode) and every distributor is registered with every
+    /// gateway. On an error, what was started is stopped again.
     pub fn start(self) -> Result<LocalCluster, LocalClusterError> {
         let waiter = self
             .clients
@@ -438,16 +458,38 @@ impl LocalClusterBuilder {
             pki: TempPki::create(&refs)?,
         };
         let pki = cluster.pki().to_path_buf();
-        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
 
-        for name in &self.distributors {
+        // Every gateway's and distributor's address is chosen before any
+        // starts, so that the gateways seed the set with the distributors
+        // and each distributor registers with the gateways from its start
+        // (a member the gateways know by name is what a job client looks
+        // for). A port taken by another process in between fails the
+        // node's start.
+        let gateway_addrs = free_ports(self.gateways.len())?;
+        let distributor_addrs = free_ports(self.distributors.len())?;
+        for (name, addr) in self.gateways.iter().zip(&gateway_addrs) {
+            let mut cfg = GatewayConfig::new(
+                name,
+                *addr,
+                pki.clone(),
+                vec![(SET.into(), distributor_addrs.clone())],
+            );
+            cfg.policy = self.policy;
+            cfg.ttl = self.ttl;
+            let g = gateway::spawn(cfg).map_err(|e| LocalClusterError::node("gateway", name, e))?;
+            cluster.gateway_addrs.push(g.addr);
+            cluster.gateways.push(g);
+        }
+
+        for (name, addr) in self.distributors.iter().zip(&distributor_addrs) {
             let mut cfg = DistributorConfig::new(
                 name,
-                loopback,
+                *addr,
                 pki.clone(),
                 cluster.dir().join(format!("data-{name}")),
             );
             cfg.set_name = SET.into();
+            cfg.gateways = cluster.gateway_addrs.clone();
             let d = distributor::spawn(cfg)
                 .map_err(|e| LocalClusterError::node("distributor", name, e))?;
             cluster.distributor_addrs.push(d.addr);
@@ -481,20 +523,6 @@ impl LocalClusterBuilder {
             cluster.workers.push(w);
         }
 
-        for name in &self.gateways {
-            let mut cfg = GatewayConfig::new(
-                name,
-                loopback,
-                pki.clone(),
-                vec![(SET.into(), cluster.distributor_addrs.clone())],
-            );
-            cfg.policy = self.policy;
-            cfg.ttl = self.ttl;
-            let g = gateway::spawn(cfg).map_err(|e| LocalClusterError::node("gateway", name, e))?;
-            cluster.gateway_addrs.push(g.addr);
-            cluster.gateways.push(g);
-        }
-
         let client = ClientConfig::new(waiter, pki, Vec::new());
         let waits: Vec<(SocketAddr, usize)> = cluster
             .distributor_addrs
@@ -503,7 +531,11 @@ impl LocalClusterBuilder {
             .zip(expected)
             .filter(|(_, n)| *n > 0)
             .collect();
-        wait_on_own_thread(client, waits, self.timeout)?;
+        let registered = Registered {
+            gateways: cluster.gateway_addrs.clone(),
+            members: self.distributors.len(),
+        };
+        wait_on_own_thread(client, waits, registered, self.timeout)?;
         Ok(cluster)
     }
 }
@@ -511,15 +543,74 @@ impl LocalClusterBuilder {
 /// The name of the cluster's one distributor set.
 const SET: &str = "main";
 
+/// `n` loopback ports free now (each bound until all are chosen, so that
+/// no two are the same).
+fn free_ports(n: usize) -> Result<Vec<SocketAddr>, LocalClusterError> {
+    let held: Vec<std::net::UdpSocket> = (0..n)
+        .map(|_| std::net::UdpSocket::bind(("127.0.0.1", 0)))
+        .collect::<Result<_, _>>()
+        .map_err(LocalClusterError::Wait)?;
+    held.iter()
+        .map(|s| s.local_addr().map_err(LocalClusterError::Wait))
+        .collect()
+}
+
+/// What the gateways must know before the cluster is up: every member
+/// registered, by name, with each of them.
+struct Registered {
+    gateways: Vec<SocketAddr>,
+    members: usize,
+}
+
+/// Waits until `gateway` records at least `members` registered members
+/// that are up, asking as `client`, for at most `timeout`.
+async fn wait_for_members(
+    client: &ClientConfig,
+    gateway: SocketAddr,
+    members: usize,
+    timeout: Duration,
+) -> Result<(), LocalClusterError> {
+    let started = Instant::now();
+    let mut up = 0;
+    let mut last_error: Option<String>;
+    loop {
+        match gateway::query_status(&client.pki, &client.name, gateway).await {
+            Ok(r) => {
+                last_error = None;
+                up = r
+                    .members
+                    .iter()
+                    .filter(|m| !m.name.is_empty() && m.state == WorkerState::Up)
+                    .count();
+                if up >= members {
+                    return Ok(());
+                }
+            }
+            Err(e) => last_error = Some(e.to_string()),
+        }
+        if started.elapsed() >= timeout {
+            return Err(LocalClusterError::NotRegistered {
+                addr: gateway,
+                up,
+                expected: members,
+                waited: started.elapsed(),
+                last_error,
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
 /// Runs the waits for every distributor on a thread of its own with a
 /// current-thread runtime, so that `start` may be called from anywhere,
 /// inside a runtime or not.
 fn wait_on_own_thread(
     client: ClientConfig,
     waits: Vec<(SocketAddr, usize)>,
+    registered: Registered,
     timeout: Duration,
 ) -> Result<(), LocalClusterError> {
-    if waits.is_empty() {
+    if waits.is_empty() && (registered.members == 0 || registered.gateways.is_empty()) {
         return Ok(());
     }
     let t = std::thread::Builder::new()
@@ -535,6 +626,10 @@ fn wait_on_own_thread(
                 for (addr, n) in waits {
                     let left = deadline.saturating_duration_since(Instant::now());
                     wait_for_workers(&client, addr, n, left).await?;
+                }
+                for gw in &registered.gateways {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    wait_for_members(&client, *gw, registered.members, left).await?;
                 }
                 Ok(())
             })
