@@ -25,14 +25,13 @@ Or try it all in one process::
         print(c.client().submit("upper", b"hi").output)
 
 Errors are :class:`AllotError` and its subclasses :class:`Unavailable`,
-:class:`Timeout`, :class:`TaskFailed`, :class:`NoMatch`,
-:class:`Cancelled` and :class:`PkiError`; an expression that does not
+:class:`Timeout`, :class:`TaskFailed`, :class:`NoMatch` and
+:class:`PkiError`; an expression that does not
 parse raises ``ValueError``.
 """
 
 from ._errors import (
     AllotError,
-    Cancelled,
     NoMatch,
     PkiError,
     TaskFailed,
@@ -53,7 +52,6 @@ from ._native import (
 
 __all__ = [
     "AllotError",
-    "Cancelled",
     "Client",
     "Job",
     "LocalCluster",

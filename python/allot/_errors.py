@@ -85,11 +85,6 @@ class NoMatch(AllotError):
         super().__init__(message, **fields)
 
 
-class Cancelled(AllotError):
-    """The task was cancelled (by this client, or with its job) before it
-    ended."""
-
-
 class PkiError(AllotError):
     """The certificates could not be loaded: the message names the missing
     or bad file and, for a missing one, the ``allot cert`` command that
@@ -108,6 +103,5 @@ __all__ = [
     "Timeout",
     "TaskFailed",
     "NoMatch",
-    "Cancelled",
     "PkiError",
 ]

@@ -117,6 +117,9 @@ impl PyClient {
 impl PyClient {
     #[new]
     #[pyo3(signature = (gateways = None, pki = "pki".into(), name = "client".to_owned(), attrs = None, *, distributor = None, retry_for = 30.0, connect_timeout = None))]
+    #[pyo3(
+        text_signature = "(gateways=None, pki='pki', name='client', attrs=None, *, distributor=None, retry_for=30.0, connect_timeout=None)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -157,7 +160,7 @@ impl PyClient {
     /// ``cores`` and ``mem`` (bytes or ``"512MiB"``) are reserved on the
     /// worker; higher ``priority`` runs first when capacity is short;
     /// ``timeout`` (seconds) is its deadline. Raises ``TaskFailed``,
-    /// ``NoMatch``, ``Timeout``, ``Cancelled`` or ``Unavailable``; a
+    /// ``NoMatch``, ``Timeout`` or ``Unavailable``; a
     /// ``require`` or ``prefer`` that does not parse raises ``ValueError``.
     /// The GIL is released while it waits; Ctrl-C cancels the task.
     #[pyo3(signature = (app, payload = None, *, require = None, prefer = None, user = None, cores = 0, mem = None, priority = 0, timeout = None))]
@@ -202,8 +205,9 @@ impl PyClient {
     /// Runs ``app`` on every payload of ``payloads`` (any iterable of
     /// bytes or str), keeping up to ``max_in_flight`` tasks in flight, and
     /// returns an iterator of their ``Result``s: in the order of the
-    /// payloads (``ordered=True``), or as they end. Payloads are read as
-    /// room frees, so the iterable may be endless.
+    /// payloads (``ordered=True``), or as they end. The first tasks are
+    /// sent at once; further payloads are read as room frees, so the
+    /// iterable may be endless.
     ///
     /// A task that fails raises its exception when its turn comes (the
     /// iterator goes on after it); with ``return_exceptions=True`` the
@@ -246,6 +250,7 @@ impl PyClient {
             )));
         }
         crate::map::MapIter::new(
+            py,
             slf.clone().unbind(),
             template,
             payloads.try_iter()?.unbind(),
@@ -467,8 +472,8 @@ impl PyClient {
         &self.cfg.name
     }
 
-    /// Closes the connection. Tasks still in flight end with
-    /// ``Unavailable``; using the client afterwards raises ``AllotError``.
+    /// Closes the connection. Tasks still in flight, and any submitted
+    /// afterwards, raise ``AllotError`` ("the client is closed").
     fn close(&self) {
         self.inner.close();
         if let Some(Ok(j)) = self.jobs.get() {

@@ -21,8 +21,9 @@ struct Running {
 }
 
 /// A whole cluster in this process: ``workers`` workers, ``distributors``
-/// distributors and a gateway on loopback, with certificates in a private
-/// temporary directory that is removed when the cluster stops.
+/// distributors (one set; each worker reports to all of them) and a
+/// gateway on loopback, with certificates in a private temporary directory
+/// that is removed when the cluster stops.
 ///
 /// ``apps`` maps app names to Python functions, as for ``Worker``, and
 /// every worker offers them, besides the built-ins ``builtins`` (default
@@ -124,6 +125,11 @@ impl PyLocalCluster {
             let name = format!("worker-{}", i + 1);
             let builtins = builtins.clone();
             b = b.worker(&name, move |w| {
+                // With several distributors, each sees every worker, so
+                // that a client sent to any of them finds them all.
+                if distributors > 1 {
+                    w.mode = allot::ReportMode::Broadcast;
+                }
                 w.apps = builtins;
                 w.cores = cores;
                 w.mem = mem;
@@ -166,6 +172,7 @@ impl PyLocalCluster {
     /// certificate ``name`` (issued now if the cluster has none by that
     /// name) and the client attributes ``attrs``.
     #[pyo3(signature = (name = "client".to_owned(), attrs = None, *, retry_for = 5.0))]
+    #[pyo3(text_signature = "(self, name='client', attrs=None, *, retry_for=5.0)")]
     fn client(
         &self,
         py: Python<'_>,

@@ -145,7 +145,6 @@ pub fn outcome_error(
             error(py, "NoMatch", &message, &f)
         }
         TaskStatus::Timeout => error(py, "Timeout", &message, &fields(py)),
-        TaskStatus::Cancelled => error(py, "Cancelled", &message, &fields(py)),
         TaskStatus::Error if is_bad_expression(&message) => bad_expression(&message),
         _ => error(py, "AllotError", &message, &fields(py)),
     }

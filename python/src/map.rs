@@ -50,10 +50,17 @@ pub struct MapIter {
     ready: VecDeque<Item>,
     /// The explanation attached to `NoMatch`es (asked once per map).
     explained: Option<Option<Py<PyAny>>>,
+    /// Why the payloads stopped early (the iterable raised, or gave
+    /// something that is not a payload): raised in its turn, after the
+    /// results of the payloads before it.
+    stopped: Option<PyErr>,
 }
 
 impl MapIter {
+    /// The iterator, its first window of tasks sent already (the work
+    /// starts now, not at the first `next`).
     pub fn new(
+        py: Python<'_>,
         client: Py<PyClient>,
         template: Template,
         payloads: Py<PyIterator>,
@@ -62,7 +69,7 @@ impl MapIter {
         return_exceptions: bool,
     ) -> PyResult<MapIter> {
         let (tx, rx) = mpsc::unbounded_channel();
-        Ok(MapIter {
+        let mut it = MapIter {
             client,
             template,
             payloads: Some(payloads),
@@ -77,7 +84,10 @@ impl MapIter {
             reorder: VecDeque::new(),
             ready: VecDeque::new(),
             explained: None,
-        })
+            stopped: None,
+        };
+        it.refill(py)?;
+        Ok(it)
     }
 
     /// Tasks submitted and not yet handed out (ordered) or not yet
@@ -151,10 +161,11 @@ impl MapIter {
                 }
             }
         }
-        if failed.is_some() {
+        if let Some(e) = failed {
             // No more payloads after a bad one; what is in flight still
-            // comes out.
+            // comes out first.
             self.payloads = None;
+            self.stopped = Some(e);
         }
         if !batch.is_empty() {
             let tasks: Vec<allot::Task> =
@@ -170,10 +181,7 @@ impl MapIter {
             }
             self.next_seq += n;
         }
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     /// Takes every outcome that has come; if none has, waits for one.
@@ -245,6 +253,7 @@ impl MapIter {
         }
         self.seq_of.clear();
         self.payloads = None;
+        self.stopped = None;
         self.reorder.clear();
         self.ready.clear();
     }
@@ -267,7 +276,10 @@ impl MapIter {
                     return self.convert(py, item);
                 }
                 if self.payloads.is_none() {
-                    return Err(PyStopIteration::new_err(()));
+                    return Err(self
+                        .stopped
+                        .take()
+                        .unwrap_or_else(|| PyStopIteration::new_err(())));
                 }
                 continue;
             }
