@@ -39,6 +39,11 @@ from typing import Any, Dict, List
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Run as a script, this directory comes first on sys.path, and with it the
+# source tree's `allot/`, which holds whatever `maturin develop` built last
+# (a debug build, often): the installed package is the one to measure.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -213,11 +218,13 @@ def main() -> None:
         "tasks": a.tasks, "handler_tasks": a.handler_tasks, "latency_tasks": a.latency_tasks,
         "concurrency": a.concurrency, "payload": a.payload, "rounds": rounds,
         "median": medians, "python": sys.version.split()[0], "allot": allot.__version__,
+        "extension": allot._native.__file__,
     }
     if a.json:
         print(json.dumps(out, indent=1))
     else:
         print("median: " + ", ".join(f"{k}={v:,.3f}" for k, v in medians.items()))
+        print(f"extension: {allot._native.__file__}")
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ impl PyLocalCluster {
         if slots == 0 {
             return Err(PyValueError::new_err("slots must be at least 1"));
         }
-        let threads = threads.unwrap_or(slots as usize).clamp(1, 1024);
+        let threads = threads.unwrap_or((slots as usize).min(64)).clamp(1, 1024);
         let builtins =
             builtins.unwrap_or_else(|| vec!["echo".into(), "sleep".into(), "sha256".into()]);
         let labels = worker_labels(labels, workers)?;

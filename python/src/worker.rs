@@ -50,7 +50,7 @@ struct Running {
 ///
 /// ``apps`` maps app names to functions ``f(payload: bytes, task:
 /// TaskInfo) -> bytes`` (or ``f(payload)``). Plain functions run on a pool
-/// of ``threads`` Python threads (default: ``slots``), off the worker's
+/// of ``threads`` Python threads (default: ``slots``, at most 64), off the worker's
 /// network loop, so a handler that computes for minutes never stops the
 /// worker's heartbeats; ``async def`` functions run on an asyncio loop of
 /// the worker's own. A handler that raises fails its task with the
@@ -128,7 +128,9 @@ impl PyWorker {
         };
         cfg.listen = convert::addr(listen)?;
         let specs = app_specs(py, apps)?;
-        let threads = threads.unwrap_or(cfg.slots as usize).clamp(1, 1024);
+        let threads = threads
+            .unwrap_or((cfg.slots as usize).min(64))
+            .clamp(1, 1024);
         Ok(PyWorker {
             cfg,
             specs,
