@@ -16,25 +16,37 @@ from typing import (
     Sequence,
     Tuple,
     Union,
+    final,
 )
+
+__all__ = [
+    "__version__",
+    "Client",
+    "Result",
+    "MapIterator",
+    "Job",
+    "Worker",
+    "TaskInfo",
+    "LocalCluster",
+    "log_to_stderr",
+    "_resolve_futures",
+]
 
 __version__: str
 
-Payload = Union[bytes, bytearray, str]
-Size = Union[int, str]
-Addresses = Union[str, Sequence[str]]
-AttrValue = Union[str, int, float, bool]
-Handler = Union[
-    Callable[[bytes, "TaskInfo"], bytes],
-    Callable[[bytes], bytes],
-    Callable[[bytes, "TaskInfo"], Awaitable[bytes]],
-    Callable[[bytes], Awaitable[bytes]],
-]
+_Payload = Union[bytes, bytearray, str]
+_Size = Union[int, str]
+_Addresses = Union[str, Sequence[str]]
+_AttrValue = Union[str, int, float, bool]
+# f(payload: bytes, task: TaskInfo) -> bytes, or f(payload) -> bytes; or an
+# `async def` of either form.
+_Handler = Callable[..., Union[bytes, bytearray, Awaitable[Union[bytes, bytearray]]]]
 
 def log_to_stderr(filter: Optional[str] = None) -> None:
     """Sends the nodes' and client's logs to stderr (``filter`` like
     ``"info"`` or ``"allot=debug"``; default ``ALLOT_LOG``, else ``"warn"``)."""
 
+@final
 class Result:
     """The outcome of a task that succeeded."""
 
@@ -63,6 +75,7 @@ class Result:
     @property
     def ran_us(self) -> int: ...
 
+@final
 class MapIterator(Iterator[Result]):
     """The iterator ``Client.map`` returns."""
 
@@ -74,6 +87,7 @@ class MapIterator(Iterator[Result]):
     def __enter__(self) -> "MapIterator": ...
     def __exit__(self, *exc: Any) -> None: ...
 
+@final
 class Job:
     """A job the cluster holds."""
 
@@ -86,37 +100,38 @@ class Job:
     def outputs(self) -> List[Dict[str, Any]]: ...
     def cancel(self) -> int: ...
 
+@final
 class Client:
     """A connection to an allot cluster, shared by every thread."""
 
-    def __init__(
-        self,
-        gateways: Optional[Addresses] = None,
+    def __new__(
+        cls,
+        gateways: Optional[_Addresses] = None,
         pki: Union[str, "PathLike[str]"] = "pki",
         name: str = "client",
-        attrs: Optional[Mapping[str, AttrValue]] = None,
+        attrs: Optional[Mapping[str, _AttrValue]] = None,
         *,
         distributor: Optional[str] = None,
         retry_for: float = 30.0,
         connect_timeout: Optional[float] = None,
-    ) -> None: ...
+    ) -> "Client": ...
     def submit(
         self,
         app: str,
-        payload: Optional[Payload] = None,
+        payload: Optional[_Payload] = None,
         *,
         require: Optional[str] = None,
         prefer: Optional[str] = None,
         user: Optional[str] = None,
         cores: int = 0,
-        mem: Optional[Size] = None,
+        mem: Optional[_Size] = None,
         priority: int = 0,
         timeout: Optional[float] = None,
     ) -> Result: ...
     def map(
         self,
         app: str,
-        payloads: Iterable[Payload],
+        payloads: Iterable[_Payload],
         max_in_flight: int = 256,
         ordered: bool = True,
         *,
@@ -125,20 +140,20 @@ class Client:
         prefer: Optional[str] = None,
         user: Optional[str] = None,
         cores: int = 0,
-        mem: Optional[Size] = None,
+        mem: Optional[_Size] = None,
         priority: int = 0,
         timeout: Optional[float] = None,
     ) -> MapIterator: ...
     def submit_async(
         self,
         app: str,
-        payload: Optional[Payload] = None,
+        payload: Optional[_Payload] = None,
         *,
         require: Optional[str] = None,
         prefer: Optional[str] = None,
         user: Optional[str] = None,
         cores: int = 0,
-        mem: Optional[Size] = None,
+        mem: Optional[_Size] = None,
         priority: int = 0,
         timeout: Optional[float] = None,
     ) -> "asyncio.Future[Result]": ...
@@ -150,21 +165,21 @@ class Client:
         prefer: Optional[str] = None,
         user: Optional[str] = None,
         cores: int = 0,
-        mem: Optional[Size] = None,
+        mem: Optional[_Size] = None,
     ) -> Dict[str, Any]: ...
     def status(self) -> List[Dict[str, Any]]: ...
     def submit_job(
         self,
         app: str,
-        payload: Optional[Payload] = None,
+        payload: Optional[_Payload] = None,
         *,
         array: Optional[Tuple[int, int]] = None,
-        lines: Optional[Payload] = None,
+        lines: Optional[_Payload] = None,
         require: Optional[str] = None,
         prefer: Optional[str] = None,
         user: Optional[str] = None,
         cores: int = 0,
-        mem: Optional[Size] = None,
+        mem: Optional[_Size] = None,
         priority: int = 0,
         timeout: Optional[float] = None,
     ) -> Job: ...
@@ -178,6 +193,7 @@ class Client:
     def __enter__(self) -> "Client": ...
     def __exit__(self, *exc: Any) -> None: ...
 
+@final
 class TaskInfo:
     """What a handler learns about the task it runs."""
 
@@ -199,18 +215,19 @@ class TaskInfo:
     @property
     def index(self) -> int: ...
 
+@final
 class Worker:
     """A worker that serves tasks with Python functions."""
 
-    def __init__(
-        self,
-        join: Addresses,
+    def __new__(
+        cls,
+        join: _Addresses,
         pki: Union[str, "PathLike[str]"],
         name: str,
         cores: int = 4,
-        mem: Optional[Size] = None,
-        labels: Optional[Mapping[str, AttrValue]] = None,
-        apps: Optional[Mapping[str, Handler]] = None,
+        mem: Optional[_Size] = None,
+        labels: Optional[Mapping[str, _AttrValue]] = None,
+        apps: Optional[Mapping[str, _Handler]] = None,
         *,
         slots: Optional[int] = None,
         threads: Optional[int] = None,
@@ -219,7 +236,7 @@ class Worker:
         commands: Optional[Mapping[str, str]] = None,
         report: str = "registered",
         listen: str = "0.0.0.0:0",
-    ) -> None: ...
+    ) -> "Worker": ...
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def run(self) -> None: ...
@@ -232,27 +249,28 @@ class Worker:
     def __enter__(self) -> "Worker": ...
     def __exit__(self, *exc: Any) -> None: ...
 
+@final
 class LocalCluster:
     """A whole cluster in this process."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         workers: int = 2,
-        apps: Optional[Mapping[str, Handler]] = None,
+        apps: Optional[Mapping[str, _Handler]] = None,
         *,
         distributors: int = 1,
         cores: int = 4,
-        mem: Optional[Size] = None,
+        mem: Optional[_Size] = None,
         slots: Optional[int] = None,
         threads: Optional[int] = None,
-        labels: Union[None, Mapping[str, AttrValue], Sequence[Mapping[str, AttrValue]]] = None,
+        labels: Union[None, Mapping[str, _AttrValue], Sequence[Mapping[str, _AttrValue]]] = None,
         builtins: Optional[Sequence[str]] = None,
         timeout: float = 20.0,
-    ) -> None: ...
+    ) -> "LocalCluster": ...
     def client(
         self,
         name: str = "client",
-        attrs: Optional[Mapping[str, AttrValue]] = None,
+        attrs: Optional[Mapping[str, _AttrValue]] = None,
         *,
         retry_for: float = 5.0,
     ) -> Client: ...
