@@ -5,7 +5,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use allot::client::{Client, ClientConfig, JobsConfig};
 use allot::{ExplainQuery, Outcome, TaskStatus};
@@ -498,6 +497,3 @@ impl PyClient {
         format!("Client(name={:?}, {})", self.cfg.name, via.join(", "))
     }
 }
-
-/// How long `Job.wait` and friends sleep between two looks (the SDK's).
-pub const JOB_POLL: Duration = allot::client::WAIT_POLL;

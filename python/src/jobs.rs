@@ -18,6 +18,9 @@ use crate::wait;
 /// Requests that may wait for the jobs thread (callers block past it).
 const QUEUE: usize = 256;
 
+/// How long `Job.wait` sleeps between two looks at the job (the SDK's).
+const POLL: std::time::Duration = allot::client::WAIT_POLL;
+
 type Reply<T> = oneshot::Sender<Result<T, JobError>>;
 
 enum Request {
@@ -257,9 +260,9 @@ impl PyJob {
                     );
                     return Err(errors::error(py, "Timeout", &m, &[]));
                 }
-                wait::sleep(py, crate::client::JOB_POLL.min(l - waited))?;
+                wait::sleep(py, POLL.min(l - waited))?;
             } else {
-                wait::sleep(py, crate::client::JOB_POLL)?;
+                wait::sleep(py, POLL)?;
             }
         }
     }
