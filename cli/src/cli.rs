@@ -7,9 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use allot_wire::{
-    Attr, AttrValue, Demands, ExplainQuery, ExplainReply, ReportMode, Role, TaskStatus,
-};
+use allot_wire::{Attr, AttrValue, Demands, ExplainQuery, ReportMode, Role, TaskStatus};
 use anyhow::{bail, Context, Result};
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
@@ -327,8 +325,8 @@ struct WorkerArgs {
     labels: Vec<Attr>,
     /// An app run as a command: NAME=COMMAND (repeatable). The command
     /// gets the input on stdin and ALLOT_ATTEMPT (1, or more when the task
-    /// runs again after a lost worker) and ALLOT_TASK_KEY in its
-    /// environment; a job's task also ALLOT_JOB_ID, ALLOT_TASK_INDEX and
+    /// runs again after a lost worker), ALLOT_TASK_KEY and ALLOT_USER in
+    /// its environment; a job's task also ALLOT_JOB_ID, ALLOT_TASK_INDEX and
     /// ALLOT_TASK_ID (JOB/INDEX). A cancelled command's process group gets
     /// SIGTERM, then SIGKILL 5 s later if it has not exited.
     #[arg(long = "app-cmd", value_parser = parse_kv_cmd)]
@@ -826,34 +824,6 @@ fn status(a: StatusArgs) -> Result<()> {
     Ok(())
 }
 
-/// The first line of `allot explain`: whether a task submitted now would
-/// run, wait for capacity, or fail.
-fn explain_verdict(r: &ExplainReply) -> String {
-    if r.matched > 0 {
-        format!(
-            "would match: {} of {} workers satisfy every clause; best now: {}",
-            r.matched, r.total, r.best
-        )
-    } else if r.total == 0 {
-        "would wait: no worker has registered with this distributor yet; a task \
-         submitted now waits for one (up to the distributor's queue timeout)"
-            .to_owned()
-    } else if r.waitable > 0 {
-        format!(
-            "would wait: no worker of {} satisfies every clause now; {} would once \
-             capacity frees, a worker is up again or the user's quota allows, and a \
-             task submitted now waits for that",
-            r.total, r.waitable
-        )
-    } else {
-        format!(
-            "would NOT match: no worker of {} satisfies every clause, and none would \
-             by waiting: a task submitted now fails",
-            r.total
-        )
-    }
-}
-
 fn explain(a: ExplainArgs) -> Result<()> {
     let addr = match a.distributor {
         Some(d) => d,
@@ -899,7 +869,7 @@ fn explain(a: ExplainArgs) -> Result<()> {
         println!("{j}");
         return Ok(());
     }
-    println!("{}", explain_verdict(&r));
+    println!("{}", allot::client::explain_verdict(&r));
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
     t.set_header(["clause", "workers eliminated"]);
@@ -948,35 +918,5 @@ mod tests {
         for bad in ["-1", "x", "", "inf", "NaN"] {
             assert!(crate::values::parse_secs(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn explain_says_whether_a_task_would_run_wait_or_fail() {
-        let mut r = ExplainReply {
-            total: 9,
-            matched: 2,
-            best: "w-1".into(),
-            clauses: Vec::new(),
-            nearest: Vec::new(),
-            waitable: 1,
-            error: String::new(),
-        };
-        let v = explain_verdict(&r);
-        assert!(
-            v.starts_with("would match: 2 of 9") && v.ends_with("best now: w-1"),
-            "{v}"
-        );
-        r.matched = 0;
-        let v = explain_verdict(&r);
-        assert!(
-            v.starts_with("would wait: no worker of 9") && v.contains("; 1 would once"),
-            "{v}"
-        );
-        r.waitable = 0;
-        let v = explain_verdict(&r);
-        assert!(
-            v.starts_with("would NOT match") && v.ends_with("a task submitted now fails"),
-            "{v}"
-        );
     }
 }

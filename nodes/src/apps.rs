@@ -198,9 +198,10 @@ pub async fn run_until(
 }
 
 /// What a running task may want to know about itself: command apps get it
-/// as environment variables (`ALLOT_ATTEMPT`, `ALLOT_TASK_KEY`, and for a
-/// job's task `ALLOT_JOB_ID`, `ALLOT_TASK_INDEX` and `ALLOT_TASK_ID`, which
-/// is `JOB/INDEX`), handlers from [`current_task`].
+/// as environment variables (`ALLOT_ATTEMPT`, `ALLOT_TASK_KEY`,
+/// `ALLOT_USER`, and for a job's task `ALLOT_JOB_ID`, `ALLOT_TASK_INDEX`
+/// and `ALLOT_TASK_ID`, which is `JOB/INDEX`), handlers from
+/// [`current_task`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TaskInfo {
@@ -215,6 +216,15 @@ pub struct TaskInfo {
     pub job: Option<Arc<str>>,
     /// Its index in the job (0 outside a job).
     pub index: u64,
+    /// The distributor's id for the task (unique at that distributor; a
+    /// task placed again after a lost worker keeps it).
+    pub task: u64,
+    /// The user it runs as (`None` when not known: info made outside a
+    /// worker).
+    pub user: Option<Arc<str>>,
+    /// When the worker stops it for running past its deadline (`None`: no
+    /// deadline).
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl TaskInfo {
@@ -225,7 +235,23 @@ impl TaskInfo {
             key,
             job: None,
             index: 0,
+            task: 0,
+            user: None,
+            deadline: None,
         }
+    }
+
+    /// The same, as the distributor's task `task`, run for `user`.
+    pub fn placed(mut self, task: u64, user: Arc<str>) -> TaskInfo {
+        self.task = task;
+        self.user = Some(user);
+        self
+    }
+
+    /// The same, stopped at `deadline`.
+    pub fn until(mut self, deadline: std::time::Instant) -> TaskInfo {
+        self.deadline = Some(deadline);
+        self
     }
 
     /// The same, for task `index` of job `job`.
@@ -298,6 +324,9 @@ async fn run_command(cmd: &str, input: Bytes, info: TaskInfo, stop: Option<Stop>
         .arg(cmd)
         .env("ALLOT_ATTEMPT", info.attempt.to_string())
         .env("ALLOT_TASK_KEY", info.key.to_string());
+    if let Some(user) = &info.user {
+        command.env("ALLOT_USER", &**user);
+    }
     if let Some(job) = &info.job {
         command
             .env("ALLOT_JOB_ID", &**job)
@@ -580,11 +609,16 @@ mod tests {
     #[test]
     fn commands_and_handlers_learn_their_attempt_and_key() {
         let rt = rt();
-        let env = App::Command("echo $ALLOT_ATTEMPT $ALLOT_TASK_KEY".into());
+        let env = App::Command("echo $ALLOT_ATTEMPT $ALLOT_TASK_KEY ${ALLOT_USER:-none}".into());
         let info = TaskInfo::new(3, 42);
         assert_eq!(
             rt.block_on(run(&env, Bytes::new(), None, info.clone())),
-            AppOutcome::Ok(Bytes::from_static(b"3 42\n"))
+            AppOutcome::Ok(Bytes::from_static(b"3 42 none\n"))
+        );
+        let placed = info.clone().placed(9, Arc::from("dave"));
+        assert_eq!(
+            rt.block_on(run(&env, Bytes::new(), None, placed)),
+            AppOutcome::Ok(Bytes::from_static(b"3 42 dave\n"))
         );
         let job = App::Command("echo $ALLOT_JOB_ID $ALLOT_TASK_INDEX $ALLOT_TASK_ID".into());
         let in_job = info.clone().in_job(Arc::from("main/d1/7"), 5);

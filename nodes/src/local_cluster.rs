@@ -27,10 +27,7 @@
 //!
 //! The nodes all share the one distributor set, named `main`, that every
 //! gateway redirects to; each worker joins every distributor unless its
-//! configuration names others. The gateways are given the distributors'
-//! addresses, or, with [`LocalClusterBuilder::register_members`], learn
-//! them from the distributors' registrations, names included (as
-//! [`crate::client::JobClient`] needs to find the member holding a job).
+//! configuration names others.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -74,23 +71,6 @@ pub enum LocalClusterError {
         /// The node's own error.
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// A gateway did not record every distributor in time (with
-    /// [`LocalClusterBuilder::register_members`]).
-    #[error(
-        "gateway {gateway} did not record distributors {missing:?} within {:.1} s{}",
-        waited.as_secs_f64(),
-        last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
-    )]
-    NotRegistered {
-        /// The gateway asked.
-        gateway: SocketAddr,
-        /// Distributors it did not record as up.
-        missing: Vec<String>,
-        /// How long the wait lasted.
-        waited: Duration,
-        /// The last error asking it, if the last try failed.
-        last_error: Option<String>,
-    },
     /// Not every worker was up at a distributor in time.
     #[error(
         "only {up} of {expected} workers were up at the distributor at {addr} after {:.1} s{}",
@@ -109,7 +89,26 @@ pub enum LocalClusterError {
         /// The last connection or status error, if the last try failed.
         last_error: Option<String>,
     },
-    /// The thread or runtime of the wait could not be started.
+    /// Not every distributor had registered with a gateway in time.
+    #[error(
+        "only {up} of {expected} distributors were registered with the gateway at {addr} after {:.1} s{}",
+        waited.as_secs_f64(),
+        last_error.as_ref().map(|e| format!(" (last error: {e})")).unwrap_or_default()
+    )]
+    NotRegistered {
+        /// The gateway asked.
+        addr: SocketAddr,
+        /// Members it recorded up at the last answer.
+        up: usize,
+        /// Distributors in the cluster.
+        expected: usize,
+        /// How long the wait lasted.
+        waited: Duration,
+        /// The last query error, if the last try failed.
+        last_error: Option<String>,
+    },
+    /// The thread or runtime of the wait, or a port for a node, could not
+    /// be had.
     #[error("waiting for the cluster: {0}")]
     Wait(#[source] std::io::Error),
 }
@@ -228,54 +227,6 @@ pub async fn wait_for_workers(
     }
 }
 
-/// Waits until gateway `gateway` records each distributor of `names` (set
-/// `main`) as up, asking it as client `client` of `pki` every few
-/// milliseconds for at most `timeout`. Must run inside a `LocalSet`.
-async fn wait_for_members(
-    pki: &Path,
-    client: &str,
-    gateway: SocketAddr,
-    names: &[String],
-    timeout: Duration,
-) -> Result<(), LocalClusterError> {
-    use crate::client::{JobClient, JobsConfig};
-    let started = Instant::now();
-    let cfg = JobsConfig::new(pki, client, vec![gateway]);
-    let mut jobs = JobClient::new(cfg).map_err(|e| LocalClusterError::NotRegistered {
-        gateway,
-        missing: names.to_vec(),
-        waited: Duration::ZERO,
-        last_error: Some(e.to_string()),
-    })?;
-    loop {
-        let (missing, last_error) = match jobs.refresh_members().await {
-            Ok(m) => (
-                names
-                    .iter()
-                    .filter(|n| !m.contains_key(&(SET.to_owned(), (*n).clone())))
-                    .cloned()
-                    .collect::<Vec<_>>(),
-                None,
-            ),
-            Err(e) => (names.to_vec(), Some(e.to_string())),
-        };
-        if missing.is_empty() {
-            jobs.close();
-            return Ok(());
-        }
-        if started.elapsed() >= timeout {
-            jobs.close();
-            return Err(LocalClusterError::NotRegistered {
-                gateway,
-                missing,
-                waited: started.elapsed(),
-                last_error,
-            });
-        }
-        tokio::time::sleep(POLL).await;
-    }
-}
-
 /// Nodes running in this process, on loopback, with certificates in a
 /// temporary directory. Dropping it (or [`LocalCluster::stop`]) stops the
 /// gateways, then the workers, then the distributors, and removes the
@@ -303,7 +254,6 @@ impl LocalCluster {
             policy: RedirectPolicy::Rendezvous,
             ttl: Duration::from_secs(60),
             timeout: Duration::from_secs(20),
-            register: false,
         }
     }
 
@@ -381,7 +331,6 @@ pub struct LocalClusterBuilder {
     policy: RedirectPolicy,
     ttl: Duration,
     timeout: Duration,
-    register: bool,
 }
 
 impl LocalClusterBuilder {
@@ -448,18 +397,6 @@ impl LocalClusterBuilder {
         self
     }
 
-    /// The gateways start first, knowing no distributor, and the
-    /// distributors register with every gateway (as `allot distributor
-    /// --gateway` does) instead of being their seeds: the gateways then
-    /// know each member by name and hear its reports, which
-    /// [`crate::client::JobClient`] needs to find the member holding a
-    /// job. [`start`](Self::start) also waits until every gateway records
-    /// every distributor.
-    pub fn register_members(mut self) -> Self {
-        self.register = true;
-        self
-    }
-
     /// How long [`start`](Self::start) waits for the workers to be up at
     /// their distributors (default 20 s).
     pub fn up_timeout(mut self, timeout: Duration) -> Self {
@@ -467,10 +404,11 @@ impl LocalClusterBuilder {
         self
     }
 
-    /// Issues the certificates, starts the distributors, the workers and
-    /// the gateways, and waits until every worker is up at each distributor
+    /// Issues the certificates, starts the gateways, the distributors and
+    /// the workers, and waits until every worker is up at each distributor
     /// it reports to (all of its `join` list in broadcast mode, the first in
-    /// registered mode). On an error, what was started is stopped again.
+    /// registered mode) and every distributor is registered with every
+    /// gateway. On an error, what was started is stopped again.
     pub fn start(self) -> Result<LocalCluster, LocalClusterError> {
         let waiter = self
             .clients
@@ -520,33 +458,38 @@ impl LocalClusterBuilder {
             pki: TempPki::create(&refs)?,
         };
         let pki = cluster.pki().to_path_buf();
-        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        let spawn_gateway = |cluster: &mut LocalCluster, name: &str, seeds| {
-            let mut cfg = GatewayConfig::new(name, loopback, pki.clone(), seeds);
+
+        // Every gateway's and distributor's address is chosen before any
+        // starts, so that the gateways seed the set with the distributors
+        // and each distributor registers with the gateways from its start
+        // (a member the gateways know by name is what a job client looks
+        // for). A port taken by another process in between fails the
+        // node's start.
+        let gateway_addrs = free_ports(self.gateways.len())?;
+        let distributor_addrs = free_ports(self.distributors.len())?;
+        for (name, addr) in self.gateways.iter().zip(&gateway_addrs) {
+            let mut cfg = GatewayConfig::new(
+                name,
+                *addr,
+                pki.clone(),
+                vec![(SET.into(), distributor_addrs.clone())],
+            );
             cfg.policy = self.policy;
             cfg.ttl = self.ttl;
             let g = gateway::spawn(cfg).map_err(|e| LocalClusterError::node("gateway", name, e))?;
             cluster.gateway_addrs.push(g.addr);
             cluster.gateways.push(g);
-            Ok::<(), LocalClusterError>(())
-        };
-        if self.register {
-            for name in &self.gateways {
-                spawn_gateway(&mut cluster, name, Vec::new())?;
-            }
         }
 
-        for name in &self.distributors {
+        for (name, addr) in self.distributors.iter().zip(&distributor_addrs) {
             let mut cfg = DistributorConfig::new(
                 name,
-                loopback,
+                *addr,
                 pki.clone(),
                 cluster.dir().join(format!("data-{name}")),
             );
             cfg.set_name = SET.into();
-            if self.register {
-                cfg.gateways = cluster.gateway_addrs.clone();
-            }
+            cfg.gateways = cluster.gateway_addrs.clone();
             let d = distributor::spawn(cfg)
                 .map_err(|e| LocalClusterError::node("distributor", name, e))?;
             cluster.distributor_addrs.push(d.addr);
@@ -580,13 +523,6 @@ impl LocalClusterBuilder {
             cluster.workers.push(w);
         }
 
-        if !self.register {
-            for name in &self.gateways {
-                let seeds = vec![(SET.into(), cluster.distributor_addrs.clone())];
-                spawn_gateway(&mut cluster, name, seeds)?;
-            }
-        }
-
         let client = ClientConfig::new(waiter, pki, Vec::new());
         let waits: Vec<(SocketAddr, usize)> = cluster
             .distributor_addrs
@@ -595,9 +531,10 @@ impl LocalClusterBuilder {
             .zip(expected)
             .filter(|(_, n)| *n > 0)
             .collect();
-        let registered = self
-            .register
-            .then(|| (cluster.gateway_addrs.clone(), self.distributors.clone()));
+        let registered = Registered {
+            gateways: cluster.gateway_addrs.clone(),
+            members: self.distributors.len(),
+        };
         wait_on_own_thread(client, waits, registered, self.timeout)?;
         Ok(cluster)
     }
@@ -606,17 +543,74 @@ impl LocalClusterBuilder {
 /// The name of the cluster's one distributor set.
 const SET: &str = "main";
 
-/// Runs the waits for every distributor (and, with `registered`, for
-/// every gateway to record the named distributors) on a thread of its own
-/// with a current-thread runtime, so that `start` may be called from
-/// anywhere, inside a runtime or not.
+/// `n` loopback ports free now (each bound until all are chosen, so that
+/// no two are the same).
+fn free_ports(n: usize) -> Result<Vec<SocketAddr>, LocalClusterError> {
+    let held: Vec<std::net::UdpSocket> = (0..n)
+        .map(|_| std::net::UdpSocket::bind(("127.0.0.1", 0)))
+        .collect::<Result<_, _>>()
+        .map_err(LocalClusterError::Wait)?;
+    held.iter()
+        .map(|s| s.local_addr().map_err(LocalClusterError::Wait))
+        .collect()
+}
+
+/// What the gateways must know before the cluster is up: every member
+/// registered, by name, with each of them.
+struct Registered {
+    gateways: Vec<SocketAddr>,
+    members: usize,
+}
+
+/// Waits until `gateway` records at least `members` registered members
+/// that are up, asking as `client`, for at most `timeout`.
+async fn wait_for_members(
+    client: &ClientConfig,
+    gateway: SocketAddr,
+    members: usize,
+    timeout: Duration,
+) -> Result<(), LocalClusterError> {
+    let started = Instant::now();
+    let mut up = 0;
+    let mut last_error: Option<String>;
+    loop {
+        match gateway::query_status(&client.pki, &client.name, gateway).await {
+            Ok(r) => {
+                last_error = None;
+                up = r
+                    .members
+                    .iter()
+                    .filter(|m| !m.name.is_empty() && m.state == WorkerState::Up)
+                    .count();
+                if up >= members {
+                    return Ok(());
+                }
+            }
+            Err(e) => last_error = Some(e.to_string()),
+        }
+        if started.elapsed() >= timeout {
+            return Err(LocalClusterError::NotRegistered {
+                addr: gateway,
+                up,
+                expected: members,
+                waited: started.elapsed(),
+                last_error,
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Runs the waits for every distributor on a thread of its own with a
+/// current-thread runtime, so that `start` may be called from anywhere,
+/// inside a runtime or not.
 fn wait_on_own_thread(
     client: ClientConfig,
     waits: Vec<(SocketAddr, usize)>,
-    registered: Option<(Vec<SocketAddr>, Vec<String>)>,
+    registered: Registered,
     timeout: Duration,
 ) -> Result<(), LocalClusterError> {
-    if waits.is_empty() && registered.is_none() {
+    if waits.is_empty() && (registered.members == 0 || registered.gateways.is_empty()) {
         return Ok(());
     }
     let t = std::thread::Builder::new()
@@ -633,10 +627,9 @@ fn wait_on_own_thread(
                     let left = deadline.saturating_duration_since(Instant::now());
                     wait_for_workers(&client, addr, n, left).await?;
                 }
-                for gw in registered.iter().flat_map(|(gws, _)| gws) {
-                    let names = registered.as_ref().map_or(&[][..], |(_, n)| n);
+                for gw in &registered.gateways {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    wait_for_members(&client.pki, &client.name, *gw, names, left).await?;
+                    wait_for_members(&client, *gw, registered.members, left).await?;
                 }
                 Ok(())
             })

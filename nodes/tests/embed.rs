@@ -19,6 +19,20 @@ fn embedded_nodes_run_a_registered_handler() {
         }
         Ok(Bytes::from(input.to_ascii_uppercase()))
     });
+    // Says what the worker told it about its task.
+    let whoami = apps::handler(|_: Bytes| async move {
+        let i = apps::current_task().ok_or("no task info")?;
+        let left = i
+            .deadline
+            .map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        Ok(Bytes::from(format!(
+            "{} {} {} {:?}",
+            i.user.as_deref().unwrap_or("-"),
+            i.attempt,
+            i.task > 0,
+            left.map(|l| l > Duration::from_secs(5) && l <= Duration::from_secs(10)),
+        )))
+    });
     let cluster = LocalCluster::builder()
         .distributor("dist")
         .worker("w", |w| {
@@ -26,6 +40,7 @@ fn embedded_nodes_run_a_registered_handler() {
             w.apps = vec!["echo".into()];
         })
         .handler("w", "upper", upper)
+        .handler("w", "whoami", whoami)
         .gateway("gw")
         .redirect(RedirectPolicy::RoundRobin, Duration::from_secs(5))
         .client("app")
@@ -61,6 +76,23 @@ fn embedded_nodes_run_a_registered_handler() {
             .unwrap();
         assert_eq!(o.status, TaskStatus::Failed);
         assert_eq!(o.message, "empty input");
+        // A handler learns the user it runs for, its placement and when
+        // its deadline falls.
+        let o = client
+            .submit(
+                Task::new("whoami", "")
+                    .user("carol")
+                    .deadline(Duration::from_secs(10)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(&o.output[..], b"carol 1 true Some(true)", "{}", o.message);
+        let o = client.submit(Task::new("whoami", "")).await.unwrap();
+        assert_eq!(
+            &o.output[..],
+            b"app 1 true None",
+            "the certificate's name by default"
+        );
         client.close();
     });
     cluster.stop();

@@ -19,7 +19,6 @@ fn jobs_are_submitted_waited_for_read_cancelled_and_listed() {
         })
         .gateway("gw")
         .client("app")
-        .register_members()
         .start()
         .expect("cluster");
     let (rt, local) = support::local_runtime();

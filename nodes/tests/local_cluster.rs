@@ -1,6 +1,7 @@
 //! `LocalCluster` returns once every worker is up at each distributor it
-//! reports to, so the first task runs without a retry; dropping it removes
-//! its directory.
+//! reports to, so the first task runs without a retry, and once every
+//! distributor is registered with the gateway (which job clients ask);
+//! dropping it removes its directory.
 
 use allot::{LocalClient, LocalCluster, Task};
 use allot_wire::{ReportMode, TaskStatus, WorkerState};
@@ -54,6 +55,18 @@ fn a_started_cluster_is_up_at_every_distributor_and_gone_when_dropped() {
         }
         via_gateway.close();
         at_d1.close();
+        // The gateway knows both members by name, as a job client asks.
+        let record = allot::gateway::query_status(cluster.pki(), "app", cluster.gateways()[0])
+            .await
+            .expect("gateway status");
+        let mut named: Vec<(&str, WorkerState)> = record
+            .members
+            .iter()
+            .filter(|m| !m.name.is_empty())
+            .map(|m| (m.name.as_str(), m.state))
+            .collect();
+        named.sort_by_key(|(n, _)| *n);
+        assert_eq!(named, [("d1", WorkerState::Up), ("d2", WorkerState::Up)]);
     });
     drop(cluster);
     assert!(!dir.exists(), "{} left behind", dir.display());

@@ -168,6 +168,41 @@ fn tasks_from_many_runtime_threads_and_a_plain_thread_share_one_handle() {
 }
 
 #[test]
+fn tasks_sent_to_one_channel_end_there_and_cancel_without_waiting() {
+    let cluster = Cluster::start("send_to");
+    let client = multi_thread().block_on(cluster.client());
+    // From a plain thread: many tasks as one command, one channel.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let tasks = (0..50)
+        .map(|i| Task::new("shout", format!("t{i}")))
+        .collect();
+    let ids = client.send_to_blocking(tasks, &tx).unwrap();
+    assert_eq!(ids.end - ids.start, 50);
+    let mut seen = std::collections::HashMap::new();
+    for _ in 0..50 {
+        let (id, r) = rx.blocking_recv().unwrap();
+        seen.insert(id, r.unwrap());
+    }
+    for (i, id) in ids.enumerate() {
+        let o = &seen[&id];
+        assert_eq!(o.task_id, id);
+        assert_eq!(o.output, Bytes::from(format!("T{i}")));
+    }
+    // A nap holds the one slot; cancelled without waiting, it ends as
+    // cancelled on the same channel well before its five seconds.
+    let t0 = Instant::now();
+    let nap = client.send_to_blocking(vec![nap()], &tx).unwrap().start;
+    std::thread::sleep(Duration::from_millis(300));
+    client.cancel_nowait(nap).unwrap();
+    let (id, r) = rx.blocking_recv().unwrap();
+    assert_eq!(id, nap);
+    assert_eq!(r.unwrap().status, TaskStatus::Cancelled);
+    assert!(t0.elapsed() < QUICK, "{:?}", t0.elapsed());
+    client.close();
+    cluster.stop();
+}
+
+#[test]
 fn cancel_stops_a_running_task_and_its_future_says_cancelled() {
     let cluster = Cluster::start("sdk-cancel");
     let rt = multi_thread();

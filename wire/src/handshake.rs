@@ -7,10 +7,11 @@ use crate::frame::{Frame, Validated};
 use crate::message::{ErrorCode, ErrorMsg, Hello, Role, Version};
 
 /// The version this build speaks. The major version changes with any
-/// archived layout: a field added to a message (here `Assign`'s job and
-/// index, and `StatusReply`'s totals and counters) moves every field after
-/// it, so peers of another major version cannot read each other's frames.
-pub const PROTOCOL_VERSION: Version = Version { major: 5, minor: 0 };
+/// archived layout: a field added to a message (here `Assign`'s job,
+/// index and user, and `StatusReply`'s totals and counters) moves every
+/// field after it, so peers of another major version cannot read each
+/// other's frames.
+pub const PROTOCOL_VERSION: Version = Version { major: 6, minor: 0 };
 
 /// Where a connection's handshake stands.
 #[derive(Debug, Clone, PartialEq, Eq)]

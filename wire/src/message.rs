@@ -360,6 +360,9 @@ pub struct Assign {
     /// same key twice (from any distributor) joins the run it has or returns
     /// the result it kept, instead of running the task again.
     pub key: TaskKey,
+    /// The name of the user it runs as (`key.user` is its hash). Handlers
+    /// read it from their task's info, command apps as `ALLOT_USER`.
+    pub user: String,
     /// The job the task belongs to (`SET/MEMBER/N`; empty for a task a
     /// client submitted on its own). Command apps get it as `ALLOT_JOB_ID`.
     pub job: String,

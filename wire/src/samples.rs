@@ -143,6 +143,7 @@ pub fn all_frames() -> Vec<(MessageKind, BytesMut)> {
                 user: 0xa11ce,
                 key: 0x5eed_0000_0000_002a,
             },
+            user: "alice".into(),
             job: "default/dist-a/7".into(),
             index: 3,
         },

@@ -79,6 +79,8 @@ pub struct Query {
     pub(crate) bound: Option<Bound>,
     require_text: String,
     prefer_text: String,
+    /// The user the query was compiled for (its tasks run as this user).
+    user_name: String,
 }
 
 impl std::fmt::Debug for Query {
@@ -109,6 +111,11 @@ impl Query {
     /// The `prefer` text that was compiled (after defaults).
     pub fn prefer_text(&self) -> &str {
         &self.prefer_text
+    }
+    /// The name of the user the query was compiled for: a distributor
+    /// names it to the worker that runs the task.
+    pub fn user_name(&self) -> &str {
+        &self.user_name
     }
 
     /// The same query with block pruning off: the exact scan filters and
@@ -265,6 +272,7 @@ impl ServerTable {
             bound,
             require_text,
             prefer_text,
+            user_name: env.user.name.clone(),
         })
     }
 }

@@ -33,7 +33,7 @@ use std::task::{Context, Poll};
 use allot_wire::{ExplainQuery, ExplainReply, StatusReply};
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::{ClientConfig, ClientError, LinkStats, LocalClient, Outcome, Task};
+use super::{ClientConfig, ClientError, LinkStats, LocalClient, Outcome, Results, Task};
 
 /// Commands (each a submission, a batch of them, or a query) that may wait
 /// for the client thread; see the module docs for what happens when full.
@@ -59,6 +59,12 @@ struct Request {
 enum Command {
     Submit(Request),
     SubmitMany(Vec<Request>),
+    /// Tasks `first..` whose outcomes all go to one channel.
+    SubmitTo {
+        first: u64,
+        tasks: Vec<Task>,
+        results: Results,
+    },
     Cancel(u64),
     Status(Reply<StatusReply>),
     Explain(ExplainQuery, Reply<ExplainReply>),
@@ -220,6 +226,62 @@ impl Client {
         Ok(subs)
     }
 
+    /// Sends many tasks as one command, their outcomes to go to `results`,
+    /// each tagged with its task id, in the order they end. Returns the
+    /// ids, `first..first + n` in the order of `tasks`.
+    ///
+    /// For a caller that keeps many tasks in flight and takes the outcomes
+    /// from one channel, rather than one [`Submission`] per task (a
+    /// language binding, a pipeline stage). The channel holds at most the
+    /// outcomes of the tasks the caller has in flight (the client refuses
+    /// tasks past [`MAX_IN_FLIGHT`](super::MAX_IN_FLIGHT), each with an
+    /// outcome of [`ClientError::TooMany`]). Nothing cancels these tasks if
+    /// `results` is dropped: cancel them with [`Client::cancel`] or
+    /// [`Client::cancel_nowait`].
+    pub async fn send_to(
+        &self,
+        tasks: Vec<Task>,
+        results: &Results,
+    ) -> Result<std::ops::Range<u64>, ClientError> {
+        let (command, ids) = self.submit_to(tasks, results);
+        self.shared
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| ClientError::Closed)?;
+        Ok(ids)
+    }
+
+    /// [`Client::send_to`] for a plain thread: blocks while the command
+    /// queue is full.
+    ///
+    /// # Panics
+    ///
+    /// When called from inside an async runtime.
+    pub fn send_to_blocking(
+        &self,
+        tasks: Vec<Task>,
+        results: &Results,
+    ) -> Result<std::ops::Range<u64>, ClientError> {
+        let (command, ids) = self.submit_to(tasks, results);
+        self.shared
+            .commands
+            .blocking_send(command)
+            .map_err(|_| ClientError::Closed)?;
+        Ok(ids)
+    }
+
+    fn submit_to(&self, tasks: Vec<Task>, results: &Results) -> (Command, std::ops::Range<u64>) {
+        let n = tasks.len() as u64;
+        let first = self.shared.next_id.fetch_add(n, Ordering::Relaxed);
+        let command = Command::SubmitTo {
+            first,
+            tasks,
+            results: results.clone(),
+        };
+        (command, first..first + n)
+    }
+
     /// [`Client::start`] for a plain thread: blocks while the command queue
     /// is full.
     ///
@@ -268,6 +330,29 @@ impl Client {
             .commands
             .blocking_send(Command::Cancel(task_id))
             .map_err(|_| ClientError::Closed)
+    }
+
+    /// [`Client::cancel`] without waiting, from anywhere (a `Drop`, a
+    /// signal handler's thread, an async runtime): through the command
+    /// queue when it has room, which keeps the cancel behind the task's own
+    /// submission; else through the queue of dropped submissions' cancels,
+    /// which the client thread takes first, so a cancel sent that way for
+    /// a task whose submission is still queued finds nothing to stop.
+    /// Fails with [`ClientError::CancelQueueFull`] when both are full.
+    pub fn cancel_nowait(&self, task_id: u64) -> Result<(), ClientError> {
+        match self.shared.commands.try_send(Command::Cancel(task_id)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(ClientError::Closed),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                match self.shared.cancels.try_send(task_id) {
+                    Ok(()) => Ok(()),
+                    Err(mpsc::error::TrySendError::Closed(_)) => Err(ClientError::Closed),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        Err(ClientError::CancelQueueFull(CANCEL_QUEUE))
+                    }
+                }
+            }
+        }
     }
 
     async fn ask<T>(
@@ -471,6 +556,15 @@ fn run(client: &LocalClient, command: Command) {
         Command::SubmitMany(rs) => {
             for r in rs {
                 submit(client, r);
+            }
+        }
+        Command::SubmitTo {
+            first,
+            tasks,
+            results,
+        } => {
+            for (id, task) in (first..).zip(tasks) {
+                client.submit_as_to(id, Rc::new(task), &results);
             }
         }
         Command::Cancel(id) => {

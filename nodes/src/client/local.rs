@@ -346,6 +346,15 @@ impl LocalClient {
         }
     }
 
+    /// [`LocalClient::submit_as`] with the outcome to `results` (for
+    /// [`Client::send_to`](super::Client::send_to)).
+    pub(crate) fn submit_as_to(&self, id: u64, task: Rc<Task>, results: &Results) {
+        if let Err(e) = self.send_as(id, task, Reply::Channel(results.clone())) {
+            // The outcome went to `results` with the error inside `send_as`.
+            tracing::debug!(task = id, "submission refused: {e}");
+        }
+    }
+
     fn send(&self, task: Rc<Task>, tx: Reply) -> Result<u64, ClientError> {
         let id = self.inner.next_id.get();
         self.inner.next_id.set(id + 1);

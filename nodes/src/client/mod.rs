@@ -29,6 +29,7 @@
 //! with one error naming every address tried.
 
 mod error;
+mod explain;
 mod handle;
 mod jobs;
 mod local;
@@ -42,6 +43,7 @@ use allot_wire::{Attr, Demands, TaskStatus, Timings};
 use bytes::Bytes;
 
 pub use error::{AttemptError, Attempts, ClientError, Retried, Searched};
+pub use explain::{explain_verdict, Verdict};
 pub use handle::{Client, Submission, CANCEL_QUEUE, COMMAND_QUEUE};
 pub use jobs::{Job, JobClient, JobError, JobSpec, JobsConfig, REQUEST_TIMEOUT, WAIT_POLL};
 pub use local::{LocalClient, Results};

@@ -352,6 +352,8 @@ fn fill_assign(assign: &mut allot_wire::Assign, task: u64, p: &Pending) {
         user: p.key.0,
         key: p.key.1,
     };
+    assign.user.clear();
+    assign.user.push_str(p.query.user_name());
 }
 
 fn close(transmit: &mut VecDeque<Rc<Outgoing>>, out: &Rc<Outgoing>, code: ErrorCode, why: String) {
@@ -418,6 +420,7 @@ impl Core {
                     deadline_ms: 0,
                     attempt: 0,
                     key: allot_wire::TaskKey::default(),
+                    user: String::new(),
                     job: String::new(),
                     index: 0,
                 },

@@ -92,6 +92,8 @@ pub enum Action {
         key: TaskKey,
         /// Its job and index in it (`ALLOT_JOB_ID`, `ALLOT_TASK_INDEX`).
         job: Option<(std::sync::Arc<str>, u64)>,
+        /// The user it runs as (`ALLOT_USER`).
+        user: std::sync::Arc<str>,
     },
     /// Stop a task started by [`Action::Run`] (cancelled, or its
     /// distributor is gone). Its capacity is already free in the core.
@@ -168,6 +170,43 @@ pub struct WorkerCore {
     /// Reused for every result, so that its strings (this worker's name,
     /// the message) keep their buffers: no allocation per task.
     result: TaskResult,
+    /// The user names of tasks run, shared with their [`Action::Run`].
+    users: UserNames,
+}
+
+/// Distinct user names a worker keeps shared (more only churns the cache).
+const USERS_CACHED: usize = 1024;
+
+/// User names as shared strings for [`Action::Run`]: a worker runs the
+/// tasks of a few users over and over, and a task then costs no allocation
+/// for its user's name. Bounded: past [`USERS_CACHED`] names the cache
+/// starts over.
+#[derive(Default)]
+struct UserNames {
+    all: FxMap<Box<str>, std::sync::Arc<str>>,
+    /// The last name handed out, compared before the map is asked.
+    last: Option<std::sync::Arc<str>>,
+}
+
+impl UserNames {
+    fn get(&mut self, name: &str) -> std::sync::Arc<str> {
+        if let Some(a) = self.last.as_ref().filter(|a| ***a == *name) {
+            return a.clone();
+        }
+        let a = match self.all.get(name) {
+            Some(a) => a.clone(),
+            None => {
+                if self.all.len() >= USERS_CACHED {
+                    self.all.clear();
+                }
+                let a: std::sync::Arc<str> = std::sync::Arc::from(name);
+                self.all.insert(Box::from(name), a.clone());
+                a
+            }
+        };
+        self.last = Some(a.clone());
+        a
+    }
 }
 
 impl WorkerCore {
@@ -212,6 +251,7 @@ impl WorkerCore {
                 message: String::new(),
                 timings: Timings::default(),
             },
+            users: UserNames::default(),
         };
         core.reported = core.current();
         core
@@ -570,6 +610,7 @@ impl WorkerCore {
             key,
             job: (!g.job.is_empty())
                 .then(|| (std::sync::Arc::from(g.job.as_str()), g.index.to_native())),
+            user: self.users.get(g.user.as_str()),
         });
     }
 

@@ -61,8 +61,9 @@ impl Shell {
                     attempt,
                     key,
                     job,
+                    user,
                 } => {
-                    let info = apps::TaskInfo::new(attempt, key.key);
+                    let info = apps::TaskInfo::new(attempt, key.key).placed(task, user);
                     let info = match job {
                         Some((job, index)) => info.in_job(job, index),
                         None => info,
@@ -111,6 +112,10 @@ impl Shell {
         };
         let handle = tokio::task::spawn_local(async move {
             let t0 = Instant::now();
+            let info = match deadline {
+                Some(d) => info.until(t0 + d),
+                None => info,
+            };
             let outcome = apps::run_until(&app, input, deadline, info, stop_rx).await;
             shell.running.borrow_mut().remove(&(link, task));
             let now = Instant::now();
