@@ -91,6 +91,30 @@ enum CertCmd {
     },
 }
 
+/// A worker's amount of something: given, or `auto` (`None`: detected).
+#[derive(Debug, Clone, Copy)]
+struct Auto<T>(Option<T>);
+
+/// `auto` or a number of cores.
+fn parse_cores(s: &str) -> Result<Auto<u32>, String> {
+    if s == "auto" {
+        return Ok(Auto(None));
+    }
+    s.parse::<u32>()
+        .map(|n| Auto(Some(n)))
+        .map_err(|_| format!("`{s}` is not a number of cores or `auto`"))
+}
+
+/// `auto` or a size.
+fn parse_mem(s: &str) -> Result<Auto<u64>, String> {
+    if s == "auto" {
+        return Ok(Auto(None));
+    }
+    parse_size(s)
+        .map(|n| Auto(Some(n)))
+        .map_err(|e| e.to_string())
+}
+
 fn parse_role(s: &str) -> Result<Role, String> {
     Role::parse(s)
         .ok_or_else(|| format!("`{s}` is not a role (gateway, distributor, worker, client)"))
@@ -291,29 +315,39 @@ struct WorkerArgs {
     #[command(flatten)]
     link: LinkArgs,
     /// Node name.
-    #[arg(long)]
-    name: String,
+    #[arg(long, required_unless_present = "print_resources")]
+    name: Option<String>,
     /// Local address to bind.
     #[arg(long, default_value = "0.0.0.0:0")]
     listen: SocketAddr,
     /// PKI directory.
-    #[arg(long)]
-    pki: PathBuf,
+    #[arg(long, required_unless_present = "print_resources")]
+    pki: Option<PathBuf>,
     /// Distributors to join, in order.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required_unless_present = "print_resources"
+    )]
     join: Vec<SocketAddr>,
+    /// Print the cores and memory this worker finds (and where it found
+    /// them: CPU affinity, cgroup limits, Slurm's variables) and exit.
+    #[arg(long)]
+    print_resources: bool,
     /// Report to one distributor (registered) or all (broadcast).
     #[arg(long, value_enum, default_value_t = ReportArg::Registered)]
     report: ReportArg,
     /// Applications: built-ins (echo, sleep, sha256) or names given --app-cmd.
     #[arg(long, value_delimiter = ',', default_value = "echo")]
     apps: Vec<String>,
-    /// Cores.
-    #[arg(long, default_value_t = 4)]
-    cores: u32,
-    /// Memory (e.g. 16GiB).
-    #[arg(long, value_parser = parse_size, default_value = "8GiB")]
-    mem: u64,
+    /// Cores: a number, or `auto` (CPU affinity capped by the cgroup's
+    /// quota; in a Slurm job SLURM_CPUS_ON_NODE).
+    #[arg(long, value_parser = parse_cores, default_value = "auto")]
+    cores: Auto<u32>,
+    /// Memory (e.g. 16GiB), or `auto` (the cgroup's limit or the
+    /// machine's total; in a Slurm job the job's memory).
+    #[arg(long, value_parser = parse_mem, default_value = "auto")]
+    mem: Auto<u64>,
     /// Computing power.
     #[arg(long, default_value_t = 4.0)]
     power: f64,
@@ -496,7 +530,15 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Worker(a) => {
             crate::logging::init("info", a.common.log_format);
-            let mut cfg = allot::worker::WorkerConfig::new(&a.name, a.pki, a.join);
+            let found = allot::resources::detect();
+            if a.print_resources {
+                print_resources(&found, a.cores.0, a.mem.0);
+                return Ok(());
+            }
+            let (Some(name), Some(pki)) = (a.name, a.pki) else {
+                bail!("allot worker needs --name and --pki");
+            };
+            let mut cfg = allot::worker::WorkerConfig::new(&name, pki, a.join);
             cfg.link_timeouts = a.link.timeouts()?;
             cfg.orphan_grace = Duration::from_millis(a.orphan_grace_ms);
             cfg.listen = a.listen;
@@ -506,11 +548,26 @@ fn run(cli: Cli) -> Result<()> {
             };
             cfg.apps = a.apps;
             cfg.app_cmds = a.app_cmds;
-            cfg.cores = a.cores;
-            cfg.mem = a.mem;
+            cfg.cores = a.cores.0.unwrap_or(found.cores);
+            cfg.mem = a.mem.0.unwrap_or(found.mem);
             cfg.power = a.power;
             cfg.slots = a.slots;
             cfg.labels = a.labels;
+            // The environment's labels (a Slurm job's), unless given.
+            for (k, v) in found.labels {
+                if !cfg.labels.iter().any(|l| l.key == k) {
+                    cfg.labels.push(Attr {
+                        key: k,
+                        value: AttrValue::Str(v),
+                    });
+                }
+            }
+            if a.cores.0.is_none() || a.mem.0.is_none() {
+                eprintln!(
+                    "allot worker: offering {} cores ({}) and {} bytes ({})",
+                    cfg.cores, found.cores_from, cfg.mem, found.mem_from
+                );
+            }
             block_on_local(allot::worker::run(cfg, Vec::new(), shutdown_signal()))??;
             Ok(())
         }
@@ -635,6 +692,28 @@ fn submit(a: SubmitArgs) -> Result<()> {
         bail!("task {}: {}", status_name(outcome.status), outcome.message);
     }
     Ok(())
+}
+
+/// What `allot worker --print-resources` shows: each figure, where it
+/// came from, and whether a flag overrides it.
+fn print_resources(found: &allot::resources::Detected, cores: Option<u32>, mem: Option<u64>) {
+    let given = |g: bool| if g { " (overridden by the flag)" } else { "" };
+    println!(
+        "cores: {} from {}{}",
+        cores.unwrap_or(found.cores),
+        found.cores_from,
+        given(cores.is_some())
+    );
+    println!(
+        "mem: {} bytes ({:.1} GiB) from {}{}",
+        mem.unwrap_or(found.mem),
+        mem.unwrap_or(found.mem) as f64 / (1u64 << 30) as f64,
+        found.mem_from,
+        given(mem.is_some())
+    );
+    for (k, v) in &found.labels {
+        println!("label: {k}={v}");
+    }
 }
 
 fn attr_json(v: &AttrValue) -> serde_json::Value {

@@ -1530,3 +1530,35 @@ fn a_sigtermed_member_drains_its_tasks_and_exits_cleanly() {
         member(r, draining).is_some_and(|m| m["state"] == "down")
     });
 }
+
+/// `--cores` and `--mem` default to what the worker finds: `allot worker
+/// --print-resources` says what and where from; inside a Slurm job the
+/// job's allocation wins and its labels are set; a flag overrides.
+#[test]
+fn a_worker_prints_the_resources_it_found_and_where() {
+    let out = ok(&["worker", "--print-resources"]);
+    assert!(out.contains("cores: ") && out.contains("mem: "), "{out}");
+    assert!(
+        !out.contains("label:"),
+        "no Slurm labels outside a job: {out}"
+    );
+    let slurm = allot()
+        .args(["worker", "--print-resources", "--mem", "3GiB"])
+        .env("SLURM_JOB_ID", "4242")
+        .env("SLURM_CPUS_ON_NODE", "6")
+        .env("SLURM_MEM_PER_NODE", "2048")
+        .env("SLURMD_NODENAME", "node17")
+        .output()
+        .expect("run allot");
+    assert!(slurm.status.success());
+    let text = String::from_utf8_lossy(&slurm.stdout);
+    assert!(text.contains("cores: 6 from SLURM_CPUS_ON_NODE"), "{text}");
+    assert!(
+        text.contains("mem: 3221225472 bytes") && text.contains("overridden by the flag"),
+        "{text}"
+    );
+    assert!(text.contains("label: slurm_job=4242") && text.contains("label: host=node17"));
+    let bad = run(&["worker", "--print-resources", "--cores", "many"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a number of cores or `auto`"));
+}

@@ -142,8 +142,14 @@ fn cpu_quota(src: &Sources<'_>, cg: &Cgroup) -> Option<(u32, String)> {
         }
         Cgroup::V1 => {
             let d = Path::new("/sys/fs/cgroup/cpu,cpuacct");
-            let q = (src.read)(&d.join("cpu.cfs_quota_us"))?.trim().parse::<i64>().ok()?;
-            let p = (src.read)(&d.join("cpu.cfs_period_us"))?.trim().parse::<u64>().ok()?;
+            let q = (src.read)(&d.join("cpu.cfs_quota_us"))?
+                .trim()
+                .parse::<i64>()
+                .ok()?;
+            let p = (src.read)(&d.join("cpu.cfs_period_us"))?
+                .trim()
+                .parse::<u64>()
+                .ok()?;
             (u64::try_from(q).ok()?, p, d.join("cpu.cfs_quota_us"))
         }
     };
@@ -214,7 +220,10 @@ mod tests {
         })
     }
 
-    const MEMINFO: (&str, &str) = ("/proc/meminfo", "MemTotal:       16384000 kB\nMemFree: 1 kB\n");
+    const MEMINFO: (&str, &str) = (
+        "/proc/meminfo",
+        "MemTotal:       16384000 kB\nMemFree: 1 kB\n",
+    );
     const CG: (&str, &str) = ("/proc/self/cgroup", "0::/user.slice/job\n");
 
     #[test]
@@ -263,7 +272,10 @@ mod tests {
         ];
         let d = with(&env, &[MEMINFO, CG], Some(32));
         assert_eq!((d.cores, d.cores_from.as_str()), (6, "SLURM_CPUS_ON_NODE"));
-        assert_eq!((d.mem, d.mem_from.as_str()), (2048 << 20, "SLURM_MEM_PER_NODE"));
+        assert_eq!(
+            (d.mem, d.mem_from.as_str()),
+            (2048 << 20, "SLURM_MEM_PER_NODE")
+        );
         assert_eq!(
             d.labels,
             [
