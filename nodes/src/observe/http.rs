@@ -50,11 +50,10 @@ const MAX_TOKEN: u64 = 4096;
 enum Access {
     /// Anyone (liveness carries no data).
     Open,
-    /// With the token, if there is one, unless `scrape_open`.
+    /// With the token, if there is one, unless `scrape_open`. (The page
+    /// and the JSON API, when they come, take the token whatever
+    /// `scrape_open` says.)
     Scrape,
-    /// With the token, if there is one (the page and the JSON API).
-    #[allow(dead_code)]
-    Token,
 }
 
 type Body = Full<Bytes>;
@@ -238,7 +237,7 @@ impl Ctx {
         match access {
             Access::Open => return true,
             Access::Scrape if self.scrape_open => return true,
-            Access::Scrape | Access::Token => {}
+            Access::Scrape => {}
         }
         let Some(given) = headers.get(AUTHORIZATION).map(HeaderValue::as_bytes) else {
             return false;
