@@ -190,12 +190,40 @@ impl LinkArgs {
     }
 }
 
+/// What a node serves over HTTP (read-only): `/metrics`, `/healthz`.
+#[derive(Args, Debug)]
+struct MetricsArgs {
+    /// Serve `/metrics` (Prometheus text) and `/healthz` over HTTP on this
+    /// address (e.g. 127.0.0.1:9464); nothing is served without it.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// A file holding a bearer token: every path but `/healthz` then asks
+    /// for `Authorization: Bearer TOKEN`.
+    #[arg(long, value_name = "FILE", requires = "metrics")]
+    metrics_token: Option<PathBuf>,
+    /// With --metrics-token, leave `/metrics` open all the same (for a
+    /// Prometheus on a trusted network).
+    #[arg(long, requires = "metrics_token")]
+    metrics_scrape_open: bool,
+}
+
+impl MetricsArgs {
+    fn config(&self) -> Option<allot::observe::MetricsConfig> {
+        let mut m = allot::observe::MetricsConfig::new(self.metrics?);
+        m.token_file = self.metrics_token.clone();
+        m.scrape_open = self.metrics_scrape_open;
+        Some(m)
+    }
+}
+
 #[derive(Args, Debug)]
 struct GatewayArgs {
     #[command(flatten)]
     common: Common,
     #[command(flatten)]
     link: LinkArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
     /// Node name.
     #[arg(long)]
     name: String,
@@ -235,6 +263,8 @@ struct DistributorArgs {
     common: Common,
     #[command(flatten)]
     link: LinkArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
     /// Node name.
     #[arg(long)]
     name: String,
@@ -314,6 +344,8 @@ struct WorkerArgs {
     common: Common,
     #[command(flatten)]
     link: LinkArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
     /// Node name.
     #[arg(long, required_unless_present = "print_resources")]
     name: Option<String>,
@@ -495,6 +527,7 @@ fn run(cli: Cli) -> Result<()> {
             cfg.ttl = Duration::from_millis(a.ttl_ms);
             cfg.member_timeout = Duration::from_millis(a.member_timeout_ms.max(10));
             cfg.link_timeouts = a.link.timeouts()?;
+            cfg.metrics = a.metrics.config();
             block_on_local(allot::gateway::run(cfg, shutdown_signal()))??;
             Ok(())
         }
@@ -503,6 +536,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut cfg =
                 allot::distributor::DistributorConfig::new(&a.name, a.listen, a.pki, a.data_dir);
             cfg.link_timeouts = a.link.timeouts()?;
+            cfg.metrics = a.metrics.config();
             cfg.startup_grace = Duration::from_millis(a.startup_grace_ms);
             cfg.drain_timeout = a.drain_timeout;
             cfg.set_name = a.set_name;
@@ -540,6 +574,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let mut cfg = allot::worker::WorkerConfig::new(&name, pki, a.join);
             cfg.link_timeouts = a.link.timeouts()?;
+            cfg.metrics = a.metrics.config();
             cfg.orphan_grace = Duration::from_millis(a.orphan_grace_ms);
             cfg.listen = a.listen;
             cfg.mode = match a.report {

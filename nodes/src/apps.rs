@@ -89,18 +89,52 @@ pub fn builtin(name: &str) -> Option<App> {
 #[derive(Clone, Default, Debug)]
 pub struct AppTable {
     /// Looked up once per task: Fx hashing, the names are the worker's own.
-    apps: HashMap<String, App, rustc_hash::FxBuildHasher>,
+    /// Each app has a number (its order of insertion), which indexes the
+    /// worker's per-app counters without a second lookup.
+    apps: HashMap<String, (usize, App), rustc_hash::FxBuildHasher>,
 }
 
 impl AppTable {
     /// Adds (or replaces) an app.
     pub fn insert(&mut self, name: &str, app: App) {
-        self.apps.insert(name.to_owned(), app);
+        let n = self.apps.len();
+        match self.apps.get_mut(name) {
+            Some(e) => e.1 = app,
+            None => {
+                self.apps.insert(name.to_owned(), (n, app));
+            }
+        }
     }
 
     /// The app of this name.
     pub fn get(&self, name: &str) -> Option<&App> {
-        self.apps.get(name)
+        self.apps.get(name).map(|(_, a)| a)
+    }
+
+    /// The app of this name and its number (below [`AppTable::len`]).
+    pub fn get_indexed(&self, name: &str) -> Option<(usize, &App)> {
+        self.apps.get(name).map(|(i, a)| (*i, a))
+    }
+
+    /// Apps in the table.
+    pub fn len(&self) -> usize {
+        self.apps.len()
+    }
+
+    /// Whether it has none.
+    pub fn is_empty(&self) -> bool {
+        self.apps.is_empty()
+    }
+
+    /// The names by number: entry `i` is app number `i`.
+    pub fn names_by_index(&self) -> Vec<String> {
+        let mut v = vec![String::new(); self.apps.len()];
+        for (name, (i, _)) in &self.apps {
+            if let Some(slot) = v.get_mut(*i) {
+                slot.clone_from(name);
+            }
+        }
+        v
     }
 
     /// The app names, sorted.

@@ -35,6 +35,14 @@ pub enum NodeError {
         /// What is wrong (with the line and key where known).
         message: String,
     },
+    /// The metrics address (`--metrics`) could not be listened on.
+    #[error("--metrics {addr}: cannot listen: {source}")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why (e.g. the address is in use).
+        source: std::io::Error,
+    },
     /// The runtime or a socket could not start.
     #[error("cannot start: {0}")]
     Io(#[from] std::io::Error),

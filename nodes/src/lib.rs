@@ -24,6 +24,7 @@ pub mod labels;
 pub mod link;
 pub mod local_cluster;
 pub mod node_thread;
+pub mod observe;
 mod resubmit;
 #[cfg(feature = "testing")]
 pub mod testing;

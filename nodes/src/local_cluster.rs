@@ -237,6 +237,9 @@ pub struct LocalCluster {
     distributors: Vec<DistributorHandle>,
     gateway_addrs: Vec<SocketAddr>,
     distributor_addrs: Vec<SocketAddr>,
+    /// (node name, `/metrics` address) of every node, with
+    /// [`LocalClusterBuilder::metrics`].
+    metrics_addrs: Vec<(String, SocketAddr)>,
     // Last: removed once every node has stopped.
     pki: TempPki,
 }
@@ -254,6 +257,7 @@ impl LocalCluster {
             policy: RedirectPolicy::Rendezvous,
             ttl: Duration::from_secs(60),
             timeout: Duration::from_secs(20),
+            metrics: false,
         }
     }
 
@@ -276,6 +280,12 @@ impl LocalCluster {
     /// The distributors' addresses, in the order they were added.
     pub fn distributors(&self) -> &[SocketAddr] {
         &self.distributor_addrs
+    }
+
+    /// (node name, address of its `/metrics`) of every node, when the
+    /// builder was told [`LocalClusterBuilder::metrics`]; else empty.
+    pub fn metrics_addrs(&self) -> &[(String, SocketAddr)] {
+        &self.metrics_addrs
     }
 
     /// A client configuration for the certificate `name` (one the builder
@@ -331,12 +341,28 @@ pub struct LocalClusterBuilder {
     policy: RedirectPolicy,
     ttl: Duration,
     timeout: Duration,
+    metrics: bool,
+}
+
+/// A loopback TCP address free a moment ago (for a node's metrics).
+fn free_tcp() -> Result<SocketAddr, LocalClusterError> {
+    let no_port =
+        |e: std::io::Error| LocalClusterError::Config(format!("no free port for metrics: {e}"));
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(no_port)?;
+    l.local_addr().map_err(no_port)
 }
 
 impl LocalClusterBuilder {
     /// Adds a gateway named `name`.
     pub fn gateway(mut self, name: &str) -> Self {
         self.gateways.push(name.to_owned());
+        self
+    }
+
+    /// Every node serves `/metrics` on a loopback port of its own (see
+    /// [`LocalCluster::metrics_addrs`]).
+    pub fn metrics(mut self) -> Self {
+        self.metrics = true;
         self
     }
 
@@ -455,6 +481,7 @@ impl LocalClusterBuilder {
             distributors: Vec::new(),
             gateway_addrs: Vec::new(),
             distributor_addrs: Vec::new(),
+            metrics_addrs: Vec::new(),
             pki: TempPki::create(&refs)?,
         };
         let pki = cluster.pki().to_path_buf();
@@ -476,6 +503,11 @@ impl LocalClusterBuilder {
             );
             cfg.policy = self.policy;
             cfg.ttl = self.ttl;
+            if self.metrics {
+                let a = free_tcp()?;
+                cfg.metrics = Some(crate::observe::MetricsConfig::new(a));
+                cluster.metrics_addrs.push((name.to_owned(), a));
+            }
             let g = gateway::spawn(cfg).map_err(|e| LocalClusterError::node("gateway", name, e))?;
             cluster.gateway_addrs.push(g.addr);
             cluster.gateways.push(g);
@@ -490,6 +522,11 @@ impl LocalClusterBuilder {
             );
             cfg.set_name = SET.into();
             cfg.gateways = cluster.gateway_addrs.clone();
+            if self.metrics {
+                let a = free_tcp()?;
+                cfg.metrics = Some(crate::observe::MetricsConfig::new(a));
+                cluster.metrics_addrs.push((name.clone(), a));
+            }
             let d = distributor::spawn(cfg)
                 .map_err(|e| LocalClusterError::node("distributor", name, e))?;
             cluster.distributor_addrs.push(d.addr);
@@ -518,6 +555,11 @@ impl LocalClusterBuilder {
             handlers = rest;
             let mine = mine.into_iter().map(|(_, app, h)| (app, h)).collect();
             let name = cfg.name.clone();
+            if self.metrics && cfg.metrics.is_none() {
+                let a = free_tcp()?;
+                cfg.metrics = Some(crate::observe::MetricsConfig::new(a));
+                cluster.metrics_addrs.push((name.clone(), a));
+            }
             let w = worker::spawn(cfg, mine)
                 .map_err(|e| LocalClusterError::node("worker", &name, e))?;
             cluster.workers.push(w);

@@ -51,6 +51,8 @@ pub(super) struct Cluster {
     /// run as threads of this process).
     pub(super) roles: Vec<(&'static str, u32)>,
     children: Vec<Child>,
+    /// (node, `/metrics` address) of every node, with `--scrape-ms`.
+    pub(super) metrics: Vec<(String, SocketAddr)>,
     /// The nodes, when they are threads of this process.
     _threads: Option<LocalCluster>,
     /// The child processes' certificates, removed once they are killed.
@@ -114,15 +116,18 @@ impl Cluster {
         if args.processes {
             Self::start_processes(&args.name, &shape)
         } else {
-            Self::start_threads(&args.name, &shape)
+            Self::start_threads(&args.name, &shape, args.scrape_ms.is_some())
         }
     }
 
-    fn start_threads(client: &str, shape: &Shape) -> Result<Cluster> {
+    fn start_threads(client: &str, shape: &Shape, metrics: bool) -> Result<Cluster> {
         if shape.sets != 1 {
             bail!("--sets above 1 needs --processes");
         }
         let mut b = LocalCluster::builder();
+        if metrics {
+            b = b.metrics();
+        }
         for i in 0..shape.distributors {
             b = b.distributor(&node_name("dist", 0, i, 1));
         }
@@ -158,6 +163,7 @@ impl Cluster {
             members,
             roles: Vec::new(),
             children: Vec::new(),
+            metrics: c.metrics_addrs().to_vec(),
             _threads: Some(c),
             _certs: None,
         })
@@ -201,6 +207,7 @@ impl Cluster {
             members: Vec::new(),
             roles: Vec::new(),
             children: Vec::new(),
+            metrics: Vec::new(),
             _threads: None,
             _certs: None,
         };

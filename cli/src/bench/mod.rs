@@ -28,6 +28,7 @@ mod durable;
 mod fleet;
 mod process;
 mod report;
+mod scrape;
 
 pub use baseline::{baseline_echo_server, BaselineEchoArgs};
 
@@ -130,6 +131,12 @@ pub struct BenchArgs {
     /// queued task, and the time to list a 100,000-task job.
     #[arg(long, requires = "local")]
     pub detach: bool,
+    /// The cost of metrics: the local cluster's nodes serve `/metrics`,
+    /// and each round runs once while every node is scraped this often,
+    /// in milliseconds, and once not; the report gives both medians.
+    #[arg(long, value_name = "MS", requires = "local", conflicts_with = "processes",
+          value_parser = clap::value_parser!(u64).range(10..))]
+    pub scrape_ms: Option<u64>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -237,7 +244,33 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut cpu_us: Vec<f64> = vec![0.0; roles.len()];
     let mut cpu_seen = vec![true; roles.len()];
     let mut counted = vec![DistributorCounters::default(); members.len()];
-    for _ in 0..args.rounds {
+    let metrics_addrs: Vec<SocketAddr> = cluster
+        .as_ref()
+        .map(|c| c.metrics.iter().map(|(_, a)| *a).collect())
+        .unwrap_or_default();
+    let mut ab = args.scrape_ms.map(|ms| scrape::ScrapeAb {
+        every_ms: ms,
+        scraped: Vec::new(),
+        unscraped: Vec::new(),
+        scrapes_ok: 0,
+        scrapes_failed: 0,
+    });
+    for round in 0..args.rounds {
+        // With --scrape-ms, the scraped run first in even rounds, second
+        // in odd ones (the unscraped run below is the round's own).
+        let scraped_run = |ab: &mut scrape::ScrapeAb| -> Result<()> {
+            let s =
+                scrape::Scraper::start(metrics_addrs.clone(), Duration::from_millis(ab.every_ms));
+            let r = crate::interrupt::block_on(driver::drive(cfgs.clone(), args.clone(), limit));
+            let (ok, failed) = s.stop();
+            ab.scraped.push(r??.per_s());
+            ab.scrapes_ok += ok;
+            ab.scrapes_failed += failed;
+            Ok(())
+        };
+        if let Some(ab) = ab.as_mut().filter(|_| round % 2 == 0) {
+            scraped_run(ab)?;
+        }
         let counters0 = member_counters(&cfg, &members)?;
         let before: Vec<Option<Duration>> = roles
             .iter()
@@ -265,6 +298,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
         } else {
             None
         };
+        if let Some(ab) = ab.as_mut() {
+            ab.unscraped.push(r.per_s());
+            if round % 2 == 1 {
+                scraped_run(ab)?;
+            }
+        }
         rounds.push(Round {
             tasks_per_s: r.per_s(),
             p50_us: r.q(0.5),
@@ -317,6 +356,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     report::report(&args, &run, &rounds, &cpu, &member_figures, cfgs.len());
     if let Some(sc) = &scale {
         sc.report(&run, args.json);
+    }
+    if let Some(ab) = &ab {
+        ab.report(args.json);
     }
     if let Some(d) = &durable {
         let mut v: Vec<f64> = rounds.iter().map(|r| r.tasks_per_s).collect();

@@ -48,7 +48,7 @@ use super::jobs::{self, Ending, Jobs, JournalBatch, Start};
 use super::report::{self, Beat, Reporter};
 use super::shape::{Shape, ShapeCache};
 use super::waiting::WaitQueue;
-use super::{DistributorConfig, Stats};
+use super::{DistributorConfig, DistributorMetrics, NoMatchReason, Observed, Stats};
 use crate::inflight::InFlight;
 use crate::labels::{attr_from_label, label_from_archived};
 use crate::link::{push, LinkFull, LinkId, Outgoing, Transmit};
@@ -284,6 +284,8 @@ struct State {
     last_deadline_check: Instant,
     last_flush: Instant,
     stats: Stats,
+    /// Counts only the metrics show (see [`Core::metrics`]).
+    observed: Observed,
     /// The time of the event being handled.
     now: Instant,
     /// Reads the time around a match, to report how long matching took; the
@@ -410,6 +412,7 @@ impl Core {
                 last_deadline_check: now,
                 last_flush: now,
                 stats: Stats::default(),
+                observed: Observed::default(),
                 now,
                 match_clock: None,
                 assign: allot_wire::Assign {
@@ -790,6 +793,26 @@ impl Core {
         self.st.report_events();
     }
 
+    /// Its counters and gauges for `/metrics`, as of now: plain numbers,
+    /// read at each scrape.
+    pub fn metrics(&self) -> DistributorMetrics {
+        let t = self.st.table.totals();
+        let (placed, waiting) = self.tasks_in_flight();
+        let (jobs, job_tasks) = self.job_totals();
+        DistributorMetrics {
+            stats: self.st.stats,
+            observed: self.st.observed,
+            placed,
+            waiting,
+            workers_up: t.up,
+            workers_draining: t.draining,
+            workers_down: t.down,
+            jobs,
+            job_tasks,
+            draining: self.is_draining(),
+        }
+    }
+
     /// Jobs held, and their tasks by state over all of them.
     pub fn job_totals(&self) -> (usize, allot_wire::JobCounts) {
         (self.st.jobs.len(), self.st.jobs.totals())
@@ -1107,8 +1130,13 @@ impl State {
                 }
             });
         }
-        if let Err(e) = self.table.apply_delta(id, d.seq.to_native(), &changes) {
-            tracing::warn!("delta from worker {} not applied: {e}", id.0);
+        match self.table.apply_delta(id, d.seq.to_native(), &changes) {
+            Ok(allot_engine::DeltaOutcome::Stale) => self.observed.deltas_stale += 1,
+            Ok(_) => self.observed.deltas_applied += 1,
+            Err(e) => {
+                self.observed.deltas_failed += 1;
+                tracing::warn!("delta from worker {} not applied: {e}", id.0);
+            }
         }
         if let Some(s) = new_state {
             let _ = self.table.set_state(id, s);
@@ -1161,7 +1189,9 @@ impl State {
                 self.table
                     .match_and_reserve_excluding(&p.query, self.cfg.match_mode, &p.tried);
             if let (Some(c), Some(t0)) = (clock, t0) {
-                p.match_us += c().duration_since(t0).as_micros() as u64;
+                let us = c().duration_since(t0).as_micros() as u64;
+                p.match_us += us;
+                self.observed.match_us.record(us);
             }
             let reservation = match res {
                 Ok(r) => r,
@@ -1327,6 +1357,14 @@ impl State {
             return;
         }
         self.stats.no_match += 1;
+        let reason = if empty {
+            NoMatchReason::NoWorkers
+        } else if waited >= self.cfg.queue_timeout {
+            NoMatchReason::QueueTimeout
+        } else {
+            NoMatchReason::Unsatisfiable
+        };
+        self.observed.no_match_by[reason as usize] += 1;
         if empty {
             let msg = format!(
                 "no worker has registered with distributor {} (waited {} s)",
@@ -1352,10 +1390,10 @@ impl State {
     }
 
     fn finish_error(&mut self, p: Pending, status: TaskStatus, message: String) {
+        self.ended(status, p.received);
         let (out, client_task) = match p.owner {
             Owner::Link { out, task } => (out, task),
             Owner::Job { num, offset, .. } => {
-                self.stats.completed += 1;
                 let e = Ending {
                     status,
                     attempts: p.attempts,
@@ -1387,12 +1425,20 @@ impl State {
         self.deliver(&out, client_task, &result, &Bytes::new());
     }
 
+    /// A task ended with `status` (counted once, whoever owns it: a
+    /// client link or a job), received at `received`.
+    fn ended(&mut self, status: TaskStatus, received: Instant) {
+        self.stats.completed += 1;
+        self.observed.by_status[status as usize] += 1;
+        let latency = self.now.saturating_duration_since(received);
+        self.observed.latency_us.record(latency.as_micros() as u64);
+    }
+
     /// Sends a result to its client. A client link that is not reading is
     /// closed with `Overloaded` (and its other tasks cancelled); a link
     /// already gone is logged and counted: the client, if it comes back,
     /// resubmits under the same key.
     fn deliver(&mut self, client: &Rc<Outgoing>, client_task: u64, r: &TaskResult, out: &Bytes) {
-        self.stats.completed += 1;
         match push(&mut self.transmit, client, r, out) {
             Ok(()) => {}
             Err(LinkFull::Closed) => {
@@ -1475,9 +1521,16 @@ impl State {
             // The worker's admission check is the final word: our view was
             // stale. Correct it now and try the next candidate.
             self.stats.refused += 1;
-            if matches!(r.refusal, ArchivedRefusal::Busy) {
-                self.stats.refused_busy += 1;
-            }
+            let reason = match r.refusal {
+                ArchivedRefusal::Busy => {
+                    self.stats.refused_busy += 1;
+                    allot_wire::Refusal::Busy
+                }
+                ArchivedRefusal::UnknownApp => allot_wire::Refusal::UnknownApp,
+                ArchivedRefusal::Draining => allot_wire::Refusal::Draining,
+                ArchivedRefusal::None => allot_wire::Refusal::None,
+            };
+            self.observed.refused_by[reason as usize] += 1;
             let _ = self.table.mark_full(p.worker);
             match r.refusal {
                 // It will not take this task at all: try the others.
@@ -1503,10 +1556,10 @@ impl State {
                 ok: status == TaskStatus::Ok,
             });
         }
+        self.ended(status, p.received);
         let (client, client_task) = match p.owner {
             Owner::Link { out, task } => (out, task),
             Owner::Job { num, offset, .. } => {
-                self.stats.completed += 1;
                 let worker = match self.workers.get(&p.worker) {
                     Some(l) => l.name.as_str(),
                     None => r.worker.as_str(),

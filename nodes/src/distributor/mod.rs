@@ -91,6 +91,9 @@ pub struct DistributorConfig {
     pub report_threshold: f64,
     /// How long a finished job is kept before it is forgotten.
     pub retention: Duration,
+    /// Where to serve `/metrics` and `/healthz` (nothing is served
+    /// without it).
+    pub metrics: Option<crate::observe::MetricsConfig>,
 }
 
 impl DistributorConfig {
@@ -119,6 +122,7 @@ impl DistributorConfig {
             report_every: 5,
             report_threshold: 0.1,
             retention: jobs::DEFAULT_RETENTION,
+            metrics: None,
         }
     }
 
@@ -155,6 +159,86 @@ pub struct Stats {
     pub undelivered: u64,
     /// Client links closed because they did not read their results.
     pub clients_disconnected: u64,
+}
+
+/// Why a task matched no worker (and failed without waiting more).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoMatchReason {
+    /// No worker had registered (after the startup grace and the queue
+    /// timeout).
+    NoWorkers,
+    /// No registered worker satisfies its constraints.
+    Unsatisfiable,
+    /// It waited the queue timeout for capacity.
+    QueueTimeout,
+}
+
+impl NoMatchReason {
+    /// Every reason, in the order of [`Observed::no_match_by`].
+    pub const ALL: [NoMatchReason; 3] = [
+        NoMatchReason::NoWorkers,
+        NoMatchReason::Unsatisfiable,
+        NoMatchReason::QueueTimeout,
+    ];
+
+    /// Its label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            NoMatchReason::NoWorkers => "no_workers",
+            NoMatchReason::Unsatisfiable => "unsatisfiable",
+            NoMatchReason::QueueTimeout => "queue_timeout",
+        }
+    }
+}
+
+/// Counts the distributor keeps only for its metrics: plain numbers the
+/// core adds to on its own thread (no atomics, no locks), read at each
+/// scrape.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Observed {
+    /// Tasks ended, by [`allot_wire::TaskStatus`] (as `u8`).
+    pub by_status: [u64; 7],
+    /// Refusals by workers, by [`allot_wire::Refusal`] (as `u8`).
+    pub refused_by: [u64; 4],
+    /// Tasks that matched no worker, by [`NoMatchReason`] (as `u8`).
+    pub no_match_by: [u64; 3],
+    /// Time of each timed match, in microseconds (matches in a table of
+    /// at most [`UNTIMED_MATCH_ROWS`](super::UNTIMED_MATCH_ROWS) rows are
+    /// not timed: the clock would cost more than the match).
+    pub match_us: crate::observe::Log2Histogram,
+    /// From a task's arrival to its end, in microseconds.
+    pub latency_us: crate::observe::Log2Histogram,
+    /// Worker deltas applied to the table.
+    pub deltas_applied: u64,
+    /// Deltas dropped as stale (a newer one had been applied).
+    pub deltas_stale: u64,
+    /// Deltas the table refused (an unknown worker, a bad value).
+    pub deltas_failed: u64,
+}
+
+/// What a distributor's `/metrics` shows, read from its core at a scrape.
+#[derive(Debug, Clone, Copy)]
+pub struct DistributorMetrics {
+    /// The counters of `allot status`.
+    pub stats: Stats,
+    /// The counts kept for metrics only.
+    pub observed: Observed,
+    /// Tasks placed on workers (or being located after a reconnect).
+    pub placed: usize,
+    /// Tasks waiting for capacity.
+    pub waiting: usize,
+    /// Workers up.
+    pub workers_up: u32,
+    /// Workers draining.
+    pub workers_draining: u32,
+    /// Workers down (still in the table).
+    pub workers_down: u32,
+    /// Jobs held.
+    pub jobs: usize,
+    /// Their tasks by state.
+    pub job_tasks: allot_wire::JobCounts,
+    /// Whether the distributor drains.
+    pub draining: bool,
 }
 
 /// A running distributor (on its own thread and runtime).

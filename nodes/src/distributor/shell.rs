@@ -24,7 +24,7 @@ use crate::conn::{self, ConnError, Outbox, Stream};
 use crate::labels::label_from_archived;
 use crate::link::LinkId;
 use crate::pki::Pki;
-use crate::{transport, FxMap, NodeError};
+use crate::{observe, transport, FxMap, NodeError};
 
 struct ShellLink {
     out: Rc<Outbox>,
@@ -88,9 +88,10 @@ impl Shell {
 /// runtime; returns once it listens.
 pub fn spawn(cfg: DistributorConfig) -> Result<DistributorHandle, NodeError> {
     crate::node_thread::spawn_node(format!("dist-{}", cfg.name), move |stop| async move {
-        let (ep, shell, written) = setup(cfg)?;
+        let (ep, shell, written, metrics) = setup(cfg)?;
         let addr = ep.local_addr()?;
-        Ok((addr, serve(ep, shell, written, stop)))
+        let http = serve_metrics(&shell, metrics)?;
+        Ok((addr, serve(ep, shell, written, http, stop)))
     })
 }
 
@@ -100,9 +101,10 @@ pub async fn run(
     cfg: DistributorConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
-    let (ep, shell, written) = setup(cfg)?;
+    let (ep, shell, written, metrics) = setup(cfg)?;
     tracing::info!(addr = %ep.local_addr()?, "distributor listening");
-    serve(ep, shell, written, shutdown).await;
+    let http = serve_metrics(&shell, metrics)?;
+    serve(ep, shell, written, http, shutdown).await;
     Ok(())
 }
 
@@ -110,16 +112,33 @@ pub async fn run(
 /// it was written.
 type Written = (u64, Result<(), String>);
 
-fn setup(
-    cfg: DistributorConfig,
-) -> Result<
-    (
-        quinn::Endpoint,
-        Rc<Shell>,
-        tokio::sync::mpsc::UnboundedReceiver<Written>,
-    ),
-    NodeError,
-> {
+/// Serves `/metrics` from the core, if a listener was bound.
+fn serve_metrics(
+    shell: &Rc<Shell>,
+    bound: Option<observe::http::Bound>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, NodeError> {
+    let Some(bound) = bound else {
+        return Ok(None);
+    };
+    let shell = shell.clone();
+    let read: observe::http::Read =
+        Rc::new(move || observe::nodes::distributor(&shell.core.borrow().metrics()));
+    Ok(Some(bound.spawn(read)?))
+}
+
+type Setup = (
+    quinn::Endpoint,
+    Rc<Shell>,
+    tokio::sync::mpsc::UnboundedReceiver<Written>,
+    Option<observe::http::Bound>,
+);
+
+fn setup(cfg: DistributorConfig) -> Result<Setup, NodeError> {
+    let metrics = cfg
+        .metrics
+        .as_ref()
+        .map(|m| observe::http::Bound::bind(m, "distributor"))
+        .transpose()?;
     let pki = Pki::load(&cfg.pki, &cfg.name)?;
     let ep = transport::endpoint_with(&pki, cfg.listen, &cfg.link_timeouts)?;
     let store = Store::open(&cfg.data_dir)?;
@@ -158,7 +177,7 @@ fn setup(
         store,
         journal: batches,
     });
-    Ok((ep, shell, written))
+    Ok((ep, shell, written, metrics))
 }
 
 /// Starts the thread that writes job batches to the journal, each in one
@@ -205,6 +224,7 @@ async fn serve(
     ep: quinn::Endpoint,
     shell: Rc<Shell>,
     written: tokio::sync::mpsc::UnboundedReceiver<Written>,
+    http: Option<tokio::task::JoinHandle<()>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let timer = tokio::task::spawn_local(timer_loop(shell.clone()));
@@ -258,6 +278,9 @@ async fn serve(
     }
     timer.abort();
     journal.abort();
+    if let Some(h) = http {
+        h.abort();
+    }
     for r in reporting {
         r.abort();
     }

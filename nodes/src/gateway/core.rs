@@ -157,6 +157,13 @@ pub struct GatewayCore {
     transmit: VecDeque<Rc<Outgoing>>,
     now: Option<Instant>,
     next_sweep: Option<Instant>,
+    /// Clients sent to each set (at most [`MAX_MEMBERS`] names; later
+    /// sets are counted under `_other`), for the metrics.
+    redirects: BTreeMap<String, u64>,
+    /// Clients told no set had a live member.
+    unavailable: u64,
+    /// Member reports and heartbeats ingested.
+    reports: u64,
 }
 
 fn attrs_from(a: &ArchivedSetAttrs) -> SetAttrs {
@@ -217,6 +224,9 @@ impl GatewayCore {
             transmit: VecDeque::new(),
             now: None,
             next_sweep: None,
+            redirects: BTreeMap::new(),
+            unavailable: 0,
+            reports: 0,
         }
     }
 
@@ -275,10 +285,50 @@ impl GatewayCore {
                 message: "only clients ask gateways for redirects".into(),
             });
         }
-        self.choose(client).ok_or_else(|| ErrorMsg {
-            code: ErrorCode::Unavailable,
-            message: "no distributor set has a live member".into(),
-        })
+        let Some(r) = self.choose(client) else {
+            self.unavailable += 1;
+            return Err(ErrorMsg {
+                code: ErrorCode::Unavailable,
+                message: "no distributor set has a live member".into(),
+            });
+        };
+        if let Some(n) = self.redirects.get_mut(&r.set_name) {
+            *n += 1;
+        } else if self.redirects.len() < MAX_MEMBERS {
+            self.redirects.insert(r.set_name.clone(), 1);
+        } else {
+            *self.redirects.entry("_other".into()).or_default() += 1;
+        }
+        Ok(r)
+    }
+
+    /// Its counters and the members by set and state, for `/metrics`
+    /// (states as of the last event or timeout handled).
+    pub fn metrics(&self) -> super::GatewayMetrics {
+        let mut sets: BTreeMap<&str, super::SetMetrics> = BTreeMap::new();
+        let blank = |name: &str| super::SetMetrics {
+            name: name.to_owned(),
+            redirects: 0,
+            up: 0,
+            draining: 0,
+            down: 0,
+        };
+        for (name, n) in &self.redirects {
+            sets.entry(name).or_insert_with(|| blank(name)).redirects = *n;
+        }
+        for m in self.members.values() {
+            let s = sets.entry(&m.set).or_insert_with(|| blank(&m.set));
+            match (self.is_up(m), m.draining()) {
+                (true, true) => s.draining += 1,
+                (true, false) => s.up += 1,
+                (false, _) => s.down += 1,
+            }
+        }
+        super::GatewayMetrics {
+            sets: sets.into_values().collect(),
+            unavailable: self.unavailable,
+            reports: self.reports,
+        }
     }
 
     /// The set for `client` and its members, live ones first; `None` when
@@ -488,6 +538,7 @@ impl GatewayCore {
             (MessageKind::MemberReport, Some(a)) => {
                 let r = frame.validate::<MemberReport>()?;
                 let attrs = attrs_from(&r.get().attrs);
+                self.reports += 1;
                 if let Some(m) = self.member_on(a, link) {
                     m.attrs = Some(attrs);
                     m.last_heard = Some(now);
@@ -496,6 +547,7 @@ impl GatewayCore {
             }
             (MessageKind::MemberHeartbeat, Some(a)) => {
                 frame.validate::<MemberHeartbeat>()?;
+                self.reports += 1;
                 if let Some(m) = self.member_on(a, link) {
                     m.last_heard = Some(now);
                 }

@@ -70,6 +70,36 @@ pub struct GatewayConfig {
     /// A registered member silent (its link gone) for this long leaves the
     /// record; its set disappears with its last member.
     pub forget_after: Duration,
+    /// Where to serve `/metrics` and `/healthz` (nothing is served
+    /// without it).
+    pub metrics: Option<crate::observe::MetricsConfig>,
+}
+
+/// One set as a gateway's `/metrics` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetMetrics {
+    /// The set's name (`_other` for the redirects to sets past
+    /// [`MAX_MEMBERS`] names).
+    pub name: String,
+    /// Clients sent to it so far.
+    pub redirects: u64,
+    /// Its members up, draining and down.
+    pub up: u32,
+    /// See `up`.
+    pub draining: u32,
+    /// See `up`.
+    pub down: u32,
+}
+
+/// What a gateway's `/metrics` shows, read from its core at a scrape.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayMetrics {
+    /// Every set recorded or redirected to, by name.
+    pub sets: Vec<SetMetrics>,
+    /// Clients told that no set had a live member.
+    pub unavailable: u64,
+    /// Member reports and heartbeats ingested.
+    pub reports: u64,
 }
 
 impl GatewayConfig {
@@ -90,6 +120,7 @@ impl GatewayConfig {
             link_timeouts: crate::transport::LinkTimeouts::default(),
             member_timeout: Duration::from_secs(3),
             forget_after: Duration::from_secs(60),
+            metrics: None,
         }
     }
 }

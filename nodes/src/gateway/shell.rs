@@ -15,7 +15,7 @@ use super::{GatewayConfig, GatewayHandle};
 use crate::conn::{self, ConnError, Outbox, Stream};
 use crate::link::LinkId;
 use crate::pki::Pki;
-use crate::{transport, NodeError};
+use crate::{observe, transport, NodeError};
 
 struct ShellLink {
     out: Rc<Outbox>,
@@ -51,9 +51,10 @@ impl Shell {
 /// Starts a gateway on a thread of its own; returns once it listens.
 pub fn spawn(cfg: GatewayConfig) -> Result<GatewayHandle, NodeError> {
     crate::node_thread::spawn_node(format!("gw-{}", cfg.name), move |stop| async move {
-        let (ep, shell) = setup(cfg)?;
+        let (ep, shell, metrics) = setup(cfg)?;
         let addr = ep.local_addr()?;
-        Ok::<_, NodeError>((addr, serve(ep, shell, stop)))
+        let http = serve_metrics(&shell, metrics)?;
+        Ok::<_, NodeError>((addr, serve(ep, shell, http, stop)))
     })
 }
 
@@ -63,18 +64,40 @@ pub async fn run(
     cfg: GatewayConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
-    let (ep, shell) = setup(cfg)?;
-    serve(ep, shell, shutdown).await;
+    let (ep, shell, metrics) = setup(cfg)?;
+    let http = serve_metrics(&shell, metrics)?;
+    serve(ep, shell, http, shutdown).await;
     Ok(())
 }
 
-fn setup(cfg: GatewayConfig) -> Result<(quinn::Endpoint, Rc<Shell>), NodeError> {
+/// Serves `/metrics` from the core, if a listener was bound.
+fn serve_metrics(
+    shell: &Rc<Shell>,
+    bound: Option<observe::http::Bound>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, NodeError> {
+    let Some(bound) = bound else {
+        return Ok(None);
+    };
+    let shell = shell.clone();
+    let read: observe::http::Read =
+        Rc::new(move || observe::nodes::gateway(&shell.core.borrow().metrics()));
+    Ok(Some(bound.spawn(read)?))
+}
+
+type Setup = (quinn::Endpoint, Rc<Shell>, Option<observe::http::Bound>);
+
+fn setup(cfg: GatewayConfig) -> Result<Setup, NodeError> {
     if cfg.sets.iter().any(|(_, m)| m.is_empty()) {
         return Err(NodeError::Config {
             role: "gateway",
             message: "each --set needs NAME=ADDR[,ADDR...]".into(),
         });
     }
+    let metrics = cfg
+        .metrics
+        .as_ref()
+        .map(|m| observe::http::Bound::bind(m, "gateway"))
+        .transpose()?;
     let pki = Pki::load(&cfg.pki, &cfg.name)?;
     let ep = transport::endpoint_with(&pki, cfg.listen, &cfg.link_timeouts)?;
     let shell = Rc::new(Shell {
@@ -82,15 +105,16 @@ fn setup(cfg: GatewayConfig) -> Result<(quinn::Endpoint, Rc<Shell>), NodeError> 
         core: RefCell::new(GatewayCore::new(&cfg)),
         links: RefCell::new(HashMap::new()),
     });
-    Ok((ep, shell))
+    Ok((ep, shell, metrics))
 }
 
 async fn serve(
     ep: quinn::Endpoint,
     shell: Rc<Shell>,
+    http: Option<tokio::task::JoinHandle<()>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let mut tasks = Vec::new();
+    let mut tasks: Vec<_> = http.into_iter().collect();
     let members = shell.core.borrow().members();
     for addr in members {
         tasks.push(tokio::task::spawn_local(watch(

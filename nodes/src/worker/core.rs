@@ -131,6 +131,8 @@ type Need = (u32, u32, u64);
 /// A task running on this worker (an app that takes time).
 struct Run {
     need: Need,
+    /// Its app's number in the app table (indexes `app_runs`).
+    app: usize,
     key: TaskKey,
     /// Its first assignment's distributor still wants the result (false
     /// once that one cancelled or was lost while others had joined).
@@ -172,6 +174,9 @@ pub struct WorkerCore {
     result: TaskResult,
     /// The user names of tasks run, shared with their [`Action::Run`].
     users: UserNames,
+    /// Runs by app number, for the metrics (one entry per app: bounded
+    /// by the app table).
+    app_runs: Vec<AppRuns>,
 }
 
 /// Distinct user names a worker keeps shared (more only churns the cache).
@@ -209,12 +214,21 @@ impl UserNames {
     }
 }
 
+/// One app's runs on this worker: plain counts, read at a scrape.
+#[derive(Debug, Clone, Copy, Default)]
+struct AppRuns {
+    by_status: [u64; 7],
+    run_us: crate::observe::Log2Histogram,
+}
+
 impl WorkerCore {
     /// A worker with `apps`, no links yet. `incarnation` tells a restarted
     /// worker from a reconnecting one.
     pub fn new(cfg: WorkerConfig, apps: AppTable, incarnation: u64, now: Instant) -> WorkerCore {
         let name = cfg.name.clone();
+        let app_runs = vec![AppRuns::default(); apps.len()];
         let mut core = WorkerCore {
+            app_runs,
             slots_free: cfg.slots,
             cores_free: cfg.cores,
             mem_free: cfg.mem,
@@ -488,7 +502,9 @@ impl WorkerCore {
             key: g.key.key.to_native(),
         };
         let name = g.app.as_str();
-        let app = self.apps.get(name);
+        let found = self.apps.get_indexed(name);
+        let app_ix = found.map_or(0, |(i, _)| i);
+        let app = found.map(|(_, a)| a);
         // The same task assigned again (its client failed over to another
         // distributor): join the run, or answer with the kept result. It
         // needs no capacity of its own. Instant built-ins (echo, sha256)
@@ -564,6 +580,7 @@ impl WorkerCore {
             // Echo hands its input back by reference: it takes no time to
             // speak of, so no clock is read (two reads would cost more).
             self.done += 1;
+            self.ran(app_ix, TaskStatus::Ok, Duration::ZERO);
             let kept = kept_of(AppOutcome::Ok(input), Duration::ZERO);
             self.send_kept(link, task, &kept);
             return;
@@ -577,6 +594,7 @@ impl WorkerCore {
                 };
                 self.done += 1;
                 let kept = kept_of(outcome, ran);
+                self.ran(app_ix, kept.status, ran);
                 self.send_kept(link, task, &kept);
             }
             return;
@@ -588,6 +606,7 @@ impl WorkerCore {
             (link, task),
             Run {
                 need,
+                app: app_ix,
                 key,
                 primary: true,
                 joiners: Vec::new(),
@@ -656,6 +675,7 @@ impl WorkerCore {
         self.free_capacity(run.need);
         self.done += 1;
         let kept = kept_of(outcome, ran);
+        self.ran(run.app, kept.status, ran);
         if run.primary {
             self.send_kept(link, task, &kept);
         }
@@ -673,6 +693,37 @@ impl WorkerCore {
             self.executions.stopped(&run.key);
             self.free_capacity(run.need);
             self.mark_dirty(now);
+        }
+    }
+
+    /// Counts a run of app number `app` for the metrics.
+    #[inline]
+    fn ran(&mut self, app: usize, status: TaskStatus, ran: Duration) {
+        if let Some(a) = self.app_runs.get_mut(app) {
+            a.by_status[status as usize] += 1;
+            a.run_us.record(ran.as_micros() as u64);
+        }
+    }
+
+    /// What `/metrics` shows of this worker, as of now.
+    pub fn metrics(&self) -> super::WorkerMetrics {
+        let names = self.apps.names_by_index();
+        super::WorkerMetrics {
+            running: self.running.len(),
+            slots: self.cfg.slots,
+            slots_free: self.slots_free,
+            cores_free: self.cores_free,
+            mem_free: self.mem_free,
+            draining: self.draining,
+            apps: names
+                .into_iter()
+                .zip(&self.app_runs)
+                .map(|(name, r)| super::AppMetrics {
+                    name,
+                    by_status: r.by_status,
+                    run_us: r.run_us,
+                })
+                .collect(),
         }
     }
 

@@ -65,6 +65,39 @@ pub struct WorkerConfig {
     /// How fast a silent peer is noticed (QUIC idle timeout and
     /// keep-alives on every link of this node).
     pub link_timeouts: crate::transport::LinkTimeouts,
+    /// Where to serve `/metrics` and `/healthz` (nothing is served
+    /// without it).
+    pub metrics: Option<crate::observe::MetricsConfig>,
+}
+
+/// One app's runs as a worker's `/metrics` shows them.
+#[derive(Debug, Clone)]
+pub struct AppMetrics {
+    /// The app.
+    pub name: String,
+    /// Runs ended, by [`allot_wire::TaskStatus`] (as `u8`).
+    pub by_status: [u64; 7],
+    /// Their run times, in microseconds.
+    pub run_us: crate::observe::Log2Histogram,
+}
+
+/// What a worker's `/metrics` shows, read from its core at a scrape.
+#[derive(Debug, Clone)]
+pub struct WorkerMetrics {
+    /// Tasks running.
+    pub running: usize,
+    /// Slots offered.
+    pub slots: u32,
+    /// Slots free.
+    pub slots_free: u32,
+    /// Cores free.
+    pub cores_free: u32,
+    /// Memory free, in bytes.
+    pub mem_free: u64,
+    /// Whether it drains.
+    pub draining: bool,
+    /// Every app it runs, with its runs.
+    pub apps: Vec<AppMetrics>,
 }
 
 impl WorkerConfig {
@@ -88,6 +121,7 @@ impl WorkerConfig {
             orphan_grace: Duration::from_secs(60),
             link_timeouts: crate::transport::LinkTimeouts::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            metrics: None,
         }
     }
 }

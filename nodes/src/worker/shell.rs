@@ -17,7 +17,7 @@ use crate::apps::{self, App, AppTable};
 use crate::conn::{self, ConnError, Outbox};
 use crate::link::LinkId;
 use crate::pki::Pki;
-use crate::{transport, FxMap, NodeError};
+use crate::{observe, transport, FxMap, NodeError};
 
 struct Shell {
     core: RefCell<WorkerCore>,
@@ -159,9 +159,10 @@ pub fn spawn(
     handlers: Vec<(String, apps::Handler)>,
 ) -> Result<WorkerHandle, NodeError> {
     crate::node_thread::spawn_node(format!("worker-{}", cfg.name), move |stop| async move {
-        let (ep, shell) = setup(cfg, handlers)?;
+        let (ep, shell, metrics) = setup(cfg, handlers)?;
         let addr = ep.local_addr()?;
-        Ok::<_, NodeError>((addr, serve(ep, shell, stop)))
+        let http = serve_metrics(&shell, metrics)?;
+        Ok::<_, NodeError>((addr, serve(ep, shell, http, stop)))
     })
 }
 
@@ -172,8 +173,9 @@ pub async fn run(
     handlers: Vec<(String, apps::Handler)>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
-    let (ep, shell) = setup(cfg, handlers)?;
-    serve(ep, shell, shutdown).await;
+    let (ep, shell, metrics) = setup(cfg, handlers)?;
+    let http = serve_metrics(&shell, metrics)?;
+    serve(ep, shell, http, shutdown).await;
     Ok(())
 }
 
@@ -184,10 +186,23 @@ fn config_error(message: impl Into<String>) -> NodeError {
     }
 }
 
-fn setup(
-    cfg: WorkerConfig,
-    handlers: Vec<(String, apps::Handler)>,
-) -> Result<(quinn::Endpoint, Rc<Shell>), NodeError> {
+/// Serves `/metrics` from the core, if a listener was bound.
+fn serve_metrics(
+    shell: &Rc<Shell>,
+    bound: Option<observe::http::Bound>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, NodeError> {
+    let Some(bound) = bound else {
+        return Ok(None);
+    };
+    let shell = shell.clone();
+    let read: observe::http::Read =
+        Rc::new(move || observe::nodes::worker(&shell.core.borrow().metrics()));
+    Ok(Some(bound.spawn(read)?))
+}
+
+type Setup = (quinn::Endpoint, Rc<Shell>, Option<observe::http::Bound>);
+
+fn setup(cfg: WorkerConfig, handlers: Vec<(String, apps::Handler)>) -> Result<Setup, NodeError> {
     if cfg.join.is_empty() {
         return Err(config_error(
             "--join needs at least one distributor address",
@@ -200,6 +215,11 @@ fn setup(
     for (name, h) in handlers {
         table.insert(&name, App::Handler(h));
     }
+    let metrics = cfg
+        .metrics
+        .as_ref()
+        .map(|m| observe::http::Bound::bind(m, "worker"))
+        .transpose()?;
     let pki = Pki::load(&cfg.pki, &cfg.name)?;
     let ep = transport::endpoint_with(&pki, cfg.listen, &cfg.link_timeouts)?;
     let incarnation = std::time::SystemTime::now()
@@ -215,19 +235,20 @@ fn setup(
         armed: Cell::new(None),
         rearm: Notify::new(),
     });
-    Ok((ep, shell))
+    Ok((ep, shell, metrics))
 }
 
 async fn serve(
     ep: quinn::Endpoint,
     shell: Rc<Shell>,
+    http: Option<tokio::task::JoinHandle<()>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let (mode, join) = {
         let core = shell.core.borrow();
         (core.config().mode, core.config().join.clone())
     };
-    let mut tasks = Vec::new();
+    let mut tasks: Vec<_> = http.into_iter().collect();
     match mode {
         ReportMode::Broadcast => {
             for addr in &join {
