@@ -401,6 +401,12 @@ struct WorkerArgs {
     /// milliseconds, for the member that takes over to join it.
     #[arg(long, default_value_t = 60_000)]
     orphan_grace_ms: u64,
+    /// On SIGTERM or Ctrl-C, drain for up to this many seconds before
+    /// exiting 0: report `draining` at once (distributors place nothing
+    /// new here), let the running tasks finish, then stop those left
+    /// (their distributors place them elsewhere). 0: exit at once.
+    #[arg(long, value_name = "SECS", value_parser = crate::values::parse_secs, default_value = "30")]
+    drain_timeout: Duration,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -576,6 +582,7 @@ fn run(cli: Cli) -> Result<()> {
             cfg.link_timeouts = a.link.timeouts()?;
             cfg.metrics = a.metrics.config();
             cfg.orphan_grace = Duration::from_millis(a.orphan_grace_ms);
+            cfg.drain_timeout = a.drain_timeout;
             cfg.listen = a.listen;
             cfg.mode = match a.report {
                 ReportArg::Registered => ReportMode::Registered,

@@ -1562,3 +1562,89 @@ fn a_worker_prints_the_resources_it_found_and_where() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a number of cores or `auto`"));
 }
+
+/// SIGTERM on a worker: it reports `draining` at once, takes nothing new
+/// (a task submitted then runs on the other worker), lets its running task
+/// finish (once) and exits 0.
+#[test]
+fn a_sigtermed_worker_drains_its_task_and_exits_cleanly() {
+    let dir = Dir::new("worker-drain");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("dist-1", "distributor"),
+            ("w-1", "worker"),
+            ("w-2", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let (d, g) = (port(), port());
+    let _dist = distributor(&pki, &dir.0, "dist-1", d, &[]);
+    let _gw = gateway(&pki, g, &d.to_string());
+    let log = dir.0.join("runs.log");
+    let rec = format!(
+        "rec=read p; echo \"$p\" >> {}; sleep 2; printf 'ran %s' \"$p\"",
+        log.display()
+    );
+    let ds = d.to_string();
+    let mut w1 = worker(&pki, "w-1", &ds, &["--apps", "echo,rec", "--app-cmd", &rec]);
+    wait_workers(&pki, d, 1, "up", Duration::from_secs(20));
+    let input = dir.0.join("token");
+    std::fs::write(&input, b"tok-1\n").unwrap();
+    let (pki2, gw2, inp) = (
+        pki.clone(),
+        g.to_string(),
+        input.to_str().unwrap().to_owned(),
+    );
+    let sub = std::thread::spawn(move || {
+        submit(&pki2, &gw2, &["--app", "rec", "--input", &inp, "--json"])
+    });
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("tok-1")) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the task never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    w1.signal("TERM");
+    let ws = wait_workers(&pki, d, 1, "draining", Duration::from_secs(2));
+    assert!(ws
+        .iter()
+        .any(|w| w["name"] == "w-1" && w["state"] == "draining"));
+    let _w2 = worker(&pki, "w-2", &ds, &["--apps", "echo,rec", "--app-cmd", &rec]);
+    wait_workers(&pki, d, 1, "up", Duration::from_secs(20));
+    let other = submit(&pki, &g.to_string(), &["--app", "echo", "--json"]);
+    assert!(other.status.success());
+    assert_eq!(
+        json(&other)["worker"],
+        "w-2",
+        "nothing new on a draining worker"
+    );
+    let out = sub.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json(&out);
+    assert_eq!(
+        (r["worker"].as_str(), r["output"].as_str()),
+        (Some("w-1"), Some("ran tok-1"))
+    );
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = w1.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the worker did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status:?}");
+    let runs = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(runs.lines().filter(|l| *l == "tok-1").count(), 1, "{runs}");
+}

@@ -293,6 +293,10 @@ impl Cluster {
                     "echo,sha256,sleep",
                     "--slots",
                     &slots,
+                    // As for the distributors: a SIGTERM (the bench died)
+                    // stops the worker at once.
+                    "--drain-timeout",
+                    "0",
                 ]))?;
                 cluster.roles.push(("workers", w.id()));
                 cluster.children.push(w);

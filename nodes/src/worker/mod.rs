@@ -68,6 +68,11 @@ pub struct WorkerConfig {
     /// Where to serve `/metrics` and `/healthz` (nothing is served
     /// without it).
     pub metrics: Option<crate::observe::MetricsConfig>,
+    /// When told to stop, drain for up to this long first: report
+    /// `draining` at once, take nothing new, let running tasks finish.
+    /// Tasks still running then are stopped, and their distributors place
+    /// them elsewhere. Zero (the default): stop at once.
+    pub drain_timeout: Duration,
 }
 
 /// One app's runs as a worker's `/metrics` shows them.
@@ -122,6 +127,7 @@ impl WorkerConfig {
             link_timeouts: crate::transport::LinkTimeouts::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics: None,
+            drain_timeout: Duration::ZERO,
         }
     }
 }

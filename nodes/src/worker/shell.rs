@@ -269,6 +269,7 @@ async fn serve(
     }
     tasks.push(tokio::task::spawn_local(timer_loop(shell.clone())));
     shutdown.await;
+    drain(&shell).await;
     for t in tasks {
         t.abort();
     }
@@ -276,6 +277,40 @@ async fn serve(
         r.abort.abort();
     }
     transport::close_endpoint(&ep, b"worker stopping", Duration::from_millis(300)).await;
+}
+
+/// Drains before a stop, for up to the configured timeout: the
+/// distributors hear `draining` at once and place nothing new here; the
+/// tasks running end, or are stopped when the time is up (their
+/// distributors then place them elsewhere, as for a lost worker).
+async fn drain(shell: &Rc<Shell>) {
+    let timeout = shell.core.borrow().config().drain_timeout;
+    if timeout.is_zero() {
+        return;
+    }
+    let t0 = Instant::now();
+    shell.core.borrow_mut().drain(t0);
+    shell.flush();
+    let running = shell.core.borrow().running();
+    tracing::info!(
+        running,
+        "draining: no new tasks, up to {timeout:?} for these"
+    );
+    loop {
+        let left = shell.core.borrow().running();
+        if left == 0 {
+            tracing::info!("drained");
+            return;
+        }
+        if t0.elapsed() >= timeout {
+            tracing::warn!(
+                left,
+                "drain timeout of {timeout:?} passed: stopping the tasks left (their distributors place them elsewhere)"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Gives the core the time whenever it asked for it.
