@@ -19,7 +19,6 @@ use pyo3::types::PyList;
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 
-use crate::client::PyClient;
 use crate::convert::Template;
 
 /// Outcomes taken per wake-up of the bridge's thread.
@@ -50,8 +49,7 @@ pub struct Bridge {
 
 impl Bridge {
     /// A bridge for `client`, its thread started.
-    pub fn new(client: Py<PyClient>) -> Arc<Bridge> {
-        let handle = client.get().handle().clone();
+    pub fn new(handle: Client) -> Arc<Bridge> {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             pending: Mutex::new(FxHashMap::default()),

@@ -250,7 +250,7 @@ impl PyClient {
         }
         crate::map::MapIter::new(
             py,
-            slf.clone().unbind(),
+            slf.get().handle().clone(),
             template,
             payloads.try_iter()?.unbind(),
             max_in_flight,
@@ -296,7 +296,7 @@ impl PyClient {
         let me = slf.get();
         let bridge = me
             .aio
-            .get_or_init(|| crate::aio::Bridge::new(slf.clone().unbind()))
+            .get_or_init(|| crate::aio::Bridge::new(me.handle().clone()))
             .clone();
         bridge.submit(py, template, input)
     }

@@ -19,7 +19,6 @@ use pyo3::types::PyIterator;
 use rustc_hash::FxHashMap;
 use tokio::sync::mpsc;
 
-use crate::client::PyClient;
 use crate::convert::{self, Template};
 use crate::wait;
 
@@ -30,7 +29,7 @@ type Item = Result<Outcome, ClientError>;
 /// the tasks still in flight.
 #[pyclass(module = "allot", name = "MapIterator")]
 pub struct MapIter {
-    client: Py<PyClient>,
+    client: allot::Client,
     template: Template,
     /// `None` once exhausted (or after it raised).
     payloads: Option<Py<PyIterator>>,
@@ -61,7 +60,7 @@ impl MapIter {
     /// starts now, not at the first `next`).
     pub fn new(
         py: Python<'_>,
-        client: Py<PyClient>,
+        client: allot::Client,
         template: Template,
         payloads: Py<PyIterator>,
         max_in_flight: usize,
@@ -171,7 +170,7 @@ impl MapIter {
             let tasks: Vec<allot::Task> =
                 batch.into_iter().map(|b| self.template.task(b)).collect();
             let n = tasks.len() as u64;
-            let client = self.client.get().handle().clone();
+            let client = self.client.clone();
             let tx = &self.tx;
             let ids = py
                 .detach(|| client.send_to_blocking(tasks, tx))
@@ -211,7 +210,7 @@ impl MapIter {
     }
 
     fn convert(&mut self, py: Python<'_>, item: Item) -> PyResult<Py<PyAny>> {
-        let client = self.client.bind(py).get();
+        let client = &self.client;
         match item {
             Ok(o) if o.status == allot::TaskStatus::Ok => {
                 Ok(Py::new(py, crate::results::TaskResult::new(o))?.into_any())
@@ -224,7 +223,7 @@ impl MapIter {
                         explained
                             .get_or_insert_with(|| {
                                 let q = template.explain_query();
-                                let r = wait::wait(py, client.handle().explain(q)).ok()?.ok()?;
+                                let r = wait::wait(py, client.explain(q)).ok()?.ok()?;
                                 crate::results::explain_dict(py, &r)
                                     .ok()
                                     .map(|d| d.into_any().unbind())
@@ -244,8 +243,8 @@ impl MapIter {
     }
 
     /// Cancels what is in flight and reads no more payloads.
-    fn cancel_all(&mut self, py: Python<'_>) {
-        let client = self.client.bind(py).get().handle();
+    fn cancel_all(&mut self) {
+        let client = &self.client;
         for id in self.seq_of.keys() {
             // A full queue loses the cancel: the task runs to its end and
             // its outcome is dropped with the channel.
@@ -294,8 +293,8 @@ impl MapIter {
     }
 
     /// Cancels the tasks still in flight; the iterator ends.
-    fn close(&mut self, py: Python<'_>) {
-        self.cancel_all(py);
+    fn close(&mut self) {
+        self.cancel_all();
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -303,8 +302,8 @@ impl MapIter {
     }
 
     #[pyo3(signature = (*_exc))]
-    fn __exit__(&mut self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) {
-        self.cancel_all(py);
+    fn __exit__(&mut self, _exc: &Bound<'_, pyo3::types::PyTuple>) {
+        self.cancel_all();
     }
 }
 
@@ -313,6 +312,6 @@ impl Drop for MapIter {
         if self.seq_of.is_empty() {
             return;
         }
-        Python::try_attach(|py| self.cancel_all(py));
+        self.cancel_all();
     }
 }
