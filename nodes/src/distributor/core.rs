@@ -55,6 +55,9 @@ use crate::link::{push, LinkFull, LinkId, Outgoing, Transmit};
 use crate::resubmit::{self, ResubmitIndex};
 use crate::FxMap;
 
+mod view;
+pub use view::{JobsView, WaitingTask, WaitingView};
+
 /// Task completions buffered for the task-class DB between flushes (once a
 /// second). Beyond it completions are not recorded until the next flush:
 /// under heavy load the runtime statistics are a sample, and the hot path
