@@ -251,6 +251,9 @@ fn every_path_answers_with_its_shape_and_the_real_figures() {
     assert_eq!(j["state"], "running", "{jobs}");
     assert_eq!(u(&j["counts"]["running"]), 1, "{jobs}");
     assert!(j["finished_ms"].is_null(), "{jobs}");
+    // A job's tasks count as submitted as they start.
+    let s = get_json(c.dist_metrics, "/api/summary");
+    assert!(u(&s["counters"]["submitted"]) >= TASKS + 2, "{s}");
 
     // A sample a second: the tasks run show in the series' rates.
     let series = eventually("samples", Duration::from_secs(10), || {

@@ -2213,6 +2213,9 @@ impl State {
                 return;
             }
         };
+        // A job's task is received when it starts here (the job's
+        // acceptance received none of them yet).
+        self.stats.submitted += 1;
         let task = self.next_task;
         self.next_task += 1;
         self.jobs.placed(num, offset, task, None);
