@@ -131,10 +131,11 @@ pub struct BenchArgs {
     /// queued task, and the time to list a 100,000-task job.
     #[arg(long, requires = "local")]
     pub detach: bool,
-    /// The cost of metrics: the local cluster's nodes serve `/metrics`,
+    /// The cost of metrics: the local cluster's nodes (threads, or with
+    /// --processes child processes) serve `/metrics`,
     /// and each round runs once while every node is scraped this often,
     /// in milliseconds, and once not; the report gives both medians.
-    #[arg(long, value_name = "MS", requires = "local", conflicts_with = "processes",
+    #[arg(long, value_name = "MS", requires = "local",
           value_parser = clap::value_parser!(u64).range(10..))]
     pub scrape_ms: Option<u64>,
     /// Print one JSON object.
