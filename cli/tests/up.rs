@@ -252,6 +252,21 @@ fn up_serves_its_dashboard_at_the_url_it_prints() {
         err.contains("--metrics 0.0.0.0:0") && err.contains("loopback"),
         "{err}"
     );
+
+    // An address in use: a clear error at start, nothing left running.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = bare()
+        .args(["up", "--listen", "127.0.0.1:0", "--metrics", &addr, "--dir"])
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("--metrics {addr}")) && err.to_lowercase().contains("in use"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -94,10 +94,16 @@ def up(allot_bin: str):
         subprocess.run(["rm", "-rf", str(d)], check=False)
 
 
-def test_the_dashboard_shows_the_workers_and_the_completed_count_rising(up, allot_bin):
+def _browser_ready():
+    """Playwright's sync API, once Chromium and Playwright are known to be
+    there."""
     if not os.path.exists(CHROMIUM):
         _missing(f"{CHROMIUM} is missing (apt-get install chromium)")
-    sync_playwright = _playwright()
+    return _playwright()
+
+
+def test_the_dashboard_shows_the_workers_and_the_completed_count_rising(up, allot_bin):
+    sync_playwright = _browser_ready()
     info, _ = up
     url = info["dashboard"]
     assert url.startswith("http://127.0.0.1:") and url.endswith("/"), info
@@ -159,3 +165,61 @@ def test_the_dashboard_shows_the_workers_and_the_completed_count_rising(up, allo
         finally:
             browser.close()
     assert SCREENSHOT.stat().st_size > 10_000
+
+
+def test_a_token_in_the_address_opens_a_guarded_dashboard(up, allot_bin):
+    """A distributor with --metrics-token: the page at /?token=... loads
+    and keeps updating (it sends the token on as a bearer token); without
+    the token the browser gets 401."""
+    sync_playwright = _browser_ready()
+    info, _ = up
+    d = Path(tempfile.mkdtemp(prefix="allot-py-dash-token-"))
+    token = d / "token"
+    token.write_text("dash+board/%token\n")
+    port = free_tcp_port()
+    env = dict(os.environ, ALLOT_LOG="warn")
+    dist = subprocess.Popen(
+        [allot_bin, "distributor", "--name", "distributor", "--listen", "127.0.0.1:0",
+         "--pki", info["pki"], "--set-name", "guarded", "--data-dir", str(d / "data"),
+         "--metrics", f"127.0.0.1:{port}", "--metrics-token", str(token)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}/"
+    try:
+        def healthy():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=1):
+                    return True
+            except OSError:
+                return False
+        until = time.monotonic() + 30
+        while not healthy():
+            assert dist.poll() is None, "the distributor exited"
+            assert time.monotonic() < until, "the distributor's metrics did not come up"
+            time.sleep(0.1)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                assert page.goto(base).status == 401
+                assert page.goto(base + "?token=dash%2Bboard%2F%25tok").status == 401
+                assert page.goto(base + "?token=dash%2Bboard%2F%25token").status == 200
+                # Two polls in a row answered: the API took the token too.
+                page.wait_for_function(
+                    "() => document.querySelector('#set-label').textContent.includes('guarded')",
+                    timeout=30_000,
+                )
+                page.wait_for_function(
+                    "() => document.querySelector('#live').className === 'ok'", timeout=10_000
+                )
+                assert page.text_content("#node") == "distributor"
+            finally:
+                browser.close()
+    finally:
+        dist.send_signal(signal.SIGTERM)
+        try:
+            dist.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            dist.kill()
+            dist.wait(timeout=10)
+        subprocess.run(["rm", "-rf", str(d)], check=False)
