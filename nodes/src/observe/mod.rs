@@ -33,10 +33,12 @@ pub struct MetricsConfig {
     /// trusted network).
     pub addr: SocketAddr,
     /// A file holding a bearer token: with it, every path but `/healthz`
-    /// asks for `Authorization: Bearer TOKEN`.
+    /// asks for `Authorization: Bearer TOKEN` (or the query parameter
+    /// `token`, for a browser's address bar).
     pub token_file: Option<PathBuf>,
     /// With a token, leaves `/metrics` open all the same (a Prometheus on
-    /// a trusted network scrapes without one).
+    /// a trusted network scrapes without one); the dashboard and its API
+    /// still ask for the token.
     pub scrape_open: bool,
 }
 
