@@ -46,6 +46,8 @@ pub(super) struct Member {
 pub(super) struct Cluster {
     pub(super) pki: PathBuf,
     pub(super) gateways: Vec<SocketAddr>,
+    /// The gateways' node names.
+    pub(super) gateway_names: Vec<String>,
     pub(super) members: Vec<Member>,
     /// Role and process id of every child process (none when the nodes
     /// run as threads of this process).
@@ -181,6 +183,9 @@ impl Cluster {
         Ok(Cluster {
             pki: c.pki().to_path_buf(),
             gateways: c.gateways().to_vec(),
+            gateway_names: (0..shape.gateways)
+                .map(|g| format!("gw-{}", g + 1))
+                .collect(),
             members,
             roles: Vec::new(),
             children: Vec::new(),
@@ -227,6 +232,7 @@ impl Cluster {
         let mut cluster = Cluster {
             pki: pki.clone(),
             gateways: Vec::new(),
+            gateway_names: gw_names.clone(),
             members: Vec::new(),
             roles: Vec::new(),
             children: Vec::new(),
