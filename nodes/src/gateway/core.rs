@@ -194,12 +194,18 @@ fn attrs_from(a: &ArchivedSetAttrs) -> SetAttrs {
 impl GatewayCore {
     /// A gateway for `cfg`: its `--set` members are seeds (watched until
     /// they register); the rest of the record comes from registrations.
+    /// Seeds must be addresses: the shell resolves host names first (the
+    /// core does no I/O), and a name left unresolved is skipped.
     pub fn new(cfg: &GatewayConfig) -> GatewayCore {
         let mut members = BTreeMap::new();
         for (set, addrs) in &cfg.sets {
-            for a in addrs.iter().take(MAX_MEMBERS) {
+            for a in addrs
+                .iter()
+                .filter_map(|a| a.socket_addr())
+                .take(MAX_MEMBERS)
+            {
                 members.insert(
-                    *a,
+                    a,
                     Member {
                         set: set.clone(),
                         name: String::new(),

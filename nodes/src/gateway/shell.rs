@@ -86,12 +86,24 @@ fn serve_metrics(
 
 type Setup = (quinn::Endpoint, Rc<Shell>, Option<observe::http::Bound>);
 
-fn setup(cfg: GatewayConfig) -> Result<Setup, NodeError> {
+fn setup(mut cfg: GatewayConfig) -> Result<Setup, NodeError> {
     if cfg.sets.iter().any(|(_, m)| m.is_empty()) {
         return Err(NodeError::Config {
             role: "gateway",
             message: "each --set needs NAME=ADDR[,ADDR...]".into(),
         });
+    }
+    // Seed members by name are resolved once, here: the gateway hands
+    // clients addresses, and a member that registers (`--gateways`) sends
+    // its current one anyway.
+    for (set, members) in &mut cfg.sets {
+        for m in members.iter_mut() {
+            let a = m.resolve_one().map_err(|e| NodeError::Config {
+                role: "gateway",
+                message: format!("--set {set}: {e}"),
+            })?;
+            *m = a.into();
+        }
     }
     let metrics = cfg
         .metrics
