@@ -242,8 +242,6 @@ fn a_cluster_over_several_hosts_survives_a_cut_link_and_a_moved_distributor() {
         "main",
         "--listen",
         "dist:7001",
-        "--gateways",
-        "gw:7000",
         "--data-dir",
         &data,
     ];
@@ -308,10 +306,11 @@ fn a_cluster_over_several_hosts_survives_a_cut_link_and_a_moved_distributor() {
     assert_eq!(j["worker"], "w1");
     let out = net.run(&["status", "--pki", &pki, "--gateway", "gw:7000", "--json"]);
     let members = ok_json(&out);
+    let seed = format!("{NET}.2:7001");
     assert!(
         members
             .as_array()
-            .is_some_and(|ms| ms.iter().any(|m| m["name"] == "dist" && m["state"] == "up")),
+            .is_some_and(|ms| ms.iter().any(|m| m["addr"] == seed && m["state"] == "up")),
         "{members}"
     );
 
@@ -376,7 +375,8 @@ fn a_cluster_over_several_hosts_survives_a_cut_link_and_a_moved_distributor() {
     assert_eq!(j["worker"], "w1", "{j}");
 
     // The distributor moves to another address and its name follows:
-    // the workers look it up again when they reconnect, and find it.
+    // the workers look it up again when they reconnect, and so does the
+    // gateway's watch of its seed member, which clients are sent to.
     net.procs[dist].kill();
     let moved = format!("{NET}.{MOVED}/24");
     net.ip(&["-n", &net.ns("dist"), "addr", "add", &moved, "dev", "eth0"])
@@ -389,4 +389,11 @@ fn a_cluster_over_several_hosts_survives_a_cut_link_and_a_moved_distributor() {
     });
     let j = ok_json(&submit(&net, &["--app", "echo"]));
     assert_eq!(j["status"], "ok", "{j}");
+    let moved = format!("{NET}.{MOVED}:7001");
+    eventually("the gateway follows the seed", within, || {
+        let out = net.run(&["status", "--pki", &pki, "--gateway", "gw:7000", "--json"]);
+        let ms = serde_json::from_slice::<Value>(&out.stdout).ok()?;
+        let ms = ms.as_array()?;
+        (ms.len() == 1 && ms[0]["addr"] == moved && ms[0]["state"] == "up").then_some(())
+    });
 }

@@ -61,7 +61,8 @@ pub struct GatewayConfig {
     /// registrations).
     ///
     /// A host name is resolved when the gateway starts (clients are sent
-    /// the address); members that register send their own address.
+    /// the address), and again by the seed's watch after each lost or
+    /// failed connection; members that register send their own address.
     pub sets: Vec<(String, Vec<crate::HostPort>)>,
     /// Set choice.
     pub policy: RedirectPolicy,
