@@ -26,6 +26,9 @@ struct Shell {
     name: String,
     core: RefCell<GatewayCore>,
     links: RefCell<HashMap<LinkId, ShellLink>>,
+    /// The host names of the seed members given by name, by the address
+    /// they resolved to at start (a watch looks them up again).
+    seed_names: HashMap<SocketAddr, crate::HostPort>,
 }
 
 impl Shell {
@@ -102,24 +105,43 @@ impl observe::http::Source for Observed {
 
 type Setup = (quinn::Endpoint, Rc<Shell>, Option<observe::http::Bound>);
 
-fn setup(cfg: GatewayConfig) -> Result<Setup, NodeError> {
+fn setup(mut cfg: GatewayConfig) -> Result<Setup, NodeError> {
     if cfg.sets.iter().any(|(_, m)| m.is_empty()) {
         return Err(NodeError::Config {
             role: "gateway",
             message: "each --set needs NAME=ADDR[,ADDR...]".into(),
         });
     }
+    // Seed members by name are resolved here (the core, which hands
+    // clients addresses, does no I/O), and again by their watch when it
+    // reconnects; a member that registers (`--gateways`) sends its own.
+    let mut names = HashMap::new();
+    for (set, members) in &mut cfg.sets {
+        for m in members.iter_mut() {
+            let a = m.resolve_one().map_err(|e| NodeError::Config {
+                role: "gateway",
+                message: format!("--set {set}: {e}"),
+            })?;
+            if m.socket_addr().is_none() {
+                names.insert(a, m.clone());
+            }
+            *m = a.into();
+        }
+    }
     let metrics = cfg
         .metrics
         .as_ref()
         .map(|m| observe::http::Bound::bind(m, "gateway"))
         .transpose()?;
-    let pki = Pki::load(&cfg.pki, &cfg.name)?;
+    crate::pki::validate_name(&cfg.name)?;
+    let pki = Pki::load(&cfg.pki, cfg.cert_name())?;
+    crate::pki::check_role(&pki, allot_wire::Role::Gateway)?;
     let ep = transport::endpoint_with(&pki, cfg.listen, &cfg.link_timeouts)?;
     let shell = Rc::new(Shell {
         name: cfg.name.clone(),
         core: RefCell::new(GatewayCore::new(&cfg)),
         links: RefCell::new(HashMap::new()),
+        seed_names: names,
     });
     Ok((ep, shell, metrics))
 }
@@ -142,11 +164,12 @@ async fn serve(
     let accept = async {
         while let Some(incoming) = ep.accept().await {
             let shell = shell.clone();
+            let peer = incoming.remote_address();
             tokio::task::spawn_local(async move {
                 let conn = match incoming.await {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!("rejected connection: {e}");
+                        tracing::warn!(%peer, "rejected connection: {e}");
                         return;
                     }
                 };
@@ -243,7 +266,11 @@ async fn serve_stream(stream: Stream, shell: Rc<Shell>) {
     shell.flush();
 }
 
-async fn watch(ep: quinn::Endpoint, shell: Rc<Shell>, addr: SocketAddr) {
+/// Watches seed member `addr` (up while a connection to it is); one
+/// given by host name is looked up again after each lost or failed
+/// connection, and followed to its new address.
+async fn watch(ep: quinn::Endpoint, shell: Rc<Shell>, mut addr: SocketAddr) {
+    let name = shell.seed_names.get(&addr).cloned();
     loop {
         if let Ok(c) = transport::connect(&ep, addr).await {
             let me = conn::hello(Role::Gateway, &shell.name, Vec::new());
@@ -257,5 +284,17 @@ async fn watch(ep: quinn::Endpoint, shell: Rc<Shell>, addr: SocketAddr) {
         }
         shell.core.borrow_mut().member_live(addr, false);
         tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(name) = &name {
+            match name.resolve().await {
+                Ok(a) if a[0] != addr => {
+                    if shell.core.borrow_mut().seed_moved(addr, a[0]) {
+                        tracing::info!(member = %name, from = %addr, to = %a[0], "seed member moved");
+                        addr = a[0];
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("--set: {e}"),
+            }
+        }
     }
 }
