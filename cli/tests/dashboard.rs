@@ -412,3 +412,66 @@ fn the_new_paths_are_read_only_and_survive_bad_requests() {
     let w = get_json(m, "/api/workers");
     assert_eq!(w["workers"][0]["name"], "w-1", "{w}");
 }
+
+#[test]
+fn odd_queries_and_paths_get_a_clear_status() {
+    let dir = Dir::new("dash-odd");
+    let token = dir.0.join("token");
+    std::fs::write(&token, "s3cret+token/%\n").unwrap();
+    let t = token.to_str().unwrap().to_owned();
+    let c = Cluster::start("dash-odd", &["--metrics-token", &t]);
+    let m = c.dist_metrics;
+    let right = "token=s3cret%2Btoken%2F%25";
+    for path in ["/", "/api/summary"] {
+        // The token twice: ambiguous, whichever comes first.
+        for q in [
+            format!("{right}&{right}"),
+            format!("{right}&token=wrong"),
+            format!("token=wrong&{right}"),
+        ] {
+            let (code, body) = get(m, &format!("{path}?{q}"));
+            assert_eq!(code, 400, "{path}?{q}: {body}");
+            assert!(body.contains("twice"), "{path}?{q}: {body}");
+        }
+        // A `+` is a space in a query (the page's URLSearchParams reads it
+        // so): not the token, so the page is refused, not served to fail
+        // at every fetch.
+        let (code, _) = get(m, &format!("{path}?token=s3cret+token%2F%25"));
+        assert_eq!(code, 401, "{path} with a raw +");
+    }
+    // A long query that fits the head is served; a longer one is refused
+    // with a status, not a closed connection.
+    let q = format!("/api/summary?x={}&{right}", "a".repeat(6000));
+    assert_eq!(get(m, &q).0, 200);
+    let q = format!("/api/summary?x={}&{right}", "a".repeat(20_000));
+    let (code, body) = get(m, &q);
+    assert!(code == 414 || code == 431, "{code}: {body}");
+    // A path that is not UTF-8: raw bytes are a bad request, escaped ones
+    // an unknown path.
+    let (code, head, _) = http_raw(
+        m,
+        b"GET /api/\xff\xfe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(code, 400, "{head}");
+    assert_eq!(get(m, &format!("/api/%FF%FE?{right}")).0, 404);
+    // HEAD on the API: the GET's status and headers, no body.
+    for path in DISTRIBUTOR_API {
+        let (code, head, body) = http(m, "HEAD", &format!("{path}?{right}"), "");
+        assert_eq!(code, 200, "HEAD {path}: {head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "HEAD {path}: {head}"
+        );
+        assert_eq!(body, "", "HEAD {path}");
+        assert_eq!(
+            http(m, "HEAD", path, "").0,
+            401,
+            "HEAD {path} without the token"
+        );
+    }
+    assert_eq!(
+        get_json(m, &format!("/api/summary?{right}"))["node"],
+        "dist-1"
+    );
+}

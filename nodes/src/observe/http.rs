@@ -6,7 +6,8 @@
 //! unauthenticated job API on a dashboard port is how Ray clusters were
 //! taken over). Methods other than GET and HEAD get 405, unknown paths
 //! 404, and with a token every path but `/healthz` asks for it (see
-//! [`Access`]). Routes live in one table, [`ROUTES`]: `/metrics`,
+//! [`Access`]; the query parameter `token` twice is a 400, see
+//! [`Verdict`]). Routes live in one table, [`ROUTES`]: `/metrics`,
 //! `/healthz`, and on a distributor or gateway the dashboard page at `/`
 //! and the JSON API under `/api/` (see [`super::api`]) that it polls.
 //!
@@ -340,13 +341,22 @@ fn answer(req: &Request<Incoming>, ctx: &Ctx) -> Response<Body> {
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    if !ctx.allows(route.access, req.headers(), req.uri().query()) {
-        let mut r = text(StatusCode::UNAUTHORIZED, "a bearer token is needed\n");
-        r.headers_mut().insert(
-            WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"allot\""),
-        );
-        return r;
+    match ctx.allows(route.access, req.headers(), req.uri().query()) {
+        Verdict::Yes => {}
+        Verdict::No => {
+            let mut r = text(StatusCode::UNAUTHORIZED, "a bearer token is needed\n");
+            r.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"allot\""),
+            );
+            return r;
+        }
+        Verdict::Twice => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "the query parameter `token` is given twice: give it once\n",
+            )
+        }
     }
     match route.kind {
         Kind::Metrics => metrics(ctx, req),
@@ -359,17 +369,29 @@ fn answer(req: &Request<Incoming>, ctx: &Ctx) -> Response<Body> {
     }
 }
 
+/// Whether a request may read a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Yes,
+    /// No token, or another one: 401.
+    No,
+    /// The query parameter `token` twice: which one counts would be a
+    /// guess (the page reads the first, a proxy may append its own), so
+    /// neither does: 400.
+    Twice,
+}
+
 impl Ctx {
     /// Whether the request may read a route of `access`: no token set,
     /// an open route, or the token given as `Authorization: Bearer TOKEN`
     /// or as the query parameter `token` (for a browser's address bar).
-    fn allows(&self, access: Access, headers: &HeaderMap, query: Option<&str>) -> bool {
+    fn allows(&self, access: Access, headers: &HeaderMap, query: Option<&str>) -> Verdict {
         let Some(token) = &self.token else {
-            return true;
+            return Verdict::Yes;
         };
         match access {
-            Access::Open => return true,
-            Access::Scrape if self.scrape_open => return true,
+            Access::Open => return Verdict::Yes,
+            Access::Scrape if self.scrape_open => return Verdict::Yes,
             Access::Scrape | Access::Guarded => {}
         }
         let header = headers
@@ -382,28 +404,63 @@ impl Ctx {
                     .then(|| same(&digest(&given[7..]), token))
             })
             .unwrap_or(false);
-        let param = query
-            .and_then(token_param)
-            .is_some_and(|given| same(&digest(&given), token));
-        header | param
+        let param = match query.map(token_param) {
+            Some(Param::Twice) => return Verdict::Twice,
+            Some(Param::Given(given)) => same(&digest(&given), token),
+            Some(Param::Absent) | None => false,
+        };
+        if header | param {
+            Verdict::Yes
+        } else {
+            Verdict::No
+        }
     }
 }
 
-/// The value of the query parameter `token`, percent-decoded (`None`
-/// without one, or with a bad escape).
-fn token_param(query: &str) -> Option<Vec<u8>> {
-    let raw = query
+/// The query parameter `token` of a query string.
+#[derive(Debug, PartialEq, Eq)]
+enum Param {
+    /// Not there, or with a bad escape (so no token can match).
+    Absent,
+    /// Once, decoded.
+    Given(Vec<u8>),
+    /// More than once.
+    Twice,
+}
+
+/// The query parameter `token`, decoded as a browser's `URLSearchParams`
+/// decodes it (the page reads its token so, and the two must agree):
+/// `%XX` escapes, and `+` for a space (which no token holds, so a raw
+/// `+` fails here as it would on the page's own requests).
+fn token_param(query: &str) -> Param {
+    let mut found = query
         .split('&')
-        .find_map(|pair| pair.strip_prefix("token="))?;
+        .filter_map(|pair| pair.strip_prefix("token="));
+    let Some(raw) = found.next() else {
+        return Param::Absent;
+    };
+    if found.next().is_some() {
+        return Param::Twice;
+    }
+    match percent_decode(raw) {
+        Some(v) => Param::Given(v),
+        None => Param::Absent,
+    }
+}
+
+/// `raw` with `%XX` and `+` decoded; `None` for a bad escape.
+fn percent_decode(raw: &str) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(raw.len());
     let mut bytes = raw.bytes();
     while let Some(b) = bytes.next() {
-        if b == b'%' {
-            let hex = [bytes.next()?, bytes.next()?];
-            let hex = std::str::from_utf8(&hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-        } else {
-            out.push(b);
+        match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                let hex = std::str::from_utf8(&hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
         }
     }
     Some(out)
@@ -482,12 +539,17 @@ mod tests {
     }
 
     #[test]
-    fn the_token_parameter_is_percent_decoded() {
-        assert_eq!(token_param("token=abc"), Some(b"abc".to_vec()));
-        assert_eq!(token_param("x=1&token=a%2Bb%25"), Some(b"a+b%".to_vec()));
-        assert_eq!(token_param("x=1"), None);
-        assert_eq!(token_param("token=a%2"), None);
-        assert_eq!(token_param("token=a%zz"), None);
-        assert_eq!(token_param("token="), Some(Vec::new()));
+    fn the_token_parameter_is_decoded_as_a_browser_does() {
+        let given = |s: &[u8]| Param::Given(s.to_vec());
+        assert_eq!(token_param("token=abc"), given(b"abc"));
+        assert_eq!(token_param("x=1&token=a%2Bb%25"), given(b"a+b%"));
+        assert_eq!(token_param("token=a+b"), given(b"a b"));
+        assert_eq!(token_param("x=1"), Param::Absent);
+        assert_eq!(token_param("xtoken=1"), Param::Absent);
+        assert_eq!(token_param("token=a%2"), Param::Absent);
+        assert_eq!(token_param("token=a%zz"), Param::Absent);
+        assert_eq!(token_param("token="), given(b""));
+        assert_eq!(token_param("token=a&token=a"), Param::Twice);
+        assert_eq!(token_param("token=a&x=1&token=%zz"), Param::Twice);
     }
 }
