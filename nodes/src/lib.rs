@@ -31,6 +31,7 @@ mod resubmit;
 pub mod testing;
 pub mod units;
 pub mod users;
+pub mod utc;
 pub mod worker;
 
 /// The wire protocol crate, for anything not re-exported above.
