@@ -6,10 +6,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::http::{get, get_json, http, http_raw, tcp_port, wait_healthy};
+use common::http::{get, get_json, http, http_raw};
+use common::trio::Trio;
 use common::*;
 use serde_json::Value;
 
@@ -23,127 +23,10 @@ const DISTRIBUTOR_API: [&str; 6] = [
     "/api/series",
 ];
 
-/// A gateway, a distributor (set `main`) and a worker `w-1` with one
-/// slot, the gateway and the distributor serving their dashboards.
-struct Cluster {
-    _dir: Dir,
-    pki: String,
-    gw: SocketAddr,
-    gw_metrics: SocketAddr,
-    dist: SocketAddr,
-    dist_metrics: SocketAddr,
-    worker_metrics: SocketAddr,
-    _procs: Vec<Proc>,
-}
-
-impl Cluster {
-    fn start(tag: &str, dist_extra: &[&str]) -> Cluster {
-        let dir = Dir::new(tag);
-        let pki = pki(
-            &dir.0,
-            &[
-                ("gw-1", "gateway"),
-                ("dist-1", "distributor"),
-                ("w-1", "worker"),
-                ("client", "client"),
-            ],
-        );
-        let (gw, dist) = (port(), port());
-        let (gm, dm, wm) = (tcp_port(), tcp_port(), tcp_port());
-        let (g, d) = (gw.to_string(), dist.to_string());
-        let (gms, dms, wms) = (gm.to_string(), dm.to_string(), wm.to_string());
-        let data = dir.0.join("dist-1");
-        let data = data.to_str().unwrap().to_owned();
-        let mut procs = vec![spawn(&[
-            "gateway",
-            "--name",
-            "gw-1",
-            "--listen",
-            &g,
-            "--pki",
-            &pki,
-            "--metrics",
-            &gms,
-        ])];
-        let mut args = vec![
-            "distributor",
-            "--name",
-            "dist-1",
-            "--listen",
-            &d,
-            "--pki",
-            &pki,
-            "--set-name",
-            "main",
-            "--gateways",
-            &g,
-            "--report-ms",
-            "200",
-            "--data-dir",
-            &data,
-            "--metrics",
-            &dms,
-        ];
-        args.extend(dist_extra);
-        procs.push(spawn(&args));
-        procs.push(spawn(&[
-            "worker",
-            "--name",
-            "w-1",
-            "--pki",
-            &pki,
-            "--join",
-            &d,
-            "--apps",
-            "echo,sleep",
-            "--slots",
-            "1",
-            "--metrics",
-            &wms,
-        ]));
-        let c = Cluster {
-            _dir: dir,
-            pki,
-            gw,
-            gw_metrics: gm,
-            dist,
-            dist_metrics: dm,
-            worker_metrics: wm,
-            _procs: procs,
-        };
-        for a in [gm, dm, wm] {
-            wait_healthy(a);
-        }
-        let (p, g) = (c.pki.clone(), c.gw.to_string());
-        eventually(
-            "the member is up with its worker",
-            Duration::from_secs(30),
-            || {
-                let out = run(&["status", "--pki", &p, "--gateway", &g, "--json"]);
-                let v: Value = serde_json::from_slice(&out.stdout).ok()?;
-                v.as_array()?
-                    .iter()
-                    .any(|m| m["name"] == "dist-1" && m["state"] == "up" && m["workers_up"] == 1)
-                    .then_some(())
-            },
-        );
-        c
-    }
-
-    fn run_tasks(&self, n: usize) {
-        let g = self.gw.to_string();
-        for _ in 0..n {
-            ok(&[
-                "submit",
-                "--pki",
-                &self.pki,
-                "--gateway",
-                &g,
-                "--app",
-                "echo",
-            ]);
-        }
-    }
+/// The cluster of these tests: its worker runs `echo` and `sleep`, on
+/// one slot (so that a second task waits).
+fn cluster(tag: &str, dist_extra: &[&str]) -> Trio {
+    Trio::start(tag, dist_extra, &["--apps", "echo,sleep", "--slots", "1"])
 }
 
 fn u(v: &Value) -> u64 {
@@ -152,7 +35,7 @@ fn u(v: &Value) -> u64 {
 
 #[test]
 fn every_path_answers_with_its_shape_and_the_real_figures() {
-    let c = Cluster::start("dash-api", &[]);
+    let c = cluster("dash-api", &[]);
     const TASKS: u64 = 4;
     c.run_tasks(TASKS as usize);
 
@@ -208,7 +91,7 @@ fn every_path_answers_with_its_shape_and_the_real_figures() {
 
     // A job of three sleeps on one slot: one runs, the next waits with
     // the reason (no free slot), the job counts them.
-    let input = c._dir.0.join("ms");
+    let input = c.dir.0.join("ms");
     std::fs::write(&input, "3000").unwrap();
     let out = ok(&[
         "submit",
@@ -315,7 +198,7 @@ fn the_token_guards_the_page_and_the_api_even_with_the_scrape_open() {
     let token = dir.0.join("token");
     std::fs::write(&token, "s3cret+token/%\n").unwrap();
     let t = token.to_str().unwrap().to_owned();
-    let c = Cluster::start(
+    let c = cluster(
         "dash-token",
         &["--metrics-token", &t, "--metrics-scrape-open"],
     );
@@ -359,7 +242,7 @@ fn the_token_guards_the_page_and_the_api_even_with_the_scrape_open() {
 
 #[test]
 fn the_new_paths_are_read_only_and_survive_bad_requests() {
-    let c = Cluster::start("dash-http", &[]);
+    let c = cluster("dash-http", &[]);
     let m = c.dist_metrics;
     let mut paths = vec!["/"];
     paths.extend(DISTRIBUTOR_API);
@@ -419,7 +302,7 @@ fn odd_queries_and_paths_get_a_clear_status() {
     let token = dir.0.join("token");
     std::fs::write(&token, "s3cret+token/%\n").unwrap();
     let t = token.to_str().unwrap().to_owned();
-    let c = Cluster::start("dash-odd", &["--metrics-token", &t]);
+    let c = cluster("dash-odd", &["--metrics-token", &t]);
     let m = c.dist_metrics;
     let right = "token=s3cret%2Btoken%2F%25";
     for path in ["/", "/api/summary"] {

@@ -9,52 +9,15 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::http::{get, http, http_raw, tcp_port, wait_healthy};
+use common::trio::Trio;
 use common::*;
-
-/// A free loopback TCP port.
-fn tcp_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// Sends `raw` (a whole request) and reads the answer to the end: (status
-/// code, head, body). Status 0 when the connection was closed without one.
-fn http_raw(addr: SocketAddr, raw: &[u8]) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(raw).expect("write");
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, head.to_owned(), body.to_owned())
-}
-
-/// `METHOD path` with extra header lines, connection closed after it.
-fn http(addr: SocketAddr, method: &str, path: &str, headers: &str) -> (u16, String, String) {
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{headers}Connection: close\r\nContent-Length: 0\r\n\r\n"
-    );
-    http_raw(addr, req.as_bytes())
-}
-
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let (code, _, body) = http(addr, "GET", path, "");
-    (code, body)
-}
 
 /// Fails with a clear message when a tool of Debian's `prometheus`
 /// package is missing.
@@ -72,134 +35,10 @@ fn tool(name: &str) -> String {
     name.to_owned()
 }
 
-/// Waits until `addr` answers `/healthz`.
-fn wait_healthy(addr: SocketAddr) {
-    eventually(
-        &format!("{addr}/healthz answers"),
-        Duration::from_secs(30),
-        || {
-            TcpStream::connect(addr).ok()?;
-            (get(addr, "/healthz") == (200, "ok\n".to_owned())).then_some(())
-        },
-    );
-}
-
-/// A gateway, a distributor (set `main`) and a worker, each serving
-/// metrics; `extra` flags for the distributor.
-struct Cluster {
-    _dir: Dir,
-    pki: String,
-    gw: SocketAddr,
-    gw_metrics: SocketAddr,
-    dist_metrics: SocketAddr,
-    worker_metrics: SocketAddr,
-    _procs: Vec<Proc>,
-}
-
-impl Cluster {
-    fn start(tag: &str) -> Cluster {
-        let dir = Dir::new(tag);
-        let pki = pki(
-            &dir.0,
-            &[
-                ("gw-1", "gateway"),
-                ("dist-1", "distributor"),
-                ("w-1", "worker"),
-                ("client", "client"),
-            ],
-        );
-        let (gw, dist) = (port(), port());
-        let (gm, dm, wm) = (tcp_port(), tcp_port(), tcp_port());
-        let (g, d) = (gw.to_string(), dist.to_string());
-        let (gms, dms, wms) = (gm.to_string(), dm.to_string(), wm.to_string());
-        let data = dir.0.join("dist-1");
-        let data = data.to_str().unwrap().to_owned();
-        let mut procs = vec![spawn(&[
-            "gateway",
-            "--name",
-            "gw-1",
-            "--listen",
-            &g,
-            "--pki",
-            &pki,
-            "--metrics",
-            &gms,
-        ])];
-        procs.push(spawn(&[
-            "distributor",
-            "--name",
-            "dist-1",
-            "--listen",
-            &d,
-            "--pki",
-            &pki,
-            "--set-name",
-            "main",
-            "--gateways",
-            &g,
-            "--report-ms",
-            "200",
-            "--data-dir",
-            &data,
-            "--metrics",
-            &dms,
-        ]));
-        procs.push(spawn(&[
-            "worker",
-            "--name",
-            "w-1",
-            "--pki",
-            &pki,
-            "--join",
-            &d,
-            "--apps",
-            "echo",
-            "--metrics",
-            &wms,
-        ]));
-        let c = Cluster {
-            _dir: dir,
-            pki,
-            gw,
-            gw_metrics: gm,
-            dist_metrics: dm,
-            worker_metrics: wm,
-            _procs: procs,
-        };
-        for a in [gm, dm, wm] {
-            wait_healthy(a);
-        }
-        let (p, g) = (c.pki.clone(), c.gw.to_string());
-        eventually(
-            "the member is up with its worker",
-            Duration::from_secs(30),
-            || {
-                let out = run(&["status", "--pki", &p, "--gateway", &g, "--json"]);
-                let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-                v.as_array()?
-                    .iter()
-                    .any(|m| m["name"] == "dist-1" && m["state"] == "up" && m["workers_up"] == 1)
-                    .then_some(())
-            },
-        );
-        c
-    }
-
-    /// Runs `n` echo tasks, one `allot submit` each.
-    fn run_tasks(&self, n: usize) {
-        let g = self.gw.to_string();
-        for _ in 0..n {
-            ok(&[
-                "submit",
-                "--pki",
-                &self.pki,
-                "--gateway",
-                &g,
-                "--app",
-                "echo",
-            ]);
-        }
-    }
+/// The cluster of these tests: its worker runs `echo` (on its default
+/// four slots).
+fn cluster(tag: &str) -> Trio {
+    Trio::start(tag, &[], &["--apps", "echo"])
 }
 
 /// The value of the sample named exactly `series` (name and labels) in
@@ -235,7 +74,7 @@ fn promtool_check(page: &str) -> (bool, String) {
 #[test]
 fn every_node_serves_metrics_that_promtool_accepts() {
     let promtool = tool("promtool");
-    let c = Cluster::start("metrics");
+    let c = cluster("metrics");
     c.run_tasks(3);
     let (code, dist) = get(c.dist_metrics, "/metrics");
     assert_eq!(code, 200, "{dist}");
@@ -546,7 +385,7 @@ fn a_metrics_address_in_use_is_a_start_error() {
 #[test]
 fn prometheus_scrapes_the_tasks_a_cluster_ran() {
     let prometheus = tool("prometheus");
-    let c = Cluster::start("metrics-prom");
+    let c = cluster("metrics-prom");
     let prom_dir = Dir::new("prometheus");
     let web = tcp_port();
     let config = prom_dir.0.join("prometheus.yml");

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod trio;
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
