@@ -236,7 +236,7 @@ struct GatewayArgs {
     name: String,
     /// The certificate (and key) in the PKI directory to present (default:
     /// the one named like --name); its role must be this node's.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "CERT")]
     cert: Option<String>,
     /// Address to listen on (a host name is resolved at start).
     #[arg(long)]
@@ -281,7 +281,7 @@ struct DistributorArgs {
     name: String,
     /// The certificate (and key) in the PKI directory to present (default:
     /// the one named like --name); its role must be this node's.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "CERT")]
     cert: Option<String>,
     /// Address to listen on (a host name is resolved at start).
     #[arg(long)]
@@ -367,7 +367,7 @@ struct WorkerArgs {
     name: Option<String>,
     /// The certificate (and key) in the PKI directory to present (default:
     /// the one named like --name); its role must be this node's.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "CERT")]
     cert: Option<String>,
     /// Local address to bind.
     #[arg(long, default_value = "0.0.0.0:0")]
