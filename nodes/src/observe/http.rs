@@ -19,6 +19,7 @@
 
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
@@ -256,17 +257,22 @@ impl Bound {
 }
 
 /// The token in `path`: its content without surrounding white space;
-/// visible ASCII only (it travels in a header).
+/// visible ASCII only (it travels in a header). At most [`MAX_TOKEN`]
+/// bytes are read, whatever the file's size says: a device or a pipe
+/// (`/dev/zero`) reports none and would never end.
 fn read_token(path: &Path) -> Result<String, String> {
     let show = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| format!("--metrics-token {show}: {e}"))?;
-    if meta.len() > MAX_TOKEN {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_TOKEN + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("--metrics-token {show}: {e}"))?;
+    if bytes.len() as u64 > MAX_TOKEN {
         return Err(format!(
-            "--metrics-token {show}: {} bytes, more than the {MAX_TOKEN} a token may have",
-            meta.len()
+            "--metrics-token {show}: more than the {MAX_TOKEN} bytes a token may have"
         ));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| format!("--metrics-token {show}: {e}"))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("--metrics-token {show}: a token is visible ASCII without spaces"))?;
     let token = text.trim();
     if token.is_empty() {
         return Err(format!("--metrics-token {show}: the file is empty"));
@@ -536,6 +542,25 @@ mod tests {
         assert!(same(&digest(b"secret"), &digest(b"secret")));
         assert!(!same(&digest(b"secret"), &digest(b"secreT")));
         assert!(!same(&digest(b""), &digest(b"secret")));
+    }
+
+    #[test]
+    fn a_token_file_is_read_up_to_its_bound() {
+        let dir = std::env::temp_dir().join(format!("allot-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, " s3cret\n").unwrap();
+        assert_eq!(read_token(&file).as_deref(), Ok("s3cret"));
+        std::fs::write(&file, "a".repeat(MAX_TOKEN as usize + 1)).unwrap();
+        let e = read_token(&file).unwrap_err();
+        assert!(e.contains("more than the 4096 bytes"), "{e}");
+        std::fs::write(&file, b"\xff\xfe").unwrap();
+        let e = read_token(&file).unwrap_err();
+        assert!(e.contains("visible ASCII"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        // A device without a size, endless: refused, not read forever.
+        let e = read_token(Path::new("/dev/zero")).unwrap_err();
+        assert!(e.contains("more than the 4096 bytes"), "{e}");
     }
 
     #[test]
