@@ -19,9 +19,7 @@
 
 use std::cell::Cell;
 use std::convert::Infallible;
-use std::io::Read as _;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -34,9 +32,9 @@ use hyper::header::{
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use sha2::{Digest, Sha256};
 
 use super::api::Api;
+use super::token::{digest, read_token, same, token_param, Param};
 use super::{Family, MetricsConfig};
 use crate::NodeError;
 
@@ -48,8 +46,6 @@ pub const MAX_HEAD: usize = 8192;
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one connection is served at most.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
-/// Bytes of a token file at most.
-const MAX_TOKEN: u64 = 4096;
 
 /// Who may read a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -256,44 +252,6 @@ impl Bound {
     }
 }
 
-/// The token in `path`: its content without surrounding white space;
-/// visible ASCII only (it travels in a header). At most [`MAX_TOKEN`]
-/// bytes are read, whatever the file's size says: a device or a pipe
-/// (`/dev/zero`) reports none and would never end.
-fn read_token(path: &Path) -> Result<String, String> {
-    let show = path.display();
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)
-        .and_then(|f| f.take(MAX_TOKEN + 1).read_to_end(&mut bytes))
-        .map_err(|e| format!("--metrics-token {show}: {e}"))?;
-    if bytes.len() as u64 > MAX_TOKEN {
-        return Err(format!(
-            "--metrics-token {show}: more than the {MAX_TOKEN} bytes a token may have"
-        ));
-    }
-    let text = String::from_utf8(bytes)
-        .map_err(|_| format!("--metrics-token {show}: a token is visible ASCII without spaces"))?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(format!("--metrics-token {show}: the file is empty"));
-    }
-    if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "--metrics-token {show}: a token is visible ASCII without spaces"
-        ));
-    }
-    Ok(token.to_owned())
-}
-
-fn digest(b: &[u8]) -> [u8; 32] {
-    Sha256::digest(b).into()
-}
-
-/// Equal digests, compared without an early exit.
-fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn accept_loop(listener: tokio::net::TcpListener, ctx: Rc<Ctx>) {
     let open = Rc::new(Cell::new(0usize));
     loop {
@@ -423,55 +381,6 @@ impl Ctx {
     }
 }
 
-/// The query parameter `token` of a query string.
-#[derive(Debug, PartialEq, Eq)]
-enum Param {
-    /// Not there, or with a bad escape (so no token can match).
-    Absent,
-    /// Once, decoded.
-    Given(Vec<u8>),
-    /// More than once.
-    Twice,
-}
-
-/// The query parameter `token`, decoded as a browser's `URLSearchParams`
-/// decodes it (the page reads its token so, and the two must agree):
-/// `%XX` escapes, and `+` for a space (which no token holds, so a raw
-/// `+` fails here as it would on the page's own requests).
-fn token_param(query: &str) -> Param {
-    let mut found = query
-        .split('&')
-        .filter_map(|pair| pair.strip_prefix("token="));
-    let Some(raw) = found.next() else {
-        return Param::Absent;
-    };
-    if found.next().is_some() {
-        return Param::Twice;
-    }
-    match percent_decode(raw) {
-        Some(v) => Param::Given(v),
-        None => Param::Absent,
-    }
-}
-
-/// `raw` with `%XX` and `+` decoded; `None` for a bad escape.
-fn percent_decode(raw: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(raw.len());
-    let mut bytes = raw.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'%' => {
-                let hex = [bytes.next()?, bytes.next()?];
-                let hex = std::str::from_utf8(&hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-            }
-            b'+' => out.push(b' '),
-            b => out.push(b),
-        }
-    }
-    Some(out)
-}
-
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
@@ -531,50 +440,4 @@ fn metrics(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(kind));
     r
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn digests_compare_equal_only_when_equal() {
-        assert!(same(&digest(b"secret"), &digest(b"secret")));
-        assert!(!same(&digest(b"secret"), &digest(b"secreT")));
-        assert!(!same(&digest(b""), &digest(b"secret")));
-    }
-
-    #[test]
-    fn a_token_file_is_read_up_to_its_bound() {
-        let dir = std::env::temp_dir().join(format!("allot-token-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("token");
-        std::fs::write(&file, " s3cret\n").unwrap();
-        assert_eq!(read_token(&file).as_deref(), Ok("s3cret"));
-        std::fs::write(&file, "a".repeat(MAX_TOKEN as usize + 1)).unwrap();
-        let e = read_token(&file).unwrap_err();
-        assert!(e.contains("more than the 4096 bytes"), "{e}");
-        std::fs::write(&file, b"\xff\xfe").unwrap();
-        let e = read_token(&file).unwrap_err();
-        assert!(e.contains("visible ASCII"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
-        // A device without a size, endless: refused, not read forever.
-        let e = read_token(Path::new("/dev/zero")).unwrap_err();
-        assert!(e.contains("more than the 4096 bytes"), "{e}");
-    }
-
-    #[test]
-    fn the_token_parameter_is_decoded_as_a_browser_does() {
-        let given = |s: &[u8]| Param::Given(s.to_vec());
-        assert_eq!(token_param("token=abc"), given(b"abc"));
-        assert_eq!(token_param("x=1&token=a%2Bb%25"), given(b"a+b%"));
-        assert_eq!(token_param("token=a+b"), given(b"a b"));
-        assert_eq!(token_param("x=1"), Param::Absent);
-        assert_eq!(token_param("xtoken=1"), Param::Absent);
-        assert_eq!(token_param("token=a%2"), Param::Absent);
-        assert_eq!(token_param("token=a%zz"), Param::Absent);
-        assert_eq!(token_param("token="), given(b""));
-        assert_eq!(token_param("token=a&token=a"), Param::Twice);
-        assert_eq!(token_param("token=a&x=1&token=%zz"), Param::Twice);
-    }
 }

@@ -16,6 +16,7 @@ mod histogram;
 pub(crate) mod http;
 pub(crate) mod nodes;
 mod series;
+mod token;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
