@@ -71,13 +71,7 @@ fn status(pki: &str, dist: SocketAddr) -> Option<Vec<Value>> {
         &dist.to_string(),
         "--json",
     ]);
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice::<Value>(&out.stdout)
-        .ok()?
-        .as_array()
-        .cloned()
+    json_list(&out)
 }
 
 /// Waits until `dist` lists `want` workers in state `state`.
@@ -1005,31 +999,6 @@ async fn expect_refusal(
     }
 }
 
-/// Process ids whose parent is `pid` (from /proc).
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        // The fields after the command name (which may hold spaces): state, ppid.
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            out.push(child);
-        }
-    }
-    out
-}
-
 /// Starts `allot bench --local --processes` for more tasks than a test
 /// waits for, after `configure` had its say, and waits until its gateway,
 /// distributor and two workers run: the bench and their process ids.
@@ -1200,13 +1169,7 @@ fn gateway_status(pki: &str, gw: SocketAddr) -> Option<Vec<Value>> {
         &gw.to_string(),
         "--json",
     ]);
-    if !out.status.success() {
-        return None;
-    }
-    serde_json::from_slice::<Value>(&out.stdout)
-        .ok()?
-        .as_array()
-        .cloned()
+    json_list(&out)
 }
 
 /// Waits until the gateway's record satisfies `ok`; returns it.

@@ -145,13 +145,7 @@ impl Net {
             "dist:7001",
             "--json",
         ]);
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice::<Value>(&out.stdout)
-            .ok()?
-            .as_array()
-            .cloned()
+        json_list(&out)
     }
 
     /// The state the distributor shows for `worker`.

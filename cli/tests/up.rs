@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{allot, Dir, Proc};
+use common::{allot, children_of, Dir, Proc};
 use serde_json::Value;
 
 /// The variables `allot up` prints.
@@ -92,27 +92,6 @@ impl Up {
         let err = self.stderr.take().unwrap().join().unwrap();
         (status, err)
     }
-}
-
-/// Process ids whose parent is `pid` (from /proc).
-fn children_of(pid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        let ppid = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(pid) {
-            out.push(child);
-        }
-    }
-    out
 }
 
 /// Runs `cmd` with `input` on stdin to the end.

@@ -149,3 +149,41 @@ pub fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
+
+/// The JSON array a command printed (`allot status --json` and the
+/// like), `None` if it failed or printed something else: for polling
+/// until a cluster gets somewhere.
+pub fn json_list(out: &Output) -> Option<Vec<serde_json::Value>> {
+    if !out.status.success() {
+        return None;
+    }
+    match serde_json::from_slice(&out.stdout).ok()? {
+        serde_json::Value::Array(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// Process ids whose parent is `pid` (from /proc).
+pub fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(child) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // The fields after the command name (which may hold spaces): state, ppid.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}

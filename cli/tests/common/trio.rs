@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::http::{tcp_port, wait_healthy};
-use super::{eventually, ok, pki, port, run, spawn, Dir, Proc};
+use super::{eventually, json_list, ok, pki, port, run, spawn, Dir, Proc};
 
 /// A gateway `gw-1`, a distributor `dist-1` and a worker `w-1`, with a
 /// client certificate `client`; stopped when dropped.
@@ -106,9 +106,7 @@ impl Trio {
             "the member is up with its worker",
             Duration::from_secs(30),
             || {
-                let out = run(&["status", "--pki", &p, "--gateway", &g, "--json"]);
-                let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-                v.as_array()?
+                json_list(&run(&["status", "--pki", &p, "--gateway", &g, "--json"]))?
                     .iter()
                     .any(|m| m["name"] == "dist-1" && m["state"] == "up" && m["workers_up"] == 1)
                     .then_some(())
