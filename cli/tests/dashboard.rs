@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::http::{get, get_json, http, http_raw};
+use common::http::{assert_read_only, get, get_json, http, http_raw, send_bad_requests};
 use common::trio::Trio;
 use common::*;
 use serde_json::Value;
@@ -247,16 +247,7 @@ fn the_new_paths_are_read_only_and_survive_bad_requests() {
     let mut paths = vec!["/"];
     paths.extend(DISTRIBUTOR_API);
     for path in &paths {
-        let (code, _, _) = http(m, "HEAD", path, "");
-        assert_eq!(code, 200, "HEAD {path}");
-        for method in ["POST", "PUT", "DELETE", "PATCH"] {
-            let (code, head, _) = http(m, method, path, "");
-            assert_eq!(code, 405, "{method} {path}: {head}");
-            assert!(
-                head.to_ascii_lowercase().contains("allow: get, head"),
-                "{method} {path}: {head}"
-            );
-        }
+        assert_read_only(m, path);
     }
     for path in ["/api/summary", "/api/sets"] {
         assert_eq!(
@@ -278,16 +269,7 @@ fn the_new_paths_are_read_only_and_survive_bad_requests() {
     }
     let (code, head, _) = http_raw(m, b"GET /api/summary HTTP/9.9\r\n\r\n");
     assert!(code == 400 || code == 505, "{head}");
-    let (code, head, _) = http_raw(m, b"\x16\x03\x01 not http\r\n\r\n");
-    assert_eq!(code, 400, "{head}");
-    let huge = format!(
-        "GET /api/workers HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
-        "a".repeat(64 * 1024)
-    );
-    let (code, head, _) = http_raw(m, huge.as_bytes());
-    assert!(code == 431 || code == 400, "{head}");
-    let _ = std::net::TcpStream::connect(m)
-        .and_then(|mut s| std::io::Write::write_all(&mut s, b"GET /api/wor"));
+    send_bad_requests(m, "/api/workers");
     // Still serving, with the real figures.
     c.run_tasks(2);
     let s = get_json(m, "/api/summary");

@@ -68,3 +68,41 @@ pub fn wait_healthy(addr: SocketAddr) {
         },
     );
 }
+
+/// Checks that `path` only reads: `HEAD` answers 200 without a body, and
+/// `POST`, `PUT`, `DELETE` and `PATCH` get 405 with `Allow: GET, HEAD`.
+pub fn assert_read_only(addr: SocketAddr, path: &str) {
+    let (code, head, body) = http(addr, "HEAD", path, "");
+    assert_eq!(code, 200, "HEAD {path}: {head}");
+    assert_eq!(body, "", "HEAD {path}");
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        let (code, head, _) = http(addr, method, path, "");
+        assert_eq!(code, 405, "{method} {path}: {head}");
+        assert!(
+            head.to_ascii_lowercase().contains("allow: get, head"),
+            "{method} {path}: {head}"
+        );
+    }
+}
+
+/// Sends what is not HTTP (text, then a TLS hello's first bytes), a head
+/// too large for `path`, and half a request on a connection then dropped:
+/// the first three must get an error status (the caller then checks that
+/// the node still serves).
+pub fn send_bad_requests(addr: SocketAddr, path: &str) {
+    for junk in [
+        &b"HELLO THERE\r\n\r\n"[..],
+        b"\x16\x03\x01 not http\r\n\r\n",
+    ] {
+        let (code, head, _) = http_raw(addr, junk);
+        assert_eq!(code, 400, "{junk:?}: {head}");
+    }
+    let huge = format!(
+        "GET {path} HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let (code, head, _) = http_raw(addr, huge.as_bytes());
+    assert!(code == 431 || code == 400, "a huge head: {head}");
+    let half = format!("GET {}", &path[..path.len() / 2]);
+    drop(TcpStream::connect(addr).and_then(|mut s| s.write_all(half.as_bytes())));
+}
