@@ -115,6 +115,17 @@ fn assert_ok(out: &std::process::Output, what: &str) -> String {
     String::from_utf8(out.stdout.clone()).unwrap()
 }
 
+/// Runs `cmd` (stdin empty), which must fail; returns its stderr.
+fn assert_fails(mut cmd: Command, what: &str) -> String {
+    let out = cmd.stdin(Stdio::null()).output().expect("run allot");
+    assert!(
+        !out.status.success(),
+        "{what} succeeded: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn up_prints_a_line_that_points_the_client_commands_at_it_and_stops_on_sigint() {
     let dir = Dir::new("up-text");
@@ -220,13 +231,10 @@ fn up_serves_its_dashboard_at_the_url_it_prints() {
     assert!(status.success(), "exit {status:?}: {stderr}");
 
     // Another address than a loopback one is refused.
-    let out = bare()
-        .args(["up", "--metrics", "0.0.0.0:0", "--dir"])
-        .arg(&dir.0)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let mut c = bare();
+    c.args(["up", "--metrics", "0.0.0.0:0", "--dir"])
+        .arg(&dir.0);
+    let err = assert_fails(c, "up --metrics 0.0.0.0:0");
     assert!(
         err.contains("--metrics 0.0.0.0:0") && err.contains("loopback"),
         "{err}"
@@ -235,13 +243,10 @@ fn up_serves_its_dashboard_at_the_url_it_prints() {
     // An address in use: a clear error at start, nothing left running.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = bare()
-        .args(["up", "--listen", "127.0.0.1:0", "--metrics", &addr, "--dir"])
-        .arg(&dir.0)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let mut c = bare();
+    c.args(["up", "--listen", "127.0.0.1:0", "--metrics", &addr, "--dir"])
+        .arg(&dir.0);
+    let err = assert_fails(c, "up --metrics on an address in use");
     assert!(
         err.contains(&format!("--metrics {addr}")) && err.to_lowercase().contains("in use"),
         "{err}"
@@ -350,29 +355,22 @@ fn a_bad_or_missing_environment_is_named_in_the_error() {
         (&["bench", "--tasks", "1"], "ALLOT_GATEWAY", "nope"),
     ];
     for (args, var, value) in cases {
-        let out = bare()
-            .env("ALLOT_PKI", "/nonexistent")
+        let mut c = bare();
+        c.env("ALLOT_PKI", "/nonexistent")
             .env(var, value)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} with {var}={value}");
+            .args(args);
+        let err = assert_fails(c, &format!("{args:?} with {var}={value}"));
         assert!(
             err.contains(&format!("{var}={value}")) && err.contains("is not an address"),
             "{args:?}: {err}"
         );
     }
     // Nothing set: the error says which flag or variable to give.
-    let out = bare()
-        .args(["submit", "--app", "echo", "--pki", "/nonexistent"])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let mut c = bare();
+    c.args(["submit", "--app", "echo", "--pki", "/nonexistent"]);
+    let err = assert_fails(c, "submit without a gateway");
     assert!(
-        !out.status.success() && err.contains("--gateway") && err.contains("ALLOT_GATEWAY"),
+        err.contains("--gateway") && err.contains("ALLOT_GATEWAY"),
         "{err}"
     );
     let out = bare()
