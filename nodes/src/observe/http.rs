@@ -201,7 +201,12 @@ impl Bound {
         let token = cfg
             .token_file
             .as_deref()
-            .map(|p| read_token(p).map_err(|message| NodeError::Config { role, message }))
+            .map(|p| {
+                read_token(p).map_err(|e| NodeError::Config {
+                    role,
+                    message: e.to_string(),
+                })
+            })
             .transpose()?;
         let listener =
             std::net::TcpListener::bind(cfg.addr).map_err(|source| NodeError::Metrics {

@@ -4,38 +4,57 @@
 //! dashboard page reads it, so that the two never disagree.
 
 use std::io::Read as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 /// Bytes of a token file at most.
 pub(super) const MAX_TOKEN: u64 = 4096;
 
+/// Why a token file cannot be used (each names the file).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum TokenFileError {
+    /// It cannot be opened or read.
+    #[error("--metrics-token {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Longer than [`MAX_TOKEN`].
+    #[error("--metrics-token {}: more than the {MAX_TOKEN} bytes a token may have", path.display())]
+    TooLong { path: PathBuf },
+    /// Nothing but white space.
+    #[error("--metrics-token {}: the file is empty", path.display())]
+    Empty { path: PathBuf },
+    /// Something else than visible ASCII (the token travels in a header).
+    #[error("--metrics-token {}: a token is visible ASCII without spaces", path.display())]
+    NotVisible { path: PathBuf },
+}
+
 /// The token in `path`: its content without surrounding white space;
 /// visible ASCII only (it travels in a header). At most [`MAX_TOKEN`]
 /// bytes are read, whatever the file's size says: a device or a pipe
 /// (`/dev/zero`) reports none and would never end.
-pub(super) fn read_token(path: &Path) -> Result<String, String> {
-    let show = path.display();
+pub(super) fn read_token(path: &Path) -> Result<String, TokenFileError> {
+    let path_buf = || path.to_path_buf();
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(MAX_TOKEN + 1).read_to_end(&mut bytes))
-        .map_err(|e| format!("--metrics-token {show}: {e}"))?;
+        .map_err(|source| TokenFileError::Read {
+            path: path_buf(),
+            source,
+        })?;
     if bytes.len() as u64 > MAX_TOKEN {
-        return Err(format!(
-            "--metrics-token {show}: more than the {MAX_TOKEN} bytes a token may have"
-        ));
+        return Err(TokenFileError::TooLong { path: path_buf() });
     }
-    let text = String::from_utf8(bytes)
-        .map_err(|_| format!("--metrics-token {show}: a token is visible ASCII without spaces"))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| TokenFileError::NotVisible { path: path_buf() })?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(format!("--metrics-token {show}: the file is empty"));
+        return Err(TokenFileError::Empty { path: path_buf() });
     }
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "--metrics-token {show}: a token is visible ASCII without spaces"
-        ));
+        return Err(TokenFileError::NotVisible { path: path_buf() });
     }
     Ok(token.to_owned())
 }
@@ -117,16 +136,19 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("token");
         std::fs::write(&file, " s3cret\n").unwrap();
-        assert_eq!(read_token(&file).as_deref(), Ok("s3cret"));
+        assert_eq!(read_token(&file).ok().as_deref(), Some("s3cret"));
         std::fs::write(&file, "a".repeat(MAX_TOKEN as usize + 1)).unwrap();
-        let e = read_token(&file).unwrap_err();
+        let e = read_token(&file).unwrap_err().to_string();
         assert!(e.contains("more than the 4096 bytes"), "{e}");
+        std::fs::write(&file, " \n\t").unwrap();
+        let e = read_token(&file).unwrap_err().to_string();
+        assert!(e.ends_with("the file is empty"), "{e}");
         std::fs::write(&file, b"\xff\xfe").unwrap();
-        let e = read_token(&file).unwrap_err();
+        let e = read_token(&file).unwrap_err().to_string();
         assert!(e.contains("visible ASCII"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
         // A device without a size, endless: refused, not read forever.
-        let e = read_token(Path::new("/dev/zero")).unwrap_err();
+        let e = read_token(Path::new("/dev/zero")).unwrap_err().to_string();
         assert!(e.contains("more than the 4096 bytes"), "{e}");
     }
 
