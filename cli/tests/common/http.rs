@@ -1,5 +1,6 @@
-//! A minimal HTTP/1.1 client for the tests of the metrics address: one
-//! request per connection, read to the end.
+//! A minimal HTTP/1.1 client for the tests of the metrics address (one
+//! request per connection, read to the end), and the checks that every
+//! path there takes: read-only, and unshaken by bad requests.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
