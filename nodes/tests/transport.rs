@@ -566,3 +566,19 @@ async fn a_peer_whose_certificate_expired_is_refused_in_the_handshake() {
     stop(&client).await;
     stop(&server).await;
 }
+
+#[test]
+fn a_huge_certificate_file_is_refused_without_reading_it_all() {
+    let dir = TempDir::new("huge-pem");
+    pki::create_cluster(dir.path(), &[("dist-1", Role::Distributor)]).unwrap();
+    let cert = dir.path().join("dist-1.pem");
+    // A path mistaken for a certificate: far more than any chain.
+    std::fs::write(&cert, vec![b'A'; (pki::MAX_PEM as usize) * 3]).unwrap();
+    match Pki::load(dir.path(), "dist-1") {
+        Err(PkiError::BadFile { path, what }) => {
+            assert_eq!(path, cert);
+            assert!(what.contains("larger than"), "{what}");
+        }
+        other => panic!("expected BadFile, got {other:?}"),
+    }
+}

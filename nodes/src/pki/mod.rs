@@ -630,11 +630,28 @@ fn reissue(path: &Path, role: &Role) -> String {
     )
 }
 
+/// Bytes of a PEM file at most. A certificate chain or key is a few KiB;
+/// a bigger file is not one (a device or a mistaken path), and is refused
+/// rather than read into memory until it ends.
+pub const MAX_PEM: u64 = 1 << 20;
+
 fn read(path: &Path) -> Result<Vec<u8>, PkiError> {
-    fs::read(path).map_err(|source| PkiError::Io {
+    use std::io::Read;
+    let io_err = |source| PkiError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX_PEM + 1).read_to_end(&mut bytes))
+        .map_err(io_err)?;
+    if bytes.len() as u64 > MAX_PEM {
+        return Err(PkiError::BadFile {
+            path: path.to_path_buf(),
+            what: format!("larger than {MAX_PEM} bytes: not a certificate or key"),
+        });
+    }
+    Ok(bytes)
 }
 
 fn read_cert(path: &Path) -> Result<CertificateDer<'static>, PkiError> {
