@@ -1,0 +1,238 @@
+//! allot on a real Slurm: the sbatch recipe (deploy/slurm/allot.sbatch)
+//! and the distributor's automatic allocation.
+//!
+//! They need a Slurm to submit to: `.ci/run` starts a single-node one
+//! (deploy/slurm/ci-slurm.sh) and sets `ALLOT_SLURM=1`, and then they must
+//! run; elsewhere they run when `sinfo` answers and say why they are
+//! skipped when it does not. The node has 2 CPUs and the features
+//! `gpu_none` and `ssd`. The tests take turns (one lock): each expects
+//! the node to itself.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::{allot, eventually, Dir};
+
+static SLURM: Mutex<()> = Mutex::new(());
+
+/// Whether a Slurm answers; panics when `.ci/run` said it started one
+/// and it does not.
+fn slurm_ready(test: &str) -> bool {
+    let answers = Command::new("sinfo")
+        .args(["-h", "-o", "%T"])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| o.status.success() && !o.stdout.is_empty())
+        .unwrap_or(false);
+    if std::env::var_os("ALLOT_SLURM").is_some_and(|v| v == "1") {
+        assert!(
+            answers,
+            "ALLOT_SLURM=1 but `sinfo` does not answer (SLURM_CONF={:?})",
+            std::env::var_os("SLURM_CONF")
+        );
+    }
+    if !answers {
+        eprintln!(
+            "{test}: skipped: no Slurm here (`sinfo` does not answer); \
+             deploy/slurm/ci-slurm.sh start starts one (as root)"
+        );
+    }
+    answers
+}
+
+fn sh(prog: &str, args: &[&str]) -> Output {
+    Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {prog}: {e}"))
+}
+
+/// Cancels a Slurm job when the test ends, however it ends.
+struct Job(String);
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        let _ = sh("scancel", &[&self.0]);
+    }
+}
+
+/// Whether job `id` has left the queue (squeue no longer lists it, or no
+/// longer knows it).
+fn left_queue(id: &str) -> bool {
+    let o = sh("squeue", &["-h", "-j", id, "-o", "%T"]);
+    !o.status.success() || String::from_utf8_lossy(&o.stdout).trim().is_empty()
+}
+
+/// Processes whose command line mentions `needle` (but not this test).
+fn processes_with(needle: &str) -> Vec<String> {
+    let me = std::process::id().to_string();
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.chars().all(|c| c.is_ascii_digit()) || name == me {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmd.contains(needle) {
+            found.push(format!("{name}: {cmd}"));
+        }
+    }
+    found
+}
+
+/// A loopback port whose next port is free too.
+fn port_pair() -> u16 {
+    loop {
+        let p = common::port().port();
+        if p < u16::MAX && std::net::UdpSocket::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// The variables of an `export A=x B=y` line.
+fn exports(line: &str) -> Vec<(String, String)> {
+    line.trim()
+        .trim_start_matches("export ")
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// `allot ARGS` with `env` set and `input` on stdin.
+fn allot_with(env: &[(String, String)], args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut c = allot();
+    c.args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn allot");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn recipe() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/slurm/allot.sbatch")
+}
+
+/// The recipe submitted with sbatch starts a cluster inside the job
+/// (the node's features and the job as worker labels), says where to
+/// submit, runs tasks, and leaves nothing behind once scancel'ed.
+#[test]
+fn the_sbatch_recipe_runs_tasks_and_cleans_up_on_scancel() {
+    let _turn = SLURM.lock().unwrap_or_else(|p| p.into_inner());
+    if !slurm_ready("the_sbatch_recipe_runs_tasks_and_cleans_up_on_scancel") {
+        return;
+    }
+    let dir = Dir::new("slurm-recipe");
+    let job_dir = dir.0.join("job");
+    let out = dir.0.join("job-%j.out");
+    let export = format!(
+        "ALL,ALLOT_BIN={},ALLOT_JOB_DIR={},ALLOT_GATEWAY_PORT={},ALLOT_LOG=warn",
+        env!("CARGO_BIN_EXE_allot"),
+        job_dir.display(),
+        port_pair()
+    );
+    let sub = sh(
+        "sbatch",
+        &[
+            "--parsable",
+            "--output",
+            out.to_str().unwrap(),
+            "--export",
+            &export,
+            recipe().to_str().unwrap(),
+        ],
+    );
+    assert!(sub.status.success(), "sbatch: {}", text(&sub));
+    let id = String::from_utf8_lossy(&sub.stdout)
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let job = Job(id.clone());
+    let job_out = dir.0.join(format!("job-{id}.out"));
+    let env_file = job_dir.join("env");
+    let line = eventually(
+        "the job's env file (where to submit)",
+        Duration::from_secs(90),
+        || std::fs::read_to_string(&env_file).ok(),
+    );
+    let env = exports(&line);
+    let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["ALLOT_GATEWAY", "ALLOT_DISTRIBUTOR", "ALLOT_PKI", "ALLOT_NAME"],
+        "{line}"
+    );
+    let printed = std::fs::read_to_string(&job_out).unwrap_or_default();
+    assert!(printed.contains(line.trim()), "job output: {printed}");
+
+    // Tasks through the gateway, on the worker of this job's node, which
+    // carries the node's features and the job's id.
+    let host = String::from_utf8(sh("hostname", &["-s"]).stdout).unwrap();
+    let require = format!(
+        "server.feature_ssd == 1 && server.feature_gpu_none == 1 && server.slurm_job == \"{id}\" && server.host == \"{}\"",
+        host.trim()
+    );
+    for i in 0..3 {
+        let o = allot_with(
+            &env,
+            &[
+                "submit", "--app", "echo", "--input", "-", "--require", &require, "--json",
+            ],
+            &format!("task {i}"),
+        );
+        assert!(o.status.success(), "submit: {}", text(&o));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(j["output"], format!("task {i}"), "{j}");
+        assert_eq!(j["worker"], format!("w-{}", host.trim()), "{j}");
+    }
+    let st = allot_with(&env, &["status", "--distributor", &env[1].1, "--json"], "");
+    assert!(st.status.success(), "status: {}", text(&st));
+    let workers: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(workers.as_array().map(Vec::len), Some(1), "{workers}");
+
+    // scancel: every allot process of the job ends, and the job leaves
+    // the queue.
+    let c = sh("scancel", &[&id]);
+    assert!(c.status.success(), "scancel: {}", text(&c));
+    let needle = job_dir.to_str().unwrap().to_owned();
+    eventually(
+        "the job's allot processes to end and the job to leave the queue",
+        Duration::from_secs(40),
+        || (processes_with(&needle).is_empty() && left_queue(&id)).then_some(()),
+    );
+    let printed = std::fs::read_to_string(&job_out).unwrap_or_default();
+    assert!(printed.contains("allot.sbatch: stopped"), "{printed}");
+    drop(job);
+}
