@@ -191,7 +191,12 @@ fn the_sbatch_recipe_runs_tasks_and_cleans_up_on_scancel() {
     let keys: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
         keys,
-        ["ALLOT_GATEWAY", "ALLOT_DISTRIBUTOR", "ALLOT_PKI", "ALLOT_NAME"],
+        [
+            "ALLOT_GATEWAY",
+            "ALLOT_DISTRIBUTOR",
+            "ALLOT_PKI",
+            "ALLOT_NAME"
+        ],
         "{line}"
     );
     let printed = std::fs::read_to_string(&job_out).unwrap_or_default();
@@ -208,7 +213,14 @@ fn the_sbatch_recipe_runs_tasks_and_cleans_up_on_scancel() {
         let o = allot_with(
             &env,
             &[
-                "submit", "--app", "echo", "--input", "-", "--require", &require, "--json",
+                "submit",
+                "--app",
+                "echo",
+                "--input",
+                "-",
+                "--require",
+                &require,
+                "--json",
             ],
             &format!("task {i}"),
         );
