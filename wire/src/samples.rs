@@ -206,7 +206,19 @@ pub fn all_frames() -> Vec<(MessageKind, BytesMut)> {
                 retried: 4,
                 no_match: 6,
             },
-            autoalloc: None,
+            autoalloc: Some(AutoallocStatus {
+                backend: "slurm".into(),
+                max_jobs: 4,
+                waiting_tasks: 12,
+                last_error: "sbatch: error: invalid partition specified: nope".into(),
+                backoff_ms: 5000,
+                allocations: vec![AllocationStatus {
+                    id: "4242".into(),
+                    state: "RUNNING".into(),
+                    workers: vec!["auto-4242".into()],
+                    age_ms: 61_000,
+                }],
+            }),
         },
         b""
     );
@@ -368,30 +380,6 @@ pub fn all_frames() -> Vec<(MessageKind, BytesMut)> {
             }],
             next: None,
             cancelled: 0,
-        },
-        b""
-    );
-    push!(
-        StatusReply {
-            distributor: "dist-a".into(),
-            workers: Vec::new(),
-            workers_total: 0,
-            workers_up: 0,
-            stalest_report_ms: 0,
-            counters: DistributorCounters::default(),
-            autoalloc: Some(AutoallocStatus {
-                backend: "slurm".into(),
-                max_jobs: 4,
-                waiting_tasks: 12,
-                last_error: "sbatch: error: invalid partition specified: nope".into(),
-                backoff_ms: 5000,
-                allocations: vec![AllocationStatus {
-                    id: "4242".into(),
-                    state: "RUNNING".into(),
-                    workers: vec!["auto-4242".into()],
-                    age_ms: 61_000,
-                }],
-            }),
         },
         b""
     );
