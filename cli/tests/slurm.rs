@@ -248,3 +248,206 @@ fn the_sbatch_recipe_runs_tasks_and_cleans_up_on_scancel() {
     assert!(printed.contains("allot.sbatch: stopped"), "{printed}");
     drop(job);
 }
+
+/// A distributor with automatic allocation and no worker, for `pki`.
+fn autoalloc_distributor(dir: &Path, pki: &str, addr: &str, extra: &[&str]) -> common::Proc {
+    let data = dir.join("data");
+    let mut args = vec![
+        "distributor",
+        "--name",
+        "d1",
+        "--listen",
+        addr,
+        "--pki",
+        pki,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--drain-timeout",
+        "0",
+        "--autoalloc",
+        "slurm",
+    ];
+    args.extend(extra);
+    common::spawn(&args)
+}
+
+/// `allot status --allocations --json` of the distributor at `addr`.
+fn allocations(pki: &str, addr: &str) -> Option<serde_json::Value> {
+    let o = common::run(&[
+        "status",
+        "--pki",
+        pki,
+        "--name",
+        "client",
+        "--distributor",
+        addr,
+        "--allocations",
+        "--json",
+    ]);
+    o.status.success().then(|| common::json(&o))
+}
+
+/// Submits one echo task as a job to `addr`; its id.
+fn submit_job(pki: &str, addr: &str, require: &str, input: &str) -> String {
+    let env: Vec<(String, String)> = Vec::new();
+    let o = allot_with(
+        &env,
+        &[
+            "submit",
+            "--pki",
+            pki,
+            "--name",
+            "client",
+            "--distributor",
+            addr,
+            "--app",
+            "echo",
+            "--require",
+            require,
+            "--input",
+            "-",
+            "--detach",
+        ],
+        input,
+    );
+    assert!(o.status.success(), "submit: {}", text(&o));
+    String::from_utf8(o.stdout).unwrap().trim().to_owned()
+}
+
+/// A task no worker can take but a Slurm worker could: the distributor
+/// submits a job, its worker joins and runs the task, then exits once
+/// idle, and the job leaves the queue. A task no Slurm node could take
+/// starts nothing.
+#[test]
+fn autoalloc_starts_a_worker_for_a_waiting_task_and_the_idle_worker_ends_its_job() {
+    let _turn = SLURM.lock().unwrap_or_else(|p| p.into_inner());
+    if !slurm_ready("autoalloc_starts_a_worker_for_a_waiting_task_and_the_idle_worker_ends_its_job")
+    {
+        return;
+    }
+    let dir = Dir::new("slurm-autoalloc");
+    let pki = common::pki(&dir.0, &[("d1", "distributor"), ("client", "client")]);
+    let addr = common::port().to_string();
+    let _d = autoalloc_distributor(
+        &dir.0,
+        &pki,
+        &addr,
+        &["--autoalloc-idle", "3", "--autoalloc-max-jobs", "1"],
+    );
+    let none = eventually("the distributor to answer", Duration::from_secs(20), || {
+        allocations(&pki, &addr)
+    });
+    assert_eq!(none["backend"], "slurm", "{none}");
+    assert_eq!(none["allocations"], serde_json::json!([]), "{none}");
+
+    let job = submit_job(&pki, &addr, "server.feature_ssd == 1", "hello slurm");
+    let target = ["--pki", &pki, "--name", "client", "--distributor", &addr];
+    let mut wait = vec!["wait", "--timeout", "90"];
+    wait.extend(target);
+    wait.push(&job);
+    let w = common::run(&wait);
+    assert!(w.status.success(), "wait: {}", text(&w));
+    let mut output = vec!["output"];
+    output.extend(target);
+    output.push(&job);
+    assert_eq!(common::ok(&output).trim(), "hello slurm");
+
+    let al = allocations(&pki, &addr).unwrap();
+    let list = al["allocations"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{al}");
+    let id = list[0]["id"].as_str().unwrap().to_owned();
+    let _job = Job(id.clone());
+    let worker = format!("auto-{id}");
+    assert_eq!(list[0]["workers"], serde_json::json!([worker]), "{al}");
+
+    // Nothing in the partition has this feature: no job for it (with a
+    // worker in the table it fails at once), and still one allocation.
+    let never = submit_job(&pki, &addr, "server.feature_a100 == 1", "x");
+    let mut wait_never = vec!["wait", "--timeout", "20"];
+    wait_never.extend(target);
+    wait_never.push(&never);
+    assert!(!common::run(&wait_never).status.success());
+    let al = allocations(&pki, &addr).unwrap();
+    assert_eq!(al["allocations"].as_array().unwrap().len(), 1, "{al}");
+
+    // Idle for 3 s: the worker exits and its job ends.
+    let needle = format!("--name {worker} ");
+    eventually(
+        "the idle worker to exit and its job to leave the queue",
+        Duration::from_secs(40),
+        || (processes_with(&needle).is_empty() && left_queue(&id)).then_some(()),
+    );
+    eventually(
+        "the distributor to see the job ended",
+        Duration::from_secs(20),
+        || {
+            let al = allocations(&pki, &addr)?;
+            let s = al["allocations"][0]["state"].as_str()?.to_owned();
+            ["ENDED", "COMPLETED"].contains(&s.as_str()).then_some(())
+        },
+    );
+}
+
+/// sbatch refuses the job (a partition that does not exist): the status
+/// says why, the task keeps waiting with that reason.
+#[test]
+fn a_refused_submission_is_shown_in_status_and_the_task_keeps_waiting() {
+    let _turn = SLURM.lock().unwrap_or_else(|p| p.into_inner());
+    if !slurm_ready("a_refused_submission_is_shown_in_status_and_the_task_keeps_waiting") {
+        return;
+    }
+    let dir = Dir::new("slurm-refused");
+    let pki = common::pki(&dir.0, &[("d1", "distributor"), ("client", "client")]);
+    let addr = common::port().to_string();
+    let _d = autoalloc_distributor(
+        &dir.0,
+        &pki,
+        &addr,
+        &["--autoalloc-args", "--partition nope"],
+    );
+    eventually("the distributor to answer", Duration::from_secs(20), || {
+        allocations(&pki, &addr)
+    });
+    let job = submit_job(&pki, &addr, "", "waits");
+    let al = eventually("the refusal in the status", Duration::from_secs(30), || {
+        allocations(&pki, &addr).filter(|a| a["last_error"] != "")
+    });
+    let why = al["last_error"].as_str().unwrap();
+    assert!(why.contains("invalid partition"), "{al}");
+    assert_eq!(al["allocations"], serde_json::json!([]), "{al}");
+    assert_eq!(al["waiting_tasks"], 1, "{al}");
+    let text_status = common::ok(&[
+        "status",
+        "--pki",
+        &pki,
+        "--name",
+        "client",
+        "--distributor",
+        &addr,
+    ]);
+    assert!(
+        text_status.contains("last submission refused: sbatch: error: invalid partition"),
+        "{text_status}"
+    );
+    let tasks = common::run(&[
+        "tasks",
+        "--pki",
+        &pki,
+        "--name",
+        "client",
+        "--distributor",
+        &addr,
+        &job,
+        "--json",
+    ]);
+    assert!(tasks.status.success(), "tasks: {}", text(&tasks));
+    let rows = common::json(&tasks);
+    let row = &rows.as_array().expect("an array of tasks")[0];
+    assert_eq!(row["state"], "waiting", "{rows}");
+    let msg = row["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("waits for a worker from slurm: the last submission was refused")
+            && msg.contains("invalid partition"),
+        "{rows}"
+    );
+}
