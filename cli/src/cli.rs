@@ -82,12 +82,21 @@ enum CertCmd {
         /// PKI directory holding the CA.
         #[arg(long)]
         dir: PathBuf,
-        /// Node name.
+        /// Certificate name (the file name in DIR, and a node's `--cert`;
+        /// a pool certificate serves many nodes, each with its own --name).
         #[arg(long)]
         name: String,
         /// Role the certificate allows.
         #[arg(long, value_parser = parse_role)]
         role: Role,
+        /// Days the certificate is valid, from now.
+        #[arg(long, default_value_t = allot::pki::DEFAULT_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        days: u32,
+        /// Start of the validity instead of now, in Unix seconds (for
+        /// tests of expiry).
+        #[arg(long, hide = true, value_name = "UNIX_SECS")]
+        not_before: Option<u64>,
     },
 }
 
@@ -224,9 +233,13 @@ struct GatewayArgs {
     link: LinkArgs,
     #[command(flatten)]
     metrics: MetricsArgs,
-    /// Node name.
+    /// Node name: what peers know it by.
     #[arg(long)]
     name: String,
+    /// The certificate (and key) in the PKI directory to present (default:
+    /// the one named like --name); its role must be this node's.
+    #[arg(long, value_name = "NAME")]
+    cert: Option<String>,
     /// Address to listen on.
     #[arg(long)]
     listen: SocketAddr,
@@ -265,9 +278,13 @@ struct DistributorArgs {
     link: LinkArgs,
     #[command(flatten)]
     metrics: MetricsArgs,
-    /// Node name.
+    /// Node name: what peers know it by.
     #[arg(long)]
     name: String,
+    /// The certificate (and key) in the PKI directory to present (default:
+    /// the one named like --name); its role must be this node's.
+    #[arg(long, value_name = "NAME")]
+    cert: Option<String>,
     /// Address to listen on.
     #[arg(long)]
     listen: SocketAddr,
@@ -382,9 +399,14 @@ struct WorkerArgs {
     link: LinkArgs,
     #[command(flatten)]
     metrics: MetricsArgs,
-    /// Node name.
-    #[arg(long, required_unless_present = "print_resources")]
+    /// Node name, unique among the live workers (default: HOST-PID, the
+    /// host name and this process's id).
+    #[arg(long)]
     name: Option<String>,
+    /// The certificate (and key) in the PKI directory to present (default:
+    /// the one named like --name); its role must be this node's.
+    #[arg(long, value_name = "NAME")]
+    cert: Option<String>,
     /// Local address to bind.
     #[arg(long, default_value = "0.0.0.0:0")]
     listen: SocketAddr,
@@ -558,12 +580,23 @@ fn run(cli: Cli) -> Result<()> {
                 println!("created CA in {}", dir.display());
                 Ok(())
             }
-            CertCmd::Issue { dir, name, role } => {
-                allot::pki::issue(&dir, &name, role)?;
+            CertCmd::Issue {
+                dir,
+                name,
+                role,
+                days,
+                not_before,
+            } => {
+                let valid = match not_before {
+                    Some(t) => allot::pki::Validity::days_from(t, days)?,
+                    None => allot::pki::Validity::days_from_now(days)?,
+                };
+                allot::pki::issue_with(&dir, &name, role, valid)?;
                 println!(
-                    "issued {} certificate `{name}` in {}",
+                    "issued {} certificate `{name}` in {}, valid until {}",
                     role.as_str(),
-                    dir.display()
+                    dir.display(),
+                    allot::pki::utc(valid.not_after)
                 );
                 Ok(())
             }
@@ -571,6 +604,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Gateway(a) => {
             crate::logging::init("info", a.common.log_format);
             let mut cfg = allot::gateway::GatewayConfig::new(&a.name, a.listen, a.pki, a.sets);
+            cfg.cert = a.cert;
             cfg.policy = match a.policy {
                 PolicyArg::Rendezvous => allot::gateway::RedirectPolicy::Rendezvous,
                 PolicyArg::RoundRobin => allot::gateway::RedirectPolicy::RoundRobin,
@@ -587,6 +621,7 @@ fn run(cli: Cli) -> Result<()> {
             crate::logging::init("info", a.common.log_format);
             let mut cfg =
                 allot::distributor::DistributorConfig::new(&a.name, a.listen, a.pki, a.data_dir);
+            cfg.cert = a.cert;
             cfg.link_timeouts = a.link.timeouts()?;
             cfg.metrics = a.metrics.config();
             cfg.startup_grace = Duration::from_millis(a.startup_grace_ms);
@@ -624,10 +659,20 @@ fn run(cli: Cli) -> Result<()> {
                 print_resources(&found, a.cores.0, a.mem.0);
                 return Ok(());
             }
-            let (Some(name), Some(pki)) = (a.name, a.pki) else {
-                bail!("allot worker needs --name and --pki");
+            let Some(pki) = a.pki else {
+                bail!("allot worker needs --pki");
+            };
+            let name = match a.name {
+                Some(n) => n,
+                None => {
+                    let host = allot::worker::host_name().unwrap_or_default();
+                    let n = allot::worker::default_name(&host, std::process::id());
+                    eprintln!("allot worker: named {n} (--name gives another)");
+                    n
+                }
             };
             let mut cfg = allot::worker::WorkerConfig::new(&name, pki, a.join);
+            cfg.cert = a.cert;
             cfg.link_timeouts = a.link.timeouts()?;
             cfg.metrics = a.metrics.config();
             cfg.orphan_grace = Duration::from_millis(a.orphan_grace_ms);

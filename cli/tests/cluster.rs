@@ -1648,3 +1648,156 @@ fn a_sigtermed_worker_drains_its_task_and_exits_cleanly() {
     let runs = std::fs::read_to_string(&log).unwrap();
     assert_eq!(runs.lines().filter(|l| *l == "tok-1").count(), 1, "{runs}");
 }
+
+/// Starts `allot ARGS` in the background with its stderr in `log`.
+fn spawn_logged(args: &[&str], log: &Path) -> Proc {
+    Proc(
+        allot()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("spawn allot"),
+    )
+}
+
+#[test]
+fn workers_sharing_a_pool_certificate_serve_under_their_own_names() {
+    let dir = Dir::new("pool");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("dist-1", "distributor"),
+            ("pool", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let (d, g) = (port(), port());
+    let ds = d.to_string();
+    let _dist = distributor(&pki, &dir.0, "dist-1", d, &[]);
+    let _gw = gateway(&pki, g, &ds);
+    let pooled = |name: &str, rack: &str, log: &str| {
+        let label = format!("rack={rack}");
+        spawn_logged(
+            &[
+                "worker", "--name", name, "--cert", "pool", "--pki", &pki, "--join", &ds,
+                "--label", &label,
+            ],
+            &dir.0.join(log),
+        )
+    };
+    let _a = pooled("w-a", "a", "a.log");
+    let _b = pooled("w-b", "b", "b.log");
+    let ws = wait_workers(&pki, d, 2, "up", Duration::from_secs(20));
+    let mut names: Vec<&str> = ws.iter().filter_map(|w| w["name"].as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["w-a", "w-b"]);
+
+    // Each serves: a task only one of them matches runs there.
+    for (rack, who) in [("a", "w-a"), ("b", "w-b")] {
+        let req = format!("server.rack == '{rack}'");
+        let out = submit(
+            &pki,
+            &g.to_string(),
+            &["--app", "echo", "--require", &req, "--json"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(json(&out)["worker"], who);
+    }
+
+    // The pool certificate does not make a name shareable: a second live
+    // worker named w-a is refused, and says why; the first keeps its row.
+    let log = dir.0.join("dup.log");
+    let _dup = pooled("w-a", "c", "dup.log");
+    eventually("the duplicate is told", Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("worker name `w-a` is taken by another live worker")
+            .then_some(())
+    });
+    let ws = status(&pki, d).unwrap();
+    let a: Vec<&Value> = ws.iter().filter(|w| w["name"] == "w-a").collect();
+    assert_eq!(a.len(), 1, "{ws:?}");
+    assert_eq!(a[0]["rack"], "a", "the duplicate took the row over: {ws:?}");
+}
+
+#[test]
+fn an_expired_or_not_yet_valid_certificate_stops_a_node_at_start_saying_how_to_renew() {
+    let dir = Dir::new("expired");
+    let pki = pki(&dir.0, &[]);
+    // A day's validity from 2001: long expired.
+    ok(&[
+        "cert",
+        "issue",
+        "--dir",
+        &pki,
+        "--name",
+        "old",
+        "--role",
+        "worker",
+        "--days",
+        "1",
+        "--not-before",
+        "1000000000",
+    ]);
+    let err = fails(&[
+        "worker",
+        "--name",
+        "w",
+        "--cert",
+        "old",
+        "--pki",
+        &pki,
+        "--join",
+        "127.0.0.1:9",
+    ]);
+    for want in [
+        "old.pem expired on 2001-09-10 01:46:40 UTC",
+        &format!("allot cert issue --dir {pki} --name old --role worker --days 365"),
+    ] {
+        assert!(err.contains(want), "{want:?} not in {err}");
+    }
+    // Valid from 2100: not yet.
+    ok(&[
+        "cert",
+        "issue",
+        "--dir",
+        &pki,
+        "--name",
+        "early",
+        "--role",
+        "distributor",
+        "--not-before",
+        "4102444800",
+    ]);
+    let data = dir.0.join("data");
+    let err = fails(&[
+        "distributor",
+        "--name",
+        "early",
+        "--pki",
+        &pki,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("early.pem is not valid yet: valid from 2100-01-01 00:00:00 UTC"),
+        "{err}"
+    );
+    // --days must be at least 1, and is shown at issue.
+    let err = fails(&[
+        "cert", "issue", "--dir", &pki, "--name", "z", "--role", "client", "--days", "0",
+    ]);
+    assert!(err.contains("--days"), "{err}");
+    let out = ok(&[
+        "cert", "issue", "--dir", &pki, "--name", "c", "--role", "client", "--days", "7",
+    ]);
+    assert!(out.contains("valid until "), "{out}");
+}

@@ -34,12 +34,16 @@ pub use self::shell::{run, spawn};
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct DistributorConfig {
-    /// Node name (its certificate's name in the PKI directory).
+    /// Node name: what peers know it by.
     pub name: String,
     /// Address to listen on.
     pub listen: SocketAddr,
     /// PKI directory.
     pub pki: PathBuf,
+    /// The certificate (and key) to load from the PKI directory; `None`:
+    /// the one named like the node. Its role is the node's role; several
+    /// nodes may share one (a pool certificate).
+    pub cert: Option<String>,
     /// The name of its distributor set.
     pub set_name: String,
     /// Where the user DB and task-class DB live.
@@ -101,12 +105,18 @@ pub struct DistributorConfig {
 }
 
 impl DistributorConfig {
+    /// The name of the certificate to load: `cert`, or the node's name.
+    pub fn cert_name(&self) -> &str {
+        self.cert.as_deref().unwrap_or(&self.name)
+    }
+
     /// Defaults for everything but the identity and addresses.
     pub fn new(name: &str, listen: SocketAddr, pki: PathBuf, data_dir: PathBuf) -> Self {
         DistributorConfig {
             name: name.to_owned(),
             listen,
             pki,
+            cert: None,
             set_name: "default".into(),
             data_dir,
             users_file: None,

@@ -139,7 +139,9 @@ fn setup(cfg: DistributorConfig) -> Result<Setup, NodeError> {
         .as_ref()
         .map(|m| observe::http::Bound::bind(m, "distributor"))
         .transpose()?;
-    let pki = Pki::load(&cfg.pki, &cfg.name)?;
+    crate::pki::validate_name(&cfg.name)?;
+    let pki = Pki::load(&cfg.pki, cfg.cert_name())?;
+    crate::pki::check_role(&pki, allot_wire::Role::Distributor)?;
     let ep = transport::endpoint_with(&pki, cfg.listen, &cfg.link_timeouts)?;
     let store = Store::open(&cfg.data_dir)?;
     if let Some(path) = &cfg.users_file {

@@ -46,12 +46,16 @@ pub enum RedirectPolicy {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct GatewayConfig {
-    /// Node name.
+    /// Node name: what peers know it by.
     pub name: String,
     /// Address to listen on.
     pub listen: SocketAddr,
     /// PKI directory.
     pub pki: PathBuf,
+    /// The certificate (and key) to load from the PKI directory; `None`:
+    /// the one named like the node. Its role is the node's role; several
+    /// nodes may share one (a pool certificate).
+    pub cert: Option<String>,
     /// Seed distributor sets: name and members, known before any
     /// registers (may be empty: the record then comes only from
     /// registrations).
@@ -103,6 +107,11 @@ pub struct GatewayMetrics {
 }
 
 impl GatewayConfig {
+    /// The name of the certificate to load: `cert`, or the node's name.
+    pub fn cert_name(&self) -> &str {
+        self.cert.as_deref().unwrap_or(&self.name)
+    }
+
     /// A gateway for `sets`, with rendezvous choice and a 30 s redirect TTL.
     pub fn new(
         name: &str,
@@ -114,6 +123,7 @@ impl GatewayConfig {
             name: name.to_owned(),
             listen,
             pki,
+            cert: None,
             sets,
             policy: RedirectPolicy::Rendezvous,
             ttl: Duration::from_secs(30),

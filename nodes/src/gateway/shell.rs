@@ -98,7 +98,9 @@ fn setup(cfg: GatewayConfig) -> Result<Setup, NodeError> {
         .as_ref()
         .map(|m| observe::http::Bound::bind(m, "gateway"))
         .transpose()?;
-    let pki = Pki::load(&cfg.pki, &cfg.name)?;
+    crate::pki::validate_name(&cfg.name)?;
+    let pki = Pki::load(&cfg.pki, cfg.cert_name())?;
+    crate::pki::check_role(&pki, allot_wire::Role::Gateway)?;
     let ep = transport::endpoint_with(&pki, cfg.listen, &cfg.link_timeouts)?;
     let shell = Rc::new(Shell {
         name: cfg.name.clone(),

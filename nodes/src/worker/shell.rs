@@ -220,7 +220,9 @@ fn setup(cfg: WorkerConfig, handlers: Vec<(String, apps::Handler)>) -> Result<Se
         .as_ref()
         .map(|m| observe::http::Bound::bind(m, "worker"))
         .transpose()?;
-    let pki = Pki::load(&cfg.pki, &cfg.name)?;
+    crate::pki::validate_name(&cfg.name)?;
+    let pki = Pki::load(&cfg.pki, cfg.cert_name())?;
+    crate::pki::check_role(&pki, allot_wire::Role::Worker)?;
     let ep = transport::endpoint_with(&pki, cfg.listen, &cfg.link_timeouts)?;
     let incarnation = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -390,9 +392,15 @@ async fn serve_link(
     shell: &Rc<Shell>,
     addr: SocketAddr,
 ) -> Result<bool, ConnError> {
-    let conn = transport::connect(ep, addr)
-        .await
-        .map_err(|e| ConnError::Forbidden(e.to_string()))?;
+    let conn = transport::connect(ep, addr).await.map_err(|e| {
+        // Nobody answering is routine while a distributor restarts; a
+        // refused handshake (an expired or foreign certificate) is not,
+        // and would otherwise go unseen at the default log level.
+        if matches!(e, transport::TransportError::Handshake { .. }) {
+            tracing::warn!(%addr, "{e}");
+        }
+        ConnError::Forbidden(e.to_string())
+    })?;
     let name = shell.core.borrow().config().name.clone();
     let stream = conn::open(&conn, &conn::hello(Role::Worker, &name, Vec::new())).await?;
     let (out, mut reader) = (stream.out, stream.reader);
