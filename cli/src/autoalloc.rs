@@ -66,6 +66,12 @@ pub(crate) struct AutoallocArgs {
     /// or this host's name and the port when it listens on all).
     #[arg(long, value_name = "HOST:PORT", requires = "autoalloc")]
     autoalloc_join: Option<String>,
+    /// The worker certificate every job's worker presents (a pool
+    /// certificate in the PKI directory, `allot cert issue --role
+    /// worker`). Without it each job issues one of its own name with the
+    /// CA's key, which must then be in the PKI directory.
+    #[arg(long, value_name = "NAME", requires = "autoalloc")]
+    autoalloc_cert: Option<String>,
 }
 
 fn split(flag: &str, s: &str) -> Result<Vec<String>> {
@@ -141,6 +147,17 @@ impl AutoallocArgs {
             return Ok(None);
         };
         let submit_args = split("autoalloc-args", &self.autoalloc_args)?;
+        if let Some(c) = &self.autoalloc_cert {
+            let (pem, key) = (pki.join(format!("{c}.pem")), pki.join(format!("{c}.key")));
+            if !pem.exists() || !key.exists() {
+                bail!(
+                    "--autoalloc-cert {c}: no {} and {} (issue it with `allot cert issue --dir {} --name {c} --role worker`)",
+                    pem.display(),
+                    key.display(),
+                    pki.display()
+                );
+            }
+        }
         let worker_args = split("autoalloc-worker-args", &self.autoalloc_worker_args)?;
         let worker =
             crate::cli::parse_worker_args(&worker_args).context("--autoalloc-worker-args")?;
@@ -210,7 +227,7 @@ impl AutoallocArgs {
             allot: allot.display().to_string(),
             pki: abs(pki).display().to_string(),
             join,
-            cert: None,
+            cert: self.autoalloc_cert.clone(),
             idle_secs: self.autoalloc_idle.as_secs().max(1),
             worker_args,
             output: out_dir.join("slurm-%j.out").display().to_string(),

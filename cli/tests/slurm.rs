@@ -326,13 +326,28 @@ fn autoalloc_starts_a_worker_for_a_waiting_task_and_the_idle_worker_ends_its_job
         return;
     }
     let dir = Dir::new("slurm-autoalloc");
-    let pki = common::pki(&dir.0, &[("d1", "distributor"), ("client", "client")]);
+    let pki = common::pki(
+        &dir.0,
+        &[
+            ("d1", "distributor"),
+            ("client", "client"),
+            ("pool", "worker"),
+        ],
+    );
     let addr = common::port().to_string();
+    // The jobs' workers share the pool certificate.
     let _d = autoalloc_distributor(
         &dir.0,
         &pki,
         &addr,
-        &["--autoalloc-idle", "3", "--autoalloc-max-jobs", "1"],
+        &[
+            "--autoalloc-idle",
+            "3",
+            "--autoalloc-max-jobs",
+            "1",
+            "--autoalloc-cert",
+            "pool",
+        ],
     );
     let none = eventually("the distributor to answer", Duration::from_secs(20), || {
         allocations(&pki, &addr)
