@@ -230,7 +230,6 @@ impl AutoallocArgs {
             cert: self.autoalloc_cert.clone(),
             idle_secs: self.autoalloc_idle.as_secs().max(1),
             worker_args,
-            output: out_dir.join("slurm-%j.out").display().to_string(),
             job_name: format!("allot-{name}"),
         });
         tracing::info!(
@@ -250,7 +249,13 @@ impl AutoallocArgs {
                 slots: template.slots,
             },
             script,
-            submit_args,
+            submit_args: [
+                "--output".to_owned(),
+                out_dir.join("slurm-%j.out").display().to_string(),
+            ]
+            .into_iter()
+            .chain(submit_args)
+            .collect(),
             template,
         }))
     }

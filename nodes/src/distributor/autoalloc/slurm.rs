@@ -189,8 +189,6 @@ pub struct ScriptParams {
     pub idle_secs: u64,
     /// More worker flags, each one argument.
     pub worker_args: Vec<String>,
-    /// Where the job's output goes (`%j`: the job id).
-    pub output: String,
     /// The job's name.
     pub job_name: String,
 }
@@ -200,7 +198,8 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The batch script of an allocation: one worker on the job's node,
+/// The batch script of an allocation (the job's output file is an
+/// `sbatch` argument, free of the script's quoting): one worker on the job's node,
 /// named `auto-JOBID`, with the node's features as labels, joining the
 /// distributor and exiting after the idle time (which ends the job).
 pub fn script(p: &ScriptParams) -> String {
@@ -210,7 +209,6 @@ pub fn script(p: &ScriptParams) -> String {
     s.push_str("#!/bin/sh\n");
     s.push_str(&format!("#SBATCH --job-name={}\n", p.job_name));
     s.push_str("#SBATCH --nodes=1\n#SBATCH --ntasks=1\n#SBATCH --exclusive\n");
-    s.push_str(&format!("#SBATCH --output={}\n", p.output));
     s.push_str("# Written by allot distributor --autoalloc slurm: one worker on this node.\n");
     s.push_str("set -e\nname=\"auto-$SLURM_JOB_ID\"\n");
     let cert = match &p.cert {
@@ -284,7 +282,6 @@ mod tests {
             cert: None,
             idle_secs: 30,
             worker_args: vec!["--apps".into(), "echo,sleep".into()],
-            output: "/shared/auto/slurm-%j.out".into(),
             job_name: "allot-d1".into(),
         };
         let s = script(&p);
@@ -292,10 +289,7 @@ mod tests {
             s.starts_with("#!/bin/sh\n#SBATCH --job-name=allot-d1\n"),
             "{s}"
         );
-        assert!(
-            s.contains("#SBATCH --output=/shared/auto/slurm-%j.out"),
-            "{s}"
-        );
+        assert!(!s.contains("--output"), "an sbatch argument: {s}");
         assert!(
             s.contains("'/opt/allot bin/allot' cert issue --dir '/shared/pki' --name \"$name\" --role worker"),
             "{s}"
