@@ -65,7 +65,7 @@ pub(crate) struct AutoallocArgs {
     /// The address the jobs' workers join (default: the listen address,
     /// or this host's name and the port when it listens on all).
     #[arg(long, value_name = "HOST:PORT", requires = "autoalloc")]
-    autoalloc_join: Option<String>,
+    autoalloc_join: Option<allot::HostPort>,
     /// The worker certificate every job's worker presents (a pool
     /// certificate in the PKI directory, `allot cert issue --role
     /// worker`). Without it each job issues one of its own name with the
@@ -116,22 +116,18 @@ fn sinfo(partition: Option<&str>) -> Result<Vec<slurm::NodeOffer>> {
 }
 
 /// The address of this host for workers on other nodes: the listen
-/// address, or where it is unspecified this host's name (resolved, while
-/// worker flags take IP literals only) and its port.
-fn join_addr(listen: SocketAddr) -> Result<String> {
+/// address, or where it is unspecified this host's name and the port
+/// (workers look it up at each dial).
+fn join_addr(listen: SocketAddr) -> String {
     if !listen.ip().is_unspecified() {
-        return Ok(listen.to_string());
+        return listen.to_string();
     }
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".into());
-    use std::net::ToSocketAddrs;
-    let addr = (host.as_str(), listen.port())
-        .to_socket_addrs()
-        .with_context(|| format!("--autoalloc: resolving this host's name {host:?}"))?
-        .next()
-        .with_context(|| format!("--autoalloc: this host's name {host:?} has no address"))?;
-    Ok(addr.to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", listen.port())
 }
 
 impl AutoallocArgs {
@@ -220,8 +216,8 @@ impl AutoallocArgs {
             .with_context(|| format!("creating {}", out_dir.display()))?;
         let allot = std::env::current_exe().context("finding the allot binary")?;
         let join = match &self.autoalloc_join {
-            Some(j) => j.clone(),
-            None => join_addr(listen)?,
+            Some(j) => j.to_string(),
+            None => join_addr(listen),
         };
         let script = slurm::script(&slurm::ScriptParams {
             allot: allot.display().to_string(),

@@ -3,7 +3,6 @@
 //! TOML file given with `--config` (see [`crate::config`]).
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,9 +13,11 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use allot::client::{ClientConfig, LocalClient, Task};
 use allot::labels::{parse_attr, status_name};
 use allot::units::parse_size;
+use allot::HostPort;
 
 use crate::client_args::{read_input, ClientArgs, SubmitArgs};
 use crate::runtime::block_on_local;
+use crate::values::resolve;
 
 /// allot: allocate computing tasks to servers by matching attributes, over QUIC.
 #[derive(Parser, Debug)]
@@ -129,22 +130,11 @@ fn parse_role(s: &str) -> Result<Role, String> {
         .ok_or_else(|| format!("`{s}` is not a role (gateway, distributor, worker, client)"))
 }
 
-fn parse_addrs(s: &str) -> Result<Vec<SocketAddr>, String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .map(|a| {
-            a.parse()
-                .map_err(|e| format!("`{a}` is not an address like 127.0.0.1:7000: {e}"))
-        })
-        .collect()
-}
-
-fn parse_set(s: &str) -> Result<(String, Vec<SocketAddr>), String> {
+fn parse_set(s: &str) -> Result<(String, Vec<HostPort>), String> {
     let (name, addrs) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not NAME=ADDR,ADDR..."))?;
-    let addrs = parse_addrs(addrs)?;
+    let addrs = crate::values::parse_addrs(addrs)?;
     if name.is_empty() || addrs.is_empty() {
         return Err(format!("`{s}` needs a set name and at least one address"));
     }
@@ -205,7 +195,7 @@ struct MetricsArgs {
     /// Serve `/metrics` (Prometheus text) and `/healthz` over HTTP on this
     /// address (e.g. 127.0.0.1:9464); nothing is served without it.
     #[arg(long, value_name = "ADDR")]
-    metrics: Option<SocketAddr>,
+    metrics: Option<HostPort>,
     /// A file holding a bearer token: every path but `/healthz` then asks
     /// for `Authorization: Bearer TOKEN`.
     #[arg(long, value_name = "FILE", requires = "metrics")]
@@ -217,11 +207,14 @@ struct MetricsArgs {
 }
 
 impl MetricsArgs {
-    fn config(&self) -> Option<allot::observe::MetricsConfig> {
-        let mut m = allot::observe::MetricsConfig::new(self.metrics?);
+    fn config(&self) -> Result<Option<allot::observe::MetricsConfig>> {
+        let Some(addr) = &self.metrics else {
+            return Ok(None);
+        };
+        let mut m = allot::observe::MetricsConfig::new(resolve("--metrics", addr)?);
         m.token_file = self.metrics_token.clone();
         m.scrape_open = self.metrics_scrape_open;
-        Some(m)
+        Ok(Some(m))
     }
 }
 
@@ -240,9 +233,9 @@ struct GatewayArgs {
     /// the one named like --name); its role must be this node's.
     #[arg(long, value_name = "NAME")]
     cert: Option<String>,
-    /// Address to listen on.
+    /// Address to listen on (a host name is resolved at start).
     #[arg(long)]
-    listen: SocketAddr,
+    listen: HostPort,
     /// PKI directory.
     #[arg(long)]
     pki: PathBuf,
@@ -250,7 +243,7 @@ struct GatewayArgs {
     /// served before its members register. Without any, the gateway
     /// learns every set and member from the distributors' registrations.
     #[arg(long = "set", value_parser = parse_set)]
-    sets: Vec<(String, Vec<SocketAddr>)>,
+    sets: Vec<(String, Vec<HostPort>)>,
     /// A registered distributor not heard from for this long is marked
     /// down, in milliseconds (3 distributor report periods by default).
     #[arg(long, default_value_t = 3000)]
@@ -285,9 +278,9 @@ struct DistributorArgs {
     /// the one named like --name); its role must be this node's.
     #[arg(long, value_name = "NAME")]
     cert: Option<String>,
-    /// Address to listen on.
+    /// Address to listen on (a host name is resolved at start).
     #[arg(long)]
-    listen: SocketAddr,
+    listen: HostPort,
     /// PKI directory.
     #[arg(long)]
     pki: PathBuf,
@@ -295,9 +288,9 @@ struct DistributorArgs {
     #[arg(long, default_value = "default")]
     set_name: String,
     /// Gateways to register with and report this member's share of the
-    /// set's attributes to.
+    /// set's attributes to (host names are looked up at each connection).
     #[arg(long, value_delimiter = ',')]
-    gateways: Vec<SocketAddr>,
+    gateways: Vec<HostPort>,
     /// Report to the first live gateway of the list (registered) or to all
     /// (broadcast).
     #[arg(long, value_enum, default_value_t = ReportArg::Broadcast)]
@@ -409,17 +402,18 @@ struct WorkerArgs {
     cert: Option<String>,
     /// Local address to bind.
     #[arg(long, default_value = "0.0.0.0:0")]
-    listen: SocketAddr,
+    listen: HostPort,
     /// PKI directory.
     #[arg(long, required_unless_present = "print_resources")]
     pki: Option<PathBuf>,
-    /// Distributors to join, in order.
+    /// Distributors to join, in order (host names are looked up at each
+    /// connection).
     #[arg(
         long,
         value_delimiter = ',',
         required_unless_present = "print_resources"
     )]
-    join: Vec<SocketAddr>,
+    join: Vec<HostPort>,
     /// Print the cores and memory this worker finds (and where it found
     /// them: CPU affinity, cgroup limits, Slurm's variables) and exit.
     #[arg(long)]
@@ -484,11 +478,11 @@ struct StatusArgs {
     client: ClientArgs,
     /// The distributor to ask (its workers).
     #[arg(long, conflicts_with = "gateway")]
-    distributor: Option<SocketAddr>,
+    distributor: Option<HostPort>,
     /// The gateway to ask (its record of the distributor sets; default:
     /// the first of the ALLOT_GATEWAY variable, without --distributor).
     #[arg(long)]
-    gateway: Option<SocketAddr>,
+    gateway: Option<HostPort>,
     /// Show the distributor's automatic allocation only (`--autoalloc`):
     /// its batch jobs, their states and workers, and why it submits no
     /// more (with --json: an object, `null` when it runs none).
@@ -505,7 +499,7 @@ struct ExplainArgs {
     client: ClientArgs,
     /// The distributor to ask (default: the ALLOT_DISTRIBUTOR variable).
     #[arg(long)]
-    distributor: Option<SocketAddr>,
+    distributor: Option<HostPort>,
     /// Application.
     #[arg(long)]
     app: String,
@@ -603,7 +597,9 @@ fn run(cli: Cli) -> Result<()> {
         },
         Command::Gateway(a) => {
             crate::logging::init("info", a.common.log_format);
-            let mut cfg = allot::gateway::GatewayConfig::new(&a.name, a.listen, a.pki, a.sets);
+            let listen = resolve("--listen", &a.listen)?;
+            let mut cfg = allot::gateway::GatewayConfig::new(&a.name, listen, a.pki, Vec::new());
+            cfg.sets = a.sets;
             cfg.cert = a.cert;
             cfg.policy = match a.policy {
                 PolicyArg::Rendezvous => allot::gateway::RedirectPolicy::Rendezvous,
@@ -613,17 +609,19 @@ fn run(cli: Cli) -> Result<()> {
             cfg.ttl = Duration::from_millis(a.ttl_ms);
             cfg.member_timeout = Duration::from_millis(a.member_timeout_ms.max(10));
             cfg.link_timeouts = a.link.timeouts()?;
-            cfg.metrics = a.metrics.config();
+            cfg.metrics = a.metrics.config()?;
             block_on_local(allot::gateway::run(cfg, shutdown_signal()))??;
             Ok(())
         }
         Command::Distributor(a) => {
             crate::logging::init("info", a.common.log_format);
+            let listen = resolve("--listen", &a.listen)?;
+            crate::values::check_resolves("--gateways", &a.gateways)?;
             let mut cfg =
-                allot::distributor::DistributorConfig::new(&a.name, a.listen, a.pki, a.data_dir);
+                allot::distributor::DistributorConfig::new(&a.name, listen, a.pki, a.data_dir);
             cfg.cert = a.cert;
             cfg.link_timeouts = a.link.timeouts()?;
-            cfg.metrics = a.metrics.config();
+            cfg.metrics = a.metrics.config()?;
             cfg.startup_grace = Duration::from_millis(a.startup_grace_ms);
             cfg.drain_timeout = a.drain_timeout;
             cfg.set_name = a.set_name;
@@ -648,7 +646,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             cfg.autoalloc = a
                 .autoalloc
-                .config(&a.name, a.listen, &cfg.pki, &cfg.data_dir)?;
+                .config(&a.name, listen, &cfg.pki, &cfg.data_dir)?;
             block_on_local(allot::distributor::run(cfg, shutdown_signal()))??;
             Ok(())
         }
@@ -671,14 +669,16 @@ fn run(cli: Cli) -> Result<()> {
                     n
                 }
             };
-            let mut cfg = allot::worker::WorkerConfig::new(&name, pki, a.join);
+            crate::values::check_resolves("--join", &a.join)?;
+            let mut cfg = allot::worker::WorkerConfig::new(&name, pki, Vec::new());
+            cfg.join = a.join;
             cfg.cert = a.cert;
             cfg.link_timeouts = a.link.timeouts()?;
-            cfg.metrics = a.metrics.config();
+            cfg.metrics = a.metrics.config()?;
             cfg.orphan_grace = Duration::from_millis(a.orphan_grace_ms);
             cfg.drain_timeout = a.drain_timeout;
             cfg.idle_exit = a.idle_exit;
-            cfg.listen = a.listen;
+            cfg.listen = resolve("--listen", &a.listen)?;
             cfg.mode = match a.report {
                 ReportArg::Registered => ReportMode::Registered,
                 ReportArg::Broadcast => ReportMode::Broadcast,
@@ -710,7 +710,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Submit(mut a) => {
             init_logging("warn");
-            a.gateway = crate::env::gateways(a.gateway, a.distributor)?;
+            a.gateway = crate::env::gateways(a.gateway, a.distributor.as_ref())?;
             if a.detach || a.array.is_some() || a.each_line.is_some() || a.distributor.is_some() {
                 crate::jobs::submit_job(a)
             } else {
@@ -761,14 +761,16 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn client_config(
-    c: ClientArgs,
-    gateways: Vec<SocketAddr>,
-    attrs: Vec<Attr>,
-) -> Result<ClientConfig> {
-    Ok(ClientConfig::new(c.name.clone(), c.pki()?, gateways)
+/// A client of `gateways`: their names are checked now (one that does not
+/// resolve is an error naming the flag, not an outage to wait out), and
+/// looked up again at each search.
+fn client_config(c: ClientArgs, gateways: Vec<HostPort>, attrs: Vec<Attr>) -> Result<ClientConfig> {
+    crate::values::check_resolves("--gateway", &gateways)?;
+    let mut cfg = ClientConfig::new(c.name.clone(), c.pki()?, Vec::new())
         .with_attrs(attrs)
-        .with_retry_for(c.retry_for))
+        .with_retry_for(c.retry_for);
+    cfg.gateways = gateways;
+    Ok(cfg)
 }
 
 fn submit(a: SubmitArgs) -> Result<()> {
@@ -871,7 +873,8 @@ fn state_name(s: allot_wire::WorkerState) -> &'static str {
     }
 }
 
-fn gateway_status(a: StatusArgs, gw: SocketAddr) -> Result<()> {
+fn gateway_status(a: StatusArgs, gw: HostPort) -> Result<()> {
+    let gw = resolve("--gateway", &gw)?;
     let (pki, name) = (a.client.pki()?, a.client.name);
     let reply =
         block_on_local(async move { allot::gateway::query_status(&pki, &name, gw).await })??;
@@ -947,13 +950,14 @@ fn gateway_status(a: StatusArgs, gw: SocketAddr) -> Result<()> {
 }
 
 fn status(a: StatusArgs) -> Result<()> {
-    if let Some(gw) = a.gateway {
+    if let Some(gw) = a.gateway.clone() {
         return gateway_status(a, gw);
     }
-    let Some(addr) = a.distributor else {
-        let gw = crate::env::gateways(Vec::new(), None)?[0];
+    let Some(addr) = &a.distributor else {
+        let gw = crate::env::gateways(Vec::new(), None)?[0].clone();
         return gateway_status(a, gw);
     };
+    let addr = resolve("--distributor", addr)?;
     let cfg = client_config(a.client, Vec::new(), Vec::new())?;
     let reply = block_on_local(async move {
         let c = LocalClient::connect_distributor(cfg, addr).await?;
@@ -1105,8 +1109,8 @@ fn print_allocations(al: Option<&allot_wire::AutoallocStatus>, json: bool) -> Re
 }
 
 fn explain(a: ExplainArgs) -> Result<()> {
-    let addr = match a.distributor {
-        Some(d) => d,
+    let addr = match &a.distributor {
+        Some(d) => resolve("--distributor", d)?,
         None => crate::env::addr(crate::env::DISTRIBUTOR)?.with_context(|| {
             format!(
                 "no distributor: give --distributor ADDR or set {} (`allot up` prints the line that does)",

@@ -61,7 +61,10 @@ pub struct UpArgs {
     /// The gateway's address (a loopback one: the other nodes listen on
     /// the same IP, on ports the system picks).
     #[arg(long, default_value = "127.0.0.1:7000")]
-    listen: SocketAddr,
+    listen: allot::HostPort,
+    /// `--listen` resolved (`localhost:7000` is accepted too).
+    #[arg(skip = SocketAddr::from(([127, 0, 0, 1], 7000)))]
+    listen_addr: SocketAddr,
     /// Log lines (stderr) as text, or as one JSON object a line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -301,10 +304,10 @@ fn worker_name(i: u16) -> String {
 }
 
 fn start_nodes(a: &UpArgs, dir: &Path, pki: &Path, nodes: &mut Nodes) -> Result<()> {
-    let local = SocketAddr::new(a.listen.ip(), 0);
+    let local = SocketAddr::new(a.listen_addr.ip(), 0);
     let g = allot::gateway::spawn(GatewayConfig::new(
         GATEWAY,
-        a.listen,
+        a.listen_addr,
         pki.to_path_buf(),
         Vec::new(),
     ))
@@ -318,7 +321,7 @@ fn start_nodes(a: &UpArgs, dir: &Path, pki: &Path, nodes: &mut Nodes) -> Result<
         dir.join(format!("data-{DISTRIBUTOR}")),
     );
     cfg.set_name = SET.into();
-    cfg.gateways = vec![gw];
+    cfg.gateways = vec![gw.into()];
     let d = allot::distributor::spawn(cfg).context("starting the distributor")?;
     let dist = d.addr;
     nodes.distributor = Some(d);
@@ -338,7 +341,7 @@ fn start_nodes(a: &UpArgs, dir: &Path, pki: &Path, nodes: &mut Nodes) -> Result<
 /// gateway finds them.
 async fn wait_up(pki: &Path, gateway: SocketAddr, distributor: SocketAddr, n: usize) -> Result<()> {
     let started = Instant::now();
-    let client = ClientConfig::new(CLIENT, pki, Vec::new());
+    let client = ClientConfig::new(CLIENT, pki, Vec::<SocketAddr>::new());
     allot::local_cluster::wait_for_workers(&client, distributor, n, UP_TIMEOUT).await?;
     let mut last = String::from("no answer yet");
     while started.elapsed() < UP_TIMEOUT {
@@ -382,9 +385,10 @@ fn signals() -> Result<impl std::future::Future<Output = ()>> {
 }
 
 /// Runs `allot up`.
-pub fn run(a: UpArgs) -> Result<()> {
+pub fn run(mut a: UpArgs) -> Result<()> {
     crate::logging::init("warn", a.log_format);
-    if !a.listen.ip().is_loopback() {
+    a.listen_addr = crate::values::resolve("--listen", &a.listen)?;
+    if !a.listen_addr.ip().is_loopback() {
         bail!(
             "--listen {}: allot up runs a cluster for this machine and takes a loopback address \
              (127.0.0.1:PORT); run `allot gateway`, `allot distributor` and `allot worker` to serve others",

@@ -1801,3 +1801,250 @@ fn an_expired_or_not_yet_valid_certificate_stops_a_node_at_start_saying_how_to_r
     ]);
     assert!(out.contains("valid until "), "{out}");
 }
+
+/// `localhost:PORT` for a free loopback port.
+fn localhost() -> String {
+    format!("localhost:{}", port().port())
+}
+
+#[test]
+fn every_address_flag_takes_a_host_name() {
+    let dir = Dir::new("hostnames");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("dist-1", "distributor"),
+            ("w-1", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let (d, g, m) = (localhost(), localhost(), localhost());
+    let data = dir.0.join("data");
+    let set = format!("main={d}");
+    let _gw = spawn(&[
+        "gateway", "--name", "gw-1", "--pki", &pki, "--listen", &g, "--set", &set,
+    ]);
+    let _dist = spawn(&[
+        "distributor",
+        "--name",
+        "dist-1",
+        "--pki",
+        &pki,
+        "--set-name",
+        "main",
+        "--listen",
+        &d,
+        "--gateways",
+        &g,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--metrics",
+        &m,
+    ]);
+    let _w = spawn(&[
+        "worker",
+        "--name",
+        "w-1",
+        "--pki",
+        &pki,
+        "--join",
+        &d,
+        "--listen",
+        "localhost:0",
+    ]);
+    // status --distributor by name lists the worker...
+    eventually("the worker is up", Duration::from_secs(20), || {
+        let out = run(&["status", "--pki", &pki, "--distributor", &d, "--json"]);
+        let ws = serde_json::from_slice::<Value>(&out.stdout).ok()?;
+        (ws.as_array()?
+            .iter()
+            .any(|w| w["name"] == "w-1" && w["state"] == "up"))
+        .then_some(())
+    });
+    // ...status --gateway by name the member, registered under its address.
+    eventually(
+        "the gateway knows the member",
+        Duration::from_secs(20),
+        || {
+            let out = run(&["status", "--pki", &pki, "--gateway", &g, "--json"]);
+            let ms = serde_json::from_slice::<Value>(&out.stdout).ok()?;
+            (ms.as_array()?.iter().any(|m| m["name"] == "dist-1")).then_some(())
+        },
+    );
+    // submit, explain and a job through names, from flags and variables.
+    let out = submit(&pki, &g, &["--app", "echo", "--input", "-", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out)["worker"], "w-1");
+    let out = allot()
+        .env("ALLOT_GATEWAY", &g)
+        .env("ALLOT_PKI", &pki)
+        .args(["submit", "--app", "echo", "--array", "1-3", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = allot()
+        .env("ALLOT_DISTRIBUTOR", &d)
+        .env("ALLOT_PKI", &pki)
+        .args(["explain", "--app", "echo", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out)["matches"], true);
+    // --metrics by name serves.
+    let port: u16 = m.rsplit_once(':').unwrap().1.parse().unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(
+        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_name_that_does_not_resolve_is_an_error_naming_the_flag() {
+    let dir = Dir::new("nohost");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("g", "gateway"),
+            ("d", "distributor"),
+            ("w", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let data = dir.0.join("data");
+    let data = data.to_str().unwrap();
+    let bad = "nohost.invalid:7000";
+    let set = format!("main={bad}");
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "--join",
+            vec!["worker", "--name", "w", "--pki", &pki, "--join", bad],
+        ),
+        (
+            "--listen",
+            vec![
+                "worker",
+                "--name",
+                "w",
+                "--pki",
+                &pki,
+                "--join",
+                "127.0.0.1:9",
+                "--listen",
+                bad,
+            ],
+        ),
+        (
+            "--listen",
+            vec!["gateway", "--name", "g", "--pki", &pki, "--listen", bad],
+        ),
+        (
+            "--set main",
+            vec![
+                "gateway",
+                "--name",
+                "g",
+                "--pki",
+                &pki,
+                "--listen",
+                "127.0.0.1:0",
+                "--set",
+                &set,
+            ],
+        ),
+        (
+            "--gateways",
+            vec![
+                "distributor",
+                "--name",
+                "d",
+                "--pki",
+                &pki,
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data,
+                "--gateways",
+                bad,
+            ],
+        ),
+        (
+            "--metrics",
+            vec![
+                "distributor",
+                "--name",
+                "d",
+                "--pki",
+                &pki,
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data,
+                "--metrics",
+                bad,
+            ],
+        ),
+        (
+            "--gateway",
+            vec!["submit", "--pki", &pki, "--app", "echo", "--gateway", bad],
+        ),
+        ("--gateway", vec!["jobs", "--pki", &pki, "--gateway", bad]),
+        (
+            "--distributor",
+            vec!["status", "--pki", &pki, "--distributor", bad],
+        ),
+        ("--gateway", vec!["status", "--pki", &pki, "--gateway", bad]),
+        (
+            "--distributor",
+            vec![
+                "explain",
+                "--pki",
+                &pki,
+                "--app",
+                "echo",
+                "--distributor",
+                bad,
+            ],
+        ),
+    ];
+    for (flag, args) in cases {
+        let t0 = Instant::now();
+        let err = fails(&args);
+        let want = format!("{flag}: cannot resolve \"{bad}\"");
+        assert!(err.contains(&want), "{args:?}: {want:?} not in {err}");
+        // At once: a name that does not resolve is no outage to wait out.
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{args:?} took {:?}",
+            t0.elapsed()
+        );
+    }
+    // Malformed ones are refused by the parser, saying what is wrong.
+    for (value, why) in [
+        ("localhost", "no port"),
+        ("localhost:99999", "is not a port"),
+        ("::1:7000", "needs brackets"),
+    ] {
+        let err = fails(&["status", "--pki", &pki, "--distributor", value]);
+        assert!(err.contains(why), "{value}: {err}");
+    }
+}

@@ -155,11 +155,11 @@ fn the_sbatch_recipe_runs_tasks_and_cleans_up_on_scancel() {
     let dir = Dir::new("slurm-recipe");
     let job_dir = dir.0.join("job");
     let out = dir.0.join("job-%j.out");
+    let gport = port_pair();
     let export = format!(
-        "ALL,ALLOT_BIN={},ALLOT_JOB_DIR={},ALLOT_GATEWAY_PORT={},ALLOT_LOG=warn",
+        "ALL,ALLOT_BIN={},ALLOT_JOB_DIR={},ALLOT_GATEWAY_PORT={gport},ALLOT_LOG=warn",
         env!("CARGO_BIN_EXE_allot"),
         job_dir.display(),
-        port_pair()
     );
     let sub = sh(
         "sbatch",
@@ -201,10 +201,13 @@ fn the_sbatch_recipe_runs_tasks_and_cleans_up_on_scancel() {
     );
     let printed = std::fs::read_to_string(&job_out).unwrap_or_default();
     assert!(printed.contains(line.trim()), "job output: {printed}");
+    // The first node, by its host name.
+    let host = String::from_utf8(sh("hostname", &["-s"]).stdout).unwrap();
+    assert_eq!(env[0].1, format!("{}:{gport}", host.trim()), "{line}");
+    assert_eq!(env[1].1, format!("{}:{}", host.trim(), gport + 1), "{line}");
 
     // Tasks through the gateway, on the worker of this job's node, which
     // carries the node's features and the job's id.
-    let host = String::from_utf8(sh("hostname", &["-s"]).stdout).unwrap();
     let require = format!(
         "server.feature_ssd == 1 && server.feature_gpu_none == 1 && server.slurm_job == \"{id}\" && server.host == \"{}\"",
         host.trim()
@@ -334,13 +337,17 @@ fn autoalloc_starts_a_worker_for_a_waiting_task_and_the_idle_worker_ends_its_job
             ("pool", "worker"),
         ],
     );
-    let addr = common::port().to_string();
-    // The jobs' workers share the pool certificate.
+    let port = common::port().port();
+    let addr = format!("127.0.0.1:{port}");
+    let join = format!("localhost:{port}");
+    // The jobs' workers share the pool certificate and join by host name.
     let _d = autoalloc_distributor(
         &dir.0,
         &pki,
         &addr,
         &[
+            "--autoalloc-join",
+            &join,
             "--autoalloc-idle",
             "3",
             "--autoalloc-max-jobs",

@@ -6,8 +6,9 @@
 //!
 //! A node certificate carries three DNS subject alternative names:
 //!
-//! * [`SERVER_NAME`] (`node.allot`): nodes are dialled by IP address, so every
-//!   server is verified against this one fixed name instead;
+//! * [`SERVER_NAME`] (`node.allot`): nodes are dialled by address (a host
+//!   name given by the user is resolved first, and may be shared or
+//!   change), so every server is verified against this one fixed name;
 //! * `<role>.role.allot`: the role, read back with
 //!   [`role_of`] after the handshake (webpki's name matching does the parsing,
 //!   so no X.509 parser of our own touches peer input);
@@ -49,7 +50,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 /// The name every server certificate is valid for; clients verify servers
-/// against it because nodes are addressed by IP, not by DNS name.
+/// against it (and send it as SNI) whatever host name they were given:
+/// the certificate proves cluster membership and role, not a host.
 pub const SERVER_NAME: &str = "node.allot";
 
 /// File name of the CA certificate in a PKI directory.

@@ -303,7 +303,7 @@ impl Cluster {
             }
         }
         cluster._certs = Some(certs);
-        let cfg = ClientConfig::new(client, pki.clone(), Vec::new());
+        let cfg = ClientConfig::new(client, pki.clone(), Vec::<SocketAddr>::new());
         let members = cluster.members.clone();
         let gws = cluster.gateways.clone();
         let workers = shape.workers;

@@ -51,7 +51,7 @@ pub struct BenchArgs {
     /// Gateways of a running cluster, tried in order (default: the
     /// ALLOT_GATEWAY variable, without --local).
     #[arg(long, value_delimiter = ',')]
-    pub gateway: Vec<SocketAddr>,
+    pub gateway: Vec<allot::HostPort>,
     /// PKI directory (with --gateway).
     #[arg(long, env = crate::env::PKI)]
     pub pki: Option<PathBuf>,
@@ -219,6 +219,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 crate::env::GATEWAY
             ),
         };
+        let gateways = crate::values::resolve_all("--gateway", &gateways)?;
         let cfg =
             ClientConfig::new(args.name.clone(), pki, gateways).with_retry_for(args.retry_for);
         (cfg.clone(), vec![cfg])

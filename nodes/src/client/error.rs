@@ -34,6 +34,10 @@ pub enum AttemptError {
     /// The gateway answered with no usable distributor address.
     #[error("the gateway's redirect lists no usable distributor")]
     EmptyRedirect,
+    /// The gateway's host name did not resolve (this time: it is looked
+    /// up again at the next search).
+    #[error(transparent)]
+    Resolve(#[from] crate::hostport::ResolveError),
 }
 
 impl From<TransportError> for AttemptError {
@@ -54,7 +58,9 @@ impl AttemptError {
     /// not ready) may pass, so a search is retried over it.
     pub fn is_permanent(&self) -> bool {
         match self {
-            AttemptError::Timeout { .. } | AttemptError::EmptyRedirect => false,
+            AttemptError::Timeout { .. }
+            | AttemptError::EmptyRedirect
+            | AttemptError::Resolve(_) => false,
             AttemptError::Transport(e) => match e {
                 TransportError::Handshake { source, .. } => refused_by_tls(source),
                 TransportError::Timeout { .. } => false,
@@ -198,7 +204,11 @@ impl fmt::Display for Attempts {
             if mixed {
                 write!(f, "{} ", a.searched)?;
             }
-            write!(f, "{}: {}", a.addr, a.error)?;
+            match &*a.error {
+                // Names the host itself; there is no address to show.
+                AttemptError::Resolve(e) => write!(f, "{e}")?,
+                e => write!(f, "{}: {e}", a.addr)?,
+            }
         }
         if let Some(r) = self.retried {
             write!(

@@ -81,8 +81,9 @@ pub struct DistributorConfig {
     /// How fast a silent peer is noticed (QUIC idle timeout and
     /// keep-alives on every link of this node).
     pub link_timeouts: crate::transport::LinkTimeouts,
-    /// The gateways it registers with and reports to (may be empty).
-    pub gateways: Vec<SocketAddr>,
+    /// The gateways it registers with and reports to (may be empty); a
+    /// host name is looked up again at every connection attempt.
+    pub gateways: Vec<crate::HostPort>,
     /// `Registered`: to the first live gateway of the list (the next when
     /// it dies); `Broadcast`: to every gateway.
     pub gateway_report: allot_wire::ReportMode,

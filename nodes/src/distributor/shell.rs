@@ -142,6 +142,13 @@ fn setup(cfg: DistributorConfig) -> Result<Setup, NodeError> {
     crate::pki::validate_name(&cfg.name)?;
     let pki = Pki::load(&cfg.pki, cfg.cert_name())?;
     crate::pki::check_role(&pki, allot_wire::Role::Distributor)?;
+    // A name that does not resolve at start is a mistake, not an outage.
+    for g in &cfg.gateways {
+        g.resolve_blocking().map_err(|e| NodeError::Config {
+            role: "distributor",
+            message: format!("--gateways: {e}"),
+        })?;
+    }
     let ep = transport::endpoint_with(&pki, cfg.listen, &cfg.link_timeouts)?;
     let store = Store::open(&cfg.data_dir)?;
     if let Some(path) = &cfg.users_file {
@@ -476,17 +483,28 @@ fn advertise(listen: SocketAddr, gateway: SocketAddr) -> SocketAddr {
 async fn gateway_loop(
     ep: quinn::Endpoint,
     shell: Rc<Shell>,
-    gateways: Vec<SocketAddr>,
+    gateways: Vec<crate::HostPort>,
     listen: SocketAddr,
 ) {
     let name = shell.core.borrow().config().name.clone();
     let me = conn::hello(allot_wire::Role::Distributor, &name, Vec::new());
     let mut i = 0;
     loop {
-        let Some(&gw) = gateways.get(i % gateways.len().max(1)) else {
+        let Some(name) = gateways.get(i % gateways.len().max(1)) else {
             return;
         };
         i = i.wrapping_add(1);
+        // Looked up at each try: a gateway whose name moved is found.
+        let gw = match name.resolve().await {
+            Ok(a) => a[0],
+            Err(e) => {
+                tracing::warn!("--gateways: {e}");
+                if i % gateways.len().max(1) == 0 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                continue;
+            }
+        };
         let opened = match transport::connect(&ep, gw).await {
             Ok(c) => conn::open(&c, &me).await.map(|s| (c, s)),
             Err(e) => Err(ConnError::Forbidden(e.to_string())),

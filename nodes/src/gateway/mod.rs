@@ -59,7 +59,11 @@ pub struct GatewayConfig {
     /// Seed distributor sets: name and members, known before any
     /// registers (may be empty: the record then comes only from
     /// registrations).
-    pub sets: Vec<(String, Vec<SocketAddr>)>,
+    ///
+    /// A host name is resolved when the gateway starts (clients are sent
+    /// the address), and again by the seed's watch after each lost or
+    /// failed connection; members that register send their own address.
+    pub sets: Vec<(String, Vec<crate::HostPort>)>,
     /// Set choice.
     pub policy: RedirectPolicy,
     /// How long clients may cache a redirect.
@@ -112,13 +116,18 @@ impl GatewayConfig {
         self.cert.as_deref().unwrap_or(&self.name)
     }
 
-    /// A gateway for `sets`, with rendezvous choice and a 30 s redirect TTL.
+    /// A gateway for `sets`, with rendezvous choice and a 30 s redirect
+    /// TTL. Seed members by host name go in [`GatewayConfig::sets`].
     pub fn new(
         name: &str,
         listen: SocketAddr,
         pki: PathBuf,
         sets: Vec<(String, Vec<SocketAddr>)>,
     ) -> GatewayConfig {
+        let sets = sets
+            .into_iter()
+            .map(|(n, m)| (n, m.into_iter().map(Into::into).collect()))
+            .collect();
         GatewayConfig {
             name: name.to_owned(),
             listen,

@@ -26,6 +26,9 @@ struct Shell {
     name: String,
     core: RefCell<GatewayCore>,
     links: RefCell<HashMap<LinkId, ShellLink>>,
+    /// The host names of the seed members given by name, by the address
+    /// they resolved to at start (a watch looks them up again).
+    seed_names: HashMap<SocketAddr, crate::HostPort>,
 }
 
 impl Shell {
@@ -86,12 +89,28 @@ fn serve_metrics(
 
 type Setup = (quinn::Endpoint, Rc<Shell>, Option<observe::http::Bound>);
 
-fn setup(cfg: GatewayConfig) -> Result<Setup, NodeError> {
+fn setup(mut cfg: GatewayConfig) -> Result<Setup, NodeError> {
     if cfg.sets.iter().any(|(_, m)| m.is_empty()) {
         return Err(NodeError::Config {
             role: "gateway",
             message: "each --set needs NAME=ADDR[,ADDR...]".into(),
         });
+    }
+    // Seed members by name are resolved here (the core, which hands
+    // clients addresses, does no I/O), and again by their watch when it
+    // reconnects; a member that registers (`--gateways`) sends its own.
+    let mut names = HashMap::new();
+    for (set, members) in &mut cfg.sets {
+        for m in members.iter_mut() {
+            let a = m.resolve_one().map_err(|e| NodeError::Config {
+                role: "gateway",
+                message: format!("--set {set}: {e}"),
+            })?;
+            if m.socket_addr().is_none() {
+                names.insert(a, m.clone());
+            }
+            *m = a.into();
+        }
     }
     let metrics = cfg
         .metrics
@@ -106,6 +125,7 @@ fn setup(cfg: GatewayConfig) -> Result<Setup, NodeError> {
         name: cfg.name.clone(),
         core: RefCell::new(GatewayCore::new(&cfg)),
         links: RefCell::new(HashMap::new()),
+        seed_names: names,
     });
     Ok((ep, shell, metrics))
 }
@@ -229,7 +249,11 @@ async fn serve_stream(stream: Stream, shell: Rc<Shell>) {
     shell.flush();
 }
 
-async fn watch(ep: quinn::Endpoint, shell: Rc<Shell>, addr: SocketAddr) {
+/// Watches seed member `addr` (up while a connection to it is); one
+/// given by host name is looked up again after each lost or failed
+/// connection, and followed to its new address.
+async fn watch(ep: quinn::Endpoint, shell: Rc<Shell>, mut addr: SocketAddr) {
+    let name = shell.seed_names.get(&addr).cloned();
     loop {
         if let Ok(c) = transport::connect(&ep, addr).await {
             let me = conn::hello(Role::Gateway, &shell.name, Vec::new());
@@ -243,5 +267,17 @@ async fn watch(ep: quinn::Endpoint, shell: Rc<Shell>, addr: SocketAddr) {
         }
         shell.core.borrow_mut().member_live(addr, false);
         tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(name) = &name {
+            match name.resolve().await {
+                Ok(a) if a[0] != addr => {
+                    if shell.core.borrow_mut().seed_moved(addr, a[0]) {
+                        tracing::info!(member = %name, from = %addr, to = %a[0], "seed member moved");
+                        addr = a[0];
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("--set: {e}"),
+            }
+        }
     }
 }

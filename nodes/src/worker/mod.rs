@@ -35,8 +35,9 @@ pub struct WorkerConfig {
     /// the one named like the node. Its role is the node's role; several
     /// nodes may share one (a pool certificate).
     pub cert: Option<String>,
-    /// Distributors to join, in order.
-    pub join: Vec<SocketAddr>,
+    /// Distributors to join, in order; a host name is looked up again at
+    /// every connection attempt.
+    pub join: Vec<crate::HostPort>,
     /// Registered (one distributor) or broadcast (all).
     pub mode: ReportMode,
     /// Application names (built-ins or those with a command).
@@ -121,12 +122,13 @@ impl WorkerConfig {
     }
 
     /// A worker with the given identity and defaults for the rest.
+    /// Distributors by host name go in [`WorkerConfig::join`].
     pub fn new(name: &str, pki: PathBuf, join: Vec<SocketAddr>) -> WorkerConfig {
         WorkerConfig {
             name: name.to_owned(),
             pki,
             cert: None,
-            join,
+            join: join.into_iter().map(Into::into).collect(),
             mode: ReportMode::Registered,
             apps: vec!["echo".into()],
             app_cmds: Vec::new(),

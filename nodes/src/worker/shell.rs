@@ -17,6 +17,7 @@ use crate::apps::{self, App, AppTable};
 use crate::conn::{self, ConnError, Outbox};
 use crate::link::LinkId;
 use crate::pki::Pki;
+use crate::HostPort;
 use crate::{observe, transport, FxMap, NodeError};
 
 struct Shell {
@@ -211,6 +212,12 @@ fn setup(cfg: WorkerConfig, handlers: Vec<(String, apps::Handler)>) -> Result<Se
     if cfg.slots == 0 {
         return Err(config_error("--slots must be at least 1"));
     }
+    // A name that does not resolve at start is a mistake, not an outage
+    // (later lookups that fail are retried with the connection).
+    for d in &cfg.join {
+        d.resolve_blocking()
+            .map_err(|e| config_error(format!("--join: {e}")))?;
+    }
     let mut table = AppTable::from_config(&cfg.apps, &cfg.app_cmds).map_err(config_error)?;
     for (name, h) in handlers {
         table.insert(&name, App::Handler(h));
@@ -257,7 +264,7 @@ async fn serve(
                 tasks.push(tokio::task::spawn_local(link_loop(
                     ep.clone(),
                     shell.clone(),
-                    vec![*addr],
+                    vec![addr.clone()],
                 )));
             }
         }
@@ -370,14 +377,25 @@ async fn timer_loop(shell: Rc<Shell>) {
 
 /// Keeps one registration alive: tries `candidates` in order, serves the
 /// first that accepts, and starts over (after a short pause) when it ends.
-async fn link_loop(ep: quinn::Endpoint, shell: Rc<Shell>, candidates: Vec<SocketAddr>) {
+/// Each candidate is looked up again at each try, so a distributor whose
+/// name now points elsewhere is found there.
+async fn link_loop(ep: quinn::Endpoint, shell: Rc<Shell>, candidates: Vec<HostPort>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        for &addr in &candidates {
-            match serve_link(&ep, &shell, addr).await {
-                Ok(true) => backoff = Duration::from_millis(100),
-                Ok(false) => tracing::debug!(%addr, "registration refused"),
-                Err(e) => tracing::debug!(%addr, "cannot register: {e}"),
+        for candidate in &candidates {
+            let addrs = match candidate.resolve().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("--join: {e}");
+                    continue;
+                }
+            };
+            for addr in addrs {
+                match serve_link(&ep, &shell, addr).await {
+                    Ok(true) => backoff = Duration::from_millis(100),
+                    Ok(false) => tracing::debug!(%addr, "registration refused"),
+                    Err(e) => tracing::debug!(%addr, "cannot register: {e}"),
+                }
             }
         }
         tokio::time::sleep(backoff).await;
