@@ -1842,17 +1842,14 @@ fn every_address_flag_takes_a_host_name() {
         "--metrics",
         &m,
     ]);
-    let _w = spawn(&[
-        "worker",
-        "--name",
-        "w-1",
-        "--pki",
-        &pki,
-        "--join",
-        &d,
-        "--listen",
-        "localhost:0",
-    ]);
+    // The worker's from a config file: the keys take names as the flags do.
+    let conf = dir.0.join("w-1.toml");
+    std::fs::write(
+        &conf,
+        format!("name = \"w-1\"\npki = \"{pki}\"\njoin = [\"{d}\"]\nlisten = \"localhost:0\"\n"),
+    )
+    .unwrap();
+    let _w = spawn(&["worker", "--config", conf.to_str().unwrap()]);
     // status --distributor by name lists the worker...
     eventually("the worker is up", Duration::from_secs(20), || {
         let out = run(&["status", "--pki", &pki, "--distributor", &d, "--json"]);

@@ -241,6 +241,18 @@ fn every_node_serves_metrics_that_promtool_accepts() {
     assert_eq!(code, 200, "{dist}");
     let (code, gw) = get(c.gw_metrics, "/metrics");
     assert_eq!(code, 200, "{gw}");
+    // The member's first report or heartbeat comes a report period after
+    // it registered, which may be after the tasks ran.
+    let gw = eventually(
+        "the gateway ingested a report",
+        Duration::from_secs(10),
+        || {
+            let (_, page) = get(c.gw_metrics, "/metrics");
+            sample(&page, "allot_member_reports_total")
+                .is_some_and(|n| n > 0.0)
+                .then_some(page)
+        },
+    );
     // The worker's counters reach the page with its next scrape.
     let worker = eventually("the worker counted 3 runs", Duration::from_secs(10), || {
         let (_, page) = get(c.worker_metrics, "/metrics");

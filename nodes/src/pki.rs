@@ -120,8 +120,8 @@ pub enum PkiError {
     },
     /// The node's certificate or key is not there.
     #[error(
-        "{} not found: no certificate `{name}` (a node loads the certificate named by \
-         --cert, default its --name); run `allot cert issue --dir {} --name {name} --role ROLE`",
+        "{} not found: no certificate for node `{name}` (a node loads the certificate named \
+         by --cert, default its --name); run `allot cert issue --dir {} --name {name} --role ROLE`",
         path.display(), dir.display()
     )]
     MissingNode {

@@ -124,6 +124,17 @@ pub struct Retried {
     pub searches: u32,
 }
 
+impl Attempt {
+    /// The host name that did not resolve, for an attempt that never had
+    /// an address (its `addr` is then only a placeholder).
+    fn host(&self) -> Option<&crate::HostPort> {
+        match &*self.error {
+            AttemptError::Resolve(e) => Some(&e.addr),
+            _ => None,
+        }
+    }
+}
+
 impl Attempts {
     pub(crate) fn push(&mut self, searched: Searched, addr: SocketAddr, e: AttemptError) {
         self.tried.push(Attempt {
@@ -140,7 +151,7 @@ impl Attempts {
             match self
                 .tried
                 .iter_mut()
-                .find(|t| t.addr == a.addr && t.searched == a.searched)
+                .find(|t| t.addr == a.addr && t.searched == a.searched && t.host() == a.host())
             {
                 Some(t) => t.error = a.error.clone(),
                 None => self.tried.push(a.clone()),
@@ -361,6 +372,29 @@ mod tests {
         AttemptError::Timeout {
             after: Duration::from_millis(ms),
         }
+    }
+
+    #[test]
+    fn names_that_did_not_resolve_are_listed_by_name_each_once() {
+        let unresolved = |host: &str| {
+            let hp: crate::HostPort = host.parse().unwrap();
+            AttemptError::Resolve(crate::hostport::ResolveError {
+                addr: hp,
+                why: "unknown".into(),
+            })
+        };
+        let none = SocketAddr::from(([0, 0, 0, 0], 7000));
+        let mut first = Attempts::default();
+        first.push(Searched::Gateway, none, unresolved("a.invalid:7000"));
+        let mut then = Attempts::default();
+        then.push(Searched::Gateway, none, unresolved("b.invalid:7000"));
+        then.push(Searched::Gateway, none, unresolved("a.invalid:7000"));
+        first.merge(&then);
+        assert_eq!(
+            first.to_string(),
+            "cannot resolve \"a.invalid:7000\": unknown; cannot resolve \"b.invalid:7000\": unknown"
+        );
+        assert!(!unresolved("a.invalid:1").is_permanent());
     }
 
     #[test]

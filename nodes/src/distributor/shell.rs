@@ -263,10 +263,11 @@ async fn serve(
     let accept = async {
         while let Some(incoming) = ep.accept().await {
             let shell = shell.clone();
+            let peer = incoming.remote_address();
             tokio::task::spawn_local(async move {
                 match incoming.await {
                     Ok(conn) => serve_connection(conn, shell).await,
-                    Err(e) => tracing::warn!("rejected connection: {e}"),
+                    Err(e) => tracing::warn!(%peer, "rejected connection: {e}"),
                 }
             });
         }

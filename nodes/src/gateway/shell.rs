@@ -148,11 +148,12 @@ async fn serve(
     let accept = async {
         while let Some(incoming) = ep.accept().await {
             let shell = shell.clone();
+            let peer = incoming.remote_address();
             tokio::task::spawn_local(async move {
                 let conn = match incoming.await {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!("rejected connection: {e}");
+                        tracing::warn!(%peer, "rejected connection: {e}");
                         return;
                     }
                 };
