@@ -19,15 +19,48 @@ use common::{allot, eventually, Dir};
 
 static SLURM: Mutex<()> = Mutex::new(());
 
+/// Whether `sinfo` lists a node within 10 s (it waits long for a
+/// controller that is down), asked once for all the tests.
+fn sinfo_answers() -> bool {
+    static ANSWERS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWERS.get_or_init(|| {
+        let Ok(mut child) = Command::new("sinfo")
+            .args(["-h", "-o", "%T"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+        else {
+            return false;
+        };
+        let t0 = std::time::Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(st)) => {
+                    let mut out = String::new();
+                    if let Some(mut o) = child.stdout.take() {
+                        use std::io::Read;
+                        let _ = o.read_to_string(&mut out);
+                    }
+                    return st.success() && !out.trim().is_empty();
+                }
+                Ok(None) if t0.elapsed() < Duration::from_secs(10) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+            }
+        }
+    })
+}
+
 /// Whether a Slurm answers; panics when `.ci/run` said it started one
 /// and it does not.
 fn slurm_ready(test: &str) -> bool {
-    let answers = Command::new("sinfo")
-        .args(["-h", "-o", "%T"])
-        .stderr(Stdio::null())
-        .output()
-        .map(|o| o.status.success() && !o.stdout.is_empty())
-        .unwrap_or(false);
+    let answers = sinfo_answers();
     if std::env::var_os("ALLOT_SLURM").is_some_and(|v| v == "1") {
         assert!(
             answers,
@@ -472,4 +505,37 @@ fn a_refused_submission_is_shown_in_status_and_the_task_keeps_waiting() {
             && msg.contains("invalid partition"),
         "{rows}"
     );
+}
+
+/// Without a pool certificate each job issues its worker one of its own
+/// name, with the CA in the distributor's PKI directory.
+#[test]
+fn without_a_pool_certificate_the_job_issues_its_own() {
+    let _turn = SLURM.lock().unwrap_or_else(|p| p.into_inner());
+    if !slurm_ready("without_a_pool_certificate_the_job_issues_its_own") {
+        return;
+    }
+    let dir = Dir::new("slurm-own-cert");
+    let pki = common::pki(&dir.0, &[("d1", "distributor"), ("client", "client")]);
+    let addr = common::port().to_string();
+    let _d = autoalloc_distributor(&dir.0, &pki, &addr, &["--autoalloc-idle", "1"]);
+    eventually("the distributor to answer", Duration::from_secs(20), || {
+        allocations(&pki, &addr)
+    });
+    let job = submit_job(&pki, &addr, "", "own cert");
+    let target = ["--pki", &pki, "--name", "client", "--distributor", &addr];
+    let mut wait = vec!["wait", "--timeout", "90"];
+    wait.extend(target);
+    wait.push(&job);
+    let w = common::run(&wait);
+    assert!(w.status.success(), "wait: {}", text(&w));
+    let al = allocations(&pki, &addr).unwrap();
+    let id = al["allocations"][0]["id"].as_str().unwrap().to_owned();
+    let _job = Job(id.clone());
+    assert_eq!(
+        al["allocations"][0]["workers"],
+        serde_json::json!([format!("auto-{id}")])
+    );
+    let cert = Path::new(&pki).join(format!("auto-{id}.pem"));
+    assert!(cert.exists(), "{} issued by the job", cert.display());
 }
