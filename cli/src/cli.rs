@@ -1148,7 +1148,8 @@ fn explain(a: ExplainArgs) -> Result<()> {
             "clauses": r.clauses.iter().map(|c| serde_json::json!({"clause": c.clause, "eliminated": c.eliminated})).collect::<Vec<_>>(),
             "nearest": r.nearest.iter().map(|n| serde_json::json!({"worker": n.worker, "failed": n.failed})).collect::<Vec<_>>(),
             "waitable": r.waitable,
-            "would_wait": r.matched == 0 && r.waitable > 0,
+            "would_wait": r.matched == 0 && (r.waitable > 0 || !r.allocation.is_empty()),
+            "allocation": r.allocation,
         });
         println!("{j}");
         return Ok(());

@@ -463,12 +463,38 @@ fn a_refused_submission_is_shown_in_status_and_the_task_keeps_waiting() {
     eventually("the distributor to answer", Duration::from_secs(20), || {
         allocations(&pki, &addr)
     });
+    // explain says it would wait for a Slurm worker, and why it has none.
+    let explain = |json: bool| {
+        let mut a = vec![
+            "explain",
+            "--pki",
+            &pki,
+            "--name",
+            "client",
+            "--distributor",
+            &addr,
+            "--app",
+            "echo",
+        ];
+        if json {
+            a.push("--json");
+        }
+        common::ok(&a)
+    };
+    let e: serde_json::Value = serde_json::from_str(&explain(true)).unwrap();
+    assert_eq!(e["would_wait"], true, "{e}");
     let job = submit_job(&pki, &addr, "", "waits");
     let al = eventually("the refusal in the status", Duration::from_secs(30), || {
         allocations(&pki, &addr).filter(|a| a["last_error"] != "")
     });
     let why = al["last_error"].as_str().unwrap();
     assert!(why.contains("invalid partition"), "{al}");
+    let verdict = explain(false);
+    assert!(
+        verdict.starts_with("would wait: no worker of 0 satisfies every clause, but a worker the distributor's automatic allocation starts would")
+            && verdict.contains("invalid partition"),
+        "{verdict}"
+    );
     assert_eq!(al["allocations"], serde_json::json!([]), "{al}");
     assert_eq!(al["waiting_tasks"], 1, "{al}");
     let text_status = common::ok(&[

@@ -697,6 +697,10 @@ pub struct ExplainReply {
     pub waitable: u32,
     /// Set when the query itself is wrong (an expression that does not parse).
     pub error: String,
+    /// With none matching and none to wait for: why a task submitted now
+    /// would wait for a worker of the distributor's automatic allocation
+    /// instead of failing (empty when it would not).
+    pub allocation: String,
 }
 
 /// A distributor set member's share of its set's attributes, as it reports

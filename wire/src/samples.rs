@@ -247,6 +247,7 @@ pub fn all_frames() -> Vec<(MessageKind, BytesMut)> {
             }],
             waitable: 0,
             error: String::new(),
+            allocation: "waits for a worker from slurm: job 4242 is starting a worker".into(),
         },
         b""
     );

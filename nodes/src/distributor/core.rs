@@ -2129,7 +2129,19 @@ impl State {
         };
         let user_rec = self.user(user);
         match shape.compile(&self.table, &user_rec, &c.attrs) {
-            Ok(query) => explain_reply(&self.table, &query),
+            Ok(query) => {
+                let mut r = explain_reply(&self.table, &query);
+                if let Some(a) = &self.autoalloc {
+                    if r.matched == 0 && r.waitable == 0 && a.judge(&shape, &user_rec, &c.attrs) {
+                        r.allocation = format!(
+                            "waits for a worker from {}: {}",
+                            a.backend,
+                            a.policy.reason(self.now)
+                        );
+                    }
+                }
+                r
+            }
             Err(e) => ExplainReply {
                 total: self.table.len() as u32,
                 matched: 0,
@@ -2138,6 +2150,7 @@ impl State {
                 nearest: Vec::new(),
                 waitable: 0,
                 error: e.to_string(),
+                allocation: String::new(),
             },
         }
     }
@@ -2180,6 +2193,7 @@ fn explain_reply(table: &ServerTable, query: &Query) -> ExplainReply {
             .collect(),
         waitable: e.waitable,
         error: String::new(),
+        allocation: String::new(),
     }
 }
 

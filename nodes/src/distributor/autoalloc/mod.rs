@@ -119,12 +119,23 @@ impl Autoalloc {
                 return;
             }
         }
-        let could = match shape.compile(&self.template, user, client) {
-            Ok(q) => self.template.explain(&q).matched > 0,
-            Err(_) => false,
-        };
+        let could = self.judge(shape, user, client);
         self.verdicts
             .insert(Rc::as_ptr(query) as usize, (Rc::downgrade(query), could));
+    }
+
+    /// Whether a worker of the template could take a task of `shape`, for
+    /// `user` and a client of attributes `client` (compiled anew).
+    pub(crate) fn judge(
+        &self,
+        shape: &Shape,
+        user: &UserRecord,
+        client: &[(String, LabelValue)],
+    ) -> bool {
+        match shape.compile(&self.template, user, client) {
+            Ok(q) => self.template.explain(&q).matched > 0,
+            Err(_) => false,
+        }
     }
 
     /// Whether a worker of the template could take a task of `query`.
