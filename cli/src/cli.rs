@@ -189,19 +189,24 @@ impl LinkArgs {
     }
 }
 
-/// What a node serves over HTTP (read-only): `/metrics`, `/healthz`.
+/// What a node serves over HTTP (read-only): `/metrics`, `/healthz`, and
+/// on a distributor or gateway the dashboard at `/` and its API `/api/`.
 #[derive(Args, Debug)]
 struct MetricsArgs {
     /// Serve `/metrics` (Prometheus text) and `/healthz` over HTTP on this
-    /// address (e.g. 127.0.0.1:9464); nothing is served without it.
+    /// address (e.g. 127.0.0.1:9464), and on a distributor or gateway a
+    /// live dashboard at `/` with its JSON API under `/api/`; nothing is
+    /// served without it.
     #[arg(long, value_name = "ADDR")]
     metrics: Option<HostPort>,
     /// A file holding a bearer token: every path but `/healthz` then asks
-    /// for `Authorization: Bearer TOKEN`.
+    /// for `Authorization: Bearer TOKEN` (or, from a browser, the query
+    /// parameter `?token=TOKEN`).
     #[arg(long, value_name = "FILE", requires = "metrics")]
     metrics_token: Option<PathBuf>,
     /// With --metrics-token, leave `/metrics` open all the same (for a
-    /// Prometheus on a trusted network).
+    /// Prometheus on a trusted network); the dashboard and its API still
+    /// take the token.
     #[arg(long, requires = "metrics_token")]
     metrics_scrape_open: bool,
 }

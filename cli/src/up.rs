@@ -65,6 +65,11 @@ pub struct UpArgs {
     /// `--listen` resolved (`localhost:7000` is accepted too).
     #[arg(skip = SocketAddr::from(([127, 0, 0, 1], 7000)))]
     listen_addr: SocketAddr,
+    /// The distributor's metrics and dashboard address (a loopback one;
+    /// default: a port the system picks): the dashboard is at
+    /// http://ADDR/, its metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    metrics: SocketAddr,
     /// Log lines (stderr) as text, or as one JSON object a line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -114,9 +119,8 @@ struct Running {
     gateway: SocketAddr,
     distributor: SocketAddr,
     workers: u16,
-    /// The dashboard's URL: the distributor's metrics address, once the
-    /// nodes serve one. None until then, and then nothing is printed
-    /// about a dashboard.
+    /// The dashboard's URL (the distributor's metrics address); None if
+    /// the distributor serves none, and then nothing is printed about it.
     dashboard: Option<String>,
 }
 
@@ -322,7 +326,13 @@ fn start_nodes(a: &UpArgs, dir: &Path, pki: &Path, nodes: &mut Nodes) -> Result<
     );
     cfg.set_name = SET.into();
     cfg.gateways = vec![gw.into()];
-    let d = allot::distributor::spawn(cfg).context("starting the distributor")?;
+    cfg.metrics = Some(allot::observe::MetricsConfig::new(a.metrics));
+    let d = allot::distributor::spawn(cfg).with_context(|| {
+        format!(
+            "starting the distributor (dashboard on --metrics {})",
+            a.metrics
+        )
+    })?;
     let dist = d.addr;
     nodes.distributor = Some(d);
     for i in 1..=a.workers {
@@ -395,6 +405,13 @@ pub fn run(mut a: UpArgs) -> Result<()> {
             a.listen
         );
     }
+    if !a.metrics.ip().is_loopback() {
+        bail!(
+            "--metrics {}: allot up serves its dashboard on a loopback address (127.0.0.1:PORT); \
+             run `allot distributor --metrics ADDR --metrics-token FILE` to show it to others",
+            a.metrics
+        );
+    }
     let dir = prepare_dir(&a.dir.clone().unwrap_or_else(default_dir))?;
     let _lock = DirLock::take(&dir)?;
     let pki = dir.join("pki");
@@ -405,8 +422,8 @@ pub fn run(mut a: UpArgs) -> Result<()> {
         tokio::pin!(stop);
         let mut nodes = Nodes::default();
         start_nodes(&a, &dir, &pki, &mut nodes)?;
-        let (gateway, distributor) = match (&nodes.gateway, &nodes.distributor) {
-            (Some(g), Some(d)) => (g.addr, d.addr),
+        let (gateway, distributor, metrics) = match (&nodes.gateway, &nodes.distributor) {
+            (Some(g), Some(d)) => (g.addr, d.addr, d.metrics),
             _ => bail!("the cluster's nodes did not start"),
         };
         tokio::select! {
@@ -422,9 +439,7 @@ pub fn run(mut a: UpArgs) -> Result<()> {
             gateway,
             distributor,
             workers: a.workers,
-            // No node serves a metrics address yet: once the distributor
-            // has one (`--metrics`), its URL goes here.
-            dashboard: None,
+            dashboard: metrics.map(|m| format!("http://{m}/")),
         };
         write_env_file(&env_file, &running.export_line())?;
         if a.json {

@@ -56,6 +56,9 @@ use crate::link::{push, LinkFull, LinkId, Outgoing, Transmit};
 use crate::resubmit::{self, ResubmitIndex};
 use crate::FxMap;
 
+mod view;
+pub use view::{JobsView, WaitingTask, WaitingView};
+
 /// Task completions buffered for the task-class DB between flushes (once a
 /// second). Beyond it completions are not recorded until the next flush:
 /// under heavy load the runtime statistics are a sample, and the hot path
@@ -2344,6 +2347,9 @@ impl State {
                 return;
             }
         };
+        // A job's task is received when it starts here (the job's
+        // acceptance received none of them yet).
+        self.stats.submitted += 1;
         let task = self.next_task;
         self.next_task += 1;
         self.jobs.placed(num, offset, task, None);

@@ -26,6 +26,7 @@ pub use self::core::{
     Completion, Core, Peer, DEADLINE_RESOLUTION, EVENT_REPORT_SPACING, LOCATE_TIMEOUT,
     MAX_COMPLETIONS_BUFFERED, MAX_STATUS_WORKERS, TABLE_SETTLED, UNTIMED_MATCH_ROWS,
 };
+pub use self::core::{JobsView, WaitingTask, WaitingView};
 pub use self::report::MAX_APPS_PER_REPORT;
 pub use self::shape::QUERY_CACHE;
 pub use self::shell::{run, spawn};

@@ -673,6 +673,12 @@ impl GatewayCore {
         self.status_reply(true)
     }
 
+    /// Its record of the members, as of the last event or timeout handled
+    /// (what the dashboard shows; it reads no clock).
+    pub fn record(&self) -> SetStatusReply {
+        self.status_reply(true)
+    }
+
     fn status_reply(&self, include_down: bool) -> SetStatusReply {
         let mut members: Vec<MemberStatus> = self
             .members

@@ -56,8 +56,8 @@ pub fn spawn(cfg: GatewayConfig) -> Result<GatewayHandle, NodeError> {
     crate::node_thread::spawn_node(format!("gw-{}", cfg.name), move |stop| async move {
         let (ep, shell, metrics) = setup(cfg)?;
         let addr = ep.local_addr()?;
-        let http = serve_metrics(&shell, metrics)?;
-        Ok::<_, NodeError>((addr, serve(ep, shell, http, stop)))
+        let (metrics, http) = serve_metrics(&shell, metrics)?.unzip();
+        Ok::<_, NodeError>((addr, metrics, serve(ep, shell, http, stop)))
     })
 }
 
@@ -68,23 +68,39 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let (ep, shell, metrics) = setup(cfg)?;
-    let http = serve_metrics(&shell, metrics)?;
+    let http = serve_metrics(&shell, metrics)?.map(|(_, h)| h);
     serve(ep, shell, http, shutdown).await;
     Ok(())
 }
 
-/// Serves `/metrics` from the core, if a listener was bound.
+/// Serves `/metrics`, the dashboard and its API from the core, if a
+/// listener was bound: its address and task.
 fn serve_metrics(
     shell: &Rc<Shell>,
     bound: Option<observe::http::Bound>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, NodeError> {
+) -> Result<Option<(SocketAddr, tokio::task::JoinHandle<()>)>, NodeError> {
     let Some(bound) = bound else {
         return Ok(None);
     };
-    let shell = shell.clone();
-    let read: observe::http::Read =
-        Rc::new(move || observe::nodes::gateway(&shell.core.borrow().metrics()));
+    let read: observe::http::Read = Rc::new(Observed(shell.clone()));
     Ok(Some(bound.spawn(read)?))
+}
+
+/// The gateway as its HTTP routes read it.
+struct Observed(Rc<Shell>);
+
+impl observe::http::Source for Observed {
+    fn node(&self) -> observe::http::Node {
+        observe::http::Node::Gateway
+    }
+
+    fn families(&self) -> Vec<observe::Family> {
+        observe::nodes::gateway(&self.0.core.borrow().metrics())
+    }
+
+    fn api(&self, api: observe::api::Api) -> Option<serde_json::Value> {
+        observe::api::gateway(&self.0.name, &self.0.core.borrow(), api)
+    }
 }
 
 type Setup = (quinn::Endpoint, Rc<Shell>, Option<observe::http::Bound>);

@@ -162,8 +162,8 @@ pub fn spawn(
     crate::node_thread::spawn_node(format!("worker-{}", cfg.name), move |stop| async move {
         let (ep, shell, metrics) = setup(cfg, handlers)?;
         let addr = ep.local_addr()?;
-        let http = serve_metrics(&shell, metrics)?;
-        Ok::<_, NodeError>((addr, serve(ep, shell, http, stop)))
+        let (metrics, http) = serve_metrics(&shell, metrics)?.unzip();
+        Ok::<_, NodeError>((addr, metrics, serve(ep, shell, http, stop)))
     })
 }
 
@@ -175,7 +175,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let (ep, shell, metrics) = setup(cfg, handlers)?;
-    let http = serve_metrics(&shell, metrics)?;
+    let http = serve_metrics(&shell, metrics)?.map(|(_, h)| h);
     serve(ep, shell, http, shutdown).await;
     Ok(())
 }
@@ -187,18 +187,34 @@ fn config_error(message: impl Into<String>) -> NodeError {
     }
 }
 
-/// Serves `/metrics` from the core, if a listener was bound.
+/// Serves `/metrics` from the core, if a listener was bound: its
+/// address and task.
 fn serve_metrics(
     shell: &Rc<Shell>,
     bound: Option<observe::http::Bound>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, NodeError> {
+) -> Result<Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>, NodeError> {
     let Some(bound) = bound else {
         return Ok(None);
     };
-    let shell = shell.clone();
-    let read: observe::http::Read =
-        Rc::new(move || observe::nodes::worker(&shell.core.borrow().metrics()));
+    let read: observe::http::Read = Rc::new(Observed(shell.clone()));
     Ok(Some(bound.spawn(read)?))
+}
+
+/// The worker as its HTTP routes read it: metrics only (no dashboard).
+struct Observed(Rc<Shell>);
+
+impl observe::http::Source for Observed {
+    fn node(&self) -> observe::http::Node {
+        observe::http::Node::Worker
+    }
+
+    fn families(&self) -> Vec<observe::Family> {
+        observe::nodes::worker(&self.0.core.borrow().metrics())
+    }
+
+    fn api(&self, _: observe::api::Api) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 type Setup = (quinn::Endpoint, Rc<Shell>, Option<observe::http::Bound>);
