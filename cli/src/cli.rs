@@ -351,6 +351,42 @@ struct DistributorArgs {
     /// to another member) and let the tasks here finish. 0: exit at once.
     #[arg(long, value_name = "SECS", value_parser = crate::values::parse_secs, default_value = "30")]
     drain_timeout: Duration,
+    #[command(flatten)]
+    autoalloc: crate::autoalloc::AutoallocArgs,
+}
+
+/// What the worker flags of `--autoalloc-worker-args` say a worker
+/// offers (`None`: detected on its node).
+pub(crate) struct WorkerOffer {
+    pub apps: Vec<String>,
+    pub app_cmds: Vec<(String, String)>,
+    pub slots: u32,
+    pub power: f64,
+    pub labels: Vec<Attr>,
+    pub cores: Option<u32>,
+    pub mem: Option<u64>,
+}
+
+/// Reads worker flags (those of `allot worker`, without the node's name,
+/// PKI and distributors) into what such a worker would offer.
+pub(crate) fn parse_worker_args(args: &[String]) -> Result<WorkerOffer> {
+    let argv = ["allot", "worker", "--print-resources"]
+        .into_iter()
+        .map(String::from)
+        .chain(args.iter().cloned());
+    let cli = Cli::try_parse_from(argv).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim()))?;
+    let Command::Worker(w) = cli.command else {
+        bail!("not worker flags");
+    };
+    Ok(WorkerOffer {
+        apps: w.apps,
+        app_cmds: w.app_cmds,
+        slots: w.slots,
+        power: w.power,
+        labels: w.labels,
+        cores: w.cores.0,
+        mem: w.mem.0,
+    })
 }
 
 #[derive(Args, Debug)]
@@ -428,6 +464,11 @@ struct WorkerArgs {
     /// (their distributors place them elsewhere). 0: exit at once.
     #[arg(long, value_name = "SECS", value_parser = crate::values::parse_secs, default_value = "30")]
     drain_timeout: Duration,
+    /// Exit 0 once no task has run for this many seconds (none running,
+    /// none ended): a worker of a batch allocation gives its node back.
+    /// Never without it.
+    #[arg(long, value_name = "SECS", value_parser = crate::values::parse_secs)]
+    idle_exit: Option<Duration>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -447,6 +488,11 @@ struct StatusArgs {
     /// the first of the ALLOT_GATEWAY variable, without --distributor).
     #[arg(long)]
     gateway: Option<HostPort>,
+    /// Show the distributor's automatic allocation only (`--autoalloc`):
+    /// its batch jobs, their states and workers, and why it submits no
+    /// more (with --json: an object, `null` when it runs none).
+    #[arg(long, requires = "distributor")]
+    allocations: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -603,6 +649,9 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 allot_engine::MatchMode::Sampled { k: a.sample }
             };
+            cfg.autoalloc = a
+                .autoalloc
+                .config(&a.name, listen, &cfg.pki, &cfg.data_dir)?;
             block_on_local(allot::distributor::run(cfg, shutdown_signal()))??;
             Ok(())
         }
@@ -633,6 +682,7 @@ fn run(cli: Cli) -> Result<()> {
             cfg.metrics = a.metrics.config()?;
             cfg.orphan_grace = Duration::from_millis(a.orphan_grace_ms);
             cfg.drain_timeout = a.drain_timeout;
+            cfg.idle_exit = a.idle_exit;
             cfg.listen = resolve("--listen", &a.listen)?;
             cfg.mode = match a.report {
                 ReportArg::Registered => ReportMode::Registered,
@@ -920,6 +970,9 @@ fn status(a: StatusArgs) -> Result<()> {
         c.close();
         r
     })??;
+    if a.allocations {
+        return print_allocations(reply.autoalloc.as_ref(), a.json);
+    }
     if a.json {
         let arr: Vec<serde_json::Value> = reply
             .workers
@@ -996,6 +1049,67 @@ fn status(a: StatusArgs) -> Result<()> {
         "tasks: {} submitted, {} completed, {} refused by workers ({} busy), {} retried, {} matched no worker",
         n.submitted, n.completed, n.refused, n.refused_busy, n.retried, n.no_match
     );
+    if let Some(al) = &reply.autoalloc {
+        println!();
+        print_allocations(Some(al), false)?;
+    }
+    Ok(())
+}
+
+/// `allot status --allocations`: the automatic allocation's jobs, and
+/// why it submits none (a refusal's message).
+fn print_allocations(al: Option<&allot_wire::AutoallocStatus>, json: bool) -> Result<()> {
+    if json {
+        let j = match al {
+            None => serde_json::Value::Null,
+            Some(al) => serde_json::json!({
+                "backend": al.backend,
+                "max_jobs": al.max_jobs,
+                "waiting_tasks": al.waiting_tasks,
+                "last_error": al.last_error,
+                "backoff_ms": al.backoff_ms,
+                "allocations": al.allocations.iter().map(|x| serde_json::json!({
+                    "id": x.id, "state": x.state, "workers": x.workers, "age_ms": x.age_ms,
+                })).collect::<Vec<_>>(),
+            }),
+        };
+        println!("{j}");
+        return Ok(());
+    }
+    let Some(al) = al else {
+        println!("no automatic allocation (start the distributor with --autoalloc slurm)");
+        return Ok(());
+    };
+    let active = al
+        .allocations
+        .iter()
+        .filter(|x| !allot::distributor::autoalloc::policy::is_final(&x.state))
+        .count();
+    println!(
+        "autoalloc ({}): {} tasks wait for a worker from it; {active} of at most {} jobs pending or running",
+        al.backend, al.waiting_tasks, al.max_jobs
+    );
+    if !al.last_error.is_empty() {
+        println!(
+            "last submission refused: {} (next try in {} s)",
+            al.last_error,
+            al.backoff_ms.div_ceil(1000)
+        );
+    }
+    if !al.allocations.is_empty() {
+        let mut t = comfy_table::Table::new();
+        t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+        t.set_header(["job", "state", "workers", "age"]);
+        for x in &al.allocations {
+            t.add_row(vec![
+                x.id.clone(),
+                x.state.clone(),
+                x.workers.join(","),
+                format!("{} s", x.age_ms / 1000),
+            ]);
+        }
+        println!("{t}");
+    }
     Ok(())
 }
 
@@ -1039,7 +1153,8 @@ fn explain(a: ExplainArgs) -> Result<()> {
             "clauses": r.clauses.iter().map(|c| serde_json::json!({"clause": c.clause, "eliminated": c.eliminated})).collect::<Vec<_>>(),
             "nearest": r.nearest.iter().map(|n| serde_json::json!({"worker": n.worker, "failed": n.failed})).collect::<Vec<_>>(),
             "waitable": r.waitable,
-            "would_wait": r.matched == 0 && r.waitable > 0,
+            "would_wait": r.matched == 0 && (r.waitable > 0 || !r.allocation.is_empty()),
+            "allocation": r.allocation,
         });
         println!("{j}");
         return Ok(());

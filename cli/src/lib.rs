@@ -9,6 +9,7 @@ pub mod config;
 pub mod interrupt;
 pub mod logging;
 
+mod autoalloc;
 mod bench;
 mod client_args;
 mod demo;

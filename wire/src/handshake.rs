@@ -8,10 +8,10 @@ use crate::message::{ErrorCode, ErrorMsg, Hello, Role, Version};
 
 /// The version this build speaks. The major version changes with any
 /// archived layout: a field added to a message (here `Assign`'s job,
-/// index and user, and `StatusReply`'s totals and counters) moves every
-/// field after it, so peers of another major version cannot read each
-/// other's frames.
-pub const PROTOCOL_VERSION: Version = Version { major: 6, minor: 0 };
+/// index and user, `StatusReply`'s totals and counters, and in 7.0 its
+/// automatic allocation) changes the archived layout, so peers of another
+/// major version cannot read each other's frames.
+pub const PROTOCOL_VERSION: Version = Version { major: 7, minor: 0 };
 
 /// Where a connection's handshake stands.
 #[derive(Debug, Clone, PartialEq, Eq)]

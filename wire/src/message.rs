@@ -600,6 +600,45 @@ pub struct StatusReply {
     pub stalest_report_ms: u64,
     /// Its counters since it started.
     pub counters: DistributorCounters,
+    /// Its automatic allocation (`--autoalloc`), if it runs one.
+    pub autoalloc: Option<AutoallocStatus>,
+}
+
+/// What a distributor's automatic allocation is doing: the batch jobs it
+/// submitted to start workers, and why it submits no more.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct AutoallocStatus {
+    /// The batch system (`slurm`).
+    pub backend: String,
+    /// Jobs it keeps pending or running at most.
+    pub max_jobs: u32,
+    /// Tasks waiting that no live worker can take but a worker it starts
+    /// could.
+    pub waiting_tasks: u32,
+    /// Why the last submission was refused (the batch system's message),
+    /// empty once one is accepted.
+    pub last_error: String,
+    /// Milliseconds until it submits again after a refusal (0: not
+    /// backing off).
+    pub backoff_ms: u64,
+    /// Its jobs: those pending or running, then the last ended ones.
+    pub allocations: Vec<AllocationStatus>,
+}
+
+/// One batch job an automatic allocation submitted.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct AllocationStatus {
+    /// The batch system's job id.
+    pub id: String,
+    /// Its state as the batch system says it (`PENDING`, `RUNNING`,
+    /// `COMPLETED`, ...), or `ENDED` once it left the queue.
+    pub state: String,
+    /// The workers it started that registered here.
+    pub workers: Vec<String>,
+    /// Milliseconds since it was submitted.
+    pub age_ms: u64,
 }
 
 /// Asks whether a task would be placed, and if not, why.
@@ -658,6 +697,10 @@ pub struct ExplainReply {
     pub waitable: u32,
     /// Set when the query itself is wrong (an expression that does not parse).
     pub error: String,
+    /// With none matching and none to wait for: why a task submitted now
+    /// would wait for a worker of the distributor's automatic allocation
+    /// instead of failing (empty when it would not).
+    pub allocation: String,
 }
 
 /// A distributor set member's share of its set's attributes, as it reports

@@ -206,6 +206,19 @@ pub fn all_frames() -> Vec<(MessageKind, BytesMut)> {
                 retried: 4,
                 no_match: 6,
             },
+            autoalloc: Some(AutoallocStatus {
+                backend: "slurm".into(),
+                max_jobs: 4,
+                waiting_tasks: 12,
+                last_error: "sbatch: error: invalid partition specified: nope".into(),
+                backoff_ms: 5000,
+                allocations: vec![AllocationStatus {
+                    id: "4242".into(),
+                    state: "RUNNING".into(),
+                    workers: vec!["auto-4242".into()],
+                    age_ms: 61_000,
+                }],
+            }),
         },
         b""
     );
@@ -234,6 +247,7 @@ pub fn all_frames() -> Vec<(MessageKind, BytesMut)> {
             }],
             waitable: 0,
             error: String::new(),
+            allocation: "waits for a worker from slurm: job 4242 is starting a worker".into(),
         },
         b""
     );

@@ -428,6 +428,6 @@ fn a_1x_peer_is_refused_naming_both_versions() {
     ));
     assert_eq!(
         msg.message,
-        "peer speaks protocol 1.3, this node speaks 6.x"
+        "peer speaks protocol 1.3, this node speaks 7.x"
     );
 }

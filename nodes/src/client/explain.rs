@@ -10,8 +10,8 @@ pub enum Verdict {
     /// Some worker satisfies every clause now.
     Match,
     /// None does now, but one would once capacity frees, a worker is up
-    /// again or the user's quota allows (or no worker has registered yet):
-    /// the task waits.
+    /// again or the user's quota allows (or no worker has registered yet,
+    /// or the automatic allocation would start one): the task waits.
     Wait,
     /// None does, and none would by waiting: the task fails.
     Fail,
@@ -22,7 +22,7 @@ impl Verdict {
     pub fn of(r: &ExplainReply) -> Verdict {
         if r.matched > 0 {
             Verdict::Match
-        } else if r.total == 0 || r.waitable > 0 {
+        } else if r.total == 0 || r.waitable > 0 || !r.allocation.is_empty() {
             Verdict::Wait
         } else {
             Verdict::Fail
@@ -46,6 +46,11 @@ pub fn explain_verdict(r: &ExplainReply) -> String {
         Verdict::Match => format!(
             "would match: {} of {} workers satisfy every clause; best now: {}",
             r.matched, r.total, r.best
+        ),
+        Verdict::Wait if r.waitable == 0 && !r.allocation.is_empty() => format!(
+            "would wait: no worker of {} satisfies every clause, but a worker the \
+             distributor's automatic allocation starts would; a task submitted now {}",
+            r.total, r.allocation
         ),
         Verdict::Wait if r.total == 0 => {
             "would wait: no worker has registered with this distributor yet; a task \
@@ -80,6 +85,7 @@ mod tests {
             nearest: Vec::new(),
             waitable: 1,
             error: String::new(),
+            allocation: String::new(),
         };
         let v = explain_verdict(&r);
         assert_eq!(Verdict::of(&r), Verdict::Match);
@@ -104,5 +110,13 @@ mod tests {
         r.total = 0;
         assert_eq!(Verdict::of(&r), Verdict::Wait);
         assert!(explain_verdict(&r).contains("no worker has registered"));
+        r.allocation = "waits for a worker from slurm: job 7 is starting a worker".into();
+        assert_eq!(Verdict::of(&r), Verdict::Wait);
+        let v = explain_verdict(&r);
+        assert!(
+            v.contains("automatic allocation starts would")
+                && v.ends_with("now waits for a worker from slurm: job 7 is starting a worker"),
+            "{v}"
+        );
     }
 }

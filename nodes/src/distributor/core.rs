@@ -44,6 +44,7 @@ use allot_wire::{
 };
 use bytes::Bytes;
 
+use super::autoalloc::{self, Autoalloc};
 use super::jobs::{self, Ending, Jobs, JournalBatch, Start};
 use super::report::{self, Beat, Reporter};
 use super::shape::{Shape, ShapeCache};
@@ -245,6 +246,9 @@ struct Pending {
     /// (user priority, task priority): its place when it waits.
     priority: (i32, i32),
     queued_at: Option<Instant>,
+    /// It waits for a worker of the automatic allocation: no worker in
+    /// the table can ever take it, one of the template could.
+    for_alloc: bool,
 }
 
 /// A [`KeyQuery`] sent to every worker, waiting for their replies.
@@ -325,6 +329,8 @@ struct State {
     /// Draining since then ([`Core::drain`]): new submissions are refused
     /// and the gateways hear the member's state as `draining`.
     draining: Option<Instant>,
+    /// The automatic allocation, if configured.
+    autoalloc: Option<Box<Autoalloc>>,
 }
 
 /// The distributor as a state machine. See the module docs.
@@ -396,6 +402,10 @@ impl Core {
             .into_iter()
             .map(|u| (u.name.clone(), Rc::new(u)))
             .collect();
+        let autoalloc = match &cfg.autoalloc {
+            Some(a) => Some(Box::new(Autoalloc::new(a, now)?)),
+            None => None,
+        };
         Ok(Core {
             links: FxMap::default(),
             next_link: 1,
@@ -458,6 +468,7 @@ impl Core {
                 jobs,
                 acks: Vec::new(),
                 draining: None,
+                autoalloc,
             },
         })
     }
@@ -684,6 +695,14 @@ impl Core {
         if let Some(q) = self.st.queries.front() {
             t = t.min(q.deadline);
         }
+        if let Some(a) = self
+            .st
+            .autoalloc
+            .as_ref()
+            .and_then(|a| a.policy.poll_timeout())
+        {
+            t = t.min(a);
+        }
         if !self.st.gateways.is_empty() {
             t = t.min(self.st.reporter.next());
             if self.st.member_event {
@@ -739,6 +758,43 @@ impl Core {
         self.st.flushed.take()
     }
 
+    /// The next thing the automatic allocation wants done (submit, cancel
+    /// or poll a batch job), if it is on and wants any.
+    pub fn poll_autoalloc(&mut self) -> Option<autoalloc::Action> {
+        self.st.autoalloc.as_mut()?.policy.poll_action()
+    }
+
+    /// The automatic allocation's submission ended: the job's id, or why
+    /// the batch system refused it (logged; shown in `allot status` and
+    /// as the reason its tasks wait).
+    pub fn autoalloc_submitted(&mut self, now: Instant, result: Result<String, String>) {
+        self.st.now = now;
+        let Some(a) = self.st.autoalloc.as_mut() else {
+            return;
+        };
+        match &result {
+            Ok(id) => tracing::info!(job = %id, backend = %a.backend, "autoalloc: job submitted"),
+            Err(e) => tracing::warn!(backend = %a.backend, "autoalloc: submission refused: {e}"),
+        }
+        a.policy.submitted(now, result);
+    }
+
+    /// What the poll of the automatic allocation's jobs said.
+    pub fn autoalloc_states(
+        &mut self,
+        now: Instant,
+        result: Result<Vec<(String, String)>, String>,
+    ) {
+        self.st.now = now;
+        let Some(a) = self.st.autoalloc.as_mut() else {
+            return;
+        };
+        if let Err(e) = &result {
+            tracing::warn!(backend = %a.backend, "autoalloc: job states unknown: {e}");
+        }
+        a.policy.states(now, result);
+    }
+
     /// What `allot status` shows, as of `now`: every worker (up to
     /// [`MAX_STATUS_WORKERS`]), the totals and the counters.
     pub fn status(&self, now: Instant) -> StatusReply {
@@ -756,7 +812,7 @@ impl Core {
     pub fn restore_jobs(&mut self, now: Instant, replay: jobs::record::Replay) {
         self.st.now = now;
         let st = &mut self.st;
-        let (table, users) = (&st.table, &st.users);
+        let (table, users, alloc) = (&st.table, &st.users, &mut st.autoalloc);
         st.jobs.restore(
             now,
             replay,
@@ -776,10 +832,16 @@ impl Core {
                         (k.clone(), v)
                     })
                     .collect();
-                job_shape(rec)
-                    .compile(table, &user, &attrs)
-                    .map(|q| (Rc::new(q), Rc::from(rec.app.as_str())))
-                    .map_err(|e| format!("bad expression: {e}"))
+                let shape = job_shape(rec);
+                let q = Rc::new(
+                    shape
+                        .compile(table, &user, &attrs)
+                        .map_err(|e| format!("bad expression: {e}"))?,
+                );
+                if let Some(a) = alloc.as_mut() {
+                    a.note(&q, &shape, &user, &attrs);
+                }
+                Ok((q, Rc::from(rec.app.as_str())))
             },
             |name| users.get(name).map_or(0, |u| u.priority),
         );
@@ -1105,6 +1167,18 @@ impl State {
         self.last_registration = self.now;
         self.member_event = true;
         tracing::info!(worker = %r.name, id = id.0, "worker registered");
+        if let Some(a) = self.autoalloc.as_mut() {
+            let job = r
+                .record
+                .labels
+                .iter()
+                .find(|l| l.key.as_str() == "slurm_job");
+            if let Some(LabelValue::Str(job)) = job.and_then(|l| label_from_archived(&l.value)) {
+                if a.policy.worker_joined(&job, r.name.as_str()) {
+                    tracing::info!(worker = %r.name, job = %job, "autoalloc: the job's worker joined");
+                }
+            }
+        }
         Ok(id)
     }
 
@@ -1376,7 +1450,17 @@ impl State {
         // verdict on the task. Wait, up to the queue timeout.
         let empty = no_match.explain.total == 0;
         let in_grace = self.in_grace();
-        if (no_match.explain.waitable > 0 || empty || in_grace) && waited < self.cfg.queue_timeout {
+        // No worker here can ever take it, one of the automatic
+        // allocation could: it waits for one, without the queue timeout.
+        p.for_alloc = no_match.explain.waitable == 0
+            && self
+                .autoalloc
+                .as_ref()
+                .is_some_and(|a| a.could_take(&p.query));
+        if p.for_alloc
+            || ((no_match.explain.waitable > 0 || empty || in_grace)
+                && waited < self.cfg.queue_timeout)
+        {
             p.queued_at.get_or_insert(self.now);
             if let Owner::Job { num, offset, .. } = p.owner {
                 self.jobs.placed(num, offset, task, None);
@@ -1754,6 +1838,7 @@ impl State {
                 retried: st.retried,
                 no_match: st.no_match,
             },
+            autoalloc: self.autoalloc.as_ref().map(|a| a.status(now)),
         }
     }
 }
@@ -1886,6 +1971,9 @@ impl State {
                 return self.reply_error(out, client_task, TaskStatus::Error, msg);
             }
         };
+        if let Some(a) = self.autoalloc.as_mut().filter(|a| !a.known(&query)) {
+            a.note(&query, &Shape::of(s, user), &user_rec, &c.attrs);
+        }
         let task = self.next_task;
         self.next_task += 1;
         let deadline_ms = s.deadline_ms.to_native();
@@ -1913,6 +2001,7 @@ impl State {
             key,
             priority,
             queued_at: None,
+            for_alloc: false,
         };
         if let Some(d) = p.deadline {
             let d = d.max(self.last_deadline_check + DEADLINE_RESOLUTION);
@@ -2043,7 +2132,19 @@ impl State {
         };
         let user_rec = self.user(user);
         match shape.compile(&self.table, &user_rec, &c.attrs) {
-            Ok(query) => explain_reply(&self.table, &query),
+            Ok(query) => {
+                let mut r = explain_reply(&self.table, &query);
+                if let Some(a) = &self.autoalloc {
+                    if r.matched == 0 && r.waitable == 0 && a.judge(&shape, &user_rec, &c.attrs) {
+                        r.allocation = format!(
+                            "waits for a worker from {}: {}",
+                            a.backend,
+                            a.policy.reason(self.now)
+                        );
+                    }
+                }
+                r
+            }
             Err(e) => ExplainReply {
                 total: self.table.len() as u32,
                 matched: 0,
@@ -2052,6 +2153,7 @@ impl State {
                 nearest: Vec::new(),
                 waitable: 0,
                 error: e.to_string(),
+                allocation: String::new(),
             },
         }
     }
@@ -2094,6 +2196,7 @@ fn explain_reply(table: &ServerTable, query: &Query) -> ExplainReply {
             .collect(),
         waitable: e.waitable,
         error: String::new(),
+        allocation: String::new(),
     }
 }
 
@@ -2142,6 +2245,12 @@ impl State {
         // Waiting tasks: retry all (deltas and registrations may have added
         // capacity), then fail those past their deadline.
         self.drain_queue(usize::MAX);
+        if self.autoalloc.is_some() {
+            let n = self.waiting.iter().filter(|(_, p)| p.for_alloc).count();
+            if let Some(a) = self.autoalloc.as_mut() {
+                a.policy.tick(now, u32::try_from(n).unwrap_or(u32::MAX));
+            }
+        }
         self.jobs.expire(now);
         self.by_key.expire(now);
         self.expire_deadlines(now);
@@ -2266,6 +2375,7 @@ impl State {
             key,
             priority,
             queued_at: None,
+            for_alloc: false,
         };
         if let Some(d) = p.deadline {
             let d = d.max(self.last_deadline_check + DEADLINE_RESOLUTION);
@@ -2364,6 +2474,7 @@ impl State {
             priority: s.priority.to_native(),
         };
         let table = &self.table;
+        let alloc = &mut self.autoalloc;
         let accepted = self.jobs.accept(
             self.now,
             s,
@@ -2372,10 +2483,15 @@ impl State {
             user_rec.priority,
             &c.attrs,
             || {
-                shape
-                    .compile(table, &user_rec, &c.attrs)
-                    .map(|q| (Rc::new(q), Rc::from(s.app.as_str())))
-                    .map_err(|e| e.to_string())
+                let q = Rc::new(
+                    shape
+                        .compile(table, &user_rec, &c.attrs)
+                        .map_err(|e| e.to_string())?,
+                );
+                if let Some(a) = alloc {
+                    a.note(&q, &shape, &user_rec, &c.attrs);
+                }
+                Ok((q, Rc::from(s.app.as_str())))
             },
         );
         match accepted {
@@ -2402,9 +2518,17 @@ impl State {
         out: &Rc<Outgoing>,
         q: &allot_wire::message::ArchivedJobQuery,
     ) -> Result<(), LinkError> {
-        let table = &self.table;
+        let (table, alloc, now) = (&self.table, &self.autoalloc, self.now);
         let (mut reply, stop) = self.jobs.query(self.now, q, |query| {
-            format!("waits for a worker: {}", table.explain(query))
+            let explain = table.explain(query);
+            match alloc {
+                Some(a) if explain.waitable == 0 && a.could_take(query) => format!(
+                    "waits for a worker from {}: {}",
+                    a.backend,
+                    a.policy.reason(now)
+                ),
+                _ => format!("waits for a worker: {explain}"),
+            }
         });
         if !stop.is_empty() {
             for task in stop {

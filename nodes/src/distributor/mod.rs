@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use allot_engine::MatchMode;
 
+pub mod autoalloc;
 mod core;
 pub mod jobs;
 pub mod journal;
@@ -100,6 +101,9 @@ pub struct DistributorConfig {
     /// Where to serve `/metrics` and `/healthz` (nothing is served
     /// without it).
     pub metrics: Option<crate::observe::MetricsConfig>,
+    /// Submit batch jobs that start workers for tasks no live worker can
+    /// take (see [`autoalloc`]); none without it.
+    pub autoalloc: Option<autoalloc::AutoallocConfig>,
 }
 
 impl DistributorConfig {
@@ -135,6 +139,7 @@ impl DistributorConfig {
             report_threshold: 0.1,
             retention: jobs::DEFAULT_RETENTION,
             metrics: None,
+            autoalloc: None,
         }
     }
 

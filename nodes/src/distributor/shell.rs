@@ -399,6 +399,49 @@ async fn timer_loop(shell: Rc<Shell>) {
         shell.core.borrow_mut().handle_timeout(Instant::now());
         shell.flush();
         shell.record_completions();
+        run_autoalloc(&shell);
+    }
+}
+
+/// Runs what the automatic allocation asked for (each Slurm command on a
+/// task of its own, so the core never waits for one) and tells the core
+/// what it said. The policy keeps at most one submission and one poll
+/// out, and asks each cancel once.
+fn run_autoalloc(shell: &Rc<Shell>) {
+    use super::autoalloc::{slurm, Action};
+    loop {
+        let Some(action) = shell.core.borrow_mut().poll_autoalloc() else {
+            return;
+        };
+        let shell = shell.clone();
+        tokio::task::spawn_local(async move {
+            match action {
+                Action::Submit { script } => {
+                    let args = shell
+                        .core
+                        .borrow()
+                        .config()
+                        .autoalloc
+                        .as_ref()
+                        .map(|a| a.submit_args.clone())
+                        .unwrap_or_default();
+                    let r = slurm::submit(&script, &args).await;
+                    shell
+                        .core
+                        .borrow_mut()
+                        .autoalloc_submitted(Instant::now(), r);
+                }
+                Action::Poll { ids } => {
+                    let r = slurm::states(&ids).await;
+                    shell.core.borrow_mut().autoalloc_states(Instant::now(), r);
+                }
+                Action::Cancel { id } => match slurm::cancel(&id).await {
+                    Ok(()) => tracing::info!(job = %id, "autoalloc: idle pending job cancelled"),
+                    Err(e) => tracing::warn!(job = %id, "autoalloc: scancel failed: {e}"),
+                },
+            }
+            shell.flush();
+        });
     }
 }
 

@@ -79,6 +79,10 @@ pub struct WorkerConfig {
     /// Tasks still running then are stopped, and their distributors place
     /// them elsewhere. Zero (the default): stop at once.
     pub drain_timeout: Duration,
+    /// Stop (as told to, exit 0) once no task has run for this long: a
+    /// worker started for a batch allocation gives its node back when the
+    /// work is done. `None` (the default): never.
+    pub idle_exit: Option<Duration>,
 }
 
 /// One app's runs as a worker's `/metrics` shows them.
@@ -141,6 +145,7 @@ impl WorkerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             metrics: None,
             drain_timeout: Duration::ZERO,
+            idle_exit: None,
         }
     }
 }

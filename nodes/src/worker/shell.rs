@@ -293,7 +293,11 @@ async fn serve(
         }
     }
     tasks.push(tokio::task::spawn_local(timer_loop(shell.clone())));
-    shutdown.await;
+    let idle_exit = shell.core.borrow().config().idle_exit;
+    tokio::select! {
+        _ = shutdown => {}
+        _ = idle(&shell, idle_exit) => {}
+    }
     drain(&shell).await;
     for t in tasks {
         t.abort();
@@ -335,6 +339,36 @@ async fn drain(shell: &Rc<Shell>) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// How often an idle worker looks whether it ran anything.
+const IDLE_POLL: Duration = Duration::from_millis(250);
+
+/// Resolves once no task has run for `limit` (never without one): none
+/// running, and none ended, since the last look that saw one.
+async fn idle(shell: &Rc<Shell>, limit: Option<Duration>) {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    let mut busy_at = Instant::now();
+    let mut done = shell.core.borrow().done();
+    loop {
+        tokio::time::sleep(IDLE_POLL.min(limit)).await;
+        let (running, now_done) = {
+            let core = shell.core.borrow();
+            (core.running(), core.done())
+        };
+        if running > 0 || now_done != done {
+            busy_at = Instant::now();
+            done = now_done;
+        } else if busy_at.elapsed() >= limit {
+            tracing::info!(
+                "idle for {:.0} s (--idle-exit): stopping",
+                limit.as_secs_f64()
+            );
+            return;
+        }
     }
 }
 

@@ -446,6 +446,17 @@ impl Sim {
     /// Adds a worker running `apps` with `slots`, registers it and lets
     /// the registration settle. Returns its index.
     pub fn worker(&mut self, name: &str, apps: &[&str], slots: u32) -> usize {
+        self.worker_with(name, apps, slots, |_| {})
+    }
+
+    /// Like [`Sim::worker`], its config tuned by `tune` first (labels...).
+    pub fn worker_with(
+        &mut self,
+        name: &str,
+        apps: &[&str],
+        slots: u32,
+        tune: impl FnOnce(&mut WorkerConfig),
+    ) -> usize {
         let mut cfg = WorkerConfig::new(
             name,
             "unused-pki".into(),
@@ -453,6 +464,7 @@ impl Sim {
         );
         cfg.slots = slots;
         cfg.apps = apps.iter().map(|a| a.to_string()).collect();
+        tune(&mut cfg);
         let table = AppTable::from_config(&cfg.apps, &[]).expect("apps");
         let mut core = WorkerCore::new(cfg, table, 1, self.now);
         let mut links = Vec::new();
