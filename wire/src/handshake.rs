@@ -10,8 +10,10 @@ use crate::message::{ErrorCode, ErrorMsg, Hello, Role, Version};
 /// archived layout: a field added to a message (here `Assign`'s job,
 /// index and user, and `StatusReply`'s totals and counters) moves every
 /// field after it, so peers of another major version cannot read each
-/// other's frames.
-pub const PROTOCOL_VERSION: Version = Version { major: 6, minor: 0 };
+/// other's frames. The minor version counts additions a peer of the same
+/// major may not know: 6.1 added `WorkerControl` and its reply (a 6.0
+/// worker closes the link of a distributor that sends it one).
+pub const PROTOCOL_VERSION: Version = Version { major: 6, minor: 1 };
 
 /// Where a connection's handshake stands.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -289,7 +289,7 @@ async fn drain(shell: &Rc<Shell>) {
         return;
     }
     let t0 = Instant::now();
-    shell.core.borrow_mut().drain(t0);
+    shell.core.borrow_mut().drain_to_stop(t0);
     shell.flush();
     let running = shell.core.borrow().running();
     tracing::info!(
