@@ -54,6 +54,11 @@ enum Command {
     Cancel(crate::jobs::CancelArgs),
     /// Show a distributor's table of workers.
     Status(StatusArgs),
+    /// Drain a worker without stopping it: it takes no new task, lets its
+    /// running tasks finish (up to --timeout) and reports `draining`.
+    Drain(crate::control::DrainArgs),
+    /// Let a drained worker take tasks again.
+    Undrain(crate::control::UndrainArgs),
     /// Explain whether a task would be placed, and if not, why.
     Explain(ExplainArgs),
     /// Run a whole cluster in this process and a mixed workload through it.
@@ -650,6 +655,14 @@ fn run(cli: Cli) -> Result<()> {
             init_logging("warn");
             explain(a)
         }
+        Command::Drain(a) => {
+            init_logging("warn");
+            crate::control::drain(a)
+        }
+        Command::Undrain(a) => {
+            init_logging("warn");
+            crate::control::undrain(a)
+        }
         Command::Bench(a) => {
             init_logging("error");
             crate::bench::run(a)
@@ -767,7 +780,7 @@ fn attr_json(v: &AttrValue) -> serde_json::Value {
     }
 }
 
-fn state_name(s: allot_wire::WorkerState) -> &'static str {
+pub(crate) fn state_name(s: allot_wire::WorkerState) -> &'static str {
     match s {
         allot_wire::WorkerState::Up => "up",
         allot_wire::WorkerState::Down => "down",

@@ -11,6 +11,7 @@ pub mod logging;
 
 mod bench;
 mod client_args;
+mod control;
 mod demo;
 mod env;
 mod jobs;

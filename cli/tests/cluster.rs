@@ -1648,3 +1648,122 @@ fn a_sigtermed_worker_drains_its_task_and_exits_cleanly() {
     let runs = std::fs::read_to_string(&log).unwrap();
     assert_eq!(runs.lines().filter(|l| *l == "tok-1").count(), 1, "{runs}");
 }
+
+/// `allot drain` drains a worker without stopping it: `allot status` shows
+/// it `draining`, new tasks go to the other worker, its running task
+/// finishes there (once) and the worker keeps running; `allot undrain`
+/// makes it take tasks again. An unknown worker is an error naming it.
+#[test]
+fn drain_and_undrain_a_running_worker() {
+    let dir = Dir::new("remote-drain");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("dist-1", "distributor"),
+            ("w-1", "worker"),
+            ("w-2", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let (d, g) = (port(), port());
+    let _dist = distributor(&pki, &dir.0, "dist-1", d, &[]);
+    let _gw = gateway(&pki, g, &d.to_string());
+    let log = dir.0.join("runs.log");
+    let rec = format!(
+        "rec=read p; echo \"$p\" >> {}; sleep 2; printf 'ran %s' \"$p\"",
+        log.display()
+    );
+    let ds = d.to_string();
+    let mut w1 = worker(&pki, "w-1", &ds, &["--apps", "echo,rec", "--app-cmd", &rec]);
+    wait_workers(&pki, d, 1, "up", Duration::from_secs(20));
+    let input = dir.0.join("token");
+    std::fs::write(&input, b"tok-1\n").unwrap();
+    let (pki2, gw2, inp) = (
+        pki.clone(),
+        g.to_string(),
+        input.to_str().unwrap().to_owned(),
+    );
+    let sub = std::thread::spawn(move || {
+        submit(&pki2, &gw2, &["--app", "rec", "--input", &inp, "--json"])
+    });
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("tok-1")) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the task never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _w2 = worker(&pki, "w-2", &ds, &["--apps", "echo,rec", "--app-cmd", &rec]);
+    wait_workers(&pki, d, 2, "up", Duration::from_secs(20));
+    let control = |args: &[&str]| {
+        let mut all = vec![args[0], "--pki", &pki, "--distributor", &ds];
+        all.extend(&args[1..]);
+        run(&all)
+    };
+    let out = control(&["drain", "w-1", "--timeout", "30"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("w-1 drains"));
+    let ws = status(&pki, d).expect("status");
+    assert!(
+        ws.iter()
+            .any(|w| w["name"] == "w-1" && w["state"] == "draining"),
+        "draining at once: {ws:?}"
+    );
+    for _ in 0..3 {
+        let other = submit(&pki, &g.to_string(), &["--app", "echo", "--json"]);
+        assert!(other.status.success());
+        assert_eq!(json(&other)["worker"], "w-2", "nothing new on w-1");
+    }
+    let out = sub.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json(&out);
+    assert_eq!(
+        (r["worker"].as_str(), r["output"].as_str()),
+        (Some("w-1"), Some("ran tok-1"))
+    );
+    assert!(w1.0.try_wait().unwrap().is_none(), "the worker still runs");
+    let ws = status(&pki, d).expect("status");
+    assert!(ws
+        .iter()
+        .any(|w| w["name"] == "w-1" && w["state"] == "draining"));
+
+    let unknown = control(&["drain", "w-9"]);
+    assert!(!unknown.status.success());
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(err.contains("no worker named `w-9`"), "{err}");
+
+    let out = control(&["undrain", "w-1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // With w-2 drained (at once), a task can only go to w-1 again.
+    assert!(control(&["drain", "w-2", "--timeout", "0"])
+        .status
+        .success());
+    let ws = status(&pki, d).expect("status");
+    assert!(
+        ws.iter().any(|w| w["name"] == "w-1" && w["state"] == "up"),
+        "{ws:?}"
+    );
+    let again = submit(&pki, &g.to_string(), &["--app", "echo", "--json"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(json(&again)["worker"], "w-1", "w-1 takes tasks again");
+    let runs = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(runs.lines().filter(|l| *l == "tok-1").count(), 1, "{runs}");
+}
