@@ -1767,3 +1767,85 @@ fn drain_and_undrain_a_running_worker() {
     let runs = std::fs::read_to_string(&log).unwrap();
     assert_eq!(runs.lines().filter(|l| *l == "tok-1").count(), 1, "{runs}");
 }
+
+/// A command app's environment, directory and output files from a worker's
+/// config file: the task runs in its directory with its variables, its
+/// stdout lands in the output directory and the result names the file. A
+/// missing directory stops the worker at start, and a typo in those keys
+/// names the file, line and key.
+#[test]
+fn command_apps_get_their_env_directory_and_output_files() {
+    let dir = Dir::new("command-setup");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("dist-1", "distributor"),
+            ("w-1", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let work = dir.0.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let out_dir = dir.0.join("out");
+    let cfg = dir.0.join("w-1.toml");
+    let write_cfg = |cwd: &Path, key: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "apps = \"where\"\napp_cmd = [\"where=sh -c 'pwd; echo $GREETING'\", \"hi=printenv GREETING\"]\n\
+                 app_env = [\"where:GREETING=hello\", \"hi:GREETING=direct\"]\n{key} = [\"where={}\"]\n\
+                 output_dir = \"{}\"\n",
+                cwd.display(),
+                out_dir.display()
+            ),
+        )
+        .unwrap();
+    };
+    let c = cfg.to_str().unwrap().to_owned();
+    let (d, g) = (port(), port());
+    let ds = d.to_string();
+    write_cfg(&work, "app_cwdd");
+    let typo = run(&[
+        "worker", "--config", &c, "--name", "w-1", "--pki", &pki, "--join", &ds,
+    ]);
+    assert!(!typo.status.success());
+    let err = String::from_utf8_lossy(&typo.stderr);
+    assert!(
+        err.contains("w-1.toml:4") && err.contains("app_cwdd"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `app_cwd`"), "{err}");
+    write_cfg(&dir.0.join("missing"), "app_cwd");
+    let missing = run(&[
+        "worker", "--config", &c, "--name", "w-1", "--pki", &pki, "--join", &ds,
+    ]);
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("--app-cwd where=") && err.contains("No such file"),
+        "{err}"
+    );
+    write_cfg(&work, "app_cwd");
+    let _dist = distributor(&pki, &dir.0, "dist-1", d, &[]);
+    let _gw = gateway(&pki, g, &ds);
+    let _w = worker(&pki, "w-1", &ds, &["--config", &c]);
+    wait_workers(&pki, d, 1, "up", Duration::from_secs(20));
+    for (app, want) in [
+        (
+            "where",
+            format!("{}\nhello\n", work.canonicalize().unwrap().display()),
+        ),
+        ("hi", "direct\n".to_owned()),
+    ] {
+        let out = submit(&pki, &g.to_string(), &["--app", app, "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = PathBuf::from(json(&out)["output"].as_str().unwrap());
+        assert!(file.starts_with(&out_dir), "{file:?}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), want);
+    }
+}

@@ -212,6 +212,9 @@ fn setup(cfg: WorkerConfig, handlers: Vec<(String, apps::Handler)>) -> Result<Se
         return Err(config_error("--slots must be at least 1"));
     }
     let mut table = AppTable::from_config(&cfg.apps, &cfg.app_cmds).map_err(config_error)?;
+    table
+        .configure_commands(&cfg.commands)
+        .map_err(config_error)?;
     for (name, h) in handlers {
         table.insert(&name, App::Handler(h));
     }
