@@ -1849,3 +1849,58 @@ fn command_apps_get_their_env_directory_and_output_files() {
         assert_eq!(std::fs::read_to_string(&file).unwrap(), want);
     }
 }
+
+/// `allot bench --command CMD --spawn-baseline`: the tasks run the command
+/// on the workers, and the same number of bare spawns with the same
+/// parallelism are measured in the same run and reported as a ratio.
+/// Figures are not checked (targets live in BENCHMARKS.md).
+#[test]
+fn bench_command_tasks_beside_a_bare_spawn_loop() {
+    let dir = Dir::new("bench-command");
+    let marker = dir.0.join("ran");
+    let cmd = format!("touch {}", marker.display());
+    let out = run(&[
+        "bench",
+        "--local",
+        "--workers",
+        "1",
+        "--slots",
+        "2",
+        "--concurrency",
+        "8",
+        "--tasks",
+        "300",
+        "--command",
+        &cmd,
+        "--spawn-baseline",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = json(&out);
+    assert_eq!(j["errors"], 0, "{j}");
+    assert_eq!(j["app"], "cmd");
+    assert_eq!(j["command"], cmd.as_str());
+    assert_eq!(j["spawn_parallelism"], 2, "the cluster's slots: {j}");
+    for key in ["tasks_per_s", "spawn_baseline_per_s", "spawn_ratio"] {
+        assert!(
+            j[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key} missing or zero: {j}"
+        );
+    }
+    assert!(marker.exists(), "the command ran");
+    let bad = run(&[
+        "bench",
+        "--local",
+        "--command",
+        "/nonexistent/x",
+        "--spawn-baseline",
+        "--tasks",
+        "10",
+        "--json",
+    ]);
+    assert!(!bad.status.success());
+}
