@@ -14,6 +14,9 @@
 //!   write that fails (a full disk) fails the task with the error, and the
 //!   child, whose pipe is closed, stops.
 //!
+//! Spawning happens on the runtime's blocking pool, so that a worker with
+//! many slots starts their commands in parallel (see [`run`]).
+//!
 //! Bounds: output kept for the result is at most [`super::MAX_OUTPUT`]
 //! (more fails the task), stderr kept for its message at most
 //! [`STDERR_KEPT`]; files in the output directory are bounded by the disk.
@@ -273,21 +276,27 @@ pub(super) async fn run(
     };
     // No input: no pipe to write (the command reads end of file at once).
     let stdin = if input.is_empty() {
-        Stdio::null()
+        null_stdin()
     } else {
         Stdio::piped()
     };
     // Its own process group, so that a stop reaches what a shell started.
-    let mut child = match command
+    command
         .process_group(0)
         .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => return failed(127, format!("cannot start `{cmd}`: {e}")),
+        .kill_on_drop(true);
+    // Spawning blocks the calling thread until the child has executed its
+    // program (posix_spawn waits for the exec): on the runtime's thread
+    // that would put every task's exec in one line. The blocking pool
+    // spawns as many at once as tasks start (bounded by the worker's
+    // slots). A child spawned after its task was dropped is killed with
+    // the handle nobody takes.
+    let mut child = match tokio::task::spawn_blocking(move || command.spawn()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return failed(127, format!("cannot start `{cmd}`: {e}")),
+        Err(e) => return failed(1, format!("cannot start `{cmd}`: {e}")),
     };
     let stdin = child.stdin.take();
     let stdout = child.stdout.take();
@@ -398,6 +407,17 @@ pub(super) async fn run(
         output,
         message,
     }
+}
+
+/// `/dev/null` for a command's stdin: a duplicate of one descriptor kept
+/// open (opened on first use), which costs a `dup` where
+/// [`Stdio::null`] opens the file for every command.
+fn null_stdin() -> Stdio {
+    static NULL: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+    NULL.get_or_init(|| std::fs::File::open("/dev/null").ok())
+        .as_ref()
+        .and_then(|f| f.try_clone().ok())
+        .map_or_else(Stdio::null, Stdio::from)
 }
 
 /// Sends `sig` to the process group led by `pid` (the command).
@@ -528,6 +548,9 @@ mod tests {
             }
             o => panic!("{o:?}"),
         }
+        // No input: a command reading stdin gets end of file at once.
+        let cat = table("cat", &CommandSetup::default()).unwrap();
+        assert_eq!(out(&cat, TaskInfo::new(1, 7)), AppOutcome::Ok(Bytes::new()));
         // The app's variables and the task's reach a direct command too.
         let printenv = table(
             "printenv GREETING ALLOT_ATTEMPT",
