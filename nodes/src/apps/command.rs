@@ -29,6 +29,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{AppOutcome, Stop, TaskInfo, MAX_OUTPUT, STOP_GRACE};
 
+mod blocking;
+
 /// Bytes of stderr kept for a failed task's message.
 pub const STDERR_KEPT: u64 = 64 * 1024;
 
@@ -123,15 +125,15 @@ impl CommandApp {
         self.words.is_some()
     }
 
-    fn command(&self) -> tokio::process::Command {
+    fn command(&self) -> std::process::Command {
         match self.words.as_deref() {
             Some([program, args @ ..]) => {
-                let mut c = tokio::process::Command::new(program);
+                let mut c = std::process::Command::new(program);
                 c.args(args);
                 c
             }
             _ => {
-                let mut c = tokio::process::Command::new("sh");
+                let mut c = std::process::Command::new("sh");
                 c.arg("-c").arg(&self.line);
                 c
             }
@@ -267,6 +269,10 @@ pub(super) async fn run(
             .env("ALLOT_TASK_INDEX", info.index.to_string())
             .env("ALLOT_TASK_ID", format!("{job}/{}", info.index));
     }
+    if app.output_dir.is_none() && input.is_empty() {
+        return blocking::run(command, cmd, stop).await;
+    }
+    let mut command = tokio::process::Command::from(command);
     let sinks = match &app.output_dir {
         Some(dir) => match open_sinks(dir, info).await {
             Ok(s) => Some(s),
@@ -365,6 +371,20 @@ pub(super) async fn run(
             }
         }
     };
+    outcome(cmd, out, err, status, out_path, err_path)
+}
+
+/// The task's outcome from what the command wrote and how it ended;
+/// `out` and `err` are the copy errors when they went to files (at
+/// `out_path` and `err_path`).
+fn outcome(
+    cmd: &str,
+    out: Result<Vec<u8>, String>,
+    err: Result<Vec<u8>, String>,
+    status: std::io::Result<std::process::ExitStatus>,
+    out_path: Option<PathBuf>,
+    err_path: Option<PathBuf>,
+) -> AppOutcome {
     let status = match status {
         Ok(s) => s,
         Err(e) => return failed(1, format!("waiting for `{cmd}` failed: {e}")),
@@ -626,6 +646,37 @@ mod tests {
                 assert_eq!(std::fs::read_to_string(&err).unwrap(), "bad\n");
             }
             o => panic!("{o:?}"),
+        }
+    }
+
+    /// A task dropped at its deadline kills its command's process group
+    /// (the shell and what it started), and the child is reaped.
+    #[test]
+    fn a_command_past_its_deadline_is_killed_and_reaped() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let line = format!("echo $$ > {}; sleep 30", pidfile.display());
+        let app = table(&line, &CommandSetup::default()).unwrap();
+        let rt = rt();
+        let got = rt.block_on(run(
+            &app,
+            Bytes::new(),
+            Some(std::time::Duration::from_millis(300)),
+            TaskInfo::new(1, 7),
+        ));
+        assert_eq!(got, AppOutcome::Timeout);
+        let pid: u32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(5),
+                "the command outlived its task"
+            );
+            rt.block_on(async { tokio::time::sleep(std::time::Duration::from_millis(20)).await });
         }
     }
 
