@@ -3,7 +3,6 @@
 //! TOML file given with `--config` (see [`crate::config`]).
 
 use std::io::Write;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -14,9 +13,11 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use allot::client::{ClientConfig, LocalClient, Task};
 use allot::labels::{parse_attr, status_name};
 use allot::units::parse_size;
+use allot::HostPort;
 
 use crate::client_args::{read_input, ClientArgs, SubmitArgs};
 use crate::runtime::block_on_local;
+use crate::values::resolve;
 
 /// allot: allocate computing tasks to servers by matching attributes, over QUIC.
 #[derive(Parser, Debug)]
@@ -87,12 +88,21 @@ enum CertCmd {
         /// PKI directory holding the CA.
         #[arg(long)]
         dir: PathBuf,
-        /// Node name.
+        /// Certificate name (the file name in DIR, and a node's `--cert`;
+        /// a pool certificate serves many nodes, each with its own --name).
         #[arg(long)]
         name: String,
         /// Role the certificate allows.
         #[arg(long, value_parser = parse_role)]
         role: Role,
+        /// Days the certificate is valid, from now.
+        #[arg(long, default_value_t = allot::pki::DEFAULT_DAYS,
+              value_parser = clap::value_parser!(u32).range(1..))]
+        days: u32,
+        /// Start of the validity instead of now, in Unix seconds (for
+        /// tests of expiry).
+        #[arg(long, hide = true, value_name = "UNIX_SECS")]
+        not_before: Option<u64>,
     },
 }
 
@@ -125,22 +135,11 @@ fn parse_role(s: &str) -> Result<Role, String> {
         .ok_or_else(|| format!("`{s}` is not a role (gateway, distributor, worker, client)"))
 }
 
-fn parse_addrs(s: &str) -> Result<Vec<SocketAddr>, String> {
-    s.split(',')
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .map(|a| {
-            a.parse()
-                .map_err(|e| format!("`{a}` is not an address like 127.0.0.1:7000: {e}"))
-        })
-        .collect()
-}
-
-fn parse_set(s: &str) -> Result<(String, Vec<SocketAddr>), String> {
+fn parse_set(s: &str) -> Result<(String, Vec<HostPort>), String> {
     let (name, addrs) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not NAME=ADDR,ADDR..."))?;
-    let addrs = parse_addrs(addrs)?;
+    let addrs = crate::values::parse_addrs(addrs)?;
     if name.is_empty() || addrs.is_empty() {
         return Err(format!("`{s}` needs a set name and at least one address"));
     }
@@ -214,29 +213,37 @@ impl LinkArgs {
     }
 }
 
-/// What a node serves over HTTP (read-only): `/metrics`, `/healthz`.
+/// What a node serves over HTTP (read-only): `/metrics`, `/healthz`, and
+/// on a distributor or gateway the dashboard at `/` and its API `/api/`.
 #[derive(Args, Debug)]
 struct MetricsArgs {
     /// Serve `/metrics` (Prometheus text) and `/healthz` over HTTP on this
-    /// address (e.g. 127.0.0.1:9464); nothing is served without it.
+    /// address (e.g. 127.0.0.1:9464), and on a distributor or gateway a
+    /// live dashboard at `/` with its JSON API under `/api/`; nothing is
+    /// served without it.
     #[arg(long, value_name = "ADDR")]
-    metrics: Option<SocketAddr>,
+    metrics: Option<HostPort>,
     /// A file holding a bearer token: every path but `/healthz` then asks
-    /// for `Authorization: Bearer TOKEN`.
+    /// for `Authorization: Bearer TOKEN` (or, from a browser, the query
+    /// parameter `?token=TOKEN`).
     #[arg(long, value_name = "FILE", requires = "metrics")]
     metrics_token: Option<PathBuf>,
     /// With --metrics-token, leave `/metrics` open all the same (for a
-    /// Prometheus on a trusted network).
+    /// Prometheus on a trusted network); the dashboard and its API still
+    /// take the token.
     #[arg(long, requires = "metrics_token")]
     metrics_scrape_open: bool,
 }
 
 impl MetricsArgs {
-    fn config(&self) -> Option<allot::observe::MetricsConfig> {
-        let mut m = allot::observe::MetricsConfig::new(self.metrics?);
+    fn config(&self) -> Result<Option<allot::observe::MetricsConfig>> {
+        let Some(addr) = &self.metrics else {
+            return Ok(None);
+        };
+        let mut m = allot::observe::MetricsConfig::new(resolve("--metrics", addr)?);
         m.token_file = self.metrics_token.clone();
         m.scrape_open = self.metrics_scrape_open;
-        Some(m)
+        Ok(Some(m))
     }
 }
 
@@ -248,12 +255,16 @@ struct GatewayArgs {
     link: LinkArgs,
     #[command(flatten)]
     metrics: MetricsArgs,
-    /// Node name.
+    /// Node name: what peers know it by.
     #[arg(long)]
     name: String,
-    /// Address to listen on.
+    /// The certificate (and key) in the PKI directory to present (default:
+    /// the one named like --name); its role must be this node's.
+    #[arg(long, value_name = "NAME")]
+    cert: Option<String>,
+    /// Address to listen on (a host name is resolved at start).
     #[arg(long)]
-    listen: SocketAddr,
+    listen: HostPort,
     /// PKI directory.
     #[arg(long)]
     pki: PathBuf,
@@ -261,7 +272,7 @@ struct GatewayArgs {
     /// served before its members register. Without any, the gateway
     /// learns every set and member from the distributors' registrations.
     #[arg(long = "set", value_parser = parse_set)]
-    sets: Vec<(String, Vec<SocketAddr>)>,
+    sets: Vec<(String, Vec<HostPort>)>,
     /// A registered distributor not heard from for this long is marked
     /// down, in milliseconds (3 distributor report periods by default).
     #[arg(long, default_value_t = 3000)]
@@ -289,12 +300,16 @@ struct DistributorArgs {
     link: LinkArgs,
     #[command(flatten)]
     metrics: MetricsArgs,
-    /// Node name.
+    /// Node name: what peers know it by.
     #[arg(long)]
     name: String,
-    /// Address to listen on.
+    /// The certificate (and key) in the PKI directory to present (default:
+    /// the one named like --name); its role must be this node's.
+    #[arg(long, value_name = "NAME")]
+    cert: Option<String>,
+    /// Address to listen on (a host name is resolved at start).
     #[arg(long)]
-    listen: SocketAddr,
+    listen: HostPort,
     /// PKI directory.
     #[arg(long)]
     pki: PathBuf,
@@ -302,9 +317,9 @@ struct DistributorArgs {
     #[arg(long, default_value = "default")]
     set_name: String,
     /// Gateways to register with and report this member's share of the
-    /// set's attributes to.
+    /// set's attributes to (host names are looked up at each connection).
     #[arg(long, value_delimiter = ',')]
-    gateways: Vec<SocketAddr>,
+    gateways: Vec<HostPort>,
     /// Report to the first live gateway of the list (registered) or to all
     /// (broadcast).
     #[arg(long, value_enum, default_value_t = ReportArg::Broadcast)]
@@ -370,22 +385,28 @@ struct WorkerArgs {
     link: LinkArgs,
     #[command(flatten)]
     metrics: MetricsArgs,
-    /// Node name.
-    #[arg(long, required_unless_present = "print_resources")]
+    /// Node name, unique among the live workers (default: HOST-PID, the
+    /// host name and this process's id).
+    #[arg(long)]
     name: Option<String>,
+    /// The certificate (and key) in the PKI directory to present (default:
+    /// the one named like --name); its role must be this node's.
+    #[arg(long, value_name = "NAME")]
+    cert: Option<String>,
     /// Local address to bind.
     #[arg(long, default_value = "0.0.0.0:0")]
-    listen: SocketAddr,
+    listen: HostPort,
     /// PKI directory.
     #[arg(long, required_unless_present = "print_resources")]
     pki: Option<PathBuf>,
-    /// Distributors to join, in order.
+    /// Distributors to join, in order (host names are looked up at each
+    /// connection).
     #[arg(
         long,
         value_delimiter = ',',
         required_unless_present = "print_resources"
     )]
-    join: Vec<SocketAddr>,
+    join: Vec<HostPort>,
     /// Print the cores and memory this worker finds (and where it found
     /// them: CPU affinity, cgroup limits, Slurm's variables) and exit.
     #[arg(long)]
@@ -462,11 +483,11 @@ struct StatusArgs {
     client: ClientArgs,
     /// The distributor to ask (its workers).
     #[arg(long, conflicts_with = "gateway")]
-    distributor: Option<SocketAddr>,
+    distributor: Option<HostPort>,
     /// The gateway to ask (its record of the distributor sets; default:
     /// the first of the ALLOT_GATEWAY variable, without --distributor).
     #[arg(long)]
-    gateway: Option<SocketAddr>,
+    gateway: Option<HostPort>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -478,7 +499,7 @@ struct ExplainArgs {
     client: ClientArgs,
     /// The distributor to ask (default: the ALLOT_DISTRIBUTOR variable).
     #[arg(long)]
-    distributor: Option<SocketAddr>,
+    distributor: Option<HostPort>,
     /// Application.
     #[arg(long)]
     app: String,
@@ -553,19 +574,33 @@ fn run(cli: Cli) -> Result<()> {
                 println!("created CA in {}", dir.display());
                 Ok(())
             }
-            CertCmd::Issue { dir, name, role } => {
-                allot::pki::issue(&dir, &name, role)?;
+            CertCmd::Issue {
+                dir,
+                name,
+                role,
+                days,
+                not_before,
+            } => {
+                let valid = match not_before {
+                    Some(t) => allot::pki::Validity::days_from(t, days)?,
+                    None => allot::pki::Validity::days_from_now(days)?,
+                };
+                allot::pki::issue_with(&dir, &name, role, valid)?;
                 println!(
-                    "issued {} certificate `{name}` in {}",
+                    "issued {} certificate `{name}` in {}, valid until {}",
                     role.as_str(),
-                    dir.display()
+                    dir.display(),
+                    allot::pki::utc(valid.not_after)
                 );
                 Ok(())
             }
         },
         Command::Gateway(a) => {
             crate::logging::init("info", a.common.log_format);
-            let mut cfg = allot::gateway::GatewayConfig::new(&a.name, a.listen, a.pki, a.sets);
+            let listen = resolve("--listen", &a.listen)?;
+            let mut cfg = allot::gateway::GatewayConfig::new(&a.name, listen, a.pki, Vec::new());
+            cfg.sets = a.sets;
+            cfg.cert = a.cert;
             cfg.policy = match a.policy {
                 PolicyArg::Rendezvous => allot::gateway::RedirectPolicy::Rendezvous,
                 PolicyArg::RoundRobin => allot::gateway::RedirectPolicy::RoundRobin,
@@ -574,16 +609,19 @@ fn run(cli: Cli) -> Result<()> {
             cfg.ttl = Duration::from_millis(a.ttl_ms);
             cfg.member_timeout = Duration::from_millis(a.member_timeout_ms.max(10));
             cfg.link_timeouts = a.link.timeouts()?;
-            cfg.metrics = a.metrics.config();
+            cfg.metrics = a.metrics.config()?;
             block_on_local(allot::gateway::run(cfg, shutdown_signal()))??;
             Ok(())
         }
         Command::Distributor(a) => {
             crate::logging::init("info", a.common.log_format);
+            let listen = resolve("--listen", &a.listen)?;
+            crate::values::check_resolves("--gateways", &a.gateways)?;
             let mut cfg =
-                allot::distributor::DistributorConfig::new(&a.name, a.listen, a.pki, a.data_dir);
+                allot::distributor::DistributorConfig::new(&a.name, listen, a.pki, a.data_dir);
+            cfg.cert = a.cert;
             cfg.link_timeouts = a.link.timeouts()?;
-            cfg.metrics = a.metrics.config();
+            cfg.metrics = a.metrics.config()?;
             cfg.startup_grace = Duration::from_millis(a.startup_grace_ms);
             cfg.drain_timeout = a.drain_timeout;
             cfg.set_name = a.set_name;
@@ -616,15 +654,27 @@ fn run(cli: Cli) -> Result<()> {
                 print_resources(&found, a.cores.0, a.mem.0);
                 return Ok(());
             }
-            let (Some(name), Some(pki)) = (a.name, a.pki) else {
-                bail!("allot worker needs --name and --pki");
+            let Some(pki) = a.pki else {
+                bail!("allot worker needs --pki");
             };
-            let mut cfg = allot::worker::WorkerConfig::new(&name, pki, a.join);
+            let name = match a.name {
+                Some(n) => n,
+                None => {
+                    let host = allot::worker::host_name().unwrap_or_default();
+                    let n = allot::worker::default_name(&host, std::process::id());
+                    eprintln!("allot worker: named {n} (--name gives another)");
+                    n
+                }
+            };
+            crate::values::check_resolves("--join", &a.join)?;
+            let mut cfg = allot::worker::WorkerConfig::new(&name, pki, Vec::new());
+            cfg.join = a.join;
+            cfg.cert = a.cert;
             cfg.link_timeouts = a.link.timeouts()?;
-            cfg.metrics = a.metrics.config();
+            cfg.metrics = a.metrics.config()?;
             cfg.orphan_grace = Duration::from_millis(a.orphan_grace_ms);
             cfg.drain_timeout = a.drain_timeout;
-            cfg.listen = a.listen;
+            cfg.listen = resolve("--listen", &a.listen)?;
             cfg.mode = match a.report {
                 ReportArg::Registered => ReportMode::Registered,
                 ReportArg::Broadcast => ReportMode::Broadcast,
@@ -661,7 +711,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Submit(mut a) => {
             init_logging("warn");
-            a.gateway = crate::env::gateways(a.gateway, a.distributor)?;
+            a.gateway = crate::env::gateways(a.gateway, a.distributor.as_ref())?;
             if a.detach || a.array.is_some() || a.each_line.is_some() || a.distributor.is_some() {
                 crate::jobs::submit_job(a)
             } else {
@@ -720,14 +770,16 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn client_config(
-    c: ClientArgs,
-    gateways: Vec<SocketAddr>,
-    attrs: Vec<Attr>,
-) -> Result<ClientConfig> {
-    Ok(ClientConfig::new(c.name.clone(), c.pki()?, gateways)
+/// A client of `gateways`: their names are checked now (one that does not
+/// resolve is an error naming the flag, not an outage to wait out), and
+/// looked up again at each search.
+fn client_config(c: ClientArgs, gateways: Vec<HostPort>, attrs: Vec<Attr>) -> Result<ClientConfig> {
+    crate::values::check_resolves("--gateway", &gateways)?;
+    let mut cfg = ClientConfig::new(c.name.clone(), c.pki()?, Vec::new())
         .with_attrs(attrs)
-        .with_retry_for(c.retry_for))
+        .with_retry_for(c.retry_for);
+    cfg.gateways = gateways;
+    Ok(cfg)
 }
 
 fn submit(a: SubmitArgs) -> Result<()> {
@@ -830,7 +882,8 @@ pub(crate) fn state_name(s: allot_wire::WorkerState) -> &'static str {
     }
 }
 
-fn gateway_status(a: StatusArgs, gw: SocketAddr) -> Result<()> {
+fn gateway_status(a: StatusArgs, gw: HostPort) -> Result<()> {
+    let gw = resolve("--gateway", &gw)?;
     let (pki, name) = (a.client.pki()?, a.client.name);
     let reply =
         block_on_local(async move { allot::gateway::query_status(&pki, &name, gw).await })??;
@@ -906,13 +959,14 @@ fn gateway_status(a: StatusArgs, gw: SocketAddr) -> Result<()> {
 }
 
 fn status(a: StatusArgs) -> Result<()> {
-    if let Some(gw) = a.gateway {
+    if let Some(gw) = a.gateway.clone() {
         return gateway_status(a, gw);
     }
-    let Some(addr) = a.distributor else {
-        let gw = crate::env::gateways(Vec::new(), None)?[0];
+    let Some(addr) = &a.distributor else {
+        let gw = crate::env::gateways(Vec::new(), None)?[0].clone();
         return gateway_status(a, gw);
     };
+    let addr = resolve("--distributor", addr)?;
     let cfg = client_config(a.client, Vec::new(), Vec::new())?;
     let reply = block_on_local(async move {
         let c = LocalClient::connect_distributor(cfg, addr).await?;
@@ -1000,8 +1054,8 @@ fn status(a: StatusArgs) -> Result<()> {
 }
 
 fn explain(a: ExplainArgs) -> Result<()> {
-    let addr = match a.distributor {
-        Some(d) => d,
+    let addr = match &a.distributor {
+        Some(d) => resolve("--distributor", d)?,
         None => crate::env::addr(crate::env::DISTRIBUTOR)?.with_context(|| {
             format!(
                 "no distributor: give --distributor ADDR or set {} (`allot up` prints the line that does)",

@@ -4,13 +4,13 @@
 //! them without depending on each other.
 
 use std::io::Read;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use allot::distributor::jobs::MAX_TASKS_PER_JOB;
 use allot::labels::parse_attr;
 use allot::units::parse_size;
+use allot::HostPort;
 use allot_wire::Attr;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -35,10 +35,10 @@ pub(crate) struct SubmitArgs {
     pub client: ClientArgs,
     /// Gateways, tried in order (default: the ALLOT_GATEWAY variable).
     #[arg(long, value_delimiter = ',')]
-    pub gateway: Vec<SocketAddr>,
+    pub gateway: Vec<HostPort>,
     /// A distributor to submit to instead of the gateways (jobs only).
     #[arg(long, conflicts_with = "gateway")]
-    pub distributor: Option<SocketAddr>,
+    pub distributor: Option<HostPort>,
     /// Keep the tasks as a job at the distributor and print its id as soon
     /// as it is durable, instead of waiting for them.
     #[arg(long)]

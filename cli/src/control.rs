@@ -3,8 +3,9 @@
 //! [`allot::client::control_worker`]). They need a client certificate,
 //! as every client command; any client certificate will do.
 
-use std::net::SocketAddr;
 use std::time::Duration;
+
+use allot::HostPort;
 
 use allot_wire::WorkerOp;
 use anyhow::{bail, Context, Result};
@@ -38,7 +39,7 @@ struct Target {
     /// A distributor the worker is registered with (default: the
     /// ALLOT_DISTRIBUTOR variable).
     #[arg(long)]
-    distributor: Option<SocketAddr>,
+    distributor: Option<HostPort>,
     /// The worker's node name (as `allot status --distributor` lists it).
     worker: String,
 }
@@ -55,8 +56,8 @@ pub(crate) fn undrain(a: UndrainArgs) -> Result<()> {
 }
 
 fn control(t: Target, op: WorkerOp) -> Result<()> {
-    let addr = match t.distributor {
-        Some(d) => d,
+    let addr = match &t.distributor {
+        Some(d) => crate::values::resolve("--distributor", d)?,
         None => crate::env::addr(crate::env::DISTRIBUTOR)?.with_context(|| {
             format!(
                 "no distributor: give --distributor ADDR or set {} (`allot up` prints the line that does)",

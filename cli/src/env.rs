@@ -12,19 +12,21 @@
 
 use std::net::SocketAddr;
 
+use allot::HostPort;
 use anyhow::{bail, Result};
 
 /// Gateways, comma-separated: `--gateway` of every client command.
 pub const GATEWAY: &str = "ALLOT_GATEWAY";
-/// A distributor: `--distributor` of `allot explain`.
+/// A distributor: `--distributor` of `allot explain`, `drain` and `undrain`.
 pub const DISTRIBUTOR: &str = "ALLOT_DISTRIBUTOR";
 /// The PKI directory: `--pki`.
 pub const PKI: &str = "ALLOT_PKI";
 /// The client certificate name: `--name`.
 pub const NAME: &str = "ALLOT_NAME";
 
-/// The addresses in variable `var`, or `None` if it is unset or empty.
-pub fn addrs(var: &str) -> Result<Option<Vec<SocketAddr>>> {
+/// The addresses in variable `var` (`host:port`, `IP:port` or
+/// `[IPv6]:port`, comma-separated), or `None` if it is unset or empty.
+pub fn addrs(var: &str) -> Result<Option<Vec<HostPort>>> {
     let Some(v) = std::env::var_os(var) else {
         return Ok(None);
     };
@@ -38,26 +40,25 @@ pub fn addrs(var: &str) -> Result<Option<Vec<SocketAddr>>> {
     for a in v.split(',').map(str::trim).filter(|a| !a.is_empty()) {
         match a.parse() {
             Ok(addr) => out.push(addr),
-            Err(e) => {
-                bail!("{var}={v}: `{a}` is not an address like 127.0.0.1:7000 ({e})")
-            }
+            Err(e) => bail!("{var}={v}: {e}"),
         }
     }
     Ok((!out.is_empty()).then_some(out))
 }
 
-/// The one address in variable `var`, or `None` if it is unset or empty.
+/// The one address in variable `var`, resolved now, or `None` if it is
+/// unset or empty.
 pub fn addr(var: &str) -> Result<Option<SocketAddr>> {
     match addrs(var)? {
         None => Ok(None),
-        Some(a) if a.len() == 1 => Ok(Some(a[0])),
+        Some(a) if a.len() == 1 => crate::values::resolve(var, &a[0]).map(Some),
         Some(_) => bail!("{var} holds several addresses; it takes one"),
     }
 }
 
 /// The gateways a client command goes to: `--gateway` if given, else
 /// none if it was given `--distributor`, else `ALLOT_GATEWAY`.
-pub fn gateways(flag: Vec<SocketAddr>, distributor: Option<SocketAddr>) -> Result<Vec<SocketAddr>> {
+pub fn gateways(flag: Vec<HostPort>, distributor: Option<&HostPort>) -> Result<Vec<HostPort>> {
     if !flag.is_empty() || distributor.is_some() {
         return Ok(flag);
     }

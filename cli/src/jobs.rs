@@ -5,8 +5,8 @@
 //! id names the set and member that hold it) or talks to the one given with
 //! `--distributor`.
 
+use allot::HostPort;
 use std::io::{IsTerminal, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -26,27 +26,30 @@ pub struct Target {
     /// Gateways, asked in order for the member that holds the job
     /// (default: the ALLOT_GATEWAY variable).
     #[arg(long, value_delimiter = ',')]
-    gateway: Vec<SocketAddr>,
+    gateway: Vec<HostPort>,
     /// The distributor to ask instead of the gateways.
     #[arg(long, conflicts_with = "gateway")]
-    distributor: Option<SocketAddr>,
+    distributor: Option<HostPort>,
 }
 
 impl Target {
     fn config(self) -> anyhow::Result<JobsConfig> {
-        let gateways = crate::env::gateways(self.gateway, self.distributor)?;
+        let gateways = crate::env::gateways(self.gateway, self.distributor.as_ref())?;
         config(self.client, gateways, self.distributor)
     }
 }
 
+/// The job client's configuration. Its addresses are resolved here, once:
+/// a job command is short-lived, so each run looks the names up again.
 fn config(
     c: ClientArgs,
-    gateways: Vec<SocketAddr>,
-    distributor: Option<SocketAddr>,
+    gateways: Vec<HostPort>,
+    distributor: Option<HostPort>,
 ) -> anyhow::Result<JobsConfig> {
+    let gateways = crate::values::resolve_all("--gateway", &gateways)?;
     let cfg = JobsConfig::new(c.pki()?, &c.name, gateways).with_retry_for(c.retry_for);
     Ok(match distributor {
-        Some(d) => cfg.with_distributor(d),
+        Some(d) => cfg.with_distributor(crate::values::resolve("--distributor", &d)?),
         None => cfg,
     })
 }

@@ -61,7 +61,15 @@ pub struct UpArgs {
     /// The gateway's address (a loopback one: the other nodes listen on
     /// the same IP, on ports the system picks).
     #[arg(long, default_value = "127.0.0.1:7000")]
-    listen: SocketAddr,
+    listen: allot::HostPort,
+    /// `--listen` resolved (`localhost:7000` is accepted too).
+    #[arg(skip = SocketAddr::from(([127, 0, 0, 1], 7000)))]
+    listen_addr: SocketAddr,
+    /// The distributor's metrics and dashboard address (a loopback one;
+    /// default: a port the system picks): the dashboard is at
+    /// http://ADDR/, its metrics at http://ADDR/metrics.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    metrics: SocketAddr,
     /// Log lines (stderr) as text, or as one JSON object a line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -111,9 +119,8 @@ struct Running {
     gateway: SocketAddr,
     distributor: SocketAddr,
     workers: u16,
-    /// The dashboard's URL: the distributor's metrics address, once the
-    /// nodes serve one. None until then, and then nothing is printed
-    /// about a dashboard.
+    /// The dashboard's URL (the distributor's metrics address); None if
+    /// the distributor serves none, and then nothing is printed about it.
     dashboard: Option<String>,
 }
 
@@ -301,10 +308,10 @@ fn worker_name(i: u16) -> String {
 }
 
 fn start_nodes(a: &UpArgs, dir: &Path, pki: &Path, nodes: &mut Nodes) -> Result<()> {
-    let local = SocketAddr::new(a.listen.ip(), 0);
+    let local = SocketAddr::new(a.listen_addr.ip(), 0);
     let g = allot::gateway::spawn(GatewayConfig::new(
         GATEWAY,
-        a.listen,
+        a.listen_addr,
         pki.to_path_buf(),
         Vec::new(),
     ))
@@ -318,8 +325,14 @@ fn start_nodes(a: &UpArgs, dir: &Path, pki: &Path, nodes: &mut Nodes) -> Result<
         dir.join(format!("data-{DISTRIBUTOR}")),
     );
     cfg.set_name = SET.into();
-    cfg.gateways = vec![gw];
-    let d = allot::distributor::spawn(cfg).context("starting the distributor")?;
+    cfg.gateways = vec![gw.into()];
+    cfg.metrics = Some(allot::observe::MetricsConfig::new(a.metrics));
+    let d = allot::distributor::spawn(cfg).with_context(|| {
+        format!(
+            "starting the distributor (dashboard on --metrics {})",
+            a.metrics
+        )
+    })?;
     let dist = d.addr;
     nodes.distributor = Some(d);
     for i in 1..=a.workers {
@@ -338,7 +351,7 @@ fn start_nodes(a: &UpArgs, dir: &Path, pki: &Path, nodes: &mut Nodes) -> Result<
 /// gateway finds them.
 async fn wait_up(pki: &Path, gateway: SocketAddr, distributor: SocketAddr, n: usize) -> Result<()> {
     let started = Instant::now();
-    let client = ClientConfig::new(CLIENT, pki, Vec::new());
+    let client = ClientConfig::new(CLIENT, pki, Vec::<SocketAddr>::new());
     allot::local_cluster::wait_for_workers(&client, distributor, n, UP_TIMEOUT).await?;
     let mut last = String::from("no answer yet");
     while started.elapsed() < UP_TIMEOUT {
@@ -382,13 +395,21 @@ fn signals() -> Result<impl std::future::Future<Output = ()>> {
 }
 
 /// Runs `allot up`.
-pub fn run(a: UpArgs) -> Result<()> {
+pub fn run(mut a: UpArgs) -> Result<()> {
     crate::logging::init("warn", a.log_format);
-    if !a.listen.ip().is_loopback() {
+    a.listen_addr = crate::values::resolve("--listen", &a.listen)?;
+    if !a.listen_addr.ip().is_loopback() {
         bail!(
             "--listen {}: allot up runs a cluster for this machine and takes a loopback address \
              (127.0.0.1:PORT); run `allot gateway`, `allot distributor` and `allot worker` to serve others",
             a.listen
+        );
+    }
+    if !a.metrics.ip().is_loopback() {
+        bail!(
+            "--metrics {}: allot up serves its dashboard on a loopback address (127.0.0.1:PORT); \
+             run `allot distributor --metrics ADDR --metrics-token FILE` to show it to others",
+            a.metrics
         );
     }
     let dir = prepare_dir(&a.dir.clone().unwrap_or_else(default_dir))?;
@@ -401,8 +422,8 @@ pub fn run(a: UpArgs) -> Result<()> {
         tokio::pin!(stop);
         let mut nodes = Nodes::default();
         start_nodes(&a, &dir, &pki, &mut nodes)?;
-        let (gateway, distributor) = match (&nodes.gateway, &nodes.distributor) {
-            (Some(g), Some(d)) => (g.addr, d.addr),
+        let (gateway, distributor, metrics) = match (&nodes.gateway, &nodes.distributor) {
+            (Some(g), Some(d)) => (g.addr, d.addr, d.metrics),
             _ => bail!("the cluster's nodes did not start"),
         };
         tokio::select! {
@@ -418,9 +439,7 @@ pub fn run(a: UpArgs) -> Result<()> {
             gateway,
             distributor,
             workers: a.workers,
-            // No node serves a metrics address yet: once the distributor
-            // has one (`--metrics`), its URL goes here.
-            dashboard: None,
+            dashboard: metrics.map(|m| format!("http://{m}/")),
         };
         write_env_file(&env_file, &running.export_line())?;
         if a.json {

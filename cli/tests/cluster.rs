@@ -1649,6 +1649,403 @@ fn a_sigtermed_worker_drains_its_task_and_exits_cleanly() {
     assert_eq!(runs.lines().filter(|l| *l == "tok-1").count(), 1, "{runs}");
 }
 
+/// Starts `allot ARGS` in the background with its stderr in `log`.
+fn spawn_logged(args: &[&str], log: &Path) -> Proc {
+    Proc(
+        allot()
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("spawn allot"),
+    )
+}
+
+#[test]
+fn workers_sharing_a_pool_certificate_serve_under_their_own_names() {
+    let dir = Dir::new("pool");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("dist-1", "distributor"),
+            ("pool", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let (d, g) = (port(), port());
+    let ds = d.to_string();
+    let _dist = distributor(&pki, &dir.0, "dist-1", d, &[]);
+    let _gw = gateway(&pki, g, &ds);
+    let pooled = |name: &str, rack: &str, log: &str| {
+        let label = format!("rack={rack}");
+        spawn_logged(
+            &[
+                "worker", "--name", name, "--cert", "pool", "--pki", &pki, "--join", &ds,
+                "--label", &label,
+            ],
+            &dir.0.join(log),
+        )
+    };
+    let _a = pooled("w-a", "a", "a.log");
+    let _b = pooled("w-b", "b", "b.log");
+    let ws = wait_workers(&pki, d, 2, "up", Duration::from_secs(20));
+    let mut names: Vec<&str> = ws.iter().filter_map(|w| w["name"].as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["w-a", "w-b"]);
+
+    // Each serves: a task only one of them matches runs there.
+    for (rack, who) in [("a", "w-a"), ("b", "w-b")] {
+        let req = format!("server.rack == '{rack}'");
+        let out = submit(
+            &pki,
+            &g.to_string(),
+            &["--app", "echo", "--require", &req, "--json"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(json(&out)["worker"], who);
+    }
+
+    // The pool certificate does not make a name shareable: a second live
+    // worker named w-a is refused, and says why; the first keeps its row.
+    let log = dir.0.join("dup.log");
+    let _dup = pooled("w-a", "c", "dup.log");
+    eventually("the duplicate is told", Duration::from_secs(20), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains("worker name `w-a` is taken by another live worker")
+            .then_some(())
+    });
+    let ws = status(&pki, d).unwrap();
+    let a: Vec<&Value> = ws.iter().filter(|w| w["name"] == "w-a").collect();
+    assert_eq!(a.len(), 1, "{ws:?}");
+    assert_eq!(a[0]["rack"], "a", "the duplicate took the row over: {ws:?}");
+}
+
+#[test]
+fn an_expired_or_not_yet_valid_certificate_stops_a_node_at_start_saying_how_to_renew() {
+    let dir = Dir::new("expired");
+    let pki = pki(&dir.0, &[]);
+    // A day's validity from 2001: long expired.
+    ok(&[
+        "cert",
+        "issue",
+        "--dir",
+        &pki,
+        "--name",
+        "old",
+        "--role",
+        "worker",
+        "--days",
+        "1",
+        "--not-before",
+        "1000000000",
+    ]);
+    let err = fails(&[
+        "worker",
+        "--name",
+        "w",
+        "--cert",
+        "old",
+        "--pki",
+        &pki,
+        "--join",
+        "127.0.0.1:9",
+    ]);
+    for want in [
+        "old.pem expired on 2001-09-10 01:46:40 UTC",
+        &format!("allot cert issue --dir {pki} --name old --role worker --days 365"),
+    ] {
+        assert!(err.contains(want), "{want:?} not in {err}");
+    }
+    // Valid from 2100: not yet.
+    ok(&[
+        "cert",
+        "issue",
+        "--dir",
+        &pki,
+        "--name",
+        "early",
+        "--role",
+        "distributor",
+        "--not-before",
+        "4102444800",
+    ]);
+    let data = dir.0.join("data");
+    let err = fails(&[
+        "distributor",
+        "--name",
+        "early",
+        "--pki",
+        &pki,
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("early.pem is not valid yet: valid from 2100-01-01 00:00:00 UTC"),
+        "{err}"
+    );
+    // --days must be at least 1, and is shown at issue.
+    let err = fails(&[
+        "cert", "issue", "--dir", &pki, "--name", "z", "--role", "client", "--days", "0",
+    ]);
+    assert!(err.contains("--days"), "{err}");
+    let out = ok(&[
+        "cert", "issue", "--dir", &pki, "--name", "c", "--role", "client", "--days", "7",
+    ]);
+    assert!(out.contains("valid until "), "{out}");
+}
+
+/// `localhost:PORT` for a free loopback port.
+fn localhost() -> String {
+    format!("localhost:{}", port().port())
+}
+
+#[test]
+fn every_address_flag_takes_a_host_name() {
+    let dir = Dir::new("hostnames");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("dist-1", "distributor"),
+            ("w-1", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let (d, g, m) = (localhost(), localhost(), localhost());
+    let data = dir.0.join("data");
+    let set = format!("main={d}");
+    let _gw = spawn(&[
+        "gateway", "--name", "gw-1", "--pki", &pki, "--listen", &g, "--set", &set,
+    ]);
+    let _dist = spawn(&[
+        "distributor",
+        "--name",
+        "dist-1",
+        "--pki",
+        &pki,
+        "--set-name",
+        "main",
+        "--listen",
+        &d,
+        "--gateways",
+        &g,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--metrics",
+        &m,
+    ]);
+    // The worker's from a config file: the keys take names as the flags do.
+    let conf = dir.0.join("w-1.toml");
+    std::fs::write(
+        &conf,
+        format!("name = \"w-1\"\npki = \"{pki}\"\njoin = [\"{d}\"]\nlisten = \"localhost:0\"\n"),
+    )
+    .unwrap();
+    let _w = spawn(&["worker", "--config", conf.to_str().unwrap()]);
+    // status --distributor by name lists the worker...
+    eventually("the worker is up", Duration::from_secs(20), || {
+        let out = run(&["status", "--pki", &pki, "--distributor", &d, "--json"]);
+        let ws = serde_json::from_slice::<Value>(&out.stdout).ok()?;
+        (ws.as_array()?
+            .iter()
+            .any(|w| w["name"] == "w-1" && w["state"] == "up"))
+        .then_some(())
+    });
+    // ...status --gateway by name the member, registered under its address.
+    eventually(
+        "the gateway knows the member",
+        Duration::from_secs(20),
+        || {
+            let out = run(&["status", "--pki", &pki, "--gateway", &g, "--json"]);
+            let ms = serde_json::from_slice::<Value>(&out.stdout).ok()?;
+            (ms.as_array()?.iter().any(|m| m["name"] == "dist-1")).then_some(())
+        },
+    );
+    // submit, explain and a job through names, from flags and variables.
+    let out = submit(&pki, &g, &["--app", "echo", "--input", "-", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out)["worker"], "w-1");
+    let out = allot()
+        .env("ALLOT_GATEWAY", &g)
+        .env("ALLOT_PKI", &pki)
+        .args(["submit", "--app", "echo", "--array", "1-3", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = allot()
+        .env("ALLOT_DISTRIBUTOR", &d)
+        .env("ALLOT_PKI", &pki)
+        .args(["explain", "--app", "echo", "--json"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out)["matches"], true);
+    // --metrics by name serves.
+    let port: u16 = m.rsplit_once(':').unwrap().1.parse().unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(
+        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+        "{body}"
+    );
+}
+
+#[test]
+fn a_name_that_does_not_resolve_is_an_error_naming_the_flag() {
+    let dir = Dir::new("nohost");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("g", "gateway"),
+            ("d", "distributor"),
+            ("w", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let data = dir.0.join("data");
+    let data = data.to_str().unwrap();
+    let bad = "nohost.invalid:7000";
+    let set = format!("main={bad}");
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        (
+            "--join",
+            vec!["worker", "--name", "w", "--pki", &pki, "--join", bad],
+        ),
+        (
+            "--listen",
+            vec![
+                "worker",
+                "--name",
+                "w",
+                "--pki",
+                &pki,
+                "--join",
+                "127.0.0.1:9",
+                "--listen",
+                bad,
+            ],
+        ),
+        (
+            "--listen",
+            vec!["gateway", "--name", "g", "--pki", &pki, "--listen", bad],
+        ),
+        (
+            "--set main",
+            vec![
+                "gateway",
+                "--name",
+                "g",
+                "--pki",
+                &pki,
+                "--listen",
+                "127.0.0.1:0",
+                "--set",
+                &set,
+            ],
+        ),
+        (
+            "--gateways",
+            vec![
+                "distributor",
+                "--name",
+                "d",
+                "--pki",
+                &pki,
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data,
+                "--gateways",
+                bad,
+            ],
+        ),
+        (
+            "--metrics",
+            vec![
+                "distributor",
+                "--name",
+                "d",
+                "--pki",
+                &pki,
+                "--listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                data,
+                "--metrics",
+                bad,
+            ],
+        ),
+        (
+            "--gateway",
+            vec!["submit", "--pki", &pki, "--app", "echo", "--gateway", bad],
+        ),
+        ("--gateway", vec!["jobs", "--pki", &pki, "--gateway", bad]),
+        (
+            "--distributor",
+            vec!["status", "--pki", &pki, "--distributor", bad],
+        ),
+        ("--gateway", vec!["status", "--pki", &pki, "--gateway", bad]),
+        (
+            "--distributor",
+            vec![
+                "explain",
+                "--pki",
+                &pki,
+                "--app",
+                "echo",
+                "--distributor",
+                bad,
+            ],
+        ),
+    ];
+    for (flag, args) in cases {
+        let t0 = Instant::now();
+        let err = fails(&args);
+        let want = format!("{flag}: cannot resolve \"{bad}\"");
+        assert!(err.contains(&want), "{args:?}: {want:?} not in {err}");
+        // At once: a name that does not resolve is no outage to wait out.
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "{args:?} took {:?}",
+            t0.elapsed()
+        );
+    }
+    // Malformed ones are refused by the parser, saying what is wrong.
+    for (value, why) in [
+        ("localhost", "no port"),
+        ("localhost:99999", "is not a port"),
+        ("::1:7000", "needs brackets"),
+    ] {
+        let err = fails(&["status", "--pki", &pki, "--distributor", value]);
+        assert!(err.contains(why), "{value}: {err}");
+    }
+}
+
 /// `allot drain` drains a worker without stopping it: `allot status` shows
 /// it `draining`, new tasks go to the other worker, its running task
 /// finishes there (once) and the worker keeps running; `allot undrain`

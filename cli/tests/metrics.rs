@@ -241,6 +241,18 @@ fn every_node_serves_metrics_that_promtool_accepts() {
     assert_eq!(code, 200, "{dist}");
     let (code, gw) = get(c.gw_metrics, "/metrics");
     assert_eq!(code, 200, "{gw}");
+    // The member's first report or heartbeat comes a report period after
+    // it registered, which may be after the tasks ran.
+    let gw = eventually(
+        "the gateway ingested a report",
+        Duration::from_secs(10),
+        || {
+            let (_, page) = get(c.gw_metrics, "/metrics");
+            sample(&page, "allot_member_reports_total")
+                .is_some_and(|n| n > 0.0)
+                .then_some(page)
+        },
+    );
     // The worker's counters reach the page with its next scrape.
     let worker = eventually("the worker counted 3 runs", Duration::from_secs(10), || {
         let (_, page) = get(c.worker_metrics, "/metrics");
@@ -584,4 +596,50 @@ fn prometheus_scrapes_the_tasks_a_cluster_ran() {
         "/api/v1/query?query=allot_tasks_completed_total%7Bstatus%3D%22ok%22%7D",
     );
     assert!(body.contains(&format!("\"{TASKS}\"")), "{body}");
+}
+
+#[test]
+fn bench_scrapes_every_node_run_as_a_process_and_the_dashboard_api() {
+    let bench = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "bench",
+            "--local",
+            "--processes",
+            "--scrape-ms",
+            "50",
+            "--tasks",
+            "300",
+            "--concurrency",
+            "8",
+            "--rounds",
+            "2",
+            "--json",
+        ];
+        args.extend(extra);
+        let out = run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v.get("scrapes_ok").is_some())
+            .unwrap_or_else(|| panic!("no scrape report: {text}"))
+    };
+    // A gateway, a distributor and two workers, each scraped at least once
+    // in each of the two scraped runs; none failed.
+    let ab = bench(&[]);
+    assert!(ab["scrapes_ok"].as_u64().is_some_and(|n| n >= 8), "{ab}");
+    assert_eq!(ab["scrapes_failed"], 0, "{ab}");
+    assert_eq!(ab["dashboard"], false, "{ab}");
+    assert_eq!(ab["scraped_tasks_per_s"].as_array().map(Vec::len), Some(2));
+    assert!(ab["ratio"].as_f64().is_some_and(|r| r > 0.0), "{ab}");
+    // With the dashboard's API: six paths more on the distributor, two on
+    // the gateway, each answered.
+    let ab = bench(&["--scrape-dashboard"]);
+    assert!(ab["scrapes_ok"].as_u64().is_some_and(|n| n >= 24), "{ab}");
+    assert_eq!(ab["scrapes_failed"], 0, "{ab}");
+    assert_eq!(ab["dashboard"], true, "{ab}");
 }

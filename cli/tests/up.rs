@@ -141,12 +141,18 @@ fn up_prints_a_line_that_points_the_client_commands_at_it_and_stops_on_sigint() 
     let dir = Dir::new("up-text");
     let up = Up::start(&dir, &[], "warn");
     // The text ends with the export line, then how to try it.
+    let mut dashboard = None;
     let export = loop {
         let l = up.line();
+        if let Some(d) = l.trim().strip_prefix("dashboard:") {
+            dashboard = Some(d.trim().to_owned());
+        }
         if let Some(e) = l.trim().strip_prefix("export ") {
             break format!("export {e}");
         }
     };
+    let dashboard = dashboard.expect("a dashboard line before the export line");
+    assert!(dashboard.starts_with("http://127.0.0.1:"), "{dashboard}");
     for v in VARS {
         assert!(export.contains(&format!("{v}=")), "{export}");
     }
@@ -194,6 +200,72 @@ fn up_prints_a_line_that_points_the_client_commands_at_it_and_stops_on_sigint() 
     assert!(
         dir.0.join("pki").join("ca.pem").exists(),
         "the certificates stay in DIR"
+    );
+}
+
+#[test]
+fn up_serves_its_dashboard_at_the_url_it_prints() {
+    use common::http::{get, get_json};
+    let dir = Dir::new("up-dash");
+    let up = Up::start(&dir, &["--json"], "warn");
+    let j: Value = serde_json::from_str(&up.line()).unwrap();
+    let url = j["dashboard"].as_str().expect("a dashboard URL");
+    let addr: std::net::SocketAddr = url
+        .strip_prefix("http://")
+        .and_then(|a| a.strip_suffix('/'))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("{url}"));
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{url}");
+    let (code, page) = get(addr, "/");
+    assert_eq!(code, 200);
+    assert!(page.contains("<title>allot dashboard</title>"));
+    let w = get_json(addr, "/api/workers");
+    let mut names: Vec<&str> = w["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["name"].as_str())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["worker-1", "worker-2"], "{w}");
+    let mut c = bare();
+    for (k, v) in j["env"].as_object().unwrap() {
+        c.env(k, v.as_str().unwrap());
+    }
+    c.args(["submit", "--app", "echo", "--input", "-"]);
+    assert_ok(&run_with_input(c, b"x"), "submit");
+    let s = get_json(addr, "/api/summary");
+    assert_eq!(s["counters"]["completed"], 1, "{s}");
+    assert_eq!(s["set"], "default", "{s}");
+    let (status, stderr) = up.stop("TERM");
+    assert!(status.success(), "exit {status:?}: {stderr}");
+
+    // Another address than a loopback one is refused.
+    let out = bare()
+        .args(["up", "--metrics", "0.0.0.0:0", "--dir"])
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--metrics 0.0.0.0:0") && err.contains("loopback"),
+        "{err}"
+    );
+
+    // An address in use: a clear error at start, nothing left running.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = bare()
+        .args(["up", "--listen", "127.0.0.1:0", "--metrics", &addr, "--dir"])
+        .arg(&dir.0)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("--metrics {addr}")) && err.to_lowercase().contains("in use"),
+        "{err}"
     );
 }
 

@@ -19,6 +19,7 @@ pub mod conn;
 pub mod distributor;
 mod error;
 pub mod gateway;
+pub mod hostport;
 mod inflight;
 pub mod labels;
 pub mod link;
@@ -48,6 +49,7 @@ pub use client::{
 pub use distributor::{DistributorConfig, DistributorHandle};
 pub use error::NodeError;
 pub use gateway::{GatewayConfig, GatewayHandle, RedirectPolicy};
+pub use hostport::HostPort;
 pub use local_cluster::{LocalCluster, LocalClusterBuilder, LocalClusterError};
 pub use worker::{WorkerConfig, WorkerHandle};
 

@@ -377,7 +377,7 @@ impl LocalClusterBuilder {
     /// mode... The cluster sets its PKI directory, and its `join` list to
     /// every distributor if `f` leaves it empty.
     pub fn worker(mut self, name: &str, f: impl FnOnce(&mut WorkerConfig)) -> Self {
-        let mut cfg = WorkerConfig::new(name, PathBuf::new(), Vec::new());
+        let mut cfg = WorkerConfig::new(name, PathBuf::new(), Vec::<SocketAddr>::new());
         f(&mut cfg);
         self.workers.push(cfg);
         self
@@ -521,7 +521,7 @@ impl LocalClusterBuilder {
                 cluster.dir().join(format!("data-{name}")),
             );
             cfg.set_name = SET.into();
-            cfg.gateways = cluster.gateway_addrs.clone();
+            cfg.gateways = cluster.gateway_addrs.iter().map(|&a| a.into()).collect();
             if self.metrics {
                 let a = free_tcp()?;
                 cfg.metrics = Some(crate::observe::MetricsConfig::new(a));
@@ -539,14 +539,23 @@ impl LocalClusterBuilder {
         for mut cfg in self.workers {
             cfg.pki = pki.clone();
             if cfg.join.is_empty() {
-                cfg.join = cluster.distributor_addrs.clone();
+                cfg.join = cluster
+                    .distributor_addrs
+                    .iter()
+                    .map(|&a| a.into())
+                    .collect();
             }
-            let reports_to: &[SocketAddr] = match cfg.mode {
+            let reports_to: &[crate::HostPort] = match cfg.mode {
                 ReportMode::Broadcast => &cfg.join,
                 _ => &cfg.join[..cfg.join.len().min(1)],
             };
             for addr in reports_to {
-                if let Some(i) = cluster.distributor_addrs.iter().position(|a| a == addr) {
+                let addr = addr.socket_addr();
+                if let Some(i) = cluster
+                    .distributor_addrs
+                    .iter()
+                    .position(|a| Some(*a) == addr)
+                {
                     expected[i] += 1;
                 }
             }
@@ -565,7 +574,7 @@ impl LocalClusterBuilder {
             cluster.workers.push(w);
         }
 
-        let client = ClientConfig::new(waiter, pki, Vec::new());
+        let client = ClientConfig::new(waiter, pki, Vec::<SocketAddr>::new());
         let waits: Vec<(SocketAddr, usize)> = cluster
             .distributor_addrs
             .iter()

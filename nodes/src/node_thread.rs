@@ -12,6 +12,8 @@ use tokio::sync::oneshot;
 pub struct NodeHandle {
     /// The address it listens on (for a worker: its local address).
     pub addr: SocketAddr,
+    /// The address of its `/metrics` (and dashboard), when it serves one.
+    pub metrics: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -39,17 +41,18 @@ impl Drop for NodeHandle {
 }
 
 /// Starts `setup` on a new thread. `setup` gets a future that resolves when
-/// the node should stop, and returns the node's address and its serving
-/// future. Returns once the node is listening (or failed to start).
+/// the node should stop, and returns the node's address, its metrics
+/// address if it serves one, and its serving future. Returns once the node is listening (or failed to start).
 pub fn spawn_node<E, S, F, R>(thread_name: String, setup: S) -> Result<NodeHandle, E>
 where
     E: Send + 'static + From<std::io::Error>,
     S: FnOnce(std::pin::Pin<Box<dyn Future<Output = ()>>>) -> F + Send + 'static,
-    F: Future<Output = Result<(SocketAddr, R), E>>,
+    F: Future<Output = Result<(SocketAddr, Option<SocketAddr>, R), E>>,
     R: Future<Output = ()>,
 {
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<SocketAddr, E>>();
+    let (ready_tx, ready_rx) =
+        std::sync::mpsc::channel::<Result<(SocketAddr, Option<SocketAddr>), E>>();
     let thread = std::thread::Builder::new()
         .name(thread_name)
         .spawn(move || {
@@ -69,8 +72,8 @@ where
                     let _ = stop_rx.await;
                 });
                 match setup(stop).await {
-                    Ok((addr, serve)) => {
-                        let _ = ready_tx.send(Ok(addr));
+                    Ok((addr, metrics, serve)) => {
+                        let _ = ready_tx.send(Ok((addr, metrics)));
                         serve.await;
                     }
                     Err(e) => {
@@ -80,8 +83,9 @@ where
             });
         })?;
     match ready_rx.recv() {
-        Ok(Ok(addr)) => Ok(NodeHandle {
+        Ok(Ok((addr, metrics))) => Ok(NodeHandle {
             addr,
+            metrics,
             stop: Some(stop_tx),
             thread: Some(thread),
         }),

@@ -6,21 +6,40 @@
 //!
 //! A node certificate carries three DNS subject alternative names:
 //!
-//! * [`SERVER_NAME`] (`node.allot`): nodes are dialled by IP address, so every
-//!   server is verified against this one fixed name instead;
+//! * [`SERVER_NAME`] (`node.allot`): nodes are dialled by address (a host
+//!   name given by the user is resolved first, and may be shared or
+//!   change), so every server is verified against this one fixed name;
 //! * `<role>.role.allot`: the role, read back with
 //!   [`role_of`] after the handshake (webpki's name matching does the parsing,
 //!   so no X.509 parser of our own touches peer input);
-//! * `<name>.name.allot`: the node's name, for logs and status.
+//! * `<name>.name.allot`: the certificate's name, for logs.
+//!
+//! **Identity and role.** A certificate grants a *role*; it does not fix
+//! the node's *name*. A node announces its name in its `Hello` (the
+//! `--name` flag) and peers know it by that name, while what it may do
+//! comes from its certificate's role. So one certificate can serve a pool
+//! of workers (`--cert POOL --name w-17`): whoever holds the pool
+//! certificate and key may join as any worker name, as it could join as a
+//! worker at all. Names stay unique where it matters: a distributor refuses
+//! a second live worker registering a name already in use.
+//!
+//! **Expiry.** Node certificates are valid from their issue for a number
+//! of days (`allot cert issue --days N`, 365 by default); [`Pki::load`]
+//! refuses one that has expired or is not valid yet, saying which, when,
+//! and how to issue a new one, and peers refuse it in the TLS handshake.
+//! The CA itself does not expire (rcgen's default window, up to the year
+//! 4096): renewing it would mean reissuing every certificate at once.
 //!
 //! Files in the PKI directory: `ca.pem` and `ca.key` (the CA), and
-//! `<name>.pem` / `<name>.key` per node. Keys are written with mode 0600.
-//! Certificates use ECDSA P-256 keys, which ring signs and verifies quickly.
+//! `<name>.pem` / `<name>.key` per certificate. Keys are written with mode
+//! 0600. Certificates use ECDSA P-256 keys, which ring signs and verifies
+//! quickly.
 
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use allot_wire::Role;
 use rcgen::{
@@ -31,7 +50,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 /// The name every server certificate is valid for; clients verify servers
-/// against it because nodes are addressed by IP, not by DNS name.
+/// against it (and send it as SNI) whatever host name they were given:
+/// the certificate proves cluster membership and role, not a host.
 pub const SERVER_NAME: &str = "node.allot";
 
 /// File name of the CA certificate in a PKI directory.
@@ -42,6 +62,9 @@ pub const CA_KEY_FILE: &str = "ca.key";
 /// Longest node name accepted; keeps `<name>.name.allot` a valid DNS name
 /// (labels are at most 63 bytes, but dots split the name into labels).
 pub const MAX_NAME_LEN: usize = 64;
+
+/// Days a node certificate is valid by default (`allot cert issue --days`).
+pub const DEFAULT_DAYS: u32 = 365;
 
 /// Every role, in the order they are tried when reading a certificate.
 const ROLES: [Role; 4] = [Role::Gateway, Role::Distributor, Role::Worker, Role::Client];
@@ -97,8 +120,8 @@ pub enum PkiError {
     },
     /// The node's certificate or key is not there.
     #[error(
-        "{} not found: no certificate for node `{name}`; run \
-         `allot cert issue --dir {} --name {name} --role ROLE`",
+        "{} not found: no certificate for node `{name}` (a node loads the certificate named \
+         by --cert, default its --name); run `allot cert issue --dir {} --name {name} --role ROLE`",
         path.display(), dir.display()
     )]
     MissingNode {
@@ -134,15 +157,56 @@ pub enum PkiError {
         /// What is wrong with it.
         what: String,
     },
+    /// The certificate's validity window has ended.
+    #[error(
+        "certificate {} expired on {} (valid {} to {}, now {}); issue a new one: {}",
+        path.display(), utc(*not_after), utc(*not_before), utc(*not_after), utc(*now),
+        reissue(path, role)
+    )]
+    Expired {
+        /// The certificate file.
+        path: PathBuf,
+        /// Its role (for the command that issues a new one).
+        role: Role,
+        /// Start of its validity, Unix seconds.
+        not_before: u64,
+        /// End of its validity, Unix seconds.
+        not_after: u64,
+        /// The time it was checked at, Unix seconds.
+        now: u64,
+    },
+    /// The certificate's validity window has not begun (a clock behind, or
+    /// a certificate issued on a machine whose clock is ahead).
+    #[error(
+        "certificate {} is not valid yet: valid from {} (to {}), now {}; check this \
+         machine's clock, or issue a new one: {}",
+        path.display(), utc(*not_before), utc(*not_after), utc(*now), reissue(path, role)
+    )]
+    NotYetValid {
+        /// The certificate file.
+        path: PathBuf,
+        /// Its role (for the command that issues a new one).
+        role: Role,
+        /// Start of its validity, Unix seconds.
+        not_before: u64,
+        /// End of its validity, Unix seconds (0 if unknown).
+        not_after: u64,
+        /// The time it was checked at, Unix seconds.
+        now: u64,
+    },
+    /// A validity window that cannot be issued.
+    #[error("bad validity: {0}")]
+    BadValidity(String),
     /// rcgen failed to build or sign a certificate.
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
 }
 
-/// A loaded node identity: the CA to trust, our certificate and key, and the
-/// name and role the certificate was issued for.
+/// A loaded node credential: the CA to trust, our certificate and key, and
+/// the name and role the certificate was issued for. The node's own name is
+/// not here: it is what the node announces (see the module doc).
 pub struct Pki {
-    /// The node's name, as written in its certificate.
+    /// The certificate's name (its file name in the PKI directory).
     pub name: String,
     /// The node's role, as written in its certificate.
     pub role: Role,
@@ -154,9 +218,11 @@ pub struct Pki {
 }
 
 impl Pki {
-    /// Loads `ca.pem`, `<name>.pem` and `<name>.key` from `dir`, checks that the
-    /// certificate was issued by that CA for `name`, and reads its role.
-    pub fn load(dir: &Path, name: &str) -> Result<Pki, PkiError> {
+    /// Loads `ca.pem`, `<cert>.pem` and `<cert>.key` from `dir`, checks that
+    /// the certificate was issued by that CA for `cert`, is valid now, and
+    /// reads its role.
+    pub fn load(dir: &Path, cert: &str) -> Result<Pki, PkiError> {
+        let name = cert;
         validate_name(name)?;
         let ca_path = dir.join(CA_CERT_FILE);
         let cert_path = dir.join(format!("{name}.pem"));
@@ -183,13 +249,36 @@ impl Pki {
                 path: key_path.clone(),
                 what: format!("no private key in PEM format ({e})"),
             })?;
-        verify_chain(&ca, &cert).map_err(|what| PkiError::BadFile {
-            path: cert_path.clone(),
-            what: format!("{what} against {}", ca_path.display()),
-        })?;
         let role = role_of(&cert).map_err(|e| PkiError::BadFile {
             path: cert_path.clone(),
             what: e.to_string(),
+        })?;
+        let now = unix_now();
+        verify_chain(&ca, &cert, now).map_err(|e| match e {
+            ChainError::Expired {
+                not_before,
+                not_after,
+            } => PkiError::Expired {
+                path: cert_path.clone(),
+                role,
+                not_before,
+                not_after,
+                now,
+            },
+            ChainError::NotYetValid {
+                not_before,
+                not_after,
+            } => PkiError::NotYetValid {
+                path: cert_path.clone(),
+                role,
+                not_before,
+                not_after,
+                now,
+            },
+            ChainError::Other(what) => PkiError::BadFile {
+                path: cert_path.clone(),
+                what: format!("{what} against {}", ca_path.display()),
+            },
         })?;
         match name_of(&cert) {
             Some(n) if n == name => {}
@@ -197,7 +286,7 @@ impl Pki {
                 return Err(PkiError::BadFile {
                     path: cert_path,
                     what: format!(
-                        "issued for node `{}`, not `{name}`",
+                        "issued as `{}`, not `{name}` (renamed files?)",
                         other.as_deref().unwrap_or("<no name>")
                     ),
                 })
@@ -245,6 +334,24 @@ impl fmt::Debug for Pki {
     }
 }
 
+/// Checks that `pki` was issued for `role`: a node started with another
+/// role's certificate would be refused by every peer, so it is refused at
+/// start with the certificate named.
+pub fn check_role(pki: &Pki, role: Role) -> Result<(), PkiError> {
+    if pki.role == role {
+        return Ok(());
+    }
+    Err(PkiError::BadRole {
+        what: format!(
+            "`{}` is for role {}, not {}: give --cert a {} certificate",
+            pki.name,
+            pki.role.as_str(),
+            role.as_str(),
+            role.as_str()
+        ),
+    })
+}
+
 /// Creates the cluster CA: writes `dir/ca.pem` and `dir/ca.key` (mode 0600).
 /// Creates `dir` if needed; never overwrites an existing CA.
 pub fn create_ca(dir: &Path) -> Result<(), PkiError> {
@@ -280,10 +387,62 @@ pub fn create_ca(dir: &Path) -> Result<(), PkiError> {
     Ok(())
 }
 
-/// Issues a certificate for node `name` with `role`, signed by the CA in
-/// `dir`; writes `dir/<name>.pem` and `dir/<name>.key` (mode 0600).
+/// When a certificate is valid: from `not_before` to `not_after`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    /// Start, Unix seconds.
+    pub not_before: u64,
+    /// End, Unix seconds.
+    pub not_after: u64,
+}
+
+impl Validity {
+    /// Valid from now for `days` days.
+    pub fn days_from_now(days: u32) -> Result<Validity, PkiError> {
+        Validity::days_from(unix_now(), days)
+    }
+
+    /// Valid from `not_before` (Unix seconds) for `days` days. A certificate
+    /// must be valid for at least one day: a shorter one would expire
+    /// before the cluster had much use of it.
+    pub fn days_from(not_before: u64, days: u32) -> Result<Validity, PkiError> {
+        if days == 0 {
+            return Err(PkiError::BadValidity(
+                "a certificate must be valid for at least 1 day".into(),
+            ));
+        }
+        // Up to the year 9999 (X.509's GeneralizedTime ends there).
+        const LAST: u64 = 253_402_300_799;
+        let not_after = not_before
+            .checked_add(u64::from(days) * 86_400)
+            .filter(|&t| t <= LAST)
+            .ok_or_else(|| {
+                PkiError::BadValidity(format!("{days} days from {} is past 9999", utc(not_before)))
+            })?;
+        Ok(Validity {
+            not_before,
+            not_after,
+        })
+    }
+}
+
+/// Issues a certificate named `name` with `role`, valid from now for
+/// [`DEFAULT_DAYS`], signed by the CA in `dir`; writes `dir/<name>.pem`
+/// and `dir/<name>.key` (mode 0600).
 pub fn issue(dir: &Path, name: &str, role: Role) -> Result<(), PkiError> {
+    issue_with(dir, name, role, Validity::days_from_now(DEFAULT_DAYS)?)
+}
+
+/// [`issue`] with the given validity.
+pub fn issue_with(dir: &Path, name: &str, role: Role, valid: Validity) -> Result<(), PkiError> {
     validate_name(name)?;
+    if valid.not_after <= valid.not_before {
+        return Err(PkiError::BadValidity(format!(
+            "it would end ({}) before it begins ({})",
+            utc(valid.not_after),
+            utc(valid.not_before)
+        )));
+    }
     let ca_cert_path = dir.join(CA_CERT_FILE);
     let ca_key_path = dir.join(CA_KEY_FILE);
     for path in [&ca_cert_path, &ca_key_path] {
@@ -332,17 +491,22 @@ pub fn issue(dir: &Path, name: &str, role: Role) -> Result<(), PkiError> {
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     params.use_authority_key_identifier_extension = true;
+    params.not_before = offset_time(valid.not_before)?;
+    params.not_after = offset_time(valid.not_after)?;
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &issuer)?;
 
     // The issuer was rebuilt from the key and a fixed name, not parsed from
     // ca.pem: make sure what we signed really chains to ca.pem before writing.
-    verify_chain(&ca_cert, cert.der()).map_err(|what| PkiError::BadFile {
+    // Checked at its own start, so that a window in the past or future
+    // (for tests of expiry) can be issued too.
+    verify_chain(&ca_cert, cert.der(), valid.not_before).map_err(|e| PkiError::BadFile {
         path: ca_cert_path.clone(),
         what: format!(
-            "a certificate signed with {} does not verify against it ({what}); \
+            "a certificate signed with {} does not verify against it ({}); \
              ca.pem and ca.key do not belong together",
-            ca_key_path.display()
+            ca_key_path.display(),
+            e.text()
         ),
     })?;
 
@@ -485,26 +649,154 @@ fn ca_params() -> CertificateParams {
     params
 }
 
+/// Why a certificate does not verify against the CA.
+enum ChainError {
+    /// Its validity ended before the time checked.
+    Expired { not_before: u64, not_after: u64 },
+    /// Its validity begins after the time checked.
+    NotYetValid { not_before: u64, not_after: u64 },
+    /// Anything else.
+    Other(String),
+}
+
+impl ChainError {
+    fn text(&self) -> String {
+        match self {
+            ChainError::Expired { not_after, .. } => format!("expired on {}", utc(*not_after)),
+            ChainError::NotYetValid { not_before, .. } => {
+                format!("not valid before {}", utc(*not_before))
+            }
+            ChainError::Other(s) => s.clone(),
+        }
+    }
+}
+
 /// Checks that `cert` chains to `ca` for both client and server use, with the
-/// same algorithms and clock the TLS stack will use.
-fn verify_chain(ca: &CertificateDer<'_>, cert: &CertificateDer<'_>) -> Result<(), String> {
-    let anchor =
-        webpki::anchor_from_trusted_cert(ca).map_err(|e| format!("bad CA certificate ({e})"))?;
+/// same algorithms the TLS stack will use, at time `at` (Unix seconds).
+fn verify_chain(
+    ca: &CertificateDer<'_>,
+    cert: &CertificateDer<'_>,
+    at: u64,
+) -> Result<(), ChainError> {
+    let anchor = webpki::anchor_from_trusted_cert(ca)
+        .map_err(|e| ChainError::Other(format!("bad CA certificate ({e})")))?;
     let ee = webpki::EndEntityCert::try_from(cert)
-        .map_err(|e| format!("certificate cannot be parsed ({e})"))?;
+        .map_err(|e| ChainError::Other(format!("certificate cannot be parsed ({e})")))?;
     let algs = rustls::crypto::ring::default_provider()
         .signature_verification_algorithms
         .all;
-    let now = UnixTime::now();
+    let now = UnixTime::since_unix_epoch(Duration::from_secs(at));
     let anchors = [anchor];
     for usage in [
         webpki::KeyUsage::server_auth(),
         webpki::KeyUsage::client_auth(),
     ] {
         ee.verify_for_usage(algs, &anchors, &[], now, usage, None, None)
-            .map_err(|e| format!("certificate does not verify ({e})"))?;
+            .map_err(|e| match e {
+                // webpki names only the bound that was crossed; the other
+                // is looked up by checking at the far ends of time.
+                webpki::Error::CertExpired { not_after, .. } => ChainError::Expired {
+                    not_before: bound(&ee, algs, &anchors, Bound::Before).unwrap_or(0),
+                    not_after: not_after.as_secs(),
+                },
+                webpki::Error::CertNotValidYet { not_before, .. } => ChainError::NotYetValid {
+                    not_before: not_before.as_secs(),
+                    not_after: bound(&ee, algs, &anchors, Bound::After).unwrap_or(0),
+                },
+                e => ChainError::Other(format!("certificate does not verify ({e})")),
+            })?;
     }
     Ok(())
+}
+
+/// Which end of a certificate's validity [`bound`] finds.
+enum Bound {
+    Before,
+    After,
+}
+
+/// One end of a verified certificate's validity window, read from the
+/// error webpki gives when checking at the start or the end of time (so no
+/// X.509 parser of our own reads the dates).
+fn bound(
+    ee: &webpki::EndEntityCert<'_>,
+    algs: &[&dyn rustls_pki_types::SignatureVerificationAlgorithm],
+    anchors: &[rustls_pki_types::TrustAnchor<'_>],
+    which: Bound,
+) -> Option<u64> {
+    let at = match which {
+        Bound::Before => 0,
+        Bound::After => 253_402_300_799,
+    };
+    let now = UnixTime::since_unix_epoch(Duration::from_secs(at));
+    match ee.verify_for_usage(
+        algs,
+        anchors,
+        &[],
+        now,
+        webpki::KeyUsage::server_auth(),
+        None,
+        None,
+    ) {
+        Err(webpki::Error::CertNotValidYet { not_before, .. }) => Some(not_before.as_secs()),
+        Err(webpki::Error::CertExpired { not_after, .. }) => Some(not_after.as_secs()),
+        _ => None,
+    }
+}
+
+/// Now, in Unix seconds (0 for a clock before 1970).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Unix seconds as rcgen wants them.
+fn offset_time(secs: u64) -> Result<time::OffsetDateTime, PkiError> {
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .ok_or_else(|| PkiError::BadValidity(format!("{secs} is not a usable time")))
+}
+
+/// Unix seconds as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn utc(secs: u64) -> String {
+    // Days to a civil date (Howard Hinnant's algorithm, proleptic
+    // Gregorian), to show dates without a date library.
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The commands that replace the certificate at `path` (its name is the
+/// file's stem) with a new one of `role`.
+fn reissue(path: &Path, role: &Role) -> String {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(
+        "`rm {d}/{name}.pem {d}/{name}.key && allot cert issue --dir {d} --name {name} \
+         --role {} --days {DEFAULT_DAYS}`",
+        role.as_str(),
+        d = dir.display()
+    )
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, PkiError> {

@@ -42,7 +42,7 @@ impl Nodes {
             self.pki.dir().join(format!("data-{name}")),
         );
         cfg.set_name = "main".into();
-        cfg.gateways = vec![gw];
+        cfg.gateways = vec![gw.into()];
         cfg.report_period = Duration::from_millis(100);
         cfg.drain_timeout = PATIENCE;
         distributor::spawn(cfg).expect("distributor")

@@ -461,3 +461,108 @@ async fn a_burst_uses_large_packets_and_loses_none() {
     stop(&client).await;
     stop(&server).await;
 }
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+#[test]
+fn an_expired_or_not_yet_valid_certificate_is_refused_at_load_with_dates_and_the_fix() {
+    let dir = TempDir::new("expiry");
+    pki::create_ca(dir.path()).unwrap();
+    // Valid from 2001-09-09 for a day: long expired.
+    let past = pki::Validity::days_from(1_000_000_000, 1).unwrap();
+    pki::issue_with(dir.path(), "old", Role::Worker, past).unwrap();
+    let err = Pki::load(dir.path(), "old").unwrap_err();
+    assert!(matches!(err, PkiError::Expired { .. }), "{err:?}");
+    let text = err.to_string();
+    let d = dir.path().display();
+    for want in [
+        "old.pem expired on 2001-09-10 01:46:40 UTC",
+        "valid 2001-09-09 01:46:40 UTC to 2001-09-10 01:46:40 UTC",
+        &format!("rm {d}/old.pem {d}/old.key && allot cert issue --dir {d} --name old --role worker --days 365"),
+    ] {
+        assert!(text.contains(want), "{want:?} not in {text}");
+    }
+
+    // Valid from tomorrow: not yet.
+    let future = pki::Validity::days_from(unix_now() + 86_400, 30).unwrap();
+    pki::issue_with(dir.path(), "early", Role::Distributor, future).unwrap();
+    let err = Pki::load(dir.path(), "early").unwrap_err();
+    assert!(matches!(err, PkiError::NotYetValid { .. }), "{err:?}");
+    let text = err.to_string();
+    for want in [
+        "early.pem is not valid yet: valid from ",
+        &format!("(to {})", pki::utc(future.not_after)),
+        "check this machine's clock",
+        "--name early --role distributor",
+    ] {
+        assert!(text.contains(want), "{want:?} not in {text}");
+    }
+
+    // The default is a year from now, and a zero-day window is refused.
+    pki::issue(dir.path(), "fresh", Role::Worker).unwrap();
+    Pki::load(dir.path(), "fresh").unwrap();
+    assert!(pki::Validity::days_from_now(0)
+        .unwrap_err()
+        .to_string()
+        .contains("at least 1 day"));
+}
+
+#[test]
+fn dates_are_shown_in_utc() {
+    assert_eq!(pki::utc(0), "1970-01-01 00:00:00 UTC");
+    assert_eq!(pki::utc(951_782_400), "2000-02-29 00:00:00 UTC");
+    assert_eq!(pki::utc(253_402_300_799), "9999-12-31 23:59:59 UTC");
+}
+
+#[test]
+fn a_certificate_names_its_role_and_a_node_started_with_another_is_told() {
+    let dir = cluster("wrong-role");
+    let w = Pki::load(dir.path(), "worker_1").unwrap();
+    pki::check_role(&w, Role::Worker).unwrap();
+    let e = pki::check_role(&w, Role::Gateway).unwrap_err().to_string();
+    assert!(
+        e.contains("`worker_1` is for role worker, not gateway"),
+        "{e}"
+    );
+}
+
+/// A peer whose certificate expired after it was loaded is refused in the
+/// handshake, and what the dialling side hears says the certificate expired.
+#[tokio::test]
+async fn a_peer_whose_certificate_expired_is_refused_in_the_handshake() {
+    let dir = cluster("peer-expired");
+    let now = unix_now();
+    // Valid for three more seconds: loadable now, expired when it dials.
+    let short = pki::Validity {
+        not_before: now - 60,
+        not_after: now + 3,
+    };
+    pki::issue_with(dir.path(), "brief", Role::Worker, short).unwrap();
+    let brief = Pki::load(dir.path(), "brief").unwrap();
+    let dist = Pki::load(dir.path(), "dist-1").unwrap();
+    let server = transport::endpoint(&dist, loopback()).unwrap();
+    let client = transport::endpoint(&brief, loopback()).unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+
+    let accept = async {
+        let incoming = server.accept().await.expect("endpoint open");
+        incoming.await.map(|_| ()).map_err(|e| e.to_string())
+    };
+    let (served, dialled) = tokio::join!(accept, async {
+        match transport::connect(&client, addr).await {
+            Err(e) => e.to_string(),
+            Ok(conn) => conn.closed().await.to_string(),
+        }
+    });
+    let served = served.unwrap_err();
+    assert!(served.contains("expired"), "server side: {served}");
+    assert!(dialled.contains("expired"), "client side: {dialled}");
+    stop(&client).await;
+    stop(&server).await;
+}

@@ -98,7 +98,15 @@ impl PyClient {
 
     fn jobs_handle(&self) -> PyResult<Arc<crate::jobs::JobsHandle>> {
         let made = self.jobs.get_or_init(|| {
-            let mut cfg = JobsConfig::new(&self.cfg.pki, &self.cfg.name, self.cfg.gateways.clone())
+            // The SDK resolves its addresses when the client is made, so
+            // these are all IP literals.
+            let gateways = self
+                .cfg
+                .gateways
+                .iter()
+                .filter_map(|g| g.socket_addr())
+                .collect();
+            let mut cfg = JobsConfig::new(&self.cfg.pki, &self.cfg.name, gateways)
                 .with_attrs(self.cfg.attrs.clone())
                 .with_retry_for(self.cfg.retry_for);
             if let Some(d) = self.distributor {

@@ -55,12 +55,15 @@ pub(super) struct Member {
 pub(super) struct Cluster {
     pub(super) pki: PathBuf,
     pub(super) gateways: Vec<SocketAddr>,
+    /// The gateways' node names.
+    pub(super) gateway_names: Vec<String>,
     pub(super) members: Vec<Member>,
     /// Role and process id of every child process (none when the nodes
     /// run as threads of this process).
     pub(super) roles: Vec<(&'static str, u32)>,
     children: Vec<Child>,
-    /// (node, `/metrics` address) of every node, with `--scrape-ms`.
+    /// (node, `/metrics` address) of every node, with `--scrape-ms` (in
+    /// this process or as child processes).
     pub(super) metrics: Vec<(String, SocketAddr)>,
     /// The nodes, when they are threads of this process.
     _threads: Option<LocalCluster>,
@@ -79,6 +82,26 @@ impl Drop for Cluster {
 
 fn free_addr() -> Result<SocketAddr> {
     Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// A free loopback TCP port (for a child's `--metrics`).
+fn free_tcp() -> Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// `--metrics ADDR` for node `name` when the bench scrapes, the address
+/// noted in `to`.
+fn metrics_flag(
+    metrics: bool,
+    name: &str,
+    to: &mut Vec<(String, SocketAddr)>,
+) -> Result<Vec<String>> {
+    if !metrics {
+        return Ok(Vec::new());
+    }
+    let a = free_tcp()?;
+    to.push((name.to_owned(), a));
+    Ok(vec!["--metrics".into(), a.to_string()])
 }
 
 /// The name of set `s` (from 0) of `sets`: `main` when there is one.
@@ -122,7 +145,7 @@ impl Cluster {
                 .map(|n| (n + args.workers + 256).max(1 << 16)),
         };
         if args.processes {
-            Self::start_processes(&args.name, &shape)
+            Self::start_processes(&args.name, &shape, args.scrape_ms.is_some())
         } else {
             Self::start_threads(&args.name, &shape, args.scrape_ms.is_some())
         }
@@ -171,6 +194,9 @@ impl Cluster {
         Ok(Cluster {
             pki: c.pki().to_path_buf(),
             gateways: c.gateways().to_vec(),
+            gateway_names: (0..shape.gateways)
+                .map(|g| format!("gw-{}", g + 1))
+                .collect(),
             members,
             roles: Vec::new(),
             children: Vec::new(),
@@ -180,7 +206,9 @@ impl Cluster {
         })
     }
 
-    fn start_processes(client: &str, shape: &Shape) -> Result<Cluster> {
+    /// The nodes as child processes; with `metrics`, each serves
+    /// `/metrics` on a free loopback port (listed in `metrics`).
+    fn start_processes(client: &str, shape: &Shape, metrics: bool) -> Result<Cluster> {
         let mut nodes: Vec<(String, Role)> = vec![
             (client.to_owned(), Role::Client),
             ("sim".into(), Role::Worker),
@@ -215,6 +243,7 @@ impl Cluster {
         let mut cluster = Cluster {
             pki: pki.clone(),
             gateways: Vec::new(),
+            gateway_names: gw_names.clone(),
             members: Vec::new(),
             roles: Vec::new(),
             children: Vec::new(),
@@ -226,7 +255,7 @@ impl Cluster {
         // members' registrations.
         for name in &gw_names {
             let addr = free_addr()?;
-            let g = spawn(&s(&[
+            let mut a = s(&[
                 "gateway",
                 "--name",
                 name,
@@ -234,7 +263,9 @@ impl Cluster {
                 &addr.to_string(),
                 "--pki",
                 &pki_s,
-            ]))?;
+            ]);
+            a.extend(metrics_flag(metrics, name, &mut cluster.metrics)?);
+            let g = spawn(&a)?;
             cluster.roles.push(("gateway", g.id()));
             cluster.children.push(g);
             cluster.gateways.push(addr);
@@ -275,6 +306,7 @@ impl Cluster {
                 if let Some(n) = shape.max_workers {
                     a.extend(s(&["--max-workers", &n.to_string()]));
                 }
+                a.extend(metrics_flag(metrics, &name, &mut cluster.metrics)?);
                 let d = spawn(&a)?;
                 cluster.roles.push(("distributor", d.id()));
                 cluster.members.push(Member {
@@ -290,12 +322,7 @@ impl Cluster {
             for i in 0..shape.workers {
                 let name = node_name("worker", set, i, shape.sets);
                 let slots = shape.slots.to_string();
-                let app_cmd = shape.command.as_ref().map(|c| format!("{COMMAND_APP}={c}"));
-                let mut extra = Vec::new();
-                if let Some(a) = &app_cmd {
-                    extra.extend(["--app-cmd", a.as_str()]);
-                }
-                let w = spawn(&s(&[
+                let mut a = s(&[
                     "worker",
                     "--name",
                     &name,
@@ -313,16 +340,18 @@ impl Cluster {
                     // stops the worker at once.
                     "--drain-timeout",
                     "0",
-                ]
-                .into_iter()
-                .chain(extra)
-                .collect::<Vec<_>>()))?;
+                ]);
+                if let Some(c) = &shape.command {
+                    a.extend(s(&["--app-cmd", &format!("{COMMAND_APP}={c}")]));
+                }
+                a.extend(metrics_flag(metrics, &name, &mut cluster.metrics)?);
+                let w = spawn(&a)?;
                 cluster.roles.push(("workers", w.id()));
                 cluster.children.push(w);
             }
         }
         cluster._certs = Some(certs);
-        let cfg = ClientConfig::new(client, pki.clone(), Vec::new());
+        let cfg = ClientConfig::new(client, pki.clone(), Vec::<SocketAddr>::new());
         let members = cluster.members.clone();
         let gws = cluster.gateways.clone();
         let workers = shape.workers;

@@ -52,7 +52,7 @@ pub struct BenchArgs {
     /// Gateways of a running cluster, tried in order (default: the
     /// ALLOT_GATEWAY variable, without --local).
     #[arg(long, value_delimiter = ',')]
-    pub gateway: Vec<SocketAddr>,
+    pub gateway: Vec<allot::HostPort>,
     /// PKI directory (with --gateway).
     #[arg(long, env = crate::env::PKI)]
     pub pki: Option<PathBuf>,
@@ -143,15 +143,44 @@ pub struct BenchArgs {
     /// queued task, and the time to list a 100,000-task job.
     #[arg(long, requires = "local")]
     pub detach: bool,
-    /// The cost of metrics: the local cluster's nodes serve `/metrics`,
+    /// The cost of metrics: the local cluster's nodes (threads, or with
+    /// --processes child processes) serve `/metrics`,
     /// and each round runs once while every node is scraped this often,
     /// in milliseconds, and once not; the report gives both medians.
-    #[arg(long, value_name = "MS", requires = "local", conflicts_with = "processes",
+    #[arg(long, value_name = "MS", requires = "local",
           value_parser = clap::value_parser!(u64).range(10..))]
     pub scrape_ms: Option<u64>,
+    /// With --scrape-ms, also read what an open dashboard polls (the JSON
+    /// API of the distributors and gateways) each time.
+    #[arg(long, requires = "scrape_ms")]
+    pub scrape_dashboard: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What the scraper reads of each node of `c`: `/metrics`, and with
+/// `dashboard` the API an open dashboard polls on the distributors and
+/// the gateways (known by the names the bench gave them).
+fn scrape_targets(
+    c: &cluster::Cluster,
+    dashboard: bool,
+) -> Vec<(SocketAddr, &'static [&'static str])> {
+    c.metrics
+        .iter()
+        .map(|(name, a)| {
+            let paths = if !dashboard {
+                scrape::METRICS
+            } else if c.members.iter().any(|m| &m.name == name) {
+                scrape::DISTRIBUTOR_DASHBOARD
+            } else if c.gateway_names.iter().any(|g| g == name) {
+                scrape::GATEWAY_DASHBOARD
+            } else {
+                scrape::METRICS
+            };
+            (*a, paths)
+        })
+        .collect()
 }
 
 /// Runs `allot bench`.
@@ -239,6 +268,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 crate::env::GATEWAY
             ),
         };
+        let gateways = crate::values::resolve_all("--gateway", &gateways)?;
         let cfg =
             ClientConfig::new(args.name.clone(), pki, gateways).with_retry_for(args.retry_for);
         (cfg.clone(), vec![cfg])
@@ -264,12 +294,13 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut cpu_us: Vec<f64> = vec![0.0; roles.len()];
     let mut cpu_seen = vec![true; roles.len()];
     let mut counted = vec![DistributorCounters::default(); members.len()];
-    let metrics_addrs: Vec<SocketAddr> = cluster
+    let targets = cluster
         .as_ref()
-        .map(|c| c.metrics.iter().map(|(_, a)| *a).collect())
+        .map(|c| scrape_targets(c, args.scrape_dashboard))
         .unwrap_or_default();
     let mut ab = args.scrape_ms.map(|ms| scrape::ScrapeAb {
         every_ms: ms,
+        dashboard: args.scrape_dashboard,
         scraped: Vec::new(),
         unscraped: Vec::new(),
         scrapes_ok: 0,
@@ -279,8 +310,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         // With --scrape-ms, the scraped run first in even rounds, second
         // in odd ones (the unscraped run below is the round's own).
         let scraped_run = |ab: &mut scrape::ScrapeAb| -> Result<()> {
-            let s =
-                scrape::Scraper::start(metrics_addrs.clone(), Duration::from_millis(ab.every_ms));
+            let s = scrape::Scraper::start(targets.clone(), Duration::from_millis(ab.every_ms));
             let r = crate::interrupt::block_on(driver::drive(cfgs.clone(), args.clone(), limit));
             let (ok, failed) = s.stop();
             ab.scraped.push(r??.per_s());

@@ -1,7 +1,9 @@
 //! `--scrape-ms`: the cost of metrics. The local cluster's nodes serve
 //! `/metrics`, and each round runs twice, once while a thread scrapes
 //! every node every N ms and once without (the order alternating between
-//! rounds); the report gives both medians and their ratio.
+//! rounds); the report gives both medians and their ratio. With
+//! `--scrape-dashboard` the thread also reads what an open dashboard
+//! polls: the JSON API of the distributors and gateways.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,19 +18,40 @@ pub(super) struct Scraper {
     thread: Option<JoinHandle<(u64, u64)>>,
 }
 
+/// What an open dashboard reads from a distributor each second.
+pub(super) const DISTRIBUTOR_DASHBOARD: &[&str] = &[
+    "/metrics",
+    "/api/summary",
+    "/api/sets",
+    "/api/workers",
+    "/api/waiting",
+    "/api/jobs",
+    "/api/series",
+];
+/// What an open dashboard reads from a gateway each second.
+pub(super) const GATEWAY_DASHBOARD: &[&str] = &["/metrics", "/api/summary", "/api/sets"];
+/// A scrape alone.
+pub(super) const METRICS: &[&str] = &["/metrics"];
+
 impl Scraper {
-    /// Starts scraping `addrs` every `every`.
-    pub(super) fn start(addrs: Vec<SocketAddr>, every: Duration) -> Scraper {
+    /// Starts reading `targets` (each an address and its paths) every
+    /// `every`.
+    pub(super) fn start(
+        targets: Vec<(SocketAddr, &'static [&'static str])>,
+        every: Duration,
+    ) -> Scraper {
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let thread = std::thread::spawn(move || {
             let (mut ok, mut failed) = (0u64, 0u64);
             while !s.load(Ordering::Relaxed) {
-                for a in &addrs {
-                    if scrape(*a) {
-                        ok += 1;
-                    } else {
-                        failed += 1;
+                for (a, paths) in &targets {
+                    for path in paths.iter() {
+                        if scrape(*a, path) {
+                            ok += 1;
+                        } else {
+                            failed += 1;
+                        }
                     }
                 }
                 std::thread::sleep(every);
@@ -51,13 +74,13 @@ impl Scraper {
     }
 }
 
-/// One `GET /metrics`, read to the end; whether it answered 200.
-fn scrape(addr: SocketAddr) -> bool {
+/// One `GET path`, read to the end; whether it answered 200.
+fn scrape(addr: SocketAddr, path: &str) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     if s.write_all(req.as_bytes()).is_err() {
         return false;
     }
@@ -69,6 +92,8 @@ fn scrape(addr: SocketAddr) -> bool {
 /// The A/B of a bench with `--scrape-ms`.
 pub(super) struct ScrapeAb {
     pub(super) every_ms: u64,
+    /// Whether the dashboard's API was read too.
+    pub(super) dashboard: bool,
     /// Tasks/s of each round, scraped and not.
     pub(super) scraped: Vec<f64>,
     pub(super) unscraped: Vec<f64>,
@@ -91,6 +116,7 @@ impl ScrapeAb {
                 "{}",
                 serde_json::json!({
                     "scrape_ms": self.every_ms,
+                    "dashboard": self.dashboard,
                     "scraped_tasks_per_s": self.scraped,
                     "unscraped_tasks_per_s": self.unscraped,
                     "median_scraped": a,
@@ -102,8 +128,9 @@ impl ScrapeAb {
             );
         } else {
             println!(
-                "metrics scraped every {} ms: {a:.0} tasks/s vs {b:.0} unscraped, ratio {ratio:.3} \
+                "metrics{} scraped every {} ms: {a:.0} tasks/s vs {b:.0} unscraped, ratio {ratio:.3} \
                  (medians of {} rounds each; {} scrapes answered, {} failed)",
+                if self.dashboard { " and the dashboard's API" } else { "" },
                 self.every_ms,
                 self.scraped.len(),
                 self.scrapes_ok,

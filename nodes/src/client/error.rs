@@ -34,6 +34,10 @@ pub enum AttemptError {
     /// The gateway answered with no usable distributor address.
     #[error("the gateway's redirect lists no usable distributor")]
     EmptyRedirect,
+    /// The gateway's host name did not resolve (this time: it is looked
+    /// up again at the next search).
+    #[error(transparent)]
+    Resolve(#[from] crate::hostport::ResolveError),
 }
 
 impl From<TransportError> for AttemptError {
@@ -54,7 +58,9 @@ impl AttemptError {
     /// not ready) may pass, so a search is retried over it.
     pub fn is_permanent(&self) -> bool {
         match self {
-            AttemptError::Timeout { .. } | AttemptError::EmptyRedirect => false,
+            AttemptError::Timeout { .. }
+            | AttemptError::EmptyRedirect
+            | AttemptError::Resolve(_) => false,
             AttemptError::Transport(e) => match e {
                 TransportError::Handshake { source, .. } => refused_by_tls(source),
                 TransportError::Timeout { .. } => false,
@@ -118,6 +124,17 @@ pub struct Retried {
     pub searches: u32,
 }
 
+impl Attempt {
+    /// The host name that did not resolve, for an attempt that never had
+    /// an address (its `addr` is then only a placeholder).
+    fn host(&self) -> Option<&crate::HostPort> {
+        match &*self.error {
+            AttemptError::Resolve(e) => Some(&e.addr),
+            _ => None,
+        }
+    }
+}
+
 impl Attempts {
     pub(crate) fn push(&mut self, searched: Searched, addr: SocketAddr, e: AttemptError) {
         self.tried.push(Attempt {
@@ -134,7 +151,7 @@ impl Attempts {
             match self
                 .tried
                 .iter_mut()
-                .find(|t| t.addr == a.addr && t.searched == a.searched)
+                .find(|t| t.addr == a.addr && t.searched == a.searched && t.host() == a.host())
             {
                 Some(t) => t.error = a.error.clone(),
                 None => self.tried.push(a.clone()),
@@ -198,7 +215,11 @@ impl fmt::Display for Attempts {
             if mixed {
                 write!(f, "{} ", a.searched)?;
             }
-            write!(f, "{}: {}", a.addr, a.error)?;
+            match &*a.error {
+                // Names the host itself; there is no address to show.
+                AttemptError::Resolve(e) => write!(f, "{e}")?,
+                e => write!(f, "{}: {e}", a.addr)?,
+            }
         }
         if let Some(r) = self.retried {
             write!(
@@ -351,6 +372,29 @@ mod tests {
         AttemptError::Timeout {
             after: Duration::from_millis(ms),
         }
+    }
+
+    #[test]
+    fn names_that_did_not_resolve_are_listed_by_name_each_once() {
+        let unresolved = |host: &str| {
+            let hp: crate::HostPort = host.parse().unwrap();
+            AttemptError::Resolve(crate::hostport::ResolveError {
+                addr: hp,
+                why: "unknown".into(),
+            })
+        };
+        let none = SocketAddr::from(([0, 0, 0, 0], 7000));
+        let mut first = Attempts::default();
+        first.push(Searched::Gateway, none, unresolved("a.invalid:7000"));
+        let mut then = Attempts::default();
+        then.push(Searched::Gateway, none, unresolved("b.invalid:7000"));
+        then.push(Searched::Gateway, none, unresolved("a.invalid:7000"));
+        first.merge(&then);
+        assert_eq!(
+            first.to_string(),
+            "cannot resolve \"a.invalid:7000\": unknown; cannot resolve \"b.invalid:7000\": unknown"
+        );
+        assert!(!unresolved("a.invalid:1").is_permanent());
     }
 
     #[test]

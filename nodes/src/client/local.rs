@@ -589,29 +589,44 @@ impl Inner {
     /// by `deadline` (if any); none starts after it.
     async fn redirect(&self, deadline: Option<Instant>) -> Result<(), ClientError> {
         let mut tried = Attempts::default();
-        for gw in &self.cfg.gateways {
+        for name in &self.cfg.gateways {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
-            match self.ask_gateway(*gw, deadline).await {
-                Ok(r) => {
-                    let list: Vec<SocketAddr> = r
-                        .distributors
-                        .iter()
-                        .filter_map(|a| a.parse().ok())
-                        .collect();
-                    if list.is_empty() {
-                        tried.push(Searched::Gateway, *gw, AttemptError::EmptyRedirect);
-                        continue;
-                    }
-                    *self.distributors.borrow_mut() = list;
-                    *self.gateway.borrow_mut() = Arc::from(gw.to_string());
-                    self.redirect_expires.set(Some(
-                        Instant::now() + Duration::from_millis(u64::from(r.ttl_ms)),
-                    ));
-                    return Ok(());
+            // Looked up at every search: a gateway whose name moved is
+            // found at its new address.
+            let addrs = match name.resolve().await {
+                Ok(a) => a,
+                Err(e) => {
+                    let none = SocketAddr::from(([0, 0, 0, 0], name.port()));
+                    tried.push(Searched::Gateway, none, e.into());
+                    continue;
                 }
-                Err(e) => tried.push(Searched::Gateway, *gw, e),
+            };
+            for gw in &addrs {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                match self.ask_gateway(*gw, deadline).await {
+                    Ok(r) => {
+                        let list: Vec<SocketAddr> = r
+                            .distributors
+                            .iter()
+                            .filter_map(|a| a.parse().ok())
+                            .collect();
+                        if list.is_empty() {
+                            tried.push(Searched::Gateway, *gw, AttemptError::EmptyRedirect);
+                            continue;
+                        }
+                        *self.distributors.borrow_mut() = list;
+                        *self.gateway.borrow_mut() = Arc::from(gw.to_string());
+                        self.redirect_expires.set(Some(
+                            Instant::now() + Duration::from_millis(u64::from(r.ttl_ms)),
+                        ));
+                        return Ok(());
+                    }
+                    Err(e) => tried.push(Searched::Gateway, *gw, e),
+                }
             }
         }
         Err(ClientError::search_failed(tried, Searched::Gateway))

@@ -35,7 +35,6 @@ mod handle;
 mod jobs;
 mod local;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,8 +75,9 @@ pub struct ClientConfig {
     pub name: String,
     /// PKI directory.
     pub pki: PathBuf,
-    /// Gateways, in the order they are tried.
-    pub gateways: Vec<SocketAddr>,
+    /// Gateways, in the order they are tried; a host name is looked up
+    /// again at every search.
+    pub gateways: Vec<crate::HostPort>,
     /// Client attributes (`client.*` in expressions).
     pub attrs: Vec<Attr>,
     /// How long one gateway or distributor may take to answer (QUIC
@@ -110,16 +110,17 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// A client named `name` (its certificate under `pki`) that asks
     /// `gateways`, in order; no attributes, the default connect timeout and
-    /// retry window.
+    /// retry window. Gateways by host name go in
+    /// [`ClientConfig::gateways`](ClientConfig#structfield.gateways).
     pub fn new(
         name: impl Into<String>,
         pki: impl Into<PathBuf>,
-        gateways: Vec<SocketAddr>,
+        gateways: Vec<std::net::SocketAddr>,
     ) -> Self {
         ClientConfig {
             name: name.into(),
             pki: pki.into(),
-            gateways,
+            gateways: gateways.into_iter().map(Into::into).collect(),
             attrs: Vec::new(),
             connect_timeout: crate::transport::CONNECT_TIMEOUT,
             retry_for: DEFAULT_RETRY_FOR,

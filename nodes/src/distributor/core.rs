@@ -57,6 +57,9 @@ use crate::link::{push, LinkFull, LinkId, Outgoing, Transmit};
 use crate::resubmit::{self, ResubmitIndex};
 use crate::FxMap;
 
+mod view;
+pub use view::{JobsView, WaitingTask, WaitingView};
+
 /// Task completions buffered for the task-class DB between flushes (once a
 /// second). Beyond it completions are not recorded until the next flush:
 /// under heavy load the runtime statistics are a sample, and the hot path
@@ -111,12 +114,15 @@ const DRAIN_PER_EVENT: usize = 16;
 /// (beyond it, the rest wait for the sweep).
 const MAX_QUOTA_SKIPS: usize = 4096;
 
-/// Who is on the other end of a link, as its certificate and `Hello` say.
+/// Who is on the other end of a link: the role its certificate grants and
+/// the name its `Hello` announces (one certificate may serve many nodes of
+/// a role, see [`crate::pki`]).
 #[derive(Debug, Clone)]
 pub struct Peer {
     /// The role its certificate was issued for.
     pub role: Role,
-    /// Its node name (for a client: the user its tasks run as by default).
+    /// Its announced node name (for a client: the user its tasks run as by
+    /// default).
     pub name: String,
     /// Its `Hello` attributes (a client's `client.*`).
     pub attrs: Vec<(String, LabelValue)>,
@@ -155,13 +161,14 @@ impl LinkError {
 }
 
 struct WorkerSide {
-    /// Its certificate's name: it may register that name or `name/...`.
+    /// The name its `Hello` announced: it may register that name or
+    /// `name/...` (workers an agent multiplexes over its connection).
     cert: String,
     registered: Option<ServerId>,
 }
 
 struct ClientSide {
-    /// Its certificate's name: the user when a submit names none.
+    /// Its announced name: the user when a submit names none.
     cert_user: String,
     cert_user_hash: u64,
     attrs: Vec<(String, LabelValue)>,
@@ -190,6 +197,10 @@ struct WorkerLink {
     /// The link it registered on, so that a stale link's end does not
     /// remove a newer one after a reconnect.
     link: LinkId,
+    /// The process it registered from (`Register::incarnation`): the same
+    /// one reconnecting may take its row over, another may not while this
+    /// one lives.
+    incarnation: u64,
 }
 
 /// Who awaits a task's result.
@@ -973,7 +984,7 @@ impl State {
             MessageKind::Register => {
                 let reg = frame.validate::<Register>()?;
                 let r = reg.get();
-                // A worker certificate named N registers N, or N/... for
+                // A worker announced as N registers N, or N/... for
                 // workers an agent multiplexes over its connection.
                 let name = r.name.as_str();
                 let owned = name == w.cert
@@ -982,7 +993,7 @@ impl State {
                         .is_some_and(|rest| rest.len() > 1 && rest.starts_with('/'));
                 if !owned {
                     return Err(LinkError::Forbidden(format!(
-                        "worker certificate `{}` registers as `{}`",
+                        "worker announced as `{}` registers as `{}`",
                         w.cert, r.name
                     )));
                 }
@@ -1058,9 +1069,25 @@ impl State {
                 .filter_map(|a| Some((a.key.as_str().to_owned(), label_from_archived(&a.value)?)))
                 .collect(),
         };
+        let incarnation = r.incarnation.to_native();
         // A re-registration replaces the row: tasks placed on the old row
-        // are retried (the worker restarted and lost them).
+        // are retried (the worker restarted and lost them). But while the
+        // row's worker is live on another link, only that same process may
+        // (it reconnected): another process with the name is a second
+        // worker, which a shared (pool) certificate makes possible, and
+        // it is refused rather than let it take over the first one's tasks.
         if let Some(old) = self.table.lookup(&record.name) {
+            if let Some(live) = self.workers.get(&old) {
+                let down = self.table.state(old) == Some(ServerState::Down);
+                if live.link != link && live.incarnation != incarnation && !down {
+                    tracing::warn!(worker = %record.name, "refused a second live worker of this name");
+                    return Err(LinkError::Forbidden(format!(
+                        "worker name `{}` is taken by another live worker; give each worker \
+                         its own --name (workers may share a --cert, not a name)",
+                        record.name
+                    )));
+                }
+            }
             self.retry_tasks_on(old, "worker re-registered");
         }
         let id = self
@@ -1074,6 +1101,7 @@ impl State {
                 out,
                 last_seen: self.now,
                 link,
+                incarnation,
             },
         );
         self.last_registration = self.now;
@@ -2216,6 +2244,9 @@ impl State {
                 return;
             }
         };
+        // A job's task is received when it starts here (the job's
+        // acceptance received none of them yet).
+        self.stats.submitted += 1;
         let task = self.next_task;
         self.next_task += 1;
         self.jobs.placed(num, offset, task, None);

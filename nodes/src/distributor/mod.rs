@@ -25,6 +25,7 @@ pub use self::core::{
     Completion, Core, Peer, DEADLINE_RESOLUTION, EVENT_REPORT_SPACING, LOCATE_TIMEOUT,
     MAX_COMPLETIONS_BUFFERED, MAX_STATUS_WORKERS, TABLE_SETTLED, UNTIMED_MATCH_ROWS,
 };
+pub use self::core::{JobsView, WaitingTask, WaitingView};
 pub use self::report::MAX_APPS_PER_REPORT;
 pub use self::shape::QUERY_CACHE;
 pub use self::shell::{run, spawn};
@@ -33,12 +34,16 @@ pub use self::shell::{run, spawn};
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct DistributorConfig {
-    /// Node name (its certificate's name in the PKI directory).
+    /// Node name: what peers know it by.
     pub name: String,
     /// Address to listen on.
     pub listen: SocketAddr,
     /// PKI directory.
     pub pki: PathBuf,
+    /// The certificate (and key) to load from the PKI directory; `None`:
+    /// the one named like the node. Its role is the node's role; several
+    /// nodes may share one (a pool certificate).
+    pub cert: Option<String>,
     /// The name of its distributor set.
     pub set_name: String,
     /// Where the user DB and task-class DB live.
@@ -76,8 +81,9 @@ pub struct DistributorConfig {
     /// How fast a silent peer is noticed (QUIC idle timeout and
     /// keep-alives on every link of this node).
     pub link_timeouts: crate::transport::LinkTimeouts,
-    /// The gateways it registers with and reports to (may be empty).
-    pub gateways: Vec<SocketAddr>,
+    /// The gateways it registers with and reports to (may be empty); a
+    /// host name is looked up again at every connection attempt.
+    pub gateways: Vec<crate::HostPort>,
     /// `Registered`: to the first live gateway of the list (the next when
     /// it dies); `Broadcast`: to every gateway.
     pub gateway_report: allot_wire::ReportMode,
@@ -97,12 +103,18 @@ pub struct DistributorConfig {
 }
 
 impl DistributorConfig {
+    /// The name of the certificate to load: `cert`, or the node's name.
+    pub fn cert_name(&self) -> &str {
+        self.cert.as_deref().unwrap_or(&self.name)
+    }
+
     /// Defaults for everything but the identity and addresses.
     pub fn new(name: &str, listen: SocketAddr, pki: PathBuf, data_dir: PathBuf) -> Self {
         DistributorConfig {
             name: name.to_owned(),
             listen,
             pki,
+            cert: None,
             set_name: "default".into(),
             data_dir,
             users_file: None,

@@ -90,8 +90,8 @@ pub fn spawn(cfg: DistributorConfig) -> Result<DistributorHandle, NodeError> {
     crate::node_thread::spawn_node(format!("dist-{}", cfg.name), move |stop| async move {
         let (ep, shell, written, metrics) = setup(cfg)?;
         let addr = ep.local_addr()?;
-        let http = serve_metrics(&shell, metrics)?;
-        Ok((addr, serve(ep, shell, written, http, stop)))
+        let (metrics, http) = serve_metrics(&shell, addr, metrics)?.unzip();
+        Ok((addr, metrics, serve(ep, shell, written, http, stop)))
     })
 }
 
@@ -102,8 +102,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let (ep, shell, written, metrics) = setup(cfg)?;
-    tracing::info!(addr = %ep.local_addr()?, "distributor listening");
-    let http = serve_metrics(&shell, metrics)?;
+    let addr = ep.local_addr()?;
+    tracing::info!(%addr, "distributor listening");
+    let http = serve_metrics(&shell, addr, metrics)?.map(|(_, h)| h);
     serve(ep, shell, written, http, shutdown).await;
     Ok(())
 }
@@ -112,18 +113,52 @@ pub async fn run(
 /// it was written.
 type Written = (u64, Result<(), String>);
 
-/// Serves `/metrics` from the core, if a listener was bound.
+/// Serves `/metrics`, the dashboard and its API from the core, if a
+/// listener was bound: its address and task.
 fn serve_metrics(
     shell: &Rc<Shell>,
+    listen: SocketAddr,
     bound: Option<observe::http::Bound>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, NodeError> {
+) -> Result<Option<(SocketAddr, tokio::task::JoinHandle<()>)>, NodeError> {
     let Some(bound) = bound else {
         return Ok(None);
     };
-    let shell = shell.clone();
-    let read: observe::http::Read =
-        Rc::new(move || observe::nodes::distributor(&shell.core.borrow().metrics()));
+    let read: observe::http::Read = Rc::new(Observed {
+        shell: shell.clone(),
+        dash: observe::api::DistributorDash::new(listen),
+    });
     Ok(Some(bound.spawn(read)?))
+}
+
+/// The distributor as its HTTP routes read it (the clocks are read here,
+/// not in the core).
+struct Observed {
+    shell: Rc<Shell>,
+    dash: observe::api::DistributorDash,
+}
+
+impl observe::http::Source for Observed {
+    fn node(&self) -> observe::http::Node {
+        observe::http::Node::Distributor
+    }
+
+    fn families(&self) -> Vec<observe::Family> {
+        observe::nodes::distributor(&self.shell.core.borrow().metrics())
+    }
+
+    fn api(&self, api: observe::api::Api) -> Option<serde_json::Value> {
+        let core = self.shell.core.borrow();
+        Some(self.dash.answer(&core, Instant::now(), api))
+    }
+
+    fn tick(&self) {
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.dash
+            .sample(&self.shell.core.borrow(), Instant::now(), unix_ms);
+    }
 }
 
 type Setup = (
@@ -139,7 +174,16 @@ fn setup(cfg: DistributorConfig) -> Result<Setup, NodeError> {
         .as_ref()
         .map(|m| observe::http::Bound::bind(m, "distributor"))
         .transpose()?;
-    let pki = Pki::load(&cfg.pki, &cfg.name)?;
+    crate::pki::validate_name(&cfg.name)?;
+    let pki = Pki::load(&cfg.pki, cfg.cert_name())?;
+    crate::pki::check_role(&pki, allot_wire::Role::Distributor)?;
+    // A name that does not resolve at start is a mistake, not an outage.
+    for g in &cfg.gateways {
+        g.resolve_blocking().map_err(|e| NodeError::Config {
+            role: "distributor",
+            message: format!("--gateways: {e}"),
+        })?;
+    }
     let ep = transport::endpoint_with(&pki, cfg.listen, &cfg.link_timeouts)?;
     let store = Store::open(&cfg.data_dir)?;
     if let Some(path) = &cfg.users_file {
@@ -254,10 +298,11 @@ async fn serve(
     let accept = async {
         while let Some(incoming) = ep.accept().await {
             let shell = shell.clone();
+            let peer = incoming.remote_address();
             tokio::task::spawn_local(async move {
                 match incoming.await {
                     Ok(conn) => serve_connection(conn, shell).await,
-                    Err(e) => tracing::warn!("rejected connection: {e}"),
+                    Err(e) => tracing::warn!(%peer, "rejected connection: {e}"),
                 }
             });
         }
@@ -431,17 +476,28 @@ fn advertise(listen: SocketAddr, gateway: SocketAddr) -> SocketAddr {
 async fn gateway_loop(
     ep: quinn::Endpoint,
     shell: Rc<Shell>,
-    gateways: Vec<SocketAddr>,
+    gateways: Vec<crate::HostPort>,
     listen: SocketAddr,
 ) {
     let name = shell.core.borrow().config().name.clone();
     let me = conn::hello(allot_wire::Role::Distributor, &name, Vec::new());
     let mut i = 0;
     loop {
-        let Some(&gw) = gateways.get(i % gateways.len().max(1)) else {
+        let Some(name) = gateways.get(i % gateways.len().max(1)) else {
             return;
         };
         i = i.wrapping_add(1);
+        // Looked up at each try: a gateway whose name moved is found.
+        let gw = match name.resolve().await {
+            Ok(a) => a[0],
+            Err(e) => {
+                tracing::warn!("--gateways: {e}");
+                if i % gateways.len().max(1) == 0 {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                continue;
+            }
+        };
         let opened = match transport::connect(&ep, gw).await {
             Ok(c) => conn::open(&c, &me).await.map(|s| (c, s)),
             Err(e) => Err(ConnError::Forbidden(e.to_string())),

@@ -194,12 +194,18 @@ fn attrs_from(a: &ArchivedSetAttrs) -> SetAttrs {
 impl GatewayCore {
     /// A gateway for `cfg`: its `--set` members are seeds (watched until
     /// they register); the rest of the record comes from registrations.
+    /// Seeds must be addresses: the shell resolves host names first (the
+    /// core does no I/O), and a name left unresolved is skipped.
     pub fn new(cfg: &GatewayConfig) -> GatewayCore {
         let mut members = BTreeMap::new();
         for (set, addrs) in &cfg.sets {
-            for a in addrs.iter().take(MAX_MEMBERS) {
+            for a in addrs
+                .iter()
+                .filter_map(|a| a.socket_addr())
+                .take(MAX_MEMBERS)
+            {
                 members.insert(
-                    *a,
+                    a,
                     Member {
                         set: set.clone(),
                         name: String::new(),
@@ -248,6 +254,25 @@ impl GatewayCore {
                 *watch = Some(live);
             }
         }
+    }
+
+    /// Seed `old` (given by host name) now resolves to `new`: it is
+    /// recorded, watched and handed to clients there. Returns whether it
+    /// moved: not when `old` is no seed, or a member is recorded at `new`
+    /// already (it registered there: its record says the rest).
+    pub fn seed_moved(&mut self, old: SocketAddr, new: SocketAddr) -> bool {
+        if old == new || self.members.contains_key(&new) {
+            return false;
+        }
+        if !self.members.get(&old).is_some_and(|m| m.seed) {
+            return false;
+        }
+        let Some(mut m) = self.members.remove(&old) else {
+            return false;
+        };
+        m.source = Source::Seed { watch: None };
+        self.members.insert(new, m);
+        true
     }
 
     /// Whether `m` takes clients: reachable (see [`Self::is_up`]) and not
@@ -648,6 +673,12 @@ impl GatewayCore {
         self.status_reply(true)
     }
 
+    /// Its record of the members, as of the last event or timeout handled
+    /// (what the dashboard shows; it reads no clock).
+    pub fn record(&self) -> SetStatusReply {
+        self.status_reply(true)
+    }
+
     fn status_reply(&self, include_down: bool) -> SetStatusReply {
         let mut members: Vec<MemberStatus> = self
             .members
@@ -796,6 +827,23 @@ mod tests {
             rendezvous_score("a", "bc"),
             "the separator keeps name boundaries"
         );
+    }
+
+    #[test]
+    fn a_seed_whose_name_moved_is_handed_out_at_its_new_address() {
+        let mut g = core(RedirectPolicy::Rendezvous);
+        g.member_live(addr(20), false);
+        assert!(g.seed_moved(addr(20), addr(21)));
+        assert!(g.members().contains(&addr(21)) && !g.members().contains(&addr(20)));
+        // Not probed yet at the new address: live, and handed out there.
+        let to_b = (0..100)
+            .filter_map(|i| g.choose(&format!("c{i}")))
+            .find(|r| r.set_name == "b")
+            .expect("a client sent to set b");
+        assert_eq!(to_b.distributors, [addr(21).to_string()]);
+        // No move onto a recorded member, nor of one that is no seed.
+        assert!(!g.seed_moved(addr(10), addr(11)));
+        assert!(!g.seed_moved(addr(99), addr(98)));
     }
 
     #[test]

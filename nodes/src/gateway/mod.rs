@@ -46,16 +46,24 @@ pub enum RedirectPolicy {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct GatewayConfig {
-    /// Node name.
+    /// Node name: what peers know it by.
     pub name: String,
     /// Address to listen on.
     pub listen: SocketAddr,
     /// PKI directory.
     pub pki: PathBuf,
+    /// The certificate (and key) to load from the PKI directory; `None`:
+    /// the one named like the node. Its role is the node's role; several
+    /// nodes may share one (a pool certificate).
+    pub cert: Option<String>,
     /// Seed distributor sets: name and members, known before any
     /// registers (may be empty: the record then comes only from
     /// registrations).
-    pub sets: Vec<(String, Vec<SocketAddr>)>,
+    ///
+    /// A host name is resolved when the gateway starts (clients are sent
+    /// the address), and again by the seed's watch after each lost or
+    /// failed connection; members that register send their own address.
+    pub sets: Vec<(String, Vec<crate::HostPort>)>,
     /// Set choice.
     pub policy: RedirectPolicy,
     /// How long clients may cache a redirect.
@@ -103,17 +111,28 @@ pub struct GatewayMetrics {
 }
 
 impl GatewayConfig {
-    /// A gateway for `sets`, with rendezvous choice and a 30 s redirect TTL.
+    /// The name of the certificate to load: `cert`, or the node's name.
+    pub fn cert_name(&self) -> &str {
+        self.cert.as_deref().unwrap_or(&self.name)
+    }
+
+    /// A gateway for `sets`, with rendezvous choice and a 30 s redirect
+    /// TTL. Seed members by host name go in [`GatewayConfig::sets`].
     pub fn new(
         name: &str,
         listen: SocketAddr,
         pki: PathBuf,
         sets: Vec<(String, Vec<SocketAddr>)>,
     ) -> GatewayConfig {
+        let sets = sets
+            .into_iter()
+            .map(|(n, m)| (n, m.into_iter().map(Into::into).collect()))
+            .collect();
         GatewayConfig {
             name: name.to_owned(),
             listen,
             pki,
+            cert: None,
             sets,
             policy: RedirectPolicy::Rendezvous,
             ttl: Duration::from_secs(30),

@@ -26,6 +26,9 @@ struct Shell {
     name: String,
     core: RefCell<GatewayCore>,
     links: RefCell<HashMap<LinkId, ShellLink>>,
+    /// The host names of the seed members given by name, by the address
+    /// they resolved to at start (a watch looks them up again).
+    seed_names: HashMap<SocketAddr, crate::HostPort>,
 }
 
 impl Shell {
@@ -53,8 +56,8 @@ pub fn spawn(cfg: GatewayConfig) -> Result<GatewayHandle, NodeError> {
     crate::node_thread::spawn_node(format!("gw-{}", cfg.name), move |stop| async move {
         let (ep, shell, metrics) = setup(cfg)?;
         let addr = ep.local_addr()?;
-        let http = serve_metrics(&shell, metrics)?;
-        Ok::<_, NodeError>((addr, serve(ep, shell, http, stop)))
+        let (metrics, http) = serve_metrics(&shell, metrics)?.unzip();
+        Ok::<_, NodeError>((addr, metrics, serve(ep, shell, http, stop)))
     })
 }
 
@@ -65,45 +68,80 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let (ep, shell, metrics) = setup(cfg)?;
-    let http = serve_metrics(&shell, metrics)?;
+    let http = serve_metrics(&shell, metrics)?.map(|(_, h)| h);
     serve(ep, shell, http, shutdown).await;
     Ok(())
 }
 
-/// Serves `/metrics` from the core, if a listener was bound.
+/// Serves `/metrics`, the dashboard and its API from the core, if a
+/// listener was bound: its address and task.
 fn serve_metrics(
     shell: &Rc<Shell>,
     bound: Option<observe::http::Bound>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, NodeError> {
+) -> Result<Option<(SocketAddr, tokio::task::JoinHandle<()>)>, NodeError> {
     let Some(bound) = bound else {
         return Ok(None);
     };
-    let shell = shell.clone();
-    let read: observe::http::Read =
-        Rc::new(move || observe::nodes::gateway(&shell.core.borrow().metrics()));
+    let read: observe::http::Read = Rc::new(Observed(shell.clone()));
     Ok(Some(bound.spawn(read)?))
+}
+
+/// The gateway as its HTTP routes read it.
+struct Observed(Rc<Shell>);
+
+impl observe::http::Source for Observed {
+    fn node(&self) -> observe::http::Node {
+        observe::http::Node::Gateway
+    }
+
+    fn families(&self) -> Vec<observe::Family> {
+        observe::nodes::gateway(&self.0.core.borrow().metrics())
+    }
+
+    fn api(&self, api: observe::api::Api) -> Option<serde_json::Value> {
+        observe::api::gateway(&self.0.name, &self.0.core.borrow(), api)
+    }
 }
 
 type Setup = (quinn::Endpoint, Rc<Shell>, Option<observe::http::Bound>);
 
-fn setup(cfg: GatewayConfig) -> Result<Setup, NodeError> {
+fn setup(mut cfg: GatewayConfig) -> Result<Setup, NodeError> {
     if cfg.sets.iter().any(|(_, m)| m.is_empty()) {
         return Err(NodeError::Config {
             role: "gateway",
             message: "each --set needs NAME=ADDR[,ADDR...]".into(),
         });
     }
+    // Seed members by name are resolved here (the core, which hands
+    // clients addresses, does no I/O), and again by their watch when it
+    // reconnects; a member that registers (`--gateways`) sends its own.
+    let mut names = HashMap::new();
+    for (set, members) in &mut cfg.sets {
+        for m in members.iter_mut() {
+            let a = m.resolve_one().map_err(|e| NodeError::Config {
+                role: "gateway",
+                message: format!("--set {set}: {e}"),
+            })?;
+            if m.socket_addr().is_none() {
+                names.insert(a, m.clone());
+            }
+            *m = a.into();
+        }
+    }
     let metrics = cfg
         .metrics
         .as_ref()
         .map(|m| observe::http::Bound::bind(m, "gateway"))
         .transpose()?;
-    let pki = Pki::load(&cfg.pki, &cfg.name)?;
+    crate::pki::validate_name(&cfg.name)?;
+    let pki = Pki::load(&cfg.pki, cfg.cert_name())?;
+    crate::pki::check_role(&pki, allot_wire::Role::Gateway)?;
     let ep = transport::endpoint_with(&pki, cfg.listen, &cfg.link_timeouts)?;
     let shell = Rc::new(Shell {
         name: cfg.name.clone(),
         core: RefCell::new(GatewayCore::new(&cfg)),
         links: RefCell::new(HashMap::new()),
+        seed_names: names,
     });
     Ok((ep, shell, metrics))
 }
@@ -126,11 +164,12 @@ async fn serve(
     let accept = async {
         while let Some(incoming) = ep.accept().await {
             let shell = shell.clone();
+            let peer = incoming.remote_address();
             tokio::task::spawn_local(async move {
                 let conn = match incoming.await {
                     Ok(c) => c,
                     Err(e) => {
-                        tracing::warn!("rejected connection: {e}");
+                        tracing::warn!(%peer, "rejected connection: {e}");
                         return;
                     }
                 };
@@ -227,7 +266,11 @@ async fn serve_stream(stream: Stream, shell: Rc<Shell>) {
     shell.flush();
 }
 
-async fn watch(ep: quinn::Endpoint, shell: Rc<Shell>, addr: SocketAddr) {
+/// Watches seed member `addr` (up while a connection to it is); one
+/// given by host name is looked up again after each lost or failed
+/// connection, and followed to its new address.
+async fn watch(ep: quinn::Endpoint, shell: Rc<Shell>, mut addr: SocketAddr) {
+    let name = shell.seed_names.get(&addr).cloned();
     loop {
         if let Ok(c) = transport::connect(&ep, addr).await {
             let me = conn::hello(Role::Gateway, &shell.name, Vec::new());
@@ -241,5 +284,17 @@ async fn watch(ep: quinn::Endpoint, shell: Rc<Shell>, addr: SocketAddr) {
         }
         shell.core.borrow_mut().member_live(addr, false);
         tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(name) = &name {
+            match name.resolve().await {
+                Ok(a) if a[0] != addr => {
+                    if shell.core.borrow_mut().seed_moved(addr, a[0]) {
+                        tracing::info!(member = %name, from = %addr, to = %a[0], "seed member moved");
+                        addr = a[0];
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("--set: {e}"),
+            }
+        }
     }
 }

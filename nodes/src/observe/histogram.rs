@@ -44,6 +44,48 @@ impl Log2Histogram {
         self.sum
     }
 
+    /// The counts recorded since `earlier` (an earlier copy of this
+    /// histogram): what a sampler shows for one period.
+    pub fn since(&self, earlier: &Log2Histogram) -> Log2Histogram {
+        let mut d = Log2Histogram::default();
+        for (i, c) in d.counts.iter_mut().enumerate() {
+            *c = self.counts[i].saturating_sub(earlier.counts[i]);
+        }
+        d.sum = self.sum.wrapping_sub(earlier.sum);
+        d
+    }
+
+    /// An estimate of quantile `q` (0 to 1): the value at that rank,
+    /// interpolated linearly within its bucket (so off by at most the
+    /// bucket's width, a factor of two). `None` when nothing was counted.
+    /// Values in the last bucket are shown as its lower bound.
+    pub fn quantile(&self, q: f64) -> Option<u64> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        // The rank of the value wanted, from 1.
+        let rank = ((q.clamp(0.0, 1.0) * n as f64).ceil() as u64).max(1);
+        let mut below = 0u64;
+        for (i, &c) in self.counts.iter().enumerate() {
+            if c == 0 || below + c < rank {
+                below += c;
+                continue;
+            }
+            if i == 0 {
+                return Some(0);
+            }
+            let lo = 1u64 << (i - 1);
+            if i == BUCKETS - 1 {
+                return Some(lo);
+            }
+            let width = lo; // the bucket holds lo ..= 2 * lo - 1
+            let into = (rank - below) as f64 / c as f64;
+            return Some(lo + ((width - 1) as f64 * into).round() as u64);
+        }
+        None
+    }
+
     /// (upper bound, values in this bucket alone) for every bucket; the
     /// last bound is `None` (+Inf).
     pub fn buckets(&self) -> impl Iterator<Item = (Option<u64>, u64)> + '_ {
@@ -81,5 +123,32 @@ mod tests {
             }
         }
         assert_eq!(cum, 7);
+    }
+
+    #[test]
+    fn quantiles_fall_in_the_bucket_of_their_rank() {
+        let mut h = Log2Histogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        // 90 values of 100 (bucket 64..=127), 10 of 5000 (4096..=8191).
+        for _ in 0..90 {
+            h.record(100);
+        }
+        let before = h;
+        for _ in 0..10 {
+            h.record(5000);
+        }
+        let p50 = h.quantile(0.5).unwrap();
+        assert!((64..=127).contains(&p50), "{p50}");
+        let p99 = h.quantile(0.99).unwrap();
+        assert!((4096..=8191).contains(&p99), "{p99}");
+        assert_eq!(h.quantile(1.0), Some(8191));
+        // Since `before`: only the ten slow ones.
+        let d = h.since(&before);
+        assert_eq!(d.count(), 10);
+        assert_eq!(d.sum(), 50_000);
+        assert!((4096..=8191).contains(&d.quantile(0.5).unwrap()));
+        let mut z = Log2Histogram::default();
+        z.record(0);
+        assert_eq!(z.quantile(0.99), Some(0));
     }
 }

@@ -6,8 +6,9 @@
 //! unauthenticated job API on a dashboard port is how Ray clusters were
 //! taken over). Methods other than GET and HEAD get 405, unknown paths
 //! 404, and with a token every path but `/healthz` asks for it (see
-//! [`Access`]). Routes live in one table, [`ROUTES`], so that a page at
-//! `/` and a JSON API under `/api/` are entries of it.
+//! [`Access`]). Routes live in one table, [`ROUTES`]: `/metrics`,
+//! `/healthz`, and on a distributor or gateway the dashboard page at `/`
+//! and the JSON API under `/api/` (see [`super::api`]) that it polls.
 //!
 //! Bounds: at most [`MAX_CONNECTIONS`] connections at once (one more is
 //! closed as soon as it is accepted), request heads of at most
@@ -17,6 +18,7 @@
 
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
 use std::time::Duration;
@@ -25,12 +27,14 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderMap, HeaderValue, ACCEPT, ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE,
+    HeaderMap, HeaderValue, ACCEPT, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_SECURITY_POLICY,
+    CONTENT_TYPE, REFERRER_POLICY, WWW_AUTHENTICATE, X_CONTENT_TYPE_OPTIONS,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use sha2::{Digest, Sha256};
 
+use super::api::Api;
 use super::{Family, MetricsConfig};
 use crate::NodeError;
 
@@ -50,40 +54,133 @@ const MAX_TOKEN: u64 = 4096;
 enum Access {
     /// Anyone (liveness carries no data).
     Open,
-    /// With the token, if there is one, unless `scrape_open`. (The page
-    /// and the JSON API, when they come, take the token whatever
-    /// `scrape_open` says.)
+    /// With the token, if there is one, unless `scrape_open`.
     Scrape,
+    /// With the token, if there is one, whatever `scrape_open` says: the
+    /// page and the JSON API show the workers, their attributes and the
+    /// users' tasks.
+    Guarded,
+}
+
+/// Which node serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Node {
+    Distributor,
+    Gateway,
+    Worker,
 }
 
 type Body = Full<Bytes>;
 
-/// What a route answers, from the node's current families.
-type Handler = fn(&Ctx, &Request<Incoming>) -> Response<Body>;
+/// What a route answers.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Metrics,
+    Healthz,
+    Page,
+    Api(Api),
+}
 
 /// One path served.
 struct Route {
     path: &'static str,
     access: Access,
-    handler: Handler,
+    kind: Kind,
+    /// The nodes that serve it (on the others it is unknown: 404).
+    nodes: &'static [Node],
 }
 
-/// Every path served (exact matches).
+const ALL: &[Node] = &[Node::Distributor, Node::Gateway, Node::Worker];
+const DASHBOARD: &[Node] = &[Node::Distributor, Node::Gateway];
+const DISTRIBUTOR: &[Node] = &[Node::Distributor];
+
+/// Every path served (exact matches; a query string is ignored but for
+/// `token`).
 const ROUTES: &[Route] = &[
     Route {
         path: "/metrics",
         access: Access::Scrape,
-        handler: metrics,
+        kind: Kind::Metrics,
+        nodes: ALL,
     },
     Route {
         path: "/healthz",
         access: Access::Open,
-        handler: healthz,
+        kind: Kind::Healthz,
+        nodes: ALL,
+    },
+    Route {
+        path: "/",
+        access: Access::Guarded,
+        kind: Kind::Page,
+        nodes: DASHBOARD,
+    },
+    Route {
+        path: "/api/summary",
+        access: Access::Guarded,
+        kind: Kind::Api(Api::Summary),
+        nodes: DASHBOARD,
+    },
+    Route {
+        path: "/api/sets",
+        access: Access::Guarded,
+        kind: Kind::Api(Api::Sets),
+        nodes: DASHBOARD,
+    },
+    Route {
+        path: "/api/workers",
+        access: Access::Guarded,
+        kind: Kind::Api(Api::Workers),
+        nodes: DISTRIBUTOR,
+    },
+    Route {
+        path: "/api/waiting",
+        access: Access::Guarded,
+        kind: Kind::Api(Api::Waiting),
+        nodes: DISTRIBUTOR,
+    },
+    Route {
+        path: "/api/jobs",
+        access: Access::Guarded,
+        kind: Kind::Api(Api::Jobs),
+        nodes: DISTRIBUTOR,
+    },
+    Route {
+        path: "/api/series",
+        access: Access::Guarded,
+        kind: Kind::Api(Api::Series),
+        nodes: DISTRIBUTOR,
     },
 ];
 
-/// What the handlers read: the node's families at this instant.
-pub(crate) type Read = Rc<dyn Fn() -> Vec<Family>>;
+/// The dashboard: one self-contained page (its script and style inline,
+/// nothing fetched from elsewhere) that polls the JSON API.
+const PAGE: &str = include_str!("dashboard.html");
+
+/// What the page may do: its own inline script and style, fetches to
+/// this origin, nothing else (no frame, form, plugin or other origin).
+const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; \
+    style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'none'";
+
+/// How often [`Source::tick`] runs.
+pub(crate) const TICK: Duration = Duration::from_secs(1);
+
+/// What a node shows: read at each request, between two of its events.
+pub(crate) trait Source {
+    /// Which node it is (which routes it serves).
+    fn node(&self) -> Node;
+    /// Its metric families now.
+    fn families(&self) -> Vec<Family>;
+    /// The JSON of `api` now; `None` if this node has none.
+    fn api(&self, api: Api) -> Option<serde_json::Value>;
+    /// Called every [`TICK`] while served (the distributor samples its
+    /// counters for the charts).
+    fn tick(&self) {}
+}
+
+/// What the handlers read.
+pub(crate) type Read = Rc<dyn Source>;
 
 struct Ctx {
     read: Read,
@@ -121,18 +218,39 @@ impl Bound {
         })
     }
 
-    /// Serves until the returned task is aborted; must run inside a
-    /// `LocalSet`.
-    pub(crate) fn spawn(self, read: Read) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    /// Serves (and ticks `read`) until the returned task is aborted; must
+    /// run inside a `LocalSet`. Returns the address served too.
+    pub(crate) fn spawn(
+        self,
+        read: Read,
+    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
         let addr = self.listener.local_addr()?;
         let listener = tokio::net::TcpListener::from_std(self.listener)?;
+        if read.node() == Node::Worker {
+            tracing::info!(%addr, "metrics served on http://{addr}/metrics");
+        } else {
+            tracing::info!(%addr, "metrics on http://{addr}/metrics, the dashboard on http://{addr}/");
+        }
         let ctx = Rc::new(Ctx {
             read,
             token: self.token,
             scrape_open: self.scrape_open,
         });
-        tracing::info!(%addr, "metrics served on http://{addr}/metrics");
-        Ok(tokio::task::spawn_local(accept_loop(listener, ctx)))
+        let task = tokio::task::spawn_local(async move {
+            let ticks = {
+                let ctx = ctx.clone();
+                async move {
+                    let mut every = tokio::time::interval(TICK);
+                    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        every.tick().await;
+                        ctx.read.tick();
+                    }
+                }
+            };
+            tokio::join!(accept_loop(listener, ctx), ticks);
+        });
+        Ok((addr, task))
     }
 }
 
@@ -206,7 +324,11 @@ async fn accept_loop(listener: tokio::net::TcpListener, ctx: Rc<Ctx>) {
 }
 
 fn answer(req: &Request<Incoming>, ctx: &Ctx) -> Response<Body> {
-    let Some(route) = ROUTES.iter().find(|r| r.path == req.uri().path()) else {
+    let node = ctx.read.node();
+    let Some(route) = ROUTES
+        .iter()
+        .find(|r| r.path == req.uri().path() && r.nodes.contains(&node))
+    else {
         return text(StatusCode::NOT_FOUND, "not found\n");
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -218,7 +340,7 @@ fn answer(req: &Request<Incoming>, ctx: &Ctx) -> Response<Body> {
             .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    if !ctx.allows(route.access, req.headers()) {
+    if !ctx.allows(route.access, req.headers(), req.uri().query()) {
         let mut r = text(StatusCode::UNAUTHORIZED, "a bearer token is needed\n");
         r.headers_mut().insert(
             WWW_AUTHENTICATE,
@@ -226,27 +348,65 @@ fn answer(req: &Request<Incoming>, ctx: &Ctx) -> Response<Body> {
         );
         return r;
     }
-    (route.handler)(ctx, req)
+    match route.kind {
+        Kind::Metrics => metrics(ctx, req),
+        Kind::Healthz => text(StatusCode::OK, "ok\n"),
+        Kind::Page => page(),
+        Kind::Api(api) => match ctx.read.api(api) {
+            Some(v) => json(&v),
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
+    }
 }
 
 impl Ctx {
-    fn allows(&self, access: Access, headers: &HeaderMap) -> bool {
+    /// Whether the request may read a route of `access`: no token set,
+    /// an open route, or the token given as `Authorization: Bearer TOKEN`
+    /// or as the query parameter `token` (for a browser's address bar).
+    fn allows(&self, access: Access, headers: &HeaderMap, query: Option<&str>) -> bool {
         let Some(token) = &self.token else {
             return true;
         };
         match access {
             Access::Open => return true,
             Access::Scrape if self.scrape_open => return true,
-            Access::Scrape => {}
+            Access::Scrape | Access::Guarded => {}
         }
-        let Some(given) = headers.get(AUTHORIZATION).map(HeaderValue::as_bytes) else {
-            return false;
-        };
-        let Some(scheme) = given.get(..7) else {
-            return false;
-        };
-        scheme.eq_ignore_ascii_case(b"bearer ") && same(&digest(&given[7..]), token)
+        let header = headers
+            .get(AUTHORIZATION)
+            .map(HeaderValue::as_bytes)
+            .and_then(|given| {
+                let scheme = given.get(..7)?;
+                scheme
+                    .eq_ignore_ascii_case(b"bearer ")
+                    .then(|| same(&digest(&given[7..]), token))
+            })
+            .unwrap_or(false);
+        let param = query
+            .and_then(token_param)
+            .is_some_and(|given| same(&digest(&given), token));
+        header | param
     }
+}
+
+/// The value of the query parameter `token`, percent-decoded (`None`
+/// without one, or with a bad escape).
+fn token_param(query: &str) -> Option<Vec<u8>> {
+    let raw = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))?;
+    let mut out = Vec::with_capacity(raw.len());
+    let mut bytes = raw.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            let hex = std::str::from_utf8(&hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    Some(out)
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Body> {
@@ -256,6 +416,32 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
         CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    r
+}
+
+/// Headers of the page and the API: never cached (live data, maybe a
+/// token in the URL), not sniffed, no referrer sent on.
+fn private(r: &mut Response<Body>, kind: &'static str) {
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(kind));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+}
+
+fn page() -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(PAGE.as_bytes())));
+    private(&mut r, "text/html; charset=utf-8");
+    r.headers_mut()
+        .insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_CSP));
+    r
+}
+
+fn json(v: &serde_json::Value) -> Response<Body> {
+    let mut body = v.to_string();
+    body.push('\n');
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    private(&mut r, "application/json");
     r
 }
 
@@ -269,12 +455,12 @@ fn metrics(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
     });
     let (body, kind) = if openmetrics {
         (
-            super::encode((ctx.read)()),
+            super::encode(ctx.read.families()),
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )
     } else {
         (
-            super::encode_text((ctx.read)()),
+            super::encode_text(ctx.read.families()),
             "text/plain; version=0.0.4; charset=utf-8",
         )
     };
@@ -282,10 +468,6 @@ fn metrics(ctx: &Ctx, req: &Request<Incoming>) -> Response<Body> {
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(kind));
     r
-}
-
-fn healthz(_: &Ctx, _: &Request<Incoming>) -> Response<Body> {
-    text(StatusCode::OK, "ok\n")
 }
 
 #[cfg(test)]
@@ -297,5 +479,15 @@ mod tests {
         assert!(same(&digest(b"secret"), &digest(b"secret")));
         assert!(!same(&digest(b"secret"), &digest(b"secreT")));
         assert!(!same(&digest(b""), &digest(b"secret")));
+    }
+
+    #[test]
+    fn the_token_parameter_is_percent_decoded() {
+        assert_eq!(token_param("token=abc"), Some(b"abc".to_vec()));
+        assert_eq!(token_param("x=1&token=a%2Bb%25"), Some(b"a+b%".to_vec()));
+        assert_eq!(token_param("x=1"), None);
+        assert_eq!(token_param("token=a%2"), None);
+        assert_eq!(token_param("token=a%zz"), None);
+        assert_eq!(token_param("token="), Some(Vec::new()));
     }
 }

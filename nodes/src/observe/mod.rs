@@ -1,5 +1,7 @@
-//! What a node shows over HTTP: `/metrics` (Prometheus text) and
-//! `/healthz`, read-only, on the address of `--metrics`.
+//! What a node shows over HTTP: `/metrics` (Prometheus text),
+//! `/healthz`, and on a distributor or gateway a dashboard page at `/`
+//! with the JSON API it polls under `/api/`; all read-only, on the
+//! address of `--metrics`.
 //!
 //! The cores keep their counters as plain numbers and
 //! [`Log2Histogram`]s (no metrics library in a core, no atomics: each is
@@ -8,16 +10,20 @@
 //! prometheus-client. Nothing served here changes the node: every route
 //! is a read (see [`http`]).
 
+pub(crate) mod api;
 mod family;
 mod histogram;
 pub(crate) mod http;
 pub(crate) mod nodes;
+mod series;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub use api::{MAX_API_JOBS, MAX_API_WAITING, MAX_API_WORKERS};
 pub use family::{encode, encode_text, Family, Value};
 pub use histogram::{Log2Histogram, BUCKETS};
+pub use series::{Point, Series, SERIES_LEN};
 
 /// How a node serves its metrics.
 #[derive(Debug, Clone)]
@@ -27,10 +33,12 @@ pub struct MetricsConfig {
     /// trusted network).
     pub addr: SocketAddr,
     /// A file holding a bearer token: with it, every path but `/healthz`
-    /// asks for `Authorization: Bearer TOKEN`.
+    /// asks for `Authorization: Bearer TOKEN` (or the query parameter
+    /// `token`, for a browser's address bar).
     pub token_file: Option<PathBuf>,
     /// With a token, leaves `/metrics` open all the same (a Prometheus on
-    /// a trusted network scrapes without one).
+    /// a trusted network scrapes without one); the dashboard and its API
+    /// still ask for the token.
     pub scrape_open: bool,
 }
 

@@ -26,12 +26,18 @@ pub use self::shell::{run, spawn};
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct WorkerConfig {
-    /// Node name (its certificate's name).
+    /// Node name: what the distributors know it by; unique among live
+    /// workers (a distributor refuses a second one of the same name).
     pub name: String,
     /// PKI directory.
     pub pki: PathBuf,
-    /// Distributors to join, in order.
-    pub join: Vec<SocketAddr>,
+    /// The certificate (and key) to load from the PKI directory; `None`:
+    /// the one named like the node. Its role is the node's role; several
+    /// nodes may share one (a pool certificate).
+    pub cert: Option<String>,
+    /// Distributors to join, in order; a host name is looked up again at
+    /// every connection attempt.
+    pub join: Vec<crate::HostPort>,
     /// Registered (one distributor) or broadcast (all).
     pub mode: ReportMode,
     /// Application names (built-ins or those with a command).
@@ -108,12 +114,19 @@ pub struct WorkerMetrics {
 }
 
 impl WorkerConfig {
+    /// The name of the certificate to load: `cert`, or the node's name.
+    pub fn cert_name(&self) -> &str {
+        self.cert.as_deref().unwrap_or(&self.name)
+    }
+
     /// A worker with the given identity and defaults for the rest.
+    /// Distributors by host name go in [`WorkerConfig::join`].
     pub fn new(name: &str, pki: PathBuf, join: Vec<SocketAddr>) -> WorkerConfig {
         WorkerConfig {
             name: name.to_owned(),
             pki,
-            join,
+            cert: None,
+            join: join.into_iter().map(Into::into).collect(),
             mode: ReportMode::Registered,
             apps: vec!["echo".into()],
             app_cmds: Vec::new(),
@@ -135,8 +148,78 @@ impl WorkerConfig {
     }
 }
 
+/// The name a worker gets without `--name`: `HOST-PID`. The process id
+/// keeps it unique among the workers running on one host at a time (two
+/// started there with one pool certificate differ), and it tells an
+/// operator where to look (`ssh HOST ps PID`), which a random suffix would
+/// not. A restarted worker gets a new name; give `--name` for one that
+/// stays. Characters a node name may not hold become `-`, and the host
+/// part is cut to keep the name within [`crate::pki::MAX_NAME_LEN`].
+pub fn default_name(host: &str, pid: u32) -> String {
+    let suffix = format!("-{pid}");
+    let mut h: String = host
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    // 63: a DNS label's limit, which the last part (with the suffix)
+    // must keep too.
+    h.truncate(crate::pki::MAX_NAME_LEN.min(63) - suffix.len());
+    // No empty parts between dots, nor a dot at either end.
+    let h: Vec<&str> = h.split('.').filter(|l| !l.is_empty()).collect();
+    let h = if h.is_empty() {
+        "worker".to_owned()
+    } else {
+        h.join(".")
+    };
+    format!("{h}{suffix}")
+}
+
+/// This host's name (`gethostname`), or `None` if it has none.
+pub fn host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at
+    // most that many bytes.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    let name = String::from_utf8_lossy(&buf[..end]).trim().to_owned();
+    (!name.is_empty()).then_some(name)
+}
+
 /// Errors starting a worker: the one error type of every node.
 pub type WorkerError = crate::NodeError;
 
 /// A running worker (on its own thread and runtime).
 pub type WorkerHandle = crate::node_thread::NodeHandle;
+
+#[cfg(test)]
+mod tests {
+    use super::default_name;
+    use crate::pki::{validate_name, MAX_NAME_LEN};
+
+    #[test]
+    fn the_default_name_is_host_and_pid_and_always_a_valid_name() {
+        assert_eq!(default_name("node17", 4242), "node17-4242");
+        assert_eq!(default_name("n1.cluster.local", 7), "n1.cluster.local-7");
+        assert_eq!(default_name("weird host!", 7), "weird-host--7");
+        assert_eq!(default_name("", 7), "worker-7");
+        assert_eq!(default_name("..", 7), "worker-7");
+        let long = "a".repeat(300);
+        let n = default_name(&long, u32::MAX);
+        assert!(n.len() <= MAX_NAME_LEN && n.len() >= 60, "{n}");
+        assert!(n.ends_with(&format!("-{}", u32::MAX)));
+        for h in ["node17", "weird host!", "", "..", &long, "a.b..c.", "x.y"] {
+            let n = default_name(h, 99);
+            assert!(validate_name(&n).is_ok(), "{h:?} gave {n:?}");
+        }
+    }
+}

@@ -17,6 +17,7 @@ use crate::apps::{self, App, AppTable};
 use crate::conn::{self, ConnError, Outbox};
 use crate::link::LinkId;
 use crate::pki::Pki;
+use crate::HostPort;
 use crate::{observe, transport, FxMap, NodeError};
 
 struct Shell {
@@ -161,8 +162,8 @@ pub fn spawn(
     crate::node_thread::spawn_node(format!("worker-{}", cfg.name), move |stop| async move {
         let (ep, shell, metrics) = setup(cfg, handlers)?;
         let addr = ep.local_addr()?;
-        let http = serve_metrics(&shell, metrics)?;
-        Ok::<_, NodeError>((addr, serve(ep, shell, http, stop)))
+        let (metrics, http) = serve_metrics(&shell, metrics)?.unzip();
+        Ok::<_, NodeError>((addr, metrics, serve(ep, shell, http, stop)))
     })
 }
 
@@ -174,7 +175,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let (ep, shell, metrics) = setup(cfg, handlers)?;
-    let http = serve_metrics(&shell, metrics)?;
+    let http = serve_metrics(&shell, metrics)?.map(|(_, h)| h);
     serve(ep, shell, http, shutdown).await;
     Ok(())
 }
@@ -186,18 +187,34 @@ fn config_error(message: impl Into<String>) -> NodeError {
     }
 }
 
-/// Serves `/metrics` from the core, if a listener was bound.
+/// Serves `/metrics` from the core, if a listener was bound: its
+/// address and task.
 fn serve_metrics(
     shell: &Rc<Shell>,
     bound: Option<observe::http::Bound>,
-) -> Result<Option<tokio::task::JoinHandle<()>>, NodeError> {
+) -> Result<Option<(std::net::SocketAddr, tokio::task::JoinHandle<()>)>, NodeError> {
     let Some(bound) = bound else {
         return Ok(None);
     };
-    let shell = shell.clone();
-    let read: observe::http::Read =
-        Rc::new(move || observe::nodes::worker(&shell.core.borrow().metrics()));
+    let read: observe::http::Read = Rc::new(Observed(shell.clone()));
     Ok(Some(bound.spawn(read)?))
+}
+
+/// The worker as its HTTP routes read it: metrics only (no dashboard).
+struct Observed(Rc<Shell>);
+
+impl observe::http::Source for Observed {
+    fn node(&self) -> observe::http::Node {
+        observe::http::Node::Worker
+    }
+
+    fn families(&self) -> Vec<observe::Family> {
+        observe::nodes::worker(&self.0.core.borrow().metrics())
+    }
+
+    fn api(&self, _: observe::api::Api) -> Option<serde_json::Value> {
+        None
+    }
 }
 
 type Setup = (quinn::Endpoint, Rc<Shell>, Option<observe::http::Bound>);
@@ -211,6 +228,12 @@ fn setup(cfg: WorkerConfig, handlers: Vec<(String, apps::Handler)>) -> Result<Se
     if cfg.slots == 0 {
         return Err(config_error("--slots must be at least 1"));
     }
+    // A name that does not resolve at start is a mistake, not an outage
+    // (later lookups that fail are retried with the connection).
+    for d in &cfg.join {
+        d.resolve_blocking()
+            .map_err(|e| config_error(format!("--join: {e}")))?;
+    }
     let mut table = AppTable::from_config(&cfg.apps, &cfg.app_cmds).map_err(config_error)?;
     table
         .configure_commands(&cfg.commands)
@@ -223,7 +246,9 @@ fn setup(cfg: WorkerConfig, handlers: Vec<(String, apps::Handler)>) -> Result<Se
         .as_ref()
         .map(|m| observe::http::Bound::bind(m, "worker"))
         .transpose()?;
-    let pki = Pki::load(&cfg.pki, &cfg.name)?;
+    crate::pki::validate_name(&cfg.name)?;
+    let pki = Pki::load(&cfg.pki, cfg.cert_name())?;
+    crate::pki::check_role(&pki, allot_wire::Role::Worker)?;
     let ep = transport::endpoint_with(&pki, cfg.listen, &cfg.link_timeouts)?;
     let incarnation = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -258,7 +283,7 @@ async fn serve(
                 tasks.push(tokio::task::spawn_local(link_loop(
                     ep.clone(),
                     shell.clone(),
-                    vec![*addr],
+                    vec![addr.clone()],
                 )));
             }
         }
@@ -337,14 +362,25 @@ async fn timer_loop(shell: Rc<Shell>) {
 
 /// Keeps one registration alive: tries `candidates` in order, serves the
 /// first that accepts, and starts over (after a short pause) when it ends.
-async fn link_loop(ep: quinn::Endpoint, shell: Rc<Shell>, candidates: Vec<SocketAddr>) {
+/// Each candidate is looked up again at each try, so a distributor whose
+/// name now points elsewhere is found there.
+async fn link_loop(ep: quinn::Endpoint, shell: Rc<Shell>, candidates: Vec<HostPort>) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        for &addr in &candidates {
-            match serve_link(&ep, &shell, addr).await {
-                Ok(true) => backoff = Duration::from_millis(100),
-                Ok(false) => tracing::debug!(%addr, "registration refused"),
-                Err(e) => tracing::debug!(%addr, "cannot register: {e}"),
+        for candidate in &candidates {
+            let addrs = match candidate.resolve().await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("--join: {e}");
+                    continue;
+                }
+            };
+            for addr in addrs {
+                match serve_link(&ep, &shell, addr).await {
+                    Ok(true) => backoff = Duration::from_millis(100),
+                    Ok(false) => tracing::debug!(%addr, "registration refused"),
+                    Err(e) => tracing::debug!(%addr, "cannot register: {e}"),
+                }
             }
         }
         tokio::time::sleep(backoff).await;
@@ -359,9 +395,15 @@ async fn serve_link(
     shell: &Rc<Shell>,
     addr: SocketAddr,
 ) -> Result<bool, ConnError> {
-    let conn = transport::connect(ep, addr)
-        .await
-        .map_err(|e| ConnError::Forbidden(e.to_string()))?;
+    let conn = transport::connect(ep, addr).await.map_err(|e| {
+        // Nobody answering is routine while a distributor restarts; a
+        // refused handshake (an expired or foreign certificate) is not,
+        // and would otherwise go unseen at the default log level.
+        if matches!(e, transport::TransportError::Handshake { .. }) {
+            tracing::warn!(%addr, "{e}");
+        }
+        ConnError::Forbidden(e.to_string())
+    })?;
     let name = shell.core.borrow().config().name.clone();
     let stream = conn::open(&conn, &conn::hello(Role::Worker, &name, Vec::new())).await?;
     let (out, mut reader) = (stream.out, stream.reader);

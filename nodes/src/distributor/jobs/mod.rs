@@ -1047,6 +1047,14 @@ impl Jobs {
         self.jobs.get(&num).map(Self::summary)
     }
 
+    /// (jobs held and acknowledged, the newest `max` of them).
+    pub(crate) fn newest(&self, max: usize) -> (usize, Vec<JobSummary>) {
+        let durable = self.jobs.values().filter(|j| j.durable);
+        let total = durable.clone().count();
+        let newest = durable.rev().take(max).map(Self::summary).collect();
+        (total, newest)
+    }
+
     /// Tasks of all jobs not started yet.
     pub(crate) fn queued(&self) -> u64 {
         self.jobs.values().map(|j| j.counts.queued).sum()
