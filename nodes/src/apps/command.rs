@@ -680,6 +680,44 @@ mod tests {
         }
     }
 
+    /// A dropped task frees its pool thread at once even when a process
+    /// that left the command's group still holds its output open.
+    #[test]
+    fn a_dropped_task_does_not_wait_for_an_escaped_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("escaped");
+        let line = format!(
+            "setsid sh -c 'echo $$ > {}; exec sleep 30' & sleep 30",
+            pidfile.display()
+        );
+        let app = table(&line, &CommandSetup::default()).unwrap();
+        let rt = rt();
+        let got = rt.block_on(run(
+            &app,
+            Bytes::new(),
+            Some(std::time::Duration::from_millis(500)),
+            TaskInfo::new(1, 7),
+        ));
+        assert_eq!(got, AppOutcome::Timeout);
+        let t0 = std::time::Instant::now();
+        // Dropping the runtime waits for its blocking threads.
+        drop(rt);
+        let waited = t0.elapsed();
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) with plain integers; the escaped sleep.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
+        assert!(
+            waited < std::time::Duration::from_secs(5),
+            "the pool thread waited {waited:?} for the escaped process"
+        );
+    }
+
     /// A full disk fails the task with the write error (here the stdout
     /// file is `/dev/full`), and the command, whose pipe closes, ends.
     #[test]

@@ -7,8 +7,10 @@
 //! and six `epoll` changes per task.
 //!
 //! A task dropped meanwhile (deadline, cancel, worker stopping) kills the
-//! command's process group, as the general path's `kill_on_drop` does: the
-//! blocking thread then reads the pipes' ends and reaps the child. The
+//! command's process group, as the general path's `kill_on_drop` does, and
+//! closes a socket the blocking thread polls with the child's pipes: it stops
+//! reading (a process that left the group may hold the output pipes open)
+//! and reaps the child, so the pool thread is free again at once. The
 //! group is only signalled while the child is unreaped (a lock held over
 //! the reaping), so a reused process id is never hit.
 
@@ -37,12 +39,14 @@ fn signal(group: &Group, sig: libc::c_int) {
     }
 }
 
-/// Kills the group when the task is dropped before its command ended.
-struct KillOnDrop(Group);
+/// Kills the group when the task is dropped before its command ended, and
+/// (by closing its end of the cancel socket) stops the thread reading.
+struct KillOnDrop(Group, Option<std::os::unix::net::UnixStream>);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         signal(&self.0, libc::SIGKILL);
+        self.1.take();
     }
 }
 
@@ -60,7 +64,11 @@ pub(super) async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let group: Group = Arc::new(Mutex::new(None));
-    let kill = KillOnDrop(group.clone());
+    let (cancel, cancelled) = match std::os::unix::net::UnixStream::pair() {
+        Ok((r, w)) => (Some(w), Some(r)),
+        Err(_) => (None, None),
+    };
+    let kill = KillOnDrop(group.clone(), cancel);
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
     let mut job = tokio::task::spawn_blocking(move || -> Result<Ended, std::io::Error> {
         let mut child = command.spawn()?;
@@ -68,7 +76,7 @@ pub(super) async fn run(
             *g = Some(child.id());
         }
         let _ = started_tx.send(());
-        let (out, err) = read_both(child.stdout.take(), child.stderr.take());
+        let (out, err) = read_both(child.stdout.take(), child.stderr.take(), cancelled);
         // Wait for the exit without reaping, then reap under the lock, so
         // that nobody signals the group once its id may be reused.
         wait_exited(child.id());
@@ -139,6 +147,7 @@ fn wait_exited(pid: libc::id_t) {
 fn read_both(
     out: Option<std::process::ChildStdout>,
     err: Option<std::process::ChildStderr>,
+    cancelled: Option<std::os::unix::net::UnixStream>,
 ) -> (Vec<u8>, Vec<u8>) {
     let mut pipes: [Kept; 2] = [
         (
@@ -169,12 +178,23 @@ fn read_both(
         if fds.is_empty() {
             break;
         }
+        // The task was dropped when this becomes readable (end of file).
+        if let Some(c) = &cancelled {
+            fds.push(libc::pollfd {
+                fd: c.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
         // SAFETY: `fds` is a live array of `fds.len()` pollfd structs.
         let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
         if r < 0 {
             if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
+            break;
+        }
+        if cancelled.is_some() && fds.last().is_some_and(|f| f.revents != 0) {
             break;
         }
         for (fd, &i) in fds.iter().zip(&which) {
