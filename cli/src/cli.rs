@@ -55,6 +55,11 @@ enum Command {
     Cancel(crate::jobs::CancelArgs),
     /// Show a distributor's table of workers.
     Status(StatusArgs),
+    /// Drain a worker without stopping it: it takes no new task, lets its
+    /// running tasks finish (up to --timeout) and reports `draining`.
+    Drain(crate::control::DrainArgs),
+    /// Let a drained worker take tasks again.
+    Undrain(crate::control::UndrainArgs),
     /// Explain whether a task would be placed, and if not, why.
     Explain(ExplainArgs),
     /// Run a whole cluster in this process and a mixed workload through it.
@@ -149,6 +154,25 @@ fn parse_kv_cmd(s: &str) -> Result<(String, String), String> {
         return Err(format!("`{s}` needs an app name and a command"));
     }
     Ok((n.to_owned(), c.to_owned()))
+}
+
+/// `NAME:KEY=VALUE` of `--app-env`.
+fn parse_app_env(s: &str) -> Result<(String, String, String), String> {
+    let bad = || format!("`{s}` is not NAME:KEY=VALUE (an app, a variable and its value)");
+    let (n, kv) = s.split_once(':').ok_or_else(bad)?;
+    let (k, v) = kv.split_once('=').ok_or_else(bad)?;
+    if n.is_empty() || k.is_empty() {
+        return Err(bad());
+    }
+    Ok((n.to_owned(), k.to_owned(), v.to_owned()))
+}
+
+/// `NAME=DIR` of `--app-cwd`.
+fn parse_app_cwd(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((n, d)) if !n.is_empty() && !d.is_empty() => Ok((n.to_owned(), PathBuf::from(d))),
+        _ => Err(format!("`{s}` is not NAME=DIR")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -452,8 +476,25 @@ struct WorkerArgs {
     /// its environment; a job's task also ALLOT_JOB_ID, ALLOT_TASK_INDEX and
     /// ALLOT_TASK_ID (JOB/INDEX). A cancelled command's process group gets
     /// SIGTERM, then SIGKILL 5 s later if it has not exited.
+    /// A command with no shell syntax (quotes, `$`, globs, redirections,
+    /// `;`, `|`, `=`...) is run directly, split on whitespace; any other
+    /// under `sh -c`.
     #[arg(long = "app-cmd", value_parser = parse_kv_cmd)]
     app_cmds: Vec<(String, String)>,
+    /// A variable in a command app's environment: NAME:KEY=VALUE
+    /// (repeatable), e.g. render:OMP_NUM_THREADS=4.
+    #[arg(long = "app-env", value_name = "NAME:KEY=VALUE", value_parser = parse_app_env)]
+    app_env: Vec<(String, String, String)>,
+    /// The directory a command app runs in: NAME=DIR (repeatable); it must
+    /// exist when the worker starts.
+    #[arg(long = "app-cwd", value_name = "NAME=DIR", value_parser = parse_app_cwd)]
+    app_cwd: Vec<(String, PathBuf)>,
+    /// Write command apps' stdout and stderr to files here instead of
+    /// sending them back: DIR/JOB/INDEX.out and .err for a job's task,
+    /// DIR/tasks/USER/KEY.out and .err for a task alone; the task's output
+    /// is then the path of its .out file. Created if missing.
+    #[arg(long, value_name = "DIR")]
+    output_dir: Option<PathBuf>,
     /// Keep running a task whose distributor was lost this long, in
     /// milliseconds, for the member that takes over to join it.
     #[arg(long, default_value_t = 60_000)]
@@ -690,6 +731,11 @@ fn run(cli: Cli) -> Result<()> {
             };
             cfg.apps = a.apps;
             cfg.app_cmds = a.app_cmds;
+            let mut commands = allot::apps::CommandSetup::default();
+            commands.env = a.app_env;
+            commands.cwd = a.app_cwd;
+            commands.output_dir = a.output_dir;
+            cfg.commands = commands;
             cfg.cores = a.cores.0.unwrap_or(found.cores);
             cfg.mem = a.mem.0.unwrap_or(found.mem);
             cfg.power = a.power;
@@ -749,6 +795,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Explain(a) => {
             init_logging("warn");
             explain(a)
+        }
+        Command::Drain(a) => {
+            init_logging("warn");
+            crate::control::drain(a)
+        }
+        Command::Undrain(a) => {
+            init_logging("warn");
+            crate::control::undrain(a)
         }
         Command::Bench(a) => {
             init_logging("error");
@@ -869,7 +923,7 @@ fn attr_json(v: &AttrValue) -> serde_json::Value {
     }
 }
 
-fn state_name(s: allot_wire::WorkerState) -> &'static str {
+pub(crate) fn state_name(s: allot_wire::WorkerState) -> &'static str {
     match s {
         allot_wire::WorkerState::Up => "up",
         allot_wire::WorkerState::Down => "down",

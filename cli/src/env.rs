@@ -17,7 +17,7 @@ use anyhow::{bail, Result};
 
 /// Gateways, comma-separated: `--gateway` of every client command.
 pub const GATEWAY: &str = "ALLOT_GATEWAY";
-/// A distributor: `--distributor` of `allot explain`.
+/// A distributor: `--distributor` of `allot explain`, `drain` and `undrain`.
 pub const DISTRIBUTOR: &str = "ALLOT_DISTRIBUTOR";
 /// The PKI directory: `--pki`.
 pub const PKI: &str = "ALLOT_PKI";

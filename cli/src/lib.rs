@@ -12,6 +12,7 @@ pub mod logging;
 mod autoalloc;
 mod bench;
 mod client_args;
+mod control;
 mod demo;
 mod env;
 mod jobs;

@@ -2008,3 +2008,259 @@ fn a_name_that_does_not_resolve_is_an_error_naming_the_flag() {
         assert!(err.contains(why), "{value}: {err}");
     }
 }
+
+/// `allot drain` drains a worker without stopping it: `allot status` shows
+/// it `draining`, new tasks go to the other worker, its running task
+/// finishes there (once) and the worker keeps running; `allot undrain`
+/// makes it take tasks again. An unknown worker is an error naming it.
+#[test]
+fn drain_and_undrain_a_running_worker() {
+    let dir = Dir::new("remote-drain");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("dist-1", "distributor"),
+            ("w-1", "worker"),
+            ("w-2", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let (d, g) = (port(), port());
+    let _dist = distributor(&pki, &dir.0, "dist-1", d, &[]);
+    let _gw = gateway(&pki, g, &d.to_string());
+    let log = dir.0.join("runs.log");
+    let rec = format!(
+        "rec=read p; echo \"$p\" >> {}; sleep 2; printf 'ran %s' \"$p\"",
+        log.display()
+    );
+    let ds = d.to_string();
+    let mut w1 = worker(&pki, "w-1", &ds, &["--apps", "echo,rec", "--app-cmd", &rec]);
+    wait_workers(&pki, d, 1, "up", Duration::from_secs(20));
+    let input = dir.0.join("token");
+    std::fs::write(&input, b"tok-1\n").unwrap();
+    let (pki2, gw2, inp) = (
+        pki.clone(),
+        g.to_string(),
+        input.to_str().unwrap().to_owned(),
+    );
+    let sub = std::thread::spawn(move || {
+        submit(&pki2, &gw2, &["--app", "rec", "--input", &inp, "--json"])
+    });
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("tok-1")) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the task never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _w2 = worker(&pki, "w-2", &ds, &["--apps", "echo,rec", "--app-cmd", &rec]);
+    wait_workers(&pki, d, 2, "up", Duration::from_secs(20));
+    let control = |args: &[&str]| {
+        let mut all = vec![args[0], "--pki", &pki, "--distributor", &ds];
+        all.extend(&args[1..]);
+        run(&all)
+    };
+    let out = control(&["drain", "w-1", "--timeout", "30"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("w-1 drains"));
+    let ws = status(&pki, d).expect("status");
+    assert!(
+        ws.iter()
+            .any(|w| w["name"] == "w-1" && w["state"] == "draining"),
+        "draining at once: {ws:?}"
+    );
+    for _ in 0..3 {
+        let other = submit(&pki, &g.to_string(), &["--app", "echo", "--json"]);
+        assert!(other.status.success());
+        assert_eq!(json(&other)["worker"], "w-2", "nothing new on w-1");
+    }
+    let out = sub.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = json(&out);
+    assert_eq!(
+        (r["worker"].as_str(), r["output"].as_str()),
+        (Some("w-1"), Some("ran tok-1"))
+    );
+    assert!(w1.0.try_wait().unwrap().is_none(), "the worker still runs");
+    let ws = status(&pki, d).expect("status");
+    assert!(ws
+        .iter()
+        .any(|w| w["name"] == "w-1" && w["state"] == "draining"));
+
+    let unknown = control(&["drain", "w-9"]);
+    assert!(!unknown.status.success());
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(err.contains("no worker named `w-9`"), "{err}");
+
+    let out = control(&["undrain", "w-1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // With w-2 drained (at once), a task can only go to w-1 again.
+    assert!(control(&["drain", "w-2", "--timeout", "0"])
+        .status
+        .success());
+    let ws = status(&pki, d).expect("status");
+    assert!(
+        ws.iter().any(|w| w["name"] == "w-1" && w["state"] == "up"),
+        "{ws:?}"
+    );
+    let again = submit(&pki, &g.to_string(), &["--app", "echo", "--json"]);
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(json(&again)["worker"], "w-1", "w-1 takes tasks again");
+    let runs = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(runs.lines().filter(|l| *l == "tok-1").count(), 1, "{runs}");
+}
+
+/// A command app's environment, directory and output files from a worker's
+/// config file: the task runs in its directory with its variables, its
+/// stdout lands in the output directory and the result names the file. A
+/// missing directory stops the worker at start, and a typo in those keys
+/// names the file, line and key.
+#[test]
+fn command_apps_get_their_env_directory_and_output_files() {
+    let dir = Dir::new("command-setup");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("dist-1", "distributor"),
+            ("w-1", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let work = dir.0.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let out_dir = dir.0.join("out");
+    let cfg = dir.0.join("w-1.toml");
+    let write_cfg = |cwd: &Path, key: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "apps = \"where\"\napp_cmd = [\"where=sh -c 'pwd; echo $GREETING'\", \"hi=printenv GREETING\"]\n\
+                 app_env = [\"where:GREETING=hello\", \"hi:GREETING=direct\"]\n{key} = [\"where={}\"]\n\
+                 output_dir = \"{}\"\n",
+                cwd.display(),
+                out_dir.display()
+            ),
+        )
+        .unwrap();
+    };
+    let c = cfg.to_str().unwrap().to_owned();
+    let (d, g) = (port(), port());
+    let ds = d.to_string();
+    write_cfg(&work, "app_cwdd");
+    let typo = run(&[
+        "worker", "--config", &c, "--name", "w-1", "--pki", &pki, "--join", &ds,
+    ]);
+    assert!(!typo.status.success());
+    let err = String::from_utf8_lossy(&typo.stderr);
+    assert!(
+        err.contains("w-1.toml:4") && err.contains("app_cwdd"),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `app_cwd`"), "{err}");
+    write_cfg(&dir.0.join("missing"), "app_cwd");
+    let missing = run(&[
+        "worker", "--config", &c, "--name", "w-1", "--pki", &pki, "--join", &ds,
+    ]);
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("--app-cwd where=") && err.contains("No such file"),
+        "{err}"
+    );
+    write_cfg(&work, "app_cwd");
+    let _dist = distributor(&pki, &dir.0, "dist-1", d, &[]);
+    let _gw = gateway(&pki, g, &ds);
+    let _w = worker(&pki, "w-1", &ds, &["--config", &c]);
+    wait_workers(&pki, d, 1, "up", Duration::from_secs(20));
+    for (app, want) in [
+        (
+            "where",
+            format!("{}\nhello\n", work.canonicalize().unwrap().display()),
+        ),
+        ("hi", "direct\n".to_owned()),
+    ] {
+        let out = submit(&pki, &g.to_string(), &["--app", app, "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let file = PathBuf::from(json(&out)["output"].as_str().unwrap());
+        assert!(file.starts_with(&out_dir), "{file:?}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), want);
+    }
+}
+
+/// `allot bench --command CMD --spawn-baseline`: the tasks run the command
+/// on the workers, and the same number of bare spawns with the same
+/// parallelism are measured in the same run and reported as a ratio.
+/// Figures are not checked (targets live in BENCHMARKS.md).
+#[test]
+fn bench_command_tasks_beside_a_bare_spawn_loop() {
+    let dir = Dir::new("bench-command");
+    let marker = dir.0.join("ran");
+    let cmd = format!("touch {}", marker.display());
+    let out = run(&[
+        "bench",
+        "--local",
+        "--workers",
+        "1",
+        "--slots",
+        "2",
+        "--concurrency",
+        "8",
+        "--tasks",
+        "300",
+        "--command",
+        &cmd,
+        "--spawn-baseline",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j = json(&out);
+    assert_eq!(j["errors"], 0, "{j}");
+    assert_eq!(j["app"], "cmd");
+    assert_eq!(j["command"], cmd.as_str());
+    assert_eq!(j["spawn_parallelism"], 2, "the cluster's slots: {j}");
+    for key in ["tasks_per_s", "spawn_baseline_per_s", "spawn_ratio"] {
+        assert!(
+            j[key].as_f64().is_some_and(|v| v > 0.0),
+            "{key} missing or zero: {j}"
+        );
+    }
+    assert!(marker.exists(), "the command ran");
+    let bad = run(&[
+        "bench",
+        "--local",
+        "--command",
+        "/nonexistent/x",
+        "--spawn-baseline",
+        "--tasks",
+        "10",
+        "--json",
+    ]);
+    assert!(!bad.status.success());
+}

@@ -44,6 +44,8 @@ pub struct NaiveRow {
     pub labels: BTreeMap<String, LabelValue>,
     /// Last applied delta.
     pub seq: u64,
+    /// Reserved by matches and not released: (slots, cores, memory).
+    pub reserved: (u32, u32, u64),
 }
 
 /// The reference table, keyed by the ids the engine assigned.
@@ -101,6 +103,7 @@ impl NaiveTable {
                 apps: r.apps.iter().cloned().collect(),
                 labels: r.labels.iter().cloned().collect(),
                 seq: 0,
+                reserved: (0, 0, 0),
             },
         );
     }
@@ -153,6 +156,18 @@ impl NaiveTable {
                     r.apps.remove(a);
                 }
             }
+        }
+        // Free figures a delta set are capped by the totals less what is
+        // reserved, as the engine does.
+        let sets = |f: fn(&Change) -> bool| changes.iter().any(f);
+        if sets(|c| matches!(c, Change::SlotsFree(_))) {
+            r.slots_free = r.slots_free.min(r.slots.saturating_sub(r.reserved.0));
+        }
+        if sets(|c| matches!(c, Change::CoresFree(_))) {
+            r.cores_free = r.cores_free.min(r.cores.saturating_sub(r.reserved.1));
+        }
+        if sets(|c| matches!(c, Change::MemFree(_))) {
+            r.mem_free = r.mem_free.min(r.mem.saturating_sub(r.reserved.2));
         }
         Some(DeltaOutcome::Applied)
     }
@@ -235,6 +250,9 @@ impl NaiveTable {
             r.slots_free -= slots;
             r.cores_free -= cores;
             r.mem_free -= mem;
+            r.reserved.0 += slots;
+            r.reserved.1 += cores;
+            r.reserved.2 += mem;
             self.tie_start = id.0.wrapping_add(1);
         }
     }
@@ -251,6 +269,9 @@ impl NaiveTable {
                 .saturating_add(cores)
                 .min(r.cores.max(r.cores_free));
             r.mem_free = r.mem_free.saturating_add(mem).min(r.mem.max(r.mem_free));
+            r.reserved.0 = r.reserved.0.saturating_sub(slots);
+            r.reserved.1 = r.reserved.1.saturating_sub(cores);
+            r.reserved.2 = r.reserved.2.saturating_sub(mem);
         }
     }
 }

@@ -767,3 +767,30 @@ fn totals_agree_with_the_snapshot_and_count_only_servers_up() {
     );
     assert_eq!(tot.apps, vec!["echo".to_string(), "render".to_string()]);
 }
+
+/// A delta's free slots count what the worker runs, not the placements
+/// still on their way to it: the table caps them by the slots less what it
+/// has reserved, so one distributor never places more than the worker has
+/// (no busy refusal from a stale delta).
+#[test]
+fn a_delta_does_not_forget_placements_on_their_way() {
+    let t = table();
+    let a = t.insert(server("a", 2, 5.0, &["echo"], "eu")).unwrap();
+    let q = t.compile("", "", &env("echo")).unwrap();
+    let r1 = t.match_and_reserve(&q, MatchMode::Exact).unwrap();
+    let r2 = t.match_and_reserve(&q, MatchMode::Exact).unwrap();
+    // The first task's result came back; a third is placed in its slot.
+    t.release(&r1);
+    let r3 = t.match_and_reserve(&q, MatchMode::Exact).unwrap();
+    // The worker's delta sent when the first ended, before the third
+    // reached it: one slot free, as it saw it.
+    t.apply_delta(a, 1, &[Change::SlotsFree(1)]).unwrap();
+    assert_eq!(t.snapshot()[0].record.slots_free, 0, "both slots are taken");
+    assert!(t.match_and_reserve(&q, MatchMode::Exact).is_err());
+    t.release(&r2);
+    assert_eq!(t.snapshot()[0].record.slots_free, 1);
+    // A delta saying less than the table knows still wins.
+    t.apply_delta(a, 2, &[Change::SlotsFree(0)]).unwrap();
+    assert_eq!(t.snapshot()[0].record.slots_free, 0);
+    t.release(&r3);
+}

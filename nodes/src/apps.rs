@@ -1,16 +1,22 @@
 //! What a worker runs: the built-in apps, configured commands, and async
 //! handlers registered by an embedding program.
+//!
+//! Commands (see [`command`]) run directly when they have no shell syntax,
+//! else under `sh -c`; each app may have its own environment and working
+//! directory, and its stdout and stderr may go to files.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub mod command;
+
+pub use command::{CommandApp, CommandSetup};
 
 /// The largest output a task may return: what fits in one frame.
 pub const MAX_OUTPUT: usize = allot_wire::DEFAULT_MAX_FRAME - 64 * 1024;
@@ -57,8 +63,8 @@ pub enum App {
     Sleep,
     /// Returns the hex SHA-256 of its input.
     Sha256,
-    /// Runs `sh -c COMMAND` with the input on stdin; stdout is the output.
-    Command(String),
+    /// Runs a command with the input on stdin; stdout is the output.
+    Command(Arc<CommandApp>),
     /// An embedding program's handler.
     Handler(Handler),
 }
@@ -69,7 +75,7 @@ impl std::fmt::Debug for App {
             App::Echo => f.write_str("echo"),
             App::Sleep => f.write_str("sleep"),
             App::Sha256 => f.write_str("sha256"),
-            App::Command(c) => write!(f, "command {c:?}"),
+            App::Command(c) => write!(f, "command {:?}", c.line()),
             App::Handler(_) => f.write_str("handler"),
         }
     }
@@ -137,6 +143,66 @@ impl AppTable {
         v
     }
 
+    /// Sets the command apps' environment, working directories and output
+    /// directory (see [`CommandSetup`]), checking them: each names a
+    /// command app, the directories exist (the output directory is
+    /// created). Relative directories are made absolute here, so that the
+    /// worker's own directory does not matter later.
+    pub fn configure_commands(&mut self, setup: &CommandSetup) -> Result<(), String> {
+        for (app, key, _) in &setup.env {
+            self.command_mut(app, "--app-env")?;
+            if key.is_empty() || key.contains(['=', '\0']) {
+                return Err(format!(
+                    "--app-env {app}:{key}=...: `{key}` is not a variable name"
+                ));
+            }
+        }
+        for (app, _) in &setup.cwd {
+            self.command_mut(app, "--app-cwd")?;
+        }
+        let output_dir = match &setup.output_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)
+                    .map_err(|e| format!("--output-dir {}: {e}", d.display()))?;
+                Some(absolute(d, "--output-dir")?)
+            }
+            None => None,
+        };
+        let mut cwds = Vec::with_capacity(setup.cwd.len());
+        for (app, dir) in &setup.cwd {
+            let flag = format!("--app-cwd {app}={}", dir.display());
+            match std::fs::metadata(dir) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(format!("{flag}: not a directory")),
+                Err(e) => return Err(format!("{flag}: {e}")),
+            }
+            cwds.push((app, absolute(dir, &flag)?));
+        }
+        for (_, (_, app)) in self.apps.iter_mut() {
+            if let App::Command(c) = app {
+                Arc::make_mut(c).output_dir.clone_from(&output_dir);
+            }
+        }
+        for (app, key, value) in &setup.env {
+            let c = self.command_mut(app, "--app-env")?;
+            c.env.retain(|(k, _)| k != key);
+            c.env.push((key.clone(), value.clone()));
+        }
+        for (app, dir) in cwds {
+            self.command_mut(app, "--app-cwd")?.cwd = Some(dir);
+        }
+        Ok(())
+    }
+
+    fn command_mut(&mut self, name: &str, flag: &str) -> Result<&mut CommandApp, String> {
+        match self.apps.get_mut(name) {
+            Some((_, App::Command(c))) => Ok(Arc::make_mut(c)),
+            _ => Err(format!(
+                "{flag} names `{name}`, which is not a command app (--app-cmd {name}=COMMAND)"
+            )),
+        }
+    }
+
     /// The app names, sorted.
     pub fn names(&self) -> Vec<String> {
         let mut v: Vec<String> = self.apps.keys().cloned().collect();
@@ -149,7 +215,7 @@ impl AppTable {
     pub fn from_config(names: &[String], cmds: &[(String, String)]) -> Result<AppTable, String> {
         let mut t = AppTable::default();
         for (n, c) in cmds {
-            t.insert(n, App::Command(c.clone()));
+            t.insert(n, App::Command(Arc::new(CommandApp::new(c)?)));
         }
         for n in names {
             if t.get(n).is_some() {
@@ -166,6 +232,11 @@ impl AppTable {
         }
         Ok(t)
     }
+}
+
+/// `dir` made absolute against the worker's directory.
+fn absolute(dir: &std::path::Path, flag: &str) -> Result<std::path::PathBuf, String> {
+    std::path::absolute(dir).map_err(|e| format!("{flag}: {e}"))
 }
 
 /// Whether the app finishes without waiting (run inline, no task spawned).
@@ -328,7 +399,7 @@ async fn run_inner(app: &App, input: Bytes, info: TaskInfo, stop: Option<Stop>) 
                 },
             }
         }
-        App::Command(cmd) => run_command(cmd, input, info, stop).await,
+        App::Command(cmd) => command::run(cmd, input, &info, stop).await,
         App::Handler(h) => match h(input).await {
             Ok(out) => AppOutcome::Ok(out),
             Err(message) => AppOutcome::Failed {
@@ -349,151 +420,6 @@ fn unreachable_instant() -> AppOutcome {
     }
 }
 
-/// Runs a command; the child is killed if this future is dropped (deadline
-/// or cancel), so nothing outlives its task.
-async fn run_command(cmd: &str, input: Bytes, info: TaskInfo, stop: Option<Stop>) -> AppOutcome {
-    let mut command = tokio::process::Command::new("sh");
-    command
-        .arg("-c")
-        .arg(cmd)
-        .env("ALLOT_ATTEMPT", info.attempt.to_string())
-        .env("ALLOT_TASK_KEY", info.key.to_string());
-    if let Some(user) = &info.user {
-        command.env("ALLOT_USER", &**user);
-    }
-    if let Some(job) = &info.job {
-        command
-            .env("ALLOT_JOB_ID", &**job)
-            .env("ALLOT_TASK_INDEX", info.index.to_string())
-            .env("ALLOT_TASK_ID", format!("{job}/{}", info.index));
-    }
-    // Its own process group, so that a stop reaches what the shell started.
-    let mut child = match command
-        .process_group(0)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            return AppOutcome::Failed {
-                exit_code: 127,
-                output: Bytes::new(),
-                message: format!("cannot start `{cmd}`: {e}"),
-            }
-        }
-    };
-    let mut stdin = child.stdin.take();
-    let mut stdout = child.stdout.take();
-    let mut stderr = child.stderr.take();
-    let write = async {
-        if let Some(mut s) = stdin.take() {
-            // A command that does not read its input closes the pipe: fine.
-            let _ = s.write_all(&input).await;
-        }
-    };
-    let read_out = async {
-        let mut buf = Vec::new();
-        if let Some(s) = stdout.as_mut() {
-            let _ = s.take(MAX_OUTPUT as u64 + 1).read_to_end(&mut buf).await;
-        }
-        buf
-    };
-    let read_err = async {
-        let mut buf = Vec::new();
-        if let Some(s) = stderr.as_mut() {
-            let _ = s.take(64 * 1024).read_to_end(&mut buf).await;
-        }
-        buf
-    };
-    let pid = child.id();
-    let body = async {
-        let ((), out, err) = tokio::join!(write, read_out, read_err);
-        (out, err, child.wait().await)
-    };
-    tokio::pin!(body);
-    let (signal, grace) = match stop {
-        Some(s) => (Some(s.signal), s.grace),
-        None => (None, STOP_GRACE),
-    };
-    let stopped = async {
-        // A sender dropped without firing is no stop.
-        let fired = match signal {
-            Some(rx) => rx.await.is_ok(),
-            None => false,
-        };
-        if !fired {
-            std::future::pending::<()>().await;
-        }
-    };
-    let (out, err, status) = tokio::select! {
-        r = &mut body => r,
-        () = stopped => {
-            signal_group(pid, libc::SIGTERM);
-            match tokio::time::timeout(grace, &mut body).await {
-                Ok(r) => r,
-                Err(_) => {
-                    signal_group(pid, libc::SIGKILL);
-                    return AppOutcome::Failed {
-                        exit_code: -9,
-                        output: Bytes::new(),
-                        message: format!(
-                            "`{cmd}` did not exit within {grace:?} of SIGTERM: killed"
-                        ),
-                    };
-                }
-            }
-        }
-    };
-    let status = match status {
-        Ok(s) => s,
-        Err(e) => {
-            return AppOutcome::Failed {
-                exit_code: 1,
-                output: Bytes::new(),
-                message: format!("waiting for `{cmd}` failed: {e}"),
-            }
-        }
-    };
-    if out.len() > MAX_OUTPUT {
-        return AppOutcome::Failed {
-            exit_code: status.code().unwrap_or(1),
-            output: Bytes::new(),
-            message: format!("output of `{cmd}` exceeds {MAX_OUTPUT} bytes"),
-        };
-    }
-    if status.success() {
-        AppOutcome::Ok(Bytes::from(out))
-    } else {
-        let code = status.code().unwrap_or(-1);
-        let stderr = String::from_utf8_lossy(&err).trim().to_owned();
-        AppOutcome::Failed {
-            exit_code: code,
-            output: Bytes::from(out),
-            message: if stderr.is_empty() {
-                format!("`{cmd}` exited with status {code}")
-            } else {
-                format!("`{cmd}` exited with status {code}: {stderr}")
-            },
-        }
-    }
-}
-
-/// Sends `sig` to the process group led by `pid` (the command's shell).
-fn signal_group(pid: Option<u32>, sig: libc::c_int) {
-    let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) else {
-        return;
-    };
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours; a
-    // group that has exited already makes it fail with ESRCH, which is
-    // harmless here.
-    unsafe {
-        libc::kill(-pid, sig);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,7 +429,7 @@ mod tests {
     #[test]
     fn a_stopped_command_gets_sigterm_then_sigkill() {
         let rt = rt();
-        let polite = App::Command("trap 'echo term; exit 3' TERM; sleep 30 & wait".into());
+        let polite = cmd("trap 'echo term; exit 3' TERM; sleep 30 & wait");
         let (tx, rx) = tokio::sync::oneshot::channel();
         let t0 = std::time::Instant::now();
         let out = rt.block_on(async {
@@ -537,7 +463,7 @@ mod tests {
             t0.elapsed() < Duration::from_secs(10),
             "it exited on SIGTERM"
         );
-        let stubborn = App::Command("trap '' TERM; sleep 30".into());
+        let stubborn = cmd("trap '' TERM; sleep 30");
         let (tx, rx) = tokio::sync::oneshot::channel();
         let out = rt.block_on(async {
             let run = run_until(
@@ -566,6 +492,10 @@ mod tests {
 
     fn info() -> TaskInfo {
         TaskInfo::new(1, 7)
+    }
+
+    fn cmd(line: &str) -> App {
+        App::Command(Arc::new(CommandApp::new(line).unwrap()))
     }
 
     fn rt() -> tokio::runtime::Runtime {
@@ -610,12 +540,12 @@ mod tests {
     #[test]
     fn commands_get_stdin_and_report_exit_status() {
         let rt = rt();
-        let up = App::Command("tr a-z A-Z".into());
+        let up = cmd("tr a-z A-Z");
         assert_eq!(
             rt.block_on(run(&up, Bytes::from_static(b"shout"), None, info())),
             AppOutcome::Ok(Bytes::from_static(b"SHOUT"))
         );
-        let fail = App::Command("echo partial; echo broken >&2; exit 3".into());
+        let fail = cmd("echo partial; echo broken >&2; exit 3");
         match rt.block_on(run(&fail, Bytes::new(), None, info())) {
             AppOutcome::Failed {
                 exit_code,
@@ -628,7 +558,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let slow = App::Command("sleep 5".into());
+        let slow = cmd("sleep 5");
         assert_eq!(
             rt.block_on(run(
                 &slow,
@@ -643,7 +573,7 @@ mod tests {
     #[test]
     fn commands_and_handlers_learn_their_attempt_and_key() {
         let rt = rt();
-        let env = App::Command("echo $ALLOT_ATTEMPT $ALLOT_TASK_KEY ${ALLOT_USER:-none}".into());
+        let env = cmd("echo $ALLOT_ATTEMPT $ALLOT_TASK_KEY ${ALLOT_USER:-none}");
         let info = TaskInfo::new(3, 42);
         assert_eq!(
             rt.block_on(run(&env, Bytes::new(), None, info.clone())),
@@ -654,7 +584,7 @@ mod tests {
             rt.block_on(run(&env, Bytes::new(), None, placed)),
             AppOutcome::Ok(Bytes::from_static(b"3 42 dave\n"))
         );
-        let job = App::Command("echo $ALLOT_JOB_ID $ALLOT_TASK_INDEX $ALLOT_TASK_ID".into());
+        let job = cmd("echo $ALLOT_JOB_ID $ALLOT_TASK_INDEX $ALLOT_TASK_ID");
         let in_job = info.clone().in_job(Arc::from("main/d1/7"), 5);
         assert_eq!(
             rt.block_on(run(&job, Bytes::new(), None, in_job)),

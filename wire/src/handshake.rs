@@ -10,7 +10,9 @@ use crate::message::{ErrorCode, ErrorMsg, Hello, Role, Version};
 /// archived layout: a field added to a message (here `Assign`'s job,
 /// index and user, `StatusReply`'s totals and counters, and in 7.0 its
 /// automatic allocation) changes the archived layout, so peers of another
-/// major version cannot read each other's frames.
+/// major version cannot read each other's frames. The minor version counts
+/// additions a peer of the same major may not know (none yet in 7: its
+/// `WorkerControl` and reply came with it).
 pub const PROTOCOL_VERSION: Version = Version { major: 7, minor: 0 };
 
 /// Where a connection's handshake stands.

@@ -125,11 +125,15 @@ pub enum MessageKind {
     JobQuery = 25,
     /// [`JobReply`](crate::message::JobReply)
     JobReply = 26,
+    /// [`WorkerControl`](crate::message::WorkerControl)
+    WorkerControl = 27,
+    /// [`WorkerControlReply`](crate::message::WorkerControlReply)
+    WorkerControlReply = 28,
 }
 
 impl MessageKind {
     /// Every kind, in byte order.
-    pub const ALL: [MessageKind; 26] = [
+    pub const ALL: [MessageKind; 28] = [
         MessageKind::Hello,
         MessageKind::Register,
         MessageKind::RegisterAck,
@@ -156,6 +160,8 @@ impl MessageKind {
         MessageKind::JobAck,
         MessageKind::JobQuery,
         MessageKind::JobReply,
+        MessageKind::WorkerControl,
+        MessageKind::WorkerControlReply,
     ];
 
     /// The kind for a header byte, if it is one.

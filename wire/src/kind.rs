@@ -46,6 +46,8 @@ impl MessageKind {
             MessageKind::JobAck => v!(JobAck),
             MessageKind::JobQuery => v!(JobQuery),
             MessageKind::JobReply => v!(JobReply),
+            MessageKind::WorkerControl => v!(WorkerControl),
+            MessageKind::WorkerControlReply => v!(WorkerControlReply),
         }
     }
 }
@@ -166,4 +168,6 @@ wire_message! {
     JobAck => JobAck,
     JobQuery => JobQuery,
     JobReply => JobReply,
+    WorkerControl => WorkerControl,
+    WorkerControlReply => WorkerControlReply,
 }

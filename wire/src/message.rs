@@ -1012,3 +1012,49 @@ pub struct JobReply {
     /// With `Cancel`: tasks cancelled.
     pub cancelled: u64,
 }
+
+/// What a [`WorkerControl`] does to a worker.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[rkyv(derive(Debug, PartialEq, Eq, Clone, Copy))]
+#[non_exhaustive]
+#[repr(u8)]
+pub enum WorkerOp {
+    /// Take no new task; let the running ones finish for up to this many
+    /// milliseconds (0: stop them at once), then stop those left (their
+    /// distributors place them elsewhere). The worker keeps running, and
+    /// draining, until undrained.
+    Drain(u64),
+    /// Take tasks again.
+    Undrain,
+}
+
+/// Drains or undrains a worker without stopping it. A client sends it to
+/// a distributor the worker is registered with; the distributor sends it
+/// on to the worker over the worker's link, and the worker reports its new
+/// state to every distributor it serves.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct WorkerControl {
+    /// Unique per client connection; the reply carries it back.
+    pub request: u64,
+    /// The worker's node name.
+    pub worker: String,
+    /// What to do.
+    pub op: WorkerOp,
+}
+
+/// The distributor's answer to a [`WorkerControl`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct WorkerControlReply {
+    /// The control's `request`.
+    pub request: u64,
+    /// The worker's node name.
+    pub worker: String,
+    /// Its state at this distributor after the control (meaningless with
+    /// an error).
+    pub state: WorkerState,
+    /// Why it was not done (unknown worker, worker not connected); empty
+    /// when it was.
+    pub error: String,
+}

@@ -384,6 +384,23 @@ pub fn all_frames() -> Vec<(MessageKind, BytesMut)> {
         },
         b""
     );
+    push!(
+        WorkerControl {
+            request: 3,
+            worker: "worker-1".into(),
+            op: WorkerOp::Drain(30_000),
+        },
+        b""
+    );
+    push!(
+        WorkerControlReply {
+            request: 3,
+            worker: "worker-1".into(),
+            state: WorkerState::Draining,
+            error: String::new(),
+        },
+        b""
+    );
     out
 }
 

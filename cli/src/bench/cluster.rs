@@ -25,6 +25,15 @@ use super::process::die_with_parent;
 use super::BenchArgs;
 
 /// How long the nodes have to come up.
+/// The app of `--command` on the local cluster's workers.
+pub(super) const COMMAND_APP: &str = "cmd";
+
+/// Slots of each worker of the local cluster: `--slots`, else enough that
+/// capacity never limits the bench (it measures allot, not queueing).
+pub(super) fn slots(args: &BenchArgs) -> u32 {
+    args.slots.unwrap_or((args.concurrency as u32).max(64) * 2)
+}
+
 const UP_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Client names tried per connection when choosing names that spread the
@@ -121,15 +130,14 @@ impl Cluster {
     }
 
     pub(super) fn start(args: &BenchArgs) -> Result<Cluster> {
-        // Capacity never limits the bench unless asked to: it measures
-        // allot, not queueing.
-        let slots = args.slots.unwrap_or((args.concurrency as u32).max(64) * 2);
+        let slots = slots(args);
         let shape = Shape {
             sets: usize::from(args.sets),
             distributors: usize::from(args.distributors),
             gateways: usize::from(args.gateways),
             workers: args.workers.max(1),
             slots,
+            command: args.command.clone(),
             // A scale run registers its simulated workers with the first
             // distributor: its table must hold them all.
             max_workers: args
@@ -156,6 +164,9 @@ impl Cluster {
         }
         b = b.workers(shape.workers, |_, w| {
             w.apps = vec!["echo".into(), "sha256".into(), "sleep".into()];
+            if let Some(c) = &shape.command {
+                w.app_cmds = vec![(COMMAND_APP.into(), c.clone())];
+            }
             w.slots = shape.slots;
             w.mode = ReportMode::Broadcast;
         });
@@ -330,6 +341,9 @@ impl Cluster {
                     "--drain-timeout",
                     "0",
                 ]);
+                if let Some(c) = &shape.command {
+                    a.extend(s(&["--app-cmd", &format!("{COMMAND_APP}={c}")]));
+                }
                 a.extend(metrics_flag(metrics, &name, &mut cluster.metrics)?);
                 let w = spawn(&a)?;
                 cluster.roles.push(("workers", w.id()));
@@ -440,6 +454,8 @@ impl Cluster {
 
 /// What [`Cluster::start`] builds.
 struct Shape {
+    /// The command of the `cmd` app (`--command`).
+    command: Option<String>,
     sets: usize,
     distributors: usize,
     gateways: usize,

@@ -133,6 +133,9 @@ pub(super) async fn drive(cfgs: Vec<ClientConfig>, args: BenchArgs, limit: Limit
     // to it, so the distributors' reservations meet the workers' admission.
     let input = if args.app == "sleep" {
         Bytes::from_static(b"0")
+    } else if args.command.is_some() {
+        // A command gets no input (and so no pipe to write it to).
+        Bytes::new()
     } else {
         Bytes::from(vec![b'x'; args.payload])
     };

@@ -29,6 +29,7 @@ mod fleet;
 mod process;
 mod report;
 mod scrape;
+mod spawn;
 
 pub use baseline::{baseline_echo_server, BaselineEchoArgs};
 
@@ -68,6 +69,17 @@ pub struct BenchArgs {
     /// reservations).
     #[arg(long, default_value = "echo")]
     pub app: String,
+    /// Run command tasks (with --local): the workers get the app `cmd`
+    /// running this command (directly when it has no shell syntax, as
+    /// `--app-cmd` does), and every task runs it, with no input.
+    #[arg(long, value_name = "CMD", requires = "local")]
+    pub command: Option<String>,
+    /// With --command: after each round, also spawn the command the same
+    /// number of times with the same parallelism (the local cluster's
+    /// slots in all, at most --concurrency) in a bare loop, and report
+    /// allot's tasks/s over its spawns/s.
+    #[arg(long, requires = "command")]
+    pub spawn_baseline: bool,
     /// Tasks to run (default 100000 unless --duration is given).
     #[arg(long, conflicts_with = "duration")]
     pub tasks: Option<u64>,
@@ -217,6 +229,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
     // and child processes stop and its temporary directory (the cluster's
     // private keys) is removed.
     crate::interrupt::catch().context("catching Ctrl-C")?;
+    let mut args = args;
+    if args.command.is_some() {
+        args.app = cluster::COMMAND_APP.into();
+    }
+    // The bare spawn loop runs as many at once as the cluster can.
+    let spawn_parallelism = args
+        .concurrency
+        .min(args.workers.max(1) * cluster::slots(&args) as usize);
     let mut cluster = None;
     // The configuration status queries and the scale run use.
     let (cfg, cfgs) = if args.local {
@@ -328,6 +348,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         } else {
             None
         };
+        let spawned = match (&args.command, args.spawn_baseline) {
+            (Some(line), true) => Some(spawn::spawn_loop(line, r.tasks.max(1), spawn_parallelism)?),
+            _ => None,
+        };
         if let Some(ab) = ab.as_mut() {
             ab.unscraped.push(r.per_s());
             if round % 2 == 1 {
@@ -338,6 +362,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             tasks_per_s: r.per_s(),
             p50_us: r.q(0.5),
             baseline: base,
+            spawned,
         });
         run.merge(r)?;
     }

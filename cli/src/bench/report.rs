@@ -58,9 +58,16 @@ pub(super) struct Round {
     pub(super) tasks_per_s: f64,
     pub(super) p50_us: u64,
     pub(super) baseline: Option<Baseline>,
+    /// With `--spawn-baseline`, the bare spawn loop right after it.
+    pub(super) spawned: Option<super::spawn::SpawnBaseline>,
 }
 
 impl Round {
+    fn spawn_ratio(&self) -> Option<f64> {
+        self.spawned
+            .as_ref()
+            .map(|b| self.tasks_per_s / b.per_s.max(1e-9))
+    }
     fn ratio(&self) -> Option<f64> {
         self.baseline
             .as_ref()
@@ -106,6 +113,16 @@ pub(super) fn report(
             .collect(),
     );
     let ratio = median(rounds.iter().filter_map(Round::ratio).collect());
+    let spawn_per_s = median(
+        rounds
+            .iter()
+            .filter_map(|r| r.spawned.as_ref().map(|b| b.per_s))
+            .collect(),
+    );
+    let spawn_ratio = median(rounds.iter().filter_map(Round::spawn_ratio).collect());
+    let spawn_parallelism = rounds
+        .iter()
+        .find_map(|r| r.spawned.as_ref().map(|b| b.parallelism));
     let p50_ratio = median(rounds.iter().filter_map(Round::p50_ratio).collect());
     let dist_cpu_us = cpu
         .iter()
@@ -176,6 +193,14 @@ pub(super) fn report(
             j["ratio"] = serde_json::json!(ratio);
             j["p50_ratio"] = serde_json::json!(p50_ratio);
         }
+        if let Some(c) = &args.command {
+            j["command"] = serde_json::json!(c);
+        }
+        if let (Some(per_s), Some(p)) = (spawn_per_s, spawn_parallelism) {
+            j["spawn_baseline_per_s"] = serde_json::json!(per_s);
+            j["spawn_parallelism"] = serde_json::json!(p);
+            j["spawn_ratio"] = serde_json::json!(spawn_ratio);
+        }
         if rounds.len() > 1 {
             j["rounds"] = rounds
                 .iter()
@@ -186,6 +211,8 @@ pub(super) fn report(
                         "baseline_msgs_per_s": r.baseline.as_ref().map(|b| b.msgs_per_s),
                         "baseline_p50_us": r.baseline.as_ref().map(|b| b.p50_us),
                         "ratio": r.ratio(),
+                        "spawn_baseline_per_s": r.spawned.as_ref().map(|b| b.per_s),
+                        "spawn_ratio": r.spawn_ratio(),
                     })
                 })
                 .collect();
@@ -303,6 +330,11 @@ pub(super) fn report(
     if let (Some(m), Some(p), Some(r), Some(pr)) = (base_msgs, base_p50, ratio, p50_ratio) {
         println!(
             "baseline (bare quinn echo, same frame size and in flight): {m:.0} msgs/s, p50 {p:.0} us; allot/baseline = {r:.3} (ideal 0.5: a task is two round trips); p50 ratio {pr:.2}",
+        );
+    }
+    if let (Some(per_s), Some(p), Some(r)) = (spawn_per_s, spawn_parallelism, spawn_ratio) {
+        println!(
+            "spawn baseline (the command in a bare loop, {p} at once): {per_s:.0} runs/s; allot/spawn = {r:.3}",
         );
     }
     if let Some(c) = dist_cpu_us {

@@ -745,6 +745,7 @@ impl ServerTable {
             f.refresh();
             block.fixed.replace(f, rf, guard);
         }
+        cap_by_reservations(block, i, changes, guard);
         w.seq[row] = seq;
         shard.applied.bump();
         Ok(DeltaOutcome::Applied)
@@ -963,6 +964,41 @@ fn encode_label(st: &mut Strings, v: &LabelValue) -> Result<u64, EngineError> {
 
 /// The pending copy of a column group, made from `current` (in a recycled
 /// allocation) on first use.
+/// After a delta that set free capacity: the worker counted what it runs,
+/// not this table's placements still on their way to it, so the free
+/// figures are capped by the totals less what is reserved here (running
+/// or on the way). With one distributor that is exact; with several it
+/// still leaves out this one's own placements in flight, and what the
+/// others placed is their affair (a busy refusal corrects it).
+fn cap_by_reservations(block: &Block, i: usize, changes: &[Change], guard: &epoch::Guard) {
+    let (mut slots, mut cores, mut mem) = (false, false, false);
+    for c in changes {
+        match c {
+            Change::SlotsFree(_) => slots = true,
+            Change::CoresFree(_) => cores = true,
+            Change::MemFree(_) => mem = true,
+            _ => {}
+        }
+    }
+    if !(slots || cores || mem) {
+        return;
+    }
+    let fixed = block.fixed(guard);
+    let (cap, res) = (&block.cap[i], &block.reserved[i]);
+    if slots {
+        let most = fixed.slots[i].saturating_sub(res.slots.load(Relaxed));
+        cap.slots_free.fetch_min(most, Relaxed);
+    }
+    if cores {
+        let most = fixed.cores[i].saturating_sub(res.cores.load(Relaxed));
+        cap.cores_free.fetch_min(most, Relaxed);
+    }
+    if mem {
+        let most = fixed.mem[i].saturating_sub(res.mem.load(Relaxed));
+        cap.mem_free.fetch_min(most, Relaxed);
+    }
+}
+
 fn cow<'a, T: Clone + Send + Sync>(
     pending: &'a mut Option<Fresh<T>>,
     rec: &mut Recycler<T>,

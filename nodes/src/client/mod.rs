@@ -28,6 +28,7 @@
 //! tasks submitted meanwhile wait; once the window has passed they all fail
 //! with one error naming every address tried.
 
+mod control;
 mod error;
 mod explain;
 mod handle;
@@ -41,6 +42,7 @@ use std::time::Duration;
 use allot_wire::{Attr, Demands, TaskStatus, Timings};
 use bytes::Bytes;
 
+pub use control::{control_worker, ControlError, CONTROL_TIMEOUT};
 pub use error::{AttemptError, Attempts, ClientError, Retried, Searched};
 pub use explain::{explain_verdict, Verdict};
 pub use handle::{Client, Submission, CANCEL_QUEUE, COMMAND_QUEUE};

@@ -33,6 +33,8 @@ use allot_engine::{
     Change, LabelValue, MatchMode, Query, Reservation, ServerId, ServerRecord, ServerState,
     ServerTable, TableConfig, UserRecord,
 };
+mod control;
+
 use allot_wire::message::{
     ArchivedAttrChange, ArchivedRefusal, ArchivedTaskStatus, ArchivedWorkerState,
 };
@@ -1890,6 +1892,10 @@ impl State {
             MessageKind::JobQuery => {
                 let v = frame.validate::<allot_wire::JobQuery>()?;
                 self.job_query(out, v.get())?;
+            }
+            MessageKind::WorkerControl => {
+                let v = frame.validate::<allot_wire::WorkerControl>()?;
+                self.worker_control(out, v.get())?;
             }
             other => {
                 return Err(LinkError::Forbidden(format!(

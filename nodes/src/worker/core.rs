@@ -29,7 +29,7 @@ use allot_wire::message::{ArchivedAssign, ArchivedRegisterAck};
 use allot_wire::{
     Assign, AttrChange, AttrDelta, AttrRecord, Cancel, DeltaCause, ErrorCode, ErrorMsg, Frame,
     FrameError, Heartbeat, KeyQuery, KeyReply, MessageKind, Refusal, Register, RegisterAck,
-    TaskKey, TaskResult, TaskStatus, Timings, WorkerState,
+    TaskKey, TaskResult, TaskStatus, Timings, WorkerControl, WorkerState,
 };
 use bytes::Bytes;
 
@@ -153,6 +153,12 @@ pub struct WorkerCore {
     cores_free: u32,
     mem_free: u64,
     draining: bool,
+    /// When a drain asked for by a distributor ([`WorkerCore::drain_for`])
+    /// stops the tasks still running.
+    drain_deadline: Option<Instant>,
+    /// The worker drains because it stops ([`WorkerCore::drain_to_stop`]):
+    /// an undrain cannot bring it back.
+    stopping: bool,
     links: FxMap<LinkId, Link>,
     next_link: u64,
     running: FxMap<(LinkId, u64), Run>,
@@ -236,6 +242,8 @@ impl WorkerCore {
             apps,
             incarnation,
             draining: false,
+            drain_deadline: None,
+            stopping: false,
             links: FxMap::default(),
             next_link: 1,
             running: FxMap::default(),
@@ -438,6 +446,9 @@ impl WorkerCore {
             MessageKind::Cancel => frame.validate::<Cancel>().map(|c| {
                 self.abort(now, link, c.get().task_id.to_native());
             }),
+            MessageKind::WorkerControl => frame
+                .validate::<WorkerControl>()
+                .map(|c| self.on_control(now, c.get())),
             other => Err(FrameError::Invalid {
                 kind: other,
                 reason: "a worker does not take this message".into(),
@@ -747,6 +758,109 @@ impl WorkerCore {
         );
     }
 
+    /// Drains as a distributor asked (`allot drain`): as [`WorkerCore::drain`],
+    /// and the tasks still running after `timeout` are stopped and handed
+    /// back to their distributors as refused (`Draining`), which place them
+    /// elsewhere. The worker keeps serving its links. Draining again keeps
+    /// the earlier of the two deadlines.
+    pub fn drain_for(&mut self, now: Instant, timeout: Duration) {
+        self.drain(now);
+        let at = now + timeout;
+        self.drain_deadline = Some(self.drain_deadline.map_or(at, |d| d.min(at)));
+        if timeout.is_zero() {
+            self.stop_drained(now);
+        }
+    }
+
+    /// Drains before the worker stops (SIGTERM): as [`WorkerCore::drain`];
+    /// an undrain is refused from now on.
+    pub fn drain_to_stop(&mut self, now: Instant) {
+        self.stopping = true;
+        self.drain(now);
+    }
+
+    /// Takes tasks again after a drain, and reports `up` at once. A worker
+    /// that drains because it stops stays draining (and says so again, for
+    /// the distributor that asked thought otherwise).
+    pub fn undrain(&mut self, _now: Instant) {
+        if self.stopping {
+            tracing::warn!("undrain refused: this worker is stopping");
+            self.send_delta(
+                DeltaCause::Event,
+                vec![AttrChange::State(WorkerState::Draining)],
+            );
+            return;
+        }
+        self.drain_deadline = None;
+        if !std::mem::take(&mut self.draining) {
+            return;
+        }
+        let mut ch = self.changes(true);
+        ch.push(AttrChange::State(WorkerState::Up));
+        self.send_delta(DeltaCause::Event, ch);
+    }
+
+    fn on_control(&mut self, now: Instant, c: &allot_wire::message::ArchivedWorkerControl) {
+        if c.worker.as_str() != self.cfg.name {
+            tracing::warn!(worker = %c.worker, "control for another worker ignored");
+            return;
+        }
+        match c.op {
+            allot_wire::message::ArchivedWorkerOp::Drain(ms) => {
+                let timeout = Duration::from_millis(ms.to_native());
+                tracing::info!(
+                    running = self.running.len(),
+                    "draining as asked: no new tasks, up to {timeout:?} for these"
+                );
+                self.drain_for(now, timeout);
+            }
+            allot_wire::message::ArchivedWorkerOp::Undrain => {
+                tracing::info!("undrained as asked: taking tasks again");
+                self.undrain(now);
+            }
+        }
+    }
+
+    /// The drain deadline passed: every task still running is stopped, and
+    /// each assignment of it is answered as refused (`Draining`), so that
+    /// its distributor places it elsewhere (it counts as an attempt).
+    fn stop_drained(&mut self, now: Instant) {
+        self.drain_deadline = None;
+        let left: Vec<(LinkId, u64)> = self.running.keys().copied().collect();
+        if !left.is_empty() {
+            tracing::warn!(
+                left = left.len(),
+                "drain timeout passed: stopping the tasks left (placed elsewhere)"
+            );
+        }
+        for (link, task) in left {
+            let Some(run) = self.running.remove(&(link, task)) else {
+                continue;
+            };
+            self.executions.stopped(&run.key);
+            self.free_capacity(run.need);
+            self.actions.push_back(Action::Abort { link, task });
+            let why = "stopped: the worker drains and its drain timeout passed";
+            let mut to: Vec<Placement> = run.joiners;
+            if run.primary {
+                to.push((link, task));
+            }
+            for (l, t) in to {
+                self.reply(
+                    l,
+                    t,
+                    TaskStatus::Refused,
+                    Refusal::Draining,
+                    0,
+                    why,
+                    Duration::ZERO,
+                    &Bytes::new(),
+                );
+            }
+        }
+        self.mark_dirty(now);
+    }
+
     /// Tasks still running.
     pub fn running(&self) -> usize {
         self.running.len()
@@ -897,6 +1011,9 @@ impl WorkerCore {
         if let Some(o) = self.next_orphan_stop() {
             t = t.min(o);
         }
+        if let Some(d) = self.drain_deadline {
+            t = t.min(d);
+        }
         Some(t)
     }
 
@@ -906,6 +1023,9 @@ impl WorkerCore {
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.next_orphan_stop().is_some_and(|t| t <= now) {
             self.stop_orphans(now);
+        }
+        if self.drain_deadline.is_some_and(|d| d <= now) {
+            self.stop_drained(now);
         }
         if self.coalesce_until.is_some_and(|c| c <= now) {
             self.coalesce_until = None;

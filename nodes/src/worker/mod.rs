@@ -44,6 +44,8 @@ pub struct WorkerConfig {
     pub apps: Vec<String>,
     /// `NAME=COMMAND` apps.
     pub app_cmds: Vec<(String, String)>,
+    /// Their environment, working directories and output directory.
+    pub commands: crate::apps::CommandSetup,
     /// Cores.
     pub cores: u32,
     /// Memory in bytes.
@@ -132,6 +134,7 @@ impl WorkerConfig {
             mode: ReportMode::Registered,
             apps: vec!["echo".into()],
             app_cmds: Vec::new(),
+            commands: crate::apps::CommandSetup::default(),
             cores: 4,
             mem: 8 << 30,
             power: 4.0,

@@ -235,6 +235,9 @@ fn setup(cfg: WorkerConfig, handlers: Vec<(String, apps::Handler)>) -> Result<Se
             .map_err(|e| config_error(format!("--join: {e}")))?;
     }
     let mut table = AppTable::from_config(&cfg.apps, &cfg.app_cmds).map_err(config_error)?;
+    table
+        .configure_commands(&cfg.commands)
+        .map_err(config_error)?;
     for (name, h) in handlers {
         table.insert(&name, App::Handler(h));
     }
@@ -318,7 +321,7 @@ async fn drain(shell: &Rc<Shell>) {
         return;
     }
     let t0 = Instant::now();
-    shell.core.borrow_mut().drain(t0);
+    shell.core.borrow_mut().drain_to_stop(t0);
     shell.flush();
     let running = shell.core.borrow().running();
     tracing::info!(

@@ -110,6 +110,8 @@ pub struct SimClient {
     next_request: u64,
     /// Status replies it got, in order.
     pub statuses: Vec<allot_wire::StatusReply>,
+    /// Answers to its worker controls, in order.
+    pub controls: Vec<allot_wire::WorkerControlReply>,
     /// `Error` frames and the close code, if the distributor closed the link.
     pub closed: Option<(ErrorCode, String)>,
     /// When set, the client reads nothing: its bytes are never reported
@@ -526,6 +528,7 @@ impl Sim {
             replies: Vec::new(),
             next_request: 1,
             statuses: Vec::new(),
+            controls: Vec::new(),
             closed: None,
             stuck: false,
             cut: false,
@@ -546,6 +549,30 @@ impl Sim {
         self.d(d).handle_frame(now, link, frame(&q, b""));
         self.settle();
         self.clients[c].statuses.pop().expect("a status reply")
+    }
+
+    /// Client `c` asks its distributor to apply `op` to worker `worker`
+    /// (`allot drain`/`undrain`); the reply.
+    pub fn control(
+        &mut self,
+        c: usize,
+        worker: &str,
+        op: allot_wire::WorkerOp,
+    ) -> allot_wire::WorkerControlReply {
+        let cl = &mut self.clients[c];
+        let request = cl.next_request;
+        cl.next_request += 1;
+        let msg = allot_wire::WorkerControl {
+            request,
+            worker: worker.into(),
+            op,
+        };
+        let (d, link, now) = (cl.dist, cl.link, self.now);
+        self.d(d).handle_frame(now, link, frame(&msg, b""));
+        self.settle();
+        let r = self.clients[c].controls.pop().expect("a control reply");
+        assert_eq!(r.request, request);
+        r
     }
 
     /// Client `c` cancels its task `task_id`.
@@ -822,6 +849,12 @@ impl Sim {
                         .validate::<allot_wire::StatusReply>()
                         .expect("valid status");
                     c.statuses.push(v.to_owned_message().expect("owned"));
+                }
+                MessageKind::WorkerControlReply => {
+                    let v = f
+                        .validate::<allot_wire::WorkerControlReply>()
+                        .expect("valid control reply");
+                    c.controls.push(v.to_owned_message().expect("owned"));
                 }
                 other => panic!("unexpected {other:?} to a client"),
             }
