@@ -130,14 +130,29 @@ fn join_addr(listen: SocketAddr) -> String {
     format!("{host}:{}", listen.port())
 }
 
+/// What the worker flags of `--autoalloc-worker-args` say a worker
+/// offers (`None`: detected on its node).
+pub(crate) struct WorkerOffer {
+    pub apps: Vec<String>,
+    pub app_cmds: Vec<(String, String)>,
+    pub slots: u32,
+    pub power: f64,
+    pub labels: Vec<allot_wire::Attr>,
+    pub cores: Option<u32>,
+    pub mem: Option<u64>,
+}
+
 impl AutoallocArgs {
     /// The distributor's automatic allocation, if `--autoalloc` is given.
+    /// `parse_worker` reads worker flags as `allot worker` does (the CLI
+    /// owns those flags, so it passes its parser in).
     pub(crate) fn config(
         &self,
         name: &str,
         listen: SocketAddr,
         pki: &Path,
         data_dir: &Path,
+        parse_worker: impl Fn(&[String]) -> Result<WorkerOffer>,
     ) -> Result<Option<AutoallocConfig>> {
         let Some(Backend::Slurm) = self.autoalloc else {
             return Ok(None);
@@ -155,8 +170,7 @@ impl AutoallocArgs {
             }
         }
         let worker_args = split("autoalloc-worker-args", &self.autoalloc_worker_args)?;
-        let worker =
-            crate::cli::parse_worker_args(&worker_args).context("--autoalloc-worker-args")?;
+        let worker = parse_worker(&worker_args).context("--autoalloc-worker-args")?;
         let part = partition(&submit_args);
         let mut nodes = sinfo(part.as_deref())?;
         if nodes.is_empty() && part.is_some() {

@@ -379,21 +379,9 @@ struct DistributorArgs {
     autoalloc: crate::autoalloc::AutoallocArgs,
 }
 
-/// What the worker flags of `--autoalloc-worker-args` say a worker
-/// offers (`None`: detected on its node).
-pub(crate) struct WorkerOffer {
-    pub apps: Vec<String>,
-    pub app_cmds: Vec<(String, String)>,
-    pub slots: u32,
-    pub power: f64,
-    pub labels: Vec<Attr>,
-    pub cores: Option<u32>,
-    pub mem: Option<u64>,
-}
-
 /// Reads worker flags (those of `allot worker`, without the node's name,
 /// PKI and distributors) into what such a worker would offer.
-pub(crate) fn parse_worker_args(args: &[String]) -> Result<WorkerOffer> {
+pub(crate) fn parse_worker_args(args: &[String]) -> Result<crate::autoalloc::WorkerOffer> {
     let argv = ["allot", "worker", "--print-resources"]
         .into_iter()
         .map(String::from)
@@ -402,7 +390,7 @@ pub(crate) fn parse_worker_args(args: &[String]) -> Result<WorkerOffer> {
     let Command::Worker(w) = cli.command else {
         bail!("not worker flags");
     };
-    Ok(WorkerOffer {
+    Ok(crate::autoalloc::WorkerOffer {
         apps: w.apps,
         app_cmds: w.app_cmds,
         slots: w.slots,
@@ -690,9 +678,9 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 allot_engine::MatchMode::Sampled { k: a.sample }
             };
-            cfg.autoalloc = a
-                .autoalloc
-                .config(&a.name, listen, &cfg.pki, &cfg.data_dir)?;
+            cfg.autoalloc =
+                a.autoalloc
+                    .config(&a.name, listen, &cfg.pki, &cfg.data_dir, parse_worker_args)?;
             block_on_local(allot::distributor::run(cfg, shutdown_signal()))??;
             Ok(())
         }
@@ -923,15 +911,6 @@ fn attr_json(v: &AttrValue) -> serde_json::Value {
     }
 }
 
-pub(crate) fn state_name(s: allot_wire::WorkerState) -> &'static str {
-    match s {
-        allot_wire::WorkerState::Up => "up",
-        allot_wire::WorkerState::Down => "down",
-        allot_wire::WorkerState::Draining => "draining",
-        _ => "unknown",
-    }
-}
-
 fn gateway_status(a: StatusArgs, gw: HostPort) -> Result<()> {
     let gw = resolve("--gateway", &gw)?;
     let (pki, name) = (a.client.pki()?, a.client.name);
@@ -945,7 +924,7 @@ fn gateway_status(a: StatusArgs, gw: HostPort) -> Result<()> {
                 let x = &m.attrs;
                 serde_json::json!({
                     "set": m.set_name, "name": m.name, "addr": m.addr,
-                    "state": state_name(m.state), "workers_up": x.workers_up,
+                    "state": crate::values::state_name(m.state), "workers_up": x.workers_up,
                     "slots": x.slots, "slots_free": x.slots_free,
                     "cores_free": x.cores_free, "mem_free": x.mem_free,
                     "waiting": x.waiting, "running": x.running,
@@ -980,7 +959,7 @@ fn gateway_status(a: StatusArgs, gw: HostPort) -> Result<()> {
             m.set_name.clone(),
             m.name.clone(),
             m.addr.clone(),
-            state_name(m.state).to_owned(),
+            crate::values::state_name(m.state).to_owned(),
             x.workers_up.to_string(),
             format!("{}/{}", x.slots_free, x.slots),
             x.cores_free.to_string(),
@@ -1034,7 +1013,7 @@ fn status(a: StatusArgs) -> Result<()> {
             .map(|w| {
                 let r = &w.record;
                 let mut o = serde_json::json!({
-                    "name": w.name, "state": state_name(w.state),
+                    "name": w.name, "state": crate::values::state_name(w.state),
                     "slots": r.slots, "slots_free": r.slots_free, "cores": r.cores,
                     "power": r.power, "idle_power": r.idle_power, "mem": r.mem,
                     "mem_free": r.mem_free, "load": r.load, "apps": w.apps,
@@ -1073,7 +1052,7 @@ fn status(a: StatusArgs) -> Result<()> {
             .collect();
         t.add_row(vec![
             w.name.clone(),
-            state_name(w.state).to_owned(),
+            crate::values::state_name(w.state).to_owned(),
             format!("{}/{}", r.slots_free, r.slots),
             r.cores.to_string(),
             format!("{:.1}/{:.1}", r.idle_power, r.power),

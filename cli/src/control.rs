@@ -79,7 +79,7 @@ fn control(t: Target, op: WorkerOp) -> Result<()> {
             };
             println!(
                 "worker {worker} {what} (state at {addr}: {})",
-                crate::cli::state_name(state)
+                crate::values::state_name(state)
             );
             Ok(())
         }

@@ -38,3 +38,13 @@ pub(crate) fn check_resolves(flag: &str, addrs: &[allot::HostPort]) -> anyhow::R
 pub(crate) fn parse_addrs(s: &str) -> Result<Vec<allot::HostPort>, String> {
     allot::hostport::parse_list(s).map_err(|e| e.to_string())
 }
+
+/// How `allot status` spells a worker's or member's state.
+pub(crate) fn state_name(s: allot_wire::WorkerState) -> &'static str {
+    match s {
+        allot_wire::WorkerState::Up => "up",
+        allot_wire::WorkerState::Down => "down",
+        allot_wire::WorkerState::Draining => "draining",
+        _ => "unknown",
+    }
+}
