@@ -87,6 +87,11 @@ enum Source {
 struct Member {
     set: String,
     name: String,
+    /// Its address as `ip:port`, the text a redirect carries and its
+    /// rendezvous score hashes: formatted once when it enters the record
+    /// (the address is its key there and never changes in place), not
+    /// for every client.
+    addr_text: String,
     attrs: Option<SetAttrs>,
     last_heard: Option<Instant>,
     source: Source,
@@ -102,6 +107,15 @@ impl Member {
             Some(WorkerState::Draining)
         )
     }
+}
+
+/// One set's members (their addresses, in address order), as the record
+/// groups them; the sets in name order. Draining and liveness are not kept
+/// here: they change with every report and the passing time, so `choose`
+/// reads them from the record.
+struct Group {
+    set: String,
+    members: Vec<SocketAddr>,
 }
 
 enum Side {
@@ -147,6 +161,11 @@ impl LinkError {
 pub struct GatewayCore {
     name: String,
     members: BTreeMap<SocketAddr, Member>,
+    /// The record's members grouped by set, for `choose`; `None` after a
+    /// member joined, left, moved or changed set, rebuilt by the next
+    /// redirect. Holds each recorded member once, so it is bounded by
+    /// [`MAX_MEMBERS`] as the record is.
+    groups: Option<Vec<Group>>,
     policy: RedirectPolicy,
     ttl: Duration,
     member_timeout: Duration,
@@ -209,6 +228,7 @@ impl GatewayCore {
                     Member {
                         set: set.clone(),
                         name: String::new(),
+                        addr_text: a.to_string(),
                         attrs: None,
                         last_heard: None,
                         source: Source::Seed { watch: None },
@@ -220,6 +240,7 @@ impl GatewayCore {
         GatewayCore {
             name: cfg.name.clone(),
             members,
+            groups: None,
             policy: cfg.policy,
             ttl: cfg.ttl,
             member_timeout: cfg.member_timeout,
@@ -271,7 +292,9 @@ impl GatewayCore {
             return false;
         };
         m.source = Source::Seed { watch: None };
+        m.addr_text = new.to_string();
         self.members.insert(new, m);
+        self.groups = None;
         true
     }
 
@@ -360,64 +383,108 @@ impl GatewayCore {
     /// no set has a live member. A member that drains is left out: it
     /// takes no new tasks, and its clients are moving off it.
     pub fn choose(&mut self, client: &str) -> Option<Redirect> {
-        let mut sets: BTreeMap<&str, Vec<(bool, SocketAddr)>> = BTreeMap::new();
-        for (a, m) in &self.members {
-            if m.draining() {
-                continue;
-            }
-            sets.entry(m.set.as_str())
-                .or_default()
-                .push((self.is_live(m), *a));
-        }
-        let candidates: Vec<(&str, &Vec<(bool, SocketAddr)>)> = sets
-            .iter()
-            .filter(|(_, ms)| ms.iter().any(|(l, _)| *l))
-            .map(|(n, ms)| (*n, ms))
-            .collect();
-        let members = &self.members;
-        // Free slots per waiting task over a set's live members (the +1
-        // keeps an idle set's score finite and ranks it by its free slots).
-        let room = |ms: &Vec<(bool, SocketAddr)>| -> f64 {
-            let (mut free, mut waiting) = (0u64, 0u64);
-            for (live, a) in ms {
-                if let Some(attrs) = members.get(a).and_then(|m| m.attrs.as_ref()) {
-                    if *live {
-                        free += u64::from(attrs.slots_free);
-                        waiting += u64::from(attrs.waiting);
-                    }
-                }
-            }
-            free as f64 / (waiting + 1) as f64
+        let groups = match self.groups.take() {
+            Some(g) => g,
+            None => self.group_members(),
         };
-        let chosen = match self.policy {
-            RedirectPolicy::Rendezvous => candidates
-                .iter()
-                .max_by_key(|(name, _)| rendezvous_score(client, name)),
+        let r = self.choose_in(&groups, client);
+        self.groups = Some(groups);
+        r
+    }
+
+    /// The record's members grouped by set (sets in name order, members
+    /// in address order, as `choose` ranks them).
+    fn group_members(&self) -> Vec<Group> {
+        let mut sets: BTreeMap<&str, Vec<SocketAddr>> = BTreeMap::new();
+        for (a, m) in &self.members {
+            sets.entry(m.set.as_str()).or_default().push(*a);
+        }
+        sets.into_iter()
+            .map(|(set, members)| Group {
+                set: set.to_owned(),
+                members,
+            })
+            .collect()
+    }
+
+    /// Whether the member at `a` takes clients (see [`Self::is_live`]).
+    fn live_at(&self, a: &SocketAddr) -> bool {
+        self.members.get(a).is_some_and(|m| self.is_live(m))
+    }
+
+    /// [`Self::choose`] over the record grouped as `groups`. Only the
+    /// policy that weighs load reads every set's members; the others look
+    /// at a set only until they meet a live member, and then rank the
+    /// chosen set's members alone.
+    fn choose_in(&mut self, groups: &[Group], client: &str) -> Option<Redirect> {
+        let has_live = |g: &Group| g.members.iter().any(|a| self.live_at(a));
+        let chosen: &Group = match self.policy {
+            RedirectPolicy::Rendezvous => {
+                // The live set with the highest score: sets by score,
+                // highest first (the later in name order on a tie, as
+                // `max_by_key` picks), the first with a live member.
+                let mut by_score: Vec<(u64, usize)> = groups
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| (rendezvous_score(client, &g.set), i))
+                    .collect();
+                by_score.sort_unstable_by(|x, y| y.cmp(x));
+                by_score
+                    .iter()
+                    .map(|(_, i)| &groups[*i])
+                    .find(|g| has_live(g))?
+            }
             RedirectPolicy::RoundRobin => {
+                let candidates: Vec<&Group> = groups.iter().filter(|g| has_live(g)).collect();
                 let t = self.turn;
                 self.turn = t.wrapping_add(1);
-                candidates.get(t % candidates.len().max(1))
+                candidates.get(t % candidates.len().max(1)).copied()?
             }
-            RedirectPolicy::LeastLoaded => candidates.iter().max_by(|(a, ma), (b, mb)| {
-                room(ma)
-                    .total_cmp(&room(mb))
-                    .then(rendezvous_score(client, a).cmp(&rendezvous_score(client, b)))
-            }),
-        }?;
-        let (name, members) = chosen;
+            RedirectPolicy::LeastLoaded => {
+                // Free slots per waiting task over a set's live members (the
+                // +1 keeps an idle set's score finite and ranks it by its
+                // free slots).
+                let room = |g: &Group| -> f64 {
+                    let (mut free, mut waiting) = (0u64, 0u64);
+                    for m in g.members.iter().filter_map(|a| self.members.get(a)) {
+                        if let (true, Some(attrs)) = (self.is_live(m), m.attrs.as_ref()) {
+                            free += u64::from(attrs.slots_free);
+                            waiting += u64::from(attrs.waiting);
+                        }
+                    }
+                    free as f64 / (waiting + 1) as f64
+                };
+                groups.iter().filter(|g| has_live(g)).max_by(|a, b| {
+                    room(a).total_cmp(&room(b)).then(
+                        rendezvous_score(client, &a.set).cmp(&rendezvous_score(client, &b.set)),
+                    )
+                })?
+            }
+        };
         // Members in an order of this client's own (rendezvous over their
         // addresses), live ones first: clients spread over every member of
         // the set, and each keeps its member while that one lives (a
-        // member's death moves only its own clients, to their next).
-        let mut ranked: Vec<(bool, u64, String)> = members
+        // member's death moves only its own clients, to their next). A
+        // member that drains is left out: it takes no new tasks, and its
+        // clients are moving off it.
+        let mut ranked: Vec<(bool, u64, &str)> = chosen
+            .members
             .iter()
-            .map(|(live, m)| (*live, member_score(client, *m), m.to_string()))
+            .filter_map(|a| self.members.get(a))
+            .filter(|m| !m.draining())
+            .map(|m| {
+                (
+                    self.is_live(m),
+                    rendezvous_score(client, &m.addr_text),
+                    m.addr_text.as_str(),
+                )
+            })
             .collect();
         ranked.sort_by(|x, y| y.0.cmp(&x.0).then(y.1.cmp(&x.1)));
-        let ordered: Vec<String> = ranked.into_iter().map(|(_, _, a)| a).collect();
+        let distributors: Vec<String> = ranked.into_iter().map(|(_, _, a)| a.to_owned()).collect();
         Some(Redirect {
-            set_name: (*name).to_owned(),
-            distributors: ordered,
+            set_name: chosen.set.clone(),
+            distributors,
             ttl_ms: self.ttl.as_millis() as u32,
         })
     }
@@ -548,12 +615,14 @@ impl GatewayCore {
                     Member {
                         set: set.to_owned(),
                         name: peer.to_owned(),
+                        addr_text: a.to_string(),
                         attrs: Some(attrs),
                         last_heard: Some(now),
                         source: Source::Registered { link: Some(link) },
                         seed,
                     },
                 );
+                self.groups = None;
                 if let Some(l) = self.links.get_mut(&link) {
                     l.side = Side::Member(Some(a));
                 }
@@ -635,6 +704,7 @@ impl GatewayCore {
         }
         self.next_sweep = Some(now + SWEEP);
         let forget = self.forget_after;
+        let before = self.members.len();
         self.members.retain(|a, m| {
             let keep = m.seed
                 || match m.source {
@@ -648,6 +718,9 @@ impl GatewayCore {
             }
             keep
         });
+        if self.members.len() != before {
+            self.groups = None;
+        }
     }
 
     /// Frames to send, one link at a time.
@@ -757,7 +830,7 @@ mod tests {
         at: SocketAddr,
         free: u32,
         waiting: u32,
-    ) {
+    ) -> LinkId {
         let attrs = allot_wire::SetAttrs {
             workers_up: 1,
             workers_down: 0,
@@ -778,15 +851,87 @@ mod tests {
             incarnation: 1,
             attrs,
         };
+        let link = g.link_opened(now, Role::Distributor, &format!("dist-{set}"));
+        g.handle_frame(now, link, frame_of(&reg));
+        link
+    }
+
+    fn frame_of<M: allot_wire::WireMessage>(m: &M) -> Frame {
         let mut buf = bytes::BytesMut::new();
         allot_wire::FrameEncoder::new(allot_wire::DEFAULT_MAX_FRAME)
-            .encode(&reg, &Bytes::new(), &mut buf)
+            .encode(m, &Bytes::new(), &mut buf)
             .expect("encode");
         let mut dec = allot_wire::FrameDecoder::new(allot_wire::DEFAULT_MAX_FRAME);
         dec.feed(&buf);
-        let frame = dec.next_frame().expect("decode").expect("frame");
-        let link = g.link_opened(now, Role::Distributor, &format!("dist-{set}"));
-        g.handle_frame(now, link, frame);
+        dec.next_frame().expect("decode").expect("frame")
+    }
+
+    /// The members `client` is sent to in set `set` (the client names are
+    /// tried until one lands there).
+    fn sent_to(g: &mut GatewayCore, set: &str) -> Vec<String> {
+        (0..200)
+            .filter_map(|i| g.choose(&format!("c{i}")))
+            .find(|r| r.set_name == set)
+            .map(|r| r.distributors)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn every_change_of_the_record_shows_in_the_next_redirect() {
+        let mut g = core(RedirectPolicy::Rendezvous);
+        let now = Instant::now();
+        let text = |p: u16| addr(p).to_string();
+        // Redirects made before each change: whatever `choose` keeps
+        // between clients must not hide the change from the next one.
+        assert_eq!(sent_to(&mut g, "a").len(), 2);
+        // A seed's address moves.
+        assert!(g.seed_moved(addr(11), addr(12)));
+        let a = sent_to(&mut g, "a");
+        assert!(a.contains(&text(12)) && !a.contains(&text(11)), "{a:?}");
+        // A member joins the set, then another registers in a new set.
+        let link = register(&mut g, now, "a", addr(13), 4, 0);
+        assert!(sent_to(&mut g, "a").contains(&text(13)));
+        register(&mut g, now, "d", addr(14), 4, 0);
+        assert_eq!(sent_to(&mut g, "d"), [text(14)]);
+        // The joined member drains: it is left out of the next redirect.
+        let mut attrs = g.members[&addr(13)].attrs.clone().expect("reported");
+        attrs.state = WorkerState::Draining;
+        let report = MemberReport {
+            seq: 2,
+            cause: allot_wire::DeltaCause::Change,
+            attrs,
+        };
+        g.handle_frame(now, link, frame_of(&report));
+        assert!(!sent_to(&mut g, "a").contains(&text(13)));
+        // It is back up, then its link is lost: down, offered last.
+        let mut attrs = g.members[&addr(13)].attrs.clone().expect("reported");
+        attrs.state = WorkerState::Up;
+        let report = MemberReport {
+            seq: 3,
+            cause: allot_wire::DeltaCause::Change,
+            attrs,
+        };
+        g.handle_frame(now, link, frame_of(&report));
+        assert!(sent_to(&mut g, "a").contains(&text(13)));
+        g.link_closed(now, link);
+        assert_eq!(sent_to(&mut g, "a").last(), Some(&text(13)));
+        // A seed's watch goes down: offered last too.
+        g.member_live(addr(10), false);
+        let a = sent_to(&mut g, "a");
+        assert_eq!(a[0], text(12), "the one live member first: {a:?}");
+        // The member registers again in another set: it moves there.
+        register(&mut g, now, "d", addr(13), 4, 0);
+        assert!(!sent_to(&mut g, "a").contains(&text(13)));
+        assert!(sent_to(&mut g, "d").contains(&text(13)));
+        // A member of set a loses its link: offered (down) until it is
+        // forgotten, silent past `forget_after`; then no more.
+        let l15 = register(&mut g, now, "a", addr(15), 4, 0);
+        g.link_closed(now, l15);
+        assert!(sent_to(&mut g, "a").contains(&text(15)));
+        let later = now + g.forget_after + Duration::from_secs(5);
+        g.handle_timeout(later);
+        g.handle_timeout(later + SWEEP);
+        assert_eq!(sent_to(&mut g, "a"), [text(12), text(10)]);
     }
 
     #[test]
