@@ -421,7 +421,10 @@ async fn a_burst_uses_large_packets_and_loses_none() {
             while let Some(chunk) = recv.read_chunk(usize::MAX, true).await.unwrap() {
                 total += chunk.bytes.len();
             }
-            total
+            // The connection is handed back, not dropped: dropping its last
+            // handle closes it, and the client's MTU discovery (checked
+            // below) needs it open until its last probe is acknowledged.
+            (total, conn)
         }
     });
     let conn = transport::connect(&client, addr).await.unwrap();
@@ -443,12 +446,22 @@ async fn a_burst_uses_large_packets_and_loses_none() {
         sent += block.len();
     }
     send.finish().unwrap();
-    let received = tokio::time::timeout(Duration::from_secs(20), sink)
+    let (received, server_conn) = tokio::time::timeout(Duration::from_secs(60), sink)
         .await
         .expect("the receiver should finish")
         .unwrap();
     assert_eq!(received, sent);
 
+    // MTU discovery runs beside the transfer, one probe per round trip,
+    // and on a starved machine the 64 MiB can be through before its last
+    // probe is: wait (the connection stays open and probes on its own)
+    // until it reaches the largest size, or give up and report the path.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while conn.stats().path.current_mtu != transport::JUMBO_UDP_PAYLOAD
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let path = conn.stats().path;
     assert_eq!(path.black_holes_detected, 0, "{path:?}");
     assert_eq!(path.lost_packets, 0, "{path:?}");
@@ -458,6 +471,7 @@ async fn a_burst_uses_large_packets_and_loses_none() {
         "loopback allows the largest packets: {path:?}"
     );
     conn.close(codes::NORMAL, b"done");
+    drop(server_conn);
     stop(&client).await;
     stop(&server).await;
 }
