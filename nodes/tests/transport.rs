@@ -406,6 +406,45 @@ fn error_codes_round_trip() {
 #[tokio::test]
 async fn a_burst_uses_large_packets_and_loses_none() {
     let dir = cluster("burst");
+    // A lost packet fails the test, unless the kernel counted a UDP
+    // receive-buffer drop meanwhile: on a starved machine loopback
+    // delivery can be held back and then overflow the receiver's socket
+    // buffer, which says nothing about our datagram sizes. Such an attempt
+    // is repeated, a few times only: the defects this guards against
+    // (batches over 64 KiB, black-hole fallback) lose packets on every
+    // attempt, with no receive-buffer drop to show for it.
+    let mut attempts = Vec::new();
+    let path = loop {
+        let before = udp_rcvbuf_errors();
+        let path = burst(&dir).await;
+        let dropped = matches!((before, udp_rcvbuf_errors()), (Some(b), Some(a)) if a > b);
+        if path.lost_packets == 0 || !dropped || attempts.len() == 2 {
+            break path;
+        }
+        attempts.push(path);
+    };
+    assert_eq!(path.black_holes_detected, 0, "{path:?} after {attempts:?}");
+    assert_eq!(path.lost_packets, 0, "{path:?} after {attempts:?}");
+    assert_eq!(
+        path.current_mtu,
+        transport::JUMBO_UDP_PAYLOAD,
+        "loopback allows the largest packets: {path:?}"
+    );
+}
+
+/// The host's count of UDP datagrams dropped for a full receive buffer
+/// (`RcvbufErrors` in `/proc/net/snmp`), where the system has one.
+fn udp_rcvbuf_errors() -> Option<u64> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp: "));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let i = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
+/// One burst of [`a_burst_uses_large_packets_and_loses_none`] on fresh
+/// endpoints: the sender's path once MTU discovery is done.
+async fn burst(dir: &TempDir) -> quinn::PathStats {
     let dist = Pki::load(dir.path(), "dist-1").unwrap();
     let worker = Pki::load(dir.path(), "worker_1").unwrap();
     let server = transport::endpoint(&dist, loopback()).unwrap();
@@ -421,7 +460,10 @@ async fn a_burst_uses_large_packets_and_loses_none() {
             while let Some(chunk) = recv.read_chunk(usize::MAX, true).await.unwrap() {
                 total += chunk.bytes.len();
             }
-            total
+            // The connection is handed back, not dropped: dropping its last
+            // handle closes it, and the client's MTU discovery (checked
+            // below) needs it open until its last probe is acknowledged.
+            (total, conn)
         }
     });
     let conn = transport::connect(&client, addr).await.unwrap();
@@ -443,23 +485,28 @@ async fn a_burst_uses_large_packets_and_loses_none() {
         sent += block.len();
     }
     send.finish().unwrap();
-    let received = tokio::time::timeout(Duration::from_secs(20), sink)
+    let (received, server_conn) = tokio::time::timeout(Duration::from_secs(60), sink)
         .await
         .expect("the receiver should finish")
         .unwrap();
     assert_eq!(received, sent);
 
+    // MTU discovery runs beside the transfer, one probe per round trip,
+    // and on a starved machine the 64 MiB can be through before its last
+    // probe is: wait (the connection stays open and probes on its own)
+    // until it reaches the largest size, or give up and report the path.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while conn.stats().path.current_mtu != transport::JUMBO_UDP_PAYLOAD
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let path = conn.stats().path;
-    assert_eq!(path.black_holes_detected, 0, "{path:?}");
-    assert_eq!(path.lost_packets, 0, "{path:?}");
-    assert_eq!(
-        path.current_mtu,
-        transport::JUMBO_UDP_PAYLOAD,
-        "loopback allows the largest packets: {path:?}"
-    );
     conn.close(codes::NORMAL, b"done");
+    drop(server_conn);
     stop(&client).await;
     stop(&server).await;
+    path
 }
 
 fn unix_now() -> u64 {

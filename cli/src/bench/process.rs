@@ -9,16 +9,32 @@ use std::time::Duration;
 /// run): no orphaned nodes are left behind. The children are spawned from
 /// the main thread, whose exit is what the kernel watches.
 pub(super) fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    die_with(cmd, std::process::id())
+}
+
+/// [`die_with_parent`], for a child whose parent should be `parent`: the
+/// child ends itself at once if its parent is already another process.
+fn die_with(cmd: &mut Command, parent: u32) -> &mut Command {
     #[cfg(target_os = "linux")]
     {
         use std::os::unix::process::CommandExt;
-        let parent = std::process::id();
         // SAFETY: runs in the child between fork and exec, and calls only
-        // async-signal-safe functions (prctl, getppid, kill) with no
-        // allocation or locking. Exercised by every `--processes` bench,
+        // async-signal-safe functions (signal, prctl, getppid, kill) with
+        // no allocation or locking. Exercised by every `--processes` bench,
         // including the cluster tests.
         unsafe {
             cmd.pre_exec(move || {
+                // Until exec the child keeps the bench's handlers, and the
+                // bench catches SIGTERM and SIGINT (`crate::interrupt`): a
+                // SIGTERM arriving now (the bench died during the spawn)
+                // would only set a flag in this copy of the bench, and the
+                // node would then run on with no parent. The default
+                // action, which exec would restore anyway, makes it fatal.
+                for sig in [libc::SIGTERM, libc::SIGINT] {
+                    if libc::signal(sig, libc::SIG_DFL) == libc::SIG_ERR {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -30,6 +46,8 @@ pub(super) fn die_with_parent(cmd: &mut Command) -> &mut Command {
             });
         }
     }
+    #[cfg(not(target_os = "linux"))]
+    let _ = parent;
     cmd
 }
 
@@ -89,4 +107,41 @@ pub(super) fn rss_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    use std::time::Instant;
+
+    /// A child that finds its parent gone before exec ends itself, even
+    /// with the bench's SIGTERM handler (which it inherits from the fork)
+    /// in place: it must not go on to run the node.
+    #[test]
+    fn a_child_whose_parent_is_gone_dies_despite_the_benchs_handlers() {
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        // SAFETY: runs in the child between fork and exec; `catch` only
+        // calls sigaction, which is async-signal-safe.
+        unsafe {
+            // In the child only: the handlers a bench has when it spawns.
+            cmd.pre_exec(crate::interrupt::catch);
+        }
+        // No process has this id: the child sees its parent as gone.
+        let mut child = die_with(&mut cmd, u32::MAX).spawn().expect("spawn sleep");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the child ran on without its parent");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}");
+    }
 }
