@@ -332,12 +332,7 @@ pub async fn open(conn: &quinn::Connection, me: &Hello) -> Result<Stream, ConnEr
     out.send(me, &Bytes::new())?;
     let first = reader.next().await?.ok_or(ConnError::Closed)?;
     if first.kind() == MessageKind::Error {
-        let e = first.validate::<ErrorMsg>()?;
-        let e = e.get();
-        return Err(ConnError::Refused {
-            code: decode_code(&e.code),
-            message: e.message.as_str().to_owned(),
-        });
+        return Err(refusal(first)?);
     }
     let peer_role = transport::peer_role(conn).map_err(|e| ConnError::Forbidden(e.to_string()))?;
     let hello = Handshake::new().on_frame(first).map_err(|(e, _)| e)?;
@@ -411,6 +406,17 @@ pub fn refuse(stream_out: &Outbox, reader: &mut FrameReader, code: ErrorCode, me
     let _ = stream_out.send(&ErrorMsg { code, message }, &Bytes::new());
     stream_out.close();
     reader.reject(code);
+}
+
+/// The refusal an `Error` frame from the peer carries (its code and
+/// words), or why the frame could not be read.
+pub fn refusal(f: Frame) -> Result<ConnError, FrameError> {
+    let e = f.validate::<ErrorMsg>()?;
+    let e = e.get();
+    Ok(ConnError::Refused {
+        code: decode_code(&e.code),
+        message: e.message.as_str().to_owned(),
+    })
 }
 
 /// The owned error code of an archived one.

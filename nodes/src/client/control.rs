@@ -5,9 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use allot_wire::{
-    ErrorMsg, MessageKind, Role, WorkerControl, WorkerControlReply, WorkerOp, WorkerState,
-};
+use allot_wire::{MessageKind, Role, WorkerControl, WorkerControlReply, WorkerOp, WorkerState};
 use bytes::Bytes;
 
 use crate::conn::{self, ConnError};
@@ -76,14 +74,7 @@ pub async fn control_worker(
                     Err(ControlError::Refused(r.error))
                 }
             }
-            MessageKind::Error => {
-                let e = f.validate::<ErrorMsg>()?;
-                Err(ConnError::Refused {
-                    code: conn::decode_code(&e.get().code),
-                    message: e.get().message.as_str().to_owned(),
-                }
-                .into())
-            }
+            MessageKind::Error => Err(conn::refusal(f)?.into()),
             k => Err(ConnError::Forbidden(format!("unexpected {k:?} from the distributor")).into()),
         }
     })

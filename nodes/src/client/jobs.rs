@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use allot_wire::{
-    Attr, Demands, ErrorMsg, IndexRange, JobAck, JobOp, JobQuery, JobReply, JobSubmit, JobSummary,
+    Attr, Demands, IndexRange, JobAck, JobOp, JobQuery, JobReply, JobSubmit, JobSummary,
     JobTaskRow, JobTaskState, JobTasks, MessageKind, Role, SetStatusQuery, SetStatusReply,
     WorkerState,
 };
@@ -501,11 +501,7 @@ impl JobClient {
                     return Ok(f);
                 }
                 if f.kind() == MessageKind::Error {
-                    let e = f.validate::<ErrorMsg>()?;
-                    return Err(JobError::Conn(ConnError::Refused {
-                        code: conn::decode_code(&e.get().code),
-                        message: e.get().message.as_str().to_owned(),
-                    }));
+                    return Err(JobError::Conn(conn::refusal(f)?));
                 }
             }
         })

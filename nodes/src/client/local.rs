@@ -683,16 +683,11 @@ impl Inner {
 
     async fn read_redirect(reader: &mut conn::FrameReader) -> Result<Redirect, ConnError> {
         let f = reader.next().await?.ok_or(ConnError::Closed)?;
-        let r = if f.kind() == MessageKind::Error {
-            let e = f.validate::<ErrorMsg>()?;
-            Err(ConnError::Refused {
-                code: conn::decode_code(&e.get().code),
-                message: e.get().message.as_str().to_owned(),
-            })
+        if f.kind() == MessageKind::Error {
+            Err(conn::refusal(f)?)
         } else {
             Ok(f.validate::<Redirect>()?.to_owned_message()?)
-        };
-        r
+        }
     }
 
     /// Connects to the distributors from `start` on, in order (and, with
