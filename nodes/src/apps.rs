@@ -537,6 +537,12 @@ mod tests {
         );
     }
 
+    /// As above, where the kernel gives out no pidfds.
+    #[test]
+    fn a_stopped_command_on_the_blocking_pool_gets_sigterm_then_sigkill() {
+        command::without_pidfds(a_stopped_command_gets_sigterm_then_sigkill);
+    }
+
     #[test]
     fn commands_get_stdin_and_report_exit_status() {
         let rt = rt();

@@ -14,8 +14,10 @@
 //!   write that fails (a full disk) fails the task with the error, and the
 //!   child, whose pipe is closed, stops.
 //!
-//! Spawning happens on the runtime's blocking pool, so that a worker with
-//! many slots starts their commands in parallel (see [`run`]).
+//! A command with no input and no output files is spawned and watched on
+//! the runtime's own thread (`inline`), which costs the thread one wake-up
+//! per task; the others, and every command where the kernel gives out no
+//! pidfds, are spawned on the runtime's blocking pool (see [`run`]).
 //!
 //! Bounds: output kept for the result is at most [`super::MAX_OUTPUT`]
 //! (more fails the task), stderr kept for its message at most
@@ -30,6 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{AppOutcome, Stop, TaskInfo, MAX_OUTPUT, STOP_GRACE};
 
 mod blocking;
+mod inline;
 
 /// Bytes of stderr kept for a failed task's message.
 pub const STDERR_KEPT: u64 = 64 * 1024;
@@ -270,6 +273,9 @@ pub(super) async fn run(
             .env("ALLOT_TASK_ID", format!("{job}/{}", info.index));
     }
     if app.output_dir.is_none() && input.is_empty() {
+        if inline::available() {
+            return inline::run(command, cmd, stop).await;
+        }
         return blocking::run(command, cmd, stop).await;
     }
     let mut command = tokio::process::Command::from(command);
@@ -438,6 +444,16 @@ fn null_stdin() -> Stdio {
         .as_ref()
         .and_then(|f| f.try_clone().ok())
         .map_or_else(Stdio::null, Stdio::from)
+}
+
+/// Runs `f` with commands started from this thread taking the blocking
+/// pool's path, as where the kernel gives out no pidfds.
+#[cfg(test)]
+pub(crate) fn without_pidfds<R>(f: impl FnOnce() -> R) -> R {
+    inline::NO_PIDFD.with(|n| n.set(true));
+    let r = f();
+    inline::NO_PIDFD.with(|n| n.set(false));
+    r
 }
 
 /// Sends `sig` to the process group led by `pid` (the command).
@@ -649,10 +665,119 @@ mod tests {
         }
     }
 
+    /// Runs `f` on both paths a command without input or output files can
+    /// take: watched on the runtime's thread, and on the blocking pool.
+    fn on_both_paths(f: impl Fn()) {
+        f();
+        without_pidfds(f);
+    }
+
+    /// Output past what a pipe holds (64 KiB) comes back whole, from a
+    /// command that ends within the first look and one that runs longer.
+    #[test]
+    fn output_past_a_pipe_comes_back_whole() {
+        on_both_paths(|| {
+            for line in [
+                "head -c 300000 /dev/zero",
+                "sh -c 'sleep 0.05; head -c 300000 /dev/zero'",
+            ] {
+                let app = table(line, &CommandSetup::default()).unwrap();
+                match out(&app, TaskInfo::new(1, 1)) {
+                    AppOutcome::Ok(o) => {
+                        assert_eq!(o.len(), 300_000, "{line}");
+                        assert!(o.iter().all(|b| *b == 0), "{line}");
+                    }
+                    o => panic!("{line}: {o:?}"),
+                }
+            }
+            // A long stderr is read to its end too (and cut for the
+            // message), so the command never blocks on it.
+            let noisy = table(
+                "sh -c 'head -c 300000 /dev/zero >&2; exit 4'",
+                &CommandSetup::default(),
+            )
+            .unwrap();
+            match out(&noisy, TaskInfo::new(1, 1)) {
+                AppOutcome::Failed {
+                    exit_code, message, ..
+                } => {
+                    assert_eq!(exit_code, 4);
+                    assert!(
+                        message.len() <= STDERR_KEPT as usize + 200,
+                        "{}",
+                        message.len()
+                    );
+                }
+                o => panic!("{o:?}"),
+            }
+        });
+    }
+
+    /// What a process the command started writes after the command has
+    /// exited is part of the output: the task ends when the output does.
+    #[test]
+    fn output_written_after_the_command_exits_is_kept() {
+        on_both_paths(|| {
+            let app = table(
+                "(sleep 0.2; echo late) & echo early",
+                &CommandSetup::default(),
+            )
+            .unwrap();
+            assert_eq!(
+                out(&app, TaskInfo::new(1, 1)),
+                AppOutcome::Ok(Bytes::from_static(b"early\nlate\n"))
+            );
+        });
+    }
+
+    /// Quick and slower commands, direct and under `sh`, report their
+    /// output, their exit status and their stderr on either path.
+    #[test]
+    fn exit_status_and_stderr_on_either_path() {
+        on_both_paths(|| {
+            let quick = table("/bin/echo quick", &CommandSetup::default()).unwrap();
+            assert_eq!(
+                out(&quick, TaskInfo::new(1, 1)),
+                AppOutcome::Ok(Bytes::from_static(b"quick\n"))
+            );
+            let slow = table(
+                "sleep 0.05; echo out; echo why >&2; exit 5",
+                &CommandSetup::default(),
+            )
+            .unwrap();
+            match out(&slow, TaskInfo::new(1, 1)) {
+                AppOutcome::Failed {
+                    exit_code,
+                    output,
+                    message,
+                } => {
+                    assert_eq!(exit_code, 5);
+                    assert_eq!(&output[..], b"out\n");
+                    assert!(message.contains("status 5: why"), "{message}");
+                }
+                o => panic!("{o:?}"),
+            }
+            let missing = table("/nonexistent/program", &CommandSetup::default()).unwrap();
+            match out(&missing, TaskInfo::new(1, 1)) {
+                AppOutcome::Failed {
+                    exit_code, message, ..
+                } => {
+                    assert_eq!(exit_code, 127);
+                    assert!(message.contains("cannot start"), "{message}");
+                }
+                o => panic!("{o:?}"),
+            }
+        });
+    }
+
     /// A task dropped at its deadline kills its command's process group
     /// (the shell and what it started), and the child is reaped.
     #[test]
     fn a_command_past_its_deadline_is_killed_and_reaped() {
+        on_both_paths(a_command_past_its_deadline_is_killed_and_reaped_once);
+    }
+
+    fn a_command_past_its_deadline_is_killed_and_reaped_once() {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("pid");
         let line = format!("echo $$ > {}; sleep 30", pidfile.display());
@@ -684,6 +809,10 @@ mod tests {
     /// that left the command's group still holds its output open.
     #[test]
     fn a_dropped_task_does_not_wait_for_an_escaped_process() {
+        on_both_paths(a_dropped_task_does_not_wait_for_an_escaped_process_once);
+    }
+
+    fn a_dropped_task_does_not_wait_for_an_escaped_process_once() {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("escaped");
         let line = format!(
