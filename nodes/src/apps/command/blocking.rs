@@ -1,10 +1,9 @@
-//! The fast path of a command task with no input and no output files:
-//! the whole child, from spawn to exit, is handled on one thread of the
-//! runtime's blocking pool (spawn, read stdout and stderr with `poll`,
-//! wait), and the runtime's thread is woken once, when it has ended. The
-//! general path ([`super::run`]) registers the child's pipes and its
-//! process with the runtime instead, which costs it three or four wake-ups
-//! and six `epoll` changes per task.
+//! The path of a command task with no input and no output files where
+//! the kernel gives out no pidfds (Linux before 5.3; see [`super::inline`]
+//! for the usual one): the whole child, from spawn to exit, is handled on
+//! one thread of the runtime's blocking pool (spawn, read stdout and
+//! stderr with `poll`, wait), and the runtime's thread is woken once the
+//! child has started and once when it has ended.
 //!
 //! A task dropped meanwhile (deadline, cancel, worker stopping) kills the
 //! command's process group, as the general path's `kill_on_drop` does, and

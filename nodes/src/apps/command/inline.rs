@@ -22,6 +22,11 @@
 //! stopping) kills the group and leaves the reaping to the blocking pool,
 //! which returns at once: the group has been sent SIGKILL.
 //!
+//! `posix_spawn` holds the thread until the child has executed its
+//! program (about 0.1 ms for a small one), so a worker starts its
+//! commands one after the other: thousands a second, far more than
+//! commands that do anything take.
+//!
 //! Where pidfds are not available (Linux before 5.3), commands take the
 //! blocking pool's path.
 
