@@ -351,16 +351,7 @@ pub(super) async fn run(
         Some(s) => (Some(s.signal), s.grace),
         None => (None, STOP_GRACE),
     };
-    let stopped = async {
-        // A sender dropped without firing is no stop.
-        let fired = match signal {
-            Some(rx) => rx.await.is_ok(),
-            None => false,
-        };
-        if !fired {
-            std::future::pending::<()>().await;
-        }
-    };
+    let stopped = stop_fired(signal);
     let (out, err, status) = tokio::select! {
         r = &mut body => r,
         () = stopped => {
@@ -454,6 +445,29 @@ pub(crate) fn without_pidfds<R>(f: impl FnOnce() -> R) -> R {
     let r = f();
     inline::NO_PIDFD.with(|n| n.set(false));
     r
+}
+
+/// Resolves when `signal` fires; never when there is none, or its sender
+/// was dropped without firing (no stop).
+async fn stop_fired(signal: Option<tokio::sync::oneshot::Receiver<()>>) {
+    let fired = match signal {
+        Some(rx) => rx.await.is_ok(),
+        None => false,
+    };
+    if !fired {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Sets `command` up for the paths without input: its own process group
+/// (a stop reaches what a shell started), `/dev/null` in, pipes out.
+fn piped(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    command
+        .process_group(0)
+        .stdin(null_stdin())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
 }
 
 /// Sends `sig` to the process group led by `pid` (the command).

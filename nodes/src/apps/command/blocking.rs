@@ -15,10 +15,10 @@
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::{Arc, Mutex};
 
-use super::{failed, null_stdin, signal_group, STDERR_KEPT};
+use super::{failed, piped, signal_group, stop_fired, STDERR_KEPT};
 use crate::apps::{AppOutcome, Stop, MAX_OUTPUT, STOP_GRACE};
 
 /// What the blocking thread hands back.
@@ -56,12 +56,7 @@ pub(super) async fn run(
     cmd: &str,
     stop: Option<Stop>,
 ) -> AppOutcome {
-    use std::os::unix::process::CommandExt;
-    command
-        .process_group(0)
-        .stdin(null_stdin())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    piped(&mut command);
     let group: Group = Arc::new(Mutex::new(None));
     let (cancel, cancelled) = match std::os::unix::net::UnixStream::pair() {
         Ok((r, w)) => (Some(w), Some(r)),
@@ -94,15 +89,7 @@ pub(super) async fn run(
         Some(s) => (Some(s.signal), s.grace),
         None => (None, STOP_GRACE),
     };
-    let stopped = async {
-        let fired = match signal_rx {
-            Some(rx) => rx.await.is_ok(),
-            None => false,
-        };
-        if !fired {
-            std::future::pending::<()>().await;
-        }
-    };
+    let stopped = stop_fired(signal_rx);
     let joined = tokio::select! {
         r = &mut job => r,
         () = stopped => {

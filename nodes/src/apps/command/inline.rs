@@ -32,13 +32,13 @@
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use super::{failed, null_stdin, signal_group, STDERR_KEPT};
+use super::{failed, piped, signal_group, stop_fired, STDERR_KEPT};
 use crate::apps::{AppOutcome, Stop, MAX_OUTPUT, STOP_GRACE};
 
 /// How long a command may run before its pipes are read as it writes:
@@ -241,12 +241,7 @@ pub(super) async fn run(
     cmd: &str,
     stop: Option<Stop>,
 ) -> AppOutcome {
-    use std::os::unix::process::CommandExt;
-    command
-        .process_group(0)
-        .stdin(null_stdin())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    piped(&mut command);
     let mut child = match command.spawn() {
         Ok(c) => c,
         Err(e) => return failed(127, format!("cannot start `{cmd}`: {e}")),
@@ -287,16 +282,7 @@ pub(super) async fn run(
         };
         tokio::pin!(body);
         let signal = stop.map(|s| s.signal);
-        let stopped = async {
-            // A sender dropped without firing is no stop.
-            let fired = match signal {
-                Some(rx) => rx.await.is_ok(),
-                None => false,
-            };
-            if !fired {
-                std::future::pending::<()>().await;
-            }
-        };
+        let stopped = stop_fired(signal);
         tokio::select! {
             () = &mut body => false,
             () = stopped => {
