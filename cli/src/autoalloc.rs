@@ -233,6 +233,7 @@ impl AutoallocArgs {
             Some(j) => j.to_string(),
             None => join_addr(listen),
         };
+        let job_name = slurm::job_name(name, &out_dir);
         let script = slurm::script(&slurm::ScriptParams {
             allot: allot.display().to_string(),
             pki: abs(pki).display().to_string(),
@@ -240,7 +241,7 @@ impl AutoallocArgs {
             cert: self.autoalloc_cert.clone(),
             idle_secs: self.autoalloc_idle.as_secs().max(1),
             worker_args,
-            job_name: format!("allot-{name}"),
+            job_name: job_name.clone(),
         });
         tracing::info!(
             cores = template.cores,
@@ -257,6 +258,7 @@ impl AutoallocArgs {
                 poll: autoalloc::DEFAULT_POLL,
                 backoff: autoalloc::DEFAULT_BACKOFF,
                 slots: template.slots,
+                job_name: job_name.clone(),
             },
             script,
             submit_args: [

@@ -565,3 +565,85 @@ fn without_a_pool_certificate_the_job_issues_its_own() {
     let cert = Path::new(&pki).join(format!("auto-{id}.pem"));
     assert!(cert.exists(), "{} issued by the job", cert.display());
 }
+
+/// The ids of this user's jobs whose name starts with `prefix`.
+fn jobs_named(prefix: &str) -> Vec<String> {
+    let o = sh("squeue", &["-h", "--me", "-o", "%i %j"]);
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (id, name) = l.trim().split_once(' ')?;
+            name.starts_with(prefix).then(|| id.to_owned())
+        })
+        .collect()
+}
+
+/// Cancels every job of this user whose name starts with its prefix when
+/// the test ends, however it ends.
+struct JobsNamed(&'static str);
+
+impl Drop for JobsNamed {
+    fn drop(&mut self) {
+        for id in jobs_named(self.0) {
+            let _ = sh("scancel", &[&id]);
+        }
+    }
+}
+
+/// A distributor killed while its job is pending, and started again on
+/// the same data directory, adopts that job: `allot status` lists it, and
+/// with the task still waiting it submits no second one (without the
+/// adoption it would, past `--autoalloc-max-jobs 1`).
+#[test]
+fn a_restarted_distributor_adopts_its_pending_job_and_submits_no_more() {
+    let _turn = SLURM.lock().unwrap_or_else(|p| p.into_inner());
+    if !slurm_ready("a_restarted_distributor_adopts_its_pending_job_and_submits_no_more") {
+        return;
+    }
+    let dir = Dir::new("slurm-adopt");
+    let pki = common::pki(&dir.0, &[("d1", "distributor"), ("client", "client")]);
+    let addr = common::port().to_string();
+    // The job is held for an hour: it stays pending, its worker never
+    // starts, and the task keeps waiting for it.
+    let args = [
+        "--autoalloc-max-jobs",
+        "1",
+        "--autoalloc-idle",
+        "600",
+        "--autoalloc-args",
+        "--begin=now+3600",
+    ];
+    let mut d = autoalloc_distributor(&dir.0, &pki, &addr, &args);
+    eventually("the distributor to answer", Duration::from_secs(20), || {
+        allocations(&pki, &addr)
+    });
+    submit_job(&pki, &addr, "server.feature_ssd == 1", "waits");
+    let first = eventually("a job submitted", Duration::from_secs(30), || {
+        let al = allocations(&pki, &addr)?;
+        al["allocations"][0]["id"].as_str().map(str::to_owned)
+    });
+    let _jobs = JobsNamed("allot-d1-");
+    assert_eq!(jobs_named("allot-d1-"), std::slice::from_ref(&first));
+
+    d.kill();
+    let _d = autoalloc_distributor(&dir.0, &pki, &addr, &args);
+    // The task is journaled: it waits again once the job is reloaded.
+    let al = eventually(
+        "the job adopted and the task waiting",
+        Duration::from_secs(30),
+        || {
+            allocations(&pki, &addr)
+                .filter(|a| a["allocations"][0]["id"] == first.as_str() && a["waiting_tasks"] == 1)
+        },
+    );
+    assert_eq!(al["allocations"][0]["state"], "PENDING", "{al}");
+    // Several ticks and polls later, still the one job.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        jobs_named("allot-d1-"),
+        std::slice::from_ref(&first),
+        "a second job was submitted"
+    );
+    let al = allocations(&pki, &addr).unwrap();
+    assert_eq!(al["allocations"].as_array().map(Vec::len), Some(1), "{al}");
+}

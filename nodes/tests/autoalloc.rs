@@ -22,6 +22,7 @@ fn autoalloc(d: &mut allot::DistributorConfig) {
             poll: Duration::from_secs(2),
             backoff: Duration::from_secs(5),
             slots: 4,
+            job_name: "allot-d1-0".into(),
         },
         script: "#!/bin/sh\nexec allot worker\n".into(),
         submit_args: Vec::new(),
@@ -41,6 +42,24 @@ fn autoalloc(d: &mut allot::DistributorConfig) {
     });
 }
 
+/// A distributor with [`autoalloc`] that has looked for the jobs of an
+/// earlier run and found `earlier` (id, state).
+fn started(earlier: Vec<(String, String)>) -> Sim {
+    let mut sim = Sim::new(autoalloc);
+    // The first sweep asks.
+    sim.advance(Duration::from_secs(1));
+    let asked: Vec<Action> = std::iter::from_fn(|| sim.dist.poll_autoalloc()).collect();
+    assert_eq!(
+        asked,
+        [Action::Find {
+            name: "allot-d1-0".into()
+        }]
+    );
+    let now = sim.now;
+    sim.dist.autoalloc_found(now, Ok(earlier));
+    sim
+}
+
 fn submits(sim: &mut Sim) -> usize {
     std::iter::from_fn(|| sim.dist.poll_autoalloc())
         .filter(|a| matches!(a, Action::Submit { .. }))
@@ -49,7 +68,7 @@ fn submits(sim: &mut Sim) -> usize {
 
 #[test]
 fn only_tasks_no_live_worker_can_take_start_a_job_and_they_wait_for_its_worker() {
-    let mut sim = Sim::new(autoalloc);
+    let mut sim = started(Vec::new());
     let echo = sim.worker("w-echo", &["echo", "sleep"], 1);
     let c = sim.client("cli");
     // A task the live worker takes (even when busy) asks for nothing.
@@ -118,7 +137,7 @@ fn only_tasks_no_live_worker_can_take_start_a_job_and_they_wait_for_its_worker()
 
 #[test]
 fn a_refusal_is_the_reason_in_status_and_the_task_keeps_waiting() {
-    let mut sim = Sim::new(autoalloc);
+    let mut sim = started(Vec::new());
     let c = sim.client("cli");
     sim.submit(c, &task(1, "sha256"), b"");
     sim.advance(Duration::from_secs(1));
@@ -142,4 +161,52 @@ fn a_refusal_is_the_reason_in_status_and_the_task_keeps_waiting() {
     assert_eq!(submits(&mut sim), 1, "tried again after the backoff");
     sim.advance(Duration::from_secs(70));
     assert_eq!(sim.result(c, 1), None, "still waiting");
+}
+
+/// After a restart the core adopts the earlier run's running job, and a
+/// worker of that job already registered counts as its worker: no job is
+/// asked for the task it can take.
+#[test]
+fn an_adopted_job_keeps_its_registered_worker() {
+    let mut sim = Sim::new(autoalloc);
+    let w = sim.worker_with("auto-77", &["sha256"], 4, |w| {
+        w.labels = vec![
+            Attr {
+                key: "slurm_job".into(),
+                value: AttrValue::Str("77".into()),
+            },
+            Attr {
+                key: "feature_ssd".into(),
+                value: AttrValue::Bool(true),
+            },
+        ];
+    });
+    sim.advance(Duration::from_millis(200));
+    let c = sim.client("cli");
+    let mut hash = task(1, "sha256");
+    hash.require = "server.feature_ssd == 1".into();
+    sim.submit(c, &hash, b"frame");
+    sim.advance(Duration::from_millis(300));
+    assert_eq!(status(sim.result(c, 1)), Some(TaskStatus::Ok));
+    let asked: Vec<Action> = std::iter::from_fn(|| sim.dist.poll_autoalloc()).collect();
+    assert!(
+        asked.iter().all(|a| matches!(a, Action::Find { .. })),
+        "{asked:?}"
+    );
+    let now = sim.now;
+    sim.dist
+        .autoalloc_found(now, Ok(vec![("77".into(), "RUNNING".into())]));
+    let st = sim.ask_status(
+        c,
+        StatusQuery {
+            include_down: true,
+            max_workers: 10,
+        },
+    );
+    let al = st.autoalloc.expect("the allocation's status");
+    assert_eq!(al.allocations.len(), 1);
+    assert_eq!(al.allocations[0].id, "77");
+    assert_eq!(al.allocations[0].state, "RUNNING");
+    assert_eq!(al.allocations[0].workers, ["auto-77"]);
+    assert_eq!(sim.workers[w].core.done(), 1);
 }

@@ -795,6 +795,32 @@ impl Core {
         a.policy.submitted(now, result);
     }
 
+    /// What the look for jobs an earlier run of this distributor submitted
+    /// said: those still pending or running are adopted, and the workers
+    /// of theirs already registered are counted as theirs.
+    pub fn autoalloc_found(&mut self, now: Instant, result: Result<Vec<(String, String)>, String>) {
+        self.st.now = now;
+        let Some(a) = self.st.autoalloc.as_mut() else {
+            return;
+        };
+        if let Err(e) = &result {
+            tracing::warn!(backend = %a.backend, "autoalloc: cannot list the jobs of an earlier run (no submission until it can): {e}");
+        }
+        a.policy.found(now, result);
+        if !a.policy.adopted() {
+            return;
+        }
+        for s in self.st.table.snapshot() {
+            if s.state == ServerState::Down {
+                continue;
+            }
+            let job = s.record.labels.iter().find(|(k, _)| k == "slurm_job");
+            if let Some((_, LabelValue::Str(job))) = job {
+                a.policy.worker_joined(job, &s.record.name);
+            }
+        }
+    }
+
     /// What the poll of the automatic allocation's jobs said.
     pub fn autoalloc_states(
         &mut self,

@@ -435,6 +435,10 @@ fn run_autoalloc(shell: &Rc<Shell>) {
                     let r = slurm::states(&ids).await;
                     shell.core.borrow_mut().autoalloc_states(Instant::now(), r);
                 }
+                Action::Find { name } => {
+                    let r = slurm::find(&name).await;
+                    shell.core.borrow_mut().autoalloc_found(Instant::now(), r);
+                }
                 Action::Cancel { id } => match slurm::cancel(&id).await {
                     Ok(()) => tracing::info!(job = %id, "autoalloc: idle pending job cancelled"),
                     Err(e) => tracing::warn!(job = %id, "autoalloc: scancel failed: {e}"),

@@ -19,6 +19,12 @@
 //!   job ends by itself: its worker exits after `idle` without a task.
 //! * **Poll** the states of the jobs pending or running every `poll`;
 //!   a job the batch system no longer lists has ended.
+//! * **Adopt** first: before its first submission the policy asks the
+//!   batch system for the jobs of its name still pending or running
+//!   (an earlier run of this distributor submitted them) and counts them
+//!   as its own, so a restart never takes it past `max_jobs`. Until they
+//!   are known it submits nothing; a failed look is tried again every
+//!   `poll`, its error the reason tasks show while they wait.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -46,6 +52,8 @@ pub struct PolicyConfig {
     pub backoff: Duration,
     /// Tasks one worker of an allocation takes at once.
     pub slots: u32,
+    /// The name its jobs are submitted under (what adoption looks for).
+    pub job_name: String,
 }
 
 /// What the shell is to do.
@@ -66,6 +74,23 @@ pub enum Action {
         /// The batch system's job ids.
         ids: Vec<String>,
     },
+    /// List this user's jobs of this name still pending or running;
+    /// report with [`Policy::found`].
+    Find {
+        /// The job name.
+        name: String,
+    },
+}
+
+/// Where adoption of an earlier run's jobs stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Adoption {
+    /// To ask at the next tick.
+    Due,
+    /// Asked; no answer yet.
+    Out,
+    /// Known: submissions may start.
+    Done,
 }
 
 /// One job submitted.
@@ -111,9 +136,12 @@ pub struct Policy {
     waiting: u32,
     /// When such a task last waited.
     last_demand: Instant,
-    /// Actions not yet taken by the shell: at most one submit, one poll
-    /// and one cancel per active job (each is queued once).
+    /// Actions not yet taken by the shell: at most one find, one submit,
+    /// one poll and one cancel per active job (each is queued once).
     actions: VecDeque<Action>,
+    adoption: Adoption,
+    /// When a failed find is tried again.
+    next_find: Instant,
 }
 
 /// Whether Slurm's state `s` (squeue's `%T`) is one a job ends in.
@@ -152,6 +180,8 @@ impl Policy {
             waiting: 0,
             last_demand: now,
             actions: VecDeque::new(),
+            adoption: Adoption::Due,
+            next_find: now,
         }
     }
 
@@ -170,9 +200,16 @@ impl Policy {
         if self.backoff_until.is_some_and(|t| now >= t) {
             self.backoff_until = None;
         }
+        if self.adoption == Adoption::Due && now >= self.next_find {
+            self.adoption = Adoption::Out;
+            self.actions.push_back(Action::Find {
+                name: self.cfg.job_name.clone(),
+            });
+        }
         let coming = self.active.iter().filter(|a| a.on_its_way()).count();
         let need = waiting.div_ceil(self.cfg.slots.max(1)) as usize;
         if waiting > 0
+            && self.adoption == Adoption::Done
             && !self.submitting
             && coming < need
             && self.active.len() < self.cfg.max_jobs as usize
@@ -261,6 +298,60 @@ impl Policy {
         self.active = still;
     }
 
+    /// What the look for an earlier run's jobs said: (id, state) of each
+    /// job of its name the batch system lists, or why it could not be
+    /// asked (tried again after `poll`). Jobs not ended are counted as
+    /// its own, at most `max_jobs` (more are logged and left to end by
+    /// themselves: their workers still join, and exit when idle).
+    pub fn found(&mut self, now: Instant, result: Result<Vec<(String, String)>, String>) {
+        if self.adoption != Adoption::Out {
+            return;
+        }
+        let listed = match result {
+            Ok(l) => l,
+            Err(why) => {
+                self.last_error = format!("cannot list the jobs an earlier run submitted: {why}");
+                self.adoption = Adoption::Due;
+                self.next_find = now + self.cfg.poll;
+                return;
+            }
+        };
+        self.adoption = Adoption::Done;
+        self.last_error.clear();
+        let mut left = 0usize;
+        for (id, state) in listed {
+            if is_final(&state) || self.active.iter().any(|a| a.id == id) {
+                continue;
+            }
+            if self.active.len() >= self.cfg.max_jobs as usize {
+                left += 1;
+                continue;
+            }
+            tracing::info!(job = %id, %state, "autoalloc: job of an earlier run adopted");
+            self.active.push(Allocation {
+                id,
+                state,
+                submitted: now,
+                workers: Vec::new(),
+                cancelled: false,
+            });
+        }
+        if left > 0 {
+            tracing::warn!(
+                left,
+                max_jobs = self.cfg.max_jobs,
+                "autoalloc: more jobs of an earlier run than --autoalloc-max-jobs; those not adopted end by themselves"
+            );
+        }
+        self.next_poll = self.next_poll.min(now + self.cfg.poll);
+    }
+
+    /// Whether the jobs of an earlier run are known (submissions may
+    /// start).
+    pub fn adopted(&self) -> bool {
+        self.adoption == Adoption::Done
+    }
+
     /// Worker `worker` registered with the label `slurm_job` = `job`;
     /// false if `job` is none of the jobs pending or running.
     pub fn worker_joined(&mut self, job: &str, worker: &str) -> bool {
@@ -280,10 +371,8 @@ impl Policy {
     /// it has anything to wait for.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let poll = (!self.active.is_empty() && self.polling.is_none()).then_some(self.next_poll);
-        match (poll, self.backoff_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let find = (self.adoption == Adoption::Due).then_some(self.next_find);
+        [poll, self.backoff_until, find].into_iter().flatten().min()
     }
 
     /// Jobs pending or running, then the last ended ones.
@@ -311,6 +400,16 @@ impl Policy {
     /// Why a task that only a worker of an allocation could take waits,
     /// in words.
     pub fn reason(&self, now: Instant) -> String {
+        if self.adoption != Adoption::Done {
+            if !self.last_error.is_empty() {
+                return format!(
+                    "{}; next try in {} s",
+                    self.last_error,
+                    self.cfg.poll.as_secs()
+                );
+            }
+            return "looking for jobs an earlier run of this distributor submitted".into();
+        }
         if !self.last_error.is_empty() {
             return format!(
                 "the last submission was refused ({}); next try in {} s",
@@ -348,7 +447,22 @@ mod tests {
             poll: Duration::from_secs(2),
             backoff: Duration::from_secs(5),
             slots: 1,
+            job_name: "allot-d1".into(),
         }
+    }
+
+    /// A policy that has looked for an earlier run's jobs and found none.
+    fn fresh(cfg: PolicyConfig, now: Instant) -> Policy {
+        let mut p = Policy::new(cfg, "#!/bin/sh\n".into(), now);
+        p.tick(now, 0);
+        assert_eq!(
+            actions(&mut p),
+            [Action::Find {
+                name: "allot-d1".into()
+            }]
+        );
+        p.found(now, Ok(Vec::new()));
+        p
     }
 
     fn actions(p: &mut Policy) -> Vec<Action> {
@@ -366,7 +480,7 @@ mod tests {
     #[test]
     fn never_more_jobs_than_the_maximum() {
         let t0 = Instant::now();
-        let mut p = Policy::new(cfg(3), "#!/bin/sh\n".into(), t0);
+        let mut p = fresh(cfg(3), t0);
         let mut jobs = 0;
         for s in 0..50u64 {
             let now = t0 + Duration::from_secs(s);
@@ -413,12 +527,11 @@ mod tests {
     #[test]
     fn no_submission_without_demand_or_while_enough_is_coming() {
         let t0 = Instant::now();
-        let mut p = Policy::new(
+        let mut p = fresh(
             PolicyConfig {
                 slots: 4,
                 ..cfg(10)
             },
-            String::new(),
             t0,
         );
         p.tick(t0, 0);
@@ -452,7 +565,7 @@ mod tests {
     #[test]
     fn a_refused_submission_backs_off_with_its_reason() {
         let t0 = Instant::now();
-        let mut p = Policy::new(cfg(2), String::new(), t0);
+        let mut p = fresh(cfg(2), t0);
         p.tick(t0, 1);
         assert_eq!(submits(&actions(&mut p)), 1);
         let why = "sbatch: error: invalid partition specified: nope";
@@ -481,7 +594,7 @@ mod tests {
     #[test]
     fn an_idle_pending_job_is_cancelled() {
         let t0 = Instant::now();
-        let mut p = Policy::new(cfg(2), String::new(), t0);
+        let mut p = fresh(cfg(2), t0);
         p.tick(t0, 2);
         actions(&mut p);
         p.submitted(t0, Ok("1".into()));
@@ -512,7 +625,7 @@ mod tests {
     #[test]
     fn states_are_polled_on_an_interval() {
         let t0 = Instant::now();
-        let mut p = Policy::new(cfg(1), String::new(), t0);
+        let mut p = fresh(cfg(1), t0);
         p.tick(t0, 1);
         actions(&mut p);
         assert_eq!(p.poll_timeout(), None);
@@ -533,5 +646,78 @@ mod tests {
         p.states(t0, Ok(vec![("5".into(), "COMPLETED".into())]));
         assert_eq!(p.allocations().next().unwrap().state, "COMPLETED");
         assert_eq!(p.poll_timeout(), None);
+    }
+
+    /// A restarted distributor first adopts the jobs its earlier run left
+    /// pending or running: it submits nothing before it knows them, and
+    /// they count against the maximum.
+    #[test]
+    fn a_restart_adopts_the_jobs_of_the_earlier_run() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(cfg(2), String::new(), t0);
+        p.tick(t0, 5);
+        assert_eq!(
+            actions(&mut p),
+            [Action::Find {
+                name: "allot-d1".into()
+            }]
+        );
+        // Asked, not answered: nothing submitted however many wait.
+        p.tick(t0 + Duration::from_secs(1), 5);
+        assert!(actions(&mut p).is_empty());
+        assert!(p.reason(t0).contains("earlier run"), "{}", p.reason(t0));
+        p.found(
+            t0 + Duration::from_secs(1),
+            Ok(vec![
+                ("41".into(), "RUNNING".into()),
+                ("42".into(), "PENDING".into()),
+                ("40".into(), "COMPLETED".into()),
+            ]),
+        );
+        let ids: Vec<_> = p.allocations().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["41", "42"]);
+        assert!(p.worker_joined("41", "auto-41"));
+        // Two jobs, the maximum: still no submission; the pending one is
+        // what the tasks wait for.
+        p.tick(t0 + Duration::from_secs(2), 5);
+        assert_eq!(submits(&actions(&mut p)), 0);
+        assert_eq!(p.reason(t0), "job 42 is starting a worker");
+    }
+
+    /// A look that fails is tried again after the poll period, its error
+    /// the reason tasks wait; more jobs than the maximum are not adopted.
+    #[test]
+    fn a_failed_look_is_retried_and_adoption_is_bounded() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(cfg(1), String::new(), t0);
+        p.tick(t0, 1);
+        assert_eq!(actions(&mut p).len(), 1);
+        p.found(
+            t0,
+            Err("slurm_load_jobs error: Unable to contact slurm controller".into()),
+        );
+        assert!(
+            p.reason(t0).contains("Unable to contact"),
+            "{}",
+            p.reason(t0)
+        );
+        assert!(!p.adopted());
+        assert_eq!(p.poll_timeout(), Some(t0 + Duration::from_secs(2)));
+        p.tick(t0 + Duration::from_secs(1), 1);
+        assert!(actions(&mut p).is_empty(), "not before the poll period");
+        p.tick(t0 + Duration::from_secs(2), 1);
+        let a = actions(&mut p);
+        assert_eq!(a.len(), 1);
+        assert!(matches!(a[0], Action::Find { .. }), "{a:?}");
+        p.found(
+            t0 + Duration::from_secs(2),
+            Ok(vec![
+                ("7".into(), "PENDING".into()),
+                ("8".into(), "PENDING".into()),
+            ]),
+        );
+        assert!(p.adopted());
+        assert_eq!(p.allocations().count(), 1);
+        assert!(p.last_error().is_empty());
     }
 }

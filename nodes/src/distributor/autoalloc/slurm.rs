@@ -115,6 +115,29 @@ pub fn parse_squeue(out: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The name of the jobs of distributor `name` whose data directory's
+/// allocation files are in `dir` (absolute): `allot-NAME-HASH`, the hash
+/// (FNV-1a) of `dir`, so that a restart of the same distributor finds its
+/// jobs again ([`find`]) and two distributors that share a name but not a
+/// data directory never take each other's.
+pub fn job_name(name: &str, dir: &std::path::Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut h: u32 = 0x811c_9dc5;
+    for b in dir.as_os_str().as_bytes() {
+        h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+    }
+    format!("allot-{name}-{h:08x}")
+}
+
+/// This user's jobs named `name` that Slurm still lists (`squeue --me
+/// --name`): (id, state).
+pub async fn find(name: &str) -> Result<Vec<(String, String)>, String> {
+    let args = ["-h", "--me", "--name", name, "-o", "%i %T"].map(str::to_owned);
+    run("squeue", &args, None)
+        .await
+        .map(|out| parse_squeue(&out))
+}
+
 /// Cancels job `id`.
 pub async fn cancel(id: &str) -> Result<(), String> {
     run("scancel", &[id.to_owned()], None).await.map(|_| ())
@@ -271,6 +294,13 @@ mod tests {
             ]
         );
         assert_eq!(feature_label("nvme-2.0"), "feature_nvme_2_0");
+        let a = job_name("d1", std::path::Path::new("/data/a/autoalloc"));
+        assert!(
+            a.starts_with("allot-d1-") && a.len() == "allot-d1-".len() + 8,
+            "{a}"
+        );
+        assert_eq!(a, job_name("d1", std::path::Path::new("/data/a/autoalloc")));
+        assert_ne!(a, job_name("d1", std::path::Path::new("/data/b/autoalloc")));
     }
 
     #[test]
