@@ -70,6 +70,12 @@ pub struct UpArgs {
     /// http://ADDR/, its metrics at http://ADDR/metrics.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     metrics: SocketAddr,
+    /// A file holding a bearer token for the dashboard, its API and
+    /// `/metrics` (as `allot distributor --metrics-token`). The dashboard
+    /// URL printed then holds the token (`?token=...`), so that opening it
+    /// just works: do not paste it where others see it.
+    #[arg(long, value_name = "FILE")]
+    metrics_token: Option<PathBuf>,
     /// Log lines (stderr) as text, or as one JSON object a line.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -119,9 +125,12 @@ struct Running {
     gateway: SocketAddr,
     distributor: SocketAddr,
     workers: u16,
-    /// The dashboard's URL (the distributor's metrics address); None if
-    /// the distributor serves none, and then nothing is printed about it.
+    /// The dashboard's URL (the distributor's metrics address, with
+    /// `?token=` when there is a token); None if the distributor serves
+    /// none, and then nothing is printed about it.
     dashboard: Option<String>,
+    /// Whether the dashboard's URL holds a token (the text says so).
+    dashboard_token: bool,
 }
 
 impl Running {
@@ -179,6 +188,11 @@ impl Running {
         );
         if let Some(d) = &self.dashboard {
             t.push_str(&format!("  dashboard:   {d}\n"));
+            if self.dashboard_token {
+                t.push_str(
+                    "               (the URL holds the --metrics-token: do not paste it where others see it)\n",
+                );
+            }
         }
         t.push_str(&format!(
             "  directory:   {} (certificates in pki/, the distributor's data in data-{DISTRIBUTOR}/)\n\
@@ -307,6 +321,15 @@ fn worker_name(i: u16) -> String {
     format!("worker-{i}")
 }
 
+/// The dashboard's URL for a distributor serving metrics at `addr`: with
+/// `?token=` when there is a token, encoded so that the page reads it back.
+fn dashboard_url(addr: SocketAddr, token: Option<&str>) -> String {
+    match token {
+        Some(t) => format!("http://{addr}/?token={}", allot::observe::token_query(t)),
+        None => format!("http://{addr}/"),
+    }
+}
+
 fn start_nodes(a: &UpArgs, dir: &Path, pki: &Path, nodes: &mut Nodes) -> Result<()> {
     let local = SocketAddr::new(a.listen_addr.ip(), 0);
     let g = allot::gateway::spawn(GatewayConfig::new(
@@ -326,7 +349,11 @@ fn start_nodes(a: &UpArgs, dir: &Path, pki: &Path, nodes: &mut Nodes) -> Result<
     );
     cfg.set_name = SET.into();
     cfg.gateways = vec![gw.into()];
-    cfg.metrics = Some(allot::observe::MetricsConfig::new(a.metrics));
+    // The only node of `allot up` serving metrics: the gateway and the
+    // workers serve none.
+    let mut metrics = allot::observe::MetricsConfig::new(a.metrics);
+    metrics.token_file = a.metrics_token.clone();
+    cfg.metrics = Some(metrics);
     let d = allot::distributor::spawn(cfg).with_context(|| {
         format!(
             "starting the distributor (dashboard on --metrics {})",
@@ -412,6 +439,13 @@ pub fn run(mut a: UpArgs) -> Result<()> {
             a.metrics
         );
     }
+    // Read here, before anything is created or started, with the node's
+    // own checks (the distributor reads the file again as it starts).
+    let token = a
+        .metrics_token
+        .as_deref()
+        .map(allot::observe::read_token)
+        .transpose()?;
     let dir = prepare_dir(&a.dir.clone().unwrap_or_else(default_dir))?;
     let _lock = DirLock::take(&dir)?;
     let pki = dir.join("pki");
@@ -439,7 +473,8 @@ pub fn run(mut a: UpArgs) -> Result<()> {
             gateway,
             distributor,
             workers: a.workers,
-            dashboard: metrics.map(|m| format!("http://{m}/")),
+            dashboard: metrics.map(|m| dashboard_url(m, token.as_deref())),
+            dashboard_token: token.is_some(),
         };
         write_env_file(&env_file, &running.export_line())?;
         if a.json {
@@ -504,5 +539,15 @@ mod tests {
         assert_eq!(shell_quote("/tmp/my dir"), "'/tmp/my dir'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn the_dashboard_url_holds_the_token_encoded() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9464));
+        assert_eq!(dashboard_url(addr, None), "http://127.0.0.1:9464/");
+        assert_eq!(
+            dashboard_url(addr, Some("a+b&c")),
+            "http://127.0.0.1:9464/?token=a%2Bb%26c"
+        );
     }
 }

@@ -253,6 +253,102 @@ fn up_serves_its_dashboard_at_the_url_it_prints() {
     );
 }
 
+/// `url` (`http://ADDR/?QUERY` or `http://ADDR/`): the address and the
+/// query, `?` included (empty without one).
+fn split_url(url: &str) -> (std::net::SocketAddr, String) {
+    let rest = url
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("{url}"));
+    let (addr, path) = rest.split_once('/').unwrap_or_else(|| panic!("{url}"));
+    let addr: std::net::SocketAddr = addr.parse().unwrap_or_else(|_| panic!("{url}"));
+    assert!(addr.ip().is_loopback() && addr.port() != 0, "{url}");
+    let query = path.strip_prefix('?').map(|q| format!("?{q}"));
+    assert!(query.is_some() || path.is_empty(), "{url}");
+    (addr, query.unwrap_or_default())
+}
+
+#[test]
+fn up_with_a_metrics_token_prints_a_dashboard_url_that_holds_it() {
+    use common::http::get;
+    let dir = Dir::new("up-token");
+    let token = dir.0.join("token");
+    // Characters a query would misread unless encoded: `+` (a space),
+    // `&` and `#` (the end of the parameter), `%` (an escape).
+    std::fs::write(&token, " s3cret+a&b#c%25/\n").unwrap();
+    let t = token.to_str().unwrap();
+    let check = |url: &str| {
+        let (addr, query) = split_url(url);
+        assert!(query.starts_with("?token="), "{url}");
+        assert!(!url.contains('+') && !url.contains('#'), "encoded: {url}");
+        let (code, page) = get(addr, &format!("/{query}"));
+        assert_eq!(code, 200, "{url}");
+        assert!(page.contains("<title>allot dashboard</title>"), "{page}");
+        let (code, body) = get(addr, &format!("/api/workers{query}"));
+        assert_eq!(code, 200, "/api/workers{query}: {body}");
+        assert!(body.contains("worker-1"), "{body}");
+        for path in ["/", "/api/workers", "/api/summary", "/metrics"] {
+            assert_eq!(get(addr, path).0, 401, "{path} without the token");
+        }
+        assert_eq!(get(addr, "/?token=s3cret").0, 401, "another token");
+    };
+
+    // The text: the URL, and a word that it holds the token.
+    let up = Up::start(&dir, &["--metrics-token", t], "warn");
+    let mut dashboard = None;
+    let mut warned = false;
+    loop {
+        let l = up.line();
+        if let Some(d) = l.trim().strip_prefix("dashboard:") {
+            dashboard = Some(d.trim().to_owned());
+        }
+        warned |= l.contains("the URL holds the --metrics-token");
+        if l.trim().starts_with("export ") {
+            break;
+        }
+    }
+    let dashboard = dashboard.expect("a dashboard line before the export line");
+    assert!(warned, "the text says the URL holds the token");
+    check(&dashboard);
+    let (status, stderr) = up.stop("INT");
+    assert!(status.success(), "exit {status:?}: {stderr}");
+
+    // --json: the same URL, token included.
+    let up = Up::start(&dir, &["--json", "--metrics-token", t], "warn");
+    let j: Value = serde_json::from_str(&up.line()).unwrap();
+    check(j["dashboard"].as_str().expect("a dashboard URL"));
+    let (status, stderr) = up.stop("TERM");
+    assert!(status.success(), "exit {status:?}: {stderr}");
+}
+
+#[test]
+fn up_refuses_a_missing_or_empty_metrics_token_before_starting() {
+    let dir = Dir::new("up-token-bad");
+    let empty = dir.0.join("empty");
+    std::fs::write(&empty, " \n").unwrap();
+    let missing = dir.0.join("missing");
+    let cases = [(missing, "No such file"), (empty, "the file is empty")];
+    for (file, why) in cases {
+        // A --dir not yet there: it is still not there after, since the
+        // token is read before anything is created or started.
+        let up_dir = dir.0.join("up");
+        let mut c = bare();
+        c.args(["up", "--listen", "127.0.0.1:0", "--metrics-token"])
+            .arg(&file)
+            .arg("--dir")
+            .arg(&up_dir);
+        let err = assert_fails(c, "up with a bad --metrics-token");
+        assert!(
+            err.contains(&format!("--metrics-token {}", file.display())) && err.contains(why),
+            "{err}"
+        );
+        assert!(
+            !err.contains("starting the distributor"),
+            "refused before any node starts: {err}"
+        );
+        assert!(!up_dir.exists(), "nothing created: {err}");
+    }
+}
+
 #[test]
 fn up_json_reuses_its_pki_flags_win_over_the_environment_and_sigterm_stops_it() {
     let dir = Dir::new("up-json");

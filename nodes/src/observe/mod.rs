@@ -25,6 +25,7 @@ pub use api::{MAX_API_JOBS, MAX_API_WAITING, MAX_API_WORKERS};
 pub use family::{encode, encode_text, Family, Value};
 pub use histogram::{Log2Histogram, BUCKETS};
 pub use series::{Point, Series, SERIES_LEN};
+pub use token::{read_token, token_query, TokenFileError, MAX_TOKEN};
 
 /// How a node serves its metrics.
 #[derive(Debug, Clone)]

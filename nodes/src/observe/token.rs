@@ -1,7 +1,11 @@
 //! The bearer token of `--metrics-token`: read from its file, kept and
 //! compared as a SHA-256 digest (so comparing takes the same time however
 //! much of a guess is right), and read from a query string the way the
-//! dashboard page reads it, so that the two never disagree.
+//! dashboard page reads it, so that the two never disagree. A program
+//! that prints a dashboard URL (`allot up`) reads the file with
+//! [`read_token`] too, so it refuses exactly what the node would, and
+//! puts the token in the URL with [`token_query`], the inverse of
+//! [`token_param`].
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -9,33 +13,46 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 /// Bytes of a token file at most.
-pub(super) const MAX_TOKEN: u64 = 4096;
+pub const MAX_TOKEN: u64 = 4096;
 
-/// Why a token file cannot be used (each names the file).
+/// Why a token file cannot be used (each names the file, and the flag
+/// `--metrics-token` that gave it).
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum TokenFileError {
+#[non_exhaustive]
+pub enum TokenFileError {
     /// It cannot be opened or read.
     #[error("--metrics-token {}: {source}", path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why it cannot be read.
         source: std::io::Error,
     },
     /// Longer than [`MAX_TOKEN`].
     #[error("--metrics-token {}: more than the {MAX_TOKEN} bytes a token may have", path.display())]
-    TooLong { path: PathBuf },
+    TooLong {
+        /// The file.
+        path: PathBuf,
+    },
     /// Nothing but white space.
     #[error("--metrics-token {}: the file is empty", path.display())]
-    Empty { path: PathBuf },
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
     /// Something else than visible ASCII (the token travels in a header).
     #[error("--metrics-token {}: a token is visible ASCII without spaces", path.display())]
-    NotVisible { path: PathBuf },
+    NotVisible {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 /// The token in `path`: its content without surrounding white space;
 /// visible ASCII only (it travels in a header). At most [`MAX_TOKEN`]
 /// bytes are read, whatever the file's size says: a device or a pipe
 /// (`/dev/zero`) reports none and would never end.
-pub(super) fn read_token(path: &Path) -> Result<String, TokenFileError> {
+pub fn read_token(path: &Path) -> Result<String, TokenFileError> {
     let path_buf = || path.to_path_buf();
     let mut bytes = Vec::new();
     std::fs::File::open(path)
@@ -99,6 +116,23 @@ pub(super) fn token_param(query: &str) -> Param {
         Some(v) => Param::Given(v),
         None => Param::Absent,
     }
+}
+
+/// `token` as the value of the query parameter `token`, so that the
+/// page's `URLSearchParams` (and [`token_param`]) decode it back: every
+/// byte but a letter, a digit and `-._~` becomes `%XX` (so `+` is `%2B`,
+/// never read as a space, and `&`, `#` and `%` cannot end or break the
+/// parameter).
+pub fn token_query(token: &str) -> String {
+    let mut out = String::with_capacity(token.len());
+    for b in token.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `raw` with `%XX` and `+` decoded; `None` for a bad escape.
@@ -165,5 +199,21 @@ mod tests {
         assert_eq!(token_param("token="), given(b""));
         assert_eq!(token_param("token=a&token=a"), Param::Twice);
         assert_eq!(token_param("token=a&x=1&token=%zz"), Param::Twice);
+    }
+
+    #[test]
+    fn a_token_put_in_a_query_decodes_back_to_itself() {
+        let every: String = (b'!'..=b'~').map(char::from).collect();
+        for token in [every.as_str(), "s3cret", "a+b", "%25", "a&token=b#c"] {
+            let q = token_query(token);
+            assert!(
+                q.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._~%".contains(&b)),
+                "{q}"
+            );
+            let query = format!("x=1&token={q}");
+            assert_eq!(token_param(&query), Param::Given(token.as_bytes().to_vec()));
+        }
+        assert_eq!(token_query("a+b/%"), "a%2Bb%2F%25");
     }
 }
