@@ -181,6 +181,7 @@ fn tasks_go_from_queued_to_waiting_to_running_to_done_or_failed() {
     assert_eq!((s.counts.done, s.counts.failed, s.tasks), (2, 1, 3));
     assert!(s.finished_ms >= rows[2].ended_ms, "{s:?}");
     // Every end is journaled with its state.
+    sim.journal_catch_up();
     let ends: Vec<(u64, TaskStateRecord)> = sim.journals[0]
         .ops()
         .filter_map(|op| match op {
@@ -276,6 +277,7 @@ fn after_a_restart_results_are_kept_lost_runs_run_again_and_queued_stay_queued()
     );
 
     // The distributor dies with w-1; w-2 is there when it comes back.
+    sim.journal_catch_up();
     let replay = sim.restart_distributor(&[]);
     assert_eq!(replay.jobs.len(), 1);
     assert_eq!(replay.jobs[0].cursor, 4, "tasks 0 to 3 had started");
@@ -340,6 +342,7 @@ fn after_a_restart_the_workers_are_asked_first_so_nothing_runs_twice() {
     // distributor dies; task 1 is still running on the worker.
     sim.journal_mode(0, JournalMode::Hold);
     sim.finish(w, t0, ok(b"first"));
+    sim.journal_catch_up();
     assert_eq!(sim.journals[0].held.len(), 1, "the end is being written");
     sim.journal_mode(0, JournalMode::Commit);
     let replay = sim.restart_distributor(&[w]);
@@ -490,6 +493,7 @@ fn cancelling_a_job_stops_its_running_tasks_and_cancels_the_rest() {
     assert_eq!(states(&mut sim, c, &id), [S::Cancelled; 6]);
     let s = sim.summary(c, &id);
     assert!(s.finished_ms > 0, "{s:?}");
+    sim.journal_catch_up();
     assert!(sim.journals[0]
         .ops()
         .any(|op| matches!(op, JournalOp::Cancelled { num: 1 })));
@@ -578,6 +582,7 @@ fn a_finished_job_is_removed_and_a_running_one_is_not() {
     assert_eq!(ids, [busy.as_str()]);
     let r = sim.query(c, job_query(JobOp::Tasks, &done));
     assert!(r.error.contains("unknown, or removed"), "{}", r.error);
+    sim.journal_catch_up();
     assert!(sim.journals[0]
         .ops()
         .any(|op| matches!(op, JournalOp::Removed { num: 2 })));
@@ -673,6 +678,7 @@ fn output_past_the_bound_per_task_is_truncated_and_says_so() {
         "{}",
         row.message
     );
+    sim.journal_catch_up();
     let journaled = sim.journals[0].ops().find_map(|op| match op {
         JournalOp::Task { rec, .. } => Some(rec.output.len()),
         _ => None,

@@ -711,6 +711,9 @@ impl Core {
         if let Some(q) = self.st.queries.front() {
             t = t.min(q.deadline);
         }
+        if let Some(b) = self.st.jobs.next_batch_at() {
+            t = t.min(b);
+        }
         if let Some(a) = self
             .st
             .autoalloc
@@ -894,7 +897,7 @@ impl Core {
     /// The next batch of job changes for the shell to write in one durable
     /// transaction, if there is one and none is being written.
     pub fn poll_journal(&mut self) -> Option<JournalBatch> {
-        self.st.jobs.poll_journal()
+        self.st.jobs.poll_journal(self.st.now)
     }
 
     /// The shell wrote batch `seq` (or could not, and says why): the jobs

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use allot::apps::{AppOutcome, AppTable};
 use allot::distributor::jobs::record::{JournalOp, Replay};
-use allot::distributor::jobs::JournalBatch;
+use allot::distributor::jobs::{JournalBatch, COMMIT_SPACING};
 use allot::distributor::{Core, Peer};
 use allot::gateway::GatewayCore;
 use allot::link::{LinkId, Transmit};
@@ -618,6 +618,12 @@ impl Sim {
     /// core its timeouts on the way, as the shells' timers would.
     pub fn advance(&mut self, d: Duration) {
         self.advance_but(d, None);
+    }
+
+    /// Lets the distributors' journals take what they hold back for
+    /// [`COMMIT_SPACING`] (the time passes by that much).
+    pub fn journal_catch_up(&mut self) {
+        self.advance(COMMIT_SPACING);
     }
 
     /// Like [`Sim::advance`], but worker `silent` sends nothing (a worker
