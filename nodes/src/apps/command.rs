@@ -727,6 +727,34 @@ mod tests {
         });
     }
 
+    /// More stdout than a result may carry fails the task saying so, and
+    /// a command that closes its output and runs on is waited for: its
+    /// exit status is the result.
+    #[test]
+    fn too_much_output_fails_and_closed_output_still_waits_for_the_exit() {
+        on_both_paths(|| {
+            let line = format!("head -c {} /dev/zero", MAX_OUTPUT + 10);
+            let big = table(&line, &CommandSetup::default()).unwrap();
+            match out(&big, TaskInfo::new(1, 1)) {
+                AppOutcome::Failed { message, .. } => {
+                    assert!(message.contains("exceeds"), "{message}")
+                }
+                o => panic!("{o:?}"),
+            }
+            let quiet = table(
+                "exec >/dev/null 2>&1; sleep 0.3; exit 3",
+                &CommandSetup::default(),
+            )
+            .unwrap();
+            let t0 = std::time::Instant::now();
+            match out(&quiet, TaskInfo::new(1, 1)) {
+                AppOutcome::Failed { exit_code, .. } => assert_eq!(exit_code, 3),
+                o => panic!("{o:?}"),
+            }
+            assert!(t0.elapsed() >= std::time::Duration::from_millis(300));
+        });
+    }
+
     /// What a process the command started writes after the command has
     /// exited is part of the output: the task ends when the output does.
     #[test]

@@ -1,34 +1,32 @@
-//! The fast path of a command task with no input and no output files, run
-//! wholly on the calling (runtime) thread:
+//! The fast path of a command task with no input and no output files:
+//! spawned on the blocking pool, watched from the runtime's thread.
 //!
 //! 1. `posix_spawn` (what std uses) returns once the child has executed
-//!    its program;
+//!    its program; that waits on the program's file system (a hung NFS
+//!    mount, a slow `--app-cwd`), so it runs on the blocking pool, never
+//!    on the thread that serves the worker's links;
 //! 2. the child's exit is seen through a pidfd registered with the
-//!    runtime, the one wake-up of the thread the task costs;
+//!    runtime: one wake-up of its thread at the end;
 //! 3. its stdout and stderr are read from their pipes once it has exited,
 //!    without registering them: a short command's output waits in the
-//!    pipes (64 KiB each), read with one `poll` at its end.
+//!    pipes (64 KiB each), read with one `poll` each at its end.
 //!
-//! Handing the child to another thread instead (the blocking pool, see
-//! [`super::blocking`]) costs a wake-up of each thread for every hand-over,
-//! which on a short command is most of what the worker spends on it.
+//! Handing the whole child to a pool thread instead (see
+//! [`super::blocking`]) costs a wake-up of each thread at its start and at
+//! its end, and a `poll` loop and `waitid` on the pool thread.
 //!
 //! A command still running after [`DRAIN_AFTER`] gets its pipes registered
 //! too and read as it writes, so one that writes more than a pipe holds
 //! never blocks for long; so do pipes still open after the exit (a process
 //! that left the group holds them). The child is reaped only after its
-//! output has ended, so its process group is never signalled once its id
-//! may be reused. A task dropped before that (deadline, cancel, worker
-//! stopping) kills the group and leaves the reaping to the blocking pool,
-//! which returns at once: the group has been sent SIGKILL.
+//! output has ended and its pidfd said it exited, so its process group is
+//! never signalled once its id may be reused. A task dropped before that
+//! (deadline, cancel, worker stopping), or one whose watching fails, kills
+//! the group and leaves the reaping to a thread of its own, which returns
+//! at once: the group has been sent SIGKILL.
 //!
-//! `posix_spawn` holds the thread until the child has executed its
-//! program (about 0.1 ms for a small one), so a worker starts its
-//! commands one after the other: thousands a second, far more than
-//! commands that do anything take.
-//!
-//! Where pidfds are not available (Linux before 5.3), commands take the
-//! blocking pool's path.
+//! Where pidfds are not available (Linux before 5.3, or a seccomp policy
+//! that forbids them), commands take the blocking pool's path.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -49,10 +47,20 @@ const DRAIN_AFTER: Duration = Duration::from_millis(10);
 /// process) before it is read as it comes instead, off the thread's turn.
 const READS_AT_EXIT: usize = 16;
 
-/// Whether this kernel gives out pidfds (asked once, of our own process).
+/// Whether this kernel gives out pidfds: asked of our own process until
+/// it answers for good (a lack of descriptors is asked again next time).
 fn pidfds_work() -> bool {
     static WORK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *WORK.get_or_init(|| pidfd_open(std::process::id()).is_ok())
+    if let Some(w) = WORK.get() {
+        return *w;
+    }
+    match pidfd_open(std::process::id()) {
+        Ok(_) => *WORK.get_or_init(|| true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+            *WORK.get_or_init(|| false)
+        }
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]
@@ -93,12 +101,17 @@ impl Spawned {
         self.0.as_ref().map(Child::id)
     }
 
-    /// Reaps the child (which has exited): the group is not signalled
-    /// after this.
-    fn reap(&mut self) -> std::io::Result<std::process::ExitStatus> {
-        match self.0.take() {
-            Some(mut c) => c.wait(),
-            None => Err(std::io::Error::other("the command was reaped already")),
+    /// Reaps the child if it has exited (its pidfd said so): the group is
+    /// not signalled after this. `None`: it has not, and stays held.
+    fn reap(&mut self) -> Option<std::io::Result<std::process::ExitStatus>> {
+        let c = self.0.as_mut()?;
+        match c.try_wait() {
+            Ok(Some(status)) => {
+                self.0 = None;
+                Some(Ok(status))
+            }
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
         }
     }
 }
@@ -109,16 +122,16 @@ impl Drop for Spawned {
             return;
         };
         signal_group(Some(child.id()), libc::SIGKILL);
-        let reap = move || {
-            let _ = child.wait();
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn_blocking(reap)),
-            Err(_) => {
-                let _ = std::thread::Builder::new()
-                    .name("allot-reap".into())
-                    .spawn(reap);
-            }
+        // Not the blocking pool: a runtime shutting down drops what it has
+        // not started, and the child would stay a zombie.
+        let pid = child.id();
+        let reaper = std::thread::Builder::new()
+            .name("allot-reap".into())
+            .spawn(move || {
+                let _ = child.wait();
+            });
+        if let Err(e) = reaper {
+            tracing::warn!(pid, "cannot start a thread to reap a killed command: {e}");
         }
     }
 }
@@ -127,6 +140,9 @@ impl Drop for Spawned {
 struct Output {
     pipe: Option<OwnedFd>,
     kept: Vec<u8>,
+    /// Why it could not be read to its end (the task fails with it rather
+    /// than pass off part of the output as all of it).
+    failed: Option<String>,
     /// At most this much is kept (one more than may be used tells that
     /// there was more); the rest is read and dropped.
     limit: usize,
@@ -137,6 +153,7 @@ impl Output {
         Output {
             pipe: pipe.map(Into::into),
             kept: Vec::new(),
+            failed: None,
             limit,
         }
     }
@@ -148,7 +165,8 @@ impl Output {
 
     /// Reads what the pipe holds now, without waiting; `true` once it has
     /// ended (or failed).
-    fn read_now(&mut self, scratch: &mut [u8]) -> bool {
+    fn read_now(&mut self) -> bool {
+        let mut scratch = [0u8; 16 * 1024];
         for _ in 0..READS_AT_EXIT {
             let Some(fd) = self.pipe.as_ref() else {
                 return true;
@@ -164,7 +182,9 @@ impl Output {
                 continue;
             }
             if r <= 0 {
-                return r < 0;
+                // Nothing yet (a process holds the pipe), or poll failed:
+                // read it as it comes.
+                return false;
             }
             if p.revents & libc::POLLIN == 0 {
                 // Hung up with nothing left to read.
@@ -180,42 +200,53 @@ impl Output {
                     return true;
                 }
                 Ok(n) => self.keep(&scratch[..n]),
-                Err(_)
-                    if std::io::Error::last_os_error().kind()
-                        == std::io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    self.pipe = None;
-                    return true;
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        self.pipe = None;
+                        self.failed = Some(format!("reading its output failed: {e}"));
+                        return true;
+                    }
                 }
             }
         }
         false
     }
 
+    /// What was kept, or why it could not be read to its end.
+    fn result(self) -> Result<Vec<u8>, String> {
+        match self.failed {
+            Some(why) => Err(why),
+            None => Ok(self.kept),
+        }
+    }
+
     /// Reads the pipe to its end as it is written.
     async fn drain(&mut self) {
         let Some(fd) = self.pipe.take() else { return };
-        if set_nonblocking(&fd).is_err() {
-            return;
+        if let Err(e) = self.drain_fd(fd).await {
+            self.failed = Some(format!("reading its output failed: {e}"));
         }
+    }
+
+    async fn drain_fd(&mut self, fd: OwnedFd) -> std::io::Result<()> {
+        set_nonblocking(&fd)?;
         // SAFETY: the `File` owns the descriptor and keeps it open, as
         // the same file, for as long as the `AsyncFd` holds it.
-        let Ok(fd) = (unsafe {
-            AsyncFd::register_with_interest(std::fs::File::from(fd), Interest::READABLE)
-        }) else {
-            return;
-        };
+        let fd =
+            unsafe { AsyncFd::register_with_interest(std::fs::File::from(fd), Interest::READABLE) }
+                .map_err(std::io::Error::from)?;
         let mut scratch = vec![0u8; 16 * 1024];
         loop {
-            let Ok(mut ready) = fd.readable().await else {
-                return;
-            };
+            let mut ready = fd.readable().await?;
             match ready.try_io(|f| {
                 let mut file: &std::fs::File = f.get_ref();
                 file.read(&mut scratch)
             }) {
-                Ok(Ok(0)) | Ok(Err(_)) => return,
+                Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(n)) => self.keep(&scratch[..n]),
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
                 Err(_would_block) => {}
             }
         }
@@ -234,70 +265,97 @@ fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Runs `command` (stdin, stdout and stderr are set here) on this thread;
-/// `cmd` names it in messages. Only when [`available`].
+/// Runs `command` (stdin, stdout and stderr are set here): spawned on the
+/// blocking pool, watched from this thread; `cmd` names it in messages.
+/// Only when [`available`].
 pub(super) async fn run(
     mut command: std::process::Command,
     cmd: &str,
     stop: Option<Stop>,
 ) -> AppOutcome {
     piped(&mut command);
-    let mut child = match command.spawn() {
-        Ok(c) => c,
-        Err(e) => return failed(127, format!("cannot start `{cmd}`: {e}")),
+    // A task dropped while this runs drops the guard unseen: the child is
+    // killed and reaped.
+    let started = tokio::task::spawn_blocking(move || {
+        let mut child = command.spawn()?;
+        let pipes = (child.stdout.take(), child.stderr.take());
+        Ok::<_, std::io::Error>((Spawned(Some(child)), pipes))
+    })
+    .await;
+    let (mut spawned, (stdout, stderr)) = match started {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return failed(127, format!("cannot start `{cmd}`: {e}")),
+        Err(e) => return failed(1, format!("cannot start `{cmd}`: {e}")),
     };
-    let mut out = Output::new(child.stdout.take(), MAX_OUTPUT + 1);
-    let mut err = Output::new(child.stderr.take(), STDERR_KEPT as usize + 1);
+    let mut out = Output::new(stdout, MAX_OUTPUT + 1);
+    let mut err = Output::new(stderr, STDERR_KEPT as usize + 1);
     // SAFETY: the `OwnedFd` keeps the descriptor open, as the same pidfd,
     // for as long as the `AsyncFd` holds it.
-    let pidfd = pidfd_open(child.id()).and_then(|fd| {
-        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-            .map_err(std::io::Error::from)
-    });
-    let mut spawned = Spawned(Some(child));
+    let pidfd = spawned
+        .pid()
+        .ok_or_else(|| std::io::Error::other("no child"))
+        .and_then(pidfd_open)
+        .and_then(|fd| {
+            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+                .map_err(std::io::Error::from)
+        });
     let pidfd = match pidfd {
         Ok(fd) => fd,
         // The kernel gave our own process one: this is out of descriptors
-        // (the group is killed and the child reaped on the way out).
+        // or epoll's limits (the group is killed and the child reaped on
+        // the way out).
         Err(e) => return failed(1, format!("cannot watch `{cmd}`: {e}")),
     };
     let grace = stop.as_ref().map_or(STOP_GRACE, |s| s.grace);
-    let stopped_late = {
+    let watched = {
         let body = async {
-            let exited = async {
-                let _ = pidfd.readable().await;
+            let exited = pidfd.readable();
+            let quick = match tokio::time::timeout(DRAIN_AFTER, exited).await {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) => return Err(e),
+                Err(_) => false,
             };
-            let quick = tokio::time::timeout(DRAIN_AFTER, exited).await.is_ok();
-            let mut scratch = [0u8; 16 * 1024];
             let ended = quick && {
-                let o = out.read_now(&mut scratch);
-                let e = err.read_now(&mut scratch);
+                let o = out.read_now();
+                let e = err.read_now();
                 o && e
             };
             if !ended {
-                tokio::join!(out.drain(), err.drain(), async {
-                    let _ = pidfd.readable().await;
+                let (_, _, exited) = tokio::join!(out.drain(), err.drain(), async {
+                    pidfd.readable().await.map(|_| ())
                 });
+                exited?;
             }
+            Ok(())
         };
         tokio::pin!(body);
         let signal = stop.map(|s| s.signal);
         let stopped = stop_fired(signal);
         tokio::select! {
-            () = &mut body => false,
+            r = &mut body => Some(r),
             () = stopped => {
                 signal_group(spawned.pid(), libc::SIGTERM);
-                tokio::time::timeout(grace, &mut body).await.is_err()
+                tokio::time::timeout(grace, &mut body).await.ok()
             }
         }
     };
-    if stopped_late {
-        // Dropping `spawned` kills the group and reaps the child.
-        return failed(
-            -9,
-            format!("`{cmd}` did not exit within {grace:?} of SIGTERM: killed"),
-        );
+    // On every way out before the reaping, dropping `spawned` kills the
+    // group and reaps the child.
+    match watched {
+        None => {
+            return failed(
+                -9,
+                format!("`{cmd}` did not exit within {grace:?} of SIGTERM: killed"),
+            )
+        }
+        Some(Err(e)) => return failed(1, format!("watching `{cmd}` failed: {e}")),
+        Some(Ok(())) => {}
     }
-    let status = spawned.reap();
-    super::outcome(cmd, Ok(out.kept), Ok(err.kept), status, None, None)
+    let Some(status) = spawned.reap() else {
+        return failed(
+            1,
+            format!("watching `{cmd}` failed: its pidfd said it had exited; it has not"),
+        );
+    };
+    super::outcome(cmd, out.result(), err.result(), status, None, None)
 }
