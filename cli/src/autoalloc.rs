@@ -78,6 +78,11 @@ fn split(flag: &str, s: &str) -> Result<Vec<String>> {
     shlex::split(s).with_context(|| format!("--{flag}: unbalanced quotes in {s:?}"))
 }
 
+/// Whether sbatch argument `a` sets the job's name (`-J`, `--job-name`).
+fn names_the_job(a: &str) -> bool {
+    a == "--job-name" || a.starts_with("--job-name=") || a.starts_with("-J")
+}
+
 /// The partition named in sbatch arguments (`-p P`, `--partition P`,
 /// `--partition=P`), if any.
 fn partition(args: &[String]) -> Option<String> {
@@ -158,6 +163,11 @@ impl AutoallocArgs {
             return Ok(None);
         };
         let submit_args = split("autoalloc-args", &self.autoalloc_args)?;
+        if let Some(a) = submit_args.iter().find(|a| names_the_job(a)) {
+            bail!(
+                "--autoalloc-args: {a:?}: the distributor names its jobs itself, so that a restart finds them again"
+            );
+        }
         if let Some(c) = &self.autoalloc_cert {
             let (pem, key) = (pki.join(format!("{c}.pem")), pki.join(format!("{c}.key")));
             if !pem.exists() || !key.exists() {
@@ -233,6 +243,9 @@ impl AutoallocArgs {
             Some(j) => j.to_string(),
             None => join_addr(listen),
         };
+        // The real path: the same directory reached another way (a link,
+        // `..`) names the same jobs.
+        let out_dir = std::fs::canonicalize(&out_dir).unwrap_or(out_dir);
         let job_name = slurm::job_name(name, &out_dir);
         let script = slurm::script(&slurm::ScriptParams {
             allot: allot.display().to_string(),
@@ -276,6 +289,16 @@ impl AutoallocArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_name_in_the_sbatch_arguments_is_spotted() {
+        for a in ["-J", "-Jx", "--job-name", "--job-name=x"] {
+            assert!(names_the_job(a), "{a}");
+        }
+        for a in ["--partition", "-p", "--jobname", "--time=1"] {
+            assert!(!names_the_job(a), "{a}");
+        }
+    }
 
     #[test]
     fn the_partition_is_found_in_sbatch_arguments() {

@@ -566,9 +566,13 @@ fn without_a_pool_certificate_the_job_issues_its_own() {
     assert!(cert.exists(), "{} issued by the job", cert.display());
 }
 
-/// The ids of this user's jobs whose name starts with `prefix`.
+/// The ids of this user's jobs pending or running whose name starts
+/// with `prefix`.
 fn jobs_named(prefix: &str) -> Vec<String> {
-    let o = sh("squeue", &["-h", "--me", "-o", "%i %j"]);
+    let o = sh(
+        "squeue",
+        &["-h", "--me", "-t", "PENDING,RUNNING", "-o", "%i %j"],
+    );
     String::from_utf8_lossy(&o.stdout)
         .lines()
         .filter_map(|l| {
@@ -576,6 +580,12 @@ fn jobs_named(prefix: &str) -> Vec<String> {
             name.starts_with(prefix).then(|| id.to_owned())
         })
         .collect()
+}
+
+/// The name of job `id`.
+fn job_name(id: &str) -> String {
+    let o = sh("squeue", &["-h", "-j", id, "-o", "%j"]);
+    String::from_utf8_lossy(&o.stdout).trim().to_owned()
 }
 
 /// Cancels every job of this user whose name starts with its prefix when
@@ -617,13 +627,16 @@ fn a_restarted_distributor_adopts_its_pending_job_and_submits_no_more() {
     eventually("the distributor to answer", Duration::from_secs(20), || {
         allocations(&pki, &addr)
     });
+    let _jobs = JobsNamed("allot-d1-");
     submit_job(&pki, &addr, "server.feature_ssd == 1", "waits");
     let first = eventually("a job submitted", Duration::from_secs(30), || {
         let al = allocations(&pki, &addr)?;
         al["allocations"][0]["id"].as_str().map(str::to_owned)
     });
-    let _jobs = JobsNamed("allot-d1-");
-    assert_eq!(jobs_named("allot-d1-"), std::slice::from_ref(&first));
+    // Named for this distributor and its data directory.
+    let name = job_name(&first);
+    assert!(name.starts_with("allot-d1-"), "{name}");
+    assert_eq!(jobs_named(&name), std::slice::from_ref(&first));
 
     d.kill();
     let _d = autoalloc_distributor(&dir.0, &pki, &addr, &args);
@@ -640,7 +653,7 @@ fn a_restarted_distributor_adopts_its_pending_job_and_submits_no_more() {
     // Several ticks and polls later, still the one job.
     std::thread::sleep(Duration::from_secs(5));
     assert_eq!(
-        jobs_named("allot-d1-"),
+        jobs_named(&name),
         std::slice::from_ref(&first),
         "a second job was submitted"
     );

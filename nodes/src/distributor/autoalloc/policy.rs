@@ -38,6 +38,12 @@ pub const ENDED_KEPT: usize = 16;
 /// Worker names kept per job (a job of many nodes lists its first ones).
 pub const WORKERS_KEPT: usize = 64;
 
+/// How long an adopted running job counts as bringing a worker while
+/// none of its has registered: its worker, if it lives, dials again
+/// within seconds; one that never comes (the distributor moved) must not
+/// hold back submissions until the job's time limit.
+pub const ADOPTED_GRACE: Duration = Duration::from_secs(30);
+
 /// How the policy is tuned.
 #[derive(Debug, Clone)]
 pub struct PolicyConfig {
@@ -107,11 +113,18 @@ pub struct Allocation {
     pub workers: Vec<String>,
     /// A cancel was asked.
     pub cancelled: bool,
+    /// Found running after a restart (not submitted by this run).
+    pub adopted: bool,
 }
 
 impl Allocation {
-    fn on_its_way(&self) -> bool {
+    /// Whether it still brings a worker: none of its has registered, and
+    /// it is not an adopted running job past [`ADOPTED_GRACE`].
+    fn on_its_way(&self, now: Instant) -> bool {
         self.workers.is_empty()
+            && !(self.adopted
+                && self.state == "RUNNING"
+                && now.saturating_duration_since(self.submitted) >= ADOPTED_GRACE)
     }
 }
 
@@ -206,7 +219,7 @@ impl Policy {
                 name: self.cfg.job_name.clone(),
             });
         }
-        let coming = self.active.iter().filter(|a| a.on_its_way()).count();
+        let coming = self.active.iter().filter(|a| a.on_its_way(now)).count();
         let need = waiting.div_ceil(self.cfg.slots.max(1)) as usize;
         if waiting > 0
             && self.adoption == Adoption::Done
@@ -256,6 +269,7 @@ impl Policy {
                     submitted: now,
                     workers: Vec::new(),
                     cancelled: false,
+                    adopted: false,
                 });
                 // Learn its state soon.
                 self.next_poll = self.next_poll.min(now + self.cfg.poll);
@@ -313,18 +327,29 @@ impl Policy {
                 self.last_error = format!("cannot list the jobs an earlier run submitted: {why}");
                 self.adoption = Adoption::Due;
                 self.next_find = now + self.cfg.poll;
+                // Shown as the time to the next try.
+                self.backoff_until = Some(self.next_find);
                 return;
             }
         };
         self.adoption = Adoption::Done;
         self.last_error.clear();
+        self.backoff_until = None;
+        // Running jobs first: they are the ones with workers.
+        let mut listed: Vec<(String, String)> =
+            listed.into_iter().filter(|(_, s)| !is_final(s)).collect();
+        listed.sort_by_key(|(_, s)| s != "RUNNING");
         let mut left = 0usize;
         for (id, state) in listed {
-            if is_final(&state) || self.active.iter().any(|a| a.id == id) {
+            if self.active.iter().any(|a| a.id == id) {
                 continue;
             }
             if self.active.len() >= self.cfg.max_jobs as usize {
                 left += 1;
+                // A pending one would start a worker nobody asked for.
+                if state == "PENDING" {
+                    self.actions.push_back(Action::Cancel { id });
+                }
                 continue;
             }
             tracing::info!(job = %id, %state, "autoalloc: job of an earlier run adopted");
@@ -334,13 +359,14 @@ impl Policy {
                 submitted: now,
                 workers: Vec::new(),
                 cancelled: false,
+                adopted: true,
             });
         }
         if left > 0 {
             tracing::warn!(
                 left,
                 max_jobs = self.cfg.max_jobs,
-                "autoalloc: more jobs of an earlier run than --autoalloc-max-jobs; those not adopted end by themselves"
+                "autoalloc: more jobs of an earlier run than --autoalloc-max-jobs; the pending ones are cancelled, the running ones end when idle"
             );
         }
         self.next_poll = self.next_poll.min(now + self.cfg.poll);
@@ -420,7 +446,7 @@ impl Policy {
         let coming: Vec<&str> = self
             .active
             .iter()
-            .filter(|a| a.on_its_way())
+            .filter(|a| a.on_its_way(now))
             .map(|a| a.id.as_str())
             .collect();
         if !coming.is_empty() {
@@ -719,5 +745,23 @@ mod tests {
         assert!(p.adopted());
         assert_eq!(p.allocations().count(), 1);
         assert!(p.last_error().is_empty());
+        // The pending job past the maximum would start a worker nobody
+        // asked for: it is cancelled.
+        assert_eq!(actions(&mut p), [Action::Cancel { id: "8".into() }]);
+    }
+
+    /// An adopted running job whose worker never registers again stops
+    /// counting as bringing one after the grace: the tasks get a job.
+    #[test]
+    fn an_adopted_job_without_its_worker_stops_holding_back_submissions() {
+        let t0 = Instant::now();
+        let mut p = Policy::new(cfg(2), String::new(), t0);
+        p.tick(t0, 1);
+        assert_eq!(actions(&mut p).len(), 1);
+        p.found(t0, Ok(vec![("5".into(), "RUNNING".into())]));
+        p.tick(t0 + Duration::from_secs(1), 1);
+        assert_eq!(submits(&actions(&mut p)), 0, "its worker may be dialling");
+        p.tick(t0 + ADOPTED_GRACE, 1);
+        assert_eq!(submits(&actions(&mut p)), 1);
     }
 }

@@ -129,10 +129,12 @@ pub fn job_name(name: &str, dir: &std::path::Path) -> String {
     format!("allot-{name}-{h:08x}")
 }
 
-/// This user's jobs named `name` that Slurm still lists (`squeue --me
-/// --name`): (id, state).
+/// This user's jobs named `name` that Slurm still lists (`squeue -u UID
+/// --name`, which Slurm releases before 20.11 know too): (id, state).
 pub async fn find(name: &str) -> Result<Vec<(String, String)>, String> {
-    let args = ["-h", "--me", "--name", name, "-o", "%i %T"].map(str::to_owned);
+    // SAFETY: getuid(2) cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() }.to_string();
+    let args = ["-h", "-u", &uid, "--name", name, "-o", "%i %T"].map(str::to_owned);
     run("squeue", &args, None)
         .await
         .map(|out| parse_squeue(&out))
