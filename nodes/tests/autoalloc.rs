@@ -60,6 +60,23 @@ fn started(earlier: Vec<(String, String)>) -> Sim {
     sim
 }
 
+/// The worker of Slurm job `job` (its `slurm_job` label names it), named
+/// `auto-JOB`, offering `sha256` with an SSD.
+fn slurm_worker(sim: &mut Sim, job: &str) -> usize {
+    sim.worker_with(&format!("auto-{job}"), &["sha256"], 4, |w| {
+        w.labels = vec![
+            Attr {
+                key: "slurm_job".into(),
+                value: AttrValue::Str(job.into()),
+            },
+            Attr {
+                key: "feature_ssd".into(),
+                value: AttrValue::Bool(true),
+            },
+        ];
+    })
+}
+
 fn submits(sim: &mut Sim) -> usize {
     std::iter::from_fn(|| sim.dist.poll_autoalloc())
         .filter(|a| matches!(a, Action::Submit { .. }))
@@ -105,18 +122,7 @@ fn only_tasks_no_live_worker_can_take_start_a_job_and_they_wait_for_its_worker()
 
     // The job's worker joins (its slurm_job label names the job) and
     // runs the task.
-    let w = sim.worker_with("auto-77", &["sha256"], 4, |w| {
-        w.labels = vec![
-            Attr {
-                key: "slurm_job".into(),
-                value: AttrValue::Str("77".into()),
-            },
-            Attr {
-                key: "feature_ssd".into(),
-                value: AttrValue::Bool(true),
-            },
-        ];
-    });
+    let w = slurm_worker(&mut sim, "77");
     sim.advance(Duration::from_millis(500));
     assert_eq!(status(sim.result(c, 4)), Some(TaskStatus::Ok));
     assert_eq!(sim.result(c, 4).unwrap().worker, "auto-77");
@@ -169,18 +175,7 @@ fn a_refusal_is_the_reason_in_status_and_the_task_keeps_waiting() {
 #[test]
 fn an_adopted_job_keeps_its_registered_worker() {
     let mut sim = Sim::new(autoalloc);
-    let w = sim.worker_with("auto-77", &["sha256"], 4, |w| {
-        w.labels = vec![
-            Attr {
-                key: "slurm_job".into(),
-                value: AttrValue::Str("77".into()),
-            },
-            Attr {
-                key: "feature_ssd".into(),
-                value: AttrValue::Bool(true),
-            },
-        ];
-    });
+    let w = slurm_worker(&mut sim, "77");
     sim.advance(Duration::from_millis(200));
     let c = sim.client("cli");
     let mut hash = task(1, "sha256");
