@@ -198,6 +198,7 @@ fn the_batches_of_a_distributor_read_back_as_its_restart_saw_them() {
     q.task = Some(4);
     assert_eq!(sim.query(c, q).cancelled, 1);
     // A restart, then more changes on the restarted core.
+    sim.journal_catch_up();
     let written = sim.journals[0].committed.len();
     let seen = sim.restart_distributor(&[w]);
     sim.advance(std::time::Duration::from_millis(3100));
@@ -213,6 +214,7 @@ fn the_batches_of_a_distributor_read_back_as_its_restart_saw_them() {
 
     // Every prefix of the batches reads back as its fold (so the restart
     // above, from the fold of the first `written`, saw what the file held).
+    sim.journal_catch_up();
     let all = sim.journals[0].committed.clone();
     assert!(all.len() > written, "more was written after the restart");
     assert_eq!(
