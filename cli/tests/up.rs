@@ -186,6 +186,11 @@ fn up_prints_a_line_that_points_the_client_commands_at_it_and_stops_on_sigint() 
 
     let (status, stderr) = up.stop("INT");
     assert!(status.success(), "exit {status:?}: {stderr}");
+    // A stop on purpose is no lost link: nothing is warned of.
+    assert!(
+        !stderr.contains("WARN") && !stderr.contains("ERROR"),
+        "{stderr}"
+    );
     assert!(!env_file.exists(), "DIR/env is removed on exit");
     assert!(
         dir.0.join("pki").join("ca.pem").exists(),

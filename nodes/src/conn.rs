@@ -399,6 +399,33 @@ pub async fn accept(
     })
 }
 
+/// Whether `e` ended a stream because a node stopped on purpose: this one
+/// (its connection closed locally) or the peer (it closed with
+/// `Unavailable`, what a stopping node sends). That is a departure to log
+/// as such, not a lost link.
+pub fn ended_by_a_stop(e: &ConnError) -> bool {
+    // A stream read through `AsyncRead` wraps quinn's error in an
+    // `io::Error`.
+    let read = match e {
+        ConnError::Read(r) => Some(r),
+        ConnError::Io(io) => io
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<quinn::ReadError>()),
+        _ => None,
+    };
+    let c = match (read, e) {
+        (Some(quinn::ReadError::ConnectionLost(c)), _) | (None, ConnError::Connection(c)) => c,
+        _ => return false,
+    };
+    match c {
+        quinn::ConnectionError::LocallyClosed => true,
+        quinn::ConnectionError::ApplicationClosed(a) => {
+            a.error_code == transport::codes::varint(ErrorCode::Unavailable)
+        }
+        _ => false,
+    }
+}
+
 /// Sends an `Error` frame for a frame that may not be sent by this peer or
 /// could not be read, and resets the stream.
 pub fn refuse(stream_out: &Outbox, reader: &mut FrameReader, code: ErrorCode, message: String) {

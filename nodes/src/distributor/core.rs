@@ -648,6 +648,13 @@ impl Core {
     /// a client's tasks keep running, for the client may resubmit them on
     /// a new link.
     pub fn link_closed(&mut self, now: Instant, link: LinkId) {
+        self.link_ended(now, link, false);
+    }
+
+    /// As [`Core::link_closed`]; `stopped`: it ended because this node or
+    /// the peer stopped on purpose (see [`crate::conn::ended_by_a_stop`]),
+    /// which is logged as a departure rather than a loss.
+    pub fn link_ended(&mut self, now: Instant, link: LinkId, stopped: bool) {
         self.st.now = now;
         let Some(entry) = self.links.remove(&link) else {
             return;
@@ -657,7 +664,7 @@ impl Core {
             Side::Worker(WorkerSide {
                 registered: Some(id),
                 ..
-            }) => self.st.worker_lost(id, link),
+            }) => self.st.worker_lost(id, link, stopped),
             Side::Gateway => self.st.gateways.retain(|g| g.id() != link),
             _ => {}
         }

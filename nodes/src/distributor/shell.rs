@@ -321,6 +321,9 @@ async fn serve(
             _ = drain(&shell, drain_timeout) => {}
         }
     }
+    // Closed before the tasks are stopped, so that peers hear this stop
+    // (`Unavailable`) rather than a dropped connection.
+    transport::close_endpoint(&ep, b"distributor stopping", Duration::from_millis(500)).await;
     timer.abort();
     journal.abort();
     if let Some(h) = http {
@@ -329,7 +332,6 @@ async fn serve(
     for r in reporting {
         r.abort();
     }
-    transport::close_endpoint(&ep, b"distributor stopping", Duration::from_millis(500)).await;
 }
 
 /// How often a draining distributor looks whether its tasks are done.
@@ -556,8 +558,11 @@ async fn gateway_loop(
                     .borrow_mut()
                     .gateway_opened(Instant::now(), advertise(listen, gw));
                 tracing::info!(gateway = %gw, "registered with gateway");
-                drive(stream.out, stream.reader, link, shell.clone()).await;
-                tracing::warn!(gateway = %gw, "gateway link lost");
+                if drive(stream.out, stream.reader, link, shell.clone()).await {
+                    tracing::info!(gateway = %gw, "gateway link closed by a stop");
+                } else {
+                    tracing::warn!(gateway = %gw, "gateway link lost");
+                }
                 drop(c);
             }
             Err(e) => tracing::debug!(gateway = %gw, "gateway not reached: {e}"),
@@ -569,8 +574,14 @@ async fn gateway_loop(
     }
 }
 
-/// Moves frames between one stream and the core until either ends it.
-async fn drive(out: Rc<Outbox>, mut reader: conn::FrameReader, link: LinkId, shell: Rc<Shell>) {
+/// Moves frames between one stream and the core until either ends it;
+/// whether it ended because a node stopped on purpose.
+async fn drive(
+    out: Rc<Outbox>,
+    mut reader: conn::FrameReader,
+    link: LinkId,
+    shell: Rc<Shell>,
+) -> bool {
     let closed = Rc::new(Cell::new(None));
     {
         let shell = Rc::downgrade(&shell);
@@ -588,6 +599,7 @@ async fn drive(out: Rc<Outbox>, mut reader: conn::FrameReader, link: LinkId, she
         },
     );
     let mut arrived = Instant::now();
+    let mut stopped = false;
     loop {
         let next = match reader.buffered() {
             Ok(Some(f)) => Ok(Some(f)),
@@ -612,12 +624,19 @@ async fn drive(out: Rc<Outbox>, mut reader: conn::FrameReader, link: LinkId, she
                 conn::refuse(&out, &mut reader, e.code(), e.to_string());
                 break;
             }
-            Err(_) => break,
+            Err(e) => {
+                stopped = conn::ended_by_a_stop(&e);
+                break;
+            }
         };
         shell.core.borrow_mut().handle_frame(arrived, link, frame);
     }
-    shell.core.borrow_mut().link_closed(Instant::now(), link);
+    shell
+        .core
+        .borrow_mut()
+        .link_ended(Instant::now(), link, stopped);
     shell.links.borrow_mut().remove(&link);
     out.close();
     shell.flush();
+    stopped
 }

@@ -670,6 +670,13 @@ impl GatewayCore {
     /// it registers again (its clients move at once, without waiting for
     /// missed heartbeats).
     pub fn link_closed(&mut self, now: Instant, link: LinkId) {
+        self.link_ended(now, link, false);
+    }
+
+    /// As [`GatewayCore::link_closed`]; `stopped`: it ended because this
+    /// node or the peer stopped on purpose, which is logged as a departure
+    /// rather than a loss.
+    pub fn link_ended(&mut self, now: Instant, link: LinkId, stopped: bool) {
         self.tick(now);
         let Some(l) = self.links.remove(&link) else {
             return;
@@ -678,7 +685,11 @@ impl GatewayCore {
         if let Side::Member(Some(a)) = l.side {
             if let Some(m) = self.member_on(a, link) {
                 m.source = Source::Registered { link: None };
-                tracing::warn!(member = %a, set = %m.set, "distributor link lost; marked down");
+                if stopped {
+                    tracing::info!(member = %a, set = %m.set, "distributor link closed by a stop; marked down");
+                } else {
+                    tracing::warn!(member = %a, set = %m.set, "distributor link lost; marked down");
+                }
             }
         }
     }

@@ -192,10 +192,12 @@ async fn serve(
         _ = accept => {}
         _ = shutdown => {}
     }
+    // Closed before the tasks are stopped, so that peers hear this stop
+    // (`Unavailable`) rather than a dropped connection.
+    transport::close_endpoint(&ep, b"gateway stopping", Duration::from_millis(300)).await;
     for t in tasks {
         t.abort();
     }
-    transport::close_endpoint(&ep, b"gateway stopping", Duration::from_millis(300)).await;
 }
 
 /// Gives the core the time whenever it asked for it.
@@ -239,6 +241,7 @@ async fn serve_stream(stream: Stream, shell: Rc<Shell>) {
             closed: closed.clone(),
         },
     );
+    let mut stopped = false;
     loop {
         shell.flush();
         if let Some(code) = closed.get() {
@@ -253,14 +256,20 @@ async fn serve_stream(stream: Stream, shell: Rc<Shell>) {
                 conn::refuse(&out, &mut reader, e.code(), e.to_string());
                 break;
             }
-            Err(_) => break,
+            Err(e) => {
+                stopped = conn::ended_by_a_stop(&e);
+                break;
+            }
         };
         shell
             .core
             .borrow_mut()
             .handle_frame(Instant::now(), link, frame);
     }
-    shell.core.borrow_mut().link_closed(Instant::now(), link);
+    shell
+        .core
+        .borrow_mut()
+        .link_ended(Instant::now(), link, stopped);
     shell.links.borrow_mut().remove(&link);
     out.close();
     shell.flush();

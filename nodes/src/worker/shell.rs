@@ -302,13 +302,15 @@ async fn serve(
         _ = idle(&shell, idle_exit) => {}
     }
     drain(&shell).await;
-    for t in tasks {
-        t.abort();
-    }
     for (_, r) in shell.running.borrow_mut().drain() {
         r.abort.abort();
     }
+    // Closed before the links' tasks are stopped, so that distributors
+    // hear this stop (`Unavailable`) rather than a dropped connection.
     transport::close_endpoint(&ep, b"worker stopping", Duration::from_millis(300)).await;
+    for t in tasks {
+        t.abort();
+    }
 }
 
 /// Drains before a stop, for up to the configured timeout: the
@@ -470,7 +472,11 @@ async fn serve_link(
             Ok(Some(frame)) => shell.core.borrow_mut().handle_frame(arrived, link, frame),
             Ok(None) => break,
             Err(e) => {
-                tracing::warn!("distributor stream failed: {e}");
+                if conn::ended_by_a_stop(&e) {
+                    tracing::info!("distributor link closed by a stop");
+                } else {
+                    tracing::warn!("distributor stream failed: {e}");
+                }
                 if let ConnError::Frame(f) = &e {
                     reader.reject(f.code());
                 }

@@ -217,12 +217,16 @@ impl State {
         }
     }
 
-    pub(super) fn worker_lost(&mut self, id: ServerId, link: LinkId) {
+    pub(super) fn worker_lost(&mut self, id: ServerId, link: LinkId, stopped: bool) {
         if self.workers.get(&id).map(|l| l.link) != Some(link) {
             return; // a newer link of the same worker took over
         }
         if let Some(l) = self.workers.remove(&id) {
-            tracing::warn!(worker = %l.name, "worker connection lost; marked down");
+            if stopped {
+                tracing::info!(worker = %l.name, "worker link closed by a stop; marked down");
+            } else {
+                tracing::warn!(worker = %l.name, "worker connection lost; marked down");
+            }
         }
         let _ = self.table.set_state(id, ServerState::Down);
         self.member_event = true;
