@@ -77,6 +77,13 @@ fn slurm_ready(test: &str) -> bool {
     answers
 }
 
+/// The node to this test (the tests take turns), if a Slurm answers (see
+/// [`slurm_ready`]).
+fn slurm_turn(test: &str) -> Option<std::sync::MutexGuard<'static, ()>> {
+    let turn = SLURM.lock().unwrap_or_else(|p| p.into_inner());
+    slurm_ready(test).then_some(turn)
+}
+
 fn sh(prog: &str, args: &[&str]) -> Output {
     Command::new(prog)
         .args(args)
@@ -181,10 +188,9 @@ fn recipe() -> PathBuf {
 /// submit, runs tasks, and leaves nothing behind once scancel'ed.
 #[test]
 fn the_sbatch_recipe_runs_tasks_and_cleans_up_on_scancel() {
-    let _turn = SLURM.lock().unwrap_or_else(|p| p.into_inner());
-    if !slurm_ready("the_sbatch_recipe_runs_tasks_and_cleans_up_on_scancel") {
+    let Some(_turn) = slurm_turn("the_sbatch_recipe_runs_tasks_and_cleans_up_on_scancel") else {
         return;
-    }
+    };
     let dir = Dir::new("slurm-recipe");
     let job_dir = dir.0.join("job");
     let out = dir.0.join("job-%j.out");
@@ -356,11 +362,11 @@ fn submit_job(pki: &str, addr: &str, require: &str, input: &str) -> String {
 /// starts nothing.
 #[test]
 fn autoalloc_starts_a_worker_for_a_waiting_task_and_the_idle_worker_ends_its_job() {
-    let _turn = SLURM.lock().unwrap_or_else(|p| p.into_inner());
-    if !slurm_ready("autoalloc_starts_a_worker_for_a_waiting_task_and_the_idle_worker_ends_its_job")
-    {
+    let Some(_turn) =
+        slurm_turn("autoalloc_starts_a_worker_for_a_waiting_task_and_the_idle_worker_ends_its_job")
+    else {
         return;
-    }
+    };
     let dir = Dir::new("slurm-autoalloc");
     let pki = common::pki(
         &dir.0,
@@ -447,10 +453,11 @@ fn autoalloc_starts_a_worker_for_a_waiting_task_and_the_idle_worker_ends_its_job
 /// says why, the task keeps waiting with that reason.
 #[test]
 fn a_refused_submission_is_shown_in_status_and_the_task_keeps_waiting() {
-    let _turn = SLURM.lock().unwrap_or_else(|p| p.into_inner());
-    if !slurm_ready("a_refused_submission_is_shown_in_status_and_the_task_keeps_waiting") {
+    let Some(_turn) =
+        slurm_turn("a_refused_submission_is_shown_in_status_and_the_task_keeps_waiting")
+    else {
         return;
-    }
+    };
     let dir = Dir::new("slurm-refused");
     let pki = common::pki(&dir.0, &[("d1", "distributor"), ("client", "client")]);
     let addr = common::port().to_string();
@@ -537,10 +544,9 @@ fn a_refused_submission_is_shown_in_status_and_the_task_keeps_waiting() {
 /// name, with the CA in the distributor's PKI directory.
 #[test]
 fn without_a_pool_certificate_the_job_issues_its_own() {
-    let _turn = SLURM.lock().unwrap_or_else(|p| p.into_inner());
-    if !slurm_ready("without_a_pool_certificate_the_job_issues_its_own") {
+    let Some(_turn) = slurm_turn("without_a_pool_certificate_the_job_issues_its_own") else {
         return;
-    }
+    };
     let dir = Dir::new("slurm-own-cert");
     let pki = common::pki(&dir.0, &[("d1", "distributor"), ("client", "client")]);
     let addr = common::port().to_string();
@@ -606,10 +612,11 @@ impl Drop for JobsNamed {
 /// adoption it would, past `--autoalloc-max-jobs 1`).
 #[test]
 fn a_restarted_distributor_adopts_its_pending_job_and_submits_no_more() {
-    let _turn = SLURM.lock().unwrap_or_else(|p| p.into_inner());
-    if !slurm_ready("a_restarted_distributor_adopts_its_pending_job_and_submits_no_more") {
+    let Some(_turn) =
+        slurm_turn("a_restarted_distributor_adopts_its_pending_job_and_submits_no_more")
+    else {
         return;
-    }
+    };
     let dir = Dir::new("slurm-adopt");
     let pki = common::pki(&dir.0, &[("d1", "distributor"), ("client", "client")]);
     let addr = common::port().to_string();

@@ -905,24 +905,21 @@ mod tests {
         register(&mut g, now, "d", addr(14), 4, 0);
         assert_eq!(sent_to(&mut g, "d"), [text(14)]);
         // The joined member drains: it is left out of the next redirect.
-        let mut attrs = g.members[&addr(13)].attrs.clone().expect("reported");
-        attrs.state = WorkerState::Draining;
-        let report = MemberReport {
-            seq: 2,
-            cause: allot_wire::DeltaCause::Change,
-            attrs,
+        // Member 13 reports state `state` in report `seq`.
+        let set_state = |g: &mut GatewayCore, seq: u64, state: WorkerState| {
+            let mut attrs = g.members[&addr(13)].attrs.clone().expect("reported");
+            attrs.state = state;
+            let report = MemberReport {
+                seq,
+                cause: allot_wire::DeltaCause::Change,
+                attrs,
+            };
+            g.handle_frame(now, link, frame_of(&report));
         };
-        g.handle_frame(now, link, frame_of(&report));
+        set_state(&mut g, 2, WorkerState::Draining);
         assert!(!sent_to(&mut g, "a").contains(&text(13)));
         // It is back up, then its link is lost: down, offered last.
-        let mut attrs = g.members[&addr(13)].attrs.clone().expect("reported");
-        attrs.state = WorkerState::Up;
-        let report = MemberReport {
-            seq: 3,
-            cause: allot_wire::DeltaCause::Change,
-            attrs,
-        };
-        g.handle_frame(now, link, frame_of(&report));
+        set_state(&mut g, 3, WorkerState::Up);
         assert!(sent_to(&mut g, "a").contains(&text(13)));
         g.link_closed(now, link);
         assert_eq!(sent_to(&mut g, "a").last(), Some(&text(13)));

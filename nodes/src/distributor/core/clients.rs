@@ -166,10 +166,7 @@ impl State {
             queued_at: None,
             for_alloc: false,
         };
-        if let Some(d) = p.deadline {
-            let d = d.max(self.last_deadline_check + DEADLINE_RESOLUTION);
-            self.next_deadline = Some(self.next_deadline.map_or(d, |n| n.min(d)));
-        }
+        self.watch_deadline(p.deadline);
         self.by_key.insert(key, task);
         if s.resubmit {
             // Sent again after its client lost another distributor: a

@@ -79,10 +79,7 @@ impl State {
             queued_at: None,
             for_alloc: false,
         };
-        if let Some(d) = p.deadline {
-            let d = d.max(self.last_deadline_check + DEADLINE_RESOLUTION);
-            self.next_deadline = Some(self.next_deadline.map_or(d, |n| n.min(d)));
-        }
+        self.watch_deadline(p.deadline);
         if locate {
             // It was running when this distributor stopped: a worker may
             // run it still or hold its result. Ask them first.

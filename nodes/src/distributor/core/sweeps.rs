@@ -58,6 +58,15 @@ impl State {
         self.expire_deadlines(now);
     }
 
+    /// Makes sure the next deadline check comes by `deadline` (a new
+    /// task's), no sooner than [`DEADLINE_RESOLUTION`] after the last one.
+    pub(super) fn watch_deadline(&mut self, deadline: Option<Instant>) {
+        if let Some(d) = deadline {
+            let d = d.max(self.last_deadline_check + DEADLINE_RESOLUTION);
+            self.next_deadline = Some(self.next_deadline.map_or(d, |n| n.min(d)));
+        }
+    }
+
     /// Fails the tasks whose deadline passed (a placed one is stopped on
     /// its worker) and finds the next deadline.
     pub(super) fn expire_deadlines(&mut self, now: Instant) {
