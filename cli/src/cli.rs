@@ -455,6 +455,14 @@ struct WorkerArgs {
     /// Tasks at once.
     #[arg(long, default_value_t = 4)]
     slots: u32,
+    /// Tasks to take beyond the free slots, each started the moment a slot
+    /// frees, with no round trip to the distributor in between: for many
+    /// short tasks. A task taken so waits here until a running one ends
+    /// (distributors count these places as slots; a draining worker hands
+    /// them back at once). 0: only free slots take tasks, best for long ones.
+    #[arg(long, default_value_t = 0, value_name = "TASKS",
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(allot::worker::MAX_PREFETCH)))]
+    prefetch: u32,
     /// A label, key=value (repeatable).
     #[arg(long = "label", value_parser = parse_attr)]
     labels: Vec<Attr>,
@@ -728,6 +736,7 @@ fn run(cli: Cli) -> Result<()> {
             cfg.mem = a.mem.0.unwrap_or(found.mem);
             cfg.power = a.power;
             cfg.slots = a.slots;
+            cfg.prefetch = a.prefetch;
             cfg.labels = a.labels;
             // The environment's labels (a Slurm job's), unless given.
             for (k, v) in found.labels {

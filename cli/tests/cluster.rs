@@ -2269,3 +2269,90 @@ fn bench_command_tasks_beside_a_bare_spawn_loop() {
     ]);
     assert!(!bad.status.success());
 }
+
+/// `allot worker --prefetch N`: the distributor sees the slots and the
+/// places ahead, the worker still runs no more than its slots at once,
+/// and every task of an array ends in its one result. A prefetch past the
+/// bound is a clear error.
+#[test]
+fn a_prefetching_worker_runs_its_slots_and_no_more() {
+    let dir = Dir::new("prefetch");
+    let pki = pki(
+        &dir.0,
+        &[
+            ("gw-1", "gateway"),
+            ("dist-1", "distributor"),
+            ("w-1", "worker"),
+            ("client", "client"),
+        ],
+    );
+    let too_many = fails(&[
+        "worker",
+        "--name",
+        "w-1",
+        "--pki",
+        &pki,
+        "--join",
+        "127.0.0.1:1",
+        "--prefetch",
+        "5000",
+    ]);
+    assert!(too_many.contains("--prefetch"), "{too_many}");
+    let (d, g) = (port(), port());
+    let _dist = distributor(&pki, &dir.0, "dist-1", d, &[]);
+    let _gw = gateway(&pki, g, &d.to_string());
+    let _w = worker(
+        &pki,
+        "w-1",
+        &d.to_string(),
+        &[
+            "--apps",
+            "slow",
+            "--app-cmd",
+            "slow=sleep 0.3",
+            "--slots",
+            "1",
+            "--prefetch",
+            "2",
+        ],
+    );
+    let ws = wait_workers(&pki, d, 1, "up", Duration::from_secs(20));
+    assert_eq!(ws[0]["slots"], 3, "one slot and two places ahead: {ws:?}");
+    let t0 = Instant::now();
+    let out = submit(
+        &pki,
+        &g.to_string(),
+        &["--app", "slow", "--array", "1-4", "--json"],
+    );
+    let took = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let job = err
+        .split_whitespace()
+        .nth(1)
+        .filter(|_| err.starts_with("job "))
+        .unwrap_or_else(|| panic!("no job id in {err}"));
+    let rows = ok(&[
+        "tasks",
+        job,
+        "--pki",
+        &pki,
+        "--gateway",
+        &g.to_string(),
+        "--json",
+    ]);
+    let rows: Vec<Value> = serde_json::from_str(&rows).unwrap();
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    for r in &rows {
+        assert_eq!(r["state"], "done", "{r}");
+        assert_eq!(r["attempts"], 1, "{r}");
+        assert_eq!(r["worker"], "w-1", "{r}");
+    }
+    let text = format!("{rows:?}");
+    // One at a time on the one slot: four runs of 0.3 s.
+    assert!(took >= Duration::from_millis(1200), "{took:?}: {text}");
+}

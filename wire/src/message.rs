@@ -439,7 +439,8 @@ pub enum Refusal {
     /// Out of free slots, cores or memory for now: the task may wait for
     /// this worker's next report.
     Busy,
-    /// The worker does not run the task's app: it never will take it.
+    /// The worker does not run the task's app, or the task needs more
+    /// slots than it ever runs at once: it never will take it.
     UnknownApp,
     /// The worker is draining: it takes nothing new.
     Draining,

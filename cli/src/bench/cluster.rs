@@ -137,6 +137,7 @@ impl Cluster {
             gateways: usize::from(args.gateways),
             workers: args.workers.max(1),
             slots,
+            prefetch: args.prefetch,
             command: args.command.clone(),
             // A scale run registers its simulated workers with the first
             // distributor: its table must hold them all.
@@ -168,6 +169,7 @@ impl Cluster {
                 w.app_cmds = vec![(COMMAND_APP.into(), c.clone())];
             }
             w.slots = shape.slots;
+            w.prefetch = shape.prefetch;
             w.mode = ReportMode::Broadcast;
         });
         for g in 0..shape.gateways {
@@ -322,6 +324,7 @@ impl Cluster {
             for i in 0..shape.workers {
                 let name = node_name("worker", set, i, shape.sets);
                 let slots = shape.slots.to_string();
+                let prefetch = shape.prefetch.to_string();
                 let mut a = s(&[
                     "worker",
                     "--name",
@@ -336,6 +339,8 @@ impl Cluster {
                     "echo,sha256,sleep",
                     "--slots",
                     &slots,
+                    "--prefetch",
+                    &prefetch,
                     // As for the distributors: a SIGTERM (the bench died)
                     // stops the worker at once.
                     "--drain-timeout",
@@ -462,6 +467,8 @@ struct Shape {
     /// Per set.
     workers: usize,
     slots: u32,
+    /// Each worker's `--prefetch`.
+    prefetch: u32,
     /// The distributors' `--max-workers`, when the default is too few.
     max_workers: Option<usize>,
 }

@@ -122,6 +122,10 @@ pub struct BenchArgs {
     /// the extra placements as busy, which the report counts.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub slots: Option<u32>,
+    /// Each worker's `--prefetch`: tasks it takes beyond its free slots,
+    /// to start the moment a slot frees.
+    #[arg(long, default_value_t = 0)]
+    pub prefetch: u32,
     /// Run the local cluster's nodes as separate `allot` processes.
     #[arg(long, requires = "local")]
     pub processes: bool,

@@ -208,6 +208,11 @@ pub(crate) fn worker(m: &WorkerMetrics) -> Vec<Family> {
             "Tasks running on this worker.",
             g(m.running),
         ),
+        Family::single(
+            "worker_tasks_waiting",
+            "Tasks taken ahead (--prefetch) that wait for a slot.",
+            g(m.waiting),
+        ),
         Family::single("worker_slots", "Slots this worker offers.", g(m.slots)),
         Family::single("worker_slots_free", "Slots free now.", g(m.slots_free)),
         Family::single("worker_cores_free", "Cores free now.", g(m.cores_free)),

@@ -15,8 +15,17 @@
 //! * periodically: a full numeric delta every [`WorkerConfig::full_every`]
 //!   heartbeats, which repairs anything a distributor missed.
 //!
-//! Bounds: tasks running are bounded by the worker's slots (admission
-//! refuses past them); links by the join list; bytes queued per link by
+//! Prefetch ([`WorkerConfig::prefetch`]): a worker may take a few tasks
+//! beyond its free slots. They wait here, in the order they came, and the
+//! next starts as soon as a running task ends, before its result has even
+//! left: a short task's slot is not idle for the round trip to the
+//! distributor and back. The distributors see the extra places as slots;
+//! `idle_power` counts only slots that run nothing, so that the default
+//! `prefer` sends a task to a worker that can start it now before one where
+//! it would wait.
+//!
+//! Bounds: tasks held are bounded by the worker's slots and prefetch
+//! (admission refuses past them); links by the join list; bytes queued per link by
 //! [`crate::link::OUTGOING_LIMIT`] (a result that does not fit is logged
 //! and the link is closed: the distributor then retries the task
 //! elsewhere, so the task still ends in one result).
@@ -128,9 +137,13 @@ struct Registration {
 /// Capacity a running task holds: (slots, cores, memory).
 type Need = (u32, u32, u64);
 
-/// A task running on this worker (an app that takes time).
+/// A task running on this worker (an app that takes time), or taken to
+/// run once a slot frees.
 struct Run {
     need: Need,
+    /// The shell's order to start it while it waits for a slot
+    /// ([`WorkerConfig::prefetch`]); `None` once it runs.
+    waiting: Option<Box<Action>>,
     /// Its app's number in the app table (indexes `app_runs`).
     app: usize,
     key: TaskKey,
@@ -149,7 +162,13 @@ pub struct WorkerCore {
     cfg: WorkerConfig,
     apps: AppTable,
     incarnation: u64,
+    /// Places free: slots plus prefetch, less the tasks held.
     slots_free: u32,
+    /// Slots that run nothing now.
+    run_free: u32,
+    /// Tasks taken that wait for a slot, oldest first (bounded by the
+    /// prefetch: admission counts them in `slots_free`).
+    waiting: VecDeque<(LinkId, u64)>,
     cores_free: u32,
     mem_free: u64,
     draining: bool,
@@ -235,7 +254,9 @@ impl WorkerCore {
         let app_runs = vec![AppRuns::default(); apps.len()];
         let mut core = WorkerCore {
             app_runs,
-            slots_free: cfg.slots,
+            slots_free: cfg.slots.saturating_add(cfg.prefetch),
+            run_free: cfg.slots,
+            waiting: VecDeque::new(),
             cores_free: cfg.cores,
             mem_free: cfg.mem,
             cfg,
@@ -357,6 +378,23 @@ impl WorkerCore {
                 run.orphaned = Some(now);
             }
         }
+        // A task that has not started is not worth keeping for a takeover:
+        // the member that takes over places it anew.
+        let unwanted: Vec<(LinkId, u64)> = self
+            .waiting
+            .iter()
+            .copied()
+            .filter(|at| self.running.get(at).is_some_and(|r| r.orphaned.is_some()))
+            .collect();
+        for at in unwanted {
+            if let Some(run) = self.running.remove(&at) {
+                self.executions.stopped(&run.key);
+                self.release(at, &run);
+            }
+        }
+        if !self.waiting.is_empty() || self.running.is_empty() {
+            self.mark_dirty(now);
+        }
         l.registered.is_some()
     }
 
@@ -376,9 +414,10 @@ impl WorkerCore {
             if let Some(run) = self.running.remove(&(link, task)) {
                 tracing::info!(task, "stopping a task nobody took over");
                 self.executions.stopped(&run.key);
-                self.free_capacity(run.need);
+                if self.release((link, task), &run) {
+                    self.actions.push_back(Action::Abort { link, task });
+                }
                 self.mark_dirty(now);
-                self.actions.push_back(Action::Abort { link, task });
             }
         }
     }
@@ -413,9 +452,46 @@ impl WorkerCore {
         }
         if let Some(run) = self.running.remove(&(link, task)) {
             self.executions.stopped(&run.key);
-            self.free_capacity(run.need);
+            if self.release((link, task), &run) {
+                self.actions.push_back(Action::Abort { link, task });
+            }
             self.mark_dirty(now);
-            self.actions.push_back(Action::Abort { link, task });
+        }
+    }
+
+    /// Gives back what `run` held, and starts the tasks that waited for
+    /// it. Returns whether it had started (the shell runs it).
+    fn release(&mut self, at: (LinkId, u64), run: &Run) -> bool {
+        self.free_capacity(run.need);
+        let started = run.waiting.is_none();
+        if started {
+            self.run_free += run.need.0;
+        } else {
+            self.waiting.retain(|w| *w != at);
+        }
+        self.start_waiting();
+        started
+    }
+
+    /// Starts the oldest waiting tasks while slots are free for them
+    /// (none once draining: [`WorkerCore::drain`] hands them back).
+    fn start_waiting(&mut self) {
+        if self.draining {
+            return;
+        }
+        while let Some(&at) = self.waiting.front() {
+            let Some(run) = self.running.get_mut(&at) else {
+                self.waiting.pop_front();
+                continue;
+            };
+            if self.run_free < run.need.0 {
+                return;
+            }
+            self.waiting.pop_front();
+            self.run_free -= run.need.0;
+            if let Some(action) = run.waiting.take() {
+                self.actions.push_back(*action);
+            }
         }
     }
 
@@ -487,6 +563,10 @@ impl WorkerCore {
             (Refusal::Draining, "draining".to_owned())
         } else if app.is_none() {
             (Refusal::UnknownApp, format!("does not run app `{name}`"))
+        } else if self.cfg.slots < need.0 {
+            // Only prefetch places could hold it: it would never start.
+            let m = format!("runs {} slots at once, {} needed", self.cfg.slots, need.0);
+            (Refusal::UnknownApp, m)
         } else if self.slots_free < need.0 {
             let m = format!("{} slots free, {} needed", self.slots_free, need.0);
             (Refusal::Busy, m)
@@ -613,24 +693,11 @@ impl WorkerCore {
         self.slots_free -= need.0;
         self.cores_free -= need.1;
         self.mem_free -= need.2;
-        self.running.insert(
-            (link, task),
-            Run {
-                need,
-                app: app_ix,
-                key,
-                primary: true,
-                joiners: Vec::new(),
-                orphaned: None,
-            },
-        );
-        self.executions.started(key, (link, task));
-        self.mark_dirty(now);
         let deadline = match g.deadline_ms.to_native() {
             0 => None,
             ms => Some(Duration::from_millis(ms)),
         };
-        self.actions.push_back(Action::Run {
+        let run = Action::Run {
             link,
             task,
             app,
@@ -641,7 +708,30 @@ impl WorkerCore {
             job: (!g.job.is_empty())
                 .then(|| (std::sync::Arc::from(g.job.as_str()), g.index.to_native())),
             user: self.users.get(g.user.as_str()),
-        });
+        };
+        // Behind the tasks that wait already, in the order they came.
+        let waiting = if self.waiting.is_empty() && self.run_free >= need.0 {
+            self.run_free -= need.0;
+            self.actions.push_back(run);
+            None
+        } else {
+            self.waiting.push_back((link, task));
+            Some(Box::new(run))
+        };
+        self.running.insert(
+            (link, task),
+            Run {
+                need,
+                waiting,
+                app: app_ix,
+                key,
+                primary: true,
+                joiners: Vec::new(),
+                orphaned: None,
+            },
+        );
+        self.executions.started(key, (link, task));
+        self.mark_dirty(now);
     }
 
     fn on_key_query(
@@ -683,7 +773,8 @@ impl WorkerCore {
         let Some(run) = self.running.remove(&(link, task)) else {
             return; // aborted meanwhile: its capacity is back already
         };
-        self.free_capacity(run.need);
+        // The next waiting task starts before this result is sent.
+        self.release((link, task), &run);
         self.done += 1;
         let kept = kept_of(outcome, ran);
         self.ran(run.app, kept.status, ran);
@@ -702,7 +793,7 @@ impl WorkerCore {
     pub fn task_aborted(&mut self, now: Instant, link: LinkId, task: u64) {
         if let Some(run) = self.running.remove(&(link, task)) {
             self.executions.stopped(&run.key);
-            self.free_capacity(run.need);
+            self.release((link, task), &run);
             self.mark_dirty(now);
         }
     }
@@ -720,9 +811,10 @@ impl WorkerCore {
     pub fn metrics(&self) -> super::WorkerMetrics {
         let names = self.apps.names_by_index();
         super::WorkerMetrics {
-            running: self.running.len(),
+            running: self.running.len() - self.waiting.len(),
+            waiting: self.waiting.len(),
             slots: self.cfg.slots,
-            slots_free: self.slots_free,
+            slots_free: self.run_free,
             cores_free: self.cores_free,
             mem_free: self.mem_free,
             draining: self.draining,
@@ -747,7 +839,7 @@ impl WorkerCore {
     /// Takes nothing new from now on (placements are refused as
     /// `Draining`, so distributors place elsewhere) and reports it at once;
     /// running tasks finish.
-    pub fn drain(&mut self, _now: Instant) {
+    pub fn drain(&mut self, now: Instant) {
         if self.draining {
             return;
         }
@@ -756,6 +848,39 @@ impl WorkerCore {
             DeltaCause::Event,
             vec![AttrChange::State(WorkerState::Draining)],
         );
+        // Tasks taken ahead go back at once: they have not started, and
+        // another worker can start them now.
+        let back: Vec<(LinkId, u64)> = self.waiting.iter().copied().collect();
+        for at in back {
+            let Some(run) = self.running.remove(&at) else {
+                continue;
+            };
+            self.executions.stopped(&run.key);
+            self.release(at, &run);
+            self.refuse_draining(at, run, "the worker drains: handed back before it started");
+        }
+        self.mark_dirty(now);
+    }
+
+    /// Answers each assignment of `run` as refused (`Draining`): its
+    /// distributor places it elsewhere.
+    fn refuse_draining(&mut self, (link, task): (LinkId, u64), run: Run, why: &str) {
+        let mut to: Vec<Placement> = run.joiners;
+        if run.primary {
+            to.push((link, task));
+        }
+        for (l, t) in to {
+            self.reply(
+                l,
+                t,
+                TaskStatus::Refused,
+                Refusal::Draining,
+                0,
+                why,
+                Duration::ZERO,
+                &Bytes::new(),
+            );
+        }
     }
 
     /// Drains as a distributor asked (`allot drain`): as [`WorkerCore::drain`],
@@ -838,32 +963,23 @@ impl WorkerCore {
                 continue;
             };
             self.executions.stopped(&run.key);
-            self.free_capacity(run.need);
-            self.actions.push_back(Action::Abort { link, task });
+            if self.release((link, task), &run) {
+                self.actions.push_back(Action::Abort { link, task });
+            }
             let why = "stopped: the worker drains and its drain timeout passed";
-            let mut to: Vec<Placement> = run.joiners;
-            if run.primary {
-                to.push((link, task));
-            }
-            for (l, t) in to {
-                self.reply(
-                    l,
-                    t,
-                    TaskStatus::Refused,
-                    Refusal::Draining,
-                    0,
-                    why,
-                    Duration::ZERO,
-                    &Bytes::new(),
-                );
-            }
+            self.refuse_draining((link, task), run, why);
         }
         self.mark_dirty(now);
     }
 
-    /// Tasks still running.
+    /// Tasks held: running, or waiting for a slot.
     pub fn running(&self) -> usize {
         self.running.len()
+    }
+
+    /// Tasks taken ahead that wait for a slot.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
     }
 
     /// Results kept for resubmissions.
@@ -924,15 +1040,22 @@ impl WorkerCore {
 
     fn current(&self) -> Reported {
         let c = &self.cfg;
-        let busy = c.slots.saturating_sub(self.slots_free);
+        // Held (running or waiting) over the slots: above 1 with tasks
+        // waiting.
+        let held = c
+            .slots
+            .saturating_add(c.prefetch)
+            .saturating_sub(self.slots_free);
         Reported {
             slots_free: self.slots_free,
-            idle_power: if c.cores == 0 {
-                c.power * f64::from(self.slots_free) / f64::from(c.slots.max(1))
+            idle_power: if !self.waiting.is_empty() {
+                0.0
+            } else if c.cores == 0 {
+                c.power * f64::from(self.run_free) / f64::from(c.slots.max(1))
             } else {
                 c.power * f64::from(self.cores_free) / f64::from(c.cores)
             },
-            load: f64::from(busy) / f64::from(c.slots.max(1)),
+            load: f64::from(held) / f64::from(c.slots.max(1)),
             mem_free: self.mem_free,
         }
     }
@@ -940,7 +1063,7 @@ impl WorkerCore {
     fn record(&self) -> AttrRecord {
         let r = self.current();
         AttrRecord {
-            slots: self.cfg.slots,
+            slots: self.cfg.slots.saturating_add(self.cfg.prefetch),
             slots_free: r.slots_free,
             cores: self.cfg.cores,
             power: self.cfg.power,

@@ -54,6 +54,16 @@ pub struct WorkerConfig {
     pub power: f64,
     /// Slots (tasks at once).
     pub slots: u32,
+    /// Placements taken beyond the free slots, to start the moment a slot
+    /// frees: the next short task starts without waiting for a round trip
+    /// to its distributor. A task taken so waits on this worker, holding
+    /// its cores and memory, until a running one ends; it is handed back
+    /// (refused as `Draining`) when the worker drains, and dropped at once
+    /// if its distributor is lost. Distributors see `slots + prefetch`
+    /// places (`slots` in `allot status`). Zero (the default): a task is
+    /// placed only on a free slot, which suits long tasks, whose wait
+    /// behind another would cost more than the round trip saves.
+    pub prefetch: u32,
     /// Free labels.
     pub labels: Vec<Attr>,
     /// Relative change of `idle_power`, `load` or `mem_free` that is worth
@@ -87,6 +97,10 @@ pub struct WorkerConfig {
     pub idle_exit: Option<Duration>,
 }
 
+/// The most [`WorkerConfig::prefetch`] may be: past a few per slot the
+/// tasks held only wait longer, and other workers go without.
+pub const MAX_PREFETCH: u32 = 1024;
+
 /// One app's runs as a worker's `/metrics` shows them.
 #[derive(Debug, Clone)]
 pub struct AppMetrics {
@@ -103,6 +117,8 @@ pub struct AppMetrics {
 pub struct WorkerMetrics {
     /// Tasks running.
     pub running: usize,
+    /// Tasks taken ahead that wait for a slot ([`WorkerConfig::prefetch`]).
+    pub waiting: usize,
     /// Slots offered.
     pub slots: u32,
     /// Slots free.
@@ -139,6 +155,7 @@ impl WorkerConfig {
             mem: 8 << 30,
             power: 4.0,
             slots: 4,
+            prefetch: 0,
             labels: Vec::new(),
             change_threshold: 0.1,
             coalesce: Duration::from_millis(5),

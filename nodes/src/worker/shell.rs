@@ -228,6 +228,13 @@ fn setup(cfg: WorkerConfig, handlers: Vec<(String, apps::Handler)>) -> Result<Se
     if cfg.slots == 0 {
         return Err(config_error("--slots must be at least 1"));
     }
+    if cfg.prefetch > super::MAX_PREFETCH {
+        return Err(config_error(format!(
+            "--prefetch {} is more than {}",
+            cfg.prefetch,
+            super::MAX_PREFETCH
+        )));
+    }
     // A name that does not resolve at start is a mistake, not an outage
     // (later lookups that fail are retried with the connection).
     for d in &cfg.join {

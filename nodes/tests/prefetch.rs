@@ -1,0 +1,202 @@
+//! A worker with `prefetch` takes a few tasks beyond its free slots and
+//! starts the next the moment a running one ends, before that one's result
+//! has left; a draining worker hands the waiting ones back, a lost link
+//! drops them, a cancel takes them out, and a free slot elsewhere wins
+//! over a place ahead. All on the cores' fake clock.
+
+mod harness;
+
+use std::time::Duration;
+
+use allot::apps::AppOutcome;
+use allot::worker::Action;
+use allot_wire::{Demands, TaskStatus};
+use bytes::Bytes;
+use harness::{status, task, Sim};
+
+/// A worker `w` that runs `sleep` on `slots` slots with `prefetch` places
+/// ahead.
+fn worker(sim: &mut Sim, name: &str, slots: u32, prefetch: u32) -> usize {
+    sim.worker_with(name, &["sleep"], slots, |w| {
+        w.prefetch = prefetch;
+        w.cores = 0;
+    })
+}
+
+fn ok() -> AppOutcome {
+    AppOutcome::Ok(Bytes::from_static(b"done"))
+}
+
+/// The tasks worker `w` started, in order.
+fn started(sim: &Sim, w: usize) -> Vec<u64> {
+    sim.workers[w].runs.iter().map(|(t, _)| *t).collect()
+}
+
+#[test]
+fn the_next_task_waits_on_the_worker_and_starts_before_the_result_leaves() {
+    let mut sim = Sim::new(|_| {});
+    let w = worker(&mut sim, "w", 1, 2);
+    let c = sim.client("app");
+    for id in 1..=4 {
+        sim.submit(c, &task(id, "sleep"), b"");
+    }
+    // One runs, two wait on the worker, the fourth at the distributor
+    // (the worker has three places).
+    assert_eq!(started(&sim, w), [1]);
+    assert_eq!(sim.workers[w].core.waiting(), 2);
+    assert_eq!(sim.workers[w].core.running(), 3);
+
+    // The first ends: the core orders the second started in the same
+    // step, before anything it sends has been written.
+    let r = sim.workers[w].running.remove(0);
+    let now = sim.now;
+    sim.workers[w]
+        .core
+        .task_finished(now, r.link, r.task, ok(), Duration::from_millis(1));
+    match sim.workers[w].core.poll_action() {
+        Some(Action::Run {
+            task, link, input, ..
+        }) => {
+            assert_eq!(task, 2);
+            sim.workers[w].runs.push((task, input.clone()));
+            sim.workers[w].running.push(harness::Running {
+                worker: w,
+                link,
+                task,
+                input,
+            });
+        }
+        other => panic!("expected the waiting task to start, got {other:?}"),
+    }
+    sim.settle();
+    assert_eq!(status(sim.result(c, 1)), Some(TaskStatus::Ok));
+    // Its place went to the fourth task, which now waits on the worker.
+    assert_eq!(sim.workers[w].core.waiting(), 2);
+
+    for id in 2..=4 {
+        sim.finish(w, id, ok());
+    }
+    assert_eq!(started(&sim, w), [1, 2, 3, 4]);
+    for id in 1..=4 {
+        assert_eq!(sim.results_for(c, id), 1, "task {id}: one result");
+        assert_eq!(status(sim.result(c, id)), Some(TaskStatus::Ok));
+    }
+    assert_eq!(sim.workers[w].core.running(), 0);
+}
+
+#[test]
+fn a_draining_worker_hands_back_what_waits_and_another_runs_it() {
+    let mut sim = Sim::new(|_| {});
+    let a = worker(&mut sim, "a", 1, 1);
+    let c = sim.client("app");
+    sim.submit(c, &task(1, "sleep"), b"");
+    sim.submit(c, &task(2, "sleep"), b"");
+    assert_eq!(started(&sim, a), [1]);
+    assert_eq!(sim.workers[a].core.waiting(), 1);
+
+    let now = sim.now;
+    sim.workers[a].core.drain_for(now, Duration::from_secs(60));
+    sim.settle();
+    // Handed back at once, never started here; the running one goes on.
+    assert_eq!(sim.workers[a].core.waiting(), 0);
+    assert_eq!(sim.workers[a].core.running(), 1);
+    assert_eq!(sim.result(c, 2), None, "task 2 waits for another worker");
+
+    let b = worker(&mut sim, "b", 1, 0);
+    assert_eq!(started(&sim, b), [2]);
+    sim.finish(b, 2, ok());
+    sim.finish(a, 1, ok());
+    assert_eq!(
+        started(&sim, a),
+        [1],
+        "the drained worker started nothing new"
+    );
+    for id in 1..=2 {
+        assert_eq!(sim.results_for(c, id), 1);
+        assert_eq!(status(sim.result(c, id)), Some(TaskStatus::Ok));
+    }
+}
+
+#[test]
+fn a_lost_link_drops_what_waits_and_a_cancel_takes_it_out() {
+    let mut sim = Sim::new(|_| {});
+    let w = worker(&mut sim, "w", 1, 1);
+    let c = sim.client("app");
+    sim.submit(c, &task(1, "sleep"), b"");
+    sim.submit(c, &task(2, "sleep"), b"");
+    assert_eq!(sim.workers[w].core.waiting(), 1);
+
+    // A cancelled waiting task is gone without a stop (it never started),
+    // and does not start when the slot frees.
+    sim.cancel(c, 2);
+    assert_eq!(sim.workers[w].core.waiting(), 0);
+    assert!(sim.workers[w].aborted.is_empty());
+    sim.finish(w, 1, ok());
+    assert_eq!(started(&sim, w), [1]);
+
+    sim.submit(c, &task(3, "sleep"), b"");
+    sim.submit(c, &task(4, "sleep"), b"");
+    assert_eq!(started(&sim, w), [1, 3]);
+    assert_eq!(sim.workers[w].core.waiting(), 1);
+    // The distributor is lost: the waiting task is dropped at once (the
+    // one that takes over places it anew); the running one is kept for a
+    // takeover.
+    sim.disconnect(w);
+    assert_eq!(sim.workers[w].core.waiting(), 0);
+    assert_eq!(sim.workers[w].core.running(), 1);
+    let (link, task) = {
+        let r = &sim.workers[w].running[0];
+        (r.link, r.task)
+    };
+    let now = sim.now;
+    sim.workers[w]
+        .core
+        .task_finished(now, link, task, ok(), Duration::from_millis(1));
+    assert!(
+        std::iter::from_fn(|| sim.workers[w].core.poll_action())
+            .next()
+            .is_none(),
+        "nothing starts after the loss"
+    );
+}
+
+#[test]
+fn a_free_slot_elsewhere_wins_over_a_place_ahead() {
+    let mut sim = Sim::new(|_| {});
+    let a = worker(&mut sim, "a", 1, 4);
+    let c = sim.client("app");
+    sim.submit(c, &task(1, "sleep"), b"");
+    // Its report that the slot is taken has gone out.
+    sim.advance(Duration::from_millis(50));
+    let b = worker(&mut sim, "b", 1, 0);
+    sim.submit(c, &task(2, "sleep"), b"");
+    assert_eq!(started(&sim, a), [1]);
+    assert_eq!(started(&sim, b), [2], "the idle worker takes it");
+    assert_eq!(sim.workers[a].core.waiting(), 0);
+}
+
+#[test]
+fn a_task_wider_than_the_slots_is_refused_for_good() {
+    let mut sim = Sim::new(|_| {});
+    let w = worker(&mut sim, "w", 1, 1);
+    let c = sim.client("app");
+    let mut t = task(1, "sleep");
+    t.demands = Demands {
+        slots: 2,
+        cores: 0,
+        mem: 0,
+    };
+    sim.submit(c, &t, b"");
+    sim.advance(Duration::from_secs(2));
+    assert!(started(&sim, w).is_empty(), "it never starts there");
+    assert_eq!(sim.workers[w].core.running(), 0);
+    // Refused once, for good: not as busy, which would have it placed
+    // there again at every report.
+    let st = sim.d(0).stats();
+    assert_eq!((st.refused, st.refused_busy), (1, 0), "{st:?}");
+    // The only worker ruled itself out: the task ends in a visible error.
+    let r = sim.result(c, 1).expect("a result");
+    assert_eq!(r.status, TaskStatus::Error, "{r:?}");
+    assert!(r.message.contains("no other worker"), "{r:?}");
+    assert_eq!(sim.results_for(c, 1), 1);
+}
