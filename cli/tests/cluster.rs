@@ -2271,80 +2271,86 @@ fn bench_command_tasks_beside_a_bare_spawn_loop() {
 }
 
 /// `allot worker --prefetch N`: the distributor sees the slots and the
-/// places ahead, the worker still runs no more than its slots at once,
-/// and every task of an array ends in its one result. A prefetch past the
-/// bound is a clear error.
+/// places ahead, the worker runs no more than its slots at once while the
+/// others wait on it (its `/metrics` says how many), and every task of an
+/// array ends in its one result. A prefetch past the bound is a clear
+/// error.
 #[test]
 fn a_prefetching_worker_runs_its_slots_and_no_more() {
-    let dir = Dir::new("prefetch");
-    let pki = pki(
-        &dir.0,
-        &[
-            ("gw-1", "gateway"),
-            ("dist-1", "distributor"),
-            ("w-1", "worker"),
-            ("client", "client"),
-        ],
-    );
-    let too_many = fails(&[
-        "worker",
-        "--name",
-        "w-1",
-        "--pki",
-        &pki,
-        "--join",
-        "127.0.0.1:1",
-        "--prefetch",
-        "5000",
-    ]);
-    assert!(too_many.contains("--prefetch"), "{too_many}");
-    let (d, g) = (port(), port());
-    let _dist = distributor(&pki, &dir.0, "dist-1", d, &[]);
-    let _gw = gateway(&pki, g, &d.to_string());
-    let _w = worker(
-        &pki,
-        "w-1",
-        &d.to_string(),
+    let t = common::trio::Trio::start(
+        "prefetch",
+        &[],
         &[
             "--apps",
             "slow",
             "--app-cmd",
-            "slow=sleep 0.3",
+            "slow=sleep 0.5",
             "--slots",
             "1",
             "--prefetch",
             "2",
         ],
     );
-    let ws = wait_workers(&pki, d, 1, "up", Duration::from_secs(20));
-    assert_eq!(ws[0]["slots"], 3, "one slot and two places ahead: {ws:?}");
-    let t0 = Instant::now();
-    let out = submit(
-        &pki,
-        &g.to_string(),
-        &["--app", "slow", "--array", "1-4", "--json"],
-    );
-    let took = t0.elapsed();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    let job = err
-        .split_whitespace()
-        .nth(1)
-        .filter(|_| err.starts_with("job "))
-        .unwrap_or_else(|| panic!("no job id in {err}"));
-    let rows = ok(&[
-        "tasks",
-        job,
+    let too_many = fails(&[
+        "worker",
+        "--name",
+        "w-2",
         "--pki",
-        &pki,
-        "--gateway",
-        &g.to_string(),
-        "--json",
+        &t.pki,
+        "--join",
+        "127.0.0.1:1",
+        "--prefetch",
+        "5000",
     ]);
+    assert!(too_many.contains("--prefetch"), "{too_many}");
+    let ws = status(&t.pki, t.dist).expect("status");
+    assert_eq!(ws[0]["slots"], 3, "one slot and two places ahead: {ws:?}");
+
+    let g = t.gw.to_string();
+    let ack = ok(&[
+        "submit",
+        "--pki",
+        &t.pki,
+        "--gateway",
+        &g,
+        "--app",
+        "slow",
+        "--array",
+        "1-4",
+        "--detach",
+    ]);
+    let job = ack.trim();
+    let sample = |page: &str, name: &str| -> Option<f64> {
+        page.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    };
+    // While the first runs, two wait on the worker (the fourth at the
+    // distributor).
+    eventually(
+        "one task running and two waiting on the worker",
+        Duration::from_secs(20),
+        || {
+            let (_, page) = common::http::get(t.worker_metrics, "/metrics");
+            (sample(&page, "allot_worker_tasks_running") == Some(1.0)
+                && sample(&page, "allot_worker_tasks_waiting") == Some(2.0))
+            .then_some(())
+        },
+    );
+    let t0 = Instant::now();
+    ok(&[
+        "wait",
+        "--timeout",
+        "30",
+        "--pki",
+        &t.pki,
+        "--gateway",
+        &g,
+        job,
+    ]);
+    // One at a time on the one slot: the three left take 1.5 s at least.
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(1000), "{took:?}");
+    let rows = ok(&["tasks", job, "--pki", &t.pki, "--gateway", &g, "--json"]);
     let rows: Vec<Value> = serde_json::from_str(&rows).unwrap();
     assert_eq!(rows.len(), 4, "{rows:?}");
     for r in &rows {
@@ -2352,7 +2358,10 @@ fn a_prefetching_worker_runs_its_slots_and_no_more() {
         assert_eq!(r["attempts"], 1, "{r}");
         assert_eq!(r["worker"], "w-1", "{r}");
     }
-    let text = format!("{rows:?}");
-    // One at a time on the one slot: four runs of 0.3 s.
-    assert!(took >= Duration::from_millis(1200), "{took:?}: {text}");
+    let (_, page) = common::http::get(t.worker_metrics, "/metrics");
+    assert_eq!(
+        sample(&page, "allot_worker_tasks_waiting"),
+        Some(0.0),
+        "{page}"
+    );
 }
