@@ -200,3 +200,34 @@ fn a_task_wider_than_the_slots_is_refused_for_good() {
     assert!(r.message.contains("no other worker"), "{r:?}");
     assert_eq!(sim.results_for(c, 1), 1);
 }
+
+#[test]
+fn a_lost_link_drops_every_waiting_task_without_starting_one() {
+    let mut sim = Sim::new(|_| {});
+    let w = worker(&mut sim, "w", 2, 2);
+    let c = sim.client("app");
+    let wide = |id| {
+        let mut t = task(id, "sleep");
+        t.demands = Demands {
+            slots: 2,
+            cores: 0,
+            mem: 0,
+        };
+        t
+    };
+    // 1 runs on one slot; 2 needs both and waits; 3 would fit the free
+    // slot but waits behind 2, in the order they came.
+    sim.submit(c, &task(1, "sleep"), b"");
+    sim.submit(c, &wide(2), b"");
+    sim.submit(c, &task(3, "sleep"), b"");
+    assert_eq!(started(&sim, w), [1]);
+    assert_eq!(sim.workers[w].core.waiting(), 2);
+
+    sim.disconnect(w);
+    // Taking 2 out must not start 3, which goes too.
+    assert_eq!(started(&sim, w), [1]);
+    assert_eq!(sim.workers[w].core.waiting(), 0);
+    assert_eq!(sim.workers[w].core.running(), 1);
+    // Only the running task holds a place: three of four are free.
+    assert_eq!(sim.workers[w].core.free().0, 3);
+}

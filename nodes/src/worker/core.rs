@@ -380,22 +380,40 @@ impl WorkerCore {
         }
         // A task that has not started is not worth keeping for a takeover:
         // the member that takes over places it anew.
+        self.drop_unwanted_waiting(now);
+        l.registered.is_some()
+    }
+
+    /// Drops the waiting tasks nobody wants any more (their distributors
+    /// were lost or cancelled): they never started, so nothing is stopped.
+    fn drop_unwanted_waiting(&mut self, now: Instant) {
         let unwanted: Vec<(LinkId, u64)> = self
             .waiting
             .iter()
             .copied()
             .filter(|at| self.running.get(at).is_some_and(|r| r.orphaned.is_some()))
             .collect();
-        for at in unwanted {
-            if let Some(run) = self.running.remove(&at) {
-                self.executions.stopped(&run.key);
-                self.release(at, &run);
-            }
-        }
-        if !self.waiting.is_empty() || self.running.is_empty() {
+        if !unwanted.is_empty() {
+            self.take_waiting(&unwanted);
             self.mark_dirty(now);
         }
-        l.registered.is_some()
+    }
+
+    /// Takes the waiting tasks `ats` out, all before any other may start
+    /// in their place, and gives back what they held: none of them starts
+    /// on the way. Their runs, for an answer.
+    fn take_waiting(&mut self, ats: &[(LinkId, u64)]) -> Vec<((LinkId, u64), Run)> {
+        self.waiting.retain(|w| !ats.contains(w));
+        let mut taken = Vec::with_capacity(ats.len());
+        for &at in ats {
+            if let Some(run) = self.running.remove(&at) {
+                self.executions.stopped(&run.key);
+                self.free_capacity(run.need);
+                taken.push((at, run));
+            }
+        }
+        self.start_waiting();
+        taken
     }
 
     /// Stops the runs nobody has wanted for `orphan_grace`.
@@ -448,6 +466,7 @@ impl WorkerCore {
                     run.orphaned = Some(now);
                 }
             }
+            self.drop_unwanted_waiting(now);
             return;
         }
         if let Some(run) = self.running.remove(&(link, task)) {
@@ -652,8 +671,9 @@ impl WorkerCore {
                 Duration::ZERO,
                 &Bytes::new(),
             );
-            if refusal == Refusal::Busy {
-                // The refused distributor now counts this worker full until
+            if matches!(refusal, Refusal::Busy | Refusal::UnknownApp) {
+                // The refused distributor (busy, or this task is not for
+                // this worker) now counts this worker full until
                 // a delta says otherwise. The next delta carries the free
                 // slots even if they are back where they were last
                 // reported (a task that ended within the coalescing
@@ -851,12 +871,7 @@ impl WorkerCore {
         // Tasks taken ahead go back at once: they have not started, and
         // another worker can start them now.
         let back: Vec<(LinkId, u64)> = self.waiting.iter().copied().collect();
-        for at in back {
-            let Some(run) = self.running.remove(&at) else {
-                continue;
-            };
-            self.executions.stopped(&run.key);
-            self.release(at, &run);
+        for (at, run) in self.take_waiting(&back) {
             self.refuse_draining(at, run, "the worker drains: handed back before it started");
         }
         self.mark_dirty(now);

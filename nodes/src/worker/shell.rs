@@ -326,12 +326,14 @@ async fn serve(
 /// distributors then place them elsewhere, as for a lost worker).
 async fn drain(shell: &Rc<Shell>) {
     let timeout = shell.core.borrow().config().drain_timeout;
+    let t0 = Instant::now();
+    // Even a stop without a drain hands the tasks taken ahead back first,
+    // so that none starts while the running ones are stopped.
+    shell.core.borrow_mut().drain_to_stop(t0);
+    shell.flush();
     if timeout.is_zero() {
         return;
     }
-    let t0 = Instant::now();
-    shell.core.borrow_mut().drain_to_stop(t0);
-    shell.flush();
     let running = shell.core.borrow().running();
     tracing::info!(
         running,
