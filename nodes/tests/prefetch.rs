@@ -23,6 +23,17 @@ fn worker(sim: &mut Sim, name: &str, slots: u32, prefetch: u32) -> usize {
     })
 }
 
+/// Task `id` of `sleep` that needs two slots.
+fn wide(id: u64) -> allot_wire::Submit {
+    let mut t = task(id, "sleep");
+    t.demands = Demands {
+        slots: 2,
+        cores: 0,
+        mem: 0,
+    };
+    t
+}
+
 fn ok() -> AppOutcome {
     AppOutcome::Ok(Bytes::from_static(b"done"))
 }
@@ -180,13 +191,7 @@ fn a_task_wider_than_the_slots_is_refused_for_good() {
     let mut sim = Sim::new(|_| {});
     let w = worker(&mut sim, "w", 1, 1);
     let c = sim.client("app");
-    let mut t = task(1, "sleep");
-    t.demands = Demands {
-        slots: 2,
-        cores: 0,
-        mem: 0,
-    };
-    sim.submit(c, &t, b"");
+    sim.submit(c, &wide(1), b"");
     sim.advance(Duration::from_secs(2));
     assert!(started(&sim, w).is_empty(), "it never starts there");
     assert_eq!(sim.workers[w].core.running(), 0);
@@ -206,15 +211,6 @@ fn a_lost_link_drops_every_waiting_task_without_starting_one() {
     let mut sim = Sim::new(|_| {});
     let w = worker(&mut sim, "w", 2, 2);
     let c = sim.client("app");
-    let wide = |id| {
-        let mut t = task(id, "sleep");
-        t.demands = Demands {
-            slots: 2,
-            cores: 0,
-            mem: 0,
-        };
-        t
-    };
     // 1 runs on one slot; 2 needs both and waits; 3 would fit the free
     // slot but waits behind 2, in the order they came.
     sim.submit(c, &task(1, "sleep"), b"");

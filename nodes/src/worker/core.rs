@@ -134,6 +134,11 @@ struct Registration {
     heartbeat: Duration,
 }
 
+/// The places a worker offers: its slots, and those of tasks taken ahead.
+fn places(cfg: &WorkerConfig) -> u32 {
+    cfg.slots.saturating_add(cfg.prefetch)
+}
+
 /// Capacity a running task holds: (slots, cores, memory).
 type Need = (u32, u32, u64);
 
@@ -254,7 +259,7 @@ impl WorkerCore {
         let app_runs = vec![AppRuns::default(); apps.len()];
         let mut core = WorkerCore {
             app_runs,
-            slots_free: cfg.slots.saturating_add(cfg.prefetch),
+            slots_free: places(&cfg),
             run_free: cfg.slots,
             waiting: VecDeque::new(),
             cores_free: cfg.cores,
@@ -871,6 +876,9 @@ impl WorkerCore {
         // Tasks taken ahead go back at once: they have not started, and
         // another worker can start them now.
         let back: Vec<(LinkId, u64)> = self.waiting.iter().copied().collect();
+        if back.is_empty() {
+            return;
+        }
         for (at, run) in self.take_waiting(&back) {
             self.refuse_draining(at, run, "the worker drains: handed back before it started");
         }
@@ -1057,10 +1065,7 @@ impl WorkerCore {
         let c = &self.cfg;
         // Held (running or waiting) over the slots: above 1 with tasks
         // waiting.
-        let held = c
-            .slots
-            .saturating_add(c.prefetch)
-            .saturating_sub(self.slots_free);
+        let held = places(c).saturating_sub(self.slots_free);
         Reported {
             slots_free: self.slots_free,
             idle_power: if !self.waiting.is_empty() {
@@ -1078,7 +1083,7 @@ impl WorkerCore {
     fn record(&self) -> AttrRecord {
         let r = self.current();
         AttrRecord {
-            slots: self.cfg.slots.saturating_add(self.cfg.prefetch),
+            slots: places(&self.cfg),
             slots_free: r.slots_free,
             cores: self.cfg.cores,
             power: self.cfg.power,
