@@ -459,7 +459,9 @@ struct WorkerArgs {
     /// frees, with no round trip to the distributor in between: for many
     /// short tasks. A task taken so waits here until a running one ends
     /// (distributors count these places as slots; a draining worker hands
-    /// them back at once). 0: only free slots take tasks, best for long ones.
+    /// them back at once). While more tasks wait than there are slots (and
+    /// than half of TASKS), results are held up to 5 ms to leave together.
+    /// 0: only free slots take tasks, best for long ones.
     #[arg(long, default_value_t = 0, value_name = "TASKS",
           value_parser = clap::value_parser!(u32).range(0..=i64::from(allot::worker::MAX_PREFETCH)))]
     prefetch: u32,

@@ -2,14 +2,15 @@
 //! starts the next the moment a running one ends, before that one's result
 //! has left; a draining worker hands the waiting ones back, a lost link
 //! drops them, a cancel takes them out, and a free slot elsewhere wins
-//! over a place ahead. All on the cores' fake clock.
+//! over a place ahead; results leave together while tasks wait. All on
+//! the cores' fake clock.
 
 mod harness;
 
 use std::time::Duration;
 
 use allot::apps::AppOutcome;
-use allot::worker::Action;
+use allot::worker::{Action, RESULT_HOLD};
 use allot_wire::{Demands, TaskStatus};
 use bytes::Bytes;
 use harness::{status, task, Sim};
@@ -226,4 +227,50 @@ fn a_lost_link_drops_every_waiting_task_without_starting_one() {
     assert_eq!(sim.workers[w].core.running(), 1);
     // Only the running task holds a place: three of four are free.
     assert_eq!(sim.workers[w].core.free().0, 3);
+}
+
+#[test]
+fn results_leave_together_while_tasks_wait_and_never_late() {
+    let mut sim = Sim::new(|_| {});
+    // One slot, four places ahead: results wait to leave together while
+    // more than two tasks wait here.
+    let w = worker(&mut sim, "w", 1, 4);
+    let c = sim.client("app");
+    for id in 1..=5 {
+        sim.submit(c, &task(id, "sleep"), b"");
+    }
+    assert_eq!(sim.workers[w].core.waiting(), 4);
+
+    // Three still wait after the first ends: its result is held.
+    sim.finish(w, 1, ok());
+    assert_eq!(started(&sim, w), [1, 2]);
+    assert_eq!(sim.result(c, 1), None, "held while three tasks wait");
+    // Two wait after the second: both results leave now, together.
+    sim.finish(w, 2, ok());
+    for id in 1..=2 {
+        assert_eq!(sim.results_for(c, id), 1, "task {id}: one result");
+        assert_eq!(status(sim.result(c, id)), Some(TaskStatus::Ok));
+    }
+
+    // Held, but never for longer than RESULT_HOLD.
+    sim.submit(c, &task(6, "sleep"), b"");
+    sim.submit(c, &task(7, "sleep"), b"");
+    assert_eq!(sim.workers[w].core.waiting(), 4);
+    sim.finish(w, 3, ok());
+    assert_eq!(sim.result(c, 3), None);
+    sim.advance(RESULT_HOLD - Duration::from_millis(1));
+    assert_eq!(sim.result(c, 3), None, "not before its time is up");
+    sim.advance(Duration::from_millis(1));
+    assert_eq!(status(sim.result(c, 3)), Some(TaskStatus::Ok));
+
+    // A drain lets a held result go at once.
+    sim.submit(c, &task(8, "sleep"), b"");
+    assert_eq!(sim.workers[w].core.waiting(), 4);
+    sim.finish(w, 4, ok());
+    assert_eq!(sim.result(c, 4), None);
+    let now = sim.now;
+    sim.workers[w].core.drain_for(now, Duration::from_secs(60));
+    sim.settle();
+    assert_eq!(status(sim.result(c, 4)), Some(TaskStatus::Ok));
+    assert_eq!(sim.results_for(c, 4), 1);
 }

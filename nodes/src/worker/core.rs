@@ -24,6 +24,17 @@
 //! `prefer` sends a task to a worker that can start it now before one where
 //! it would wait.
 //!
+//! Results leave together: while more tasks wait here than the worker has
+//! slots (and than half its prefetch), the result of a task that ends is
+//! held, for at most [`RESULT_HOLD`], to leave with the next ones. The
+//! slots have work meanwhile, and the distributor and its clients then
+//! take several results per packet and per wake-up instead of one each,
+//! which on short commands is most of what they spend. The held results
+//! leave as soon as the waiting tasks fall to that mark (the distributor
+//! then refills before the slots run dry), when the time is up, and when
+//! the worker drains; whatever else is queued on the link meanwhile leaves
+//! with them. Without prefetch nothing waits, and nothing is held.
+//!
 //! Bounds: tasks held are bounded by the worker's slots and prefetch
 //! (admission refuses past them); links by the join list; bytes queued per link by
 //! [`crate::link::OUTGOING_LIMIT`] (a result that does not fit is logged
@@ -196,6 +207,13 @@ pub struct WorkerCore {
     beats: u32,
     done: u64,
     transmit: VecDeque<Rc<Outgoing>>,
+    /// Links whose results wait to leave together ([`RESULT_HOLD`]); each
+    /// link at most once, like `transmit`.
+    held: VecDeque<Rc<Outgoing>>,
+    /// When the held results leave at the latest.
+    hold_until: Option<Instant>,
+    /// Set while a result that may be held is queued.
+    holding: bool,
     actions: VecDeque<Action>,
     /// Times instant apps (the shell gives the OS clock; tests none).
     clock: Option<fn() -> Instant>,
@@ -208,6 +226,10 @@ pub struct WorkerCore {
     /// by the app table).
     app_runs: Vec<AppRuns>,
 }
+
+/// The longest a result waits to leave with the next ones (see the
+/// module docs, "Results leave together").
+pub const RESULT_HOLD: Duration = Duration::from_millis(5);
 
 /// Distinct user names a worker keeps shared (more only churns the cache).
 const USERS_CACHED: usize = 1024;
@@ -286,6 +308,9 @@ impl WorkerCore {
             beats: 0,
             done: 0,
             transmit: VecDeque::new(),
+            held: VecDeque::new(),
+            hold_until: None,
+            holding: false,
             actions: VecDeque::new(),
             clock: None,
             result: TaskResult {
@@ -803,14 +828,35 @@ impl WorkerCore {
         self.done += 1;
         let kept = kept_of(outcome, ran);
         self.ran(run.app, kept.status, ran);
+        self.holding = self.may_hold();
         if run.primary {
             self.send_kept(link, task, &kept);
         }
         for (l, t) in &run.joiners {
             self.send_kept(*l, *t, &kept);
         }
+        if std::mem::take(&mut self.holding) {
+            self.hold_until.get_or_insert(now + RESULT_HOLD);
+        } else {
+            self.release_held();
+        }
         self.executions.finished(now, run.key, kept);
         self.mark_dirty(now);
+    }
+
+    /// Whether a result that ends now may wait to leave with the next
+    /// ones: only while more tasks wait here than the worker has slots
+    /// (and than half its prefetch), so that the slots have work for the
+    /// round trip that refills them once the results leave.
+    fn may_hold(&self) -> bool {
+        let low = self.cfg.slots.max(self.cfg.prefetch / 2) as usize;
+        !self.draining && self.waiting.len() > low
+    }
+
+    /// Lets the held results leave.
+    fn release_held(&mut self) {
+        self.hold_until = None;
+        self.transmit.extend(self.held.drain(..));
     }
 
     /// A task the shell ran was stopped without an outcome (the shell
@@ -869,6 +915,7 @@ impl WorkerCore {
             return;
         }
         self.draining = true;
+        self.release_held();
         self.send_delta(
             DeltaCause::Event,
             vec![AttrChange::State(WorkerState::Draining)],
@@ -1038,7 +1085,12 @@ impl WorkerCore {
         r.message.clear();
         r.message.push_str(message);
         r.timings.ran_us = ran.as_micros() as u64;
-        if let Err(e) = push(&mut self.transmit, &l.out, &*r, output) {
+        let queue = if self.holding {
+            &mut self.held
+        } else {
+            &mut self.transmit
+        };
+        if let Err(e) = push(queue, &l.out, &*r, output) {
             // Closing the link makes the distributor retry the task.
             tracing::warn!("result of task {task} not sent: {e}; dropping the link");
             let out = l.out.clone();
@@ -1154,6 +1206,9 @@ impl WorkerCore {
         if let Some(o) = self.next_orphan_stop() {
             t = t.min(o);
         }
+        if let Some(h) = self.hold_until {
+            t = t.min(h);
+        }
         if let Some(d) = self.drain_deadline {
             t = t.min(d);
         }
@@ -1164,6 +1219,9 @@ impl WorkerCore {
     /// closed, and the heartbeat (every `full_every`-th one a full delta)
     /// when it is due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.hold_until.is_some_and(|h| h <= now) {
+            self.release_held();
+        }
         if self.next_orphan_stop().is_some_and(|t| t <= now) {
             self.stop_orphans(now);
         }

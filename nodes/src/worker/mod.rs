@@ -19,7 +19,7 @@ mod core;
 pub mod dedup;
 mod shell;
 
-pub use self::core::{Action, WorkerCore};
+pub use self::core::{Action, WorkerCore, RESULT_HOLD};
 pub use self::shell::{run, spawn};
 
 /// How a worker is set up.
@@ -60,7 +60,9 @@ pub struct WorkerConfig {
     /// its cores and memory, until a running one ends; it is handed back
     /// (refused as `Draining`) when the worker drains, and dropped at once
     /// if its distributor is lost. Distributors see `slots + prefetch`
-    /// places (`slots` in `allot status`). Zero (the default): a task is
+    /// places (`slots` in `allot status`). While more tasks wait than
+    /// there are slots (and than half of this), results are held for up
+    /// to [`RESULT_HOLD`] to leave together. Zero (the default): a task is
     /// placed only on a free slot, which suits long tasks, whose wait
     /// behind another would cost more than the round trip saves.
     pub prefetch: u32,
