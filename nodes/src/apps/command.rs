@@ -14,10 +14,11 @@
 //!   write that fails (a full disk) fails the task with the error, and the
 //!   child, whose pipe is closed, stops.
 //!
-//! A command with no input and no output files is spawned and watched on
-//! the runtime's own thread (`inline`), which costs the thread one wake-up
-//! per task; the others, and every command where the kernel gives out no
-//! pidfds, are spawned on the runtime's blocking pool (see [`run`]).
+//! A command with no input and no output files is started (`clone`,
+//! without waiting for its exec) and watched on the runtime's own thread
+//! (`inline`), which costs the thread one wake-up per task; the others,
+//! and every command where the kernel gives out no pidfds, are spawned on
+//! the runtime's blocking pool (see [`run`]).
 //!
 //! Bounds: output kept for the result is at most [`super::MAX_OUTPUT`]
 //! (more fails the task), stderr kept for its message at most
@@ -32,6 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::{AppOutcome, Stop, TaskInfo, MAX_OUTPUT, STOP_GRACE};
 
 mod blocking;
+mod clone;
 mod inline;
 
 /// Bytes of stderr kept for a failed task's message.
@@ -447,6 +449,16 @@ pub(crate) fn without_pidfds<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// Runs `f` with commands started from this thread spawned on the
+/// blocking pool, as where the kernel makes no `clone3` children.
+#[cfg(test)]
+pub(crate) fn without_clone<R>(f: impl FnOnce() -> R) -> R {
+    clone::NO_CLONE.with(|n| n.set(true));
+    let r = f();
+    clone::NO_CLONE.with(|n| n.set(false));
+    r
+}
+
 /// Resolves when `signal` fires; never when there is none, or its sender
 /// was dropped without firing (no stop).
 async fn stop_fired(signal: Option<tokio::sync::oneshot::Receiver<()>>) {
@@ -679,10 +691,13 @@ mod tests {
         }
     }
 
-    /// Runs `f` on both paths a command without input or output files can
-    /// take: watched on the runtime's thread, and on the blocking pool.
-    fn on_both_paths(f: impl Fn()) {
+    /// Runs `f` on every path a command without input or output files can
+    /// take: started and watched on the runtime's thread, spawned on the
+    /// blocking pool and watched on the runtime's thread, and wholly on the
+    /// blocking pool.
+    fn on_every_path(f: impl Fn()) {
         f();
+        without_clone(&f);
         without_pidfds(f);
     }
 
@@ -690,7 +705,7 @@ mod tests {
     /// command that ends within the first look and one that runs longer.
     #[test]
     fn output_past_a_pipe_comes_back_whole() {
-        on_both_paths(|| {
+        on_every_path(|| {
             for line in [
                 "head -c 300000 /dev/zero",
                 "sh -c 'sleep 0.05; head -c 300000 /dev/zero'",
@@ -732,7 +747,7 @@ mod tests {
     /// exit status is the result.
     #[test]
     fn too_much_output_fails_and_closed_output_still_waits_for_the_exit() {
-        on_both_paths(|| {
+        on_every_path(|| {
             let line = format!("head -c {} /dev/zero", MAX_OUTPUT + 10);
             let big = table(&line, &CommandSetup::default()).unwrap();
             match out(&big, TaskInfo::new(1, 1)) {
@@ -759,7 +774,7 @@ mod tests {
     /// exited is part of the output: the task ends when the output does.
     #[test]
     fn output_written_after_the_command_exits_is_kept() {
-        on_both_paths(|| {
+        on_every_path(|| {
             let app = table(
                 "(sleep 0.2; echo late) & echo early",
                 &CommandSetup::default(),
@@ -776,7 +791,7 @@ mod tests {
     /// output, their exit status and their stderr on either path.
     #[test]
     fn exit_status_and_stderr_on_either_path() {
-        on_both_paths(|| {
+        on_every_path(|| {
             let quick = table("/bin/echo quick", &CommandSetup::default()).unwrap();
             assert_eq!(
                 out(&quick, TaskInfo::new(1, 1)),
@@ -812,11 +827,67 @@ mod tests {
         });
     }
 
+    /// What a command sees is the same however it was started: a program
+    /// found on `PATH`, the task's variables, the app's directory, stdin at
+    /// end of file, a process group of its own and SIGPIPE at its default
+    /// (so `yes` ends quietly when `head` has read enough); a program that
+    /// is missing or may not be executed fails with the reason.
+    #[test]
+    fn a_command_sees_the_same_on_every_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let here = dir.path().canonicalize().unwrap();
+        let setup = CommandSetup {
+            cwd: vec![("c".into(), here.clone())],
+            env: vec![("c".into(), "GREETING".into(), "hello".into())],
+            ..CommandSetup::default()
+        };
+        let script = here.join("not-executable");
+        std::fs::write(&script, "#!/bin/sh\necho ran\n").unwrap();
+        on_every_path(|| {
+            let line = "echo $GREETING $ALLOT_TASK_KEY; pwd; cat; \
+                        test \"$(ps -o pgid= -p $$ | tr -d ' ')\" = $$ && echo leader; \
+                        yes | head -n 1";
+            let app = table(line, &setup).unwrap();
+            let want = format!("hello 7\n{}\nleader\ny\n", here.display());
+            match out(&app, TaskInfo::new(1, 7)) {
+                AppOutcome::Ok(o) => assert_eq!(String::from_utf8_lossy(&o), want),
+                o => panic!("{o:?}"),
+            }
+            // A bare name, found on PATH, run without a shell.
+            let env = table("env", &setup).unwrap();
+            match out(&env, TaskInfo::new(1, 8)) {
+                AppOutcome::Ok(o) => {
+                    let o = String::from_utf8_lossy(&o);
+                    assert!(o.lines().any(|l| l == "GREETING=hello"), "{o}");
+                    assert!(o.lines().any(|l| l == "ALLOT_TASK_KEY=8"), "{o}");
+                    assert!(o.lines().any(|l| l.starts_with("PATH=")), "{o}");
+                }
+                o => panic!("{o:?}"),
+            }
+            for (line, why) in [
+                ("no-such-program-for-allot", "No such file"),
+                (script.to_str().unwrap(), "Permission denied"),
+            ] {
+                let app = table(line, &CommandSetup::default()).unwrap();
+                match out(&app, TaskInfo::new(1, 9)) {
+                    AppOutcome::Failed {
+                        exit_code, message, ..
+                    } => {
+                        assert_eq!(exit_code, 127, "{line}: {message}");
+                        assert!(message.contains("cannot start"), "{line}: {message}");
+                        assert!(message.contains(why), "{line}: {message}");
+                    }
+                    o => panic!("{line}: {o:?}"),
+                }
+            }
+        });
+    }
+
     /// A task dropped at its deadline kills its command's process group
     /// (the shell and what it started), and the child is reaped.
     #[test]
     fn a_command_past_its_deadline_is_killed_and_reaped() {
-        on_both_paths(a_command_past_its_deadline_is_killed_and_reaped_once);
+        on_every_path(a_command_past_its_deadline_is_killed_and_reaped_once);
     }
 
     fn a_command_past_its_deadline_is_killed_and_reaped_once() {
@@ -851,7 +922,7 @@ mod tests {
     /// that left the command's group still holds its output open.
     #[test]
     fn a_dropped_task_does_not_wait_for_an_escaped_process() {
-        on_both_paths(a_dropped_task_does_not_wait_for_an_escaped_process_once);
+        on_every_path(a_dropped_task_does_not_wait_for_an_escaped_process_once);
     }
 
     fn a_dropped_task_does_not_wait_for_an_escaped_process_once() {

@@ -1,10 +1,11 @@
 //! The fast path of a command task with no input and no output files:
-//! spawned on the blocking pool, watched from the runtime's thread.
+//! started and watched from the runtime's thread.
 //!
-//! 1. `posix_spawn` (what std uses) returns once the child has executed
-//!    its program; that waits on the program's file system (a hung NFS
-//!    mount, a slow `--app-cwd`), so it runs on the blocking pool, never
-//!    on the thread that serves the worker's links;
+//! 1. the child is made with [`super::clone`], which returns as soon as it
+//!    exists, without waiting for its exec; where the kernel cannot,
+//!    `posix_spawn` (what std uses) runs on the blocking pool, because it
+//!    returns only once the child has executed its program, which waits on
+//!    the program's file system (a hung NFS mount, a slow `--app-cwd`);
 //! 2. the child's exit is seen through a pidfd registered with the
 //!    runtime: one wake-up of its thread at the end;
 //! 3. its stdout and stderr are read from their pipes once it has exited,
@@ -91,24 +92,60 @@ fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     }
 }
 
+/// A child started by either spawn.
+enum Proc {
+    /// `posix_spawn` on the blocking pool.
+    Std(Child),
+    /// [`super::clone`] on this thread.
+    Cloned(super::clone::Forked),
+}
+
+impl Proc {
+    fn id(&self) -> u32 {
+        match self {
+            Proc::Std(c) => c.id(),
+            Proc::Cloned(f) => f.id(),
+        }
+    }
+
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        match self {
+            Proc::Std(c) => c.try_wait(),
+            Proc::Cloned(f) => f.try_wait(),
+        }
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        match self {
+            Proc::Std(c) => c.wait(),
+            Proc::Cloned(f) => f.wait(),
+        }
+    }
+}
+
 /// The spawned child until it is reaped: dropped before that, it kills
-/// the command's process group and hands the child to the blocking pool to
-/// reap.
-struct Spawned(Option<Child>);
+/// the command's process group and hands the child to a thread to reap.
+struct Spawned(Option<Proc>);
 
 impl Spawned {
     fn pid(&self) -> Option<u32> {
-        self.0.as_ref().map(Child::id)
+        self.0.as_ref().map(Proc::id)
     }
 
     /// Reaps the child if it has exited (its pidfd said so): the group is
-    /// not signalled after this. `None`: it has not, and stays held.
-    fn reap(&mut self) -> Option<std::io::Result<std::process::ExitStatus>> {
+    /// not signalled after this. `None`: it has not, and stays held. A
+    /// cloned child that could not execute its program gives the reason.
+    fn reap(
+        &mut self,
+    ) -> Option<std::io::Result<Result<std::process::ExitStatus, std::io::Error>>> {
         let c = self.0.as_mut()?;
         match c.try_wait() {
             Ok(Some(status)) => {
-                self.0 = None;
-                Some(Ok(status))
+                let failure = match self.0.take() {
+                    Some(Proc::Cloned(f)) => f.start_failure(),
+                    _ => None,
+                };
+                Some(Ok(failure.map_or(Ok(status), Err)))
             }
             Ok(None) => None,
             Err(e) => Some(Err(e)),
@@ -123,7 +160,8 @@ impl Drop for Spawned {
         };
         signal_group(Some(child.id()), libc::SIGKILL);
         // Not the blocking pool: a runtime shutting down drops what it has
-        // not started, and the child would stay a zombie.
+        // not started, and the child would stay a zombie. A cloned child's
+        // prepared memory goes with it, and is freed once it is reaped.
         let pid = child.id();
         let reaper = std::thread::Builder::new()
             .name("allot-reap".into())
@@ -269,41 +307,23 @@ fn set_nonblocking(fd: &OwnedFd) -> std::io::Result<()> {
 /// blocking pool, watched from this thread; `cmd` names it in messages.
 /// Only when [`available`].
 pub(super) async fn run(
-    mut command: std::process::Command,
+    command: std::process::Command,
     cmd: &str,
     stop: Option<Stop>,
 ) -> AppOutcome {
-    piped(&mut command);
-    // A task dropped while this runs drops the guard unseen: the child is
-    // killed and reaped.
-    let started = tokio::task::spawn_blocking(move || {
-        let mut child = command.spawn()?;
-        let pipes = (child.stdout.take(), child.stderr.take());
-        Ok::<_, std::io::Error>((Spawned(Some(child)), pipes))
-    })
-    .await;
-    let (mut spawned, (stdout, stderr)) = match started {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return failed(127, format!("cannot start `{cmd}`: {e}")),
-        Err(e) => return failed(1, format!("cannot start `{cmd}`: {e}")),
+    let (mut spawned, stdout, stderr, pidfd) = match start(command, cmd).await {
+        Ok(s) => s,
+        Err(outcome) => return outcome,
     };
     let mut out = Output::new(stdout, MAX_OUTPUT + 1);
     let mut err = Output::new(stderr, STDERR_KEPT as usize + 1);
     // SAFETY: the `OwnedFd` keeps the descriptor open, as the same pidfd,
     // for as long as the `AsyncFd` holds it.
-    let pidfd = spawned
-        .pid()
-        .ok_or_else(|| std::io::Error::other("no child"))
-        .and_then(pidfd_open)
-        .and_then(|fd| {
-            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
-                .map_err(std::io::Error::from)
-        });
+    let pidfd = unsafe { AsyncFd::register_with_interest(pidfd, Interest::READABLE) };
     let pidfd = match pidfd {
         Ok(fd) => fd,
-        // The kernel gave our own process one: this is out of descriptors
-        // or epoll's limits (the group is killed and the child reaped on
-        // the way out).
+        // Out of descriptors or epoll's limits (the group is killed and
+        // the child reaped on the way out).
         Err(e) => return failed(1, format!("cannot watch `{cmd}`: {e}")),
     };
     let grace = stop.as_ref().map_or(STOP_GRACE, |s| s.grace);
@@ -351,11 +371,65 @@ pub(super) async fn run(
         Some(Err(e)) => return failed(1, format!("watching `{cmd}` failed: {e}")),
         Some(Ok(())) => {}
     }
-    let Some(status) = spawned.reap() else {
-        return failed(
-            1,
-            format!("watching `{cmd}` failed: its pidfd said it had exited; it has not"),
-        );
+    let status = match spawned.reap() {
+        None => {
+            return failed(
+                1,
+                format!("watching `{cmd}` failed: its pidfd said it had exited; it has not"),
+            )
+        }
+        Some(Ok(Err(e))) => return failed(127, format!("cannot start `{cmd}`: {e}")),
+        Some(Ok(Ok(status))) => Ok(status),
+        Some(Err(e)) => Err(e),
     };
     super::outcome(cmd, out.result(), err.result(), status, None, None)
+}
+
+/// A started child, its stdout and stderr, and its pidfd.
+type Started = (Spawned, Option<OwnedFd>, Option<OwnedFd>, OwnedFd);
+
+/// Starts `command`: on this thread where [`super::clone`] can, else with
+/// `posix_spawn` on the blocking pool. A task dropped while this runs
+/// drops the guard unseen: the child is killed and reaped.
+async fn start(mut command: std::process::Command, cmd: &str) -> Result<Started, AppOutcome> {
+    if super::clone::available() {
+        match super::clone::spawn(&command) {
+            Ok(mut f) => {
+                // The descriptors move out; the rest stays for the reaping.
+                let (stdout, stderr) = (f.stdout.take(), f.stderr.take());
+                let pidfd = f.pidfd.take();
+                let spawned = Spawned(Some(Proc::Cloned(f)));
+                return match pidfd {
+                    Some(p) => Ok((spawned, stdout, stderr, p)),
+                    None => Err(failed(1, format!("cannot watch `{cmd}`: no pidfd"))),
+                };
+            }
+            Err(super::clone::SpawnError::Failed(e)) => {
+                return Err(failed(127, format!("cannot start `{cmd}`: {e}")))
+            }
+            Err(super::clone::SpawnError::Unsupported) => {}
+        }
+    }
+    piped(&mut command);
+    let started = tokio::task::spawn_blocking(move || {
+        let mut child = command.spawn()?;
+        let pipes = (child.stdout.take(), child.stderr.take());
+        Ok::<_, std::io::Error>((Spawned(Some(Proc::Std(child))), pipes))
+    })
+    .await;
+    let (spawned, (stdout, stderr)) = match started {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(failed(127, format!("cannot start `{cmd}`: {e}"))),
+        Err(e) => return Err(failed(1, format!("cannot start `{cmd}`: {e}"))),
+    };
+    let pidfd = spawned
+        .pid()
+        .ok_or_else(|| std::io::Error::other("no child"))
+        .and_then(pidfd_open);
+    match pidfd {
+        Ok(p) => Ok((spawned, stdout.map(Into::into), stderr.map(Into::into), p)),
+        // The kernel gave our own process one: this is out of descriptors
+        // (the group is killed and the child reaped on the way out).
+        Err(e) => Err(failed(1, format!("cannot watch `{cmd}`: {e}"))),
+    }
 }
