@@ -13,19 +13,20 @@
 //! its signal mask, puts SIGPIPE back to its default, leads a process
 //! group of its own, sets its standard descriptors and working directory,
 //! and executes the program (trying each directory of `PATH` for a bare
-//! name, as `execvp` does). A failure on the way is written to a
-//! close-on-exec pipe and ends the child with status 127; the pipe is read
-//! once the child has exited, so a command that could not start fails
-//! with the reason, as a failed `posix_spawn` would.
+//! name, as `execvp` does). A failure on the way is written, as an
+//! `errno`, into the memory we share, and ends the child with status 127;
+//! it is read once the child has been reaped, so a command that could not
+//! start fails with the reason, as a failed `posix_spawn` would (glibc's
+//! `posix_spawn` reports it the same way).
 //!
 //! What makes sharing our memory safe:
 //! * the kernel resets the child's signal handlers (`CLONE_CLEAR_SIGHAND`)
 //!   and the child starts with every signal blocked, so no handler of ours
 //!   ever runs in it;
 //! * the child reads only [`Prepared`], built before the clone and kept
-//!   until the child has been reaped, writes only its own stack (inside
-//!   `Prepared`), allocates nothing and makes its system calls directly,
-//!   without `errno` (which is our thread's);
+//!   until the child has been reaped, writes only its own stack and the
+//!   failure (both inside `Prepared`), allocates nothing and makes its
+//!   system calls directly, without `errno` (which is our thread's);
 //! * it ends in `execve` (a fresh address space) or `exit_group`.
 //!
 //! Kernels without `clone3`, `CLONE_CLEAR_SIGHAND` (Linux before 5.5) or
@@ -33,11 +34,12 @@
 //! error; commands then take the blocking pool's spawn ([`available`]).
 
 use std::ffi::{CString, OsStr, OsString};
+use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::raw::{c_char, c_int};
 use std::os::unix::ffi::OsStrExt;
 use std::process::Command;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 
 /// Bytes of the child's stack: it runs one small function and system
 /// calls.
@@ -83,9 +85,10 @@ struct Prepared {
     cwd: Option<CString>,
     /// Duplicated onto descriptors 0, 1 and 2; all above 2.
     stdio: [c_int; 3],
-    /// The failure pipe's write end (close-on-exec).
-    report: c_int,
-    stack: Vec<u8>,
+    /// The `errno` of what failed before the program ran; 0 if nothing.
+    failure: AtomicI32,
+    /// The child's stack: written before it is read, so never zeroed.
+    stack: Box<[MaybeUninit<u8>]>,
 }
 
 // SAFETY: the raw pointers point into `_strings`, owned by the same
@@ -101,9 +104,8 @@ pub(super) struct Forked {
     pub(super) pidfd: Option<OwnedFd>,
     pub(super) stdout: Option<OwnedFd>,
     pub(super) stderr: Option<OwnedFd>,
-    failure: OwnedFd,
     /// Read by the child until it executes or exits.
-    _prepared: Box<Prepared>,
+    prepared: Box<Prepared>,
 }
 
 impl Forked {
@@ -144,15 +146,14 @@ impl Forked {
         }
     }
 
-    /// Why it did not execute its program, once it has exited: `None` when
-    /// it did.
+    /// Why it did not execute its program, once it has been reaped:
+    /// `None` when it did.
     pub(super) fn start_failure(&self) -> Option<std::io::Error> {
-        let mut b = [0u8; 4];
-        // SAFETY: read(2) into a live buffer of its length; the write end
-        // has closed (the child exited or executed), so this returns at
-        // once.
-        let n = unsafe { libc::read(self.failure.as_raw_fd(), b.as_mut_ptr().cast(), b.len()) };
-        (n == 4).then(|| std::io::Error::from_raw_os_error(i32::from_ne_bytes(b)))
+        // The child wrote it before its exit, which the reaping saw.
+        match self.prepared.failure.load(Ordering::Acquire) {
+            0 => None,
+            e => Some(std::io::Error::from_raw_os_error(e)),
+        }
     }
 }
 
@@ -225,9 +226,14 @@ fn above_stdio(fd: OwnedFd) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(d) })
 }
 
-fn dev_null() -> std::io::Result<OwnedFd> {
-    let f = std::fs::File::open("/dev/null")?;
-    above_stdio(OwnedFd::from(f))
+/// `/dev/null`, opened once, for every child's stdin.
+fn dev_null() -> std::io::Result<c_int> {
+    static NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = NULL.get() {
+        return Ok(fd.as_raw_fd());
+    }
+    let f = above_stdio(OwnedFd::from(std::fs::File::open("/dev/null")?))?;
+    Ok(NULL.get_or_init(|| f).as_raw_fd())
 }
 
 /// The program's candidates: itself when it names a path, else each
@@ -301,8 +307,8 @@ fn prepare(command: &Command) -> std::io::Result<Box<Prepared>> {
         _strings: strings,
         cwd,
         stdio: [-1; 3],
-        report: -1,
-        stack: vec![0u8; STACK],
+        failure: AtomicI32::new(0),
+        stack: Box::new_uninit_slice(STACK),
     }))
 }
 
@@ -315,9 +321,7 @@ pub(super) fn spawn(command: &Command) -> Result<Forked, SpawnError> {
         let null = dev_null()?;
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
-        let (fail_r, fail_w) = pipe()?;
-        prepared.stdio = [null.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
-        prepared.report = fail_w.as_raw_fd();
+        prepared.stdio = [null, out_w.as_raw_fd(), err_w.as_raw_fd()];
         let pidfd = match clone_child(&mut prepared) {
             Ok(p) => p,
             Err(e) => {
@@ -334,14 +338,13 @@ pub(super) fn spawn(command: &Command) -> Result<Forked, SpawnError> {
         };
         WORKS.store(1, Ordering::Relaxed);
         // The child has its own copies of these (no CLONE_FILES).
-        drop((null, out_w, err_w, fail_w));
+        drop((out_w, err_w));
         Ok(Forked {
             pid: pidfd.0,
             pidfd: Some(pidfd.1),
             stdout: Some(out_r),
             stderr: Some(err_r),
-            failure: fail_r,
-            _prepared: prepared,
+            prepared,
         })
     }
     #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
@@ -355,7 +358,7 @@ pub(super) fn spawn(command: &Command) -> Result<Forked, SpawnError> {
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 fn clone_child(prepared: &mut Prepared) -> std::io::Result<(libc::pid_t, OwnedFd)> {
     let mut pidfd: c_int = -1;
-    let top = prepared.stack.as_mut_ptr_range().end as u64 & !15;
+    let top = prepared.stack.as_ptr_range().end as u64 & !15;
     let base = prepared.stack.as_ptr() as u64;
     let args = CloneArgs {
         flags: CLONE_VM | CLONE_PIDFD | CLONE_CLEAR_SIGHAND,
@@ -516,14 +519,9 @@ unsafe extern "C" fn child_main(data: *const Prepared) -> ! {
                 err = -(libc::EACCES as isize);
             }
         }
-        let errno = (-err as i32).to_ne_bytes();
-        sys(
-            libc::SYS_write,
-            d.report as usize,
-            errno.as_ptr() as usize,
-            errno.len(),
-            0,
-        );
+        // Only a failure gets here; 0 would read as none.
+        let errno = if err < 0 { -err as i32 } else { libc::ENOEXEC };
+        d.failure.store(errno, Ordering::Release);
         loop {
             sys(libc::SYS_exit_group, 127, 0, 0, 0);
         }
