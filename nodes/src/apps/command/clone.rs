@@ -80,7 +80,8 @@ struct Prepared {
     /// `argv` and `envp`: NULL-terminated arrays into `strings`.
     argv: Vec<*const c_char>,
     envp: Vec<*const c_char>,
-    /// Owns what `argv` and `envp` point at.
+    /// Owns what `argv` and `envp` point at (but our own variables,
+    /// [`ours`]).
     _strings: Vec<CString>,
     cwd: Option<CString>,
     /// Duplicated onto descriptors 0, 1 and 2; all above 2.
@@ -92,8 +93,9 @@ struct Prepared {
 }
 
 // SAFETY: the raw pointers point into `_strings`, owned by the same
-// value and never changed after `prepare`; moving it to another thread (a
-// reaper) moves what they point at along.
+// value and never changed after `prepare`, or into [`ours`], which lives
+// as long as the process; moving it to another thread (a reaper) moves
+// what they point at along.
 unsafe impl Send for Prepared {}
 
 /// A started child: its pidfd, its output pipes, and what tells whether it
@@ -262,39 +264,72 @@ fn candidates(program: &OsStr, path: Option<&OsStr>) -> std::io::Result<Vec<CStr
     Ok(out)
 }
 
+/// One variable of our environment, ready for a child's `envp`.
+struct Var {
+    name: Box<[u8]>,
+    value: Box<[u8]>,
+    /// `NAME=VALUE`, NUL-terminated.
+    both: CString,
+}
+
+/// Our environment, read once: the worker does not change its own, and a
+/// child's `envp` then points into it instead of copying it per task.
+fn ours() -> &'static [Var] {
+    static OURS: std::sync::OnceLock<Vec<Var>> = std::sync::OnceLock::new();
+    OURS.get_or_init(|| {
+        std::env::vars_os()
+            .filter_map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                Some(Var {
+                    name: k.as_bytes().into(),
+                    value: v.as_bytes().into(),
+                    both: CString::new(kv).ok()?,
+                })
+            })
+            .collect()
+    })
+}
+
 /// Builds what the child needs from `command`: its program, arguments,
 /// environment (ours with the command's changes) and directory. Its
 /// standard descriptors are ours to give ([`spawn`]).
 fn prepare(command: &Command) -> std::io::Result<Box<Prepared>> {
-    let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-    for (k, v) in command.get_envs() {
-        env.retain(|(have, _)| have != k);
-        if let Some(v) = v {
-            env.push((k.to_os_string(), v.to_os_string()));
-        }
-    }
-    let path = env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.as_os_str());
+    let changes: Vec<(&OsStr, Option<&OsStr>)> = command.get_envs().collect();
+    let changed = |name: &[u8]| changes.iter().any(|(k, _)| k.as_bytes() == name);
+    let path = match changes.iter().find(|(k, _)| *k == "PATH") {
+        Some((_, v)) => *v,
+        None => ours()
+            .iter()
+            .find(|v| &*v.name == b"PATH")
+            .map(|v| OsStr::from_bytes(&v.value)),
+    };
     let paths = candidates(command.get_program(), path)?;
-    let mut strings = Vec::with_capacity(1 + command.get_args().len() + env.len());
+    let mut strings = Vec::with_capacity(1 + command.get_args().len() + changes.len());
     strings.push(cstring(command.get_program())?);
     for a in command.get_args() {
         strings.push(cstring(a)?);
     }
     let argc = strings.len();
-    for (k, v) in &env {
-        let mut kv = k.as_bytes().to_vec();
-        kv.push(b'=');
-        kv.extend_from_slice(v.as_bytes());
-        strings.push(cstring(OsStr::from_bytes(&kv))?);
+    for (k, v) in &changes {
+        if let Some(v) = v {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            strings.push(cstring(OsStr::from_bytes(&kv))?);
+        }
     }
     // The pointers stay valid when `strings` moves: each CString's bytes
-    // are on the heap.
+    // are on the heap; ours live as long as the process.
     let mut argv: Vec<*const c_char> = strings[..argc].iter().map(|s| s.as_ptr()).collect();
     argv.push(std::ptr::null());
-    let mut envp: Vec<*const c_char> = strings[argc..].iter().map(|s| s.as_ptr()).collect();
+    let mut envp: Vec<*const c_char> = ours()
+        .iter()
+        .filter(|v| !changed(&v.name))
+        .map(|v| v.both.as_ptr())
+        .chain(strings[argc..].iter().map(|s| s.as_ptr()))
+        .collect();
     envp.push(std::ptr::null());
     let cwd = command
         .get_current_dir()
