@@ -9,11 +9,12 @@
 //!
 //! Here the child is made with `clone3` sharing our memory (`CLONE_VM`,
 //! as `posix_spawn` does) but without `CLONE_VFORK`: the call returns as
-//! soon as the child exists. The child then, on a stack of its own, empties
-//! its signal mask, puts SIGPIPE back to its default, leads a process
-//! group of its own, sets its standard descriptors and working directory,
-//! and executes the program (trying each directory of `PATH` for a bare
-//! name, as `execvp` does). A failure on the way is written, as an
+//! soon as the child exists (and made the leader of a process group of
+//! its own, from our side too, so that a stop reaches it at once). The
+//! child then, on a stack of its own, puts SIGPIPE back to its default,
+//! sets its group, standard descriptors and working directory, empties
+//! its signal mask and executes the program (trying each directory of
+//! `PATH` for a bare name, as `execvp` does). A failure on the way is written, as an
 //! `errno`, into the memory we share, and ends the child with status 127;
 //! it is read once the child has been reaped, so a command that could not
 //! start fails with the reason, as a failed `posix_spawn` would (glibc's
@@ -39,6 +40,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::raw::{c_char, c_int};
 use std::os::unix::ffi::OsStrExt;
 use std::process::Command;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
 
 /// Bytes of the child's stack: it runs one small function and system
@@ -80,8 +82,7 @@ struct Prepared {
     /// `argv` and `envp`: NULL-terminated arrays into `strings`.
     argv: Vec<*const c_char>,
     envp: Vec<*const c_char>,
-    /// Owns what `argv` and `envp` point at (but our own variables,
-    /// [`ours`]).
+    /// Owns what `argv` and `envp` point at.
     _strings: Vec<CString>,
     cwd: Option<CString>,
     /// Duplicated onto descriptors 0, 1 and 2; all above 2.
@@ -93,9 +94,8 @@ struct Prepared {
 }
 
 // SAFETY: the raw pointers point into `_strings`, owned by the same
-// value and never changed after `prepare`, or into [`ours`], which lives
-// as long as the process; moving it to another thread (a reaper) moves
-// what they point at along.
+// value and never changed after `prepare`; moving it to another thread (a
+// reaper) moves what they point at along.
 unsafe impl Send for Prepared {}
 
 /// A started child: its pidfd, its output pipes, and what tells whether it
@@ -106,8 +106,30 @@ pub(super) struct Forked {
     pub(super) pidfd: Option<OwnedFd>,
     pub(super) stdout: Option<OwnedFd>,
     pub(super) stderr: Option<OwnedFd>,
-    /// Read by the child until it executes or exits.
-    prepared: Box<Prepared>,
+    /// Read by the child until it executes or exits: freed only once it
+    /// has been reaped (leaked if it never is), so that a child still
+    /// before its exec never runs on freed memory.
+    prepared: NonNull<Prepared>,
+    reaped: bool,
+}
+
+// SAFETY: `prepared` is owned by this value alone (from `Box::into_raw`)
+// and `Prepared` is `Send`; the child reads it but never frees it.
+unsafe impl Send for Forked {}
+
+impl Drop for Forked {
+    fn drop(&mut self) {
+        if self.reaped {
+            // SAFETY: from `Box::into_raw` in `spawn`, freed only here, and
+            // the child that read it is gone.
+            drop(unsafe { Box::from_raw(self.prepared.as_ptr()) });
+        } else {
+            tracing::warn!(
+                pid = self.pid,
+                "a command was given up unreaped: its start data stays allocated"
+            );
+        }
+    }
 }
 
 impl Forked {
@@ -136,6 +158,7 @@ impl Forked {
             // SAFETY: waitpid(2) on our own child, writing one int we own.
             let r = unsafe { libc::waitpid(self.pid, &mut status, flags) };
             if r == self.pid {
+                self.reaped = true;
                 return Ok(Some(std::process::ExitStatus::from_raw(status)));
             }
             if r == 0 {
@@ -151,8 +174,13 @@ impl Forked {
     /// Why it did not execute its program, once it has been reaped:
     /// `None` when it did.
     pub(super) fn start_failure(&self) -> Option<std::io::Error> {
-        // The child wrote it before its exit, which the reaping saw.
-        match self.prepared.failure.load(Ordering::Acquire) {
+        if !self.reaped {
+            return None;
+        }
+        // SAFETY: alive until this value drops; the child, which wrote the
+        // failure before its exit, has been reaped.
+        let failure = unsafe { &self.prepared.as_ref().failure };
+        match failure.load(Ordering::Acquire) {
             0 => None,
             e => Some(std::io::Error::from_raw_os_error(e)),
         }
@@ -239,20 +267,13 @@ fn dev_null() -> std::io::Result<c_int> {
 }
 
 /// The program's candidates: itself when it names a path, else each
-/// directory of the command's `PATH` (ours when it sets none) joined with
-/// it.
+/// directory of the child's `PATH` (`/bin:/usr/bin` without one, as
+/// `execvp`) joined with it.
 fn candidates(program: &OsStr, path: Option<&OsStr>) -> std::io::Result<Vec<CString>> {
     if program.as_bytes().contains(&b'/') {
         return Ok(vec![cstring(program)?]);
     }
-    let ours;
-    let path = match path {
-        Some(p) => p,
-        None => {
-            ours = std::env::var_os("PATH").unwrap_or_else(|| OsString::from("/bin:/usr/bin"));
-            &ours
-        }
-    };
+    let path = path.unwrap_or(OsStr::new("/bin:/usr/bin"));
     let mut out = Vec::new();
     for dir in path.as_bytes().split(|b| *b == b':') {
         let dir: &[u8] = if dir.is_empty() { b"." } else { dir };
@@ -264,72 +285,41 @@ fn candidates(program: &OsStr, path: Option<&OsStr>) -> std::io::Result<Vec<CStr
     Ok(out)
 }
 
-/// One variable of our environment, ready for a child's `envp`.
-struct Var {
-    name: Box<[u8]>,
-    value: Box<[u8]>,
-    /// `NAME=VALUE`, NUL-terminated.
-    both: CString,
-}
-
-/// Our environment, read once: the worker does not change its own, and a
-/// child's `envp` then points into it instead of copying it per task.
-fn ours() -> &'static [Var] {
-    static OURS: std::sync::OnceLock<Vec<Var>> = std::sync::OnceLock::new();
-    OURS.get_or_init(|| {
-        std::env::vars_os()
-            .filter_map(|(k, v)| {
-                let mut kv = k.as_bytes().to_vec();
-                kv.push(b'=');
-                kv.extend_from_slice(v.as_bytes());
-                Some(Var {
-                    name: k.as_bytes().into(),
-                    value: v.as_bytes().into(),
-                    both: CString::new(kv).ok()?,
-                })
-            })
-            .collect()
-    })
-}
-
 /// Builds what the child needs from `command`: its program, arguments,
 /// environment (ours with the command's changes) and directory. Its
 /// standard descriptors are ours to give ([`spawn`]).
 fn prepare(command: &Command) -> std::io::Result<Box<Prepared>> {
-    let changes: Vec<(&OsStr, Option<&OsStr>)> = command.get_envs().collect();
-    let changed = |name: &[u8]| changes.iter().any(|(k, _)| k.as_bytes() == name);
-    let path = match changes.iter().find(|(k, _)| *k == "PATH") {
-        Some((_, v)) => *v,
-        None => ours()
-            .iter()
-            .find(|v| &*v.name == b"PATH")
-            .map(|v| OsStr::from_bytes(&v.value)),
-    };
+    // Ours as it is now (an embedding program may change it), with the
+    // command's changes.
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    for (k, v) in command.get_envs() {
+        env.retain(|(have, _)| have != k);
+        if let Some(v) = v {
+            env.push((k.to_os_string(), v.to_os_string()));
+        }
+    }
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_os_str());
     let paths = candidates(command.get_program(), path)?;
-    let mut strings = Vec::with_capacity(1 + command.get_args().len() + changes.len());
+    let mut strings = Vec::with_capacity(1 + command.get_args().len() + env.len());
     strings.push(cstring(command.get_program())?);
     for a in command.get_args() {
         strings.push(cstring(a)?);
     }
     let argc = strings.len();
-    for (k, v) in &changes {
-        if let Some(v) = v {
-            let mut kv = k.as_bytes().to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v.as_bytes());
-            strings.push(cstring(OsStr::from_bytes(&kv))?);
-        }
+    for (k, v) in &env {
+        let mut kv = k.as_bytes().to_vec();
+        kv.push(b'=');
+        kv.extend_from_slice(v.as_bytes());
+        strings.push(cstring(OsStr::from_bytes(&kv))?);
     }
     // The pointers stay valid when `strings` moves: each CString's bytes
-    // are on the heap; ours live as long as the process.
+    // are on the heap.
     let mut argv: Vec<*const c_char> = strings[..argc].iter().map(|s| s.as_ptr()).collect();
     argv.push(std::ptr::null());
-    let mut envp: Vec<*const c_char> = ours()
-        .iter()
-        .filter(|v| !changed(&v.name))
-        .map(|v| v.both.as_ptr())
-        .chain(strings[argc..].iter().map(|s| s.as_ptr()))
-        .collect();
+    let mut envp: Vec<*const c_char> = strings[argc..].iter().map(|s| s.as_ptr()).collect();
     envp.push(std::ptr::null());
     let cwd = command
         .get_current_dir()
@@ -357,9 +347,14 @@ pub(super) fn spawn(command: &Command) -> Result<Forked, SpawnError> {
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         prepared.stdio = [null, out_w.as_raw_fd(), err_w.as_raw_fd()];
-        let pidfd = match clone_child(&mut prepared) {
+        let prepared = NonNull::from(Box::leak(prepared));
+        // SAFETY: `prepared` is valid and ours alone; on success it is
+        // kept until the child is reaped (`Forked`).
+        let pidfd = match unsafe { clone_child(prepared) } {
             Ok(p) => p,
             Err(e) => {
+                // SAFETY: no child was made: nothing else reads it.
+                drop(unsafe { Box::from_raw(prepared.as_ptr()) });
                 let unsupported = matches!(
                     e.raw_os_error(),
                     Some(libc::ENOSYS | libc::EINVAL | libc::EPERM)
@@ -380,6 +375,7 @@ pub(super) fn spawn(command: &Command) -> Result<Forked, SpawnError> {
             stdout: Some(out_r),
             stderr: Some(err_r),
             prepared,
+            reaped: false,
         })
     }
     #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
@@ -389,12 +385,18 @@ pub(super) fn spawn(command: &Command) -> Result<Forked, SpawnError> {
     }
 }
 
-/// Makes the child; returns its pid and pidfd.
+/// Makes the child, which leads a process group of its own; returns its
+/// pid and pidfd.
+///
+/// # Safety
+/// `data` is valid, and stays so until the child has been reaped.
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-fn clone_child(prepared: &mut Prepared) -> std::io::Result<(libc::pid_t, OwnedFd)> {
+unsafe fn clone_child(data: NonNull<Prepared>) -> std::io::Result<(libc::pid_t, OwnedFd)> {
     let mut pidfd: c_int = -1;
-    let top = prepared.stack.as_ptr_range().end as u64 & !15;
-    let base = prepared.stack.as_ptr() as u64;
+    // SAFETY: the caller's; no child exists yet to share it.
+    let stack = unsafe { (*data.as_ptr()).stack.as_mut_ptr_range() };
+    let top = stack.end as u64 & !15;
+    let base = stack.start as u64;
     let args = CloneArgs {
         flags: CLONE_VM | CLONE_PIDFD | CLONE_CLEAR_SIGHAND,
         pidfd: &mut pidfd as *mut c_int as u64,
@@ -405,18 +407,22 @@ fn clone_child(prepared: &mut Prepared) -> std::io::Result<(libc::pid_t, OwnedFd
         stack_size: top - base,
         tls: 0,
     };
-    // Every signal blocked across the clone: the child starts so, and
-    // unblocks them only once its handlers are the defaults.
-    // SAFETY: sigset_t is plain data; sigfillset and pthread_sigmask write
-    // only the sets we pass.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
+    // Every signal blocked across the clone (glibc's own ones too, which
+    // `sigfillset` leaves out): the child starts so, with its handlers the
+    // defaults, and unblocks them just before its exec.
+    let all: u64 = !0;
+    let mut old: u64 = 0;
+    // SAFETY: rt_sigprocmask(2) with two 8-byte sets we own.
     unsafe {
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        sys(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK as usize,
+            &all as *const u64 as usize,
+            &mut old as *mut u64 as usize,
+            8,
+        );
     }
-    let data: *const Prepared = prepared;
+    let data = data.as_ptr() as *const Prepared;
     let ret: isize;
     // SAFETY: clone3(2) with a valid `clone_args` of the size given. In
     // the parent it returns the pid (or -errno) and changes nothing else.
@@ -444,14 +450,28 @@ fn clone_child(prepared: &mut Prepared) -> std::io::Result<(libc::pid_t, OwnedFd
     }
     // SAFETY: restores the mask saved above.
     unsafe {
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        sys(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK as usize,
+            &old as *const u64 as usize,
+            0,
+            8,
+        );
     }
     if ret < 0 {
         return Err(std::io::Error::from_raw_os_error(
-            i32::try_from(-ret).unwrap_or(libc::EINVAL),
+            i32::try_from(ret.wrapping_neg()).unwrap_or(libc::EINVAL),
         ));
     }
-    let pid = libc::pid_t::try_from(ret).map_err(std::io::Error::other)?;
+    // A pid fits a pid_t; nothing may fail from here on: the child exists.
+    let pid = ret as libc::pid_t;
+    // Its group from this side too, as shells do: a stop or kill sent to
+    // the group before the child has run its own `setpgid` reaches it.
+    // It fails harmlessly once the child has executed (EACCES).
+    // SAFETY: setpgid(2) with plain integers, on our own child.
+    unsafe {
+        libc::setpgid(pid, pid);
+    }
     // SAFETY: the kernel wrote the child's new pidfd, owned by nobody else.
     Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
 }
@@ -507,15 +527,6 @@ unsafe extern "C" fn child_main(data: *const Prepared) -> ! {
             8,
         );
         if err >= 0 {
-            err = sys(
-                libc::SYS_rt_sigprocmask,
-                libc::SIG_SETMASK as usize,
-                &empty as *const u64 as usize,
-                0,
-                8,
-            );
-        }
-        if err >= 0 {
             err = sys(libc::SYS_setpgid, 0, 0, 0, 0);
         }
         for (to, from) in d.stdio.iter().enumerate() {
@@ -529,8 +540,24 @@ unsafe extern "C" fn child_main(data: *const Prepared) -> ! {
             }
         }
         if err >= 0 {
-            // As execvp: a directory that lacks it, or denies it, leads to
-            // the next; the first denial is what is reported if none has it.
+            err = sys(
+                libc::SYS_rt_sigprocmask,
+                libc::SIG_SETMASK as usize,
+                &empty as *const u64 as usize,
+                0,
+                8,
+            );
+        }
+        if err >= 0 {
+            // As glibc's execvp: a directory that lacks the program (or is
+            // gone) leads to the next, so does one that denies it, and the
+            // denial is what is reported if none has it.
+            let next = |e: isize| {
+                matches!(
+                    e.wrapping_neg() as c_int,
+                    libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT
+                )
+            };
             let mut denied = false;
             for p in &d.paths {
                 err = sys(
@@ -540,22 +567,22 @@ unsafe extern "C" fn child_main(data: *const Prepared) -> ! {
                     d.envp.as_ptr() as usize,
                     0,
                 );
-                match -err as c_int {
-                    libc::EACCES => denied = true,
-                    libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::ENAMETOOLONG => {}
-                    _ => break,
+                if err.wrapping_neg() as c_int == libc::EACCES {
+                    denied = true;
+                } else if !next(err) {
+                    break;
                 }
             }
-            let gone = matches!(
-                -err as c_int,
-                libc::ENOENT | libc::ENOTDIR | libc::ELOOP | libc::ENAMETOOLONG
-            );
-            if denied && gone {
+            if denied && next(err) {
                 err = -(libc::EACCES as isize);
             }
         }
         // Only a failure gets here; 0 would read as none.
-        let errno = if err < 0 { -err as i32 } else { libc::ENOEXEC };
+        let errno = if err < 0 {
+            err.wrapping_neg() as i32
+        } else {
+            libc::ENOEXEC
+        };
         d.failure.store(errno, Ordering::Release);
         loop {
             sys(libc::SYS_exit_group, 127, 0, 0, 0);
