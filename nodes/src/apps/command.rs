@@ -24,6 +24,7 @@
 //! (more fails the task), stderr kept for its message at most
 //! [`STDERR_KEPT`]; files in the output directory are bounded by the disk.
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -432,11 +433,37 @@ fn outcome(
 /// open (opened on first use), which costs a `dup` where
 /// [`Stdio::null`] opens the file for every command.
 fn null_stdin() -> Stdio {
-    static NULL: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
-    NULL.get_or_init(|| std::fs::File::open("/dev/null").ok())
-        .as_ref()
+    dev_null()
+        .ok()
         .and_then(|f| f.try_clone().ok())
         .map_or_else(Stdio::null, Stdio::from)
+}
+
+/// `/dev/null`, opened once (and above descriptor 2), for every command's
+/// stdin.
+fn dev_null() -> std::io::Result<&'static OwnedFd> {
+    static NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = NULL.get() {
+        return Ok(fd);
+    }
+    let f = above_stdio(OwnedFd::from(std::fs::File::open("/dev/null")?))?;
+    Ok(NULL.get_or_init(|| f))
+}
+
+/// `fd`, moved above 2 if it is one of the standard descriptors (a worker
+/// started with them closed), so that a child's `dup2` onto 0-2 never
+/// lands on another of its descriptors.
+fn above_stdio(fd: OwnedFd) -> std::io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: fcntl(2) duplicating a descriptor we own.
+    let d = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if d < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: just made by the kernel, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(d) })
 }
 
 /// Runs `f` with commands started from this thread taking the blocking

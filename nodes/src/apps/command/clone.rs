@@ -41,7 +41,7 @@ use std::os::raw::{c_char, c_int};
 use std::os::unix::ffi::OsStrExt;
 use std::process::Command;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 /// Bytes of the child's stack: it runs one small function and system
 /// calls.
@@ -98,14 +98,10 @@ struct Prepared {
 // reaper) moves what they point at along.
 unsafe impl Send for Prepared {}
 
-/// A started child: its pidfd, its output pipes, and what tells whether it
-/// executed its program.
+/// A started child until it is reaped, and what tells whether it executed
+/// its program.
 pub(super) struct Forked {
     pid: libc::pid_t,
-    /// Taken by whoever watches it.
-    pub(super) pidfd: Option<OwnedFd>,
-    pub(super) stdout: Option<OwnedFd>,
-    pub(super) stderr: Option<OwnedFd>,
     /// Read by the child until it executes or exits: freed only once it
     /// has been reaped (leaked if it never is), so that a child still
     /// before its exec never runs on freed memory.
@@ -116,6 +112,13 @@ pub(super) struct Forked {
 // SAFETY: `prepared` is owned by this value alone (from `Box::into_raw`)
 // and `Prepared` is `Send`; the child reads it but never frees it.
 unsafe impl Send for Forked {}
+
+/// What watching a started child takes: its pidfd and output pipes.
+pub(super) struct ChildIo {
+    pub(super) pidfd: OwnedFd,
+    pub(super) stdout: OwnedFd,
+    pub(super) stderr: OwnedFd,
+}
 
 impl Drop for Forked {
     fn drop(&mut self) {
@@ -187,8 +190,8 @@ impl Forked {
     }
 }
 
-/// 0: not asked yet; 1: works; 2: refused for good.
-static WORKS: AtomicU8 = AtomicU8::new(0);
+/// The kernel refused such children: asked no more.
+static REFUSED: AtomicBool = AtomicBool::new(false);
 
 #[cfg(test)]
 thread_local! {
@@ -202,7 +205,7 @@ pub(super) fn available() -> bool {
     if NO_CLONE.with(std::cell::Cell::get) {
         return false;
     }
-    cfg!(all(target_os = "linux", target_arch = "x86_64")) && WORKS.load(Ordering::Relaxed) != 2
+    cfg!(all(target_os = "linux", target_arch = "x86_64")) && !REFUSED.load(Ordering::Relaxed)
 }
 
 /// Why [`spawn`] did not start the command.
@@ -237,33 +240,7 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: both were just made by the kernel and are owned by nobody.
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    Ok((above_stdio(r)?, above_stdio(w)?))
-}
-
-/// `fd`, moved above 2 if it is one of the standard descriptors (a worker
-/// started with them closed), so that the child's `dup2` onto 0-2 never
-/// lands on another of its descriptors.
-fn above_stdio(fd: OwnedFd) -> std::io::Result<OwnedFd> {
-    if fd.as_raw_fd() > 2 {
-        return Ok(fd);
-    }
-    // SAFETY: fcntl(2) duplicating a descriptor we own.
-    let d = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
-    if d < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: just made by the kernel, owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(d) })
-}
-
-/// `/dev/null`, opened once, for every child's stdin.
-fn dev_null() -> std::io::Result<c_int> {
-    static NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
-    if let Some(fd) = NULL.get() {
-        return Ok(fd.as_raw_fd());
-    }
-    let f = above_stdio(OwnedFd::from(std::fs::File::open("/dev/null")?))?;
-    Ok(NULL.get_or_init(|| f).as_raw_fd())
+    Ok((super::above_stdio(r)?, super::above_stdio(w)?))
 }
 
 /// The program's candidates: itself when it names a path, else each
@@ -339,11 +316,11 @@ fn prepare(command: &Command) -> std::io::Result<Box<Prepared>> {
 
 /// Starts `command` with stdin on `/dev/null`, stdout and stderr piped,
 /// in a process group of its own; returns as soon as the child exists.
-pub(super) fn spawn(command: &Command) -> Result<Forked, SpawnError> {
+pub(super) fn spawn(command: &Command) -> Result<(Forked, ChildIo), SpawnError> {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     {
         let mut prepared = prepare(command)?;
-        let null = dev_null()?;
+        let null = super::dev_null()?.as_raw_fd();
         let (out_r, out_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
         prepared.stdio = [null, out_w.as_raw_fd(), err_w.as_raw_fd()];
@@ -360,23 +337,25 @@ pub(super) fn spawn(command: &Command) -> Result<Forked, SpawnError> {
                     Some(libc::ENOSYS | libc::EINVAL | libc::EPERM)
                 );
                 if unsupported {
-                    WORKS.store(2, Ordering::Relaxed);
+                    REFUSED.store(true, Ordering::Relaxed);
                     return Err(SpawnError::Unsupported);
                 }
                 return Err(SpawnError::Failed(e));
             }
         };
-        WORKS.store(1, Ordering::Relaxed);
         // The child has its own copies of these (no CLONE_FILES).
         drop((out_w, err_w));
-        Ok(Forked {
+        let forked = Forked {
             pid: pidfd.0,
-            pidfd: Some(pidfd.1),
-            stdout: Some(out_r),
-            stderr: Some(err_r),
             prepared,
             reaped: false,
-        })
+        };
+        let io = ChildIo {
+            pidfd: pidfd.1,
+            stdout: out_r,
+            stderr: err_r,
+        };
+        Ok((forked, io))
     }
     #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
     {

@@ -133,24 +133,28 @@ impl Spawned {
     }
 
     /// Reaps the child if it has exited (its pidfd said so): the group is
-    /// not signalled after this. `None`: it has not, and stays held. A
-    /// cloned child that could not execute its program gives the reason.
-    fn reap(
-        &mut self,
-    ) -> Option<std::io::Result<Result<std::process::ExitStatus, std::io::Error>>> {
+    /// not signalled after this. `None`: it has not, and stays held.
+    fn reap(&mut self) -> Option<Reaped> {
         let c = self.0.as_mut()?;
         match c.try_wait() {
-            Ok(Some(status)) => {
-                let failure = match self.0.take() {
-                    Some(Proc::Cloned(f)) => f.start_failure(),
-                    _ => None,
-                };
-                Some(Ok(failure.map_or(Ok(status), Err)))
-            }
+            Ok(Some(status)) => match self.0.take() {
+                Some(Proc::Cloned(f)) => match f.start_failure() {
+                    Some(e) => Some(Reaped::NotStarted(e)),
+                    None => Some(Reaped::Exited(Ok(status))),
+                },
+                _ => Some(Reaped::Exited(Ok(status))),
+            },
             Ok(None) => None,
-            Err(e) => Some(Err(e)),
+            Err(e) => Some(Reaped::Exited(Err(e))),
         }
     }
+}
+
+/// A reaped child: how it exited, or why it never ran its program (a
+/// cloned child, whose exec failed).
+enum Reaped {
+    Exited(std::io::Result<std::process::ExitStatus>),
+    NotStarted(std::io::Error),
 }
 
 impl Drop for Spawned {
@@ -378,9 +382,8 @@ pub(super) async fn run(
                 format!("watching `{cmd}` failed: its pidfd said it had exited; it has not"),
             )
         }
-        Some(Ok(Err(e))) => return failed(127, format!("cannot start `{cmd}`: {e}")),
-        Some(Ok(Ok(status))) => Ok(status),
-        Some(Err(e)) => Err(e),
+        Some(Reaped::NotStarted(e)) => return failed(127, format!("cannot start `{cmd}`: {e}")),
+        Some(Reaped::Exited(status)) => status,
     };
     super::outcome(cmd, out.result(), err.result(), status, None, None)
 }
@@ -394,15 +397,9 @@ type Started = (Spawned, Option<OwnedFd>, Option<OwnedFd>, OwnedFd);
 async fn start(mut command: std::process::Command, cmd: &str) -> Result<Started, AppOutcome> {
     if super::clone::available() {
         match super::clone::spawn(&command) {
-            Ok(mut f) => {
-                // The descriptors move out; the rest stays for the reaping.
-                let (stdout, stderr) = (f.stdout.take(), f.stderr.take());
-                let pidfd = f.pidfd.take();
+            Ok((f, io)) => {
                 let spawned = Spawned(Some(Proc::Cloned(f)));
-                return match pidfd {
-                    Some(p) => Ok((spawned, stdout, stderr, p)),
-                    None => Err(failed(1, format!("cannot watch `{cmd}`: no pidfd"))),
-                };
+                return Ok((spawned, Some(io.stdout), Some(io.stderr), io.pidfd));
             }
             Err(super::clone::SpawnError::Failed(e)) => {
                 return Err(failed(127, format!("cannot start `{cmd}`: {e}")))
